@@ -1,0 +1,227 @@
+"""RabbitMQ adapter shared by every service: connect, declare, publish with confirms, consume.
+
+The rules it encodes (field notes; RabbitMQ reliability guide):
+
+* every message is persistent and published ``mandatory`` with publisher confirms awaited, an
+  unroutable message raises (``on_return_raises``) and every publish has a timeout, so a
+  publish never hangs across a reconnect;
+* every message gets a fresh ``message_id`` (aiormq matches returns by it); the business id
+  travels in the body or a header;
+* a consumed message is acked only after its handler returned, i.e. after everything it
+  published was confirmed; a handler that raises gets the message requeued, and the queue's
+  delivery limit parks a message that keeps failing;
+* after a reconnect, a delivery tag of the old channel is void: acking it fails, and the broker
+  redelivers the message instead — that is the at-least-once path, never a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from shared import topology
+from shared.contracts import Contract, encode
+
+log = structlog.get_logger("dihya.broker")
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+async def connect(url: str, *, service: str) -> AbstractRobustConnection:
+    """Open a robust connection (reconnects and restores consumers by itself)."""
+    return await aio_pika.connect_robust(
+        url, client_properties={"connection_name": f"dihya-{service}"}, timeout=10
+    )
+
+
+async def declare(channel: AbstractChannel, retry_delays_ms: tuple[int, ...] = ()) -> None:
+    """Declare the whole topology (idempotent): see :mod:`shared.topology`."""
+    for ex in topology.EXCHANGES:
+        await channel.declare_exchange(ex.name, ex.type, durable=True)
+    for q in topology.queues(retry_delays_ms):
+        queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
+        for exchange, routing_key in q.bindings:
+            await queue.bind(exchange, routing_key)
+
+
+class Publisher:
+    """Publishes persistent messages on one confirming channel, awaiting each confirm.
+
+    Many publishes may be in flight at once (``asyncio.gather``): confirms are pipelined on the
+    channel, which is what makes batching cheap.
+    """
+
+    def __init__(self, channel: AbstractChannel, *, timeout: float = 10.0) -> None:
+        self._channel = channel
+        self._timeout = timeout
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    @classmethod
+    async def open(
+        cls, connection: AbstractRobustConnection, *, timeout: float = 10.0  # noqa: ASYNC109
+    ) -> Publisher:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return cls(channel, timeout=timeout)
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            exchange = await self._channel.get_exchange(name, ensure=False)
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        type: str | None = None,
+        expiration: float | None = None,
+    ) -> None:
+        """Publish and wait for the broker's confirm; raise if unroutable, nacked or late."""
+        message = aio_pika.Message(
+            body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type="application/json",
+            message_id=uuid.uuid4().hex,
+            headers=dict(headers or {}),
+            type=type,
+            expiration=expiration,
+        )
+        target = await self._exchange(exchange)
+        await target.publish(message, routing_key, mandatory=True, timeout=self._timeout)
+
+    async def send(
+        self,
+        exchange: str,
+        routing_key: str,
+        model: Contract,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        expiration: float | None = None,
+    ) -> None:
+        """Publish a contract model (``type`` property = its version tag)."""
+        tag = getattr(model, "type", None) or getattr(model, "TYPE", None)
+        await self.publish(
+            exchange, routing_key, encode(model), headers=headers, type=tag, expiration=expiration
+        )
+
+    async def park(
+        self, queue: str, message: AbstractIncomingMessage, *, reason: str, error: str
+    ) -> None:
+        """Move ``message`` to ``queue``'s parking queue with why, before the caller acks it."""
+        headers = dict(message.headers or {})
+        headers.update(
+            {
+                topology.REASON_HEADER: reason,
+                topology.ERROR_HEADER: error[:2000],
+                topology.SOURCE_HEADER: queue,
+            }
+        )
+        await self.publish(
+            topology.DEAD_EXCHANGE, queue, message.body, headers=headers, type=message.type
+        )
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class Consumer:
+    """Consumes one queue with bounded concurrency; acks after the handler returns.
+
+    ``handler`` does the work and publishes what follows (awaiting confirms) before it returns.
+    If it raises, the message is requeued; the queue's ``x-delivery-limit`` then parks a
+    message that fails again and again, so one poison message never blocks the queue.
+    """
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        queue: str,
+        handler: Handler,
+        *,
+        prefetch: int = 200,
+    ) -> None:
+        self._connection = connection
+        self._queue_name = queue
+        self._handler = handler
+        self._prefetch = prefetch
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def start(self) -> None:
+        self._channel = await self._connection.channel()
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        self._queue = await self._channel.get_queue(self._queue_name, ensure=False)
+        self._tag = await self._queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        self._idle.clear()
+        try:
+            await self._process(message)
+        finally:
+            self._inflight.discard(task)
+            if not self._inflight:
+                self._idle.set()
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await self._handler(message)
+        except asyncio.CancelledError:
+            await _settle(message.nack(requeue=True))
+            raise
+        except Exception:
+            log.exception("handler_failed", queue=self._queue_name,
+                          redelivered=message.redelivered)
+            await _settle(message.nack(requeue=True))
+        else:
+            await _settle(message.ack())
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking messages, give in-flight ones ``grace`` seconds, hand back the rest."""
+        if self._queue is not None and self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._tag)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=grace)
+        except TimeoutError:
+            for task in list(self._inflight):
+                task.cancel()
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+
+
+async def _settle(op: Awaitable[None]) -> None:
+    """Ack or nack; a void delivery tag (channel gone) means the broker will redeliver."""
+    try:
+        await op
+    except Exception as exc:  # channel closed under us: redelivery covers it
+        log.warning("settle_failed", error=str(exc))

@@ -1,0 +1,211 @@
+"""Message contracts: the only thing Dihya's services have in common.
+
+Every contract is a frozen pydantic model that forbids unknown fields. Internal messages carry
+their name and version in a ``type`` field (``dihya.delivery_job.v1``); the public
+:class:`Event` keeps the guide's payload template as its body, so its version travels in the
+AMQP ``type`` property instead (see :data:`EVENT_TYPE_TAG`). A breaking change means a new
+model with a new version tag, never an edit of an old one: ``tests/contracts`` compares each
+model with its JSON Schema committed under ``shared/schemas/`` and fails when they disagree.
+
+Wire format: UTF-8 JSON, encoded with orjson (:func:`encode`), decoded by the receiving model.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+import orjson
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SecretStr,
+    field_serializer,
+)
+
+EVENT_TYPE_TAG = "dihya.event.v1"
+"""AMQP ``type`` property of an :class:`Event` message; optional for publishers."""
+
+EventType = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$",
+        description="Dot-separated lowercase words, e.g. `template.created`.",
+        examples=["template.created", "incident.security"],
+    ),
+]
+ExternalId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+        description="An identifier: letters, digits and `_ . : -`.",
+    ),
+]
+Lang = Literal["fr", "en", "ar", "tzm"]
+Role = Literal["admin", "publisher", "auditor", "viewer"]
+ServiceName = Literal["ingest", "signer", "deliverer", "audit"]
+
+
+class Contract(BaseModel):
+    """Base of every contract: immutable, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Event(Contract):
+    """A domain event, as a platform service publishes it: the guide's payload template.
+
+    Publishers may leave out ``id`` and ``timestamp``; ingest fills them in before fan-out, and
+    every delivery of the event carries the same ``id``.
+    """
+
+    TYPE: ClassVar[str] = EVENT_TYPE_TAG
+
+    id: ExternalId | None = None
+    event: EventType
+    timestamp: AwareDatetime | None = None
+    lang: Lang | None = None
+    data: dict[str, JsonValue]
+
+
+class AttemptRecord(Contract):
+    """What one delivery attempt gave; kept with the job so a dead letter has its history."""
+
+    attempt: int = Field(ge=1)
+    at: AwareDatetime
+    outcome: Literal["delivered", "failed"]
+    status_code: int | None = None
+    duration_ms: float | None = None
+    error: str | None = None
+
+
+class DeliveryJob(Contract):
+    """One event to deliver to one endpoint (ingest → signer, and deliverer → signer on retry)."""
+
+    type: Literal["dihya.delivery_job.v1"] = "dihya.delivery_job.v1"
+    delivery_id: str = Field(description="`dlv_…`: stable across every attempt.")
+    endpoint_id: str
+    url: str
+    event: Event = Field(description="The accepted event: `id` and `timestamp` are set.")
+    attempt: int = Field(default=1, ge=1)
+    history: tuple[AttemptRecord, ...] = ()
+
+
+class SignedDelivery(Contract):
+    """A job with the exact body and headers to POST (signer → deliverer). No secret inside."""
+
+    type: Literal["dihya.signed_delivery.v1"] = "dihya.signed_delivery.v1"
+    job: DeliveryJob
+    body: str = Field(description="The exact UTF-8 JSON body the signatures cover.")
+    headers: dict[str, str]
+    signed_at: AwareDatetime
+
+
+FactKind = Literal[
+    "event.accepted",
+    "event.rejected",
+    "delivery.attempted",
+    "delivery.dead_lettered",
+    "delivery.parked",
+    "endpoint.created",
+    "endpoint.updated",
+    "endpoint.deleted",
+    "secret.set",
+    "token.created",
+    "token.revoked",
+    "access.refused",
+]
+
+
+class AuditFact(Contract):
+    """Something that happened, for the audit log (every service → audit).
+
+    Never carries a secret or a token: ``actor`` is a token *id*.
+    """
+
+    type: Literal["dihya.audit_fact.v1"] = "dihya.audit_fact.v1"
+    id: str = Field(description="`fct_…`: unique; the audit store drops a redelivered duplicate.")
+    kind: FactKind
+    occurred_at: AwareDatetime
+    service: ServiceName
+    actor: str | None = None
+    event_id: str | None = None
+    event_type: str | None = None
+    endpoint_id: str | None = None
+    delivery_id: str | None = None
+    attempt: int | None = None
+    url: str | None = None
+    outcome: str | None = None
+    status_code: int | None = None
+    duration_ms: float | None = None
+    error: str | None = None
+    reason: str | None = None
+    details: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class EndpointSecret(Contract):
+    """Hands an endpoint's signing secret to the signer (ingest → signer).
+
+    The only message that may carry a secret. ``SecretStr`` keeps it out of ``repr`` and logs;
+    the JSON encoding reveals it, because the signer must receive it.
+    """
+
+    type: Literal["dihya.endpoint_secret.v1"] = "dihya.endpoint_secret.v1"
+    endpoint_id: str
+    action: Literal["set", "delete"]
+    secret: SecretStr | None = None
+    previous_valid_until: AwareDatetime | None = Field(
+        default=None,
+        description="On rotation: the secret it replaces keeps signing until then (overlap).",
+    )
+    issued_at: AwareDatetime
+
+    @field_serializer("secret", when_used="json")
+    def _reveal(self, value: SecretStr | None) -> str | None:
+        return None if value is None else value.get_secret_value()
+
+
+class TokenGrant(Contract):
+    """Publishes an API token's hash and role so every HTTP service can authenticate it.
+
+    Only the SHA-256 of the token travels; the token itself is shown once, to its creator.
+    """
+
+    type: Literal["dihya.token_grant.v1"] = "dihya.token_grant.v1"
+    token_id: str
+    role: Role
+    token_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    revoked: bool = False
+    issued_at: AwareDatetime
+
+
+CONTRACTS: tuple[type[Contract], ...] = (
+    Event,
+    AttemptRecord,
+    DeliveryJob,
+    SignedDelivery,
+    AuditFact,
+    EndpointSecret,
+    TokenGrant,
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def encode(model: Contract) -> bytes:
+    """Serialise a contract for the wire (compact JSON, ``None`` fields kept for clarity)."""
+    return orjson.dumps(model.model_dump(mode="json"))
+
+
+def schema_of(model: type[Contract]) -> dict[str, Any]:
+    """The JSON Schema committed for ``model`` (validation mode: what a consumer accepts)."""
+    return model.model_json_schema(mode="validation")

@@ -1,0 +1,65 @@
+"""structlog setup: JSON lines on stdout (or a console renderer), with secrets scrubbed.
+
+Scrubbing is defence in depth: code never logs a secret on purpose, and this processor masks
+anything that still looks like one (a ``whsec_`` secret, a bearer token, a URL password).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SENSITIVE_KEYS = frozenset({"secret", "token", "authorization", "password", "api_key"})
+_PATTERNS = (
+    re.compile(r"whsec_[A-Za-z0-9+/=_-]+"),
+    re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"(?<=://)([^:/@\s]+):([^@/\s]+)@"),
+)
+
+
+def scrub(value: str) -> str:
+    """Mask secret-looking substrings of ``value``."""
+    value = _PATTERNS[0].sub("whsec_***", value)
+    value = _PATTERNS[1].sub("Bearer ***", value)
+    return _PATTERNS[2].sub(r"\1:***@", value)
+
+
+def _scrub_processor(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in list(event_dict.items()):
+        if key.lower() in _SENSITIVE_KEYS:
+            event_dict[key] = "***"
+        elif isinstance(value, str):
+            event_dict[key] = scrub(value)
+    return event_dict
+
+
+def setup(service: str, *, fmt: str = "json", level: str = "info") -> None:
+    """Configure structlog (and stdlib logging, for libraries) for ``service``."""
+    numeric = logging.getLevelName(level.upper())
+    logging.basicConfig(stream=sys.stdout, level=numeric, format="%(name)s %(message)s")
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _scrub_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service)

@@ -1,0 +1,43 @@
+"""Settings common to every service, read from the environment (pydantic-settings).
+
+Each service subclasses :class:`ServiceSettings` with its own ``env_prefix``
+(``DIHYA_INGEST_``, …) for what is its own; the fields here use fixed, shared names
+(``DIHYA_AMQP_URL``, ``DIHYA_LOG_FORMAT``…) because one deployment sets them once.
+Defaults are the safe production ones; the development overrides are named in the README.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    amqp_url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        validation_alias="DIHYA_AMQP_URL",
+        description="RabbitMQ URL (the vhost is its path).",
+    )
+    log_format: Literal["json", "console"] = Field(
+        default="json", validation_alias="DIHYA_LOG_FORMAT",
+        description="`json` lines for production, `console` for humans.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", validation_alias="DIHYA_LOG_LEVEL"
+    )
+    publish_timeout: float = Field(
+        default=10.0, gt=0, validation_alias="DIHYA_PUBLISH_TIMEOUT",
+        description="Seconds to wait for a publisher confirm before failing the publish.",
+    )
+    shutdown_grace: float = Field(
+        default=15.0, ge=0, validation_alias="DIHYA_SHUTDOWN_GRACE",
+        description="Seconds in-flight work gets to finish on SIGTERM before it is handed back.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, validation_alias="DIHYA_ADMIN_TOKEN",
+        description="Bootstrap admin API token (HTTP services); store it like a password.",
+    )

@@ -1,0 +1,169 @@
+"""RabbitMQ topology: every exchange, queue and routing key of Dihya, named once.
+
+Every service declares the whole topology at start-up (``declare``). That is idempotent, and it
+guarantees that a publisher never sees its message returned as unroutable because the consumer
+that owns the target queue has not started yet. ``deploy/rabbitmq/definitions.json`` is
+generated from :func:`definitions` so the broker can also be provisioned ahead of time.
+
+Work queues are quorum queues (replicated, durable) with:
+
+* ``x-delivery-limit``: a message that crashes its consumer again and again is parked in the
+  queue's dead-letter queue instead of blocking the messages behind it;
+* at-least-once dead-lettering (``x-dead-letter-strategy=at-least-once`` needs
+  ``x-overflow=reject-publish``): the default, at-most-once strategy can lose messages.
+
+Each work queue ``q`` has a parking queue ``q.dead`` bound on :data:`DEAD_EXCHANGE` with the
+routing key ``q``. Consumers park invalid messages there themselves, with the reason in the
+``x-dihya-reason`` header; the broker parks there what exceeded the delivery limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+EVENTS_EXCHANGE = "dihya.events"
+"""Topic exchange platform services publish domain events to; routing key = event type."""
+WORK_EXCHANGE = "dihya.work"
+"""Direct exchange for internal delivery work (routing keys :data:`SIGN` and :data:`DELIVER`)."""
+AUDIT_EXCHANGE = "dihya.audit"
+"""Topic exchange for audit facts; routing key = fact kind (``event.accepted``, …)."""
+CONTROL_EXCHANGE = "dihya.control"
+"""Topic exchange for control messages: ``secret.<action>`` and ``token.<action>``."""
+DEAD_EXCHANGE = "dihya.dead"
+"""Direct exchange for parked messages; routing key = the name of the queue they came from."""
+RETRY_EXCHANGE = "dihya.retry"
+"""Direct exchange feeding the delay-tier wait queues; routing key = tier queue name."""
+
+SIGN = "sign"
+DELIVER = "deliver"
+
+INGEST_EVENTS = "dihya.ingest.events"
+SIGNER_JOBS = "dihya.signer.jobs"
+SIGNER_CONTROL = "dihya.signer.control"
+DELIVERER_JOBS = "dihya.deliverer.jobs"
+AUDIT_FACTS = "dihya.audit.facts"
+AUDIT_CONTROL = "dihya.audit.control"
+
+DELIVERY_LIMIT = 10
+"""Deliveries of one message before the broker parks it as poison (crash loops)."""
+
+REASON_HEADER = "x-dihya-reason"
+ERROR_HEADER = "x-dihya-error"
+SOURCE_HEADER = "x-dihya-source-queue"
+
+
+def dead_queue(queue: str) -> str:
+    """Name of the parking queue of ``queue``."""
+    return f"{queue}.dead"
+
+
+def retry_queue(delay_ms: int) -> str:
+    """Name of the wait queue of the delay tier ``delay_ms``."""
+    return f"dihya.retry.{delay_ms}ms"
+
+
+@dataclass(frozen=True)
+class Exchange:
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class Queue:
+    name: str
+    bindings: tuple[tuple[str, str], ...]  # (exchange, routing key)
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+EXCHANGES = (
+    Exchange(EVENTS_EXCHANGE, "topic"),
+    Exchange(WORK_EXCHANGE, "direct"),
+    Exchange(AUDIT_EXCHANGE, "topic"),
+    Exchange(CONTROL_EXCHANGE, "topic"),
+    Exchange(DEAD_EXCHANGE, "direct"),
+    Exchange(RETRY_EXCHANGE, "direct"),
+)
+
+
+def _work_queue(name: str, *bindings: tuple[str, str]) -> Queue:
+    return Queue(
+        name,
+        bindings,
+        {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": DEAD_EXCHANGE,
+            "x-dead-letter-routing-key": name,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+
+
+WORK_QUEUES = (
+    _work_queue(INGEST_EVENTS, (EVENTS_EXCHANGE, "#")),
+    _work_queue(SIGNER_JOBS, (WORK_EXCHANGE, SIGN)),
+    _work_queue(SIGNER_CONTROL, (CONTROL_EXCHANGE, "secret.#")),
+    _work_queue(DELIVERER_JOBS, (WORK_EXCHANGE, DELIVER)),
+    _work_queue(AUDIT_FACTS, (AUDIT_EXCHANGE, "#")),
+    _work_queue(AUDIT_CONTROL, (CONTROL_EXCHANGE, "token.#")),
+)
+
+
+def _dead_queues() -> tuple[Queue, ...]:
+    return tuple(
+        Queue(dead_queue(q.name), ((DEAD_EXCHANGE, q.name),), {"x-queue-type": "quorum"})
+        for q in WORK_QUEUES
+    )
+
+
+def retry_queues(delays_ms: tuple[int, ...]) -> tuple[Queue, ...]:
+    """Wait queues, one per distinct delay tier: expire, then dead-letter back to the signer.
+
+    The queue-level TTL is the tier's upper bound; a message may carry a shorter per-message
+    expiration (jitter). Messages expire only at the head of a queue, so a tier's messages
+    leave no later than the head's expiry: the delay stays inside the tier's jitter band.
+    """
+    return tuple(
+        Queue(
+            retry_queue(d),
+            ((RETRY_EXCHANGE, retry_queue(d)),),
+            {
+                "x-queue-type": "quorum",
+                "x-message-ttl": d,
+                "x-dead-letter-exchange": WORK_EXCHANGE,
+                "x-dead-letter-routing-key": SIGN,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+        for d in sorted(set(delays_ms))
+    )
+
+
+def queues(retry_delays_ms: tuple[int, ...] = ()) -> tuple[Queue, ...]:
+    """Every queue of the topology, the retry tiers included when their delays are given."""
+    return WORK_QUEUES + _dead_queues() + retry_queues(retry_delays_ms)
+
+
+def definitions(vhost: str = "/", retry_delays_ms: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The topology as a RabbitMQ definitions document (``rabbitmqctl import_definitions``)."""
+    qs = queues(retry_delays_ms)
+    return {
+        "exchanges": [
+            {"name": e.name, "vhost": vhost, "type": e.type, "durable": True,
+             "auto_delete": False, "internal": False, "arguments": {}}
+            for e in EXCHANGES
+        ],
+        "queues": [
+            {"name": q.name, "vhost": vhost, "durable": True, "auto_delete": False,
+             "arguments": q.arguments}
+            for q in qs
+        ],
+        "bindings": [
+            {"source": ex, "vhost": vhost, "destination": q.name, "destination_type": "queue",
+             "routing_key": rk, "arguments": {}}
+            for q in qs for ex, rk in q.bindings
+        ],
+    }
