@@ -45,6 +45,9 @@ DELIVERER_JOBS = "dihya.deliverer.jobs"
 AUDIT_FACTS = "dihya.audit.facts"
 AUDIT_CONTROL = "dihya.audit.control"
 
+DEFAULT_RETRY_DELAYS_MS = (5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000)
+"""The published default retry schedule: wait after each failed attempt (8 attempts, ~27 h)."""
+
 DELIVERY_LIMIT = 10
 """Deliveries of one message before the broker parks it as poison (crash loops)."""
 
@@ -167,3 +170,9 @@ def definitions(vhost: str = "/", retry_delays_ms: tuple[int, ...] = ()) -> dict
             for q in qs for ex, rk in q.bindings
         ],
     }
+
+
+if __name__ == "__main__":  # python -m shared.topology > deploy/rabbitmq/definitions.json
+    import json
+
+    print(json.dumps(definitions(retry_delays_ms=DEFAULT_RETRY_DELAYS_MS), indent=2))

@@ -1,0 +1,14 @@
+# Sourced by bin/*: create .venv and install the project (with extras) when missing or stale.
+ensure_venv() {
+  local extras="${1:-}" stamp=".venv/.installed${extras:+-$extras}"
+  local python="${PYTHON:-python3}"
+  if ! "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+    echo "Dihya needs Python 3.11 or newer as \$PYTHON or python3." >&2; exit 1
+  fi
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+    touch "$stamp"
+  fi
+}

@@ -1,0 +1,73 @@
+"""Contracts stay compatible: the committed schemas match the models, old messages still parse.
+
+* ``test_committed_schema_matches_model``: a model edited without regenerating its committed
+  schema (``python -m shared.schemas``) fails here, so every contract change shows up in review.
+* ``test_old_samples_still_accepted``: messages of a released version (``samples/``) must still
+  validate with today's model — a change that would break consumers of old producers fails.
+* ``test_current_output_fits_committed_schema``: what today's producers emit must satisfy the
+  committed schema, i.e. what deployed consumers of the same version accept.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from pydantic import ValidationError
+
+from shared import contracts
+from shared.contracts import CONTRACTS, schema_of
+from tests.contracts.make_samples import SAMPLES
+
+SCHEMAS = Path(contracts.__file__).parent / "schemas"
+SAMPLE_DIR = Path(__file__).parent / "samples"
+BY_NAME = {m.__name__: m for m in CONTRACTS}
+
+
+@pytest.mark.parametrize("model", CONTRACTS, ids=lambda m: m.__name__)
+def test_committed_schema_matches_model(model: type[contracts.Contract]) -> None:
+    committed = json.loads((SCHEMAS / f"{model.__name__}.json").read_text())
+    assert committed == schema_of(model), (
+        f"{model.__name__} changed: run `python -m shared.schemas` and review the diff; "
+        "a breaking change needs a new version, not an edit"
+    )
+
+
+@pytest.mark.parametrize("path", sorted(SAMPLE_DIR.glob("*.json")), ids=lambda p: p.name)
+def test_old_samples_still_accepted(path: Path) -> None:
+    model = BY_NAME[path.name.split(".")[0]]
+    model.model_validate_json(path.read_bytes())
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_current_output_fits_committed_schema(name: str) -> None:
+    model = SAMPLES[name]
+    schema = json.loads((SCHEMAS / f"{type(model).__name__}.json").read_text())
+    jsonschema.validate(json.loads(contracts.encode(model)), schema)
+
+
+def test_unknown_fields_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        contracts.Event.model_validate({"event": "a.b", "data": {}, "surprise": 1})
+
+
+def test_contracts_are_frozen() -> None:
+    event = contracts.Event(event="a.b", data={})
+    with pytest.raises(ValidationError):
+        event.event = "c.d"  # type: ignore[misc]
+
+
+def test_secret_hidden_from_repr_but_sent_on_the_wire() -> None:
+    msg = SAMPLES["EndpointSecret"]
+    assert "whsec_" not in repr(msg) and "whsec_" not in str(msg)
+    assert b"whsec_" in contracts.encode(msg)
+
+
+def test_only_the_secret_message_can_carry_a_secret() -> None:
+    """No other contract has a field that could hold a secret."""
+    for model in CONTRACTS:
+        if model is contracts.EndpointSecret:
+            continue
+        assert not {"secret", "token", "password"} & set(model.model_fields), model.__name__

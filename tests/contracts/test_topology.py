@@ -1,0 +1,45 @@
+"""The topology document committed for operators matches the one the services declare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from shared import topology
+
+DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
+
+
+def test_every_work_queue_is_quorum_with_safe_dead_lettering() -> None:
+    for q in topology.WORK_QUEUES:
+        args = q.arguments
+        assert args["x-queue-type"] == "quorum"
+        assert args["x-dead-letter-strategy"] == "at-least-once"
+        assert args["x-overflow"] == "reject-publish"  # required by at-least-once
+        assert args["x-dead-letter-routing-key"] == q.name
+        assert args["x-delivery-limit"] >= 1
+
+
+def test_every_work_queue_has_a_parking_queue() -> None:
+    names = {q.name for q in topology.queues()}
+    for q in topology.WORK_QUEUES:
+        assert topology.dead_queue(q.name) in names
+
+
+def test_retry_tiers_dead_letter_back_to_the_signer() -> None:
+    tiers = topology.retry_queues((5000, 300000, 5000))
+    assert [q.arguments["x-message-ttl"] for q in tiers] == [5000, 300000]
+    for q in tiers:
+        assert q.arguments["x-dead-letter-exchange"] == topology.WORK_EXCHANGE
+        assert q.arguments["x-dead-letter-routing-key"] == topology.SIGN
+
+
+def test_committed_definitions_are_current() -> None:
+    committed = json.loads(DEFINITIONS.read_text())
+    assert committed == json.loads(json.dumps(topology.definitions(**_committed_args()))), (
+        "regenerate with `python -m shared.topology > deploy/rabbitmq/definitions.json`"
+    )
+
+
+def _committed_args() -> dict[str, object]:
+    return {"retry_delays_ms": topology.DEFAULT_RETRY_DELAYS_MS}
