@@ -85,7 +85,7 @@ class System:
 
     def spawn(self, service: str) -> None:
         log = self.log_path(service).open("ab")
-        self.procs[service] = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        self.procs[service] = subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"],
             env=self.service_env(service),
             stdout=log,

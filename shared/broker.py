@@ -71,7 +71,7 @@ class Publisher:
 
     @classmethod
     async def open(
-        cls, connection: AbstractRobustConnection, *, timeout: float = 10.0  # noqa: ASYNC109
+        cls, connection: AbstractRobustConnection, *, timeout: float = 10.0
     ) -> Publisher:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         return cls(channel, timeout=timeout)

@@ -1,0 +1,215 @@
+"""The pipeline end to end: four real processes, the real broker, a real receiver.
+
+An event published over HTTP or AMQP is validated, fanned out, signed, delivered, verified by
+the receiver the guide's way and by the official Standard Webhooks library, and audited.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import aio_pika
+import orjson
+
+from demo.launcher import System
+from demo.receiver import Receiver
+from shared import topology
+from tests.conftest import wait_for
+from tests.e2e.conftest import Api
+
+DETAILS = {"fr": "Modèle créé", "en": "Template created", "ar": "تم إنشاء القالب",
+           "tzm": "ⵉⵜⵜⵓⵙⴽⴰ ⵓⵎⴷⵢⴰ"}
+
+
+def template_event(lang: str = "fr", **data: Any) -> dict[str, Any]:
+    return {"event": "template.created", "timestamp": "2025-05-20T12:00:00Z", "lang": lang,
+            "data": {"template_id": "abc123", "user_id": "user42", "details": DETAILS, **data}}
+
+
+async def publish_amqp(url: str, routing_key: str, body: bytes, **props: Any) -> None:
+    conn = await aio_pika.connect(url)
+    async with conn:
+        channel = await conn.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(topology.EVENTS_EXCHANGE)
+        await exchange.publish(
+            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **props),
+            routing_key, mandatory=True, timeout=10)
+
+
+async def drain(url: str, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Take every message currently in ``queue`` (acked: the test owns them now)."""
+    conn = await aio_pika.connect(url)
+    out = []
+    async with conn:
+        channel = await conn.channel()
+        q = await channel.get_queue(queue, ensure=False)
+        while (msg := await q.get(fail=False, no_ack=True)) is not None:
+            out.append(msg)
+    return out
+
+
+async def test_http_and_amqp_events_arrive_signed_and_verified(
+    api: Api, receiver: Receiver, amqp_url: str
+) -> None:
+    await api.endpoint(receiver, "verify", ["template.created"])
+    http_id = await api.publish(template_event("ar"))
+    amqp_id = f"evt_amqp_{uuid.uuid4().hex[:10]}"
+    await publish_amqp(amqp_url, "template.created",
+                       orjson.dumps({**template_event("tzm"), "id": amqp_id}),
+                       type="dihya.event.v1")
+
+    got = await receiver.wait(lambda ds: {http_id, amqp_id} <= {
+        d.json["id"] for d in ds if d.path == "verify"})
+    for d in (d for d in got if d.path == "verify"):
+        assert d.guide_ok, "X-Dihya-Signature must verify the guide's Flask way"
+        assert d.standard_ok is True, "the standardwebhooks package must verify the headers"
+        body = d.json
+        assert body["event"] == "template.created"
+        assert body["data"]["details"] == DETAILS  # the four languages survive the trip
+        assert d.headers["webhook-id"] == body["id"]
+        assert d.headers["X-Dihya-Event"] == "template.created"
+        assert d.headers["Content-Type"].startswith("application/json")
+        assert body["delivery"]["nonce"] and body["delivery"]["timestamp"] == int(
+            d.headers["webhook-timestamp"])
+    langs = {d.json["id"]: d.json["lang"] for d in got}
+    assert langs[http_id] == "ar" and langs[amqp_id] == "tzm"
+
+
+async def test_fan_out_one_delivery_per_subscribed_endpoint(api: Api, receiver: Receiver) -> None:
+    await api.endpoint(receiver, "fan-a", ["incident.*"])
+    await api.endpoint(receiver, "fan-b", ["incident.security"])
+    await api.endpoint(receiver, "fan-c", ["template.deleted"])
+    event_id = await api.publish({"event": "incident.security", "data": {"user_id": "u1"}})
+    marker = await api.publish({"event": "template.deleted", "data": {}})
+
+    await receiver.wait(lambda ds: any(d.json["id"] == marker for d in ds))
+    await receiver.wait(lambda ds: len([d for d in ds if d.json["id"] == event_id]) >= 2)
+    # fan-c's own delivery (the marker) has arrived, so the incident's fan-out is complete
+    hits = sorted(d.path for d in receiver.received() if d.json["id"] == event_id)
+    assert hits == ["fan-a", "fan-b"]
+
+
+async def test_audit_shows_the_accepted_event_and_each_attempt(
+    api: Api, receiver: Receiver
+) -> None:
+    ep = await api.endpoint(receiver, "audited", ["audit.demo"])
+    event_id = await api.publish({"event": "audit.demo", "data": {"user_id": "user42"}})
+    await receiver.wait(lambda ds: any(d.json["id"] == event_id for d in ds))
+
+    async def trail() -> list[dict[str, Any]]:
+        return await api.records(event_id=event_id)
+
+    await wait_for(lambda: _has_attempt(trail), timeout=20)
+    records = await trail()
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("event.accepted") == 1
+    attempts = [r for r in records if r["kind"] == "delivery.attempted"]
+    assert len(attempts) == 1
+    attempt = attempts[0]
+    assert attempt["endpoint_id"] == ep["id"]
+    assert attempt["status_code"] == 200 and attempt["outcome"] == "delivered"
+    assert attempt["duration_ms"] is not None and attempt["duration_ms"] >= 0
+    by_endpoint = await api.records(endpoint_id=ep["id"])
+    assert {r["fact_id"] for r in attempts} <= {r["fact_id"] for r in by_endpoint}
+
+
+async def _has_attempt(trail: Any) -> bool:
+    return any(r["kind"] == "delivery.attempted" for r in await trail())
+
+
+async def test_failed_delivery_is_retried_then_dead_lettered_and_audited(
+    api: Api, receiver: Receiver, amqp_url: str
+) -> None:
+    receiver.statuses["down"] = [500, 500, 500]
+    ep = await api.endpoint(receiver, "down", ["order.failed"])
+    event_id = await api.publish({"event": "order.failed", "data": {}})
+
+    async def dead_lettered() -> bool:
+        return any(r["kind"] == "delivery.dead_lettered"
+                   for r in await api.records(event_id=event_id))
+
+    await wait_for(dead_lettered, timeout=30)
+    hits = receiver.received("down")
+    assert len(hits) == 3  # the first attempt and two retries (schedule 150ms, 300ms)
+    assert len({d.headers["webhook-id"] for d in hits}) == 1  # stable id across attempts
+    assert len({d.json["delivery"]["nonce"] for d in hits}) == 3  # re-signed every time
+    records = await api.records(event_id=event_id)
+    attempts = [r for r in records if r["kind"] == "delivery.attempted"]
+    assert [r["status_code"] for r in attempts] == [500, 500, 500]
+    assert all(r["endpoint_id"] == ep["id"] for r in attempts)
+    parked = await drain(amqp_url, topology.dead_queue(topology.DELIVERER_JOBS))
+    mine = [m for m in parked if event_id.encode() in m.body]
+    assert len(mine) == 1
+    assert mine[0].headers[topology.REASON_HEADER] == "exhausted"
+    assert len(orjson.loads(mine[0].body)["history"]) == 3
+
+
+async def test_bad_input_over_http_gets_clear_errors(api: Api) -> None:
+    status, body = await api.call("POST", "ingest", "/v1/events", api.system.admin_token,
+                                  {"event": "Not An Event!", "lang": "de"})
+    assert status == 422
+    fields = {f["field"] for f in body["error"]["fields"]}
+    assert {"event", "lang", "data"} <= fields
+    status, body = await api.call("POST", "ingest", "/v1/events", api.system.admin_token,
+                                  data=b"{not json", headers={"Content-Type": "application/json"})
+    assert status == 400 and body["error"]["code"] == "invalid_json"
+    status, _ = await api.call("POST", "ingest", "/v1/events", None, template_event())
+    assert status == 401
+
+
+async def test_bad_input_over_amqp_is_dead_lettered_audited_and_the_next_event_flows(
+    api: Api, receiver: Receiver, amqp_url: str
+) -> None:
+    await api.endpoint(receiver, "after-bad", ["bad.next"])
+    await publish_amqp(amqp_url, "bad.json", b"{definitely not json")
+    await publish_amqp(amqp_url, "bad.schema", orjson.dumps({"event": "bad.schema"}))
+    good = f"evt_good_{uuid.uuid4().hex[:8]}"
+    await publish_amqp(amqp_url, "bad.next", orjson.dumps({"id": good, "event": "bad.next",
+                                                           "data": {}}))
+    await receiver.wait(lambda ds: any(d.json["id"] == good for d in ds))
+
+    async def rejected() -> list[dict[str, Any]]:
+        return await api.records(kind="event.rejected")
+
+    await wait_for(lambda: _count(rejected, 2), timeout=20)
+    reasons = {r["reason"] for r in await rejected()}
+    assert {"invalid_json", "schema_invalid"} <= reasons
+    parked = await drain(amqp_url, topology.dead_queue(topology.INGEST_EVENTS))
+    by_reason = {m.headers[topology.REASON_HEADER]: m for m in parked}
+    assert by_reason["invalid_json"].body == b"{definitely not json"
+    assert b"bad.schema" in by_reason["schema_invalid"].body
+
+
+async def _count(fetch: Any, n: int) -> bool:
+    return len(await fetch()) >= n
+
+
+async def test_roles_are_enforced(api: Api) -> None:
+    _, pub = await api.call("POST", "ingest", "/v1/tokens", api.system.admin_token,
+                            {"role": "publisher"}, expect=201)
+    status, body = await api.call("POST", "ingest", "/v1/endpoints", pub["token"],
+                                  {"url": "https://example.com/h", "events": ["a.b"]})
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    status, _ = await api.call("GET", "audit", "/v1/audit/records", pub["token"])
+    assert status in (401, 403)
+    await api.publish({"event": "roles.ok", "data": {}}, token=pub["token"])
+
+
+async def test_no_secret_in_any_log_line_audit_record_or_parked_message(
+    api: Api, system: System, amqp_url: str, receiver: Receiver
+) -> None:
+    # Runs after the tests above (file order): every endpoint secret issued in this module.
+    issued = [s for s in receiver.secrets.values() if s]
+    assert len(issued) >= 5
+    records = await api.records()
+    assert records, "the audit log should not be empty here"
+    blob = orjson.dumps(records)
+    for name in ("ingest", "signer", "deliverer", "audit"):
+        blob += system.log_path(name).read_bytes()
+    for queue in topology.WORK_QUEUES:
+        for msg in await drain(amqp_url, topology.dead_queue(queue.name)):
+            blob += msg.body + orjson.dumps(msg.headers, default=str)
+    for secret in issued:
+        assert secret.encode() not in blob, "a webhook secret leaked"
+    assert system.admin_token.encode() not in blob, "the admin token leaked"
