@@ -71,3 +71,12 @@ def test_only_the_secret_message_can_carry_a_secret() -> None:
         if model is contracts.EndpointSecret:
             continue
         assert not {"secret", "token", "password"} & set(model.model_fields), model.__name__
+
+
+def test_committed_asyncapi_document_is_current() -> None:
+    from shared import asyncapi
+
+    committed = json.loads(asyncapi.DOC_PATH.read_text())
+    assert committed == json.loads(json.dumps(asyncapi.build())), (
+        "run `python -m shared.asyncapi` to refresh docs/asyncapi.json"
+    )

@@ -1,0 +1,45 @@
+"""Ingest settings (environment variables prefixed ``DIHYA_INGEST_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DIHYA_INGEST_", extra="ignore", populate_by_name=True
+    )
+
+    host: str = Field(default="127.0.0.1", description="Address the HTTP API binds.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP API.")
+    database_url: str = Field(
+        default="sqlite:///./data/ingest.db",
+        description="Storage DSN: `sqlite:///path` (default) or `postgresql://…` "
+        "(required to run several ingest replicas).",
+    )
+    max_body_bytes: int = Field(
+        default=262144, ge=1024, le=16 * 1024 * 1024,
+        description="Largest accepted HTTP request body; larger bodies get 413.",
+    )
+    idempotency_window: int = Field(
+        default=86400, ge=0,
+        description="Seconds an `Idempotency-Key` is remembered per token; a reuse within the "
+        "window replays the first answer, later it starts a new event. 0 disables replay.",
+    )
+    prefetch: int = Field(
+        default=200, ge=1, le=2000,
+        description="Unacked events the consumer works on at once (quorum queues cap it at 2000).",
+    )
+    max_fanout: int = Field(
+        default=1000, ge=1,
+        description="Most endpoints one event may fan out to. An event matching more is not "
+        "delivered at all: it is parked with reason `fanout_limit` and audited, so an operator "
+        "decides (raise the limit, then move it back from the parking queue).",
+    )
+    secret_min_length: int = Field(
+        default=16, ge=8, le=256,
+        description="Shortest endpoint secret an administrator may supply.",
+    )

@@ -1,0 +1,239 @@
+"""Pure signing logic: no I/O, no clock, no randomness — the caller passes ``now`` and ``nonce``.
+
+What a receiver gets for one attempt of one job:
+
+* **Body** — the exact bytes POSTed (orjson): the guide's payload template plus an ``id`` and a
+  ``delivery`` block::
+
+      {"id": "evt_…", "event": "template.created", "timestamp": "2025-05-20T12:00:00Z",
+       "lang": "fr", "data": {…},
+       "delivery": {"id": "dlv_…", "attempt": 1, "nonce": "<32 hex>", "timestamp": 1716206400}}
+
+  The nonce and the attempt's unix timestamp live *inside* the signed body, so both signature
+  schemes bind body, timestamp and nonce. Every attempt is re-signed: fresh timestamp, new nonce.
+* **Standard Webhooks headers** — ``webhook-id`` (the event id, stable across attempts and
+  endpoints' retries: receivers de-duplicate on it), ``webhook-timestamp`` (same seconds as
+  ``delivery.timestamp``) and ``webhook-signature``: ``v1,<base64 HMAC-SHA256(key,
+  "{id}.{timestamp}.{body}")>``, one per valid secret, current first, space-separated — so a
+  receiver verifies during a rotation whichever secret it holds.
+
+  The HMAC key: a ``whsec_<base64>`` secret is used as Standard Webhooks defines it (the decoded
+  bytes). Any other, free-form secret is used as its UTF-8 bytes; a Standard Webhooks library must
+  then be given :func:`standard_webhooks_secret` of it, i.e. ``"whsec_" + base64(secret)``.
+* ``X-Dihya-Signature`` — hex HMAC-SHA256 of the raw body keyed with the *current* secret string's
+  UTF-8 bytes, exactly as the administrator received it: what the guide's Flask, Express and
+  Django receivers compute, so they work unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from shared.contracts import AuditFact, DeliveryJob, EndpointSecret, SignedDelivery
+
+WHSEC_PREFIX = "whsec_"
+USER_AGENT = "Dihya-Webhooks/0.1"
+_NONCE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class UnsignableJob(ValueError):
+    """A job the signer cannot turn into a delivery (it is parked, not retried)."""
+
+
+@dataclass(frozen=True)
+class StoredSecret:
+    """A decrypted keystore row. ``repr`` hides the value so it never lands in a log line."""
+
+    value: str = field(repr=False)
+    created_at: datetime
+    valid_until: datetime | None  # None: the current secret
+
+
+def valid_secrets(rows: Sequence[StoredSecret], now: datetime) -> tuple[str, ...]:
+    """The secrets that may sign at ``now``: the current one first, then the newest previous.
+
+    A previous secret signs until its overlap deadline (``valid_until``), after which it is
+    simply ignored (the keystore drops expired rows on the next rotation).
+    """
+    current = [r for r in rows if r.valid_until is None]
+    previous = [r for r in rows if r.valid_until is not None and r.valid_until > now]
+    current.sort(key=lambda r: r.created_at, reverse=True)
+    previous.sort(key=lambda r: r.created_at, reverse=True)
+    return tuple(r.value for r in current + previous)
+
+
+def hmac_key(secret: str) -> bytes:
+    """The Standard Webhooks HMAC key of ``secret`` (see the module docstring)."""
+    if secret.startswith(WHSEC_PREFIX):
+        rest = secret[len(WHSEC_PREFIX):]
+        try:
+            key = base64.b64decode(rest + "=" * (-len(rest) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if key:
+            return key
+    return secret.encode()
+
+
+def standard_webhooks_secret(secret: str) -> str:
+    """The secret to give a Standard Webhooks library so it verifies our ``webhook-signature``.
+
+    ``whsec_`` secrets are returned as they are; a free-form secret becomes
+    ``"whsec_" + base64(secret UTF-8)`` — the same key bytes :func:`hmac_key` signs with.
+    """
+    key = hmac_key(secret)
+    if key != secret.encode():
+        return secret
+    return WHSEC_PREFIX + base64.b64encode(key).decode()
+
+
+def standard_signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """One ``v1,<base64>`` Standard Webhooks signature."""
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def dihya_signature(secret: str, body: bytes) -> str:
+    """``X-Dihya-Signature``: what the guide's receivers compute over the raw body."""
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def iso_z(moment: datetime) -> str:
+    """ISO-8601 in UTC with a ``Z``, as in the guide (milliseconds only when there are some)."""
+    moment = moment.astimezone(UTC)
+    spec = "milliseconds" if moment.microsecond else "seconds"
+    return moment.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def render_body(job: DeliveryJob, *, nonce: str, timestamp: int) -> bytes:
+    """The exact body bytes of one attempt (see the module docstring)."""
+    event = job.event
+    if event.id is None or event.timestamp is None:
+        raise UnsignableJob("the job's event has no id or timestamp (ingest sets both)")
+    payload: dict[str, Any] = {"id": event.id, "event": event.event,
+                               "timestamp": iso_z(event.timestamp)}
+    if event.lang is not None:
+        payload["lang"] = event.lang
+    payload["data"] = event.data
+    payload["delivery"] = {"id": job.delivery_id, "attempt": job.attempt, "nonce": nonce,
+                           "timestamp": timestamp}
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+        raise UnsignableJob(f"the event data cannot be encoded as JSON: {exc}") from None
+
+
+def sign(job: DeliveryJob, secrets: Sequence[str], *, nonce: str, now: datetime
+         ) -> SignedDelivery:
+    """Sign one attempt of ``job`` with ``secrets`` (current first)."""
+    if not secrets:
+        raise UnsignableJob("no secret to sign with")
+    if not _NONCE.match(nonce):
+        raise ValueError("nonce must be 32 lowercase hex digits")
+    timestamp = int(now.timestamp())
+    body = render_body(job, nonce=nonce, timestamp=timestamp)
+    msg_id = job.event.id
+    assert msg_id is not None  # render_body checked it
+    signatures = " ".join(standard_signature(hmac_key(s), msg_id, timestamp, body)
+                          for s in secrets)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signatures,
+        "X-Dihya-Signature": dihya_signature(secrets[0], body),
+        "X-Dihya-Event": job.event.event,
+        "X-Dihya-Delivery": job.delivery_id,
+        "X-Dihya-Attempt": str(job.attempt),
+    }
+    return SignedDelivery(job=job, body=body.decode(), headers=headers, signed_at=now)
+
+
+# --- control messages and audit facts -------------------------------------------------------
+
+
+def describe(exc: ValidationError) -> str:
+    """A validation error without the submitted values (a control message holds a secret)."""
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    return "; ".join(parts)
+
+
+def parse_control(body: bytes) -> EndpointSecret:
+    """Decode a control message; raise ``ValueError`` (safe to log) if it is unusable."""
+    try:
+        msg = EndpointSecret.model_validate_json(body)
+    except ValidationError as exc:
+        raise ValueError(describe(exc)) from None
+    if msg.action == "set" and (msg.secret is None or not msg.secret.get_secret_value()):
+        raise ValueError("secret: required (non-empty) when action is 'set'")
+    return msg
+
+
+def parse_job(body: bytes) -> DeliveryJob:
+    """Decode a delivery job; raise ``ValueError`` (safe to log) if it is unusable."""
+    try:
+        return DeliveryJob.model_validate_json(body)
+    except ValidationError as exc:
+        raise ValueError(describe(exc)) from None
+
+
+def fact_id(*parts: str) -> str:
+    """A deterministic ``fct_`` id: a redelivered message yields the same fact, which the audit
+    store then drops as a duplicate."""
+    return "fct_" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def secret_fact(msg: EndpointSecret, *, applied: bool, now: datetime) -> AuditFact:
+    """``secret.set`` for a control message: the endpoint and what happened, never the secret."""
+    return AuditFact(
+        id=fact_id(msg.endpoint_id, msg.issued_at.isoformat(), msg.action, "secret.set"),
+        kind="secret.set",
+        occurred_at=now,
+        service="signer",
+        endpoint_id=msg.endpoint_id,
+        outcome="applied" if applied else "ignored_stale",
+        details={
+            "action": msg.action,
+            "issued_at": iso_z(msg.issued_at),
+            "previous_valid_until": (None if msg.previous_valid_until is None
+                                     else iso_z(msg.previous_valid_until)),
+        },
+    )
+
+
+def parked_fact(*, queue: str, reason: str, error: str, body: bytes, now: datetime,
+                job: DeliveryJob | None = None) -> AuditFact:
+    """``delivery.parked``: a message the signer set aside (with why) instead of processing."""
+    if job is not None:
+        key = (job.delivery_id, str(job.attempt), "delivery.parked")
+    else:
+        key = (queue, hashlib.sha256(body).hexdigest(), "delivery.parked")
+    return AuditFact(
+        id=fact_id(*key),
+        kind="delivery.parked",
+        occurred_at=now,
+        service="signer",
+        event_id=None if job is None else job.event.id,
+        event_type=None if job is None else job.event.event,
+        endpoint_id=None if job is None else job.endpoint_id,
+        delivery_id=None if job is None else job.delivery_id,
+        attempt=None if job is None else job.attempt,
+        reason=reason,
+        error=error[:500],
+        details={"queue": queue},
+    )

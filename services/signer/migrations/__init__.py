@@ -1,0 +1,1 @@
+"""Alembic revisions of the signer keystore (run by ``shared.db.migrate``)."""

@@ -1,0 +1,180 @@
+"""The keystore: endpoint secrets, Fernet-encrypted at rest (SQLAlchemy Core, SQLite or PG).
+
+Tables (see ``migrations/``):
+
+* ``secrets(id, endpoint_id, ciphertext, created_at, valid_until)`` — ``valid_until`` NULL is the
+  endpoint's current secret; a previous secret keeps signing until its ``valid_until`` (rotation
+  overlap). The plaintext is encrypted together with its endpoint id, so a ciphertext copied onto
+  another endpoint's row fails to decrypt instead of signing for the wrong endpoint.
+* ``secret_versions(endpoint_id, issued_at, action)`` — the ``issued_at`` of the newest control
+  message applied per endpoint. Control messages are delivered at least once and several signer
+  replicas compete for them, so a duplicate or an older message arriving late must not undo a
+  newer rotation: it is ignored. The version row is upserted first, which also serialises
+  concurrent rotations of one endpoint (the row lock on PostgreSQL, the write lock on SQLite).
+
+A dump of the database shows ciphertext only; the master key lives in the environment.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.fernet import InvalidToken, MultiFernet
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    delete,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.signer.handlers import StoredSecret
+from shared.contracts import EndpointSecret
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both backends (SQLite keeps no offset of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect
+                             ) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+secrets_table = Table(
+    "secrets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("endpoint_id", String(128), nullable=False, index=True),
+    Column("ciphertext", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("valid_until", UTCDateTime, nullable=True),
+)
+
+versions_table = Table(
+    "secret_versions",
+    metadata,
+    Column("endpoint_id", String(128), primary_key=True),
+    Column("issued_at", UTCDateTime, nullable=False),
+    Column("action", String(16), nullable=False),
+)
+
+
+class CorruptKeystore(Exception):
+    """A row that no configured master key decrypts (wrong key, or a tampered row)."""
+
+
+class Keystore:
+    """Encrypted secrets of every endpoint; shared by the signer replicas."""
+
+    def __init__(self, engine: AsyncEngine, cipher: MultiFernet) -> None:
+        self._engine = engine
+        self._cipher = cipher
+
+    def _encrypt(self, endpoint_id: str, secret: str) -> str:
+        plain = orjson.dumps({"endpoint_id": endpoint_id, "secret": secret})
+        return self._cipher.encrypt(plain).decode("ascii")
+
+    def _decrypt(self, endpoint_id: str, ciphertext: str) -> str:
+        try:
+            plain = orjson.loads(self._cipher.decrypt(ciphertext.encode("ascii")))
+        except (InvalidToken, orjson.JSONDecodeError):
+            raise CorruptKeystore(
+                f"a secret of {endpoint_id} does not decrypt with the configured master key(s)"
+            ) from None
+        if plain.get("endpoint_id") != endpoint_id:
+            raise CorruptKeystore(f"a secret row of {endpoint_id} belongs to another endpoint")
+        return str(plain["secret"])
+
+    async def apply(self, msg: EndpointSecret, now: datetime) -> bool:
+        """Apply a control message; ``False`` if a newer one was already applied (ignored).
+
+        ``set``: the new secret becomes current. If ``previous_valid_until`` is in the future,
+        the secret that was current keeps signing until then; otherwise it is dropped. Previous
+        secrets whose overlap is over are cleaned up. ``delete``: every secret goes.
+        """
+        async with self._engine.begin() as conn:
+            values: dict[str, Any] = {"endpoint_id": msg.endpoint_id,
+                                      "issued_at": msg.issued_at, "action": msg.action}
+            dialect = conn.dialect.name
+            insert = pg_insert if dialect == "postgresql" else sqlite_insert
+            stmt = insert(versions_table).values(**values)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[versions_table.c.endpoint_id],
+                set_={"issued_at": stmt.excluded.issued_at, "action": stmt.excluded.action},
+                where=versions_table.c.issued_at < stmt.excluded.issued_at,
+            ).returning(versions_table.c.endpoint_id)
+            if (await conn.execute(stmt)).first() is None:
+                return False
+
+            rows = secrets_table.c
+            mine = rows.endpoint_id == msg.endpoint_id
+            if msg.action == "delete":
+                await conn.execute(delete(secrets_table).where(mine))
+                return True
+            assert msg.secret is not None
+            await conn.execute(delete(secrets_table).where(
+                mine, rows.valid_until.is_not(None), rows.valid_until <= now))
+            overlap = msg.previous_valid_until
+            if overlap is not None and overlap > now:
+                await conn.execute(update(secrets_table)
+                                   .where(mine, rows.valid_until.is_(None))
+                                   .values(valid_until=overlap))
+            else:
+                await conn.execute(delete(secrets_table).where(mine, rows.valid_until.is_(None)))
+            await conn.execute(secrets_table.insert().values(
+                endpoint_id=msg.endpoint_id,
+                ciphertext=self._encrypt(msg.endpoint_id, msg.secret.get_secret_value()),
+                created_at=now,
+                valid_until=None,
+            ))
+            return True
+
+    async def load(self, endpoint_id: str, now: datetime) -> list[StoredSecret]:
+        """The endpoint's secrets that are current or still inside their overlap, decrypted."""
+        rows = secrets_table.c
+        query = select(rows.ciphertext, rows.created_at, rows.valid_until).where(
+            rows.endpoint_id == endpoint_id,
+            (rows.valid_until.is_(None)) | (rows.valid_until > now),
+        )
+        async with self._engine.connect() as conn:
+            result = (await conn.execute(query)).all()
+        return [
+            StoredSecret(self._decrypt(endpoint_id, r.ciphertext), r.created_at, r.valid_until)
+            for r in result
+        ]
+
+    async def ping(self) -> bool:
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True

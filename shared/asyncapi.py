@@ -1,0 +1,99 @@
+"""The AsyncAPI 3.0 document of Dihya's broker interface, built from the topology and contracts.
+
+Platform teams read it to publish events (``dihya.events``); operators and service authors read
+it for the internal channels. ``python -m shared.asyncapi`` rewrites ``docs/asyncapi.json``; a
+test fails when the committed document is stale.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from shared import topology
+from shared.contracts import (
+    EVENT_TYPE_TAG,
+    AuditFact,
+    Contract,
+    DeliveryJob,
+    EndpointSecret,
+    Event,
+    SignedDelivery,
+    TokenGrant,
+)
+
+DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
+
+_CHANNELS: list[tuple[str, str, str, type[Contract], str]] = [
+    # (channel id, exchange, routing key, payload, who publishes → who consumes)
+    ("events", topology.EVENTS_EXCHANGE, "{eventType}", Event,
+     "Platform services publish domain events here (routing key = event type, e.g. "
+     "`template.created`); ingest consumes them from `dihya.ingest.events`. Set the AMQP "
+     f"`type` property to `{EVENT_TYPE_TAG}` (optional) and a `message_id` (recommended: a "
+     "redelivered message then keeps its event id). Persistent messages, publisher confirms."),
+    ("sign", topology.WORK_EXCHANGE, topology.SIGN, DeliveryJob,
+     "Ingest (fan-out) and the retry tiers → signer (`dihya.signer.jobs`)."),
+    ("deliver", topology.WORK_EXCHANGE, topology.DELIVER, SignedDelivery,
+     "Signer → deliverer (`dihya.deliverer.jobs`)."),
+    ("audit", topology.AUDIT_EXCHANGE, "{factKind}", AuditFact,
+     "Every service → audit (`dihya.audit.facts`); routing key = fact kind."),
+    ("secrets", topology.CONTROL_EXCHANGE, "secret.{action}", EndpointSecret,
+     "Ingest → signer (`dihya.signer.control`): the only message that carries a secret."),
+    ("tokens", topology.CONTROL_EXCHANGE, "token.{action}", TokenGrant,
+     "Ingest → audit (`dihya.audit.control`): API token hashes and roles."),
+]
+
+
+def build() -> dict[str, Any]:
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
+    for cid, exchange, key, model, description in _CHANNELS:
+        name = model.__name__
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
+        messages[name] = {
+            "name": name,
+            "contentType": "application/json",
+            "payload": {"$ref": f"#/components/schemas/{name}"},
+        }
+        channels[cid] = {
+            "address": key,
+            "description": description,
+            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+            "bindings": {"amqp": {"is": "routingKey", "exchange": {
+                "name": exchange, "type": _exchange_type(exchange), "durable": True,
+                "autoDelete": False, "vhost": "/"}, "bindingVersion": "0.3.0"}},
+        }
+        operations[f"publish_{cid}"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{cid}"},
+            "bindings": {"amqp": {"deliveryMode": 2, "mandatory": True,
+                                  "bindingVersion": "0.3.0"}},
+        }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Dihya Webhooks — broker interface",
+            "version": "1.0.0",
+            "description": "Exchanges, routing keys and message contracts of Dihya Webhooks. "
+            "Every message is persistent JSON; contracts are versioned (see `type`).",
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": schemas},
+    }
+
+
+def _exchange_type(name: str) -> str:
+    return next(e.type for e in topology.EXCHANGES if e.name == name)
+
+
+if __name__ == "__main__":
+    DOC_PATH.parent.mkdir(exist_ok=True)
+    DOC_PATH.write_text(json.dumps(build(), indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {DOC_PATH}")
