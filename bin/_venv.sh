@@ -8,7 +8,7 @@ ensure_venv() {
   [ -x .venv/bin/python ] || "$python" -m venv .venv
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+    .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}" -e sdk/python
     touch "$stamp"
   fi
 }

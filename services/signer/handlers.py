@@ -47,7 +47,7 @@ USER_AGENT = "Dihya-Webhooks/0.1"
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
 
 
-class UnsignableJob(ValueError):
+class UnsignableJobError(ValueError):
     """A job the signer cannot turn into a delivery (it is parked, not retried)."""
 
 
@@ -120,7 +120,7 @@ def render_body(job: DeliveryJob, *, nonce: str, timestamp: int) -> bytes:
     """The exact body bytes of one attempt (see the module docstring)."""
     event = job.event
     if event.id is None or event.timestamp is None:
-        raise UnsignableJob("the job's event has no id or timestamp (ingest sets both)")
+        raise UnsignableJobError("the job's event has no id or timestamp (ingest sets both)")
     payload: dict[str, Any] = {"id": event.id, "event": event.event,
                                "timestamp": iso_z(event.timestamp)}
     if event.lang is not None:
@@ -131,14 +131,14 @@ def render_body(job: DeliveryJob, *, nonce: str, timestamp: int) -> bytes:
     try:
         return orjson.dumps(payload)
     except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
-        raise UnsignableJob(f"the event data cannot be encoded as JSON: {exc}") from None
+        raise UnsignableJobError(f"the event data cannot be encoded as JSON: {exc}") from None
 
 
 def sign(job: DeliveryJob, secrets: Sequence[str], *, nonce: str, now: datetime
          ) -> SignedDelivery:
     """Sign one attempt of ``job`` with ``secrets`` (current first)."""
     if not secrets:
-        raise UnsignableJob("no secret to sign with")
+        raise UnsignableJobError("no secret to sign with")
     if not _NONCE.match(nonce):
         raise ValueError("nonce must be 32 lowercase hex digits")
     timestamp = int(now.timestamp())

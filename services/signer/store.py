@@ -90,7 +90,7 @@ versions_table = Table(
 )
 
 
-class CorruptKeystore(Exception):
+class CorruptKeystoreError(Exception):
     """A row that no configured master key decrypts (wrong key, or a tampered row)."""
 
 
@@ -109,11 +109,11 @@ class Keystore:
         try:
             plain = orjson.loads(self._cipher.decrypt(ciphertext.encode("ascii")))
         except (InvalidToken, orjson.JSONDecodeError):
-            raise CorruptKeystore(
+            raise CorruptKeystoreError(
                 f"a secret of {endpoint_id} does not decrypt with the configured master key(s)"
             ) from None
         if plain.get("endpoint_id") != endpoint_id:
-            raise CorruptKeystore(f"a secret row of {endpoint_id} belongs to another endpoint")
+            raise CorruptKeystoreError(f"a secret row of {endpoint_id} belongs to another endpoint")
         return str(plain["secret"])
 
     async def apply(self, msg: EndpointSecret, now: datetime) -> bool:

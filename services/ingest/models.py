@@ -1,0 +1,217 @@
+"""Request and response bodies of the ingest HTTP API (pydantic; the OpenAPI schemas come
+from these very models, so the document cannot drift from what the handlers accept).
+
+Validation that depends on settings (the shortest secret an administrator may supply) reads the
+validation context: ``model_validate(data, context={"secret_min_length": n})``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from services.ingest.handlers import PATTERN_RE, EndpointStatus
+from shared.contracts import Role
+
+DEFAULT_SECRET_MIN_LENGTH = 16
+SECRET_MAX_LENGTH = 256
+MAX_OVERLAP_SECONDS = 7 * 86400
+
+
+def _check_url(value: str) -> str:
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("must not contain whitespace or control characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials (user:password@); the signature "
+                         "authenticates deliveries")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return value
+
+
+def _dedupe(patterns: list[str]) -> list[str]:
+    return list(dict.fromkeys(patterns))
+
+
+def _check_secret(value: str | None, info: ValidationInfo) -> str | None:
+    if value is None:
+        return None
+    minimum = int((info.context or {}).get("secret_min_length", DEFAULT_SECRET_MIN_LENGTH))
+    if len(value) < minimum:
+        raise ValueError(f"must be at least {minimum} characters")
+    if not all("!" <= ch <= "~" for ch in value):
+        raise ValueError("must be printable ASCII without spaces")
+    return value
+
+
+Url = Annotated[
+    str,
+    Field(min_length=1, max_length=2048, description="http(s) URL the deliveries are POSTed to.",
+          examples=["https://hooks.example.com/dihya"]),
+    AfterValidator(_check_url),
+]
+Pattern = Annotated[
+    str,
+    Field(min_length=1, max_length=255, pattern=PATTERN_RE.pattern,
+          description="Event-type pattern: dot-separated words of `[a-z0-9_-]`; `*` matches "
+          "exactly one word, `#` zero or more (RabbitMQ topic semantics)."),
+]
+Patterns = Annotated[
+    list[Pattern],
+    Field(min_length=1, max_length=64, examples=[["template.created", "incident.*"]]),
+    AfterValidator(_dedupe),
+]
+Description = Annotated[str, Field(max_length=1024)]
+Secret = Annotated[
+    str,
+    Field(max_length=SECRET_MAX_LENGTH,
+          description="Signing secret: printable ASCII without spaces, at least "
+          "DIHYA_INGEST_SECRET_MIN_LENGTH (default 16) characters. Leave it out to get a "
+          "generated `whsec_` secret (recommended: Standard Webhooks libraries expect one)."),
+]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EndpointCreate(Request):
+    """Register a webhook endpoint."""
+
+    url: Url
+    events: Patterns
+    description: Description | None = None
+    secret: Secret | None = None
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_secret(value, info)
+
+
+class EndpointUpdate(Request):
+    """Change an endpoint; fields left out stay as they are (`description: null` clears it)."""
+
+    url: Url | None = None
+    events: Patterns | None = None
+    description: Description | None = None
+    status: EndpointStatus | None = None
+
+    @field_validator("url", "events", "status", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("may be left out but not null")
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> EndpointUpdate:
+        if not self.model_fields_set:
+            raise ValueError("send at least one of: url, events, description, status")
+        return self
+
+
+class SecretRotate(Request):
+    """Rotate an endpoint's secret; the previous one keeps signing during the overlap."""
+
+    secret: Secret | None = None
+    overlap_seconds: int = Field(
+        default=86400, ge=0, le=MAX_OVERLAP_SECONDS,
+        description="How long the previous secret stays valid (signatures with both are sent).",
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_secret(value, info)
+
+
+class TokenCreate(Request):
+    """Issue an API token."""
+
+    role: Role
+    description: Description | None = None
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class EndpointOut(Response):
+    id: str
+    url: str
+    events: list[str]
+    description: str | None
+    status: EndpointStatus
+    created_at: datetime
+    updated_at: datetime
+
+
+class EndpointCreated(EndpointOut):
+    secret: str = Field(description="The signing secret. Shown this once; store it now.")
+
+
+class EndpointList(Response):
+    items: list[EndpointOut]
+    next: str | None = Field(description="Pass as `after` to get the next page; null at the end.")
+
+
+class SecretRotated(Response):
+    id: str
+    secret: str = Field(description="The new signing secret. Shown this once.")
+    previous_valid_until: datetime
+
+
+class EventAccepted(Response):
+    id: str = Field(description="The event id every delivery of this event carries.")
+    event: str
+
+
+class TokenOut(Response):
+    id: str
+    role: Role
+    description: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The bearer token. Shown this once; only its hash is kept.")
+
+
+class TokenList(Response):
+    items: list[TokenOut]
+    next: str | None
+
+
+class FieldError(Response):
+    field: str
+    message: str
+
+
+class ErrorDetail(Response):
+    code: str
+    message: str
+    fields: list[FieldError]
+
+
+class ErrorBody(Response):
+    error: ErrorDetail

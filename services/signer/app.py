@@ -1,0 +1,230 @@
+"""Signer wiring: keystore, secret cache, the two consumers and the ops HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Sequence
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from services.signer import handlers
+from services.signer.handlers import StoredSecret, UnsignableJobError
+from services.signer.settings import Settings
+from services.signer.store import MIGRATIONS, Keystore
+from shared import topology
+from shared.broker import Consumer, Publisher, connect, declare
+from shared.contracts import DeliveryJob, utcnow
+from shared.db import make_engine, migrate
+from shared.runtime import Stop
+from shared.web import add_ops_routes, errors_middleware, serve
+
+log = structlog.get_logger("dihya.signer")
+
+JOBS = Counter("dihya_signer_jobs_total", "Delivery jobs handled by the signer.",
+               ["result", "reason"])
+CONTROL = Counter("dihya_signer_control_total", "Secret control messages handled.",
+                  ["action", "result"])
+SECRET_WAIT = Histogram("dihya_signer_secret_wait_seconds",
+                        "How long jobs waited for their endpoint's secret to arrive.",
+                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+RECHECK_INTERVAL = 0.5
+"""While a job waits for its secret, how often the keystore is re-read anyway: the control
+message may be consumed by *another* replica, whose signal never reaches this process."""
+
+
+class SecretCache:
+    """Decrypted secrets per endpoint, with a short TTL, single-flight loads and arrival signals.
+
+    * A hit within ``ttl`` costs no query. Control messages handled here invalidate at once;
+      ones handled by another replica sharing the keystore are picked up when the TTL lapses.
+    * A miss always reads the keystore (no negative caching: a secret may have been stored by
+      another replica a moment ago). Concurrent misses for one endpoint share one query.
+    * A job whose endpoint has no secret yet :meth:`wait`\\s for it: it is woken the instant a
+      control message for that endpoint is applied here, and re-reads the keystore every
+      :data:`RECHECK_INTERVAL` for the case where another replica applied it.
+    """
+
+    def __init__(self, keystore: Keystore, ttl: float) -> None:
+        self._keystore = keystore
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, list[StoredSecret]]] = {}
+        self._generation: dict[str, int] = {}
+        self._loading: dict[str, asyncio.Task[list[StoredSecret]]] = {}
+        self._arrived: dict[str, asyncio.Event] = {}
+
+    async def get(self, endpoint_id: str) -> tuple[str, ...]:
+        """The secrets that may sign for ``endpoint_id`` now (current first); may be empty."""
+        entry = self._entries.get(endpoint_id)
+        if entry is not None and entry[0] > time.monotonic():
+            found = handlers.valid_secrets(entry[1], utcnow())
+            if found:
+                return found
+        task = self._loading.get(endpoint_id)
+        if task is None:
+            task = asyncio.create_task(self._fetch(endpoint_id))
+            self._loading[endpoint_id] = task
+        return handlers.valid_secrets(await asyncio.shield(task), utcnow())
+
+    async def _fetch(self, endpoint_id: str) -> list[StoredSecret]:
+        generation = self._generation.get(endpoint_id, 0)
+        try:
+            rows = await self._keystore.load(endpoint_id, utcnow())
+        finally:
+            if self._loading.get(endpoint_id) is asyncio.current_task():
+                del self._loading[endpoint_id]
+        # Cache only if no control message was applied meanwhile (the rows could predate it).
+        if rows and self._ttl > 0 and self._generation.get(endpoint_id, 0) == generation:
+            self._entries[endpoint_id] = (time.monotonic() + self._ttl, rows)
+        return rows
+
+    def invalidate(self, endpoint_id: str) -> None:
+        """Forget ``endpoint_id``'s secrets and wake the jobs waiting for them."""
+        self._entries.pop(endpoint_id, None)
+        self._loading.pop(endpoint_id, None)
+        self._generation[endpoint_id] = self._generation.get(endpoint_id, 0) + 1
+        event = self._arrived.pop(endpoint_id, None)
+        if event is not None:
+            event.set()
+
+    async def wait(self, endpoint_id: str, timeout: float) -> tuple[str, ...]:
+        """Secrets of ``endpoint_id`` as soon as there are some, or ``()`` after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            # Take the event *before* reading, so a signal between read and wait is not lost.
+            event = self._arrived.setdefault(endpoint_id, asyncio.Event())
+            found = await self.get(endpoint_id)
+            remaining = deadline - loop.time()
+            if found or remaining <= 0:
+                return found
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(remaining, RECHECK_INTERVAL))
+
+
+class Signer:
+    """The two message handlers. Each returns only once what it published is confirmed."""
+
+    def __init__(self, settings: Settings, keystore: Keystore, cache: SecretCache,
+                 publisher: Publisher) -> None:
+        self._settings = settings
+        self._keystore = keystore
+        self._cache = cache
+        self._publisher = publisher
+
+    async def on_control(self, message: AbstractIncomingMessage) -> None:
+        try:
+            msg = handlers.parse_control(message.body)
+        except ValueError as exc:
+            await self._park(topology.SIGNER_CONTROL, message, "invalid_message", str(exc))
+            return
+        applied = await self._keystore.apply(msg, utcnow())
+        self._cache.invalidate(msg.endpoint_id)
+        CONTROL.labels(msg.action, "applied" if applied else "ignored_stale").inc()
+        log.info("secret_control", endpoint_id=msg.endpoint_id, action=msg.action,
+                 applied=applied, overlap=msg.previous_valid_until is not None)
+        fact = handlers.secret_fact(msg, applied=applied, now=utcnow())
+        await self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
+
+    async def on_job(self, message: AbstractIncomingMessage) -> None:
+        try:
+            job = handlers.parse_job(message.body)
+        except ValueError as exc:
+            await self._park(topology.SIGNER_JOBS, message, "invalid_message", str(exc))
+            return
+        ids = {"delivery_id": job.delivery_id, "event_id": job.event.id,
+               "endpoint_id": job.endpoint_id, "attempt": job.attempt}
+        found = await self._cache.get(job.endpoint_id)
+        if not found:
+            started = time.monotonic()
+            found = await self._cache.wait(job.endpoint_id, self._settings.secret_wait)
+            SECRET_WAIT.observe(time.monotonic() - started)
+        if not found:
+            await self._park(topology.SIGNER_JOBS, message, "no_secret",
+                             f"no secret for endpoint {job.endpoint_id} "
+                             f"after {self._settings.secret_wait:g}s", job=job)
+            return
+        try:
+            signed = handlers.sign(job, found, nonce=secrets.token_hex(16), now=utcnow())
+        except UnsignableJobError as exc:
+            await self._park(topology.SIGNER_JOBS, message, "unsignable", str(exc), job=job)
+            return
+        await self._publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed)
+        JOBS.labels("signed", "").inc()
+        log.debug("signed", signatures=len(found), **ids)
+
+    async def _park(self, queue: str, message: AbstractIncomingMessage, reason: str,
+                    error: str, job: DeliveryJob | None = None) -> None:
+        """Set a message aside with why, and audit it; the consumer then acks it."""
+        fact = handlers.parked_fact(queue=queue, reason=reason, error=error, body=message.body,
+                                    now=utcnow(), job=job)
+        await asyncio.gather(
+            self._publisher.park(queue, message, reason=reason, error=error),
+            self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact),
+        )
+        if queue == topology.SIGNER_JOBS:
+            JOBS.labels("parked", reason).inc()
+        else:
+            CONTROL.labels("unknown", reason).inc()
+        log.warning("parked", queue=queue, reason=reason, error=error,
+                    delivery_id=None if job is None else job.delivery_id,
+                    endpoint_id=None if job is None else job.endpoint_id,
+                    attempt=None if job is None else job.attempt)
+
+
+def _broker_ready(connection: AbstractRobustConnection) -> bool:
+    return not connection.is_closed and connection.connected.is_set()
+
+
+async def start(settings: Settings) -> Stop:
+    """Start the signer; the returned ``stop`` finishes or hands back in-flight work."""
+    cipher = settings.cipher()  # a ConfigError here, before anything is opened
+    stack = contextlib.AsyncExitStack()
+    try:
+        engine = make_engine(settings.database_url)
+        stack.push_async_callback(engine.dispose)
+        await migrate(engine, MIGRATIONS)
+        keystore = Keystore(engine, cipher)
+
+        connection = await connect(settings.amqp_url.get_secret_value(), service="signer")
+        stack.push_async_callback(connection.close)
+        channel = await connection.channel()
+        await declare(channel)
+        await channel.close()
+        publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
+        stack.push_async_callback(publisher.close)
+
+        app = web.Application(middlewares=[errors_middleware])
+
+        async def broker_ready() -> bool:
+            return _broker_ready(connection)
+
+        add_ops_routes(app, {"broker": broker_ready, "storage": keystore.ping})
+        runner = await serve(app, settings.host, settings.port)
+        stack.push_async_callback(runner.cleanup)
+
+        signer = Signer(settings, keystore, SecretCache(keystore, settings.cache_ttl), publisher)
+        consumers: Sequence[Consumer] = (
+            Consumer(connection, topology.SIGNER_CONTROL, signer.on_control,
+                     prefetch=settings.prefetch),
+            Consumer(connection, topology.SIGNER_JOBS, signer.on_job,
+                     prefetch=settings.prefetch),
+        )
+
+        async def stop_consumers() -> None:
+            await asyncio.gather(*(c.stop(settings.shutdown_grace) for c in consumers))
+
+        stack.push_async_callback(stop_consumers)
+        for consumer in consumers:
+            await consumer.start()
+    except BaseException:
+        await stack.aclose()
+        raise
+    log.info("signer_started", port=settings.port, prefetch=settings.prefetch)
+    return stack.aclose
