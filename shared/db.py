@@ -55,6 +55,7 @@ async def migrate(engine: AsyncEngine, versions: Path) -> None:
         cfg = Config()
         cfg.set_main_option("script_location", str(_ENV_DIR))
         cfg.set_main_option("version_locations", str(versions))
+        cfg.set_main_option("path_separator", "os")
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
 

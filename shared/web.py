@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import ValidationError
 
 from shared.contracts import Role
+
+log = structlog.get_logger("dihya.web")
 
 
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
@@ -32,26 +35,26 @@ def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | Non
                         content_type="application/json")
 
 
-def error(status: int, code: str, message: str, fields: Iterable[Mapping[str, str]] = ()
-          ) -> web.HTTPException:
+class ApiError(web.HTTPException):
+    """An HTTP error of any status carrying the standard JSON error body.
+
+    One class for every status, because several of aiohttp's per-status classes (405, 413)
+    need extra constructor arguments; ``status_code`` is set per instance before aiohttp's
+    constructor reads it.
+    """
+
+    def __init__(self, status: int, body: Mapping[str, Any],
+                 headers: Mapping[str, str] | None = None) -> None:
+        self.status_code = status
+        super().__init__(text=orjson.dumps(body).decode(), content_type="application/json",
+                         headers=headers)
+
+
+def error(status: int, code: str, message: str, fields: Iterable[Mapping[str, str]] = (),
+          headers: Mapping[str, str] | None = None) -> web.HTTPException:
     """An HTTP error carrying the standard JSON body; ``raise`` it from a handler."""
     body = {"error": {"code": code, "message": message, "fields": list(fields)}}
-    exc = _STATUS.get(status, web.HTTPBadRequest)
-    return exc(body=orjson.dumps(body), content_type="application/json")
-
-
-_STATUS: dict[int, type[web.HTTPException]] = {
-    400: web.HTTPBadRequest,
-    401: web.HTTPUnauthorized,
-    403: web.HTTPForbidden,
-    404: web.HTTPNotFound,
-    405: web.HTTPMethodNotAllowed,
-    409: web.HTTPConflict,
-    413: web.HTTPRequestEntityTooLarge,
-    415: web.HTTPUnsupportedMediaType,
-    422: web.HTTPUnprocessableEntity,
-    503: web.HTTPServiceUnavailable,
-}
+    return ApiError(status, body, headers)
 
 
 def validation_error(exc: ValidationError) -> web.HTTPException:
@@ -70,11 +73,16 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
         raise error(415, "unsupported_media_type", "Send the body as application/json.")
     if request.content_length is not None and request.content_length > max_bytes:
         raise error(413, "body_too_large", f"The body exceeds {max_bytes} bytes.")
-    raw = await request.content.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise error(413, "body_too_large", f"The body exceeds {max_bytes} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    # read until EOF: one read() returns only what has arrived so far
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > max_bytes:
+            raise error(413, "body_too_large", f"The body exceeds {max_bytes} bytes.")
+        chunks.append(chunk)
     try:
-        return orjson.loads(raw)
+        return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as exc:
         raise error(400, "invalid_json", f"The body is not valid JSON: {exc}") from None
 
@@ -165,14 +173,22 @@ def add_ops_routes(app: web.Application, checks: Mapping[str, ReadinessCheck]) -
 async def errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Turn aiohttp's own plain-text errors (404, 405, 413…) into the JSON error shape."""
+    """Give aiohttp's own plain-text errors (404, 405, 413…) and crashes the JSON error shape.
+
+    An unexpected exception is logged with its traceback and answered with a JSON 500 that
+    says nothing about its cause (which could hold data that must not leak).
+    """
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.content_type == "application/json" or exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
-        raise error(exc.status, code, exc.reason) from None
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        raise error(exc.status, code, exc.reason, headers=allow) from None
+    except Exception:
+        log.exception("request_failed", path=request.path, method=request.method)
+        raise error(500, "internal_error", "Unexpected error; it has been logged.") from None
 
 
 async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:

@@ -48,7 +48,7 @@ def matches(pattern: str, event_type: str) -> bool:
 
     Endpoints subscribe with the same language platform teams already use to bind queues to the
     events exchange, so one mental model covers both. Evaluated as a set of reachable positions
-    in the type's words (O(pattern words × type words)): several ``#`` never backtrack
+    in the type's words (O(pattern words x type words)): several ``#`` never backtrack
     exponentially.
     """
     words = event_type.split(".")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+import weakref
 from collections.abc import Sequence
 
 import structlog
@@ -34,9 +35,17 @@ SECRET_WAIT = Histogram("dihya_signer_secret_wait_seconds",
                         "How long jobs waited for their endpoint's secret to arrive.",
                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
+MAX_CACHED = 10_000
+"""Cached endpoints before expired entries are swept out."""
+
 RECHECK_INTERVAL = 0.5
 """While a job waits for its secret, how often the keystore is re-read anyway: the control
 message may be consumed by *another* replica, whose signal never reaches this process."""
+
+
+def new_nonce() -> str:
+    """128 random bits as 32 hex digits: a receiver never sees the same nonce twice."""
+    return secrets.token_hex(16)
 
 
 class SecretCache:
@@ -55,9 +64,11 @@ class SecretCache:
         self._keystore = keystore
         self._ttl = ttl
         self._entries: dict[str, tuple[float, list[StoredSecret]]] = {}
-        self._generation: dict[str, int] = {}
+        self._epoch = 0  # bumped by every invalidation
         self._loading: dict[str, asyncio.Task[list[StoredSecret]]] = {}
-        self._arrived: dict[str, asyncio.Event] = {}
+        # Held only by waiting jobs: an endpoint nobody waits for leaves no entry behind.
+        self._arrived: weakref.WeakValueDictionary[str, asyncio.Event] = (
+            weakref.WeakValueDictionary())
 
     async def get(self, endpoint_id: str) -> tuple[str, ...]:
         """The secrets that may sign for ``endpoint_id`` now (current first); may be empty."""
@@ -73,22 +84,25 @@ class SecretCache:
         return handlers.valid_secrets(await asyncio.shield(task), utcnow())
 
     async def _fetch(self, endpoint_id: str) -> list[StoredSecret]:
-        generation = self._generation.get(endpoint_id, 0)
+        epoch = self._epoch
         try:
             rows = await self._keystore.load(endpoint_id, utcnow())
         finally:
             if self._loading.get(endpoint_id) is asyncio.current_task():
                 del self._loading[endpoint_id]
         # Cache only if no control message was applied meanwhile (the rows could predate it).
-        if rows and self._ttl > 0 and self._generation.get(endpoint_id, 0) == generation:
-            self._entries[endpoint_id] = (time.monotonic() + self._ttl, rows)
+        if rows and self._ttl > 0 and self._epoch == epoch:
+            now = time.monotonic()
+            if len(self._entries) >= MAX_CACHED:
+                self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+            self._entries[endpoint_id] = (now + self._ttl, rows)
         return rows
 
     def invalidate(self, endpoint_id: str) -> None:
         """Forget ``endpoint_id``'s secrets and wake the jobs waiting for them."""
         self._entries.pop(endpoint_id, None)
         self._loading.pop(endpoint_id, None)
-        self._generation[endpoint_id] = self._generation.get(endpoint_id, 0) + 1
+        self._epoch += 1
         event = self._arrived.pop(endpoint_id, None)
         if event is not None:
             event.set()
@@ -151,7 +165,7 @@ class Signer:
                              f"after {self._settings.secret_wait:g}s", job=job)
             return
         try:
-            signed = handlers.sign(job, found, nonce=secrets.token_hex(16), now=utcnow())
+            signed = handlers.sign(job, found, nonce=new_nonce(), now=utcnow())
         except UnsignableJobError as exc:
             await self._park(topology.SIGNER_JOBS, message, "unsignable", str(exc), job=job)
             return

@@ -128,11 +128,12 @@ class Keystore:
                                       "issued_at": msg.issued_at, "action": msg.action}
             dialect = conn.dialect.name
             insert = pg_insert if dialect == "postgresql" else sqlite_insert
-            stmt = insert(versions_table).values(**values)
-            stmt = stmt.on_conflict_do_update(
+            upsert = insert(versions_table).values(**values)
+            stmt = upsert.on_conflict_do_update(
                 index_elements=[versions_table.c.endpoint_id],
-                set_={"issued_at": stmt.excluded.issued_at, "action": stmt.excluded.action},
-                where=versions_table.c.issued_at < stmt.excluded.issued_at,
+                set_={"issued_at": upsert.excluded.issued_at,
+                      "action": upsert.excluded.action},
+                where=versions_table.c.issued_at < upsert.excluded.issued_at,
             ).returning(versions_table.c.endpoint_id)
             if (await conn.execute(stmt)).first() is None:
                 return False

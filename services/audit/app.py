@@ -1,0 +1,196 @@
+"""Wiring of the audit service: storage, broker consumers, batch writer and HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from aiohttp import web
+
+from services.audit import handlers, metrics
+from services.audit.batcher import Batcher
+from services.audit.handlers import Rejected
+from services.audit.http import make_app
+from services.audit.settings import AuditSettings
+from services.audit.store import MIGRATIONS, AuditStore, is_transient
+from shared import topology
+from shared.broker import Consumer, Publisher, connect, declare
+from shared.contracts import AuditFact, TokenGrant, utcnow
+from shared.db import make_engine, migrate
+from shared.ids import new_id
+from shared.runtime import Stop
+from shared.web import Principal, bootstrap_lookup, serve
+
+log = structlog.get_logger("dihya.audit")
+
+RETRY_FIRST = 0.2
+RETRY_MAX = 5.0
+"""Backoff while the database is unreachable (seconds)."""
+CONTROL_PREFETCH = 50
+MAX_PATH = 2048
+
+
+async def start(settings: AuditSettings) -> Stop:
+    """Start the audit service; return the callable that stops it in order.
+
+    Stop order (the reverse of start): stop consuming (in-flight facts get the shutdown grace
+    to be committed, the rest are handed back to the broker), close HTTP, flush and stop the
+    batch writer, then close the broker connection and the database.
+    """
+    stack = contextlib.AsyncExitStack()
+    try:
+        await _start(settings, stack)
+    except BaseException:
+        await stack.aclose()
+        raise
+
+    async def stop() -> None:
+        await stack.aclose()
+
+    return stop
+
+
+async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> None:
+    grace = settings.shutdown_grace
+    engine = make_engine(settings.database_url)
+    stack.push_async_callback(engine.dispose)
+    await migrate(engine, MIGRATIONS)
+    store = AuditStore(engine)
+
+    connection = await connect(settings.amqp_url.get_secret_value(), service="audit")
+    stack.push_async_callback(connection.close)
+    channel = await connection.channel()
+    await declare(channel)
+    await channel.close()
+    publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
+    stack.push_async_callback(publisher.close)
+
+    async def write(facts: Sequence[AuditFact]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await store.append(facts)
+        metrics.COMMIT_SECONDS.observe(loop.time() - started)
+        metrics.BATCH_SIZE.observe(len(facts))
+        metrics.RECORDS_WRITTEN.inc(len(result.records))
+        metrics.DUPLICATES.inc(result.duplicates)
+        log.debug("batch_committed", written=len(result.records),
+                  duplicates=result.duplicates,
+                  head_seq=result.records[-1]["seq"] if result.records else None)
+
+    batcher: Batcher[AuditFact] = Batcher(
+        write, size=settings.batch_size, wait=settings.batch_wait,
+        isolate=lambda exc: not is_transient(exc),
+    )
+    batcher.start()
+    stack.push_async_callback(batcher.stop, max(grace, 1.0))
+
+    async def store_fact(fact: AuditFact) -> None:
+        """Hand ``fact`` to the writer and wait until it is committed.
+
+        While the database is unreachable the handler keeps its (unacked) message and retries
+        with backoff instead of raising: requeueing would burn the queue's delivery limit and
+        park every in-flight fact during an outage. A data error still raises (→ requeue, then
+        parked by the delivery limit if it persists); stopping cancels the wait (→ requeue).
+        """
+        loop = asyncio.get_running_loop()
+        delay = RETRY_FIRST
+        metrics.AWAITING_COMMIT.inc()
+        try:
+            while True:
+                started = loop.time()
+                try:
+                    await batcher.submit(fact)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    log.debug("store_unavailable", fact_id=fact.id, retry_in=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                else:
+                    metrics.WRITE_LATENCY.observe(loop.time() - started)
+                    return
+        finally:
+            metrics.AWAITING_COMMIT.dec()
+
+    async def park(queue: str, message: AbstractIncomingMessage, reason: str, why: str) -> None:
+        await publisher.park(queue, message, reason=reason, error=why)
+        metrics.PARKED.labels(queue, reason).inc()
+        log.warning("message_parked", queue=queue, reason=reason, error=why,
+                    message_id=message.message_id)
+
+    async def on_fact(message: AbstractIncomingMessage) -> None:
+        fact = handlers.decode_fact(message.body)
+        if isinstance(fact, Rejected):
+            await park(topology.AUDIT_FACTS, message, fact.reason, fact.error)
+            return
+        await store_fact(fact)
+
+    async def on_control(message: AbstractIncomingMessage) -> None:
+        grant = handlers.decode(message.body, TokenGrant)
+        if isinstance(grant, Rejected):
+            await park(topology.AUDIT_CONTROL, message, grant.reason, grant.error)
+            return
+        outcome = await store.apply_grant(grant)
+        metrics.TOKEN_GRANTS.labels(outcome).inc()
+        log.info("token_grant", token_id=grant.token_id, role=grant.role,
+                 revoked=grant.revoked, outcome=outcome)
+        if outcome == "conflict":
+            await park(topology.AUDIT_CONTROL, message, "token_hash_conflict",
+                       "another token id already has this token hash")
+
+    async def on_refusal(request: web.Request, principal: Principal | None, reason: str) -> None:
+        """Record a refused access (who, where, why) — never the token itself."""
+        fact = AuditFact(
+            id=new_id("fct"),
+            kind="access.refused",
+            occurred_at=utcnow(),
+            service="audit",
+            actor=principal.token_id if principal else None,
+            reason=reason,
+            details={"path": _printable(request.rel_url.raw_path), "method": request.method,
+                     "role": principal.role if principal else None},
+        )
+        try:
+            await batcher.submit(fact)
+        except Exception:
+            log.exception("refusal_not_recorded", path=fact.details["path"], reason=reason)
+
+    admin = settings.admin_token.get_secret_value() if settings.admin_token else None
+
+    async def broker_ready() -> bool:
+        return not connection.is_closed
+
+    async def storage_ready() -> bool:
+        return await asyncio.wait_for(store.ping(), timeout=2.0)
+
+    app = make_app(
+        store,
+        lookup=bootstrap_lookup(admin, store.lookup),
+        on_refusal=on_refusal,
+        checks={"broker": broker_ready, "storage": storage_ready},
+        page_limit=settings.page_limit,
+    )
+    runner = await serve(app, settings.host, settings.port)
+    stack.push_async_callback(runner.cleanup)
+
+    control = Consumer(connection, topology.AUDIT_CONTROL, on_control, prefetch=CONTROL_PREFETCH)
+    facts = Consumer(connection, topology.AUDIT_FACTS, on_fact, prefetch=settings.prefetch)
+
+    async def stop_consumers() -> None:
+        await asyncio.gather(facts.stop(grace), control.stop(grace))
+
+    stack.push_async_callback(stop_consumers)
+    await control.start()
+    await facts.start()
+    log.info("audit_started", host=settings.host, port=settings.port,
+             batch_size=settings.batch_size, prefetch=settings.prefetch)
+
+
+def _printable(text: str) -> str:
+    """ASCII, NUL-free and bounded: a request path may hold anything a client typed."""
+    return text.encode("ascii", "backslashreplace").decode("ascii").replace("\x00", "\\x00")[
+        :MAX_PATH
+    ]

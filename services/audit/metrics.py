@@ -1,0 +1,43 @@
+"""Prometheus metrics of the audit service (served on ``/metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+WRITE_LATENCY = Histogram(
+    "dihya_audit_write_latency_seconds",
+    "From a fact's hand-off to the writer until its batch committed (what an ack waits for).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+COMMIT_SECONDS = Histogram(
+    "dihya_audit_batch_commit_seconds",
+    "Duration of one batch transaction (dedup check, chaining, insert, commit).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BATCH_SIZE = Histogram(
+    "dihya_audit_batch_size",
+    "Facts per committed batch (duplicates included).",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 200, 500, 1000, 2000),
+)
+RECORDS_WRITTEN = Counter(
+    "dihya_audit_records_written_total", "Records appended to the audit chain."
+)
+DUPLICATES = Counter(
+    "dihya_audit_duplicates_skipped_total",
+    "Facts skipped because their id was already recorded (broker redeliveries).",
+)
+PARKED = Counter(
+    "dihya_audit_messages_parked_total",
+    "Messages moved to their parking queue, by queue and reason.",
+    ["queue", "reason"],
+)
+TOKEN_GRANTS = Counter(
+    "dihya_audit_token_grants_total",
+    "Token grants consumed, by outcome (applied, stale, conflict).",
+    ["outcome"],
+)
+AWAITING_COMMIT = Gauge(
+    "dihya_audit_facts_awaiting_commit",
+    "Facts handed to the writer whose message is held unacked until their batch commits "
+    "(grows while the database is slow or unreachable).",
+)

@@ -1,0 +1,236 @@
+"""Deliverer wiring: one shared HTTP client, the jobs consumer and the ops HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+from yarl import URL
+
+from services.deliverer import handlers
+from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
+from services.deliverer.settings import Settings
+from services.deliverer.ssrf import BlockedAddressError, VettingResolver, vet_url
+from shared import topology
+from shared.broker import Consumer, Publisher, connect, declare
+from shared.contracts import SignedDelivery, encode, utcnow
+from shared.runtime import Stop
+from shared.web import add_ops_routes, errors_middleware, serve
+
+log = structlog.get_logger("dihya.deliverer")
+
+ATTEMPTS = Counter("dihya_deliverer_attempts_total", "HTTP delivery attempts.",
+                   ["outcome", "reason"])
+ATTEMPT_SECONDS = Histogram("dihya_deliverer_attempt_seconds", "Duration of one attempt.",
+                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30))
+RETRIES = Counter("dihya_deliverer_retries_total", "Retries scheduled, by delay tier.",
+                  ["tier"])
+DEAD = Counter("dihya_deliverer_dead_lettered_total", "Deliveries given up, by reason.",
+               ["reason"])
+PARKED = Counter("dihya_deliverer_parked_total", "Unreadable messages set aside.")
+RESIGNED = Counter("dihya_deliverer_resigned_total",
+                   "Deliveries sent back to the signer because their signature was too old.")
+
+
+@dataclass(frozen=True)
+class Response:
+    """What the HTTP layer saw (``status`` None: no response, ``error`` says why)."""
+
+    status: int | None
+    retry_after: str | None = None
+    excerpt: bytes = b""
+    error: ErrorKind | None = None
+    error_text: str | None = None
+
+
+async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    remaining = limit
+    while remaining > 0:
+        chunk = await content.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _error_kind(exc: BaseException) -> ErrorKind:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, BlockedAddressError) or (
+        isinstance(exc, aiohttp.ClientConnectorError)
+        and isinstance(exc.os_error, BlockedAddressError)
+    ):
+        return "blocked"
+    if isinstance(exc, aiohttp.InvalidURL | ValueError):
+        return "invalid_url"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return "tls_error"
+    return "connection_error"
+
+
+class Deliverer:
+    """The job handler. It returns only once every message it published is confirmed."""
+
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession,
+                 publisher: Publisher, rng: random.Random | None = None) -> None:
+        self._settings = settings
+        self._session = session
+        self._publisher = publisher
+        self._rng = rng or random.Random()
+        self._schedule = settings.retry_delays_ms
+        self._allowed = settings.allowed
+        self._timeout = aiohttp.ClientTimeout(total=settings.timeout,
+                                              sock_connect=settings.connect_timeout)
+
+    async def post(self, signed: SignedDelivery) -> Response:
+        """One POST, no redirect followed, at most the excerpt of the response read."""
+        url = signed.job.url
+        try:
+            vet_url(url, self._allowed)
+            async with self._session.post(
+                url, data=signed.body.encode(), headers=signed.headers,
+                allow_redirects=False, timeout=self._timeout,
+            ) as resp:
+                try:
+                    excerpt = await _read_at_most(resp.content,
+                                                  self._settings.response_excerpt_bytes)
+                except (TimeoutError, aiohttp.ClientError):
+                    excerpt = b""  # the status is what counts; the excerpt is a courtesy
+                return Response(resp.status, resp.headers.get("Retry-After"), excerpt)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            kind = _error_kind(exc)
+            text = (f"timeout after {self._settings.timeout:g}s" if kind == "timeout"
+                    else f"{kind}: {exc.__class__.__name__}: {exc}")
+            return Response(None, error=kind, error_text=text[:500])
+
+    async def on_job(self, message: AbstractIncomingMessage) -> None:
+        try:
+            signed = handlers.parse_signed(message.body)
+        except ValueError as exc:
+            fact = handlers.parked_fact(message.body, str(exc), utcnow())
+            await asyncio.gather(
+                self._publisher.park(topology.DELIVERER_JOBS, message,
+                                     reason="invalid_message", error=str(exc)),
+                self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact),
+            )
+            PARKED.inc()
+            log.warning("parked", queue=topology.DELIVERER_JOBS, reason="invalid_message",
+                        error=str(exc))
+            return
+        job = signed.job
+        ids = {"delivery_id": job.delivery_id, "event_id": job.event.id,
+               "endpoint_id": job.endpoint_id, "attempt": job.attempt}
+
+        if handlers.needs_resign(signed.signed_at, utcnow(), self._settings.resign_after):
+            await self._publisher.send(topology.WORK_EXCHANGE, topology.SIGN, job)
+            RESIGNED.inc()
+            log.info("resign_stale", signed_at=signed.signed_at.isoformat(), **ids)
+            return
+
+        at = utcnow()
+        started = time.perf_counter()
+        response = await self.post(signed)
+        duration = time.perf_counter() - started
+        now = utcnow()
+        outcome = handlers.classify(response.status, error=response.error,
+                                    error_text=response.error_text,
+                                    retry_after=response.retry_after, now=now)
+        step = handlers.next_step(outcome, job.attempt, self._schedule, self._rng,
+                                  self._settings.retry_jitter)
+        record = handlers.attempt_record(job.attempt, outcome, at=at,
+                                         duration_ms=duration * 1000)
+        attempted = handlers.attempted_fact(job, outcome, record, step, response.excerpt, now)
+        ATTEMPTS.labels(outcome.outcome, outcome.reason).inc()
+        ATTEMPT_SECONDS.observe(duration)
+        publishes: list[Awaitable[None]] = [
+            self._publisher.send(topology.AUDIT_EXCHANGE, attempted.kind, attempted)]
+        if isinstance(step, Retry):
+            following = handlers.next_job(job, record)
+            publishes.append(self._publisher.send(
+                topology.RETRY_EXCHANGE, topology.retry_queue(step.tier_ms), following,
+                expiration=step.delay_ms / 1000))
+            RETRIES.labels(str(step.tier_ms)).inc()
+        elif isinstance(step, DeadLetter):
+            parked = handlers.next_job(job, record)
+            dead = handlers.dead_lettered_fact(parked, step.reason, now)
+            publishes.append(self._publisher.publish(
+                topology.DEAD_EXCHANGE, topology.DELIVERER_JOBS, encode(parked),
+                headers={topology.REASON_HEADER: step.reason,
+                         topology.ERROR_HEADER: (outcome.error or "")[:2000],
+                         topology.SOURCE_HEADER: topology.DELIVERER_JOBS},
+                type=parked.type))
+            publishes.append(self._publisher.send(topology.AUDIT_EXCHANGE, dead.kind, dead))
+            DEAD.labels(step.reason).inc()
+        await asyncio.gather(*publishes)
+        log.info("attempted", outcome=outcome.outcome, reason=outcome.reason,
+                 status_code=outcome.status_code, duration_ms=record.duration_ms,
+                 host=URL(job.url).host if job.url else None,
+                 next=type(step).__name__.lower(),
+                 retry_in_ms=step.delay_ms if isinstance(step, Retry) else None, **ids)
+
+
+def make_session(settings: Settings) -> aiohttp.ClientSession:
+    """The one HTTP client: pooled, capped per host, SSRF-vetting, cookie-less, no env proxy."""
+    connector = aiohttp.TCPConnector(
+        limit=settings.prefetch,
+        limit_per_host=settings.max_per_host,
+        resolver=VettingResolver(settings.allowed),
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,  # with no Accept-Encoding sent, the excerpt stays readable
+        skip_auto_headers=("Accept-Encoding",),
+        trust_env=False,
+    )
+
+
+def _broker_ready(connection: AbstractRobustConnection) -> bool:
+    return not connection.is_closed and connection.connected.is_set()
+
+
+async def start(settings: Settings) -> Stop:
+    """Start the deliverer; the returned ``stop`` finishes or hands back in-flight work."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        connection = await connect(settings.amqp_url.get_secret_value(), service="deliverer")
+        stack.push_async_callback(connection.close)
+        channel = await connection.channel()
+        await declare(channel, retry_delays_ms=settings.retry_delays_ms)
+        await channel.close()
+        publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
+        stack.push_async_callback(publisher.close)
+        session = make_session(settings)
+        stack.push_async_callback(session.close)
+
+        app = web.Application(middlewares=[errors_middleware])
+
+        async def broker_ready() -> bool:
+            return _broker_ready(connection)
+
+        add_ops_routes(app, {"broker": broker_ready})
+        runner = await serve(app, settings.host, settings.port)
+        stack.push_async_callback(runner.cleanup)
+
+        deliverer = Deliverer(settings, session, publisher)
+        consumer = Consumer(connection, topology.DELIVERER_JOBS, deliverer.on_job,
+                            prefetch=settings.prefetch)
+        stack.push_async_callback(consumer.stop, settings.shutdown_grace)
+        await consumer.start()
+    except BaseException:
+        await stack.aclose()
+        raise
+    log.info("deliverer_started", port=settings.port, prefetch=settings.prefetch,
+             retry_schedule=settings.retry_schedule)
+    return stack.aclose

@@ -1,0 +1,292 @@
+"""Pure delivery decisions: classify an HTTP result, pick the next step, build the records.
+
+No I/O, no clock and no randomness of its own: ``now`` and ``rng`` are passed in, so every
+branch is unit-tested.
+
+Outcomes (:func:`classify`):
+
+==========================  =========  ==========  ==================
+result                      outcome    retryable   reason
+==========================  =========  ==========  ==================
+2xx                         delivered  n/a         ``ok``
+3xx (never followed)        failed     yes         ``redirect``
+410 Gone                    failed     **no**      ``gone``
+429, 503                    failed     yes         ``rate_limited`` / ``unavailable``
+                                                   (``Retry-After`` honoured)
+other 4xx, 5xx, 1xx         failed     yes         ``http_error``
+timeout                     failed     yes         ``timeout``
+connection refused/reset…   failed     yes         ``connection_error``
+TLS failure                 failed     yes         ``tls_error``
+address refused (SSRF)      failed     **no**      ``blocked``
+unusable URL                failed     **no**      ``invalid_url``
+==========================  =========  ==========  ==================
+
+Retries (:func:`next_step`): the schedule lists the delay after each failed attempt, so a
+schedule of *n* delays allows *n + 1* attempts. A retry waits in the wait queue of its delay
+tier, whose queue TTL equals the tier's delay. That TTL is a ceiling (RabbitMQ applies the
+lower of the queue's and the message's TTL), so jitter goes *below* it: the delay is drawn
+uniformly from ``[delay * (1 - jitter), delay]``.
+``Retry-After`` is honoured within ``[tier delay, 1 h]``: a longer wait rides the smallest tier
+at least that long (capped by the longest tier) with its own expiration, never earlier than asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Literal
+
+from pydantic import ValidationError
+from yarl import URL
+
+from shared import topology
+from shared.contracts import AttemptRecord, AuditFact, DeliveryJob, SignedDelivery
+
+MAX_RETRY_AFTER_MS = 3_600_000
+EXCERPT_CHARS = 256
+ErrorKind = Literal["timeout", "connection_error", "tls_error", "blocked", "invalid_url"]
+_PERMANENT_ERRORS = frozenset({"blocked", "invalid_url"})
+
+_UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000}
+_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+
+
+def parse_schedule(text: str) -> tuple[int, ...]:
+    """``"5s,5m,30m"`` → ``(5000, 300000, 1800000)`` milliseconds; units ms, s, m, h.
+
+    An empty string means no retry at all (a single attempt).
+    """
+    if not text.strip():
+        return ()
+    delays = []
+    for part in text.split(","):
+        match = _DELAY.match(part)
+        if match is None:
+            raise ValueError(f"bad delay {part.strip()!r}: use a number and a unit "
+                             "(ms, s, m or h), e.g. '5s,5m,30m'")
+        delay = round(float(match.group(1)) * _UNITS[match.group(2)])
+        if delay <= 0:
+            raise ValueError(f"bad delay {part.strip()!r}: must be positive")
+        delays.append(delay)
+    return tuple(delays)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt gave."""
+
+    delivered: bool
+    retryable: bool
+    reason: str
+    status_code: int | None = None
+    error: str | None = None
+    retry_after_ms: int | None = None
+
+    @property
+    def outcome(self) -> Literal["delivered", "failed"]:
+        return "delivered" if self.delivered else "failed"
+
+
+def parse_retry_after(value: str | None, now: datetime) -> int | None:
+    """``Retry-After`` in milliseconds from ``now``: delta-seconds or an HTTP date; else None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return int(value) * 1000
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" dates: RFC 9110 dates are GMT
+        return None
+    return max(0, int((when - now).total_seconds() * 1000))
+
+
+def classify(status: int | None, *, error: ErrorKind | None = None,
+             error_text: str | None = None, retry_after: str | None = None,
+             now: datetime) -> Outcome:
+    """The outcome of an attempt: an HTTP status, or the kind of error that prevented one."""
+    if status is None:
+        kind = error or "connection_error"
+        return Outcome(False, kind not in _PERMANENT_ERRORS, kind,
+                       error=error_text or kind)
+    failed = f"HTTP {status}"
+    if 200 <= status < 300:
+        return Outcome(True, False, "ok", status)
+    if 300 <= status < 400:
+        return Outcome(False, True, "redirect", status, f"{failed} (redirects are not followed)")
+    if status == 410:
+        return Outcome(False, False, "gone", status, failed)
+    if status in (429, 503):
+        reason = "rate_limited" if status == 429 else "unavailable"
+        return Outcome(False, True, reason, status, failed,
+                       retry_after_ms=parse_retry_after(retry_after, now))
+    return Outcome(False, True, "http_error", status, failed)
+
+
+@dataclass(frozen=True)
+class Done:
+    """Delivered: nothing follows."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Wait in the ``tier_ms`` wait queue for ``delay_ms`` (≤ ``tier_ms``), then re-sign."""
+
+    tier_ms: int
+    delay_ms: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Give up: park the job with its history, ``reason`` saying why."""
+
+    reason: str
+
+
+Step = Done | Retry | DeadLetter
+
+
+def next_step(outcome: Outcome, attempt: int, schedule: Sequence[int], rng: random.Random,
+              jitter: float = 0.2) -> Step:
+    """What follows attempt number ``attempt`` (1-based) that gave ``outcome``."""
+    if outcome.delivered:
+        return Done()
+    if not outcome.retryable:
+        return DeadLetter(outcome.reason)
+    if attempt > len(schedule):
+        return DeadLetter("exhausted")
+    tier = schedule[attempt - 1]
+    jittered = round(tier * (1 - rng.uniform(0, jitter)))
+    asked = outcome.retry_after_ms
+    if asked is None or asked <= tier:
+        return Retry(tier, max(jittered, asked or 0, 0))
+    wanted = min(asked, MAX_RETRY_AFTER_MS)
+    longer = sorted(d for d in set(schedule) if d >= wanted)
+    if not longer:  # the schedule has no tier that long: the longest one is the cap
+        longest = max(schedule)
+        return Retry(longest, longest)
+    tier = longer[0]
+    return Retry(tier, min(tier, round(wanted * (1 + rng.uniform(0, jitter)))))
+
+
+def needs_resign(signed_at: datetime, now: datetime, max_age_s: float) -> bool:
+    """Whether a delivery signed at ``signed_at`` is too old to POST (``max_age_s`` 0: never).
+
+    Receivers reject a timestamp outside their tolerance (5 minutes by default), so a delivery
+    that sat in a backlog must be re-signed rather than burn an attempt on a certain refusal.
+    """
+    return max_age_s > 0 and (now - signed_at) > timedelta(seconds=max_age_s)
+
+
+def parse_signed(body: bytes) -> SignedDelivery:
+    """Decode a signed delivery; ``ValueError`` with a readable reason if it is unusable."""
+    try:
+        return SignedDelivery.model_validate_json(body)
+    except ValidationError as exc:
+        raise ValueError("; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)
+        )) from None
+
+
+def attempt_record(attempt: int, outcome: Outcome, *, at: datetime, duration_ms: float
+                   ) -> AttemptRecord:
+    return AttemptRecord(attempt=attempt, at=at, outcome=outcome.outcome,
+                         status_code=outcome.status_code, duration_ms=round(duration_ms, 3),
+                         error=outcome.error)
+
+
+def next_job(job: DeliveryJob, record: AttemptRecord) -> DeliveryJob:
+    """The job of the following attempt: same delivery id, attempt + 1, history extended."""
+    return DeliveryJob(delivery_id=job.delivery_id, endpoint_id=job.endpoint_id, url=job.url,
+                       event=job.event, attempt=job.attempt + 1,
+                       history=(*job.history, record))
+
+
+def fact_id(delivery_id: str, attempt: int, kind: str) -> str:
+    """Deterministic ``fct_`` id: a redelivered job yields the same ids, which audit de-dups."""
+    digest = hashlib.sha256(f"{delivery_id}\x1f{attempt}\x1f{kind}".encode()).hexdigest()
+    return "fct_" + digest[:32]
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password, for records and logs."""
+    try:
+        parsed = URL(url)
+        return str(parsed.with_user(None)) if parsed.user or parsed.password else url
+    except (ValueError, TypeError):
+        return url
+
+
+def _step_details(step: Step) -> dict[str, str | int | None]:
+    if isinstance(step, Retry):
+        return {"next": "retry", "retry_in_ms": step.delay_ms}
+    if isinstance(step, DeadLetter):
+        return {"next": "dead_letter", "dead_letter_reason": step.reason}
+    return {"next": "done"}
+
+
+def attempted_fact(job: DeliveryJob, outcome: Outcome, record: AttemptRecord, step: Step,
+                   excerpt: bytes, now: datetime) -> AuditFact:
+    """``delivery.attempted``: one HTTP attempt and what it gave."""
+    return AuditFact(
+        id=fact_id(job.delivery_id, job.attempt, "delivery.attempted"),
+        kind="delivery.attempted",
+        occurred_at=now,
+        service="deliverer",
+        event_id=job.event.id,
+        event_type=job.event.event,
+        endpoint_id=job.endpoint_id,
+        delivery_id=job.delivery_id,
+        attempt=job.attempt,
+        url=redact_url(job.url),
+        outcome=outcome.outcome,
+        status_code=outcome.status_code,
+        duration_ms=record.duration_ms,
+        error=outcome.error,
+        reason=outcome.reason,
+        details={"response_excerpt": excerpt.decode("utf-8", "replace")[:EXCERPT_CHARS],
+                 **_step_details(step)},
+    )
+
+
+def dead_lettered_fact(parked: DeliveryJob, reason: str, now: datetime) -> AuditFact:
+    """``delivery.dead_lettered``: the delivery was given up; ``parked`` holds its history."""
+    last = parked.history[-1] if parked.history else None
+    return AuditFact(
+        id=fact_id(parked.delivery_id, parked.attempt - 1, "delivery.dead_lettered"),
+        kind="delivery.dead_lettered",
+        occurred_at=now,
+        service="deliverer",
+        event_id=parked.event.id,
+        event_type=parked.event.event,
+        endpoint_id=parked.endpoint_id,
+        delivery_id=parked.delivery_id,
+        attempt=parked.attempt - 1,
+        url=redact_url(parked.url),
+        outcome="dead_lettered",
+        status_code=None if last is None else last.status_code,
+        error=None if last is None else last.error,
+        reason=reason,
+        details={"attempts": len(parked.history)},
+    )
+
+
+def parked_fact(body: bytes, error: str, now: datetime) -> AuditFact:
+    """``delivery.parked``: a message the deliverer could not read, set aside with why."""
+    return AuditFact(
+        id="fct_" + hashlib.sha256(b"deliverer.parked\x1f" + body).hexdigest()[:32],
+        kind="delivery.parked",
+        occurred_at=now,
+        service="deliverer",
+        reason="invalid_message",
+        error=error[:500],
+        details={"queue": topology.DELIVERER_JOBS},
+    )

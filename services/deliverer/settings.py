@@ -1,0 +1,83 @@
+"""Deliverer settings (environment variables prefixed ``DIHYA_DELIVERER_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.deliverer.handlers import parse_schedule
+from services.deliverer.ssrf import Network, parse_networks
+from shared.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DIHYA_DELIVERER_", extra="ignore", populate_by_name=True
+    )
+
+    host: str = Field(default="127.0.0.1", description="Address the ops HTTP server binds.")
+    port: int = Field(
+        default=8082, ge=0, le=65535, description="Port of /healthz, /readyz and /metrics."
+    )
+    prefetch: int = Field(
+        default=200, ge=1, le=2000,
+        description="Deliveries in flight at once (unacked messages; also the pool size).",
+    )
+    timeout: float = Field(
+        default=15.0, gt=0,
+        description="Total seconds for one attempt: waiting for a pooled connection, "
+        "connecting, sending and reading the response excerpt. Keep it far below "
+        "RabbitMQ's consumer timeout (30 min).",
+    )
+    connect_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds to establish a new TCP (and TLS) connection."
+    )
+    response_excerpt_bytes: int = Field(
+        default=1024, ge=0, description="At most this much of a response body is read."
+    )
+    max_per_host: int = Field(
+        default=20, ge=1,
+        description="Connections in flight to one host, so one slow receiver cannot take "
+        "every slot.",
+    )
+    retry_schedule: str = Field(
+        default="5s,5m,30m,2h,5h,10h,10h",
+        description="Delay after each failed attempt (units ms, s, m, h): n delays = n + 1 "
+        "attempts. Each distinct delay is a wait-queue tier.",
+    )
+    retry_jitter: float = Field(
+        default=0.2, ge=0, lt=1,
+        description="Random share taken off each delay (0.2: a delay of 5 m waits 4 to 5 m), "
+        "so failures that happened together do not retry together.",
+    )
+    resign_after: float = Field(
+        default=240.0, ge=0,
+        description="A delivery signed longer ago than this many seconds goes back to the "
+        "signer instead of being POSTed (receivers refuse old timestamps; default tolerance "
+        "5 min). 0 disables.",
+    )
+    allowed_networks: str = Field(
+        default="",
+        description="Comma-separated CIDRs deliveries may reach although not public "
+        "(private, loopback…), e.g. `10.20.0.0/16`; everything non-public is refused otherwise.",
+    )
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _check_schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def retry_delays_ms(self) -> tuple[int, ...]:
+        return parse_schedule(self.retry_schedule)
+
+    @property
+    def allowed(self) -> tuple[Network, ...]:
+        return parse_networks(self.allowed_networks)

@@ -1,0 +1,80 @@
+"""Wiring of the ingest service: storage, broker, consumer, HTTP API, and an orderly stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+
+from services.ingest.consumer import EventHandler
+from services.ingest.http import IngestApi, build_app
+from services.ingest.settings import Settings
+from services.ingest.store import Store
+from shared import topology
+from shared.broker import Consumer, Publisher, connect, declare
+from shared.contracts import utcnow
+from shared.db import make_engine, migrate
+from shared.runtime import Stop
+from shared.web import serve
+
+log = structlog.get_logger("dihya.ingest")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+PURGE_INTERVAL = 300.0
+"""Seconds between sweeps of expired idempotency keys."""
+
+
+async def _purge_keys(store: Store, window: int) -> None:
+    """Forget idempotency keys older than the window, so the table stays small."""
+    while True:
+        await asyncio.sleep(PURGE_INTERVAL)
+        try:
+            removed = await store.purge_keys(utcnow() - timedelta(seconds=window))
+            if removed:
+                log.info("idempotency_keys_purged", count=removed)
+        except Exception as exc:
+            log.warning("idempotency_purge_failed", error=type(exc).__name__)
+
+
+async def start(settings: Settings) -> Stop:
+    """Start ingest; return the coroutine function that stops it gracefully."""
+    engine = make_engine(settings.database_url)
+    await migrate(engine, MIGRATIONS)
+    store = Store(engine)
+    connection = await connect(settings.amqp_url.get_secret_value(), service="ingest")
+    async with connection.channel() as channel:
+        await declare(channel)
+    publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
+    consumer = Consumer(connection, topology.INGEST_EVENTS,
+                        EventHandler(store, publisher, max_fanout=settings.max_fanout),
+                        prefetch=settings.prefetch)
+    await consumer.start()
+
+    async def broker_ready() -> bool:
+        return not connection.is_closed
+
+    api = IngestApi(settings, store, publisher)
+    app = build_app(api, {"broker": broker_ready, "storage": store.ping})
+    runner = await serve(app, settings.host, settings.port)
+    purger = asyncio.create_task(_purge_keys(store, settings.idempotency_window))
+    log.info("ingest_started", host=settings.host, port=settings.port)
+
+    async def stop() -> None:
+        # HTTP first (it publishes events), then the consumer finishes or hands back its
+        # in-flight events, then the connections close.
+        purger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purger
+        await runner.cleanup()
+        await consumer.stop(settings.shutdown_grace)
+        with contextlib.suppress(Exception):
+            await publisher.close()
+        with contextlib.suppress(Exception):
+            await connection.close()
+        await engine.dispose()
+        log.info("ingest_stopped")
+
+    return stop

@@ -1,0 +1,447 @@
+"""Ingest's HTTP API: endpoints, events, tokens (aiohttp), described by one route table.
+
+:data:`ROUTES` drives both the router and the OpenAPI document (:mod:`.openapi`), so a route
+cannot exist undocumented. Every handler authorizes first, then reads and validates the body:
+a caller without the right token learns nothing about what the body should have been.
+
+Consistency with the other services is kept by publishing inside the database transaction:
+a row (endpoint, token) is committed only after the broker confirmed the control message that
+tells the signer (secret) or the other HTTP services (token grant) about it; if that publish
+fails, the transaction rolls back and the caller gets a 503 to retry.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from sqlalchemy.exc import DBAPIError
+
+from services.ingest import metrics
+from services.ingest.handlers import peek_type
+from services.ingest.models import (
+    EndpointCreate,
+    EndpointCreated,
+    EndpointList,
+    EndpointOut,
+    EndpointUpdate,
+    EventAccepted,
+    SecretRotate,
+    SecretRotated,
+    TokenCreate,
+    TokenCreated,
+    TokenList,
+    TokenOut,
+)
+from services.ingest.openapi import Route, document
+from services.ingest.settings import Settings
+from services.ingest.store import EndpointRecord, Store, TokenRecord
+from shared import topology
+from shared.broker import Publisher
+from shared.contracts import AuditFact, Contract, EndpointSecret, Event, TokenGrant, utcnow
+from shared.ids import new_id
+from shared.web import (
+    REFUSAL_HOOK,
+    TOKEN_LOOKUP,
+    Principal,
+    ReadinessCheck,
+    add_ops_routes,
+    authorize,
+    bootstrap_lookup,
+    error,
+    errors_middleware,
+    hash_token,
+    json_response,
+    read_json,
+    validation_error,
+)
+
+log = structlog.get_logger("dihya.ingest.http")
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_IDEMPOTENCY_KEY = 255
+
+
+class BrokerUnavailableError(Exception):
+    """A publish the request depends on was not confirmed: the caller should retry (503)."""
+
+
+class ListQuery(BaseModel):
+    """Query parameters of the list operations (cursor pagination by id)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    limit: int = Field(default=100, ge=1, le=1000, description="Items per page.")
+    after: str | None = Field(default=None, max_length=64,
+                              description="The `next` of the previous page.")
+
+
+def generate_secret() -> str:
+    """A Standard Webhooks style secret: ``whsec_`` + base64 of 24 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def generate_token() -> str:
+    """An API token: ``dihya_`` + 32 random bytes, URL-safe base64."""
+    return "dihya_" + secrets.token_urlsafe(32)
+
+
+def _validate(model: type[Any], data: Any, context: Mapping[str, Any] | None = None) -> Any:
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _endpoint_out(record: EndpointRecord) -> EndpointOut:
+    return EndpointOut(id=record.id, url=record.url, events=list(record.events),
+                       description=record.description, status=record.status,
+                       created_at=record.created_at, updated_at=record.updated_at)
+
+
+def _token_out(record: TokenRecord) -> TokenOut:
+    return TokenOut(id=record.id, role=record.role, description=record.description,
+                    created_at=record.created_at, revoked_at=record.revoked_at)
+
+
+def _body(model: BaseModel, status: int = 200, headers: Mapping[str, str] | None = None
+          ) -> web.Response:
+    return json_response(model.model_dump(mode="json"), status=status, headers=headers)
+
+
+class IngestApi:
+    """Request handlers; state is the store and the publisher shared with the consumer."""
+
+    def __init__(self, settings: Settings, store: Store, publisher: Publisher) -> None:
+        self.settings = settings
+        self.store = store
+        self.publisher = publisher
+        self._openapi: bytes | None = None
+
+    # -- broker helpers -------------------------------------------------------------------
+
+    async def _announce(self, exchange: str, routing_key: str, model: Contract) -> None:
+        """Publish a message the request cannot succeed without (confirm awaited)."""
+        try:
+            await self.publisher.send(exchange, routing_key, model)
+        except Exception as exc:
+            log.error("publish_failed", exchange=exchange, routing_key=routing_key,
+                      error=type(exc).__name__)
+            raise BrokerUnavailableError(routing_key) from exc
+
+    async def audit(self, fact: AuditFact) -> None:
+        """Publish an audit fact about something already done; a failure is logged, not
+        raised, because the change is committed and its one-time secret already owed."""
+        try:
+            await self.publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
+        except Exception as exc:
+            log.error("audit_publish_failed", kind=fact.kind, fact_id=fact.id,
+                      endpoint_id=fact.endpoint_id, error=type(exc).__name__)
+
+    def _fact(self, kind: Any, actor: str | None, **fields: Any) -> AuditFact:
+        return AuditFact(id=new_id("fct"), kind=kind, occurred_at=utcnow(), service="ingest",
+                         actor=actor, **fields)
+
+    async def refused(self, request: web.Request, principal: Principal | None, reason: str
+                      ) -> None:
+        """REFUSAL_HOOK: audit a refused access (who and what, never the token)."""
+        actor = principal.token_id if principal is not None else None
+        await self.audit(self._fact("access.refused", actor, reason=reason,
+                                    details={"path": request.path[:512],
+                                             "method": request.method}))
+
+    async def lookup(self, token_hash: str) -> Principal | None:
+        return await self.store.principal(token_hash)
+
+    def _limits(self) -> dict[str, int]:
+        return {"secret_min_length": self.settings.secret_min_length}
+
+    async def _json(self, request: web.Request) -> Any:
+        return await read_json(request, self.settings.max_body_bytes)
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def create_endpoint(self, request: web.Request) -> web.Response:
+        principal = await authorize(request, "admin")
+        body: EndpointCreate = _validate(EndpointCreate, await self._json(request),
+                                         self._limits())
+        secret = body.secret or generate_secret()
+        now = utcnow()
+        record = EndpointRecord(id=new_id("ep"), url=body.url, events=tuple(body.events),
+                                description=body.description, status="enabled",
+                                created_at=now, updated_at=now)
+        handover = EndpointSecret(endpoint_id=record.id, action="set",
+                                  secret=SecretStr(secret), issued_at=now)
+        published = False
+        try:
+            async with self.store.transaction() as conn:
+                await self.store.insert_endpoint(conn, record)
+                await self._announce(topology.CONTROL_EXCHANGE, "secret.set", handover)
+                published = True
+        except Exception:
+            if published:  # the commit failed after the signer got the secret: take it back
+                await self._withdraw_secret(record.id)
+            raise
+        log.info("endpoint_created", endpoint_id=record.id, actor=principal.token_id)
+        await self.audit(self._fact("endpoint.created", principal.token_id,
+                                    endpoint_id=record.id, url=record.url,
+                                    details={"events": list(record.events)}))
+        out = EndpointCreated(**_endpoint_out(record).model_dump(), secret=secret)
+        return _body(out, 201)
+
+    async def _withdraw_secret(self, endpoint_id: str) -> None:
+        try:
+            await self.publisher.send(topology.CONTROL_EXCHANGE, "secret.delete", EndpointSecret(
+                endpoint_id=endpoint_id, action="delete", issued_at=utcnow()))
+        except Exception as exc:
+            log.error("secret_withdraw_failed", endpoint_id=endpoint_id,
+                      error=type(exc).__name__)
+
+    async def list_endpoints(self, request: web.Request) -> web.Response:
+        await authorize(request, "admin", "viewer")
+        query: ListQuery = _validate(ListQuery, dict(request.query))
+        records = await self.store.list_endpoints(limit=query.limit + 1, after=query.after)
+        page = records[: query.limit]
+        nxt = page[-1].id if len(records) > query.limit else None
+        return _body(EndpointList(items=[_endpoint_out(r) for r in page], next=nxt))
+
+    async def get_endpoint(self, request: web.Request) -> web.Response:
+        await authorize(request, "admin", "viewer")
+        record = await self.store.get_endpoint(request.match_info["id"])
+        if record is None:
+            raise _not_found("endpoint", request.match_info["id"])
+        return _body(_endpoint_out(record))
+
+    async def update_endpoint(self, request: web.Request) -> web.Response:
+        principal = await authorize(request, "admin")
+        endpoint_id = request.match_info["id"]
+        body: EndpointUpdate = _validate(EndpointUpdate, await self._json(request))
+        changes: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
+        async with self.store.transaction() as conn:
+            record = await self.store.update_endpoint(
+                conn, endpoint_id, {**changes, "updated_at": utcnow()})
+        if record is None:
+            raise _not_found("endpoint", endpoint_id)
+        log.info("endpoint_updated", endpoint_id=endpoint_id, fields=sorted(changes))
+        await self.audit(self._fact("endpoint.updated", principal.token_id,
+                                    endpoint_id=endpoint_id, url=record.url,
+                                    details={"fields": sorted(changes),
+                                             "status": record.status}))
+        return _body(_endpoint_out(record))
+
+    async def delete_endpoint(self, request: web.Request) -> web.Response:
+        principal = await authorize(request, "admin")
+        endpoint_id = request.match_info["id"]
+        async with self.store.transaction() as conn:
+            record = await self.store.get_endpoint(endpoint_id, conn)
+            if record is None or not await self.store.delete_endpoint(conn, endpoint_id):
+                raise _not_found("endpoint", endpoint_id)
+            await self._announce(topology.CONTROL_EXCHANGE, "secret.delete", EndpointSecret(
+                endpoint_id=endpoint_id, action="delete", issued_at=utcnow()))
+        log.info("endpoint_deleted", endpoint_id=endpoint_id)
+        await self.audit(self._fact("endpoint.deleted", principal.token_id,
+                                    endpoint_id=endpoint_id, url=record.url))
+        return web.Response(status=204)
+
+    async def rotate_secret(self, request: web.Request) -> web.Response:
+        principal = await authorize(request, "admin")
+        endpoint_id = request.match_info["id"]
+        body: SecretRotate = _validate(SecretRotate, await self._json(request), self._limits())
+        secret = body.secret or generate_secret()
+        now = utcnow()
+        until = now + timedelta(seconds=body.overlap_seconds)
+        async with self.store.transaction() as conn:
+            if await self.store.update_endpoint(conn, endpoint_id, {"updated_at": now}) is None:
+                raise _not_found("endpoint", endpoint_id)
+            await self._announce(topology.CONTROL_EXCHANGE, "secret.set", EndpointSecret(
+                endpoint_id=endpoint_id, action="set", secret=SecretStr(secret),
+                previous_valid_until=until, issued_at=now))
+        log.info("secret_rotated", endpoint_id=endpoint_id)
+        await self.audit(self._fact("secret.set", principal.token_id, endpoint_id=endpoint_id,
+                                    details={"overlap_seconds": body.overlap_seconds}))
+        return _body(SecretRotated(id=endpoint_id, secret=secret, previous_valid_until=until))
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def publish_event(self, request: web.Request) -> web.Response:
+        principal = await authorize(request, "publisher", "admin")
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None and not (
+            0 < len(key) <= MAX_IDEMPOTENCY_KEY and all(" " <= c <= "~" for c in key)
+        ):
+            metrics.rejected(None, "http_invalid")
+            raise error(422, "validation_failed", "The Idempotency-Key header is not valid.",
+                        [{"field": IDEMPOTENCY_HEADER,
+                          "message": f"1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"}])
+        raw = await self._json(request)
+        try:
+            event = Event.model_validate(raw)
+        except ValidationError as exc:
+            metrics.rejected(peek_type(_as_bytes(raw)), "http_invalid")
+            raise validation_error(exc) from None
+        event_id = event.id or new_id("evt")
+        filled = event.model_copy(update={"id": event_id,
+                                          "timestamp": event.timestamp or utcnow()})
+        if key is not None:
+            claim = await self.store.claim_key(
+                principal.token_id, key, event_id=event_id, event_type=event.event,
+                now=utcnow(), window_seconds=self.settings.idempotency_window)
+            if claim is not None:
+                metrics.IDEMPOTENT_REPLAYS.inc()
+                log.info("event_replayed", event_id=claim.event_id, actor=principal.token_id)
+                return _body(EventAccepted(id=claim.event_id, event=claim.event_type), 202,
+                             headers={REPLAYED_HEADER: "true"})
+        try:
+            await self._announce(topology.EVENTS_EXCHANGE, event.event, filled)
+        except BrokerUnavailableError:
+            if key is not None:
+                await self.store.release_key(principal.token_id, key, event_id)
+            raise
+        log.info("event_received", event_id=event_id, event_type=event.event,
+                 actor=principal.token_id)
+        return _body(EventAccepted(id=event_id, event=event.event), 202)
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    async def create_token(self, request: web.Request) -> web.Response:
+        principal = await authorize(request, "admin")
+        body: TokenCreate = _validate(TokenCreate, await self._json(request))
+        token = generate_token()
+        now = utcnow()
+        record = TokenRecord(id=new_id("tok"), role=body.role, description=body.description,
+                             token_hash=hash_token(token), created_at=now, revoked_at=None)
+        async with self.store.transaction() as conn:
+            await self.store.insert_token(conn, record)
+            await self._announce(topology.CONTROL_EXCHANGE, "token.created", TokenGrant(
+                token_id=record.id, role=record.role, token_hash=record.token_hash,
+                issued_at=now))
+        log.info("token_created", token_id=record.id, role=record.role)
+        await self.audit(self._fact("token.created", principal.token_id,
+                                    details={"token_id": record.id, "role": record.role}))
+        out = TokenCreated(**_token_out(record).model_dump(), token=token)
+        return _body(out, 201)
+
+    async def list_tokens(self, request: web.Request) -> web.Response:
+        await authorize(request, "admin")
+        query: ListQuery = _validate(ListQuery, dict(request.query))
+        records = await self.store.list_tokens(limit=query.limit + 1, after=query.after)
+        page = records[: query.limit]
+        nxt = page[-1].id if len(records) > query.limit else None
+        return _body(TokenList(items=[_token_out(r) for r in page], next=nxt))
+
+    async def revoke_token(self, request: web.Request) -> web.Response:
+        principal = await authorize(request, "admin")
+        token_id = request.match_info["id"]
+        now = utcnow()
+        async with self.store.transaction() as conn:
+            record = await self.store.revoke_token(conn, token_id, now)
+            if record is None:
+                raise _not_found("token", token_id)
+            await self._announce(topology.CONTROL_EXCHANGE, "token.revoked", TokenGrant(
+                token_id=record.id, role=record.role, token_hash=record.token_hash,
+                revoked=True, issued_at=now))
+        log.info("token_revoked", token_id=token_id)
+        await self.audit(self._fact("token.revoked", principal.token_id,
+                                    details={"token_id": record.id, "role": record.role}))
+        return web.Response(status=204)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        if self._openapi is None:
+            self._openapi = orjson.dumps(document(ROUTES))
+        return web.Response(body=self._openapi, content_type="application/json")
+
+
+def _as_bytes(raw: Any) -> bytes:
+    try:
+        return orjson.dumps(raw)
+    except TypeError:
+        return b""
+
+
+def _not_found(kind: str, ident: str) -> web.HTTPException:
+    return error(404, "not_found", f"No {kind} with id {ident[:64]!r}.")
+
+
+# -- the route table ----------------------------------------------------------------------
+
+_AUTH = (401, 403)
+_BODY = (400, 413, 415, 422)
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/endpoints", "create_endpoint",
+          "Register a webhook endpoint; its signing secret is returned this once.",
+          ("admin",), body=EndpointCreate, responses={201: EndpointCreated},
+          errors=(*_AUTH, *_BODY, 503)),
+    Route("GET", "/v1/endpoints", "list_endpoints", "List endpoints (never their secrets).",
+          ("admin", "viewer"), query=ListQuery, responses={200: EndpointList},
+          errors=(*_AUTH, 422)),
+    Route("GET", "/v1/endpoints/{id}", "get_endpoint", "Read one endpoint.",
+          ("admin", "viewer"), responses={200: EndpointOut}, errors=(*_AUTH, 404)),
+    Route("PATCH", "/v1/endpoints/{id}", "update_endpoint",
+          "Change an endpoint's url, events, description or status.",
+          ("admin",), body=EndpointUpdate, responses={200: EndpointOut},
+          errors=(*_AUTH, 404, *_BODY)),
+    Route("DELETE", "/v1/endpoints/{id}", "delete_endpoint",
+          "Delete an endpoint; the signer forgets its secret.",
+          ("admin",), responses={204: None}, errors=(*_AUTH, 404, 503)),
+    Route("POST", "/v1/endpoints/{id}/secret", "rotate_secret",
+          "Rotate an endpoint's secret; the previous one stays valid for the overlap.",
+          ("admin",), body=SecretRotate, responses={200: SecretRotated},
+          errors=(*_AUTH, 404, *_BODY, 503)),
+    Route("POST", "/v1/events", "publish_event",
+          "Publish an event (the guide's payload template); it is fanned out to every "
+          "enabled endpoint whose patterns match its type.",
+          ("publisher", "admin"), body=Event, responses={202: EventAccepted},
+          errors=(*_AUTH, *_BODY, 503),
+          headers={IDEMPOTENCY_HEADER: "Optional, ≤ 255 printable ASCII characters. The same "
+                   "key from the same token within DIHYA_INGEST_IDEMPOTENCY_WINDOW seconds "
+                   "returns the first event's id (with `Idempotent-Replayed: true`) and "
+                   "publishes nothing."}),
+    Route("POST", "/v1/tokens", "create_token",
+          "Issue an API token; the token is returned this once, only its hash is kept.",
+          ("admin",), body=TokenCreate, responses={201: TokenCreated},
+          errors=(*_AUTH, *_BODY, 503)),
+    Route("GET", "/v1/tokens", "list_tokens", "List API tokens (never the tokens).",
+          ("admin",), query=ListQuery, responses={200: TokenList}, errors=(*_AUTH, 422)),
+    Route("DELETE", "/v1/tokens/{id}", "revoke_token", "Revoke an API token.",
+          ("admin",), responses={204: None}, errors=(*_AUTH, 404, 503)),
+    Route("GET", "/v1/openapi.json", "openapi", "This document.",
+          responses={200: None}),
+)
+
+@web.middleware
+async def failures_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Map dependency failures to a JSON 503 (the shared errors middleware handles the rest)."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except BrokerUnavailableError:
+        raise error(503, "broker_unavailable",
+                    "The message broker did not confirm; nothing was changed. Retry.") from None
+    except (DBAPIError, OSError) as exc:
+        log.error("storage_failed", path=request.path, error=type(exc).__name__)
+        raise error(503, "storage_unavailable", "The database is unavailable. Retry.") from None
+
+
+def build_app(api: IngestApi, checks: Mapping[str, ReadinessCheck]) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, failures_middleware],
+                          client_max_size=api.settings.max_body_bytes + 1024)
+    app[TOKEN_LOOKUP] = bootstrap_lookup(
+        api.settings.admin_token.get_secret_value() if api.settings.admin_token else None,
+        api.lookup)
+    app[REFUSAL_HOOK] = api.refused
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, getattr(api, route.handler))
+    add_ops_routes(app, checks)
+    return app

@@ -1,0 +1,365 @@
+"""Events through ingest, over HTTP and straight over AMQP, on the real broker.
+
+Observation relies on RabbitMQ's per-channel ordering: ingest publishes an event's jobs before
+its ``event.accepted`` fact on one channel, so once the fact is seen in a queue bound to both,
+every job of that event is already there — counts are exact, without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import orjson
+import pytest
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from services.ingest.handlers import accepted_fact_id, delivery_id, event_id_for
+from shared import topology
+from shared.broker import declare
+from shared.contracts import Event
+from tests.integration.test_ingest_api import Client, Observer, running_ingest
+
+pytestmark = pytest.mark.integration
+
+DETAILS = {"fr": "Modèle créé", "en": "Template created", "ar": "تم إنشاء القالب",
+           "tzm": "ⵉⵜⵜⵓⵙⴽⴰ ⵓⵎⴷⵢⴰ"}
+
+
+def template(event: str = "template.created", **over: Any) -> dict[str, Any]:
+    return {"event": event, "timestamp": "2025-05-20T12:00:00Z", "lang": "fr",
+            "data": {"template_id": "abc123", "user_id": "user42", "details": DETAILS}, **over}
+
+
+@pytest.fixture
+async def broker(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
+    connection = await aio_pika.connect_robust(amqp_url)
+    async with connection.channel() as channel:
+        await declare(channel)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def ingest(amqp_url: str, database_url: str) -> AsyncIterator[Client]:
+    async with running_ingest(amqp_url, database_url) as client:
+        yield client
+
+
+@pytest.fixture
+async def ingest_sqlite(amqp_url: str, tmp_path: Path) -> AsyncIterator[Client]:
+    """For what does not depend on the storage backend."""
+    async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/ingest.db") as client:
+        yield client
+
+
+async def publish_raw(connection: AbstractRobustConnection, routing_key: str, body: bytes,
+                      **props: Any) -> None:
+    """Publish to the events exchange the way a platform service would (confirmed)."""
+    channel = await connection.channel(publisher_confirms=True)
+    try:
+        exchange = await channel.get_exchange(topology.EVENTS_EXCHANGE)
+        await exchange.publish(
+            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **props),
+            routing_key, mandatory=True, timeout=10)
+    finally:
+        await channel.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def take_parked(connection: AbstractRobustConnection,
+                      key: Callable[[AbstractIncomingMessage], str | None], wanted: set[str],
+                      timeout: float = 15.0) -> dict[str, AbstractIncomingMessage]:
+    """Take this test's messages from ingest's parking queue (acked); leave others there."""
+    channel = await connection.channel()
+    queue = await channel.get_queue(topology.dead_queue(topology.INGEST_EVENTS), ensure=False)
+    found: dict[str, AbstractIncomingMessage] = {}
+    done = asyncio.Event()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        name = key(message)
+        if name in wanted:
+            found[name] = message
+            await message.ack()
+            if set(found) == wanted:
+                done.set()
+        # anything else stays unacked and returns to the queue when the channel closes
+
+    await queue.consume(on_message)
+    try:
+        async with asyncio.timeout(timeout):
+            await done.wait()
+    except TimeoutError:
+        raise AssertionError(f"parked messages missing: {wanted - set(found)}") from None
+    finally:
+        await channel.close()
+    return found
+
+
+# -- over HTTP ----------------------------------------------------------------------------
+
+
+async def test_http_event_fans_out_to_each_matching_enabled_endpoint(
+    ingest: Client, broker: AbstractRobustConnection
+) -> None:
+    obs = await Observer.start(broker)
+    exact = await ingest.endpoint(["template.created"], url="https://a.example.com/h")
+    wild = await ingest.endpoint(["incident.*", "template.#"], url="https://b.example.com/h")
+    other = await ingest.endpoint(["incident.#"], url="https://c.example.com/h")
+    off = await ingest.endpoint(["#"], url="https://d.example.com/h")
+    assert (await ingest.call("PATCH", f"/v1/endpoints/{off['id']}",
+                              json={"status": "disabled"})).status == 200
+
+    reply = await ingest.call("POST", "/v1/events", json=template(lang="ar"))
+    assert reply.status == 202, reply.text
+    event_id = reply.body["id"]
+    assert event_id.startswith("evt_") and reply.body == {"id": event_id,
+                                                         "event": "template.created"}
+
+    await obs.wait(lambda _: bool(obs.facts("event.accepted", event_id=event_id)))
+    jobs = obs.jobs(event_id)
+    assert sorted(j["endpoint_id"] for j in jobs) == sorted([exact["id"], wild["id"]])
+    for job in jobs:
+        assert job["delivery_id"] == delivery_id(event_id, job["endpoint_id"])
+        assert job["url"] == {exact["id"]: exact["url"], wild["id"]: wild["url"]}[
+            job["endpoint_id"]]
+        assert job["attempt"] == 1 and job["type"] == "dihya.delivery_job.v1"
+        assert job["event"]["timestamp"] == "2025-05-20T12:00:00Z"
+        assert job["event"]["lang"] == "ar" and job["event"]["data"]["details"] == DETAILS
+    sign = [m for m in obs.on(topology.WORK_EXCHANGE, topology.SIGN)
+            if m.json["event"]["id"] == event_id]
+    assert all(m.type == "dihya.delivery_job.v1" for m in sign)
+    assert all(_text(m.headers["x-dihya-event-id"]) == event_id for m in sign)
+    [fact] = obs.facts("event.accepted", event_id=event_id)
+    assert fact["id"] == accepted_fact_id(event_id) and fact["event_type"] == "template.created"
+    assert fact["details"] == {"endpoints": 2, "subject": "user42", "lang": "ar"}
+
+    given = await ingest.call("POST", "/v1/events",
+                              json={"id": "order-42", "event": "incident.fire", "data": {}})
+    assert given.status == 202 and given.body["id"] == "order-42"
+    await obs.wait(lambda _: bool(obs.facts("event.accepted", event_id="order-42")))
+    jobs = obs.jobs("order-42")
+    assert sorted(j["endpoint_id"] for j in jobs) == sorted([wild["id"], other["id"]])
+    assert all(j["event"]["timestamp"] for j in jobs)  # filled in
+
+
+async def test_idempotency_key_replays_the_first_answer_and_publishes_once(
+    ingest: Client, broker: AbstractRobustConnection
+) -> None:
+    obs = await Observer.start(broker, [(topology.EVENTS_EXCHANGE, "#"),
+                                        (topology.WORK_EXCHANGE, topology.SIGN),
+                                        (topology.AUDIT_EXCHANGE, "event.accepted")])
+    await ingest.endpoint(["idem.#"])
+    publisher = await ingest.token("publisher")
+    key = {"Idempotency-Key": "order-7/attempt"}
+
+    first = await ingest.call("POST", "/v1/events", json={"event": "idem.one", "data": {}},
+                              headers=key)
+    assert first.status == 202 and "Idempotent-Replayed" not in first.headers
+    again = await ingest.call("POST", "/v1/events", json={"event": "idem.one", "data": {}},
+                              headers=key)
+    assert again.status == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.body == first.body
+    other_token = await ingest.call("POST", "/v1/events", token=publisher["token"],
+                                    json={"event": "idem.one", "data": {}}, headers=key)
+    assert other_token.status == 202 and other_token.body["id"] != first.body["id"]
+
+    racing = await asyncio.gather(*(
+        ingest.call("POST", "/v1/events", json={"event": "idem.race", "data": {}},
+                    headers={"Idempotency-Key": "race"}) for _ in range(6)))
+    assert {r.status for r in racing} == {202}
+    assert len({r.body["id"] for r in racing}) == 1
+    assert sum("Idempotent-Replayed" not in r.headers for r in racing) == 1
+
+    sentinel = await ingest.call("POST", "/v1/events", json={"event": "idem.end", "data": {}})
+    # everything ingest published before the sentinel precedes it in the observer's queue
+    await obs.wait(lambda _: any(m.json.get("id") == sentinel.body["id"]
+                                 for m in obs.on(topology.EVENTS_EXCHANGE)))
+    published = [m.json["id"] for m in obs.on(topology.EVENTS_EXCHANGE)]
+    assert published.count(first.body["id"]) == 1
+    assert published.count(racing[0].body["id"]) == 1
+    await obs.wait(lambda _: bool(obs.facts("event.accepted", event_id=first.body["id"])))
+    assert len(obs.jobs(first.body["id"])) == 1
+
+
+async def test_a_failed_publish_releases_the_idempotency_key(
+    ingest: Client, broker: AbstractRobustConnection
+) -> None:
+    channel = await broker.channel()
+    events_queue = await channel.get_queue(topology.INGEST_EVENTS, ensure=False)
+    key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    await events_queue.unbind(topology.EVENTS_EXCHANGE, "#")
+    try:  # the events exchange now routes nowhere: the mandatory publish fails
+        failed = await ingest.call("POST", "/v1/events", json={"event": "k.v", "data": {}},
+                                   headers=key)
+    finally:
+        await events_queue.bind(topology.EVENTS_EXCHANGE, "#")
+        await channel.close()
+    assert failed.status == 503 and failed.body["error"]["code"] == "broker_unavailable"
+    retried = await ingest.call("POST", "/v1/events", json={"event": "k.v", "data": {}},
+                                headers=key)
+    assert retried.status == 202 and "Idempotent-Replayed" not in retried.headers
+
+
+async def test_outside_the_window_a_key_starts_a_new_event(amqp_url: str, tmp_path: Path
+                                                           ) -> None:
+    async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/i.db",
+                              idempotency_window=0) as ingest:
+        key = {"Idempotency-Key": "same"}
+        one = await ingest.call("POST", "/v1/events", json={"event": "w.x", "data": {}},
+                                headers=key)
+        two = await ingest.call("POST", "/v1/events", json={"event": "w.x", "data": {}},
+                                headers=key)
+        assert one.status == two.status == 202
+        assert one.body["id"] != two.body["id"] and "Idempotent-Replayed" not in two.headers
+
+
+async def test_bad_http_events_get_clear_errors_and_never_a_5xx(ingest_sqlite: Client) -> None:
+    ingest = ingest_sqlite
+    viewer = await ingest.token("viewer")
+    assert (await ingest.call("POST", "/v1/events", token=viewer["token"],
+                              json=template())).status == 403
+    assert (await ingest.call("POST", "/v1/events", token=None, json=template())).status == 401
+    bad = await ingest.call("POST", "/v1/events", json={"event": "Not An Event!", "lang": "de"})
+    assert bad.status == 422
+    assert {"event", "lang", "data"} <= {f["field"] for f in bad.body["error"]["fields"]}
+    long_key = await ingest.call("POST", "/v1/events", json=template(),
+                                 headers={"Idempotency-Key": "k" * 256})
+    assert long_key.status == 422
+    assert long_key.body["error"]["fields"][0]["field"] == "Idempotency-Key"
+    plain = await ingest.call("POST", "/v1/events", data=b"{}",
+                              headers={"Content-Type": "text/plain"})
+    assert plain.status == 415
+    too_big = template(data={"blob": "x" * 300_000})
+    assert (await ingest.call("POST", "/v1/events", json=too_big)).status == 413
+
+    nasty: list[bytes] = [
+        b"null", b"[]", b'"event"', b"{}", b'{"event": null, "data": {}}',
+        b'{"event": "a.b", "data": []}', b'{"event": "a.b", "data": {}, "id": "bad id!"}',
+        b'{"event": "a.b", "data": {}, "timestamp": "2025-05-20T12:00:00"}',
+        b'{"event": "a.b", "data": {}, "timestamp": "yesterday"}',
+        b'{"event": "a.b", "data": {"n": 1e999}}', b'{"event": "a.b", "data": {"n": NaN}}',
+        b'{"event": "a.b", "data": {"s": "\\ud800"}}',
+        b'{"event": "' + b"a" * 200 + b'", "data": {}}',
+        b'{"event": "a.b", "data": ' + b"[" * 2000 + b"]" * 2000 + b"}",
+        b'{"event": "a.b", "data": {}, "extra": true}', b"\xff\xfe", b"",
+    ]
+    for body in nasty:
+        reply = await ingest.call("POST", "/v1/events", data=body,
+                                  headers={"Content-Type": "application/json"})
+        assert 400 <= reply.status < 500, (body[:60], reply.status, reply.text[:200])
+        assert reply.body["error"]["code"], body[:60]
+
+    # a large valid body arrives in many TCP segments and must be read whole
+    large = await ingest.call("POST", "/v1/events", json=template(data={"blob": "y" * 200_000}))
+    assert large.status == 202, large.text[:300]
+    for odd in (b'{"event": "a.b", "data": {}, "timestamp": 1747742400}',
+                b'{"event": "a.b", "data": {"n": 123456789012345678901234567890}}'):
+        reply = await ingest.call("POST", "/v1/events", data=odd,
+                                  headers={"Content-Type": "application/json"})
+        assert reply.status == 202, reply.text
+
+
+# -- over AMQP ----------------------------------------------------------------------------
+
+
+async def test_an_event_published_over_amqp_fans_out_with_a_stable_id(
+    ingest_sqlite: Client, broker: AbstractRobustConnection
+) -> None:
+    ingest = ingest_sqlite
+    obs = await Observer.start(broker)
+    ep = await ingest.endpoint(["amqp.#"])
+    message_id = f"m-{uuid.uuid4().hex}"
+    body = orjson.dumps({"event": "amqp.direct", "data": {"user_id": "u1"}})
+    await publish_raw(broker, "amqp.direct", body, message_id=message_id, type=Event.TYPE)
+    expected = event_id_for(None, message_id)
+    await obs.wait(lambda _: bool(obs.facts("event.accepted", event_id=expected)))
+    [job] = obs.jobs(expected)
+    assert job["endpoint_id"] == ep["id"] and job["delivery_id"] == delivery_id(expected,
+                                                                                ep["id"])
+    assert job["event"]["timestamp"] is not None
+
+    # the broker redelivering the same message (same message_id) yields the same ids
+    await publish_raw(broker, "amqp.direct", body, message_id=message_id)
+    await obs.wait(lambda _: len(obs.facts("event.accepted", event_id=expected)) == 2)
+    assert {j["delivery_id"] for j in obs.jobs(expected)} == {job["delivery_id"]}
+    assert len({f["id"] for f in obs.facts("event.accepted", event_id=expected)}) == 1
+
+    own_id = f"evt_own_{uuid.uuid4().hex[:8]}"
+    await publish_raw(broker, "amqp.own", orjson.dumps({"id": own_id, "event": "amqp.own",
+                                                        "data": {}}))
+    await obs.wait(lambda _: bool(obs.facts("event.accepted", event_id=own_id)))
+    assert [j["endpoint_id"] for j in obs.jobs(own_id)] == [ep["id"]]
+
+
+async def test_bad_amqp_messages_are_parked_audited_and_the_next_event_flows(
+    ingest_sqlite: Client, broker: AbstractRobustConnection
+) -> None:
+    ingest = ingest_sqlite
+    obs = await Observer.start(broker)
+    ep = await ingest.endpoint(["after.bad"])
+    run = uuid.uuid4().hex
+    bad = {
+        "invalid_json": b"{definitely not json",
+        "schema_invalid": orjson.dumps({"event": "bad.schema", "data": "nope",
+                                        "password": "hunter2-do-not-echo"}),
+        "unsupported_type": orjson.dumps(template("bad.type")),
+    }
+    for reason, body in bad.items():
+        props: dict[str, Any] = {"headers": {"x-test": f"{run}:{reason}"}}
+        if reason == "unsupported_type":
+            props["type"] = "dihya.delivery_job.v1"
+        await publish_raw(broker, "bad.message", body, **props)
+    good = f"evt_good_{run[:8]}"
+    await publish_raw(broker, "after.bad", orjson.dumps({"id": good, "event": "after.bad",
+                                                         "data": {}}))
+
+    await obs.wait(lambda _: bool(obs.facts("event.accepted", event_id=good)))
+    assert [j["endpoint_id"] for j in obs.jobs(good)] == [ep["id"]]
+    await obs.wait(lambda _: len(obs.facts("event.rejected")) >= 3)
+    facts = {f["reason"]: f for f in obs.facts("event.rejected")}
+    assert set(facts) == set(bad)
+    assert facts["schema_invalid"]["event_type"] == "bad.schema"
+    assert "data" in facts["schema_invalid"]["error"]
+    assert "password" in facts["schema_invalid"]["error"]
+    assert "hunter2" not in orjson.dumps(facts).decode()
+    assert facts["unsupported_type"]["event_type"] == "bad.type"
+    assert facts["invalid_json"]["event_type"] is None
+    assert all(f["service"] == "ingest" and f["kind"] == "event.rejected"
+               for f in facts.values())
+
+    parked = await take_parked(
+        broker, lambda m: _text((m.headers or {}).get("x-test", "")).partition(":")[2] or None
+        if _text((m.headers or {}).get("x-test", "")).startswith(run) else None, set(bad))
+    for reason, message in parked.items():
+        headers = message.headers or {}
+        assert _text(headers[topology.REASON_HEADER]) == reason
+        assert _text(headers[topology.SOURCE_HEADER]) == topology.INGEST_EVENTS
+        assert _text(headers[topology.ERROR_HEADER])
+        assert message.body == bad[reason]
+
+
+async def test_an_event_over_the_fanout_limit_is_parked_not_delivered(
+    amqp_url: str, tmp_path: Path, broker: AbstractRobustConnection
+) -> None:
+    obs = await Observer.start(broker)
+    async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/i.db", max_fanout=1) as ingest:
+        await ingest.endpoint(["cap.*"])
+        await ingest.endpoint(["cap.#"], url="https://other.example.com/")
+        reply = await ingest.call("POST", "/v1/events", json={"event": "cap.many", "data": {}})
+        assert reply.status == 202
+        event_id = reply.body["id"]
+        await obs.wait(lambda _: bool(obs.facts("event.rejected", event_id=event_id)))
+        [fact] = obs.facts("event.rejected", event_id=event_id)
+        assert fact["reason"] == "fanout_limit" and fact["event_type"] == "cap.many"
+        assert obs.jobs(event_id) == []  # decided before any job was published
+        parked = await take_parked(
+            broker, lambda m: "mine" if event_id.encode() in m.body else None, {"mine"})
+        assert _text((parked["mine"].headers or {})[topology.REASON_HEADER]) == "fanout_limit"

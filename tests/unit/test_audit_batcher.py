@@ -1,0 +1,157 @@
+"""Batcher: size/time flushing, one batch at a time, failures reach every waiter, draining."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from services.audit.batcher import Batcher, BatcherClosedError
+
+
+class Recorder:
+    """A fake store: records batches, can fail or block on demand, checks no overlap."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.active = 0
+        self.fail: Exception | None = None
+        self.poison: set[int] = set()
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def write(self, items: Sequence[int]) -> None:
+        self.active += 1
+        assert self.active == 1, "two batches written at once"
+        try:
+            self.entered.set()
+            if self.gate is not None:
+                await self.gate.wait()
+            else:
+                await asyncio.sleep(0)
+            if self.fail is not None:
+                raise self.fail
+            if self.poison & set(items):
+                raise ValueError("poison")
+            self.batches.append(list(items))
+        finally:
+            self.active -= 1
+
+
+async def test_full_batches_flush_without_waiting() -> None:
+    rec = Recorder()
+    batcher = Batcher(rec.write, size=10, wait=60.0)  # the wait would time the test out
+    batcher.start()
+    await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(30))), 5)
+    assert [len(b) for b in rec.batches] == [10, 10, 10]
+    assert sorted(sum(rec.batches, [])) == list(range(30))
+    await batcher.stop()
+
+
+async def test_partial_batch_flushes_after_the_wait() -> None:
+    rec = Recorder()
+    batcher = Batcher(rec.write, size=100, wait=0.02)
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(3))), 5)
+    assert loop.time() - started >= 0.02
+    assert rec.batches == [[0, 1, 2]]
+    await batcher.stop()
+
+
+async def test_submit_resolves_only_after_the_write() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    batcher = Batcher(rec.write, size=2, wait=0.0)
+    batcher.start()
+    waiter = asyncio.ensure_future(batcher.submit(1))
+    await rec.entered.wait()
+    assert not waiter.done()
+    rec.gate.set()
+    await asyncio.wait_for(waiter, 5)
+    assert rec.batches == [[1]]
+    await batcher.stop()
+
+
+async def test_items_arriving_during_a_write_form_the_next_batch() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    batcher = Batcher(rec.write, size=50, wait=0.0)
+    batcher.start()
+    first = asyncio.ensure_future(batcher.submit(0))
+    await rec.entered.wait()
+    rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 6)]
+    await asyncio.sleep(0)
+    assert batcher.pending == 5
+    rec.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+    assert rec.batches == [[0], [1, 2, 3, 4, 5]]
+    await batcher.stop()
+
+
+async def test_a_failed_write_fails_every_waiter_of_the_batch() -> None:
+    rec = Recorder()
+    rec.fail = ConnectionError("db gone")
+    batcher = Batcher(rec.write, size=5, wait=0.01)
+    batcher.start()
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(5)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)
+    rec.fail = None
+    await asyncio.wait_for(batcher.submit(9), 5)  # the writer survives a failed batch
+    assert rec.batches == [[9]]
+    await batcher.stop()
+
+
+async def test_data_errors_are_isolated_to_the_poison_item() -> None:
+    rec = Recorder()
+    rec.poison = {3}
+    batcher = Batcher(rec.write, size=5, wait=0.01,
+                      isolate=lambda exc: isinstance(exc, ValueError))
+    batcher.start()
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(5)),
+                                   return_exceptions=True)
+    assert [isinstance(r, ValueError) for r in results] == [False, False, False, True, False]
+    assert rec.batches == [[0], [1], [2], [4]]
+    await batcher.stop()
+
+
+async def test_cancelled_waiters_are_not_written() -> None:
+    rec = Recorder()
+    batcher = Batcher(rec.write, size=10, wait=0.05)
+    batcher.start()
+    gone = asyncio.ensure_future(batcher.submit(1))
+    kept = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0)
+    gone.cancel()
+    await asyncio.wait_for(kept, 5)
+    assert rec.batches == [[2]]
+    await batcher.stop()
+
+
+async def test_stop_flushes_pending_items_then_refuses_new_ones() -> None:
+    rec = Recorder()
+    batcher = Batcher(rec.write, size=100, wait=60.0)
+    batcher.start()
+    waiters = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    await asyncio.wait_for(batcher.stop(), 5)
+    await asyncio.gather(*waiters)
+    assert rec.batches == [[0, 1, 2]]
+    with pytest.raises(BatcherClosedError):
+        await batcher.submit(4)
+
+
+async def test_stop_abandons_a_hung_write_after_the_grace() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()  # never set: the database hangs
+    batcher = Batcher(rec.write, size=1, wait=0.0)
+    batcher.start()
+    waiter = asyncio.ensure_future(batcher.submit(1))
+    await rec.entered.wait()
+    await asyncio.wait_for(batcher.stop(grace=0.05), 5)
+    with pytest.raises(BatcherClosedError):
+        await waiter
+    assert rec.batches == []

@@ -1,0 +1,127 @@
+"""Audit query language: cursors, filters, time bounds and limits; the OpenAPI document agrees."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.audit import handlers, openapi
+from services.audit.handlers import QueryError, RecordQuery, parse_query
+
+
+@given(st.integers(0, 2**63 - 1))
+def test_cursor_round_trips(seq: int) -> None:
+    cursor = handlers.encode_cursor(seq)
+    assert "=" not in cursor
+    assert handlers.decode_cursor(cursor) == seq
+
+
+@given(st.text(max_size=40))
+def test_decode_cursor_accepts_only_issued_cursors(text: str) -> None:
+    try:
+        seq = handlers.decode_cursor(text)
+    except ValueError:
+        return
+    assert handlers.encode_cursor(seq) == text
+
+
+@pytest.mark.parametrize("cursor", [
+    "", "!!!", base64.urlsafe_b64encode(b"-1").decode(), base64.urlsafe_b64encode(b"abc").decode(),
+    base64.urlsafe_b64encode(b"007").decode(), base64.urlsafe_b64encode(str(2**63).encode()).decode(),
+    "MTI=",  # padded spelling of 12: one spelling per cursor
+])
+def test_bad_cursors_are_refused(cursor: str) -> None:
+    with pytest.raises(ValueError, match="cursor"):
+        handlers.decode_cursor(cursor)
+
+
+def fields_of(exc: pytest.ExceptionInfo[QueryError]) -> dict[str, str]:
+    return {f["field"]: f["message"] for f in exc.value.fields}
+
+
+def test_defaults() -> None:
+    assert parse_query([], page_limit=500) == RecordQuery({}, None, None, 100, 0)
+    assert parse_query([], page_limit=20).limit == 20
+
+
+def test_every_filter_parses() -> None:
+    query = parse_query(
+        [("event_id", "evt_1"), ("endpoint_id", "ep_1"), ("delivery_id", "dlv_1"),
+         ("kind", "delivery.attempted"), ("outcome", "failed"), ("subject", "user42"),
+         ("since", "2025-05-20T12:00:00Z"), ("until", "2025-05-20T14:00:00+02:00"),
+         ("limit", "7"), ("cursor", handlers.encode_cursor(41))],
+        page_limit=500,
+    )
+    assert query.filters == {
+        "event_id": "evt_1", "endpoint_id": "ep_1", "delivery_id": "dlv_1",
+        "kind": "delivery.attempted", "outcome": "failed", "subject": "user42",
+    }
+    assert query.since == query.until == datetime(2025, 5, 20, 12, tzinfo=UTC)
+    assert (query.limit, query.after_seq) == (7, 41)
+
+
+def test_datetime_without_offset_is_utc() -> None:
+    query = parse_query([("since", "2025-05-20")], page_limit=500)
+    assert query.since == datetime(2025, 5, 20, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("pairs", "bad"), [
+    ([("since", "yesterday")], "since"),
+    ([("until", "2025-13-01T00:00:00Z")], "until"),
+    ([("since", "2025-05-21T00:00:00Z"), ("until", "2025-05-20T00:00:00Z")], "until"),
+    ([("limit", "0")], "limit"),
+    ([("limit", "501")], "limit"),
+    ([("limit", "ten")], "limit"),
+    ([("limit", "-1")], "limit"),
+    ([("kind", "event.exploded")], "kind"),
+    ([("cursor", "@@")], "cursor"),
+    ([("event_id", "")], "event_id"),
+    ([("event_id", "a\x00b")], "event_id"),
+    ([("subject", "\ud800")], "subject"),
+    ([("outcome", "x" * 513)], "outcome"),
+    ([("event", "evt_1")], "event"),
+    ([("event_id", "a"), ("event_id", "b")], "event_id"),
+])
+def test_bad_parameters_are_named(pairs: list[tuple[str, str]], bad: str) -> None:
+    with pytest.raises(QueryError) as exc:
+        parse_query(pairs, page_limit=500)
+    assert list(fields_of(exc)) == [bad]
+
+
+def test_all_bad_parameters_are_named_at_once() -> None:
+    with pytest.raises(QueryError) as exc:
+        parse_query([("since", "x"), ("limit", "0"), ("nope", "1")], page_limit=500)
+    assert set(fields_of(exc)) == {"since", "limit", "nope"}
+
+
+@given(st.lists(st.tuples(st.sampled_from([*handlers.QUERY_PARAMS, "x"]), st.text(max_size=30)),
+                max_size=6))
+def test_parse_query_never_fails_other_than_with_query_error(
+    pairs: list[tuple[str, str]]
+) -> None:
+    try:
+        query = parse_query(pairs, page_limit=50)
+    except QueryError as exc:
+        assert exc.fields
+    else:
+        assert 1 <= query.limit <= 50
+
+
+def test_openapi_document_matches_the_parser_and_records() -> None:
+    doc = openapi.document(page_limit=123)
+    assert doc["openapi"] == "3.1.0"
+    op = doc["paths"]["/v1/audit/records"]["get"]
+    params = {p["name"]: p for p in op["parameters"]}
+    assert tuple(params) == handlers.QUERY_PARAMS
+    assert params["limit"]["schema"]["maximum"] == 123
+    assert params["kind"]["schema"]["enum"] == list(handlers.FACT_KINDS)
+    record = doc["components"]["schemas"]["AuditRecord"]
+    assert set(record["properties"]) == {*handlers.RECORD_FIELDS, "prev_hash", "hash"}
+    report = doc["components"]["schemas"]["VerifyReport"]
+    assert set(report["properties"]) == set(handlers.verify_chain([]).as_json())
+    assert set(doc["paths"]) >= {"/v1/audit/records", "/v1/audit/verify", "/v1/openapi.json",
+                                 "/healthz", "/readyz", "/metrics"}

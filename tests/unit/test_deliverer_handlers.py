@@ -1,0 +1,230 @@
+"""Deliverer's pure decisions: schedule parsing, outcome classes, retry steps, records."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from services.deliverer.handlers import (
+    EXCERPT_CHARS,
+    MAX_RETRY_AFTER_MS,
+    DeadLetter,
+    Done,
+    Outcome,
+    Retry,
+    attempt_record,
+    attempted_fact,
+    classify,
+    dead_lettered_fact,
+    fact_id,
+    needs_resign,
+    next_job,
+    next_step,
+    parse_retry_after,
+    parse_schedule,
+    parse_signed,
+    redact_url,
+)
+from services.deliverer.settings import Settings
+from shared.contracts import DeliveryJob, Event
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+DEFAULT = parse_schedule("5s,5m,30m,2h,5h,10h,10h")
+
+
+def make_job(attempt: int = 1) -> DeliveryJob:
+    return DeliveryJob(delivery_id="dlv_1", endpoint_id="ep_1",
+                       url="https://user:pw@r.example/hook?x=1",
+                       event=Event(id="evt_1", event="a.b", timestamp=NOW, data={}),
+                       attempt=attempt)
+
+
+def test_parse_schedule() -> None:
+    assert DEFAULT == (5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000,
+                       36_000_000)
+    assert parse_schedule("200ms, 400ms,1.5s") == (200, 400, 1500)
+    assert parse_schedule("") == ()
+    for bad in ("5", "5d", "s", "0s", "5s,,5s", "-1s"):
+        with pytest.raises(ValueError, match="bad delay"):
+            parse_schedule(bad)
+
+
+def test_settings_reject_a_bad_schedule_and_expose_delays() -> None:
+    assert len(Settings().retry_delays_ms) == 7  # default: 8 attempts
+    assert Settings(retry_schedule="200ms,400ms").retry_delays_ms == (200, 400)
+    with pytest.raises(ValidationError):
+        Settings(retry_schedule="soon")
+    with pytest.raises(ValidationError):
+        Settings(allowed_networks="10.0.0.0/33")
+
+
+@pytest.mark.parametrize(("status", "delivered", "retryable", "reason"), [
+    (200, True, False, "ok"),
+    (204, True, False, "ok"),
+    (299, True, False, "ok"),
+    (301, False, True, "redirect"),
+    (302, False, True, "redirect"),
+    (308, False, True, "redirect"),
+    (400, False, True, "http_error"),
+    (404, False, True, "http_error"),
+    (410, False, False, "gone"),
+    (429, False, True, "rate_limited"),
+    (500, False, True, "http_error"),
+    (502, False, True, "http_error"),
+    (503, False, True, "unavailable"),
+    (101, False, True, "http_error"),
+])
+def test_classify_status(status: int, delivered: bool, retryable: bool, reason: str) -> None:
+    out = classify(status, now=NOW)
+    assert (out.delivered, out.retryable, out.reason, out.status_code) == (
+        delivered, retryable, reason, status)
+    assert out.outcome == ("delivered" if delivered else "failed")
+    assert (out.error is None) == delivered
+
+
+@pytest.mark.parametrize(("kind", "retryable"), [
+    ("timeout", True), ("connection_error", True), ("tls_error", True),
+    ("blocked", False), ("invalid_url", False),
+])
+def test_classify_errors(kind: str, retryable: bool) -> None:
+    out = classify(None, error=kind, error_text=f"{kind}: detail", now=NOW)  # type: ignore[arg-type]
+    assert not out.delivered and out.retryable is retryable and out.reason == kind
+    assert out.status_code is None and out.error == f"{kind}: detail"
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    assert parse_retry_after("120", NOW) == 120_000
+    later = format_datetime(NOW + timedelta(minutes=10), usegmt=True)
+    assert parse_retry_after(later, NOW) == 600_000
+    assert parse_retry_after(format_datetime(NOW - timedelta(minutes=1), usegmt=True), NOW) == 0
+    assert parse_retry_after("soon", NOW) is None
+    assert parse_retry_after(None, NOW) is None
+    assert classify(429, retry_after="7", now=NOW).retry_after_ms == 7000
+    assert classify(500, retry_after="7", now=NOW).retry_after_ms is None
+
+
+def test_next_step_basic() -> None:
+    rng = random.Random(1)
+    assert next_step(classify(200, now=NOW), 1, DEFAULT, rng) == Done()
+    assert next_step(classify(410, now=NOW), 1, DEFAULT, rng) == DeadLetter("gone")
+    assert next_step(classify(None, error="blocked", now=NOW), 1, DEFAULT, rng) == DeadLetter(
+        "blocked")
+    assert next_step(classify(500, now=NOW), 8, DEFAULT, rng) == DeadLetter("exhausted")
+    assert isinstance(next_step(classify(500, now=NOW), 7, DEFAULT, rng), Retry)
+    assert next_step(classify(500, now=NOW), 1, (), rng) == DeadLetter("exhausted")
+
+
+@settings(max_examples=300)
+@given(attempt=st.integers(1, 7), seed=st.integers(), jitter=st.floats(0, 0.9))
+def test_retry_delay_stays_in_its_tier_jitter_band(attempt: int, seed: int, jitter: float
+                                                   ) -> None:
+    step = next_step(classify(500, now=NOW), attempt, DEFAULT, random.Random(seed), jitter)
+    assert isinstance(step, Retry)
+    tier = DEFAULT[attempt - 1]
+    assert step.tier_ms == tier
+    assert tier * (1 - jitter) - 1 <= step.delay_ms <= tier
+
+
+@settings(max_examples=300)
+@given(attempt=st.integers(1, 7), seed=st.integers(),
+       retry_after_s=st.integers(0, 20 * 3600),
+       schedule=st.sampled_from([DEFAULT, (200, 400), (1000, 60_000, 600_000)]))
+def test_retry_after_is_honoured_within_tier_and_one_hour(
+        attempt: int, seed: int, retry_after_s: int, schedule: tuple[int, ...]) -> None:
+    if attempt > len(schedule):
+        return
+    out = classify(503, retry_after=str(retry_after_s), now=NOW)
+    step = next_step(out, attempt, schedule, random.Random(seed))
+    assert isinstance(step, Retry)
+    assert step.tier_ms in schedule
+    assert step.delay_ms <= step.tier_ms  # never above the wait queue's TTL
+    tier = schedule[attempt - 1]
+    wanted = min(max(retry_after_s * 1000, 0), MAX_RETRY_AFTER_MS)
+    if wanted <= max(schedule):
+        assert step.delay_ms >= min(wanted, MAX_RETRY_AFTER_MS)  # never earlier than asked
+    else:
+        assert step.delay_ms == max(schedule)  # the longest tier is the cap
+    if retry_after_s * 1000 <= tier:
+        assert step.tier_ms == tier
+    assert step.delay_ms <= max(tier, MAX_RETRY_AFTER_MS * 1.2)
+
+
+def test_retry_after_picks_the_smallest_long_enough_tier() -> None:
+    step = next_step(classify(429, retry_after="600", now=NOW), 1, DEFAULT, random.Random(3))
+    assert step == Retry(1_800_000, step.delay_ms)  # type: ignore[union-attr]
+    assert isinstance(step, Retry) and 600_000 <= step.delay_ms <= 720_000
+    capped = next_step(classify(429, retry_after="86400", now=NOW), 1, DEFAULT,
+                       random.Random(3))
+    assert isinstance(capped, Retry) and capped.tier_ms == 7_200_000
+    assert MAX_RETRY_AFTER_MS <= capped.delay_ms <= MAX_RETRY_AFTER_MS * 1.2
+
+
+def test_next_job_extends_history() -> None:
+    job = make_job(attempt=2)
+    first = attempt_record(1, classify(500, now=NOW), at=NOW, duration_ms=12.3456)
+    job = job.model_copy(update={"history": (first,)})
+    record = attempt_record(2, classify(None, error="timeout", error_text="timeout after 15s",
+                                        now=NOW), at=NOW, duration_ms=15000.0)
+    following = next_job(job, record)
+    assert following.attempt == 3
+    assert following.history == (first, record)
+    assert following.delivery_id == job.delivery_id and following.event == job.event
+    assert first.duration_ms == 12.346 and first.status_code == 500
+    assert record.outcome == "failed" and record.error == "timeout after 15s"
+
+
+def test_attempted_fact() -> None:
+    job = make_job()
+    out = classify(500, now=NOW)
+    record = attempt_record(1, out, at=NOW, duration_ms=3.0)
+    fact = attempted_fact(job, out, record, Retry(5000, 4500), b"x" * 2000, NOW)
+    assert fact.kind == "delivery.attempted" and fact.service == "deliverer"
+    assert (fact.event_id, fact.event_type, fact.endpoint_id, fact.delivery_id, fact.attempt) == (
+        "evt_1", "a.b", "ep_1", "dlv_1", 1)
+    assert fact.url == "https://r.example/hook?x=1"  # credentials dropped
+    assert (fact.outcome, fact.status_code, fact.duration_ms, fact.error) == (
+        "failed", 500, 3.0, "HTTP 500")
+    assert fact.details["response_excerpt"] == "x" * EXCERPT_CHARS
+    assert fact.details["next"] == "retry" and fact.details["retry_in_ms"] == 4500
+    assert fact.id == fact_id("dlv_1", 1, "delivery.attempted")
+    assert fact.id != fact_id("dlv_1", 2, "delivery.attempted")
+    assert fact.id.startswith("fct_")
+
+
+def test_dead_lettered_fact() -> None:
+    out = classify(410, now=NOW)
+    parked = next_job(make_job(), attempt_record(1, out, at=NOW, duration_ms=1.0))
+    fact = dead_lettered_fact(parked, "gone", NOW)
+    assert fact.kind == "delivery.dead_lettered"
+    assert (fact.attempt, fact.reason, fact.status_code) == (1, "gone", 410)
+    assert fact.details == {"attempts": 1}
+
+
+def test_redact_url() -> None:
+    assert redact_url("https://a:b@h.example/p?q=1") == "https://h.example/p?q=1"
+    assert redact_url("https://h.example/p") == "https://h.example/p"
+
+
+def test_needs_resign() -> None:
+    assert needs_resign(NOW - timedelta(seconds=241), NOW, 240)
+    assert not needs_resign(NOW - timedelta(seconds=10), NOW, 240)
+    assert not needs_resign(NOW - timedelta(days=1), NOW, 0)
+
+
+def test_parse_signed_rejects_garbage_readably() -> None:
+    with pytest.raises(ValueError, match="JSON"):
+        parse_signed(b"nope")
+    with pytest.raises(ValueError, match="job"):
+        parse_signed(b'{"type": "dihya.signed_delivery.v1"}')
+
+
+def test_outcome_is_frozen() -> None:
+    out = Outcome(True, False, "ok", 200)
+    with pytest.raises(AttributeError):
+        out.reason = "x"  # type: ignore[misc]

@@ -1,0 +1,165 @@
+"""Fan-out planning, stable ids and decoding of consumed messages (ingest's pure logic)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.ingest.handlers import (
+    Endpoint,
+    Rejection,
+    accepted_fact,
+    accepted_fact_id,
+    complete,
+    decode,
+    delivery_id,
+    event_id_for,
+    key_is_fresh,
+    plan,
+    rejected_fact,
+)
+from shared.contracts import Event
+
+NOW = datetime(2025, 5, 20, 12, 0, tzinfo=UTC)
+TEMPLATE = {"event": "template.created", "timestamp": "2025-05-20T12:00:00Z", "lang": "fr",
+            "data": {"template_id": "abc123", "user_id": "user42",
+                     "details": {"fr": "Modèle créé", "en": "Template created"}}}
+
+ENDPOINTS = [
+    Endpoint("ep_exact", "https://a.example/hook", ("template.created",)),
+    Endpoint("ep_wild", "https://b.example/hook", ("incident.*", "template.#")),
+    Endpoint("ep_other", "https://c.example/hook", ("incident.*",)),
+    Endpoint("ep_off", "https://d.example/hook", ("#",), status="disabled"),
+]
+
+
+def event(**over: object) -> Event:
+    return complete(Event.model_validate({**TEMPLATE, **over}), message_id=None, now=NOW)
+
+
+def test_plan_one_job_per_subscribed_enabled_endpoint() -> None:
+    ev = event(id="evt_1")
+    jobs = plan(ev, ENDPOINTS)
+    assert [j.endpoint_id for j in jobs] == ["ep_exact", "ep_wild"]
+    assert [j.url for j in jobs] == ["https://a.example/hook", "https://b.example/hook"]
+    for job in jobs:
+        assert job.event == ev and job.attempt == 1 and job.history == ()
+        digest = hashlib.sha256(f"evt_1:{job.endpoint_id}".encode()).hexdigest()[:26]
+        assert job.delivery_id == "dlv_" + digest
+
+
+def test_an_endpoint_with_several_matching_patterns_gets_one_job() -> None:
+    ep = Endpoint("ep_twice", "https://x.example/", ("template.*", "#", "template.created"))
+    assert len(plan(event(id="evt_2"), [ep])) == 1
+
+
+def test_no_subscriber_no_job() -> None:
+    assert plan(event(id="evt_3", event="nobody.cares"), ENDPOINTS[2:]) == []
+
+
+def test_delivery_ids_are_deterministic_across_replans() -> None:
+    ev = event(id="evt_same")
+    first = [j.delivery_id for j in plan(ev, ENDPOINTS)]
+    again = [j.delivery_id for j in plan(ev, list(reversed(ENDPOINTS)))]
+    assert sorted(first) == sorted(again)
+    other = [j.delivery_id for j in plan(event(id="evt_other"), ENDPOINTS)]
+    assert not set(first) & set(other)
+
+
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20)),
+                unique=True, max_size=30))
+def test_delivery_id_is_a_function_of_the_pair(pairs: list[tuple[str, str]]) -> None:
+    ids = [delivery_id(e, p) for e, p in pairs]
+    assert ids == [delivery_id(e, p) for e, p in pairs]
+    assert all(i.startswith("dlv_") and len(i) == 30 for i in ids)
+    assert len(set(ids)) == len({f"{e}:{p}" for e, p in pairs})
+
+
+def test_plan_refuses_an_event_without_id() -> None:
+    with pytest.raises(ValueError, match="id and timestamp"):
+        plan(Event.model_validate(TEMPLATE), ENDPOINTS)
+
+
+def test_event_id_body_first_then_message_id_then_random() -> None:
+    assert event_id_for("evt_given", "m1") == "evt_given"
+    derived = event_id_for(None, "m1")
+    assert derived == "evt_" + hashlib.sha256(b"m1").hexdigest()[:26]
+    assert event_id_for(None, "m1") == derived != event_id_for(None, "m2")
+    a, b = event_id_for(None, None), event_id_for(None, None)
+    assert a.startswith("evt_") and a != b
+
+
+def test_complete_fills_id_and_timestamp_only_when_missing() -> None:
+    bare = Event.model_validate({"event": "a.b", "data": {}})
+    done = complete(bare, message_id="m", now=NOW)
+    assert done.id == event_id_for(None, "m") and done.timestamp == NOW
+    given_ts = Event.model_validate(TEMPLATE)
+    assert complete(given_ts, message_id="m", now=NOW + timedelta(days=1)).timestamp == (
+        datetime(2025, 5, 20, 12, 0, tzinfo=UTC))
+
+
+def test_decode_accepts_the_guide_template_with_or_without_type_property() -> None:
+    body = orjson.dumps(TEMPLATE)
+    assert isinstance(decode(body, None), Event)
+    assert isinstance(decode(body, Event.TYPE), Event)
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"", b"\xff\xfe{}", b'{"event": "a.b",'])
+def test_decode_bad_json(body: bytes) -> None:
+    result = decode(body, None)
+    assert isinstance(result, Rejection) and result.reason == "invalid_json"
+    assert result.event_type is None
+
+
+def test_decode_schema_error_names_fields_not_values() -> None:
+    body = orjson.dumps({"event": "order.paid", "lang": "de-SECRET", "data": "SECRET-VALUE",
+                         "password": "hunter2-SECRET"})
+    result = decode(body, None)
+    assert isinstance(result, Rejection) and result.reason == "schema_invalid"
+    assert result.event_type == "order.paid"
+    for name in ("lang", "data", "password"):
+        assert name in result.error
+    assert "SECRET" not in result.error and "hunter2" not in result.error
+
+
+@pytest.mark.parametrize("body", [b"[]", b"42", b'{"event": "Not An Event!", "data": {}}'])
+def test_decode_schema_invalid_shapes(body: bytes) -> None:
+    result = decode(body, None)
+    assert isinstance(result, Rejection) and result.reason == "schema_invalid"
+    assert result.event_type is None  # nothing well-formed to report
+
+
+def test_decode_refuses_another_contract_type() -> None:
+    result = decode(orjson.dumps(TEMPLATE), "dihya.delivery_job.v1")
+    assert isinstance(result, Rejection) and result.reason == "unsupported_type"
+    assert result.event_type == "template.created"
+
+
+def test_accepted_fact_is_deterministic_and_names_the_subject() -> None:
+    ev = event(id="evt_fact")
+    jobs = plan(ev, ENDPOINTS)
+    fact = accepted_fact(ev, jobs, NOW)
+    assert fact.id == accepted_fact_id("evt_fact") == accepted_fact(ev, jobs, NOW).id
+    assert fact.id != accepted_fact_id("evt_other") and fact.id.startswith("fct_")
+    assert fact.kind == "event.accepted" and fact.service == "ingest"
+    assert fact.event_id == "evt_fact" and fact.event_type == "template.created"
+    assert fact.details == {"endpoints": 2, "subject": "user42", "lang": "fr"}
+    odd = event(id="evt_odd", data={"user_id": 42}, lang=None)
+    assert accepted_fact(odd, [], NOW).details == {"endpoints": 0, "subject": None, "lang": None}
+
+
+def test_rejected_facts_get_fresh_ids() -> None:
+    rejection = Rejection("invalid_json", "Invalid JSON")
+    a, b = rejected_fact(rejection, NOW), rejected_fact(rejection, NOW)
+    assert a.id != b.id and a.kind == "event.rejected" and a.reason == "invalid_json"
+
+
+def test_idempotency_window() -> None:
+    assert key_is_fresh(NOW, NOW + timedelta(seconds=59), 60)
+    assert not key_is_fresh(NOW, NOW + timedelta(seconds=60), 60)
+    assert not key_is_fresh(NOW, NOW, 0)
