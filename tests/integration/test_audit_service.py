@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import orjson
 import pytest
 import sqlalchemy as sa
@@ -100,20 +100,20 @@ class Audit:
             assert resp.content_type == "application/json" or path == "/metrics", body
             return resp.status, orjson.loads(body) if path != "/metrics" else body.decode()
 
-    async def records(self, token: str = ADMIN, limit: int = 500, **filters: str
+    async def records(self, token: str = ADMIN, limit: str = "500", **filters: str
                       ) -> list[dict[str, Any]]:
         """Every record matching ``filters``, walking all pages."""
         found: list[dict[str, Any]] = []
         cursor: str | None = None
         while True:
-            params = {**filters, "limit": str(limit)} | ({"cursor": cursor} if cursor else {})
+            params = {**filters, "limit": limit} | ({"cursor": cursor} if cursor else {})
             status, body = await self.get("/v1/audit/records", token, **params)
             assert status == 200, body
             found += body["records"]
             cursor = body["next_cursor"]
             if cursor is None:
                 return found
-            assert len(body["records"]) == limit
+            assert len(body["records"]) == int(limit)
 
     async def count(self, **filters: str) -> int:
         return len(await self.records(**filters))
@@ -179,7 +179,7 @@ async def test_facts_are_recorded_filtered_and_paginated(audit: Audit, broker: B
     await wait_for(all_stored, timeout=30)
 
     # Every page walked: stable seq order, no duplicate, no gap.
-    walked = await audit.records(limit=37)
+    walked = await audit.records(limit="37")
     seqs = [r["seq"] for r in walked]
     assert seqs == list(range(1, len(walked) + 1))
     assert ids(walked) >= {f.id for f in facts}
@@ -189,7 +189,8 @@ async def test_facts_are_recorded_filtered_and_paginated(audit: Audit, broker: B
     record = by_id[sample.id]
     assert record["kind"] == sample.kind and record["event_id"] == sample.event_id
     assert record["occurred_at"] == "2001-01-01T00:00:13.000000Z"
-    assert record["details"] == {"subject": f"user_{run}_1"} and record["subject"] == f"user_{run}_1"
+    assert record["details"] == {"subject": f"user_{run}_1"}
+    assert record["subject"] == f"user_{run}_1"
     assert (record["attempt"], record["status_code"], record["duration_ms"]) == (2, 201, 23.25)
     assert len(record["hash"]) == len(record["prev_hash"]) == 64
 
@@ -212,7 +213,7 @@ async def test_facts_are_recorded_filtered_and_paginated(audit: Audit, broker: B
     ]
     for filters, expected in cases:
         assert expected, filters
-        found = await audit.records(limit=9, **filters)
+        found = await audit.records(limit="9", **filters)
         assert ids(found) == expected, filters
         assert [r["seq"] for r in found] == sorted(r["seq"] for r in found)
 
@@ -531,7 +532,7 @@ async def test_nothing_is_acked_before_it_is_stored(
             assert await stored() == 0
             # ...so stopping hands every one back: none was acked without its record. (The
             # HTTP server closes after the consumers have settled their messages.)
-            stopping = asyncio.create_task(service.stop())
+            stopping = asyncio.ensure_future(service.stop())
             await wait_for(lambda: refuses_connections(service), timeout=20)
             assert await broker.ready() == len(facts)
             assert await stored() == 0
@@ -543,5 +544,5 @@ async def test_nothing_is_acked_before_it_is_stored(
         await wait_for(lambda: _eq(awaiting_commit(service), 0), timeout=20)
         assert ids(await service.records()) == {f.id for f in facts}
         status, body = await service.get("/v1/audit/verify")
-        assert body["ok"] and body["records"] == 40
+        assert status == 200 and body["ok"] and body["records"] == 40
     assert await broker.ready() == 0  # acked after storing, not handed back on stop

@@ -45,7 +45,7 @@ async def test_full_batches_flush_without_waiting() -> None:
     batcher.start()
     await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(30))), 5)
     assert [len(b) for b in rec.batches] == [10, 10, 10]
-    assert sorted(sum(rec.batches, [])) == list(range(30))
+    assert sorted(i for batch in rec.batches for i in batch) == list(range(30))
     await batcher.stop()
 
 
