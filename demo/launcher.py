@@ -72,6 +72,8 @@ class System:
                 "DIHYA_ADMIN_TOKEN": self.admin_token,
                 "DIHYA_LOG_FORMAT": "json",
                 "DIHYA_SIGNER_MASTER_KEY": self._master_key,
+                # local receivers (demo, tests) live on loopback, which production refuses
+                "DIHYA_DELIVERER_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
                 _PORT_VARS[service]: str(self.ports[service]),
                 "PYTHONUNBUFFERED": "1",
             }

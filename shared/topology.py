@@ -48,6 +48,9 @@ AUDIT_CONTROL = "dihya.audit.control"
 DEFAULT_RETRY_DELAYS_MS = (5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000)
 """The published default retry schedule: wait after each failed attempt (8 attempts, ~27 h)."""
 
+TIER_HEADROOM = 0.25
+"""A wait queue's TTL is its tier's delay plus this share, so ±jitter up to it fits inside."""
+
 DELIVERY_LIMIT = 10
 """Deliveries of one message before the broker parks it as poison (crash loops)."""
 
@@ -59,6 +62,11 @@ SOURCE_HEADER = "x-dihya-source-queue"
 def dead_queue(queue: str) -> str:
     """Name of the parking queue of ``queue``."""
     return f"{queue}.dead"
+
+
+def tier_ttl(delay_ms: int) -> int:
+    """The queue-level TTL of the wait queue of tier ``delay_ms``: the longest it can hold."""
+    return round(delay_ms * (1 + TIER_HEADROOM))
 
 
 def retry_queue(delay_ms: int) -> str:
@@ -124,9 +132,10 @@ def _dead_queues() -> tuple[Queue, ...]:
 def retry_queues(delays_ms: tuple[int, ...]) -> tuple[Queue, ...]:
     """Wait queues, one per distinct delay tier: expire, then dead-letter back to the signer.
 
-    The queue-level TTL is the tier's upper bound; a message may carry a shorter per-message
-    expiration (jitter). Messages expire only at the head of a queue, so a tier's messages
-    leave no later than the head's expiry: the delay stays inside the tier's jitter band.
+    The queue-level TTL (:func:`tier_ttl`) is the tier's upper bound; each message carries its
+    own, jittered expiration below it. Messages expire only at the head of a queue, so a message
+    leaves no later than the one ahead of it: with every expiration inside the tier's jitter
+    band, so is every actual delay.
     """
     return tuple(
         Queue(
@@ -134,7 +143,7 @@ def retry_queues(delays_ms: tuple[int, ...]) -> tuple[Queue, ...]:
             ((RETRY_EXCHANGE, retry_queue(d)),),
             {
                 "x-queue-type": "quorum",
-                "x-message-ttl": d,
+                "x-message-ttl": tier_ttl(d),
                 "x-dead-letter-exchange": WORK_EXCHANGE,
                 "x-dead-letter-routing-key": SIGN,
                 "x-dead-letter-strategy": "at-least-once",

@@ -11,7 +11,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
 from services.audit import handlers, metrics
-from services.audit.batcher import Batcher
+from services.audit.batcher import Batcher, submit_retrying
 from services.audit.handlers import Rejected
 from services.audit.http import make_app
 from services.audit.settings import AuditSettings
@@ -88,32 +88,16 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     stack.push_async_callback(batcher.stop, max(grace, 1.0))
 
     async def store_fact(fact: AuditFact) -> None:
-        """Hand ``fact`` to the writer and wait until it is committed.
-
-        While the database is unreachable the handler keeps its (unacked) message and retries
-        with backoff instead of raising: requeueing would burn the queue's delivery limit and
-        park every in-flight fact during an outage. A data error still raises (→ requeue, then
-        parked by the delivery limit if it persists); stopping cancels the wait (→ requeue).
-        """
+        """Hand ``fact`` to the writer; return once it is committed (see submit_retrying)."""
         loop = asyncio.get_running_loop()
-        delay = RETRY_FIRST
+        started = loop.time()
         metrics.AWAITING_COMMIT.inc()
         try:
-            while True:
-                started = loop.time()
-                try:
-                    await batcher.submit(fact)
-                except Exception as exc:
-                    if not is_transient(exc):
-                        raise
-                    log.debug("store_unavailable", fact_id=fact.id, retry_in=delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
-                else:
-                    metrics.WRITE_LATENCY.observe(loop.time() - started)
-                    return
+            await submit_retrying(batcher, fact, transient=is_transient,
+                                  first_delay=RETRY_FIRST, max_delay=RETRY_MAX)
         finally:
             metrics.AWAITING_COMMIT.dec()
+        metrics.WRITE_LATENCY.observe(loop.time() - started)
 
     async def park(queue: str, message: AbstractIncomingMessage, reason: str, why: str) -> None:
         await publisher.park(queue, message, reason=reason, error=why)

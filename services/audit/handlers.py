@@ -322,8 +322,7 @@ def record_from_row(row: Mapping[Any, Any]) -> Record:
     JSON text: both are parsed here, so a row tampered into an unparsable state is reported
     by verification instead of crashing it.
     """
-    record: Record = {name: row[name] for name in RECORD_FIELDS if name != "id"}
-    record["id"] = row["fact_id"]
+    record: Record = {name: row["fact_id" if name == "id" else name] for name in RECORD_FIELDS}
     record["prev_hash"] = row["prev_hash"]
     record["hash"] = row["hash"]
     for name in ("occurred_at", "recorded_at"):

@@ -23,9 +23,9 @@ unusable URL                failed     **no**      ``invalid_url``
 
 Retries (:func:`next_step`): the schedule lists the delay after each failed attempt, so a
 schedule of *n* delays allows *n + 1* attempts. A retry waits in the wait queue of its delay
-tier, whose queue TTL equals the tier's delay. That TTL is a ceiling (RabbitMQ applies the
-lower of the queue's and the message's TTL), so jitter goes *below* it: the delay is drawn
-uniformly from ``[delay * (1 - jitter), delay]``.
+tier, whose queue TTL is the tier's delay plus ``topology.TIER_HEADROOM``; the message's
+own expiration is the delay drawn uniformly from ``[delay * (1 - jitter), delay * (1 + jitter)]``
+(jitter ≤ the headroom), so failures that happened together do not retry together.
 ``Retry-After`` is honoured within ``[tier delay, 1 h]``: a longer wait rides the smallest tier
 at least that long (capped by the longest tier) with its own expiration, never earlier than asked.
 """
@@ -163,17 +163,17 @@ def next_step(outcome: Outcome, attempt: int, schedule: Sequence[int], rng: rand
     if attempt > len(schedule):
         return DeadLetter("exhausted")
     tier = schedule[attempt - 1]
-    jittered = round(tier * (1 - rng.uniform(0, jitter)))
+    jittered = round(tier * (1 + rng.uniform(-jitter, jitter)))
     asked = outcome.retry_after_ms
     if asked is None or asked <= tier:
-        return Retry(tier, max(jittered, asked or 0, 0))
+        return Retry(tier, min(topology.tier_ttl(tier), max(jittered, asked or 0, 0)))
     wanted = min(asked, MAX_RETRY_AFTER_MS)
     longer = sorted(d for d in set(schedule) if d >= wanted)
     if not longer:  # the schedule has no tier that long: the longest one is the cap
         longest = max(schedule)
         return Retry(longest, longest)
     tier = longer[0]
-    return Retry(tier, min(tier, round(wanted * (1 + rng.uniform(0, jitter)))))
+    return Retry(tier, min(topology.tier_ttl(tier), round(wanted * (1 + rng.uniform(0, jitter)))))
 
 
 def needs_resign(signed_at: datetime, now: datetime, max_age_s: float) -> bool:

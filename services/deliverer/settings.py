@@ -8,6 +8,7 @@ from pydantic_settings import SettingsConfigDict
 from services.deliverer.handlers import parse_schedule
 from services.deliverer.ssrf import Network, parse_networks
 from shared.settings import ServiceSettings
+from shared.topology import TIER_HEADROOM
 
 
 class Settings(ServiceSettings):
@@ -46,9 +47,9 @@ class Settings(ServiceSettings):
         "attempts. Each distinct delay is a wait-queue tier.",
     )
     retry_jitter: float = Field(
-        default=0.2, ge=0, lt=1,
-        description="Random share taken off each delay (0.2: a delay of 5 m waits 4 to 5 m), "
-        "so failures that happened together do not retry together.",
+        default=0.2, ge=0, le=TIER_HEADROOM,
+        description="Random share added to or taken off each delay (0.2: a delay of 5 m waits "
+        "4 to 6 m), so failures that happened together do not retry together.",
     )
     resign_after: float = Field(
         default=240.0, ge=0,

@@ -28,7 +28,7 @@ def test_every_work_queue_has_a_parking_queue() -> None:
 
 def test_retry_tiers_dead_letter_back_to_the_signer() -> None:
     tiers = topology.retry_queues((5000, 300000, 5000))
-    assert [q.arguments["x-message-ttl"] for q in tiers] == [5000, 300000]
+    assert [q.arguments["x-message-ttl"] for q in tiers] == [6250, 375000]  # delay + headroom
     for q in tiers:
         assert q.arguments["x-dead-letter-exchange"] == topology.WORK_EXCHANGE
         assert q.arguments["x-dead-letter-routing-key"] == topology.SIGN

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from services.audit.batcher import Batcher, BatcherClosedError
+from services.audit.batcher import Batcher, BatcherClosedError, submit_retrying
 
 
 class Recorder:
@@ -155,3 +155,45 @@ async def test_stop_abandons_a_hung_write_after_the_grace() -> None:
     with pytest.raises(BatcherClosedError):
         await waiter
     assert rec.batches == []
+
+
+async def test_submit_retrying_waits_out_transient_failures() -> None:
+    rec = Recorder()
+    failures = [ConnectionError("db down"), ConnectionError("still down")]
+    real_write = rec.write
+
+    async def flaky(items: Sequence[int]) -> None:
+        if failures:
+            raise failures.pop(0)
+        await real_write(items)
+
+    batcher = Batcher(flaky, size=10, wait=0.0)
+    batcher.start()
+    await asyncio.wait_for(submit_retrying(
+        batcher, 7, transient=lambda e: isinstance(e, ConnectionError),
+        first_delay=0.001, max_delay=0.002), 5)
+    assert rec.batches == [[7]] and not failures
+    await batcher.stop()
+
+
+async def test_submit_retrying_raises_other_failures() -> None:
+    rec = Recorder()
+    rec.fail = ValueError("bad row")
+    batcher = Batcher(rec.write, size=10, wait=0.0)
+    batcher.start()
+    with pytest.raises(ValueError, match="bad row"):
+        await submit_retrying(batcher, 7, transient=lambda e: isinstance(e, ConnectionError),
+                              first_delay=0.001)
+    await batcher.stop()
+
+
+def test_only_connectivity_failures_count_as_transient() -> None:
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from services.audit.store import is_transient
+
+    assert is_transient(OperationalError("INSERT", {}, Exception("database is locked")))
+    assert is_transient(ConnectionRefusedError())
+    assert is_transient(TimeoutError())
+    assert not is_transient(IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not is_transient(ValueError("bad value"))

@@ -33,6 +33,7 @@ from services.deliverer.handlers import (
 )
 from services.deliverer.settings import Settings
 from shared.contracts import DeliveryJob, Event
+from shared.topology import TIER_HEADROOM, tier_ttl
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DEFAULT = parse_schedule("5s,5m,30m,2h,5h,10h,10h")
@@ -121,14 +122,15 @@ def test_next_step_basic() -> None:
 
 
 @settings(max_examples=300)
-@given(attempt=st.integers(1, 7), seed=st.integers(), jitter=st.floats(0, 0.9))
+@given(attempt=st.integers(1, 7), seed=st.integers(), jitter=st.floats(0, TIER_HEADROOM))
 def test_retry_delay_stays_in_its_tier_jitter_band(attempt: int, seed: int, jitter: float
                                                    ) -> None:
     step = next_step(classify(500, now=NOW), attempt, DEFAULT, random.Random(seed), jitter)
     assert isinstance(step, Retry)
     tier = DEFAULT[attempt - 1]
     assert step.tier_ms == tier
-    assert tier * (1 - jitter) - 1 <= step.delay_ms <= tier
+    assert tier * (1 - jitter) - 1 <= step.delay_ms <= tier * (1 + jitter) + 1
+    assert step.delay_ms <= tier_ttl(tier)  # never above the wait queue's TTL
 
 
 @settings(max_examples=300)
@@ -143,7 +145,7 @@ def test_retry_after_is_honoured_within_tier_and_one_hour(
     step = next_step(out, attempt, schedule, random.Random(seed))
     assert isinstance(step, Retry)
     assert step.tier_ms in schedule
-    assert step.delay_ms <= step.tier_ms  # never above the wait queue's TTL
+    assert step.delay_ms <= tier_ttl(step.tier_ms)  # never above the wait queue's TTL
     tier = schedule[attempt - 1]
     wanted = min(max(retry_after_s * 1000, 0), MAX_RETRY_AFTER_MS)
     if wanted <= max(schedule):
@@ -152,7 +154,7 @@ def test_retry_after_is_honoured_within_tier_and_one_hour(
         assert step.delay_ms == max(schedule)  # the longest tier is the cap
     if retry_after_s * 1000 <= tier:
         assert step.tier_ms == tier
-    assert step.delay_ms <= max(tier, MAX_RETRY_AFTER_MS * 1.2)
+    assert step.delay_ms <= max(tier_ttl(tier), MAX_RETRY_AFTER_MS * 1.2)
 
 
 def test_retry_after_picks_the_smallest_long_enough_tier() -> None:
