@@ -111,7 +111,7 @@ async def test_audit_shows_the_accepted_event_and_each_attempt(
     assert attempt["status_code"] == 200 and attempt["outcome"] == "delivered"
     assert attempt["duration_ms"] is not None and attempt["duration_ms"] >= 0
     by_endpoint = await api.records(endpoint_id=ep["id"])
-    assert {r["fact_id"] for r in attempts} <= {r["fact_id"] for r in by_endpoint}
+    assert {r["id"] for r in attempts} <= {r["id"] for r in by_endpoint}
 
 
 async def _has_attempt(trail: Any) -> bool:
