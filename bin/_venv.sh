@@ -7,8 +7,13 @@ ensure_venv() {
   fi
   [ -x .venv/bin/python ] || "$python" -m venv .venv
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}" -e sdk/python
+    echo "Installing Dihya and its dependencies into .venv (log: .venv/install.log)…" >&2
+    if ! { .venv/bin/python -m pip install --upgrade pip &&
+           .venv/bin/python -m pip install -e ".${extras:+[$extras]}" -e sdk/python
+         } >.venv/install.log 2>&1; then
+      tail -n 30 .venv/install.log >&2; echo "Installation failed; see .venv/install.log" >&2
+      exit 1
+    fi
     touch "$stamp"
   fi
 }

@@ -175,7 +175,9 @@ class Consumer:
     async def start(self) -> None:
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self._prefetch)
-        self._queue = await self._channel.get_queue(self._queue_name, ensure=False)
+        # a (passive) declare, not get_queue(ensure=False): only a declared queue is restored,
+        # with its consumer, when the robust connection comes back after a broker outage
+        self._queue = await self._channel.declare_queue(self._queue_name, passive=True)
         self._tag = await self._queue.consume(self._on_message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

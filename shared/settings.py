@@ -27,7 +27,8 @@ class ServiceSettings(BaseSettings):
         description="`json` lines for production, `console` for humans.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", validation_alias="DIHYA_LOG_LEVEL"
+        default="info", validation_alias="DIHYA_LOG_LEVEL",
+        description="Lowest level logged: `debug`, `info`, `warning` or `error`.",
     )
     publish_timeout: float = Field(
         default=10.0, gt=0, validation_alias="DIHYA_PUBLISH_TIMEOUT",

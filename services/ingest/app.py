@@ -1,4 +1,5 @@
-"""Wiring of the ingest service: storage, broker, consumer, HTTP API, and an orderly stop."""
+"""Wiring of the ingest service: storage, broker, consumers (events, dead letters, endpoint
+health), HTTP API, the purge task, and an orderly stop."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import structlog
+from aio_pika.abc import AbstractChannel
 
 from services.ingest.consumer import EventHandler
+from services.ingest.dead_letters import DEAD_LETTER_QUEUES, DeadLetterHandler
+from services.ingest.health import HealthHandler, health_queues
 from services.ingest.http import IngestApi, build_app
 from services.ingest.settings import Settings
 from services.ingest.store import Store
@@ -18,25 +22,39 @@ from shared.broker import Consumer, Publisher, connect, declare
 from shared.contracts import utcnow
 from shared.db import make_engine, migrate
 from shared.runtime import Stop
+from shared.topology import Queue
 from shared.web import serve
 
 log = structlog.get_logger("dihya.ingest")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 PURGE_INTERVAL = 300.0
-"""Seconds between sweeps of expired idempotency keys."""
+"""Seconds between sweeps of expired idempotency keys and remembered event ids."""
+SIDE_PREFETCH = 50
+"""Prefetch of the dead-letter and health consumers (low-volume, database-bound)."""
 
 
 async def _purge_keys(store: Store, window: int) -> None:
-    """Forget idempotency keys older than the window, so the table stays small."""
+    """Forget idempotency keys and fanned-out event ids older than the window, so the tables
+    stay small."""
     while True:
         await asyncio.sleep(PURGE_INTERVAL)
         try:
-            removed = await store.purge_keys(utcnow() - timedelta(seconds=window))
-            if removed:
-                log.info("idempotency_keys_purged", count=removed)
+            cutoff = utcnow() - timedelta(seconds=window)
+            removed = await store.purge_keys(cutoff)
+            forgotten = await store.purge_seen(cutoff)
+            if removed or forgotten:
+                log.info("idempotency_purged", keys=removed, event_ids=forgotten)
         except Exception as exc:
             log.warning("idempotency_purge_failed", error=type(exc).__name__)
+
+
+async def declare_own(channel: AbstractChannel, queues: tuple[Queue, ...]) -> None:
+    """Declare ingest's own queues (beyond the shared topology), the same way."""
+    for q in queues:
+        queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
+        for exchange, routing_key in q.bindings:
+            await queue.bind(exchange, routing_key)
 
 
 async def start(settings: Settings) -> Stop:
@@ -47,11 +65,21 @@ async def start(settings: Settings) -> Stop:
     connection = await connect(settings.amqp_url.get_secret_value(), service="ingest")
     async with connection.channel() as channel:
         await declare(channel)
+        await declare_own(channel, health_queues())
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
-    consumer = Consumer(connection, topology.INGEST_EVENTS,
-                        EventHandler(store, publisher, max_fanout=settings.max_fanout),
-                        prefetch=settings.prefetch)
-    await consumer.start()
+    consumers = [
+        Consumer(connection, topology.INGEST_EVENTS,
+                 EventHandler(store, publisher, max_fanout=settings.max_fanout,
+                              window_seconds=settings.idempotency_window),
+                 prefetch=settings.prefetch),
+        *(Consumer(connection, queue, DeadLetterHandler(store, publisher, queue),
+                   prefetch=SIDE_PREFETCH) for queue in DEAD_LETTER_QUEUES),
+        Consumer(connection, health_queues()[0].name,
+                 HealthHandler(store, publisher, disable_after=settings.disable_after),
+                 prefetch=SIDE_PREFETCH),
+    ]
+    for consumer in consumers:
+        await consumer.start()
 
     async def broker_ready() -> bool:
         return not connection.is_closed
@@ -69,7 +97,7 @@ async def start(settings: Settings) -> Stop:
         with contextlib.suppress(asyncio.CancelledError):
             await purger
         await runner.cleanup()
-        await consumer.stop(settings.shutdown_grace)
+        await asyncio.gather(*(c.stop(settings.shutdown_grace) for c in consumers))
         with contextlib.suppress(Exception):
             await publisher.close()
         with contextlib.suppress(Exception):

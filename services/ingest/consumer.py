@@ -8,12 +8,24 @@ jobs (with the same delivery ids) but never lose one.
 
 A message that cannot be an event is parked in ``dihya.ingest.events.dead`` with its reason and
 audited, then acked: a bad message never stops the consumer nor blocks the ones behind it.
+
+Endpoints that are disabled but subscribed get a *held* delivery instead of a job: stored
+(committed before anything is published) and audited as ``delivery.held``, so re-enabling the
+endpoint can offer them.
+
+Deduplication: the id of every fanned-out event is remembered (``seen_events``) once its jobs
+are confirmed. An event whose id was fanned out within ``DIHYA_INGEST_IDEMPOTENCY_WINDOW`` is
+acked without publishing again. AMQP-published events without a body id get their id from the
+``message_id``, so the same message published twice, or redelivered after a crash, fans out
+once — across restarts and across replicas sharing the database. A crash between the confirms
+and the record gives a duplicate with the same ids (receivers drop it), never a loss.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Iterable
+from datetime import datetime
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -24,8 +36,11 @@ from services.ingest.handlers import (
     accepted_fact,
     complete,
     decode,
+    held_fact,
+    hold,
     plan,
     rejected_fact,
+    seen_recently,
 )
 from services.ingest.store import Store
 from shared import topology
@@ -50,10 +65,12 @@ async def confirm_all(publishes: Iterable[Awaitable[None]]) -> None:
 class EventHandler:
     """``Consumer`` handler for the ingest events queue."""
 
-    def __init__(self, store: Store, publisher: Publisher, *, max_fanout: int) -> None:
+    def __init__(self, store: Store, publisher: Publisher, *, max_fanout: int,
+                 window_seconds: int = 0) -> None:
         self._store = store
         self._publisher = publisher
         self._max_fanout = max_fanout
+        self._window = window_seconds
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         decoded = decode(message.body, message.type)
@@ -63,13 +80,24 @@ class EventHandler:
         now = utcnow()
         event = complete(decoded, message_id=message.message_id, now=now)
         assert event.id is not None
-        jobs = plan(event, await self._store.enabled_endpoints())
-        if len(jobs) > self._max_fanout:
+        if self._window > 0 and seen_recently(await self._store.seen_at(event.id), now,
+                                              self._window):
+            metrics.EVENTS_DUPLICATE.inc()
+            log.info("event_duplicate", event_id=event.id, event_type=event.event,
+                     message_id=message.message_id, redelivered=message.redelivered)
+            return
+        targets = await self._store.subscribers()
+        jobs = plan(event, targets)
+        held = hold(event, targets)
+        if len(jobs) + len(held) > self._max_fanout:
             await self._reject(message, Rejection(
                 "fanout_limit",
-                f"{len(jobs)} endpoints match; DIHYA_INGEST_MAX_FANOUT is {self._max_fanout}",
-                event.event), event_id=event.id)
+                f"{len(jobs) + len(held)} endpoints match; DIHYA_INGEST_MAX_FANOUT is "
+                f"{self._max_fanout}", event.event), event_id=event.id)
             return
+        # Held deliveries are committed before anything is published: once the event is
+        # acked, every delivery it owes is either on its way or in the store.
+        await self._store.hold(held, now=now)
         fact = accepted_fact(event, jobs, now)
         # Jobs first, the fact last: on one channel a queue receives them in this order.
         await confirm_all(
@@ -77,12 +105,27 @@ class EventHandler:
                                   headers={"x-dihya-event-id": event.id,
                                            "x-dihya-delivery-id": job.delivery_id})
              for job in jobs]
+            + [self._publisher.send(topology.AUDIT_EXCHANGE, "delivery.held",
+                                    held_fact(item, now)) for item in held]
             + [self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)]
         )
+        await self._remember(event.id, now)
         metrics.accepted(event.event, len(jobs))
+        metrics.DELIVERIES_HELD.inc(len(held))
         log.info("event_accepted", event_id=event.id, event_type=event.event,
-                 endpoints=len(jobs), redelivered=message.redelivered,
+                 endpoints=len(jobs), held=len(held), redelivered=message.redelivered,
                  delivery_ids=[j.delivery_id for j in jobs][:20])
+
+    async def _remember(self, event_id: str, now: datetime) -> None:
+        """Record the id as fanned out — only now, after every confirm. A failure here is
+        logged, not raised: the event is done, and requeueing it would duplicate for sure
+        what a missing record only might."""
+        if self._window <= 0:
+            return
+        try:
+            await self._store.remember_events([event_id], now)
+        except Exception as exc:
+            log.warning("event_id_not_recorded", event_id=event_id, error=type(exc).__name__)
 
     async def _reject(self, message: AbstractIncomingMessage, rejection: Rejection,
                       *, event_id: str | None = None) -> None:

@@ -1,23 +1,27 @@
-"""Ingest's pure decisions: topic matching, fan-out planning, decoding and stable ids.
+"""Ingest's pure decisions: topic matching, fan-out planning, decoding and stable ids; what a
+parked delivery is, how a manual retry continues it, and when an endpoint's health disables it.
 
-Nothing here does I/O, so every rule that decides what gets delivered, what gets rejected and
-which ids things get is unit-tested on its own (``tests/unit/test_ingest_*``). The I/O around
-these functions lives in :mod:`services.ingest.consumer` and :mod:`services.ingest.http`.
+Nothing here does I/O, so every rule that decides what gets delivered, held, rejected, resent or
+disabled, and which ids things get, is unit-tested on its own (``tests/unit/test_ingest_*``).
+The I/O around these functions lives in :mod:`.consumer`, :mod:`.dead_letters`, :mod:`.health`
+and :mod:`.http`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
 
 import orjson
 from pydantic import JsonValue, ValidationError
 
-from shared.contracts import AuditFact, DeliveryJob, Event
+from shared import topology
+from shared.contracts import AttemptRecord, AuditFact, DeliveryJob, Event, SignedDelivery
 from shared.ids import new_id
 
 PATTERN_RE = re.compile(r"^(?:[a-z0-9_-]+|\*|#)(?:\.(?:[a-z0-9_-]+|\*|#))*$")
@@ -73,9 +77,14 @@ class Endpoint:
     url: str
     events: tuple[str, ...]
     status: EndpointStatus = "enabled"
+    disabled_reason: str | None = None
+
+    def wants(self, event_type: str) -> bool:
+        """Does one of its patterns select ``event_type`` (whatever its status)?"""
+        return any(matches(p, event_type) for p in self.events)
 
     def subscribed(self, event_type: str) -> bool:
-        return self.status == "enabled" and any(matches(p, event_type) for p in self.events)
+        return self.status == "enabled" and self.wants(event_type)
 
 
 def _digest(text: str) -> str:
@@ -101,6 +110,31 @@ def plan(event: Event, endpoints: Iterable[Endpoint]) -> list[DeliveryJob]:
                     event=event)
         for ep in endpoints
         if ep.subscribed(event.event)
+    ]
+
+
+@dataclass(frozen=True)
+class HeldJob:
+    """A delivery owed to a disabled endpoint: stored (status ``held``), not sent."""
+
+    job: DeliveryJob
+    disabled_reason: str | None
+
+
+def hold(event: Event, endpoints: Iterable[Endpoint]) -> list[HeldJob]:
+    """The jobs :func:`plan` leaves out because their endpoint is disabled.
+
+    Events for a disabled endpoint are kept, not dropped: re-enabling the endpoint offers them
+    (``POST /v1/endpoints/{id}/recover``). Same delivery ids as :func:`plan` would give, so a
+    redelivered event holds each delivery once.
+    """
+    if event.id is None or event.timestamp is None:
+        raise ValueError("hold() needs an event whose id and timestamp are set")
+    return [
+        HeldJob(DeliveryJob(delivery_id=delivery_id(event.id, ep.id), endpoint_id=ep.id,
+                            url=ep.url, event=event), ep.disabled_reason)
+        for ep in endpoints
+        if ep.status != "enabled" and ep.wants(event.event)
     ]
 
 
@@ -204,3 +238,272 @@ def rejected_fact(rejection: Rejection, now: datetime, *, event_id: str | None =
 def key_is_fresh(created_at: datetime, now: datetime, window_seconds: int) -> bool:
     """Is an idempotency key created at ``created_at`` still inside the replay window?"""
     return now - created_at < timedelta(seconds=window_seconds)
+
+
+def seen_recently(seen_at: datetime | None, now: datetime, window_seconds: int) -> bool:
+    """Was an event id fanned out inside the deduplication window? (0 disables dedup.)"""
+    return window_seconds > 0 and seen_at is not None and key_is_fresh(seen_at, now,
+                                                                      window_seconds)
+
+
+# -- dead letters ---------------------------------------------------------------------------
+
+DeliveryStatus = Literal["failed", "held", "retried"]
+"""A stored delivery: ``failed`` (parked by the deliverer or signer), ``held`` (its endpoint
+was disabled when the event came) or ``retried`` (sent again by an administrator)."""
+HELD_REASON = "endpoint_disabled"
+BROKER_PARKED_REASON = "delivery_limit"
+"""Reason of a message the broker parked itself (it crashed its consumer too often)."""
+_MAX_REASON = 64
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A parked delivery that can be stored and resent: its job, with the full history."""
+
+    job: DeliveryJob
+    reason: str
+    error: str | None
+    broker_parked: bool
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A parked message that is no delivery job: kept verbatim for an operator."""
+
+    reason: str
+    error: str
+    broker_parked: bool
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def park_reason(headers: Mapping[str, Any]) -> tuple[str, bool]:
+    """Why a message was parked, and whether the broker (not a service) parked it.
+
+    Services say why in ``x-dihya-reason``; the broker's own dead-lettering (delivery limit
+    exceeded) leaves an ``x-death`` header and no reason.
+    """
+    reason = headers.get(topology.REASON_HEADER)
+    if reason:
+        return _text(reason)[:_MAX_REASON], False
+    if "x-death" in headers:
+        return BROKER_PARKED_REASON, True
+    return "unknown", False
+
+
+def read_dead_letter(body: bytes, headers: Mapping[str, Any]) -> DeadLetter | Unreadable:
+    """Read a message from a parking queue: a :class:`DeliveryJob` (signer and deliverer park
+    those), a :class:`SignedDelivery` (broker-parked poison of the deliverer's queue: its job is
+    what to resend), or anything else (:class:`Unreadable`)."""
+    reason, broker = park_reason(headers)
+    raw_error = headers.get(topology.ERROR_HEADER)
+    error = _text(raw_error)[:_MAX_ERROR] if raw_error else None
+    try:
+        job = DeliveryJob.model_validate_json(body)
+    except ValidationError as exc:
+        try:
+            job = SignedDelivery.model_validate_json(body).job
+        except ValidationError:
+            return Unreadable(reason, error or f"not a delivery job: {describe(exc)}"[:_MAX_ERROR],
+                              broker)
+    return DeadLetter(job, reason, error, broker)
+
+
+def parked_message_id(queue: str, message_id: str | None, body: bytes) -> str:
+    """Stable id of a parked unreadable message: a redelivery of it is stored once."""
+    ident = message_id or hashlib.sha256(body).hexdigest()
+    return "pkm_" + _digest(f"{queue}\x1f{ident}")
+
+
+def json_safe(value: Any) -> JsonValue:
+    """AMQP header values (bytes, datetimes, decimals, nested tables) as plain JSON."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v) for v in value]
+    return str(value)
+
+
+def last_attempt(job: DeliveryJob) -> int:
+    """Number of the last attempt made (0 if none): the history's, else ``attempt - 1``."""
+    return max((r.attempt for r in job.history), default=job.attempt - 1)
+
+
+def merge_history(old: Iterable[AttemptRecord], new: Iterable[AttemptRecord]
+                  ) -> tuple[AttemptRecord, ...]:
+    """Every attempt of both histories once, in order: a delivery that fails again after a
+    manual retry keeps the attempts of its earlier episodes."""
+    merged: dict[tuple[int, datetime], AttemptRecord] = {}
+    for record in (*old, *new):
+        merged[(record.attempt, record.at)] = record
+    return tuple(merged[k] for k in sorted(merged))
+
+
+def absorb(stored: DeliveryJob | None, parked: DeliveryJob) -> DeliveryJob:
+    """The job to keep when ``parked`` arrives and ``stored`` is what the store has."""
+    if stored is None:
+        return parked
+    history = merge_history(stored.history, parked.history)
+    attempt = max(parked.attempt, max((r.attempt for r in history), default=0) + 1)
+    return parked.model_copy(update={"history": history, "attempt": attempt})
+
+
+def resend(job: DeliveryJob, url: str) -> DeliveryJob:
+    """The job a manual retry publishes: attempt = last attempt + 1, the history kept, the
+    endpoint's current URL (an administrator may have fixed it). The attempt number moves on
+    so the retry's facts and signatures never collide with an earlier attempt's."""
+    return job.model_copy(update={"attempt": last_attempt(job) + 1, "url": url})
+
+
+def _fact_id(*parts: str) -> str:
+    return "fct_" + _digest("\x1f".join(parts))
+
+
+def held_fact(held: HeldJob, now: datetime) -> AuditFact:
+    """``delivery.held``: a delivery kept for a disabled endpoint (id stable per delivery)."""
+    job = held.job
+    return AuditFact(id=_fact_id("delivery.held", job.delivery_id), kind="delivery.held",
+                     occurred_at=now, service="ingest", event_id=job.event.id,
+                     event_type=job.event.event, endpoint_id=job.endpoint_id,
+                     delivery_id=job.delivery_id, url=job.url, reason=HELD_REASON,
+                     details={"disabled_reason": held.disabled_reason})
+
+
+def retry_fact(job: DeliveryJob, *, actor: str, via: Literal["retry", "recover"],
+               previous: DeliveryStatus, reason: str | None, now: datetime) -> AuditFact:
+    """``delivery.retry_requested``: who sent a stored delivery again, and how."""
+    return AuditFact(id=new_id("fct"), kind="delivery.retry_requested", occurred_at=now,
+                     service="ingest", actor=actor, event_id=job.event.id,
+                     event_type=job.event.event, endpoint_id=job.endpoint_id,
+                     delivery_id=job.delivery_id, attempt=job.attempt, url=job.url,
+                     reason=reason, details={"via": via, "was": previous})
+
+
+def broker_parked_fact(queue: str, dead: DeadLetter | Unreadable, body: bytes,
+                       now: datetime) -> AuditFact:
+    """``delivery.parked`` for what the broker parked on its own (no service audited it)."""
+    job = dead.job if isinstance(dead, DeadLetter) else None
+    return AuditFact(
+        id=_fact_id("delivery.parked", queue, hashlib.sha256(body).hexdigest()),
+        kind="delivery.parked", occurred_at=now, service="ingest",
+        event_id=None if job is None else job.event.id,
+        event_type=None if job is None else job.event.event,
+        endpoint_id=None if job is None else job.endpoint_id,
+        delivery_id=None if job is None else job.delivery_id,
+        reason=dead.reason, error=dead.error, details={"queue": queue})
+
+
+# -- endpoint health -----------------------------------------------------------------------
+
+DisableReason = Literal["gone", "failing"]
+
+
+@dataclass(frozen=True)
+class Health:
+    """What ingest tracks of an endpoint to decide whether it is dead."""
+
+    status: EndpointStatus
+    failing_since: datetime | None = None
+    last_delivered_at: datetime | None = None
+    reset_at: datetime | None = None
+    """When an administrator last re-enabled it: attempts made before do not count."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt, as a ``delivery.attempted`` fact reports it."""
+
+    delivered: bool
+    status_code: int | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Verdict:
+    health: Health
+    disable: DisableReason | None = None
+
+
+def attempt_of(fact: AuditFact) -> Attempt | None:
+    """The attempt a fact reports, or ``None`` if it is not a usable ``delivery.attempted``."""
+    if fact.kind != "delivery.attempted" or not fact.endpoint_id:
+        return None
+    if fact.outcome not in ("delivered", "failed"):
+        return None
+    return Attempt(fact.outcome == "delivered", fact.status_code, fact.occurred_at)
+
+
+def assess(health: Health, attempt: Attempt, disable_after: timedelta) -> Verdict:
+    """The endpoint's health after ``attempt``, and whether it must now be disabled.
+
+    * A delivered attempt clears ``failing_since`` (unless the failing began after it: facts
+      of concurrent deliveries arrive in any order) and advances ``last_delivered_at``.
+    * A failed attempt sets ``failing_since`` if unset (or moves it earlier); a failure older
+      than the last success is stale and changes nothing.
+    * 410 Gone disables at once (``gone``); a failure ``disable_after`` or more after
+      ``failing_since`` disables (``failing``). Time is the attempts' own, so a backlog of
+      facts neither hastens nor delays the decision.
+    * A disabled endpoint is left alone, and re-enabling it starts afresh: attempts made
+      before ``reset_at`` (late facts of the old episode) are ignored.
+    """
+    at = attempt.at
+    if health.status != "enabled" or (health.reset_at is not None and at < health.reset_at):
+        return Verdict(health)
+    if attempt.delivered:
+        last = at if health.last_delivered_at is None else max(health.last_delivered_at, at)
+        failing = health.failing_since
+        if failing is not None and failing <= at:
+            failing = None
+        return Verdict(replace(health, failing_since=failing, last_delivered_at=last))
+    if health.last_delivered_at is not None and at <= health.last_delivered_at:
+        return Verdict(health)
+    failing = at if health.failing_since is None else min(health.failing_since, at)
+    if attempt.status_code == 410:
+        return Verdict(replace(health, status="disabled", failing_since=failing), "gone")
+    if at - failing >= disable_after:
+        return Verdict(replace(health, status="disabled", failing_since=failing), "failing")
+    return Verdict(replace(health, failing_since=failing))
+
+
+def disabled_fact(endpoint_id: str, url: str, reason: str, *, trigger: str | None,
+                  actor: str | None, failing_since: datetime | None, now: datetime
+                  ) -> AuditFact:
+    """``endpoint.disabled``. Automatic disables take their id from the triggering fact, so
+    a redelivered trigger yields the same fact (audit keeps one)."""
+    ident = _fact_id("endpoint.disabled", trigger) if trigger else new_id("fct")
+    return AuditFact(id=ident, kind="endpoint.disabled", occurred_at=now, service="ingest",
+                     actor=actor, endpoint_id=endpoint_id, url=url, reason=reason,
+                     details={"trigger": trigger,
+                              "failing_since": None if failing_since is None
+                              else failing_since.isoformat()})
+
+
+def disabled_event(endpoint_id: str, url: str, reason: str, *, trigger: str, now: datetime
+                   ) -> Event:
+    """The operational event announcing an automatic disable; subscribe to
+    ``endpoint.disabled`` to be told. Its id derives from the trigger: a redelivery of the
+    trigger announces the same event, which receivers drop by id."""
+    return Event(id="evt_" + _digest(f"endpoint.disabled:{trigger}"), event="endpoint.disabled",
+                 timestamp=now,
+                 data={"endpoint_id": endpoint_id, "url": url, "reason": reason})
+
+
+def enabled_fact(endpoint_id: str, url: str, *, actor: str, held: int, now: datetime
+                 ) -> AuditFact:
+    """``endpoint.enabled``: an administrator turned a disabled endpoint back on."""
+    return AuditFact(id=new_id("fct"), kind="endpoint.enabled", occurred_at=now,
+                     service="ingest", actor=actor, endpoint_id=endpoint_id, url=url,
+                     details={"held_deliveries": held})

@@ -1,4 +1,5 @@
-"""Ingest's HTTP API: endpoints, events, tokens (aiohttp), described by one route table.
+"""Ingest's HTTP API: endpoints, events, tokens, and the dead-letter store (list failed
+deliveries, retry one, recover an endpoint) — aiohttp, described by one route table.
 
 :data:`ROUTES` drives both the router and the OpenAPI document (:mod:`.openapi`), so a route
 cannot exist undocumented. Every handler authorizes first, then reads and validates the body:
@@ -7,16 +8,18 @@ a caller without the right token learns nothing about what the body should have 
 Consistency with the other services is kept by publishing inside the database transaction:
 a row (endpoint, token) is committed only after the broker confirmed the control message that
 tells the signer (secret) or the other HTTP services (token grant) about it; if that publish
-fails, the transaction rolls back and the caller gets a 503 to retry.
+fails, the transaction rolls back and the caller gets a 503 to retry. Resending stored
+deliveries follows the same rule: a row turns ``retried`` only once the broker confirmed its job.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import structlog
@@ -25,14 +28,31 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from services.ingest import metrics
-from services.ingest.handlers import peek_type
+from services.ingest.consumer import confirm_all
+from services.ingest.handlers import (
+    DeliveryStatus,
+    disabled_fact,
+    enabled_fact,
+    last_attempt,
+    peek_type,
+    resend,
+    retry_fact,
+)
 from services.ingest.models import (
+    DeliveryList,
+    DeliveryOut,
     EndpointCreate,
     EndpointCreated,
     EndpointList,
     EndpointOut,
+    EndpointPatched,
     EndpointUpdate,
     EventAccepted,
+    ParkedList,
+    ParkedOut,
+    RecoverAccepted,
+    RecoverRequest,
+    RetryAccepted,
     SecretRotate,
     SecretRotated,
     TokenCreate,
@@ -42,10 +62,24 @@ from services.ingest.models import (
 )
 from services.ingest.openapi import Route, document
 from services.ingest.settings import Settings
-from services.ingest.store import EndpointRecord, Store, TokenRecord
+from services.ingest.store import (
+    DeliveryRecord,
+    EndpointRecord,
+    ParkedRecord,
+    Store,
+    TokenRecord,
+)
 from shared import topology
 from shared.broker import Publisher
-from shared.contracts import AuditFact, Contract, EndpointSecret, Event, TokenGrant, utcnow
+from shared.contracts import (
+    AuditFact,
+    Contract,
+    DeliveryJob,
+    EndpointSecret,
+    Event,
+    TokenGrant,
+    utcnow,
+)
 from shared.ids import new_id
 from shared.web import (
     REFUSAL_HOOK,
@@ -84,6 +118,17 @@ class ListQuery(BaseModel):
                               description="The `next` of the previous page.")
 
 
+class DeliveryQuery(ListQuery):
+    """Query parameters of the delivery list."""
+
+    status: DeliveryStatus = Field(
+        default="failed", description="`failed` (default), `held` or `retried`.")
+
+
+RESEND_BATCH = 100
+"""Deliveries resent per transaction (their confirms pipelined) by a recover."""
+
+
 def generate_secret() -> str:
     """A Standard Webhooks style secret: ``whsec_`` + base64 of 24 random bytes."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
@@ -104,7 +149,25 @@ def _validate(model: type[Any], data: Any, context: Mapping[str, Any] | None = N
 def _endpoint_out(record: EndpointRecord) -> EndpointOut:
     return EndpointOut(id=record.id, url=record.url, events=list(record.events),
                        description=record.description, status=record.status,
-                       created_at=record.created_at, updated_at=record.updated_at)
+                       created_at=record.created_at, updated_at=record.updated_at,
+                       disabled_reason=record.disabled_reason, disabled_at=record.disabled_at,
+                       failing_since=record.failing_since)
+
+
+def _delivery_out(record: DeliveryRecord) -> DeliveryOut:
+    return DeliveryOut(delivery_id=record.delivery_id, endpoint_id=record.endpoint_id,
+                       event_id=record.event_id, event_type=record.event_type,
+                       status=record.status, reason=record.reason, error=record.error,
+                       failed_at=record.failed_at, next_attempt=last_attempt(record.job) + 1,
+                       attempts=list(record.job.history), retried_at=record.retried_at,
+                       retried_by=record.retried_by)
+
+
+def _parked_out(record: ParkedRecord) -> ParkedOut:
+    return ParkedOut(id=record.id, queue=record.queue, reason=record.reason, error=record.error,
+                     headers=record.headers, body=record.body.decode("utf-8", "replace"),
+                     body_base64=base64.b64encode(record.body).decode(),
+                     parked_at=record.parked_at)
 
 
 def _token_out(record: TokenRecord) -> TokenOut:
@@ -225,17 +288,38 @@ class IngestApi:
         endpoint_id = request.match_info["id"]
         body: EndpointUpdate = _validate(EndpointUpdate, await self._json(request))
         changes: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
+        now = utcnow()
         async with self.store.transaction() as conn:
-            record = await self.store.update_endpoint(
-                conn, endpoint_id, {**changes, "updated_at": utcnow()})
+            before = await self.store.get_endpoint(endpoint_id, conn)
+            if before is None:
+                raise _not_found("endpoint", endpoint_id)
+            values = {**changes, "updated_at": now}
+            enabling = changes.get("status") == "enabled" and before.status != "enabled"
+            disabling = changes.get("status") == "disabled" and before.status != "disabled"
+            if enabling:  # a fresh start: the old failing run no longer counts
+                values.update(failing_since=None, disabled_reason=None, disabled_at=None,
+                              health_reset_at=now)
+            if disabling:
+                values.update(disabled_reason="manual", disabled_at=now)
+            record = await self.store.update_endpoint(conn, endpoint_id, values)
+            held = await self.store.count_held(endpoint_id, conn)
         if record is None:
             raise _not_found("endpoint", endpoint_id)
-        log.info("endpoint_updated", endpoint_id=endpoint_id, fields=sorted(changes))
-        await self.audit(self._fact("endpoint.updated", principal.token_id,
-                                    endpoint_id=endpoint_id, url=record.url,
-                                    details={"fields": sorted(changes),
-                                             "status": record.status}))
-        return _body(_endpoint_out(record))
+        log.info("endpoint_updated", endpoint_id=endpoint_id, fields=sorted(changes),
+                 held_deliveries=held)
+        facts = [self._fact("endpoint.updated", principal.token_id,
+                            endpoint_id=endpoint_id, url=record.url,
+                            details={"fields": sorted(changes), "status": record.status})]
+        if enabling:
+            facts.append(enabled_fact(endpoint_id, record.url, actor=principal.token_id,
+                                      held=held, now=now))
+        if disabling:
+            facts.append(disabled_fact(endpoint_id, record.url, "manual", trigger=None,
+                                       actor=principal.token_id, failing_since=None, now=now))
+        for fact in facts:
+            await self.audit(fact)
+        out = EndpointPatched(**_endpoint_out(record).model_dump(), held_deliveries=held)
+        return _body(out)
 
     async def delete_endpoint(self, request: web.Request) -> web.Response:
         principal = await authorize(request, "admin")
@@ -268,6 +352,119 @@ class IngestApi:
         await self.audit(self._fact("secret.set", principal.token_id, endpoint_id=endpoint_id,
                                     details={"overlap_seconds": body.overlap_seconds}))
         return _body(SecretRotated(id=endpoint_id, secret=secret, previous_valid_until=until))
+
+    # -- dead-letter store ------------------------------------------------------------------
+
+    async def list_deliveries(self, request: web.Request) -> web.Response:
+        await authorize(request, "admin", "viewer")
+        endpoint_id = request.match_info["id"]
+        query: DeliveryQuery = _validate(DeliveryQuery, dict(request.query))
+        records = await self.store.list_deliveries(endpoint_id, status=query.status,
+                                                   limit=query.limit + 1, after=query.after)
+        if not records and await self.store.get_endpoint(endpoint_id) is None:
+            raise _not_found("endpoint", endpoint_id)
+        page = records[: query.limit]
+        nxt = page[-1].delivery_id if len(records) > query.limit else None
+        return _body(DeliveryList(items=[_delivery_out(r) for r in page], next=nxt))
+
+    async def retry_delivery(self, request: web.Request) -> web.Response:
+        principal = await authorize(request, "admin")
+        delivery_id = request.match_info["id"]
+        record = await self.store.get_delivery(delivery_id)
+        if record is None:
+            raise _not_found("delivery", delivery_id)
+        endpoint = await self._sendable(record.endpoint_id)
+        if record.status == "retried":
+            raise _already_retried(record)
+        sent = await self._resend([record], endpoint, principal.token_id, "retry")
+        if not sent:  # another administrator resent it meanwhile
+            raise _already_retried(record)
+        job = sent[0]
+        return _body(RetryAccepted(delivery_id=job.delivery_id, endpoint_id=job.endpoint_id,
+                                   attempt=job.attempt, status="retried"), 202)
+
+    async def recover_endpoint(self, request: web.Request) -> web.Response:
+        principal = await authorize(request, "admin")
+        endpoint_id = request.match_info["id"]
+        body: RecoverRequest = _validate(RecoverRequest, await self._json(request))
+        endpoint = await self._sendable(endpoint_id, missing=404)
+        sent: list[DeliveryJob] = []
+        after: str | None = None
+        while True:
+            page = await self.store.recoverable(endpoint_id, since=body.since,
+                                                limit=RESEND_BATCH, after=after)
+            if not page:
+                break
+            sent += await self._resend(page, endpoint, principal.token_id, "recover")
+            after = page[-1].delivery_id
+        log.info("endpoint_recovered", endpoint_id=endpoint_id, count=len(sent),
+                 since=body.since.isoformat(), actor=principal.token_id)
+        return _body(RecoverAccepted(endpoint_id=endpoint_id, count=len(sent),
+                                     delivery_ids=[j.delivery_id for j in sent]), 202)
+
+    async def list_parked(self, request: web.Request) -> web.Response:
+        await authorize(request, "admin")
+        query: ListQuery = _validate(ListQuery, dict(request.query))
+        records = await self.store.list_parked(limit=query.limit + 1, after=query.after)
+        page = records[: query.limit]
+        nxt = page[-1].id if len(records) > query.limit else None
+        return _body(ParkedList(items=[_parked_out(r) for r in page], next=nxt))
+
+    async def _sendable(self, endpoint_id: str, *, missing: int = 409) -> EndpointRecord:
+        """The endpoint deliveries may be resent to; 404/409 if deleted, 409 if disabled."""
+        endpoint = await self.store.get_endpoint(endpoint_id)
+        if endpoint is None:
+            if missing == 404:
+                raise _not_found("endpoint", endpoint_id)
+            raise error(409, "endpoint_deleted",
+                        f"Endpoint {endpoint_id!r} was deleted; its deliveries cannot be sent.")
+        if endpoint.status != "enabled":
+            why = f" ({endpoint.disabled_reason})" if endpoint.disabled_reason else ""
+            raise error(409, "endpoint_disabled",
+                        f"Endpoint {endpoint_id!r} is disabled{why}. Enable it first "
+                        "(PATCH /v1/endpoints/{id} with status=enabled), then retry.")
+        return endpoint
+
+    async def _resend(self, records: Sequence[DeliveryRecord], endpoint: EndpointRecord,
+                      actor: str, via: Literal["retry", "recover"]) -> list[DeliveryJob]:
+        """Send stored deliveries to the signer again and mark them ``retried``.
+
+        Per batch, in one transaction: mark the rows (only those still failed/held: two
+        concurrent requests send each delivery once), publish their jobs and await every
+        confirm, then commit. A failed publish rolls the batch back (503; nothing of it was
+        marked). Audited afterwards, one ``delivery.retry_requested`` fact per delivery.
+        """
+        sent: list[DeliveryJob] = []
+        for start in range(0, len(records), RESEND_BATCH):
+            chunk = records[start:start + RESEND_BATCH]
+            now = utcnow()
+            batch: list[tuple[DeliveryRecord, DeliveryJob]] = []
+            async with self.store.transaction() as conn:
+                for record in chunk:
+                    if await self.store.mark_retried(conn, record.delivery_id,
+                                                     was=record.status, actor=actor, now=now):
+                        batch.append((record, resend(record.job, endpoint.url)))
+                try:
+                    await confirm_all([
+                        self.publisher.send(topology.WORK_EXCHANGE, topology.SIGN, job,
+                                            headers={"x-dihya-event-id": job.event.id or "",
+                                                     "x-dihya-delivery-id": job.delivery_id})
+                        for _, job in batch])
+                except Exception as exc:
+                    log.error("resend_failed", endpoint_id=endpoint.id, via=via,
+                              error=type(exc).__name__)
+                    raise BrokerUnavailableError(topology.SIGN) from exc
+            metrics.DELIVERIES_RESENT.labels(via=via).inc(len(batch))
+            for _, job in batch:
+                log.info("delivery_resent", delivery_id=job.delivery_id,
+                         endpoint_id=job.endpoint_id, event_id=job.event.id,
+                         attempt=job.attempt, via=via, actor=actor)
+            await asyncio.gather(*(
+                self.audit(retry_fact(job, actor=actor, via=via, previous=record.status,
+                                      reason=record.reason, now=now))
+                for record, job in batch))
+            sent += [job for _, job in batch]
+        return sent
 
     # -- events ---------------------------------------------------------------------------
 
@@ -370,6 +567,12 @@ def _not_found(kind: str, ident: str) -> web.HTTPException:
     return error(404, "not_found", f"No {kind} with id {ident[:64]!r}.")
 
 
+def _already_retried(record: DeliveryRecord) -> web.HTTPException:
+    return error(409, "already_retried",
+                 f"Delivery {record.delivery_id!r} was already sent again; if that attempt "
+                 "fails too, it is listed as failed again and can be retried.")
+
+
 # -- the route table ----------------------------------------------------------------------
 
 _AUTH = (401, 403)
@@ -386,8 +589,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/endpoints/{id}", "get_endpoint", "Read one endpoint.",
           ("admin", "viewer"), responses={200: EndpointOut}, errors=(*_AUTH, 404)),
     Route("PATCH", "/v1/endpoints/{id}", "update_endpoint",
-          "Change an endpoint's url, events, description or status.",
-          ("admin",), body=EndpointUpdate, responses={200: EndpointOut},
+          "Change an endpoint's url, events, description or status. Re-enabling a disabled "
+          "endpoint answers how many deliveries were held meanwhile (`held_deliveries`); "
+          "send them with `POST /v1/endpoints/{id}/recover`.",
+          ("admin",), body=EndpointUpdate, responses={200: EndpointPatched},
           errors=(*_AUTH, 404, *_BODY)),
     Route("DELETE", "/v1/endpoints/{id}", "delete_endpoint",
           "Delete an endpoint; the signer forgets its secret.",
@@ -396,6 +601,24 @@ ROUTES: tuple[Route, ...] = (
           "Rotate an endpoint's secret; the previous one stays valid for the overlap.",
           ("admin",), body=SecretRotate, responses={200: SecretRotated},
           errors=(*_AUTH, 404, *_BODY, 503)),
+    Route("GET", "/v1/endpoints/{id}/deliveries", "list_deliveries",
+          "List an endpoint's stored deliveries: failed (given up by the pipeline, with "
+          "every attempt), held (kept while it was disabled) or retried.",
+          ("admin", "viewer"), query=DeliveryQuery, responses={200: DeliveryList},
+          errors=(*_AUTH, 404, 422)),
+    Route("POST", "/v1/deliveries/{id}/retry", "retry_delivery",
+          "Send a failed or held delivery again (next attempt number, history kept, the "
+          "endpoint's current URL); audited with who asked.",
+          ("admin",), responses={202: RetryAccepted}, errors=(*_AUTH, 404, 409, 503)),
+    Route("POST", "/v1/endpoints/{id}/recover", "recover_endpoint",
+          "Send again every delivery of the endpoint that failed at or after `since`, and "
+          "every held one; each is audited with who asked.",
+          ("admin",), body=RecoverRequest, responses={202: RecoverAccepted},
+          errors=(*_AUTH, 404, 409, *_BODY, 503)),
+    Route("GET", "/v1/parked-messages", "list_parked",
+          "List unreadable messages taken from the signer's and deliverer's parking queues "
+          "(not delivery jobs: kept verbatim with their reason and headers).",
+          ("admin",), query=ListQuery, responses={200: ParkedList}, errors=(*_AUTH, 422)),
     Route("POST", "/v1/events", "publish_event",
           "Publish an event (the guide's payload template); it is fanned out to every "
           "enabled endpoint whose patterns match its type.",

@@ -64,3 +64,36 @@ def accepted(event_type: str, jobs: int) -> None:
 
 def rejected(event_type: str | None, reason: str) -> None:
     EVENTS_REJECTED.labels(event_type=event_type_label(event_type), reason=reason).inc()
+
+
+EVENTS_DUPLICATE = Counter(
+    "dihya_ingest_events_duplicate",
+    "Events acked without fan-out: their id was already fanned out within "
+    "DIHYA_INGEST_IDEMPOTENCY_WINDOW (same AMQP message_id or body id).",
+)
+DELIVERIES_HELD = Counter(
+    "dihya_ingest_deliveries_held",
+    "Deliveries kept for a disabled endpoint instead of being sent.",
+)
+DEAD_LETTERS = Counter(
+    "dihya_ingest_dead_letters",
+    "Parked messages taken into the dead-letter store, by source queue and kind "
+    "(delivery: a resendable job; unreadable: kept verbatim in parked_messages).",
+    ["queue", "kind"],
+)
+DELIVERIES_RESENT = Counter(
+    "dihya_ingest_deliveries_resent",
+    "Stored deliveries sent again by an administrator, by route (retry, recover).",
+    ["via"],
+)
+ENDPOINTS_DISABLED = Counter(
+    "dihya_ingest_endpoints_disabled",
+    "Endpoints disabled by their health (gone: 410; failing: too long without success).",
+    ["reason"],
+)
+HEALTH_FACTS = Counter(
+    "dihya_ingest_health_facts",
+    "delivery.attempted facts judged, by result: ignored (unusable or unknown endpoint), "
+    "unchanged, updated (failing_since / last delivery moved), disabled.",
+    ["result"],
+)

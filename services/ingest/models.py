@@ -13,16 +13,18 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from services.ingest.handlers import PATTERN_RE, EndpointStatus
-from shared.contracts import Role
+from services.ingest.handlers import PATTERN_RE, DeliveryStatus, EndpointStatus
+from shared.contracts import AttemptRecord, Role
 
 DEFAULT_SECRET_MIN_LENGTH = 16
 SECRET_MAX_LENGTH = 256
@@ -151,6 +153,15 @@ class TokenCreate(Request):
     description: Description | None = None
 
 
+class RecoverRequest(Request):
+    """Re-send an endpoint's failed deliveries since a time, and all its held ones."""
+
+    since: AwareDatetime = Field(
+        description="ISO-8601 with an offset: failed deliveries that failed at or after it "
+        "are sent again. Held deliveries (kept while the endpoint was disabled) are always "
+        "included.", examples=["2025-05-20T00:00:00Z"])
+
+
 class Response(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -163,6 +174,19 @@ class EndpointOut(Response):
     status: EndpointStatus
     created_at: datetime
     updated_at: datetime
+    disabled_reason: str | None = Field(
+        default=None, description="Why it is disabled: `gone` (answered 410), `failing` "
+        "(failed for DIHYA_INGEST_DISABLE_AFTER), `manual`; null when enabled.")
+    disabled_at: datetime | None = None
+    failing_since: datetime | None = Field(
+        default=None, description="Start of the current run of failed attempts; null when "
+        "the last attempt was delivered.")
+
+
+class EndpointPatched(EndpointOut):
+    held_deliveries: int = Field(
+        description="Deliveries kept while the endpoint was disabled. After re-enabling, "
+        "send them with `POST /v1/endpoints/{id}/recover`.")
 
 
 class EndpointCreated(EndpointOut):
@@ -200,6 +224,64 @@ class TokenCreated(TokenOut):
 class TokenList(Response):
     items: list[TokenOut]
     next: str | None
+
+
+class DeliveryOut(Response):
+    """A stored delivery: failed (given up by the pipeline), held or retried."""
+
+    delivery_id: str
+    endpoint_id: str
+    event_id: str
+    event_type: str
+    status: DeliveryStatus
+    reason: str = Field(description="`exhausted`, `gone`, `ssrf_blocked`, `no_secret`, "
+                        "`delivery_limit`, `endpoint_disabled` (held), …")
+    error: str | None
+    failed_at: datetime = Field(description="When it was parked (or held).")
+    next_attempt: int = Field(description="The attempt number a retry would carry.")
+    attempts: list[AttemptRecord] = Field(description="Every attempt made, oldest first.")
+    retried_at: datetime | None
+    retried_by: str | None = Field(description="Token id of the administrator who resent it.")
+
+
+class DeliveryList(Response):
+    items: list[DeliveryOut]
+    next: str | None = Field(description="Pass as `after` to get the next page; null at the end.")
+
+
+class RetryAccepted(Response):
+    """The delivery was handed to the signer again (confirmed by the broker)."""
+
+    delivery_id: str
+    endpoint_id: str
+    attempt: int
+    status: DeliveryStatus
+
+
+class RecoverAccepted(Response):
+    """The deliveries were handed to the signer again (confirmed by the broker)."""
+
+    endpoint_id: str
+    count: int
+    delivery_ids: list[str]
+
+
+class ParkedOut(Response):
+    """A message from a parking queue that is no delivery job, kept verbatim."""
+
+    id: str
+    queue: str = Field(description="The parking queue it came from.")
+    reason: str
+    error: str | None
+    headers: dict[str, JsonValue] = Field(description="Its AMQP headers (x-death included).")
+    body: str = Field(description="The body as UTF-8 text (invalid bytes replaced).")
+    body_base64: str = Field(description="The exact body, base64.")
+    parked_at: datetime
+
+
+class ParkedList(Response):
+    items: list[ParkedOut]
+    next: str | None = Field(description="Pass as `after` to get the next page; null at the end.")
 
 
 class FieldError(Response):

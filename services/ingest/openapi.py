@@ -43,6 +43,8 @@ _ERRORS = {
     401: "No token, or an unknown or revoked one.",
     403: "The token's role may not do this.",
     404: "No such resource.",
+    409: "The resource's state forbids it (the endpoint is deleted or disabled, the delivery "
+         "already resent); `message` says which.",
     413: "The body exceeds DIHYA_INGEST_MAX_BODY_BYTES.",
     415: "The body is not application/json.",
     422: "The body (or a parameter) is not valid; `fields` names each problem.",

@@ -26,8 +26,15 @@ class Settings(ServiceSettings):
     )
     idempotency_window: int = Field(
         default=86400, ge=0,
-        description="Seconds an `Idempotency-Key` is remembered per token; a reuse within the "
-        "window replays the first answer, later it starts a new event. 0 disables replay.",
+        description="Seconds an `Idempotency-Key` is remembered per token (a reuse within the "
+        "window replays the first answer, later it starts a new event), and seconds the id of "
+        "a fanned-out event is remembered (the same id arriving again over AMQP, e.g. the same "
+        "`message_id`, is acked without publishing again). 0 disables both.",
+    )
+    disable_after: int = Field(
+        default=5 * 86400, ge=1,
+        description="Seconds an endpoint may keep failing (no delivered attempt in between) "
+        "before it is disabled; a 410 Gone disables it at once.",
     )
     prefetch: int = Field(
         default=200, ge=1, le=2000,

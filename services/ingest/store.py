@@ -1,4 +1,6 @@
-"""Ingest's own storage (SQLAlchemy Core, async): endpoints, idempotency keys, API tokens.
+"""Ingest's own storage (SQLAlchemy Core, async): endpoints (with their health), idempotency
+keys, API tokens, the dead-letter store (failed and held deliveries), parked unreadable
+messages, and the ids of events already fanned out (AMQP deduplication).
 
 The schema is created by the Alembic revisions in ``migrations/``; the tables here mirror them
 for queries. No webhook secret and no token is ever stored: a secret goes to the signer only,
@@ -10,18 +12,29 @@ are normalised to aware UTC datetimes (:func:`_utc`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
+from pydantic import JsonValue
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.ingest.handlers import Endpoint, EndpointStatus, key_is_fresh
-from shared.contracts import Role
+from services.ingest.handlers import (
+    DeadLetter,
+    DeliveryStatus,
+    Endpoint,
+    EndpointStatus,
+    Health,
+    HeldJob,
+    absorb,
+    key_is_fresh,
+)
+from shared.contracts import DeliveryJob, Role
 from shared.web import Principal
 
 metadata = sa.MetaData()
@@ -36,6 +49,11 @@ endpoints = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("failing_since", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_delivered_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("disabled_reason", sa.String(64), nullable=True),
+    sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("health_reset_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("ix_endpoints_status", "status"),
 )
 
@@ -63,8 +81,60 @@ tokens = sa.Table(
 )
 
 
+failed_deliveries = sa.Table(
+    "failed_deliveries",
+    metadata,
+    sa.Column("delivery_id", sa.String(64), primary_key=True),
+    sa.Column("endpoint_id", sa.String(64), nullable=False),
+    sa.Column("event_id", sa.String(128), nullable=False),
+    sa.Column("event_type", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("error", sa.String(2000), nullable=True),
+    sa.Column("source_queue", sa.String(255), nullable=True),
+    sa.Column("job", sa.JSON, nullable=False),
+    sa.Column("failed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("retried_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("retried_by", sa.String(64), nullable=True),
+    sa.Index("ix_failed_deliveries_endpoint_status", "endpoint_id", "status", "failed_at"),
+)
+
+parked_messages = sa.Table(
+    "parked_messages",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("queue", sa.String(255), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("error", sa.String(2000), nullable=True),
+    sa.Column("headers", sa.JSON, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("parked_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_parked_messages_parked_at", "parked_at"),
+)
+
+seen_events = sa.Table(
+    "seen_events",
+    metadata,
+    sa.Column("event_id", sa.String(128), primary_key=True),
+    sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_seen_events_seen_at", "seen_at"),
+)
+
+
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)
+
+
+def _insert(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's INSERT, which knows ``ON CONFLICT`` (both backends speak it)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 @dataclass(frozen=True)
@@ -76,16 +146,72 @@ class EndpointRecord:
     status: EndpointStatus
     created_at: datetime
     updated_at: datetime
+    failing_since: datetime | None = None
+    last_delivered_at: datetime | None = None
+    disabled_reason: str | None = None
+    disabled_at: datetime | None = None
+    health_reset_at: datetime | None = None
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> EndpointRecord:
         m = row._mapping
         return cls(id=m["id"], url=m["url"], events=tuple(m["events"]),
                    description=m["description"], status=m["status"],
-                   created_at=_utc(m["created_at"]), updated_at=_utc(m["updated_at"]))
+                   created_at=_utc(m["created_at"]), updated_at=_utc(m["updated_at"]),
+                   failing_since=_utc_or_none(m["failing_since"]),
+                   last_delivered_at=_utc_or_none(m["last_delivered_at"]),
+                   disabled_reason=m["disabled_reason"],
+                   disabled_at=_utc_or_none(m["disabled_at"]),
+                   health_reset_at=_utc_or_none(m["health_reset_at"]))
 
     def target(self) -> Endpoint:
-        return Endpoint(id=self.id, url=self.url, events=self.events, status=self.status)
+        return Endpoint(id=self.id, url=self.url, events=self.events, status=self.status,
+                        disabled_reason=self.disabled_reason)
+
+    @property
+    def health(self) -> Health:
+        return Health(self.status, self.failing_since, self.last_delivered_at,
+                      self.health_reset_at)
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """A stored delivery: failed (parked), held (endpoint disabled) or retried."""
+
+    delivery_id: str
+    endpoint_id: str
+    event_id: str
+    event_type: str
+    status: DeliveryStatus
+    reason: str
+    error: str | None
+    source_queue: str | None
+    job: DeliveryJob
+    failed_at: datetime
+    updated_at: datetime
+    retried_at: datetime | None
+    retried_by: str | None
+
+    @classmethod
+    def of(cls, row: sa.Row[Any]) -> DeliveryRecord:
+        m = row._mapping
+        return cls(delivery_id=m["delivery_id"], endpoint_id=m["endpoint_id"],
+                   event_id=m["event_id"], event_type=m["event_type"], status=m["status"],
+                   reason=m["reason"], error=m["error"], source_queue=m["source_queue"],
+                   job=DeliveryJob.model_validate(m["job"]), failed_at=_utc(m["failed_at"]),
+                   updated_at=_utc(m["updated_at"]), retried_at=_utc_or_none(m["retried_at"]),
+                   retried_by=m["retried_by"])
+
+
+@dataclass(frozen=True)
+class ParkedRecord:
+    id: str
+    queue: str
+    reason: str
+    error: str | None
+    headers: dict[str, JsonValue]
+    body: bytes
+    parked_at: datetime
 
 
 @dataclass(frozen=True)
@@ -172,14 +298,39 @@ class Store:
         result = await conn.execute(endpoints.delete().where(endpoints.c.id == endpoint_id))
         return cast(sa.CursorResult[Any], result).rowcount > 0
 
-    async def enabled_endpoints(self) -> list[Endpoint]:
-        """Every enabled endpoint: fan-out filters them by pattern in Python (topic patterns
-        cannot be matched portably in SQL)."""
-        query = (sa.select(endpoints.c.id, endpoints.c.url, endpoints.c.events)
-                 .where(endpoints.c.status == "enabled").order_by(endpoints.c.id))
+    async def subscribers(self) -> list[Endpoint]:
+        """Every endpoint, enabled or not: fan-out filters them by pattern in Python (topic
+        patterns cannot be matched portably in SQL); the disabled ones get held deliveries."""
+        query = (sa.select(endpoints.c.id, endpoints.c.url, endpoints.c.events,
+                           endpoints.c.status, endpoints.c.disabled_reason)
+                 .order_by(endpoints.c.id))
         async with self.engine.connect() as conn:
-            return [Endpoint(id=r.id, url=r.url, events=tuple(r.events))
+            return [Endpoint(id=r.id, url=r.url, events=tuple(r.events), status=r.status,
+                             disabled_reason=r.disabled_reason)
                     for r in await conn.execute(query)]
+
+    async def enabled_endpoints(self) -> list[Endpoint]:
+        """Every enabled endpoint."""
+        return [ep for ep in await self.subscribers() if ep.status == "enabled"]
+
+    async def set_health(self, conn: AsyncConnection, endpoint_id: str, old: Health,
+                         new: Health, *, disabled_reason: str | None, now: datetime) -> bool:
+        """Compare-and-set the endpoint's health: write ``new`` only if the row still holds
+        ``old``. Several consumers and replicas judge concurrently; exactly one of them turns
+        an endpoint off, and only that one announces it."""
+        c = endpoints.c
+        values: dict[str, Any] = {"status": new.status,
+                                  "failing_since": _utc_or_none(new.failing_since),
+                                  "last_delivered_at": _utc_or_none(new.last_delivered_at)}
+        if new.status == "disabled" and old.status != "disabled":
+            values.update(disabled_reason=disabled_reason, disabled_at=now, updated_at=now)
+        result = await conn.execute(
+            endpoints.update()
+            .where((c.id == endpoint_id) & (c.status == old.status)
+                   & c.failing_since.is_not_distinct_from(old.failing_since)
+                   & c.last_delivered_at.is_not_distinct_from(old.last_delivered_at))
+            .values(**values))
+        return cast(sa.CursorResult[Any], result).rowcount == 1
 
     # -- idempotency keys -----------------------------------------------------------------
 
@@ -225,6 +376,176 @@ class Store:
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 idempotency_keys.delete().where(idempotency_keys.c.created_at < older_than))
+        return cast(sa.CursorResult[Any], result).rowcount
+
+    # -- dead-letter store ----------------------------------------------------------------
+
+    async def record_failure(self, dead: DeadLetter, *, queue: str, now: datetime
+                             ) -> DeliveryJob:
+        """Store a parked delivery (status ``failed``); return the job as stored.
+
+        ``failed_at`` is when its last attempt failed (the time of parking, ``now``, if it was
+        never attempted), so a backlog taken in late keeps the real failure times.
+
+        One row per delivery id: a delivery that fails again after a manual retry updates its
+        row, and its history keeps the attempts of every episode. A redelivered copy of the same
+        parked message changes nothing but the time (idempotent).
+        """
+        job = dead.job
+        c = failed_deliveries.c
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(
+                sa.select(c.job).where(c.delivery_id == job.delivery_id).with_for_update()
+            )).first()
+            stored = None if row is None else DeliveryJob.model_validate(row.job)
+            kept = absorb(stored, job)
+            failed_at = _utc(max((r.at for r in job.history), default=now))
+            values = {"endpoint_id": kept.endpoint_id, "event_id": kept.event.id or "",
+                      "event_type": kept.event.event, "status": "failed",
+                      "reason": dead.reason, "error": dead.error, "source_queue": queue,
+                      "job": kept.model_dump(mode="json"), "failed_at": failed_at,
+                      "updated_at": now}
+            stmt = _insert(conn, failed_deliveries).values(delivery_id=kept.delivery_id,
+                                                           **values)
+            await conn.execute(stmt.on_conflict_do_update(index_elements=[c.delivery_id],
+                                                          set_=values))
+        return kept
+
+    async def hold(self, held: Sequence[HeldJob], *, now: datetime) -> int:
+        """Store deliveries for disabled endpoints (status ``held``); one row per delivery id,
+        an existing row (held, failed or already retried) is left as it is. Returns how many
+        rows are new."""
+        if not held:
+            return 0
+        c = failed_deliveries.c
+        added = 0
+        async with self.engine.begin() as conn:
+            for item in held:
+                job = item.job
+                stmt = _insert(conn, failed_deliveries).values(
+                    delivery_id=job.delivery_id, endpoint_id=job.endpoint_id,
+                    event_id=job.event.id or "", event_type=job.event.event, status="held",
+                    reason="endpoint_disabled", error=item.disabled_reason, source_queue=None,
+                    job=job.model_dump(mode="json"), failed_at=now, updated_at=now)
+                result = await conn.execute(
+                    stmt.on_conflict_do_nothing(index_elements=[c.delivery_id]))
+                added += max(cast(sa.CursorResult[Any], result).rowcount, 0)
+        return added
+
+    async def park_message(self, record: ParkedRecord) -> bool:
+        """Keep an unreadable parked message verbatim (once per id); True if it is new."""
+        async with self.engine.begin() as conn:
+            stmt = _insert(conn, parked_messages).values(
+                id=record.id, queue=record.queue, reason=record.reason, error=record.error,
+                headers=record.headers, body=record.body, parked_at=record.parked_at)
+            result = await conn.execute(
+                stmt.on_conflict_do_nothing(index_elements=[parked_messages.c.id]))
+        return cast(sa.CursorResult[Any], result).rowcount == 1
+
+    async def list_parked(self, *, limit: int, after: str | None) -> list[ParkedRecord]:
+        """Unreadable parked messages, oldest first; ``after`` is the previous page's last id."""
+        c = parked_messages.c
+        query = parked_messages.select().order_by(c.parked_at, c.id).limit(limit)
+        async with self.engine.connect() as conn:
+            if after:
+                mark = (await conn.execute(sa.select(c.parked_at).where(c.id == after))).first()
+                if mark is not None:
+                    query = query.where((c.parked_at > mark.parked_at)
+                                        | ((c.parked_at == mark.parked_at) & (c.id > after)))
+                else:
+                    query = query.where(c.id > after)
+            rows = (await conn.execute(query)).all()
+        return [ParkedRecord(id=r.id, queue=r.queue, reason=r.reason, error=r.error,
+                             headers=dict(r.headers), body=bytes(r.body),
+                             parked_at=_utc(r.parked_at)) for r in rows]
+
+    async def get_delivery(self, delivery_id: str, conn: AsyncConnection | None = None
+                           ) -> DeliveryRecord | None:
+        query = failed_deliveries.select().where(
+            failed_deliveries.c.delivery_id == delivery_id)
+        if conn is not None:
+            row = (await conn.execute(query)).first()
+        else:
+            async with self.engine.connect() as own:
+                row = (await own.execute(query)).first()
+        return None if row is None else DeliveryRecord.of(row)
+
+    async def list_deliveries(self, endpoint_id: str, *, status: DeliveryStatus, limit: int,
+                              after: str | None) -> list[DeliveryRecord]:
+        """One endpoint's stored deliveries of one status, oldest failure first; ``after`` is
+        the delivery id the previous page ended with."""
+        c = failed_deliveries.c
+        query = (failed_deliveries.select()
+                 .where((c.endpoint_id == endpoint_id) & (c.status == status))
+                 .order_by(c.failed_at, c.delivery_id).limit(limit))
+        async with self.engine.connect() as conn:
+            if after:
+                mark = (await conn.execute(sa.select(c.failed_at).where(
+                    (c.delivery_id == after) & (c.endpoint_id == endpoint_id)))).first()
+                if mark is not None:
+                    query = query.where((c.failed_at > mark.failed_at)
+                                        | ((c.failed_at == mark.failed_at)
+                                           & (c.delivery_id > after)))
+                else:
+                    query = query.where(c.delivery_id > after)
+            return [DeliveryRecord.of(r) for r in await conn.execute(query)]
+
+    async def recoverable(self, endpoint_id: str, *, since: datetime, limit: int,
+                          after: str | None = None) -> list[DeliveryRecord]:
+        """Failed deliveries of the endpoint failed at/after ``since``, and every held one."""
+        c = failed_deliveries.c
+        since = _utc(since)  # SQLite compares the stored UTC text: never bind another offset
+        query = (failed_deliveries.select()
+                 .where((c.endpoint_id == endpoint_id)
+                        & (((c.status == "failed") & (c.failed_at >= since))
+                           | (c.status == "held")))
+                 .order_by(c.delivery_id).limit(limit))
+        if after:
+            query = query.where(c.delivery_id > after)
+        async with self.engine.connect() as conn:
+            return [DeliveryRecord.of(r) for r in await conn.execute(query)]
+
+    async def mark_retried(self, conn: AsyncConnection, delivery_id: str, *,
+                           was: DeliveryStatus, actor: str, now: datetime) -> bool:
+        """``failed``/``held`` → ``retried``, only if the row still has status ``was`` (two
+        administrators retrying at once send it once)."""
+        c = failed_deliveries.c
+        result = await conn.execute(
+            failed_deliveries.update()
+            .where((c.delivery_id == delivery_id) & (c.status == was))
+            .values(status="retried", retried_at=now, retried_by=actor, updated_at=now))
+        return cast(sa.CursorResult[Any], result).rowcount == 1
+
+    async def count_held(self, endpoint_id: str, conn: AsyncConnection | None = None) -> int:
+        c = failed_deliveries.c
+        query = sa.select(sa.func.count()).select_from(failed_deliveries).where(
+            (c.endpoint_id == endpoint_id) & (c.status == "held"))
+        if conn is not None:
+            return int((await conn.execute(query)).scalar_one())
+        async with self.engine.connect() as own:
+            return int((await own.execute(query)).scalar_one())
+
+    # -- seen events (AMQP deduplication) --------------------------------------------------
+
+    async def seen_at(self, event_id: str) -> datetime | None:
+        """When ``event_id`` was last fanned out, if it is remembered."""
+        query = sa.select(seen_events.c.seen_at).where(seen_events.c.event_id == event_id)
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(query)).scalar_one_or_none()
+        return None if value is None else _utc(value)
+
+    async def remember_events(self, event_ids: Iterable[str], now: datetime) -> None:
+        """Record event ids as fanned out at ``now`` (an old record is refreshed)."""
+        async with self.engine.begin() as conn:
+            for event_id in event_ids:
+                stmt = _insert(conn, seen_events).values(event_id=event_id, seen_at=now)
+                await conn.execute(stmt.on_conflict_do_update(
+                    index_elements=[seen_events.c.event_id], set_={"seen_at": now}))
+
+    async def purge_seen(self, older_than: datetime) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                seen_events.delete().where(seen_events.c.seen_at < older_than))
         return cast(sa.CursorResult[Any], result).rowcount
 
     # -- tokens ---------------------------------------------------------------------------

@@ -1,0 +1,108 @@
+"""Endpoint health, judged from the deliverer's ``delivery.attempted`` facts.
+
+Ingest binds a quorum queue of its own (:data:`HEALTH_QUEUE`) to the audit exchange with the
+routing key ``delivery.attempted``: it sees every attempt without the deliverer knowing about
+it, and without reading the audit service's database (services share contracts, nothing else).
+
+The decision is :func:`services.ingest.handlers.assess`. Applying it is a compare-and-set on
+the endpoint row, so several consumers and replicas may judge at once and exactly one turns an
+endpoint off. That one, inside the same transaction, publishes the ``endpoint.disabled`` audit
+fact and the operational ``endpoint.disabled`` event (routed like any event: an admin endpoint
+subscribed to it is notified); the row is committed only after both are confirmed. So a disable
+is announced once — or, after a crash between confirm and commit, once more with the same ids.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
+from services.ingest import metrics
+from services.ingest.consumer import confirm_all
+from services.ingest.handlers import assess, attempt_of, disabled_event, disabled_fact
+from services.ingest.store import Store
+from shared import topology
+from shared.broker import Publisher
+from shared.contracts import AuditFact, utcnow
+
+log = structlog.get_logger("dihya.ingest.health")
+
+HEALTH_QUEUE = "dihya.ingest.health"
+HEALTH_ROUTING_KEY = "delivery.attempted"
+MAX_CONTENTION = 20
+"""Compare-and-set rounds before giving the fact back (requeued) under heavy contention."""
+
+
+def health_queues() -> tuple[topology.Queue, topology.Queue]:
+    """Ingest's health queue and its parking queue, declared by ingest after the shared
+    topology. Same arguments as the shared work queues (quorum, delivery limit, at-least-once
+    dead-lettering into its own parking queue)."""
+    template = next(q for q in topology.WORK_QUEUES if q.name == topology.INGEST_EVENTS)
+    arguments = {**template.arguments, "x-dead-letter-routing-key": HEALTH_QUEUE}
+    return (
+        topology.Queue(HEALTH_QUEUE, ((topology.AUDIT_EXCHANGE, HEALTH_ROUTING_KEY),),
+                       arguments),
+        topology.Queue(topology.dead_queue(HEALTH_QUEUE),
+                       ((topology.DEAD_EXCHANGE, HEALTH_QUEUE),), {"x-queue-type": "quorum"}),
+    )
+
+
+class HealthHandler:
+    """``Consumer`` handler of :data:`HEALTH_QUEUE`."""
+
+    def __init__(self, store: Store, publisher: Publisher, *, disable_after: int) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._disable_after = timedelta(seconds=disable_after)
+
+    async def __call__(self, message: AbstractIncomingMessage) -> None:
+        try:
+            fact = AuditFact.model_validate_json(message.body)
+        except ValidationError as exc:
+            # A copy of an audit fact: the audit service parks and audits the bad original.
+            metrics.HEALTH_FACTS.labels(result="ignored").inc()
+            log.warning("health_fact_unreadable", error=str(exc)[:300])
+            return
+        attempt = attempt_of(fact)
+        if attempt is None or fact.endpoint_id is None:
+            metrics.HEALTH_FACTS.labels(result="ignored").inc()
+            return
+        endpoint_id = fact.endpoint_id
+        for _ in range(MAX_CONTENTION):
+            record = await self._store.get_endpoint(endpoint_id)
+            if record is None:  # deleted since: nothing to judge
+                metrics.HEALTH_FACTS.labels(result="ignored").inc()
+                return
+            verdict = assess(record.health, attempt, self._disable_after)
+            if verdict.health == record.health:
+                metrics.HEALTH_FACTS.labels(result="unchanged").inc()
+                return
+            now = utcnow()
+            async with self._store.transaction() as conn:
+                if not await self._store.set_health(conn, endpoint_id, record.health,
+                                                    verdict.health,
+                                                    disabled_reason=verdict.disable, now=now):
+                    continue  # changed meanwhile: judge again on the fresh row
+                if verdict.disable is not None:
+                    audit = disabled_fact(endpoint_id, record.url, verdict.disable,
+                                          trigger=fact.id, actor=None,
+                                          failing_since=verdict.health.failing_since, now=now)
+                    event = disabled_event(endpoint_id, record.url, verdict.disable,
+                                           trigger=fact.id, now=now)
+                    await confirm_all([
+                        self._publisher.send(topology.AUDIT_EXCHANGE, audit.kind, audit),
+                        self._publisher.send(topology.EVENTS_EXCHANGE, event.event, event),
+                    ])
+            metrics.HEALTH_FACTS.labels(
+                result="updated" if verdict.disable is None else "disabled").inc()
+            if verdict.disable is not None:
+                metrics.ENDPOINTS_DISABLED.labels(reason=verdict.disable).inc()
+                log.warning("endpoint_disabled", endpoint_id=endpoint_id,
+                            reason=verdict.disable, status_code=fact.status_code,
+                            delivery_id=fact.delivery_id, attempt=fact.attempt,
+                            failing_since=str(verdict.health.failing_since))
+            return
+        raise RuntimeError(f"endpoint {endpoint_id} health contention did not settle")
