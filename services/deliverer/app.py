@@ -39,6 +39,8 @@ DEAD = Counter("dihya_deliverer_dead_lettered_total", "Deliveries given up, by r
 PARKED = Counter("dihya_deliverer_parked_total", "Unreadable messages set aside.")
 RESIGNED = Counter("dihya_deliverer_resigned_total",
                    "Deliveries sent back to the signer because their signature was too old.")
+DEFERRED = Counter("dihya_deliverer_deferred_total",
+                   "Jobs put back for later because their endpoint had too many in flight.")
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class Deliverer:
         self._allowed = settings.allowed
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout,
                                               sock_connect=settings.connect_timeout)
+        self._in_flight: dict[str, int] = {}
 
     async def post(self, signed: SignedDelivery) -> Response:
         """One POST, no redirect followed, at most the excerpt of the response read."""
@@ -138,10 +141,28 @@ class Deliverer:
             log.info("resign_stale", signed_at=signed.signed_at.isoformat(), **ids)
             return
 
-        at = utcnow()
-        started = time.perf_counter()
-        response = await self.post(signed)
-        duration = time.perf_counter() - started
+        endpoint = job.endpoint_id
+        if self._in_flight.get(endpoint, 0) >= self._settings.max_in_flight_per_endpoint:
+            # Holding the job here would tie up a prefetch slot; enough of them and one slow
+            # endpoint stalls every other. Put it back for later instead: same attempt number.
+            delay = self._settings.defer_delay_ms
+            await self._publisher.send(topology.RETRY_EXCHANGE, topology.retry_queue(delay),
+                                       job, expiration=delay / 1000)
+            DEFERRED.inc()
+            log.debug("deferred", in_flight=self._in_flight[endpoint], **ids)
+            return
+        self._in_flight[endpoint] = self._in_flight.get(endpoint, 0) + 1
+        try:
+            at = utcnow()
+            started = time.perf_counter()
+            response = await self.post(signed)
+            duration = time.perf_counter() - started
+        finally:
+            left = self._in_flight[endpoint] - 1
+            if left:
+                self._in_flight[endpoint] = left
+            else:
+                del self._in_flight[endpoint]
         now = utcnow()
         outcome = handlers.classify(response.status, error=response.error,
                                     error_text=response.error_text,
@@ -207,7 +228,7 @@ async def start(settings: Settings) -> Stop:
         connection = await connect(settings.amqp_url.get_secret_value(), service="deliverer")
         stack.push_async_callback(connection.close)
         channel = await connection.channel()
-        await declare(channel, retry_delays_ms=settings.retry_delays_ms)
+        await declare(channel, retry_delays_ms=settings.wait_tiers_ms)
         await channel.close()
         publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
         stack.push_async_callback(publisher.close)

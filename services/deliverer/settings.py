@@ -41,6 +41,16 @@ class Settings(ServiceSettings):
         description="Connections in flight to one host, so one slow receiver cannot take "
         "every slot.",
     )
+    max_in_flight_per_endpoint: int = Field(
+        default=10, ge=1,
+        description="Deliveries of one endpoint in flight at once. A job beyond it is not "
+        "held (that would fill the shared prefetch with one slow endpoint's work): it waits "
+        "DEFER_DELAY in a wait queue and comes back, re-signed, without using an attempt.",
+    )
+    defer_delay: str = Field(
+        default="1s",
+        description="How long a job deferred by MAX_IN_FLIGHT_PER_ENDPOINT waits (ms, s, m, h).",
+    )
     retry_schedule: str = Field(
         default="5s,5m,30m,2h,5h,10h,10h",
         description="Delay after each failed attempt (units ms, s, m, h): n delays = n + 1 "
@@ -69,6 +79,13 @@ class Settings(ServiceSettings):
         parse_schedule(value)
         return value
 
+    @field_validator("defer_delay")
+    @classmethod
+    def _check_defer(cls, value: str) -> str:
+        if len(parse_schedule(value)) != 1:
+            raise ValueError("give one delay, e.g. '1s'")
+        return value
+
     @field_validator("allowed_networks")
     @classmethod
     def _check_networks(cls, value: str) -> str:
@@ -78,6 +95,15 @@ class Settings(ServiceSettings):
     @property
     def retry_delays_ms(self) -> tuple[int, ...]:
         return parse_schedule(self.retry_schedule)
+
+    @property
+    def defer_delay_ms(self) -> int:
+        return parse_schedule(self.defer_delay)[0]
+
+    @property
+    def wait_tiers_ms(self) -> tuple[int, ...]:
+        """Every wait queue the deliverer publishes to: the retry tiers and the defer tier."""
+        return (*self.retry_delays_ms, self.defer_delay_ms)
 
     @property
     def allowed(self) -> tuple[Network, ...]:
