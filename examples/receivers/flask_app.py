@@ -43,7 +43,7 @@ def create_app() -> Flask:
     def webhook() -> tuple[Response, int]:
         try:
             payload = verify(request.get_data(), request.headers, secrets,
-                             tolerance=TOLERANCE_SECONDS, nonce_store=InMemoryNonceStore())
+                             tolerance=TOLERANCE_SECONDS, nonce_store=nonces)
         except InvalidSignature as exc:
             return jsonify(error=str(exc)), 401
         except VerificationError as exc:  # malformed, stale or replayed

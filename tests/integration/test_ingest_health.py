@@ -218,24 +218,29 @@ async def test_events_for_a_disabled_endpoint_are_held_offered_and_recovered(
         assert again.body["held_deliveries"] == 0
 
 
-async def test_the_health_queue_is_a_quorum_queue_with_a_parking_queue(
-    amqp_url: str, tmp_path: Path, broker: AbstractRobustConnection
+async def test_ingest_declares_its_health_queue_and_its_parking_queue(
+    amqp_url: str, tmp_path: Path
 ) -> None:
-    async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/i.db"):
-        channel = await broker.channel()
-        try:  # passive declares fail if the queues do not exist
+    connection = await aio_pika.connect_robust(amqp_url)
+    try:
+        channel = await connection.channel()
+        await declare(channel)
+        for name in (HEALTH_QUEUE, topology.dead_queue(HEALTH_QUEUE)):
+            await channel.queue_delete(name)
+        async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/i.db"):
+            # passive declares raise (and close the channel) if the queues do not exist
             await channel.declare_queue(HEALTH_QUEUE, passive=True)
             await channel.declare_queue(topology.dead_queue(HEALTH_QUEUE), passive=True)
-        finally:
-            await channel.close()
-        # redeclaring with the same arguments succeeds (a mismatch would close the channel)
-        channel = await broker.channel()
-        try:
+            # redeclaring with the documented arguments succeeds (a mismatch would fail)
             queue, dead = health_queues()
             assert queue.arguments["x-queue-type"] == "quorum"
             assert queue.arguments["x-dead-letter-exchange"] == topology.DEAD_EXCHANGE
             assert queue.arguments["x-dead-letter-routing-key"] == HEALTH_QUEUE
+            assert queue.arguments["x-delivery-limit"] == topology.DELIVERY_LIMIT
+            assert queue.bindings == ((topology.AUDIT_EXCHANGE, "delivery.attempted"),)
+            assert dead.bindings == ((topology.DEAD_EXCHANGE, HEALTH_QUEUE),)
             await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
             await channel.declare_queue(dead.name, durable=True, arguments=dead.arguments)
-        finally:
-            await channel.close()
+        await channel.close()
+    finally:
+        await connection.close()

@@ -16,7 +16,7 @@
 const crypto = require('node:crypto');
 const express = require('express');
 
-const TOLERANCE_SECONDS = 50 * 60;
+const TOLERANCE_SECONDS = 5 * 60;
 // The current secret, then the previous one while a rotation's overlap lasts.
 const SECRETS = [process.env.DIHYA_WEBHOOK_SECRET, process.env.DIHYA_WEBHOOK_PREVIOUS_SECRET]
   .filter(Boolean);
