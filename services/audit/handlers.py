@@ -11,7 +11,11 @@ object the API returns minus ``hash`` and ``prev_hash``; its canonical JSON has 
 whitespace (orjson), datetimes as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC; and
 ``hash = sha256_hex(prev_hash_ascii + canonical_json)``, with ``prev_hash`` of the first record
 equal to :data:`GENESIS_HASH`. ``seq`` is part of the hashed fields, so a record is bound to its
-position.
+position. Two refinements: ``personal`` (the opened view of sealed fields, see
+:mod:`services.audit.sealing`) is not hashed — the ciphertext in ``sealed`` is — and
+``subject_ref`` and ``sealed`` are hashed only when not null, so records without a subject hash
+exactly as they did before sealing existed. After a retention purge the chain starts from a
+signed checkpoint instead of the genesis hash (:mod:`services.audit.checkpoints`).
 """
 
 from __future__ import annotations
@@ -29,12 +33,18 @@ from typing import Any, Literal, TypeVar, get_args
 import orjson
 from pydantic import ValidationError
 
+from services.audit import sealing
+from services.audit.sealing import DEFAULT_PATHS, Sealing
 from shared.contracts import AuditFact, Contract, FactKind, TokenGrant
 
 GENESIS_HASH = "0" * 64
 """``prev_hash`` of the first record of the chain."""
 
 FACT_KINDS: tuple[str, ...] = get_args(FactKind)
+LOCAL_KINDS: tuple[str, ...] = ("subject.erased", "retention.purged")
+"""Kinds of the records the audit service writes about its own acts (no service publishes
+them, so they are not FactKinds)."""
+RECORD_KINDS: tuple[str, ...] = (*FACT_KINDS, *LOCAL_KINDS)
 
 RECORD_FIELDS: tuple[str, ...] = (
     "seq", "id", "kind", "occurred_at", "recorded_at", "service", "actor", "event_id",
@@ -42,6 +52,12 @@ RECORD_FIELDS: tuple[str, ...] = (
     "duration_ms", "error", "reason", "subject", "details",
 )
 """The hashed fields of a record, as the API names them (``id`` is the fact id)."""
+
+SEALED_FIELDS: tuple[str, ...] = ("subject_ref", "sealed")
+"""Hashed too, but only when not null: a record about a data subject (see sealing)."""
+
+VIEW_FIELDS: tuple[str, ...] = ("personal",)
+"""Shown by the API, never hashed: the opened personal fields of a sealed record."""
 
 FACT_COLUMNS: tuple[str, ...] = (
     "actor", "event_id", "event_type", "endpoint_id", "delivery_id", "attempt", "url",
@@ -153,14 +169,42 @@ def iso(value: datetime) -> str:
     return utc(value).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
-def subject_of(details: Mapping[str, Any]) -> str | None:
-    """The data subject a fact is about (GDPR export key): ``details.subject`` if a string."""
-    subject = details.get("subject")
-    return subject if isinstance(subject, str) else None
+def subject_of(details: Mapping[str, Any],
+               paths: tuple[sealing.Path, ...] = DEFAULT_PATHS) -> str | None:
+    """The data subject a fact is about (GDPR export key): see :func:`sealing.subject_of`."""
+    return sealing.subject_of(details, paths)
 
 
-def new_record(fact: AuditFact, seq: int, recorded_at: datetime) -> Record:
-    """The (unchained) record ``fact`` becomes at position ``seq``."""
+@dataclass(frozen=True)
+class LocalFact:
+    """A fact the audit service records about its own acts (an erasure, a purge): written
+    straight to the store in the transaction that does the act, never through the broker."""
+
+    id: str
+    kind: str
+    occurred_at: datetime
+    service: str = "audit"
+    actor: str | None = None
+    event_id: str | None = None
+    event_type: str | None = None
+    endpoint_id: str | None = None
+    delivery_id: str | None = None
+    attempt: int | None = None
+    url: str | None = None
+    outcome: str | None = None
+    status_code: int | None = None
+    duration_ms: float | None = None
+    error: str | None = None
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+AnyFact = AuditFact | LocalFact
+
+
+def new_record(fact: AnyFact, seq: int, recorded_at: datetime,
+               paths: tuple[sealing.Path, ...] = DEFAULT_PATHS) -> Record:
+    """The (unchained, unsealed) record ``fact`` becomes at position ``seq``."""
     record: Record = {
         "seq": seq,
         "id": fact.id,
@@ -168,8 +212,10 @@ def new_record(fact: AuditFact, seq: int, recorded_at: datetime) -> Record:
         "occurred_at": utc(fact.occurred_at),
         "recorded_at": utc(recorded_at),
         "service": fact.service,
-        "subject": subject_of(fact.details),
+        "subject": subject_of(fact.details, paths),
         "details": dict(fact.details),
+        "subject_ref": None,
+        "sealed": None,
     }
     for name in FACT_COLUMNS:
         record[name] = getattr(fact, name)
@@ -184,6 +230,9 @@ def to_json(record: Mapping[str, Any]) -> dict[str, Any]:
 def canonical(record: Mapping[str, Any]) -> bytes:
     """Canonical JSON of the hashed fields: sorted keys, no whitespace, fixed datetimes."""
     fields = {name: record[name] for name in RECORD_FIELDS}
+    for name in SEALED_FIELDS:
+        if record.get(name) is not None:
+            fields[name] = record[name]
     return orjson.dumps(to_json(fields), option=orjson.OPT_SORT_KEYS)
 
 
@@ -200,20 +249,35 @@ class Appended:
     duplicates: int
 
 
+def fresh_facts(facts: Iterable[AnyFact], existing_ids: set[str]) -> list[AnyFact]:
+    """``facts`` minus known ids and repeats: the ones :func:`append` will record."""
+    seen = set(existing_ids)
+    fresh = []
+    for fact in facts:
+        if fact.id not in seen:
+            seen.add(fact.id)
+            fresh.append(fact)
+    return fresh
+
+
 def append(
-    facts: Iterable[AuditFact],
+    facts: Iterable[AnyFact],
     *,
     existing_ids: set[str],
     head_seq: int,
     head_hash: str,
     recorded_at: datetime,
+    seals: Mapping[str, Sealing] | None = None,
+    paths: tuple[sealing.Path, ...] = DEFAULT_PATHS,
 ) -> Appended:
     """Chain ``facts`` after the head ``(head_seq, head_hash)``, skipping known fact ids.
 
     Only facts that will be inserted are chained, so a redelivered duplicate never leaves a
     hole in the chain. ``seq`` values follow the head without gaps: the writer assigns them
     (instead of the database sequence) so that seq order and chain order are one and the same.
+    A fact whose id is in ``seals`` has its personal fields sealed before it is hashed.
     """
+    seals = seals or {}
     seen = set(existing_ids)
     records: list[Record] = []
     duplicates = 0
@@ -224,20 +288,25 @@ def append(
             continue
         seen.add(fact.id)
         seq += 1
-        record = new_record(fact, seq, recorded_at)
+        record = new_record(fact, seq, recorded_at, paths)
+        if fact.id in seals:
+            sealing.seal_record(record, seals[fact.id])
         record["prev_hash"] = prev
         record["hash"] = prev = chain_hash(prev, record)
         records.append(record)
     return Appended(records, duplicates)
 
 
-Problem = Literal["broken_link", "hash_mismatch", "unreadable"]
+Problem = Literal["broken_link", "hash_mismatch", "unreadable", "bad_checkpoint"]
 
 PROBLEMS: dict[str, str] = {
     "broken_link": "prev_hash differs from the hash of the record before it: a record was "
                    "deleted, inserted or reordered just before this one.",
     "hash_mismatch": "the record's content does not match its hash: it was modified.",
     "unreadable": "the stored row cannot be read back as a record: it was modified.",
+    "bad_checkpoint": "the retention checkpoint the chain starts from is not signed by this "
+                      "service's checkpoint key: it was forged or modified (first_bad_seq is "
+                      "its last_seq).",
 }
 
 
@@ -248,6 +317,8 @@ class ChainReport:
     first_bad_seq: int | None
     problem: Problem | None
     head_hash: str
+    checkpoint: Mapping[str, Any] | None = None
+    """The retention checkpoint the walk started from (its JSON form and public key)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -257,6 +328,7 @@ class ChainReport:
             "problem": self.problem,
             "detail": PROBLEMS[self.problem] if self.problem else None,
             "head_hash": self.head_hash,
+            "checkpoint": dict(self.checkpoint) if self.checkpoint is not None else None,
         }
 
 
@@ -265,13 +337,19 @@ class ChainVerifier:
     """Walks records in ``seq`` order (fed page by page) and remembers the first bad one.
 
     Truncation (deleting the newest records) leaves a valid, shorter chain: compare
-    ``head_hash`` with a value noted earlier (or anchored elsewhere) to detect it.
+    ``head_hash`` with a value noted earlier (or anchored elsewhere) to detect it. After a
+    retention purge, ``start_hash`` is the checkpoint's ``last_hash``.
     """
 
+    start_hash: str = GENESIS_HASH
     records: int = 0
     first_bad_seq: int | None = None
     problem: Problem | None = None
-    _prev: str = field(default=GENESIS_HASH, repr=False)
+    checkpoint: Mapping[str, Any] | None = None
+    _prev: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        self._prev = self.start_hash
 
     def feed(self, record: Mapping[str, Any]) -> None:
         self.records += 1
@@ -294,6 +372,10 @@ class ChainVerifier:
             self._bad(seq, "unreadable")
         self._prev = stored_hash
 
+    def bad_checkpoint(self, last_seq: int) -> None:
+        """The checkpoint the walk starts from does not verify: it comes first, so it wins."""
+        self._bad(last_seq, "bad_checkpoint")
+
     def _bad(self, seq: int, problem: Problem) -> None:
         self.first_bad_seq, self.problem = seq, problem
 
@@ -304,12 +386,14 @@ class ChainVerifier:
             first_bad_seq=self.first_bad_seq,
             problem=self.problem,
             head_hash=self._prev,
+            checkpoint=self.checkpoint,
         )
 
 
-def verify_chain(records: Iterable[Mapping[str, Any]]) -> ChainReport:
-    """Verify a whole chain given in ``seq`` order."""
-    verifier = ChainVerifier()
+def verify_chain(records: Iterable[Mapping[str, Any]],
+                 start_hash: str = GENESIS_HASH) -> ChainReport:
+    """Verify a whole chain given in ``seq`` order (from a checkpoint's hash if purged)."""
+    verifier = ChainVerifier(start_hash)
     for record in records:
         verifier.feed(record)
     return verifier.report()
@@ -323,6 +407,8 @@ def record_from_row(row: Mapping[Any, Any]) -> Record:
     by verification instead of crashing it.
     """
     record: Record = {name: row["fact_id" if name == "id" else name] for name in RECORD_FIELDS}
+    for name in SEALED_FIELDS:
+        record[name] = row[name]
     record["prev_hash"] = row["prev_hash"]
     record["hash"] = row["hash"]
     for name in ("occurred_at", "recorded_at"):
@@ -430,8 +516,8 @@ def parse_query(pairs: Iterable[tuple[str, str]], page_limit: int) -> RecordQuer
             values[name] = value
 
     filters = {k: v for k, v in values.items() if k in FILTER_PARAMS}
-    if "kind" in filters and filters["kind"] not in FACT_KINDS:
-        bad("kind", f"unknown fact kind; expected one of: {', '.join(FACT_KINDS)}")
+    if "kind" in filters and filters["kind"] not in RECORD_KINDS:
+        bad("kind", f"unknown record kind; expected one of: {', '.join(RECORD_KINDS)}")
 
     bounds: dict[str, datetime] = {}
     for name in ("since", "until"):

@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import aiohttp
 import pytest
 
 from demo.launcher import System
 from demo.receiver import Receiver
+from shared import topology
 
 FAST_RETRIES = "150ms,300ms"
 
@@ -79,7 +81,37 @@ async def receiver() -> AsyncIterator[Receiver]:
     await rec.stop()
 
 
+class Tap:
+    """A copy of every message that crosses any Dihya exchange while the module runs."""
+
+    def __init__(self) -> None:
+        self.messages: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+    async def on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self.messages.append(message)
+
+
 @pytest.fixture(scope="module")
-async def api(system: System) -> AsyncIterator[Api]:
+async def tap(amqp_url: str, system: System) -> AsyncIterator[Tap]:
+    """Bind a private queue to every exchange with every routing key the system uses."""
+    tap = Tap()
+    connection = await aio_pika.connect(amqp_url)
+    channel = await connection.channel()
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    bindings = [(topology.EVENTS_EXCHANGE, "#"), (topology.AUDIT_EXCHANGE, "#"),
+                (topology.CONTROL_EXCHANGE, "#"), (topology.WORK_EXCHANGE, topology.SIGN),
+                (topology.WORK_EXCHANGE, topology.DELIVER)]
+    bindings += [(topology.DEAD_EXCHANGE, q.name) for q in topology.WORK_QUEUES]
+    bindings += [(topology.RETRY_EXCHANGE, q.name) for q in topology.retry_queues(
+        (150, 300, 1000))]
+    for exchange, key in bindings:
+        await queue.bind(exchange, key)
+    await queue.consume(tap.on_message, no_ack=True)
+    yield tap
+    await connection.close()
+
+
+@pytest.fixture(scope="module")
+async def api(system: System, tap: Tap) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as http:
         yield Api(http, system)

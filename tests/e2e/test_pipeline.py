@@ -16,7 +16,7 @@ from demo.launcher import System
 from demo.receiver import Receiver
 from shared import topology
 from tests.conftest import wait_for
-from tests.e2e.conftest import Api
+from tests.e2e.conftest import Api, Tap
 
 DETAILS = {"fr": "Modèle créé", "en": "Template created", "ar": "تم إنشاء القالب",
            "tzm": "ⵉⵜⵜⵓⵙⴽⴰ ⵓⵎⴷⵢⴰ"}
@@ -138,11 +138,31 @@ async def test_failed_delivery_is_retried_then_dead_lettered_and_audited(
     attempts = [r for r in records if r["kind"] == "delivery.attempted"]
     assert [r["status_code"] for r in attempts] == [500, 500, 500]
     assert all(r["endpoint_id"] == ep["id"] for r in attempts)
-    parked = await drain(amqp_url, topology.dead_queue(topology.DELIVERER_JOBS))
-    mine = [m for m in parked if event_id.encode() in m.body]
-    assert len(mine) == 1
-    assert mine[0].headers[topology.REASON_HEADER] == "exhausted"
-    assert len(orjson.loads(mine[0].body)["history"]) == 3
+
+    # the dead-letter store has it, with its reason and full attempt history
+    async def stored() -> list[dict[str, Any]]:
+        _, page = await api.call("GET", "ingest", f"/v1/endpoints/{ep['id']}/deliveries",
+                                 api.system.admin_token, params={"status": "failed"},
+                                 expect=200)
+        return [d for d in page["items"] if d["event_id"] == event_id]
+
+    await wait_for(stored, timeout=20)
+    [failed] = await stored()
+    assert failed["reason"] == "exhausted"
+    assert [a["status_code"] for a in failed["attempts"]] == [500, 500, 500]
+
+    # a manual retry sends it again (re-signed, same webhook-id) and is audited with who asked
+    receiver.statuses["down"] = [200]
+    await api.call("POST", "ingest", f"/v1/deliveries/{failed['delivery_id']}/retry",
+                   api.system.admin_token, expect=202)
+    await receiver.wait(lambda ds: sum(d.path == "down" for d in ds) == 4)
+    assert receiver.received("down")[-1].headers["webhook-id"] == event_id
+
+    async def retry_audited() -> bool:
+        return any(r["kind"] == "delivery.retry_requested" and r["actor"]
+                   for r in await api.records(event_id=event_id))
+
+    await wait_for(retry_audited, timeout=20)
 
 
 async def test_bad_input_over_http_gets_clear_errors(api: Api) -> None:
@@ -196,10 +216,17 @@ async def test_roles_are_enforced(api: Api) -> None:
     await api.publish({"event": "roles.ok", "data": {}}, token=pub["token"])
 
 
-async def test_no_secret_in_any_log_line_audit_record_or_parked_message(
-    api: Api, system: System, amqp_url: str, receiver: Receiver
+async def test_no_secret_in_any_log_line_audit_record_error_or_broker_message(
+    api: Api, system: System, amqp_url: str, receiver: Receiver, tap: Tap
 ) -> None:
     # Runs after the tests above (file order): every endpoint secret issued in this module.
+    rejected_secret = "whsec_refused secret with spaces 0123456789"
+    status, error_body = await api.call(
+        "POST", "ingest", "/v1/endpoints", system.admin_token,
+        {"url": "https://example.com/h", "events": ["a.b"], "secret": rejected_secret})
+    assert status == 422
+    assert rejected_secret not in orjson.dumps(error_body).decode()
+
     issued = [s for s in receiver.secrets.values() if s]
     assert len(issued) >= 5
     records = await api.records()
@@ -210,6 +237,16 @@ async def test_no_secret_in_any_log_line_audit_record_or_parked_message(
     for queue in topology.WORK_QUEUES:
         for msg in await drain(amqp_url, topology.dead_queue(queue.name)):
             blob += msg.body + orjson.dumps(msg.headers, default=str)
+    handovers = b""
+    for msg in tap.messages:
+        raw = msg.body + orjson.dumps(msg.headers, default=str)
+        if msg.exchange == topology.CONTROL_EXCHANGE and (msg.routing_key or "").startswith(
+                "secret."):
+            handovers += raw  # the one kind of message allowed to carry a secret
+        else:
+            blob += raw
+    assert len(tap.messages) > 50, "the tap saw the traffic"
     for secret in issued:
+        assert secret.encode() in handovers, "each secret was handed to the signer"
         assert secret.encode() not in blob, "a webhook secret leaked"
-    assert system.admin_token.encode() not in blob, "the admin token leaked"
+    assert system.admin_token.encode() not in blob + handovers, "the admin token leaked"

@@ -10,9 +10,11 @@ tampered, replayed or stale one; the guide's original snippets must still accept
 delivery — and, checking ``X-Dihya-Signature`` only, they accept replays and stale deliveries
 too, which is what the receiver SDK is for.
 
-Each example is started under three configurations, once per module: ``main`` (the new secret
-plus the old one as previous: a receiver in the middle of a rotation), ``old`` (the old secret
-only: a receiver not yet told) and ``new`` (the new secret only: a receiver that has moved on).
+Each hardened example is started (on first use, then kept for the module) under three
+configurations: ``main`` (the new secret plus the old one as previous: a receiver in the middle
+of a rotation), ``old`` (the old secret only: a receiver not yet told) and ``new`` (the new
+secret only: a receiver that has moved on). A guide original holds one secret: ``new`` (also
+its ``main``) and ``old``.
 """
 
 from __future__ import annotations
@@ -45,8 +47,6 @@ from services.signer.handlers import sign
 from shared.contracts import DeliveryJob, Event
 from shared.ids import new_id
 from tests.conftest import free_port, wait_for
-
-pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "receivers"
 EXPRESS = EXAMPLES / "express"
