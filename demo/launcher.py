@@ -4,6 +4,11 @@ The demo, the end-to-end tests and the benchmark all run the real thing: one
 ``python -m services.<name>`` process per service, configured only through environment
 variables, exactly as a deployment would. Each process's stdout (JSON log lines) goes to
 ``<workdir>/<service>.log`` so tests can scan the logs (for leaked secrets, say).
+
+A service may run as several processes (``replicas={"deliverer": 2}``): competing consumers on
+the same queues, each with its own HTTP port; replica ``i > 0`` logs to
+``<workdir>/<service>-<i>.log``. ``procs``, ``ports`` and ``url`` name the first replica, so
+code written for one process per service works unchanged; ``replica_procs`` has them all.
 """
 
 from __future__ import annotations
@@ -52,19 +57,39 @@ class System:
     database_urls: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=dict)
+    """Processes per service (default 1). Several replicas of ingest or signer need PostgreSQL
+    (``database_urls``); SQLite files are not shared safely between writers on every setup."""
+    replica_ports: dict[str, list[int]] = field(default_factory=dict)
+    replica_procs: dict[str, list[subprocess.Popen[bytes] | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.ports = {name: free_port() for name in SERVICES}
+        for name, count in self.replicas.items():
+            if name not in SERVICES or count < 1:
+                raise ValueError(f"replicas: unknown service or count below 1: {name}={count}")
+        self.replica_ports = {name: [free_port() for _ in range(self.count(name))]
+                              for name in SERVICES}
+        self.ports = {name: ports[0] for name, ports in self.replica_ports.items()}
+        self.replica_procs = {name: [None] * self.count(name) for name in SERVICES}
         self._master_key = fernet_key()
 
-    def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.ports[service]}"
+    def count(self, service: str) -> int:
+        """How many processes ``service`` runs as."""
+        return self.replicas.get(service, 1)
 
-    def log_path(self, service: str) -> Path:
-        return self.workdir / f"{service}.log"
+    def url(self, service: str, replica: int = 0) -> str:
+        return f"http://127.0.0.1:{self.replica_ports[service][replica]}"
 
-    def service_env(self, service: str) -> dict[str, str]:
+    def log_path(self, service: str, replica: int = 0) -> Path:
+        return self.workdir / (f"{service}.log" if replica == 0 else f"{service}-{replica}.log")
+
+    def pids(self, service: str) -> list[int]:
+        """Process ids of the running replicas of ``service``."""
+        return [p.pid for p in self.replica_procs.get(service, []) if p is not None
+                and p.poll() is None]
+
+    def service_env(self, service: str, replica: int = 0) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DIHYA_")}
         env.update(
             {
@@ -74,7 +99,7 @@ class System:
                 "DIHYA_SIGNER_MASTER_KEY": self._master_key,
                 # local receivers (demo, tests) live on loopback, which production refuses
                 "DIHYA_DELIVERER_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
-                _PORT_VARS[service]: str(self.ports[service]),
+                _PORT_VARS[service]: str(self.replica_ports[service][replica]),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -85,31 +110,43 @@ class System:
         env.update(self.env)
         return env
 
-    def spawn(self, service: str) -> None:
-        log = self.log_path(service).open("ab")
-        self.procs[service] = subprocess.Popen(
-            [sys.executable, "-m", f"services.{service}"],
-            env=self.service_env(service),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-        log.close()
+    def spawn(self, service: str, replica: int | None = None) -> None:
+        """Start ``service``'s process (every replica, or only ``replica``)."""
+        for index in range(self.count(service)) if replica is None else (replica,):
+            log = self.log_path(service, index).open("ab")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", f"services.{service}"],
+                env=self.service_env(service, index),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+            log.close()
+            self.replica_procs[service][index] = proc
+            if index == 0:
+                self.procs[service] = proc
 
     async def wait_ready(self, service: str, timeout: float = 30.0) -> None:
-        """Wait until ``/readyz`` answers 200 (broker connected, storage reachable)."""
+        """Wait until ``/readyz`` of every replica answers 200 (broker connected, storage
+        reachable)."""
+        await asyncio.gather(*(self._wait_replica(service, i, timeout)
+                               for i, p in enumerate(self.replica_procs[service])
+                               if p is not None))
+
+    async def _wait_replica(self, service: str, replica: int, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         async with aiohttp.ClientSession() as http:
             while True:
-                proc = self.procs[service]
+                proc = self.replica_procs[service][replica]
+                assert proc is not None
                 if proc.poll() is not None:
                     raise RuntimeError(
                         f"{service} exited with {proc.returncode}; log:\n"
-                        + self.log_path(service).read_text()[-3000:]
+                        + self.log_path(service, replica).read_text()[-3000:]
                     )
                 try:
-                    async with http.get(f"{self.url(service)}/readyz") as resp:
+                    async with http.get(f"{self.url(service, replica)}/readyz") as resp:
                         if resp.status == 200:
                             return
                 except aiohttp.ClientError:
@@ -124,19 +161,26 @@ class System:
         await asyncio.gather(*(self.wait_ready(n) for n in services or SERVICES))
 
     def kill(self, service: str, sig: int = signal.SIGKILL) -> None:
-        self.procs[service].send_signal(sig)
+        """Send ``sig`` to every replica of ``service``."""
+        for proc in self.replica_procs[service]:
+            if proc is not None:
+                proc.send_signal(sig)
 
     async def stop(self, *services: str, timeout: float = 30.0) -> dict[str, int | None]:
-        """SIGTERM each service and wait for it; returns the exit codes."""
+        """SIGTERM each service and wait for it; returns the exit codes (per service: the
+        first replica's failing code if any failed, else 0; None if one had to be killed)."""
         names = [n for n in (services or SERVICES) if n in self.procs]
-        for name in names:
-            if self.procs[name].poll() is None:
-                self.procs[name].send_signal(signal.SIGTERM)
+        running = [(n, p) for n in names for p in self.replica_procs[n] if p is not None]
+        for _, proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
         codes: dict[str, int | None] = {}
-        for name in names:
+        for name, proc in running:
             try:
-                codes[name] = await asyncio.to_thread(self.procs[name].wait, timeout)
+                code: int | None = await asyncio.to_thread(proc.wait, timeout)
             except subprocess.TimeoutExpired:
-                self.procs[name].kill()
-                codes[name] = None
+                proc.kill()
+                code = None
+            if name not in codes or codes[name] == 0:
+                codes[name] = code
         return codes

@@ -32,7 +32,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from shared import topology
+from shared import telemetry, topology
 from shared.contracts import Contract, encode
 
 log = structlog.get_logger("dihya.broker")
@@ -94,12 +94,14 @@ class Publisher:
         expiration: float | None = None,
     ) -> None:
         """Publish and wait for the broker's confirm; raise if unroutable, nacked or late."""
+        carrier = dict(headers or {})
+        telemetry.inject(carrier)
         message = aio_pika.Message(
             body,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             content_type="application/json",
             message_id=uuid.uuid4().hex,
-            headers=dict(headers or {}),
+            headers=carrier,
             type=type,
             expiration=expiration,
         )
@@ -194,7 +196,8 @@ class Consumer:
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         try:
-            await self._handler(message)
+            with telemetry.consuming(self._queue_name, message.headers):
+                await self._handler(message)
         except asyncio.CancelledError:
             await _settle(message.nack(requeue=True))
             raise

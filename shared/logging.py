@@ -1,5 +1,9 @@
 """structlog setup: JSON lines on stdout (or a console renderer), with secrets scrubbed.
 
+:func:`setup` is each service's one observability call: it also turns tracing on when the
+``OTEL_*`` environment asks for it (:mod:`shared.telemetry`), and every log line written inside
+a span carries its ``trace_id``, so logs and traces join.
+
 Scrubbing is defence in depth: code never logs a secret on purpose, and this processor masks
 anything that still looks like one (a ``whsec_`` secret, a bearer token, a URL password).
 """
@@ -13,6 +17,9 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from opentelemetry import trace
+
+from shared import telemetry
 
 _SENSITIVE_KEYS = frozenset({"secret", "token", "authorization", "password", "api_key"})
 _PATTERNS = (
@@ -40,8 +47,18 @@ def _scrub_processor(
     return event_dict
 
 
+def _trace_ids(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event_dict["trace_id"] = format(ctx.trace_id, "032x")
+    return event_dict
+
+
 def setup(service: str, *, fmt: str = "json", level: str = "info") -> None:
-    """Configure structlog (and stdlib logging, for libraries) for ``service``."""
+    """Configure structlog (and stdlib logging, for libraries) and tracing for ``service``."""
+    telemetry.setup(service)
     numeric = logging.getLevelName(level.upper())
     logging.basicConfig(stream=sys.stdout, level=numeric, format="%(name)s %(message)s")
     renderer: Any = (
@@ -53,6 +70,7 @@ def setup(service: str, *, fmt: str = "json", level: str = "info") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            _trace_ids,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _scrub_processor,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from datetime import timedelta
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -58,7 +59,13 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     engine = make_engine(settings.database_url)
     stack.push_async_callback(engine.dispose)
     await migrate(engine, MIGRATIONS)
-    store = AuditStore(engine)
+    store = await AuditStore.open(
+        engine,
+        subject_key=settings.subject_key.get_secret_value() if settings.subject_key else None,
+        checkpoint_key=(settings.checkpoint_key.get_secret_value()
+                        if settings.checkpoint_key else None),
+        subject_paths=settings.subject_paths,
+    )
 
     connection = await connect(settings.amqp_url.get_secret_value(), service="audit")
     stack.push_async_callback(connection.close)
@@ -134,7 +141,7 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
             service="audit",
             actor=principal.token_id if principal else None,
             reason=reason,
-            details={"path": _printable(request.rel_url.raw_path), "method": request.method,
+            details={"path": _route_path(request), "method": request.method,
                      "role": principal.role if principal else None},
         )
         try:
@@ -156,9 +163,17 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
         on_refusal=on_refusal,
         checks={"broker": broker_ready, "storage": storage_ready},
         page_limit=settings.page_limit,
+        export_page=settings.export_page,
+        retention_days=settings.retention_days,
     )
     runner = await serve(app, settings.host, settings.port)
     stack.push_async_callback(runner.cleanup)
+
+    if settings.retention_days > 0:
+        purger = asyncio.create_task(
+            _purge_periodically(store, settings.retention_days, settings.retention_interval),
+            name="audit-retention")
+        stack.push_async_callback(_cancel, purger)
 
     control = Consumer(connection, topology.AUDIT_CONTROL, on_control, prefetch=CONTROL_PREFETCH)
     facts = Consumer(connection, topology.AUDIT_FACTS, on_fact, prefetch=settings.prefetch)
@@ -171,6 +186,37 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     await facts.start()
     log.info("audit_started", host=settings.host, port=settings.port,
              batch_size=settings.batch_size, prefetch=settings.prefetch)
+
+
+async def _purge_periodically(store: AuditStore, days: int, interval: float) -> None:
+    """Retention: purge what is older than ``days``, now and then every ``interval`` seconds.
+    A failed purge is logged and tried again next time (it is safe to repeat)."""
+    while True:
+        try:
+            result = await store.purge(utcnow() - timedelta(days=days))
+        except Exception:
+            log.exception("retention_purge_failed")
+        else:
+            if result.deleted or result.checkpoint:
+                log.info("retention_purged", deleted=result.deleted,
+                         last_seq=result.checkpoint.last_seq if result.checkpoint else None)
+        await asyncio.sleep(interval)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _route_path(request: web.Request) -> str:
+    """The path to record for a refused request: the route's template when it has variables
+    (``/v1/audit/subjects/{subject}/export``), so a subject id never lands in the log in clear,
+    where erasure could not reach it."""
+    resource = request.match_info.route.resource
+    if resource is not None and "{" in resource.canonical:
+        return resource.canonical
+    return _printable(request.rel_url.raw_path)
 
 
 def _printable(text: str) -> str:

@@ -99,7 +99,7 @@ def signature_ok(checkpoint: Checkpoint, public: bytes) -> bool:
     return True
 
 
-def from_row(row: Mapping[str, Any]) -> Checkpoint:
+def from_row(row: Mapping[Any, Any]) -> Checkpoint:
     return Checkpoint(int(row["last_seq"]), row["last_hash"], int(row["count"]),
                       utc(row["at"]), row["key_id"], row["signature"])
 

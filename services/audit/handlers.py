@@ -11,10 +11,11 @@ object the API returns minus ``hash`` and ``prev_hash``; its canonical JSON has 
 whitespace (orjson), datetimes as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC; and
 ``hash = sha256_hex(prev_hash_ascii + canonical_json)``, with ``prev_hash`` of the first record
 equal to :data:`GENESIS_HASH`. ``seq`` is part of the hashed fields, so a record is bound to its
-position. Two refinements: ``personal`` (the opened view of sealed fields, see
-:mod:`services.audit.sealing`) is not hashed — the ciphertext in ``sealed`` is — and
-``subject_ref`` and ``sealed`` are hashed only when not null, so records without a subject hash
-exactly as they did before sealing existed. After a retention purge the chain starts from a
+position. A record about a data subject has three more keys (see
+:mod:`services.audit.sealing`): ``subject_ref`` and ``sealed`` (the ciphertext), which are
+hashed, and ``personal`` (their opened view), which is not; so the hashed object is always the
+API's minus ``hash``, ``prev_hash`` and ``personal``, and records without a subject hash exactly
+as they did before sealing existed. After a retention purge the chain starts from a
 signed checkpoint instead of the genesis hash (:mod:`services.audit.checkpoints`).
 """
 
@@ -222,17 +223,21 @@ def new_record(fact: AnyFact, seq: int, recorded_at: datetime,
     return record
 
 
+_OPTIONAL_FIELDS = frozenset((*SEALED_FIELDS, *VIEW_FIELDS))
+
+
 def to_json(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The API (and hashing) form of a record: datetimes as :func:`iso` strings."""
-    return {k: iso(v) if isinstance(v, datetime) else v for k, v in record.items()}
+    """The API (and hashing) form of a record: datetimes as :func:`iso` strings, and
+    ``subject_ref`` / ``sealed`` / ``personal`` only on a record about a data subject — so
+    "the object minus ``hash``, ``prev_hash`` and ``personal``" is exactly what was hashed."""
+    return {k: iso(v) if isinstance(v, datetime) else v for k, v in record.items()
+            if v is not None or k not in _OPTIONAL_FIELDS}
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
     """Canonical JSON of the hashed fields: sorted keys, no whitespace, fixed datetimes."""
     fields = {name: record[name] for name in RECORD_FIELDS}
-    for name in SEALED_FIELDS:
-        if record.get(name) is not None:
-            fields[name] = record[name]
+    fields.update((name, record.get(name)) for name in SEALED_FIELDS)
     return orjson.dumps(to_json(fields), option=orjson.OPT_SORT_KEYS)
 
 

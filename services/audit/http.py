@@ -1,15 +1,24 @@
-"""HTTP API of the audit service: query and verify the log (roles ``auditor`` and ``admin``)."""
+"""HTTP API of the audit service.
+
+Reading (roles ``auditor`` and ``admin``): query, export and verify the log, and export what it
+holds about one data subject (GDPR Art. 15 / 20). Destroying (role ``admin`` only, because it
+cannot be undone): erase a data subject (Art. 17) and run a retention purge.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
 
 import orjson
+import structlog
 from aiohttp import web
 
-from services.audit import handlers, openapi
+from services.audit import exports, handlers, openapi, sealing
+from services.audit.exports import Format
+from services.audit.handlers import RecordQuery
 from services.audit.store import AuditStore
-from shared.contracts import Role
+from shared.contracts import Role, utcnow
 from shared.web import (
     REFUSAL_HOOK,
     TOKEN_LOOKUP,
@@ -23,11 +32,19 @@ from shared.web import (
     json_response,
 )
 
+log = structlog.get_logger("dihya.audit.http")
+
 STORE: web.AppKey[AuditStore] = web.AppKey("audit_store")
 PAGE_LIMIT: web.AppKey[int] = web.AppKey("audit_page_limit")
+EXPORT_PAGE: web.AppKey[int] = web.AppKey("audit_export_page")
+RETENTION_DAYS: web.AppKey[int] = web.AppKey("audit_retention_days")
 OPENAPI: web.AppKey[bytes] = web.AppKey("audit_openapi")
 
 READERS: tuple[Role, ...] = ("auditor", "admin")
+ERASERS: tuple[Role, ...] = ("admin",)
+"""Erasure and purge destroy data for good: admin only (an auditor reads and exports)."""
+
+SUBJECT_ROUTE = "/v1/audit/subjects/{subject}"
 
 
 async def list_records(request: web.Request) -> web.Response:
@@ -41,6 +58,121 @@ async def list_records(request: web.Request) -> web.Response:
         "records": [handlers.to_json(r) for r in found],
         "next_cursor": handlers.encode_cursor(found[-1]["seq"]) if more and found else None,
     })
+
+
+async def export(request: web.Request) -> web.StreamResponse:
+    """Every record matching the filters, streamed as JSON Lines or CSV, one page at a time."""
+    await authorize(request, *READERS)
+    try:
+        query, fmt = exports.parse_export(request.query.items())
+    except handlers.QueryError as exc:
+        raise error(422, "invalid_query", "A query parameter is invalid.", exc.fields) from None
+    store = request.app[STORE]
+    head = await store.head_seq()
+    response = web.StreamResponse(headers={
+        "Content-Disposition": f'attachment; filename="dihya-audit.{fmt}"',
+        "X-Dihya-Audit-Head-Seq": str(head),
+    })
+    response.content_type = exports.CONTENT_TYPES[fmt]
+    response.charset = "utf-8"
+
+    async def body() -> AsyncIterator[bytes]:
+        if fmt == "csv":
+            yield exports.csv_header()
+        async for page in store.pages(query, request.app[EXPORT_PAGE]):
+            yield _encode(fmt, page)
+
+    return await _stream(request, response, body(), what="export")
+
+
+def _encode(fmt: Format, page: list[handlers.Record]) -> bytes:
+    return exports.csv_rows(page) if fmt == "csv" else exports.jsonl(page)
+
+
+async def _stream(request: web.Request, response: web.StreamResponse,
+                  chunks: AsyncIterator[bytes], *, what: str) -> web.StreamResponse:
+    """Send ``chunks`` with chunked encoding. Once the status line is out, an error can no
+    longer become an error response: the connection is aborted instead, so the client sees a
+    truncated transfer rather than a short file that looks complete."""
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    sent = 0
+    try:
+        async for chunk in chunks:
+            await response.write(chunk)
+            sent += len(chunk)
+    except Exception:
+        log.exception(f"{what}_aborted", sent_bytes=sent)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    log.info(f"{what}_sent", sent_bytes=sent)
+    return response
+
+
+def _subject(request: web.Request) -> str:
+    subject = request.match_info["subject"]
+    if not sealing.valid_subject(subject) or not _encodable(subject):
+        raise error(422, "invalid_subject", "The subject id is not one the log can hold.",
+                    [{"field": "subject", "message": "1 to 512 characters, no NUL"}])
+    return subject
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+async def subject_export(request: web.Request) -> web.StreamResponse:
+    """GDPR Art. 15 / 20: everything the log holds about one data subject, as one JSON
+    document (streamed: records first, then the summary gathered on the way)."""
+    await authorize(request, *READERS)
+    subject = _subject(request)
+    store = request.app[STORE]
+    response = web.StreamResponse(headers={
+        "Content-Disposition": 'attachment; filename="dihya-subject-export.json"'})
+    response.content_type = "application/json"
+
+    async def body() -> AsyncIterator[bytes]:
+        summary = exports.SubjectSummary()
+        yield exports.subject_head(subject, utcnow())
+        first = True
+        async for page in store.pages(RecordQuery(filters={"subject": subject}),
+                                      request.app[EXPORT_PAGE]):
+            for record in page:
+                summary.feed(record)
+            yield exports.subject_records(page, first)
+            first = False
+        yield summary.tail()
+
+    return await _stream(request, response, body(), what="subject_export")
+
+
+async def erase_subject(request: web.Request) -> web.Response:
+    """GDPR Art. 17: make the subject's personal data unreadable everywhere in the log."""
+    principal = await authorize(request, *ERASERS)
+    subject = _subject(request)
+    erasure = await request.app[STORE].erase(subject, actor=principal.token_id)
+    log.info("subject_erased", subject_ref=erasure.subject_ref, records=erasure.records,
+             record_seq=erasure.record_seq, actor=principal.token_id)
+    return json_response(erasure.as_json())
+
+
+async def purge(request: web.Request) -> web.Response:
+    """Run a retention purge now (it also runs every DIHYA_AUDIT_RETENTION_INTERVAL)."""
+    principal = await authorize(request, *ERASERS)
+    days = request.app[RETENTION_DAYS]
+    if days <= 0:
+        raise error(409, "retention_disabled",
+                    "Retention is off (DIHYA_AUDIT_RETENTION_DAYS=0): every record is kept.")
+    result = await request.app[STORE].purge(utcnow() - timedelta(days=days))
+    log.info("retention_purged", deleted=result.deleted, actor=principal.token_id,
+             last_seq=result.checkpoint.last_seq if result.checkpoint else None)
+    return json_response(result.as_json())
 
 
 async def verify(request: web.Request) -> web.Response:
@@ -60,15 +192,23 @@ def make_app(
     on_refusal: RefusalHook,
     checks: Mapping[str, ReadinessCheck],
     page_limit: int,
+    export_page: int = 1000,
+    retention_days: int = 0,
 ) -> web.Application:
     app = web.Application(middlewares=[errors_middleware])
     app[STORE] = store
     app[PAGE_LIMIT] = page_limit
+    app[EXPORT_PAGE] = export_page
+    app[RETENTION_DAYS] = retention_days
     app[OPENAPI] = orjson.dumps(openapi.document(page_limit))
     app[TOKEN_LOOKUP] = lookup
     app[REFUSAL_HOOK] = on_refusal
     app.router.add_get("/v1/audit/records", list_records)
+    app.router.add_get("/v1/audit/export", export)
     app.router.add_get("/v1/audit/verify", verify)
+    app.router.add_get(SUBJECT_ROUTE + "/export", subject_export)
+    app.router.add_post(SUBJECT_ROUTE + "/erasure", erase_subject)
+    app.router.add_post("/v1/audit/retention/purge", purge)
     app.router.add_get("/v1/openapi.json", openapi_json)
     add_ops_routes(app, checks)
     return app

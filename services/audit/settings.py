@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.audit import sealing
 from shared.settings import ServiceSettings
 
 
@@ -37,3 +38,50 @@ class AuditSettings(ServiceSettings):
         default=500, ge=1, le=10_000,
         description="Largest `limit` a client may ask of `GET /v1/audit/records`.",
     )
+    export_page: int = Field(
+        default=1000, ge=1, le=10_000,
+        description="Records read per query while streaming an export (`/v1/audit/export`, "
+                    "subject exports): the memory an export holds, whatever its size.",
+    )
+    subject_paths: str = Field(
+        default=sealing.DEFAULT_SUBJECT_PATHS,
+        description="Comma-separated JSON paths (dotted) into a fact's `details`; the first "
+                    "holding a non-empty string is the GDPR data subject (ingest puts the "
+                    "event's `data.user_id` in `details.subject`).",
+    )
+    subject_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 of 32 random bytes: HMAC key of the blind index that finds a "
+                    "subject's encryption key. Unset: generated on first start and kept in the "
+                    "database. Never change it (the service refuses a different key).",
+    )
+    checkpoint_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 of a 32-byte Ed25519 seed that signs retention checkpoints; keep "
+                    "it outside the database so that whoever can write the database cannot "
+                    "forge one. Unset: generated on first start and kept in the database.",
+    )
+    retention_days: int = Field(
+        default=0, ge=0, le=36_500,
+        description="Records recorded more than this many days ago are purged behind a signed "
+                    "checkpoint; 0 (default) keeps every record (set your legal retention "
+                    "period).",
+    )
+    retention_interval: float = Field(
+        default=3600.0, gt=0,
+        description="Seconds between two automatic retention purges (when retention_days > 0).",
+    )
+
+    @field_validator("subject_paths")
+    @classmethod
+    def _paths(cls, value: str) -> str:
+        sealing.parse_paths(value)
+        return value
+
+    @field_validator("subject_key", "checkpoint_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # set but empty: as if unset
+        sealing.decode_key(value.get_secret_value(), "the key")
+        return value

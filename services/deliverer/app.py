@@ -13,6 +13,7 @@ import aiohttp
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import web
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 from yarl import URL
 
@@ -20,7 +21,7 @@ from services.deliverer import handlers
 from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
 from services.deliverer.settings import Settings
 from services.deliverer.ssrf import BlockedAddressError, VettingResolver, vet_url
-from shared import topology
+from shared import telemetry, topology
 from shared.broker import Consumer, Publisher, connect, declare
 from shared.contracts import SignedDelivery, encode, utcnow
 from shared.runtime import Stop
@@ -101,16 +102,23 @@ class Deliverer:
         url = signed.job.url
         try:
             vet_url(url, self._allowed)
-            async with self._session.post(
-                url, data=signed.body.encode(), headers=signed.headers,
-                allow_redirects=False, timeout=self._timeout,
-            ) as resp:
-                try:
-                    excerpt = await _read_at_most(resp.content,
-                                                  self._settings.response_excerpt_bytes)
-                except (TimeoutError, aiohttp.ClientError):
-                    excerpt = b""  # the status is what counts; the excerpt is a courtesy
-                return Response(resp.status, resp.headers.get("Retry-After"), excerpt)
+            with telemetry.tracer.start_as_current_span(
+                "POST", kind=SpanKind.CLIENT,
+                attributes={"http.request.method": "POST", "url.full": url},
+            ) as span:
+                headers = dict(signed.headers)
+                telemetry.inject(headers)  # the receiver can join the event's trace
+                async with self._session.post(
+                    url, data=signed.body.encode(), headers=headers,
+                    allow_redirects=False, timeout=self._timeout,
+                ) as resp:
+                    span.set_attribute("http.response.status_code", resp.status)
+                    try:
+                        excerpt = await _read_at_most(resp.content,
+                                                      self._settings.response_excerpt_bytes)
+                    except (TimeoutError, aiohttp.ClientError):
+                        excerpt = b""  # the status is what counts; the excerpt a courtesy
+                    return Response(resp.status, resp.headers.get("Retry-After"), excerpt)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             kind = _error_kind(exc)
             text = (f"timeout after {self._settings.timeout:g}s" if kind == "timeout"

@@ -7,7 +7,7 @@ validation context: ``model_validate(data, context={"secret_min_length": n})``.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -160,6 +160,14 @@ class RecoverRequest(Request):
         description="ISO-8601 with an offset: failed deliveries that failed at or after it "
         "are sent again. Held deliveries (kept while the endpoint was disabled) are always "
         "included.", examples=["2025-05-20T00:00:00Z"])
+
+    @field_validator("since")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        try:  # stored times are UTC; 0001-01-01T00:00+05:00 has no UTC equivalent
+            return value.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ValueError("is out of range") from None
 
 
 class Response(BaseModel):

@@ -1,0 +1,70 @@
+"""OpenTelemetry tracing: one trace per event, carried across the broker in W3C headers.
+
+Off by default. Set the standard variables to turn it on, e.g.
+``OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318`` (or ``OTEL_TRACES_EXPORTER=otlp`` /
+``console``); ``OTEL_SERVICE_NAME`` overrides ``dihya-<service>``. Sampling and batching
+follow the SDK's own ``OTEL_*`` variables.
+
+Propagation needs no per-service code: :class:`shared.broker.Publisher` injects the current
+context (``traceparent``) into every message's headers, and :class:`shared.broker.Consumer`
+runs each handler inside a consumer span continuing the context it extracts. The deliverer adds
+``traceparent`` to the outgoing HTTP request, so the receiver can join the trace too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind
+
+tracer = trace.get_tracer("dihya")
+
+
+def setup(service: str) -> bool:
+    """Install an SDK tracer provider when the ``OTEL_*`` environment asks for export."""
+    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "")
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if exporter_name in ("", "none") and not endpoint:
+        return False
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SpanExporter,
+    )
+
+    exporter: SpanExporter
+    if exporter_name == "console":
+        exporter = ConsoleSpanExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    name = os.environ.get("OTEL_SERVICE_NAME", f"dihya-{service}")
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return True
+
+
+def inject(carrier: MutableMapping[str, Any]) -> None:
+    """Write the current trace context (``traceparent``) into message or request headers."""
+    propagate.inject(carrier)
+
+
+@contextmanager
+def consuming(queue: str, headers: Mapping[str, Any] | None) -> Iterator[Span]:
+    """A consumer span for one message, continuing the trace its headers carry."""
+    carrier = {k: v for k, v in (headers or {}).items() if isinstance(v, str)}
+    parent = propagate.extract(carrier)
+    with tracer.start_as_current_span(
+        f"{queue} process", context=parent, kind=SpanKind.CONSUMER,
+        attributes={"messaging.system": "rabbitmq", "messaging.destination.name": queue},
+    ) as span:
+        yield span
