@@ -1,6 +1,7 @@
 """The raw ceiling: the same work as Dihya, written as simply as possible.
 
-    load generator ──AMQP──▶ bench.raw.in ──▶ relay (HMAC) ──▶ bench.raw.out ──▶ poster ──HTTP──▶ sink
+    load generator --AMQP--> bench.raw.in --> relay (HMAC) --> bench.raw.out --> poster
+                                                                     --HTTP--> sink
 
 Same rules as Dihya where they cost something: durable quorum queues, persistent messages,
 publisher confirms awaited before the ack, prefetch 200, uvloop, one process per stage. Nothing
@@ -20,6 +21,7 @@ import hmac
 import os
 import signal
 import sys
+from typing import Any
 
 import aio_pika
 import aiohttp
@@ -28,7 +30,7 @@ from aio_pika.abc import AbstractIncomingMessage
 IN_QUEUE = "bench.raw.in"
 OUT_QUEUE = "bench.raw.out"
 PREFETCH = 200
-QUEUE_ARGUMENTS = {"x-queue-type": "quorum"}
+QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
 
 
 async def declare(url: str) -> None:

@@ -13,11 +13,11 @@ What it checks, for every delivery (or every ``verify_every``-th):
 
 Each body carries ``data.bench = {"phase", "sent_at"}`` from the load generator. Per phase the
 sink keeps, for each endpoint, the unique ids received with valid signatures, their latency
-(receipt − ``sent_at``, wall clock: one machine, one clock) and arrival times in 0.25 s bins.
+(receipt minus ``sent_at``, wall clock: one machine, one clock) and arrival times in 0.1 s bins.
 The controller reads them over HTTP on the main port:
 
-* ``GET /count/{phase}`` → number of unique valid deliveries (plain text; cheap enough to poll
-  every 50 ms for admission control);
+* ``GET /count/{phase}[?group=fast]`` → number of unique valid deliveries (plain text; cheap
+  enough to poll every 50 ms for admission control);
 * ``GET /stats/{phase}`` → counts, latency percentiles per endpoint group, arrival bins;
 * ``POST /control`` ``{"slow_delay": seconds}`` → how long the slow port takes to answer.
 
@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-BIN = 0.25
+BIN = 0.1
 """Width of an arrival-time bin, seconds."""
 
 
@@ -94,6 +94,7 @@ class Phase:
     invalid: int = 0
     duplicates: int = 0
     unverified: int = 0
+    body_bytes: int = 0
     first: float | None = None
     last: float | None = None
 
@@ -110,6 +111,7 @@ class Phase:
             "invalid": self.invalid,
             "duplicates": self.duplicates,
             "unverified": self.unverified,
+            "mean_body_bytes": round(self.body_bytes / self.valid) if self.valid else None,
             "first": self.first,
             "last": self.last,
             "by_endpoint": {name: len(ids) for name, ids in self.seen.items()},
@@ -170,6 +172,7 @@ class Sink:
             return 200
         ids.add(event_id)
         phase.valid += 1
+        phase.body_bytes += len(body)
         phase.latency_ms[name].append((now - sent_at) * 1000)
         phase.bins[name][int(now / BIN)] += 1
         phase.first = now if phase.first is None else phase.first
@@ -190,7 +193,14 @@ class Sink:
 
     async def count(self, request: web.Request) -> web.Response:
         phase = self.phases.get(request.match_info["phase"])
-        return web.Response(text=str(0 if phase is None else phase.valid))
+        group = request.query.get("group")
+        if phase is None:
+            count = 0
+        elif group is None:
+            count = phase.valid
+        else:
+            count = sum(len(ids) for name, ids in phase.seen.items() if group_of(name) == group)
+        return web.Response(text=str(count))
 
     async def stats(self, request: web.Request) -> web.Response:
         phase = self.phases.get(request.match_info["phase"]) or Phase()

@@ -44,7 +44,7 @@ READERS: tuple[Role, ...] = ("auditor", "admin")
 ERASERS: tuple[Role, ...] = ("admin",)
 """Erasure and purge destroy data for good: admin only (an auditor reads and exports)."""
 
-SUBJECT_ROUTE = "/v1/audit/subjects/{subject}"
+SUBJECT_ROUTE = openapi.SUBJECT_PATH
 
 
 async def list_records(request: web.Request) -> web.Response:

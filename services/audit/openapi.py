@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.audit import handlers
+from services.audit import exports, handlers, sealing
 
 
 def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
@@ -16,12 +16,15 @@ def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
 _DT = {"type": "string", "format": "date-time",
        "description": "UTC, fixed width: `2025-05-20T12:00:00.000000Z`."}
 _HASH = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+SUBJECT_PATH = "/v1/audit/subjects/{subject}"
 
 RECORD_PROPERTIES: dict[str, dict[str, Any]] = {
     "seq": {"type": "integer", "minimum": 1,
             "description": "Position in the chain (1, 2, 3… without gaps): the stable order."},
     "id": {"type": "string", "description": "The fact id (`fct_…`); unique."},
-    "kind": {"type": "string", "enum": list(handlers.FACT_KINDS)},
+    "kind": {"type": "string", "enum": list(handlers.RECORD_KINDS),
+             "description": "A fact kind, or a kind of the audit service's own records: "
+                            "`subject.erased` (a GDPR erasure) and `retention.purged`."},
     "occurred_at": {**_DT, "description": "When it happened, per the emitting service."},
     "recorded_at": {**_DT, "description": "When the audit store committed it."},
     "service": {"type": "string", "enum": ["ingest", "signer", "deliverer", "audit"]},
@@ -37,22 +40,40 @@ RECORD_PROPERTIES: dict[str, dict[str, Any]] = {
     "duration_ms": _nullable("number"),
     "error": _nullable("string"),
     "reason": _nullable("string"),
-    "subject": _nullable("string", description="`details.subject` when it is a string: the "
-                                                "data subject (GDPR export key)."),
-    "details": {"type": "object", "additionalProperties": True},
+    "subject": _nullable("string", description=(
+        "The data subject, in clear only on records stored before sealing existed; on a "
+        "sealed record it is null and the subject id is in `personal.subject`.")),
+    "details": {"type": "object", "additionalProperties": True,
+                "description": "Free-form details; `{}` on a sealed record (see `personal`)."},
+    "subject_ref": {"type": "string", "pattern": "^sbj_[0-9a-f]{32}$", "description": (
+        "Only on a record about a data subject: the subject's random pseudonym. Hashed.")},
+    "sealed": {"type": "string", "description": (
+        "Only on a record about a data subject: `subject` and `details`, AES-256-GCM "
+        "encrypted with the subject's own key (`v1.` + base64url(nonce ‖ ciphertext), the "
+        "record id as associated data). Hashed, so erasing the key keeps the chain valid.")},
+    "personal": {"description": (
+        "Only on a sealed record, and NOT hashed: `sealed` opened — `{subject, details}` — "
+        "or each field `[erased]` once the subject was erased (`[unreadable]` if the "
+        "ciphertext does not open)."),
+        "type": "object",
+        "properties": {name: {} for name in sealing.PERSONAL_FIELDS},
+        "required": list(sealing.PERSONAL_FIELDS),
+        "additionalProperties": False},
     "prev_hash": {**_HASH, "description": "`hash` of the record before (64 zeros for seq 1)."},
     "hash": {**_HASH, "description": "sha256 hex of `prev_hash` (ASCII) followed by the "
-                                     "canonical JSON of this record without `prev_hash` and "
-                                     "`hash`: sorted keys, no whitespace."},
+                                     "canonical JSON of this record without `prev_hash`, "
+                                     "`hash` and `personal`: sorted keys, no whitespace."},
 }
+OPTIONAL_RECORD_FIELDS: tuple[str, ...] = (*handlers.SEALED_FIELDS, *handlers.VIEW_FIELDS)
 
 _FILTER_DESCRIPTIONS = {
     "event_id": "Only records of this event id.",
     "endpoint_id": "Only records of this endpoint id.",
     "delivery_id": "Only records of this delivery id.",
-    "kind": "Only records of this fact kind.",
+    "kind": "Only records of this kind.",
     "outcome": "Only records with this outcome (e.g. `delivered`, `failed`).",
-    "subject": "Only records about this data subject (GDPR access/export).",
+    "subject": "Only records about this data subject (its id, e.g. the event's `user_id`): "
+               "found through a keyed blind index, never stored in clear.",
 }
 
 
@@ -66,12 +87,11 @@ def _error_response(description: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
-def document(page_limit: int) -> dict[str, Any]:
-    """The OpenAPI 3.1 document for a service whose largest page is ``page_limit``."""
-    record_params = [
+def _filter_params() -> list[dict[str, Any]]:
+    return [
         *(
             _param(name,
-                   {"type": "string", "enum": list(handlers.FACT_KINDS)} if name == "kind"
+                   {"type": "string", "enum": list(handlers.RECORD_KINDS)} if name == "kind"
                    else {"type": "string", "minLength": 1,
                          "maxLength": handlers.MAX_FILTER_LENGTH},
                    _FILTER_DESCRIPTIONS[name])
@@ -82,6 +102,43 @@ def document(page_limit: int) -> dict[str, Any]:
                "an offset, UTC)."),
         _param("until", {"type": "string", "format": "date-time"},
                "Only records with `occurred_at` strictly before this instant."),
+    ]
+
+
+_SUBJECT_PARAM = {
+    "name": "subject", "in": "path", "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": sealing.MAX_SUBJECT_LENGTH},
+    "description": "The data subject's id, as found in the events (e.g. `data.user_id`); "
+                   "percent-encode reserved characters.",
+}
+
+_CHECKPOINT = {
+    "type": ["object", "null"],
+    "description": (
+        "The signed retention checkpoint the walk started from (null: from the genesis hash). "
+        "`signature` is base64 Ed25519 over the canonical JSON (sorted keys, no whitespace) "
+        "of `{at, count, key_id, last_hash, last_seq}`; `public_key` is base64 of the raw "
+        "key it must verify with; `key_id` the first 16 hex digits of its sha256."),
+    "properties": {
+        "last_seq": {"type": "integer", "description": "Last purged record."},
+        "last_hash": {**_HASH, "description": "Its hash: the first remaining record's "
+                                              "`prev_hash`."},
+        "count": {"type": "integer", "description": "Records this purge covered."},
+        "at": _DT,
+        "key_id": {"type": "string"},
+        "signature": {"type": "string"},
+        "signature_ok": {"type": "boolean"},
+        "public_key": {"type": "string"},
+    },
+    "required": ["last_seq", "last_hash", "count", "at", "key_id", "signature",
+                 "signature_ok", "public_key"],
+}
+
+
+def document(page_limit: int) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for a service whose largest page is ``page_limit``."""
+    record_params = [
+        *_filter_params(),
         _param("limit", {"type": "integer", "minimum": 1, "maximum": page_limit,
                          "default": min(handlers.DEFAULT_LIMIT, page_limit)},
                "Records per page."),
@@ -92,6 +149,18 @@ def document(page_limit: int) -> dict[str, Any]:
         "401": _error_response("No token, or an unknown or revoked one."),
         "403": _error_response("The token's role may not read the audit log."),
     }
+    admin_errors = {
+        "401": _error_response("No token, or an unknown or revoked one."),
+        "403": _error_response("Only the `admin` role may do this (it cannot be undone)."),
+    }
+    export_params = [
+        *_filter_params(),
+        _param("format", {"type": "string", "enum": list(exports.FORMATS), "default": "jsonl"},
+               "`jsonl`: one record per line, exactly as `/records` returns it (re-verifiable). "
+               "`csv`: one column per field, `details`/`personal` as JSON, null as an empty "
+               "cell, text starting with `= + - @` prefixed with `'` (spreadsheet formula "
+               "guard)."),
+    ]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -99,7 +168,8 @@ def document(page_limit: int) -> dict[str, Any]:
             "version": "1.0.0",
             "description": (
                 "Query, export and verify the append-only, hash-chained audit log of Dihya "
-                "Webhooks. Roles `auditor` and `admin` may read it. Unknown query parameters "
+                "Webhooks. Roles `auditor` and `admin` may read and export it; only `admin` may "
+                "erase a data subject or run a retention purge. Unknown query parameters "
                 "are refused (422) so that a misspelt filter never returns everything."
             ),
         },
@@ -109,8 +179,72 @@ def document(page_limit: int) -> dict[str, Any]:
                 "AuditRecord": {
                     "type": "object",
                     "properties": RECORD_PROPERTIES,
-                    "required": list(RECORD_PROPERTIES),
+                    "required": [n for n in RECORD_PROPERTIES
+                                 if n not in OPTIONAL_RECORD_FIELDS],
                     "additionalProperties": False,
+                },
+                "SubjectExport": {
+                    "type": "object",
+                    "description": "GDPR Art. 15 / 20: what the log holds about one subject.",
+                    "properties": {
+                        "type": {"const": exports.SUBJECT_EXPORT_TYPE},
+                        "subject": {"type": "string"},
+                        "generated_at": _DT,
+                        "records": {"type": "array", "description": (
+                            "Every record about the subject (its sealed records, opened), "
+                            "oldest first."),
+                                    "items": {"$ref": "#/components/schemas/AuditRecord"}},
+                        "events": {"type": "array", "description": (
+                            "Per event: its type (the purpose), when, and each delivery to "
+                            "a recipient."), "items": {
+                            "type": "object",
+                            "properties": {
+                                "event_id": {"type": "string"},
+                                "event_type": _nullable("string"),
+                                "first_recorded_at": _DT,
+                                "deliveries": {"type": "array", "items": {"type": "object"}},
+                            },
+                            "required": ["event_id", "event_type", "first_recorded_at",
+                                         "deliveries"],
+                        }},
+                        "recipients": {"type": "array", "items": {"type": "string"},
+                                       "description": "Endpoint URLs the subject's events "
+                                                      "were delivered to."},
+                    },
+                    "required": ["type", "subject", "generated_at", "records", "events",
+                                 "recipients"],
+                },
+                "Erasure": {
+                    "type": "object",
+                    "properties": {
+                        "subject_ref": _nullable("string", description=(
+                            "The erased pseudonym; null if no sealed record was about the "
+                            "subject.")),
+                        "records": {"type": "integer", "description": (
+                            "Sealed records whose personal fields are now unreadable.")},
+                        "legacy_records": {"type": "integer", "description": (
+                            "Records stored before sealing existed that name the subject in "
+                            "clear: erasure cannot reach them.")},
+                        "record_seq": {"type": "integer", "description": (
+                            "Seq of the `subject.erased` record auditing this erasure.")},
+                        "erased_at": _DT,
+                    },
+                    "required": ["subject_ref", "records", "legacy_records", "record_seq",
+                                 "erased_at"],
+                    "additionalProperties": False,
+                },
+                "Purge": {
+                    "type": "object",
+                    "properties": {
+                        "deleted": {"type": "integer"},
+                        "keys_deleted": {"type": "integer", "description": (
+                            "Subject keys dropped because no remaining record needs them.")},
+                        "cutoff": {**_DT, "description": "Records recorded before this were "
+                                                         "purged (the oldest prefix)."},
+                        "checkpoint": {**_CHECKPOINT, "description": "The checkpoint written "
+                                       "(null when nothing new was old enough)."},
+                    },
+                    "required": ["deleted", "keys_deleted", "cutoff", "checkpoint"],
                 },
                 "RecordsPage": {
                     "type": "object",
@@ -137,9 +271,10 @@ def document(page_limit: int) -> dict[str, Any]:
                         "head_hash": {**_HASH, "description": (
                             "Hash of the newest record. Deleting the newest records leaves a "
                             "valid shorter chain: compare with a head noted earlier.")},
+                        "checkpoint": _CHECKPOINT,
                     },
                     "required": ["ok", "records", "first_bad_seq", "problem", "detail",
-                                 "head_hash"],
+                                 "head_hash", "checkpoint"],
                     "additionalProperties": False,
                 },
                 "Error": {
@@ -180,10 +315,93 @@ def document(page_limit: int) -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/audit/export": {
+                "get": {
+                    "operationId": "exportAuditRecords",
+                    "summary": "Every record matching the filters, streamed (chunked), oldest "
+                               "first; the log as of the request (newer records left out).",
+                    "description": (
+                        "Memory stays flat whatever the size: records are read a page at a "
+                        "time. If the export fails midway the connection is aborted, so a "
+                        "truncated transfer is never mistaken for a complete file. "
+                        "`X-Dihya-Audit-Head-Seq` gives the head seq at the start."),
+                    "security": [{"bearer": []}],
+                    "parameters": export_params,
+                    "responses": {
+                        "200": {"description": "The records.", "content": {
+                            "application/x-ndjson": {"schema": {
+                                "$ref": "#/components/schemas/AuditRecord"}},
+                            "text/csv": {"schema": {"type": "string"}}}},
+                        **auth_errors,
+                        "422": _error_response("A parameter is invalid; `fields` names it."),
+                    },
+                }
+            },
+            SUBJECT_PATH + "/export": {
+                "get": {
+                    "operationId": "exportSubject",
+                    "summary": "GDPR Art. 15 / 20: every record about a data subject, as one "
+                               "machine-readable JSON document (streamed).",
+                    "description": (
+                        "After an erasure it holds nothing personal: the subject can no "
+                        "longer be found (its blind-index row is gone)."),
+                    "security": [{"bearer": []}],
+                    "parameters": [_SUBJECT_PARAM],
+                    "responses": {
+                        "200": {"description": "The subject export.", "content": {
+                            "application/json": {"schema": {
+                                "$ref": "#/components/schemas/SubjectExport"}}}},
+                        **auth_errors,
+                        "422": _error_response("The subject id is invalid."),
+                    },
+                }
+            },
+            SUBJECT_PATH + "/erasure": {
+                "post": {
+                    "operationId": "eraseSubject",
+                    "summary": "GDPR Art. 17: make the subject's personal data unreadable "
+                               "everywhere in the log (crypto-shredding; admin only).",
+                    "description": (
+                        "Deletes the subject's key and blind-index row; records are not "
+                        "touched, so `/verify` still says ok, and `/records` shows their "
+                        "`personal` fields as `[erased]`. The erasure itself is recorded "
+                        "(kind `subject.erased`, with the pseudonym, never the id). "
+                        "Idempotent: erasing again, or an unknown subject, erases nothing "
+                        "and is recorded too."),
+                    "security": [{"bearer": []}],
+                    "parameters": [_SUBJECT_PARAM],
+                    "responses": {
+                        "200": {"description": "What was erased.", "content": {
+                            "application/json": {"schema": {
+                                "$ref": "#/components/schemas/Erasure"}}}},
+                        **admin_errors,
+                        "422": _error_response("The subject id is invalid."),
+                    },
+                }
+            },
+            "/v1/audit/retention/purge": {
+                "post": {
+                    "operationId": "purgeAuditRecords",
+                    "summary": "Retention: delete the records older than "
+                               "DIHYA_AUDIT_RETENTION_DAYS behind a signed checkpoint "
+                               "(admin only; it also runs periodically).",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {"description": "What was purged.", "content": {
+                            "application/json": {"schema": {
+                                "$ref": "#/components/schemas/Purge"}}}},
+                        **admin_errors,
+                        "409": _error_response("Retention is off (0 days): nothing is ever "
+                                               "purged."),
+                    },
+                }
+            },
             "/v1/audit/verify": {
                 "get": {
                     "operationId": "verifyAuditChain",
-                    "summary": "Walk the hash chain and report the first bad record.",
+                    "summary": "Walk the hash chain (from the retention checkpoint, if any, "
+                               "whose signature is checked too) and report the first bad "
+                               "record.",
                     "security": [{"bearer": []}],
                     "responses": {
                         "200": {"description": "Verification report (ok or not).", "content": {

@@ -28,6 +28,9 @@ PATTERN_RE = re.compile(r"^(?:[a-z0-9_-]+|\*|#)(?:\.(?:[a-z0-9_-]+|\*|#))*$")
 """A subscription pattern: dot-separated words of ``[a-z0-9_-]``, ``*`` or ``#``."""
 EVENT_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
 
+ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+"""What an endpoint, delivery or token id may look like (``ep_…``, ``dlv_…``, ``tok_…``)."""
+
 RejectReason = Literal["invalid_json", "schema_invalid", "unsupported_type", "fanout_limit"]
 EndpointStatus = Literal["enabled", "disabled"]
 
@@ -277,7 +280,21 @@ class Unreadable:
 
 
 def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    """A header value as text fit for a database column (PostgreSQL refuses NUL)."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text.replace("\x00", "\ufffd")
+
+
+def storable(job: DeliveryJob) -> str | None:
+    """Why ``job`` cannot be a row of the dead-letter store, or ``None`` if it can.
+
+    Ids come from other services' messages: one that could never be a key (too long, odd
+    characters) would fail its insert again and again, so it is kept verbatim instead.
+    """
+    for name, value in (("delivery_id", job.delivery_id), ("endpoint_id", job.endpoint_id)):
+        if not ID_RE.fullmatch(value):
+            return f"{name} is not an id (1-64 of A-Z a-z 0-9 _ . : -)"
+    return None
 
 
 def park_reason(headers: Mapping[str, Any]) -> tuple[str, bool]:
@@ -309,6 +326,9 @@ def read_dead_letter(body: bytes, headers: Mapping[str, Any]) -> DeadLetter | Un
         except ValidationError:
             return Unreadable(reason, error or f"not a delivery job: {describe(exc)}"[:_MAX_ERROR],
                               broker)
+    problem = storable(job)
+    if problem is not None:
+        return Unreadable(reason, error or f"not a storable delivery job: {problem}", broker)
     return DeadLetter(job, reason, error, broker)
 
 
@@ -440,6 +460,8 @@ class Verdict:
 def attempt_of(fact: AuditFact) -> Attempt | None:
     """The attempt a fact reports, or ``None`` if it is not a usable ``delivery.attempted``."""
     if fact.kind != "delivery.attempted" or not fact.endpoint_id:
+        return None
+    if not ID_RE.fullmatch(fact.endpoint_id):
         return None
     if fact.outcome not in ("delivered", "failed"):
         return None

@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from services.ingest import metrics
 from services.ingest.consumer import confirm_all
 from services.ingest.handlers import (
+    ID_RE,
     DeliveryStatus,
     disabled_fact,
     enabled_fact,
@@ -114,7 +115,7 @@ class ListQuery(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     limit: int = Field(default=100, ge=1, le=1000, description="Items per page.")
-    after: str | None = Field(default=None, max_length=64,
+    after: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$",
                               description="The `next` of the previous page.")
 
 
@@ -278,14 +279,15 @@ class IngestApi:
 
     async def get_endpoint(self, request: web.Request) -> web.Response:
         await authorize(request, "admin", "viewer")
-        record = await self.store.get_endpoint(request.match_info["id"])
+        endpoint_id = _ident(request, "endpoint")
+        record = await self.store.get_endpoint(endpoint_id)
         if record is None:
-            raise _not_found("endpoint", request.match_info["id"])
+            raise _not_found("endpoint", endpoint_id)
         return _body(_endpoint_out(record))
 
     async def update_endpoint(self, request: web.Request) -> web.Response:
         principal = await authorize(request, "admin")
-        endpoint_id = request.match_info["id"]
+        endpoint_id = _ident(request, "endpoint")
         body: EndpointUpdate = _validate(EndpointUpdate, await self._json(request))
         changes: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
         now = utcnow()
@@ -323,7 +325,7 @@ class IngestApi:
 
     async def delete_endpoint(self, request: web.Request) -> web.Response:
         principal = await authorize(request, "admin")
-        endpoint_id = request.match_info["id"]
+        endpoint_id = _ident(request, "endpoint")
         async with self.store.transaction() as conn:
             record = await self.store.get_endpoint(endpoint_id, conn)
             if record is None or not await self.store.delete_endpoint(conn, endpoint_id):
@@ -337,7 +339,7 @@ class IngestApi:
 
     async def rotate_secret(self, request: web.Request) -> web.Response:
         principal = await authorize(request, "admin")
-        endpoint_id = request.match_info["id"]
+        endpoint_id = _ident(request, "endpoint")
         body: SecretRotate = _validate(SecretRotate, await self._json(request), self._limits())
         secret = body.secret or generate_secret()
         now = utcnow()
@@ -357,7 +359,7 @@ class IngestApi:
 
     async def list_deliveries(self, request: web.Request) -> web.Response:
         await authorize(request, "admin", "viewer")
-        endpoint_id = request.match_info["id"]
+        endpoint_id = _ident(request, "endpoint")
         query: DeliveryQuery = _validate(DeliveryQuery, dict(request.query))
         records = await self.store.list_deliveries(endpoint_id, status=query.status,
                                                    limit=query.limit + 1, after=query.after)
@@ -369,7 +371,7 @@ class IngestApi:
 
     async def retry_delivery(self, request: web.Request) -> web.Response:
         principal = await authorize(request, "admin")
-        delivery_id = request.match_info["id"]
+        delivery_id = _ident(request, "delivery")
         record = await self.store.get_delivery(delivery_id)
         if record is None:
             raise _not_found("delivery", delivery_id)
@@ -385,7 +387,7 @@ class IngestApi:
 
     async def recover_endpoint(self, request: web.Request) -> web.Response:
         principal = await authorize(request, "admin")
-        endpoint_id = request.match_info["id"]
+        endpoint_id = _ident(request, "endpoint")
         body: RecoverRequest = _validate(RecoverRequest, await self._json(request))
         endpoint = await self._sendable(endpoint_id, missing=404)
         sent: list[DeliveryJob] = []
@@ -395,7 +397,15 @@ class IngestApi:
                                                 limit=RESEND_BATCH, after=after)
             if not page:
                 break
-            sent += await self._resend(page, endpoint, principal.token_id, "recover")
+            try:
+                sent += await self._resend(page, endpoint, principal.token_id, "recover")
+            except BrokerUnavailableError:
+                if not sent:
+                    raise
+                raise error(503, "broker_unavailable",
+                            f"{len(sent)} deliveries were sent before the broker stopped "
+                            "confirming; recover again to send the rest (those sent are "
+                            "not sent twice).") from None
             after = page[-1].delivery_id
         log.info("endpoint_recovered", endpoint_id=endpoint_id, count=len(sent),
                  since=body.since.isoformat(), actor=principal.token_id)
@@ -536,7 +546,7 @@ class IngestApi:
 
     async def revoke_token(self, request: web.Request) -> web.Response:
         principal = await authorize(request, "admin")
-        token_id = request.match_info["id"]
+        token_id = _ident(request, "token")
         now = utcnow()
         async with self.store.transaction() as conn:
             record = await self.store.revoke_token(conn, token_id, now)
@@ -565,6 +575,15 @@ def _as_bytes(raw: Any) -> bytes:
 
 def _not_found(kind: str, ident: str) -> web.HTTPException:
     return error(404, "not_found", f"No {kind} with id {ident[:64]!r}.")
+
+
+def _ident(request: web.Request, kind: str) -> str:
+    """The ``{id}`` of the path. Ids are ``ep_…``, ``dlv_…``, ``tok_…``: anything else cannot
+    exist, so it is a 404 before it reaches the database (PostgreSQL refuses NUL bytes)."""
+    value = request.match_info["id"]
+    if not ID_RE.fullmatch(value):
+        raise _not_found(kind, value)
+    return value
 
 
 def _already_retried(record: DeliveryRecord) -> web.HTTPException:

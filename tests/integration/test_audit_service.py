@@ -144,10 +144,14 @@ async def audit(amqp_url: str, database_url: str, broker: Broker) -> AsyncIterat
 
 
 def make_facts(n: int, run: str) -> list[AuditFact]:
+    """Odd facts are about a data subject (``user_<run>_<i % 4>``), in events of that subject
+    alone: a fact without a subject of its own is about the subject of its event."""
     return [
         AuditFact(
             id=f"fct_{run}_{i:04d}", kind=KINDS[i % 3], occurred_at=BASE + timedelta(seconds=i),
-            service="deliverer", event_id=f"evt_{run}_{i % 7}", event_type="template.created",
+            service="deliverer",
+            event_id=f"evt_{run}_u{i % 4}" if i % 2 else f"evt_{run}_{i % 7}",
+            event_type="template.created",
             endpoint_id=f"ep_{run}_{i % 5}", delivery_id=f"dlv_{run}_{i % 11}",
             attempt=1 + i % 4, url="https://example.test/hook",
             outcome="delivered" if i % 3 == 0 else "failed", status_code=200 + i % 3,
@@ -189,8 +193,16 @@ async def test_facts_are_recorded_filtered_and_paginated(audit: Audit, broker: B
     record = by_id[sample.id]
     assert record["kind"] == sample.kind and record["event_id"] == sample.event_id
     assert record["occurred_at"] == "2001-01-01T00:00:13.000000Z"
-    assert record["details"] == {"subject": f"user_{run}_1"}
-    assert record["subject"] == f"user_{run}_1"
+    # About a data subject: subject and details are sealed (hashed as ciphertext) and shown
+    # opened in `personal`, which is not hashed.
+    assert (record["subject"], record["details"]) == (None, {})
+    assert record["subject_ref"].startswith("sbj_") and record["sealed"].startswith("v1.")
+    assert record["personal"] == {"subject": f"user_{run}_1",
+                                  "details": {"subject": f"user_{run}_1"}}
+    assert "user_" not in record["sealed"]
+    plain = by_id[facts[12].id]
+    assert plain["details"] == {} and plain["subject"] is None
+    assert not {"subject_ref", "sealed", "personal"} & set(plain)
     assert (record["attempt"], record["status_code"], record["duration_ms"]) == (2, 201, 23.25)
     assert len(record["hash"]) == len(record["prev_hash"]) == 64
 

@@ -59,7 +59,8 @@ def parked_job(endpoint: Mapping[str, Any], *, attempts: int, last_at: datetime 
                       status_code=500, duration_ms=10.0 + n, error="HTTP 500")
         for n in range(1, attempts + 1))
     event = Event(id=f"evt_{uuid.uuid4().hex[:12]}", event=event_type,
-                  timestamp=datetime(2025, 5, 20, 12, tzinfo=UTC), data={"order": 42})
+                  timestamp=datetime(2025, 5, 20, 12, tzinfo=UTC),
+                  data={"order": 42, "note": "a NUL \u0000 in JSON"})
     return DeliveryJob(delivery_id=delivery_id or f"dlv_{uuid.uuid4().hex[:20]}",
                        endpoint_id=endpoint["id"], url=endpoint["url"], event=event,
                        attempt=attempts + 1, history=history)
@@ -231,9 +232,8 @@ async def test_recover_resends_what_failed_since_a_time(
 
 
 async def test_unreadable_parked_messages_are_kept_and_the_intake_goes_on(
-    ingest_sqlite: Client, broker: AbstractRobustConnection
+    ingest: Client, broker: AbstractRobustConnection
 ) -> None:
-    ingest = ingest_sqlite
     obs = await Observer.start(broker, [(topology.AUDIT_EXCHANGE, "delivery.parked")])
     ep = await ingest.endpoint(["order.*"])
     marker = uuid.uuid4().hex
@@ -244,6 +244,9 @@ async def test_unreadable_parked_messages_are_kept_and_the_intake_goes_on(
     await park(broker, topology.DELIVERER_JOBS, poison,
                {"x-death": [{"count": 10, "queue": topology.DELIVERER_JOBS,
                              "reason": "delivery_limit"}]})
+    odd = parked_job(ep, attempts=1, delivery_id=f"dlv_{marker}\u0000" + "x" * 80)
+    await park(broker, topology.DELIVERER_JOBS, encode(odd),
+               {topology.REASON_HEADER: "exhausted", topology.ERROR_HEADER: "NUL \u0000 here"})
     good = parked_job(ep, attempts=1)
     await park_job(broker, good, "gone", source=topology.SIGNER_JOBS)
     await until_listed(ingest, ep["id"], good.delivery_id)
@@ -254,7 +257,7 @@ async def test_unreadable_parked_messages_are_kept_and_the_intake_goes_on(
         return {item["body"]: item for item in reply.body["items"]}
 
     async def both() -> bool:
-        return {garbage.decode(), poison.decode()} <= set(await parked())
+        return {garbage.decode(), poison.decode(), encode(odd).decode()} <= set(await parked())
 
     await wait_for(both, timeout=15)
     rows = await parked()
@@ -265,6 +268,8 @@ async def test_unreadable_parked_messages_are_kept_and_the_intake_goes_on(
     limit = rows[poison.decode()]
     assert limit["queue"] == topology.dead_queue(topology.DELIVERER_JOBS)
     assert limit["reason"] == "delivery_limit" and limit["headers"]["x-death"][0]["count"] == 10
+    unfit = rows[encode(odd).decode()]  # a job, but its id could never be a key
+    assert unfit["reason"] == "exhausted" and unfit["error"] == "NUL \ufffd here"
     # the broker parked it, no service audited it: ingest does
     await obs.wait(lambda _: any(f["details"].get("queue") == limit["queue"]
                                  and f["service"] == "ingest"
@@ -272,3 +277,28 @@ async def test_unreadable_parked_messages_are_kept_and_the_intake_goes_on(
     viewer = await ingest.token("viewer")
     assert (await ingest.call("GET", "/v1/parked-messages",
                               token=viewer["token"])).status == 403
+
+
+async def test_a_retry_the_broker_does_not_confirm_changes_nothing(
+    ingest_sqlite: Client, broker: AbstractRobustConnection
+) -> None:
+    ingest = ingest_sqlite
+    ep = await ingest.endpoint(["order.*"])
+    job = parked_job(ep, attempts=2)
+    await park_job(broker, job, "exhausted")
+    await until_listed(ingest, ep["id"], job.delivery_id)
+    channel = await broker.channel()
+    jobs_queue = await channel.get_queue(topology.SIGNER_JOBS, ensure=False)
+    await jobs_queue.unbind(topology.WORK_EXCHANGE, topology.SIGN)
+    try:  # the signer's queue is unbound: the mandatory publish comes back, unroutable
+        failed = await ingest.call("POST", f"/v1/deliveries/{job.delivery_id}/retry")
+        recover = await ingest.call("POST", f"/v1/endpoints/{ep['id']}/recover",
+                                    json={"since": "2000-01-01T00:00:00Z"})
+    finally:
+        await jobs_queue.bind(topology.WORK_EXCHANGE, topology.SIGN)
+        await channel.close()
+    assert failed.status == 503 and failed.body["error"]["code"] == "broker_unavailable"
+    assert recover.status == 503
+    assert job.delivery_id in await listed(ingest, ep["id"])  # still failed, not marked
+    again = await ingest.call("POST", f"/v1/deliveries/{job.delivery_id}/retry")
+    assert again.status == 202 and again.body["attempt"] == 3

@@ -127,7 +127,7 @@ def test_intact_chain_verifies() -> None:
 def test_empty_chain_verifies() -> None:
     assert handlers.verify_chain([]).as_json() == {
         "ok": True, "records": 0, "first_bad_seq": None, "problem": None, "detail": None,
-        "head_hash": GENESIS_HASH,
+        "head_hash": GENESIS_HASH, "checkpoint": None,
     }
 
 

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.audit import handlers, openapi
+from services.audit import exports, handlers, openapi
 from services.audit.handlers import QueryError, RecordQuery, parse_query
+from services.audit.store import Erasure, Purge
 
 
 @given(st.integers(0, 2**63 - 1))
@@ -124,10 +125,37 @@ def test_openapi_document_matches_the_parser_and_records() -> None:
     params = {p["name"]: p for p in op["parameters"]}
     assert tuple(params) == handlers.QUERY_PARAMS
     assert params["limit"]["schema"]["maximum"] == 123
-    assert params["kind"]["schema"]["enum"] == list(handlers.FACT_KINDS)
+    assert params["kind"]["schema"]["enum"] == list(handlers.RECORD_KINDS)
+    assert set(handlers.FACT_KINDS) < set(handlers.RECORD_KINDS)
     record = doc["components"]["schemas"]["AuditRecord"]
-    assert set(record["properties"]) == {*handlers.RECORD_FIELDS, "prev_hash", "hash"}
+    assert set(record["properties"]) == {*handlers.RECORD_FIELDS, *handlers.SEALED_FIELDS,
+                                         *handlers.VIEW_FIELDS, "prev_hash", "hash"}
+    assert set(record["required"]) == {*handlers.RECORD_FIELDS, "prev_hash", "hash"}
     report = doc["components"]["schemas"]["VerifyReport"]
     assert set(report["properties"]) == set(handlers.verify_chain([]).as_json())
     assert set(doc["paths"]) >= {"/v1/audit/records", "/v1/audit/verify", "/v1/openapi.json",
                                  "/healthz", "/readyz", "/metrics"}
+
+
+def test_openapi_document_describes_exports_erasure_and_retention() -> None:
+    doc = openapi.document(page_limit=50)
+    paths = doc["paths"]
+    export = paths["/v1/audit/export"]["get"]
+    names = [p["name"] for p in export["parameters"]]
+    assert tuple(names) == exports.EXPORT_PARAMS
+    fmt = next(p for p in export["parameters"] if p["name"] == "format")
+    assert fmt["schema"]["enum"] == list(exports.FORMATS)
+    assert set(export["responses"]["200"]["content"]) == set(exports.CONTENT_TYPES.values())
+    subject = paths["/v1/audit/subjects/{subject}/export"]["get"]
+    assert [p["name"] for p in subject["parameters"]] == ["subject"]
+    erasure = paths["/v1/audit/subjects/{subject}/erasure"]["post"]
+    assert "403" in erasure["responses"] and "admin" in erasure["summary"]
+    assert "409" in paths["/v1/audit/retention/purge"]["post"]["responses"]
+    schemas = doc["components"]["schemas"]
+    erased = Erasure("sbj_" + "0" * 32, 3, 0, 9, datetime(2025, 1, 1, tzinfo=UTC)).as_json()
+    assert set(schemas["Erasure"]["properties"]) == set(erased)
+    purged = Purge(0, None, 0, datetime(2025, 1, 1, tzinfo=UTC)).as_json()
+    assert set(schemas["Purge"]["properties"]) == set(purged)
+    checkpoint = schemas["VerifyReport"]["properties"]["checkpoint"]
+    assert set(checkpoint["required"]) == {"last_seq", "last_hash", "count", "at", "key_id",
+                                           "signature", "signature_ok", "public_key"}

@@ -161,3 +161,13 @@ def test_seen_recently_honours_the_window() -> None:
     assert not seen_recently(T0, T0 + timedelta(seconds=60), 60)
     assert not seen_recently(None, T0, 60)
     assert not seen_recently(T0, T0, 0)  # 0 disables deduplication
+
+
+def test_a_job_whose_ids_could_never_be_keys_is_kept_verbatim() -> None:
+    odd = job().model_copy(update={"delivery_id": "dlv_" + "x" * 80})
+    read = read_dead_letter(encode(odd), {topology.REASON_HEADER: "exhausted",
+                                          topology.ERROR_HEADER: b"bad \x00 byte"})
+    assert isinstance(read, Unreadable) and read.reason == "exhausted"
+    assert read.error == "bad \ufffd byte"
+    nul = job().model_copy(update={"endpoint_id": "ep_\x00"})
+    assert isinstance(read_dead_letter(encode(nul), {}), Unreadable)

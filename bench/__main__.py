@@ -1,0 +1,123 @@
+"""``python -m bench`` (or ``bin/bench``): run the benchmark and write its results.
+
+Presets: the default full run (about 4 to 5 minutes on 2 cores), ``--quick`` (about a minute:
+fewer and shorter phases, no profile) and ``--smoke`` (a few hundred events at one fixed rate:
+checks that the harness works, not the speed). Every option below overrides the preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench.run import Options, run
+from demo.launcher import SERVICES
+
+PRESETS: dict[str, dict[str, object]] = {
+    "full": {},
+    "quick": {
+        "admitted_duration": 5.0, "duration": 4.0, "fractions": (0.5, 1.0),
+        "raw_fractions": (0.5, 1.0), "http_fractions": (0.5,), "profile": False,
+        "slow_duration": 6.0, "warmup_events": 100, "drain_timeout": 15.0,
+        "audit_timeout": 15.0,
+    },
+    "smoke": {
+        "admitted_duration": 1.5, "duration": 1.5, "window": 100, "fractions": (0.5,),
+        "raw_fractions": (0.5,), "http_fractions": (0.5,), "fixed_rate": 40.0,
+        "profile": False, "slow_duration": 1.5, "slow_delay": 0.5, "warmup_events": 20,
+        "drain_timeout": 15.0, "audit_timeout": 15.0,
+    },
+}
+
+
+def _replicas(text: str) -> dict[str, int]:
+    """``deliverer=2,signer=2`` (or one number for every service)."""
+    if text.isdigit():
+        return dict.fromkeys(SERVICES, int(text))
+    out: dict[str, int] = {}
+    for part in filter(None, text.split(",")):
+        name, _, count = part.partition("=")
+        if name not in SERVICES or not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(f"not service=count: {part!r}")
+        out[name] = int(count)
+    return out
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x)
+
+
+def parse(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0]
+                                     if __doc__ else None)
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_const", dest="preset", const="quick",
+                        help="a shorter run (about a minute)")
+    preset.add_argument("--smoke", action="store_const", dest="preset", const="smoke",
+                        help="a tiny run that checks the harness works")
+    parser.add_argument("--out", type=Path, help="output folder (default bench/out/<time>/)")
+    parser.add_argument("--amqp-url", default=os.environ.get(
+        "DIHYA_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+        help="RabbitMQ (default: $DIHYA_AMQP_URL or the local guest account)")
+    parser.add_argument("--no-vhost", dest="own_vhost", action="store_false",
+                        help="use the URL's vhost as is instead of a throw-away one")
+    parser.add_argument("--replicas", type=_replicas, default={},
+                        help="processes per service: 'deliverer=2,signer=2' or '2' (all)")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                        help="storage of ingest, signer and audit (postgres: fresh databases "
+                             "on --pg-url; needed for several ingest or signer processes)")
+    parser.add_argument("--pg-url", default=os.environ.get(
+        "DIHYA_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--event-bytes", type=int, help="size of a published event (1024)")
+    parser.add_argument("--window", type=int,
+                        help="admission control: deliveries outstanding at most (1000)")
+    parser.add_argument("--duration", type=float, help="seconds per paced phase (8)")
+    parser.add_argument("--admitted-duration", type=float,
+                        help="seconds of each saturation run (12)")
+    parser.add_argument("--fractions", type=_fractions,
+                        help="paced rates for Dihya over AMQP, as fractions of its saturation")
+    parser.add_argument("--raw-fractions", type=_fractions, help="idem for the raw chain")
+    parser.add_argument("--http-fractions", type=_fractions, help="idem for Dihya over HTTP")
+    parser.add_argument("--no-http", dest="http", action="store_false", default=None)
+    parser.add_argument("--profile", dest="profile", action="store_true", default=None,
+                        help="profile every service with py-spy at saturation")
+    parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument("--no-slow", dest="slow", action="store_false", default=None,
+                        help="skip the slow-endpoint scenario")
+    parser.add_argument("--slow-delay", type=float, help="seconds the slow endpoint takes (2)")
+    parser.add_argument("--verify-every", type=int,
+                        help="the sink verifies every n-th delivery (1: all)")
+    parser.add_argument("--keep-logs", action="store_true", default=None,
+                        help="copy every process's log to <out>/logs/")
+    args = parser.parse_args(argv)
+    name = args.preset or "full"
+    values: dict[str, object] = {**PRESETS[name], "preset": name}
+    for key in ("event_bytes", "window", "duration", "admitted_duration", "fractions",
+                "raw_fractions", "http_fractions", "http", "profile", "slow", "slow_delay",
+                "verify_every", "keep_logs"):
+        value = getattr(args, key)
+        if value is not None:
+            values[key] = value
+    out = args.out or Path(__file__).resolve().parent / "out" / time.strftime("%Y%m%d-%H%M%S")
+    return Options(out=out, amqp_url=args.amqp_url, own_vhost=args.own_vhost,
+                   replicas=args.replicas, store=args.store, pg_url=args.pg_url,
+                   **values)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse(argv)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(run(opts))
+    else:
+        uvloop.run(run(opts))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Samplers that run beside the load: CPU and RSS per process group, queue depths, the machine.
+
+* :class:`ProcSampler` reads, every ``interval`` seconds, the cumulative CPU time and the RSS of
+  every process of every group (a service's replicas, RabbitMQ, the sink, the raw stages, the
+  load generator itself) with psutil. CPU over a window is the difference of cumulative times,
+  so nothing between two samples is missed; RSS is a peak over samples.
+* :class:`QueueSampler` asks RabbitMQ for each queue's ready-message count with a passive
+  declare (no management plugin needed), every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import psutil
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class ProcSample:
+    at: float
+    cpu: dict[str, float]  # group → cumulative CPU seconds (live processes, plus the departed)
+    rss: dict[str, int]  # group → sum of RSS over its processes
+    rss_max: dict[str, int]  # group → largest single-process RSS
+    machine_busy: float  # cumulative busy CPU seconds of the whole machine
+
+
+class ProcSampler:
+    """Background sampler of process groups; ``groups()`` is re-read every sample (replicas
+    that restart get picked up)."""
+
+    def __init__(self, groups: Callable[[], dict[str, list[int]]], interval: float = 0.5
+                 ) -> None:
+        self._groups = groups
+        self._interval = interval
+        self._procs: dict[int, psutil.Process] = {}
+        self._last_cpu: dict[int, float] = {}
+        self._gone: dict[str, float] = {}  # CPU of processes that exited, per group
+        self.samples: list[ProcSample] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.sample()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            self.sample()
+
+    def _proc(self, pid: int) -> psutil.Process:
+        proc = self._procs.get(pid)
+        if proc is None:
+            proc = self._procs[pid] = psutil.Process(pid)
+        return proc
+
+    def sample(self) -> ProcSample:
+        cpu: dict[str, float] = {}
+        rss: dict[str, int] = {}
+        rss_max: dict[str, int] = {}
+        for group, pids in self._groups().items():
+            total, mem, biggest = self._gone.get(group, 0.0), 0, 0
+            for pid in pids:
+                try:
+                    proc = self._proc(pid)
+                    with proc.oneshot():
+                        times = proc.cpu_times()
+                        used = times.user + times.system
+                        resident = proc.memory_info().rss
+                except psutil.Error:
+                    self._gone[group] = self._gone.get(group, 0.0) + self._last_cpu.pop(pid, 0)
+                    self._procs.pop(pid, None)
+                    continue
+                self._last_cpu[pid] = used
+                total += used
+                mem += resident
+                biggest = max(biggest, resident)
+            cpu[group], rss[group], rss_max[group] = total, mem, biggest
+        machine = psutil.cpu_times()
+        busy = machine.user + machine.system + getattr(machine, "nice", 0.0) + getattr(
+            machine, "irq", 0.0) + getattr(machine, "softirq", 0.0) + getattr(
+            machine, "steal", 0.0)
+        sample = ProcSample(time.time(), cpu, rss, rss_max, busy)
+        self.samples.append(sample)
+        return sample
+
+    def window(self, start: float, end: float) -> dict[str, Any]:
+        """CPU (% of one core) per group and machine-wide, and peak RSS (MiB) per group,
+        between ``start`` and ``end`` (wall clock)."""
+        inside = [s for s in self.samples if start <= s.at <= end]
+        before = [s for s in self.samples if s.at <= start]
+        first = before[-1] if before else (inside[0] if inside else None)
+        last = inside[-1] if inside else None
+        if first is None or last is None or last.at <= first.at:
+            return {"cpu_pct": {}, "rss_peak_mib": {}, "rss_peak_process_mib": {},
+                    "machine_cpu_pct": None, "other_cpu_pct": None}
+        span = last.at - first.at
+        cpu = {g: round(100 * (last.cpu.get(g, 0.0) - first.cpu.get(g, 0.0)) / span, 1)
+               for g in last.cpu}
+        machine = round(100 * (last.machine_busy - first.machine_busy) / span, 1)
+        peaks: dict[str, float] = {}
+        process_peaks: dict[str, float] = {}
+        for s in [first, *inside]:
+            for g, value in s.rss.items():
+                peaks[g] = max(peaks.get(g, 0.0), value / MIB)
+            for g, value in s.rss_max.items():
+                process_peaks[g] = max(process_peaks.get(g, 0.0), value / MIB)
+        return {
+            "cpu_pct": cpu,
+            "rss_peak_mib": {g: round(v, 1) for g, v in peaks.items()},
+            "rss_peak_process_mib": {g: round(v, 1) for g, v in process_peaks.items()},
+            "machine_cpu_pct": machine,
+            "other_cpu_pct": round(max(0.0, machine - sum(cpu.values())), 1),
+        }
+
+    def peak_rss(self) -> dict[str, float]:
+        """Largest single-process RSS seen per group over the whole run, MiB."""
+        out: dict[str, float] = {}
+        for s in self.samples:
+            for g, value in s.rss_max.items():
+                out[g] = max(out.get(g, 0.0), round(value / MIB, 1))
+        return out
+
+
+def rabbitmq_pids() -> list[int]:
+    """The local RabbitMQ node's Erlang VM (``beam.smp``), if it runs on this machine."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.info["name"] == "beam.smp" and "rabbit" in " ".join(
+                    proc.info["cmdline"] or []):
+                found.append(proc.pid)
+    return found
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+class QueueSampler:
+    """Ready-message count of each queue, every ``interval`` seconds (passive declares)."""
+
+    def __init__(self, url: str, queues: list[str], interval: float = 1.0) -> None:
+        self._url = url
+        self.queues = queues
+        self._interval = interval
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+
+    async def start(self) -> None:
+        self._connection = await aio_pika.connect(self._url)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def depths(self) -> dict[str, int]:
+        assert self._connection is not None
+        out: dict[str, int] = {}
+        channel = await self._connection.channel()
+        try:
+            for name in self.queues:
+                try:
+                    queue = await channel.declare_queue(name, passive=True)
+                except Exception:  # not declared (yet): the channel is closed by the broker
+                    channel = await self._connection.channel()
+                    continue
+                result = queue.declaration_result
+                out[name] = int(result.message_count or 0)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        return out
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                self.samples.append((time.time(), await self.depths()))
+            await asyncio.sleep(self._interval)
+
+    def window(self, start: float, end: float, load_end: float | None = None
+               ) -> dict[str, dict[str, float]]:
+        """Per queue: the largest depth seen in the window, the last one, and the trend while
+        load was on (least-squares slope, messages/s, between ``start`` and ``load_end``)."""
+        inside = [(at, d) for at, d in self.samples if start <= at <= end]
+        out: dict[str, dict[str, float]] = {}
+        for name in self.queues:
+            points = [(at, d[name]) for at, d in inside if name in d]
+            if not points:
+                continue
+            loaded = [(t, v) for t, v in points if load_end is None or t <= load_end]
+            out[name] = {"max": max(v for _, v in points), "end": points[-1][1],
+                         "slope_per_s": round(_slope(loaded), 1)}
+        return out
+
+
+def _slope(points: list[tuple[float, int]]) -> float:
+    if len(points) < 3:
+        return 0.0
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if var == 0:
+        return 0.0
+    return sum((t - mean_t) * (v - mean_v) for t, v in points) / var

@@ -1,0 +1,222 @@
+"""Turn a run's phases into the headline figures, the issue's targets, a plot and a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from demo.launcher import SERVICES
+
+RATIO_TARGET = 0.6
+P99_TARGET_MS = 100.0
+AUDIT_LAG_TARGET_S = 10.0
+SLOW_DROP_TARGET_PCT = 10.0
+RSS_TARGET_MIB = 200.0
+GROWTH_SHARE = 0.02
+"""A queue "grows without bound" if its depth rises faster than this share of the rate."""
+
+
+def _phases(results: dict[str, Any], target: str, mode: str | None = None
+            ) -> list[dict[str, Any]]:
+    return [p for p in results["phases"] if p["target"] == target
+            and (mode is None or p["mode"] == mode)]
+
+
+def _closest(phases: list[dict[str, Any]], fraction: float) -> dict[str, Any] | None:
+    paced = [p for p in phases if p["mode"] == "paced"]
+    if not paced:
+        return None
+    with_fraction = [p for p in paced if p.get("fraction_of_saturation") is not None]
+    if not with_fraction:
+        return paced[0]
+    return min(with_fraction, key=lambda p: abs(p["fraction_of_saturation"] - fraction))
+
+
+def keeps_up(phase: dict[str, Any]) -> bool:
+    """A paced phase the system kept up with: ≥ 95 % of the offered rate came out while load
+    was on, and the rest within 2 s of the last publish."""
+    offered = phase.get("offered_dps") or 0
+    return bool(offered) and phase["throughput_dps"] >= 0.95 * offered and \
+        phase["delivered"] >= phase["expected"] and phase["drain_s"] <= 2.0
+
+
+def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float | None
+            ) -> dict[str, Any]:
+    dihya = _phases(results, "dihya-amqp")
+    saturation = next((p for p in dihya if p["mode"] == "admitted"), None)
+    half = _closest(dihya, 0.5)
+    full = _closest(dihya, 1.0)
+    cpu = saturation["cpu_pct"] if saturation else {}
+    per_delivery = {
+        g: round(pct * 10 / saturation["throughput_dps"], 3)
+        for g, pct in cpu.items() if saturation and saturation["throughput_dps"]
+    }
+    raw_sat = next((p for p in _phases(results, "raw", "admitted")), None)
+    raw_cpu = raw_sat["cpu_pct"] if raw_sat else {}
+    raw_per_delivery = {
+        g: round(pct * 10 / raw_sat["throughput_dps"], 3)
+        for g, pct in raw_cpu.items() if raw_sat and raw_sat["throughput_dps"]
+    }
+    audit = [p["audit"] for p in results["phases"]
+             if p.get("audit") and p["target"] in ("dihya-amqp", "dihya-http")]
+    worst_lag = max((a.get("after_load_stopped_s") or 0.0 for a in audit), default=None)
+    audit_complete = all(a.get("complete") for a in audit) if audit else False
+    growth = {}
+    if full is not None:
+        limit = GROWTH_SHARE * (full.get("offered_dps") or full["throughput_dps"])
+        growth = {q: v["slope_per_s"] for q, v in full["queues"].items()}
+        growing = [q for q, slope in growth.items() if slope > limit]
+    else:
+        growing = []
+    rss = {s: results["peak_rss_process_mib"].get(s) for s in SERVICES}
+    slow = results.get("slow_endpoint") or {}
+    sustained_paced = {
+        t: max((p["throughput_dps"] for p in _phases(results, t, "paced") if keeps_up(p)),
+               default=None)
+        for t in ("raw", "dihya-amqp", "dihya-http")
+    }
+    out: dict[str, Any] = {
+        "raw_sustained_dps": round(s_raw, 1),
+        "dihya_amqp_sustained_dps": round(s_dihya, 1),
+        "dihya_http_sustained_dps": round(s_http, 1) if s_http is not None else None,
+        "ratio_amqp": round(s_dihya / s_raw, 3) if s_raw else None,
+        "ratio_http": round(s_http / s_raw, 3) if s_raw and s_http is not None else None,
+        "highest_paced_rate_kept_up_dps": sustained_paced,
+        "latency_ms_at_half_saturation": half["latency_ms"] if half else None,
+        "half_saturation_offered_dps": half["offered_dps"] if half else None,
+        "latency_ms_at_saturation": saturation["latency_ms"] if saturation else None,
+        "cpu_pct_at_saturation": cpu,
+        "cpu_ms_per_delivery": per_delivery,
+        "raw_cpu_pct_at_saturation": raw_cpu,
+        "raw_cpu_ms_per_delivery": raw_per_delivery,
+        "peak_rss_mib_per_process": rss,
+        "audit_lag_s_after_load_stopped_worst": worst_lag,
+        "audit_lag_at_saturation": saturation.get("audit") if saturation else None,
+        "audit_complete": audit_complete,
+        "queue_trend_at_full_rate_per_s": growth,
+        "queues_growing_at_full_rate": growing,
+        "slow_endpoint_drop_pct": slow.get("fast_throughput_drop_pct"),
+    }
+    ratio: float | None = out["ratio_amqp"]
+    half_p99: float | None = ((half or {}).get("latency_ms") or {}).get("p99")
+    drop = slow.get("fast_throughput_drop_pct")
+    biggest = max((v for v in rss.values() if v is not None), default=None)
+    out["targets"] = [
+        _target("Dihya ÷ raw sustained deliveries/s (AMQP)", f"≥ {RATIO_TARGET}", ratio,
+                ratio is not None and ratio >= RATIO_TARGET),
+        _target("p99 ingest→receipt at ½ saturation, ms", f"≤ {P99_TARGET_MS:g}",
+                half_p99, half_p99 is not None and half_p99 <= P99_TARGET_MS),
+        _target("audit lag after load stops, s (worst phase)", f"≤ {AUDIT_LAG_TARGET_S:g}",
+                worst_lag, worst_lag is not None and audit_complete
+                and worst_lag <= AUDIT_LAG_TARGET_S),
+        _target("queues growing at the sustained rate", "none", growing or "none",
+                full is not None and not growing),
+        _target(f"fast-endpoint throughput drop with a {slow.get('slow_delay_s', 2):g} s "
+                "endpoint, %",
+                f"< {SLOW_DROP_TARGET_PCT:g}", drop,
+                drop is not None and drop < SLOW_DROP_TARGET_PCT),
+        _target("peak RSS of a service process, MiB", f"< {RSS_TARGET_MIB:g}", biggest,
+                biggest is not None and biggest < RSS_TARGET_MIB),
+    ]
+    return out
+
+
+def _target(name: str, goal: str, measured: Any, met: bool) -> dict[str, Any]:
+    return {"target": name, "goal": goal, "measured": measured, "met": bool(met)}
+
+
+def plot(results: dict[str, Any], path: Path) -> str | None:
+    """latency_vs_load.png: p50/p99 against offered load, and throughput against offered."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed (it is in the bench extra: bin/bench)"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    colours = {"raw": "tab:gray", "dihya-amqp": "tab:blue", "dihya-http": "tab:orange"}
+    for target, colour in colours.items():
+        paced = sorted((p for p in _phases(results, target, "paced") if p["latency_ms"]),
+                       key=lambda p: p["offered_dps"])
+        if not paced:
+            continue
+        x = [p["offered_dps"] for p in paced]
+        left.plot(x, [p["latency_ms"]["p99"] for p in paced], "o-", color=colour,
+                  label=f"{target} p99")
+        left.plot(x, [p["latency_ms"]["p50"] for p in paced], "s--", color=colour,
+                  alpha=0.7, label=f"{target} p50")
+        right.plot(x, [p["throughput_dps"] for p in paced], "o-", color=colour, label=target)
+        for sat in _phases(results, target, "admitted"):
+            for axis in (left, right):
+                axis.axvline(sat["throughput_dps"], color=colour, linestyle=":", alpha=0.6)
+    left.axhline(P99_TARGET_MS, color="tab:red", linestyle="-.", alpha=0.5,
+                 label="p99 target (100 ms)")
+    left.set_yscale("log")
+    left.set_xlabel("offered load, deliveries/s")
+    left.set_ylabel("ingest → receipt latency, ms (log)")
+    left.set_title("Latency against offered load (dotted: saturation)")
+    left.legend(fontsize=8)
+    left.grid(True, which="both", alpha=0.3)
+    top = max((max(p["offered_dps"] or 0, p["throughput_dps"]) for p in results["phases"]
+               if p["target"] in colours), default=1) * 1.05
+    right.plot([0, top], [0, top], color="black", alpha=0.3, label="delivered = offered")
+    right.set_xlabel("offered load, deliveries/s")
+    right.set_ylabel("delivered with valid signatures, deliveries/s")
+    right.set_title("Throughput against offered load")
+    right.legend(fontsize=8)
+    right.grid(True, alpha=0.3)
+    conditions = results["conditions"]
+    fig.suptitle(f"Dihya benchmark — {conditions['machine']['cores']} cores, "
+                 f"{conditions['machine']['cpu']}, load avg at start "
+                 f"{results['loadavg']['start'][0]}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def table(results: dict[str, Any]) -> str:
+    """The console summary."""
+    s = results["summary"]
+    lines = ["", "Phase                               offered   thru/s   p50 ms   p99 ms  "
+             "audit lag s"]
+    for p in results["phases"]:
+        lat = p["latency_ms"] or {}
+        lag = (p.get("audit") or {}).get("after_load_stopped_s")
+        lines.append(f"{p['label']:<34} {_n(p['offered_dps']):>8} {_n(p['throughput_dps']):>8}"
+                     f" {_n(lat.get('p50')):>8} {_n(lat.get('p99')):>8} {_n(lag):>11}")
+    lines += [
+        "",
+        f"Raw chain sustained: {s['raw_sustained_dps']}/s   Dihya (AMQP): "
+        f"{s['dihya_amqp_sustained_dps']}/s   ratio {s['ratio_amqp']}   Dihya (HTTP): "
+        f"{s['dihya_http_sustained_dps']}/s",
+        "CPU at Dihya saturation (% of a core): " + ", ".join(
+            f"{g} {v}" for g, v in s["cpu_pct_at_saturation"].items()),
+        "Peak RSS per process (MiB): " + ", ".join(
+            f"{g} {v}" for g, v in s["peak_rss_mib_per_process"].items()),
+        "",
+        "Targets:",
+    ]
+    for t in s["targets"]:
+        lines.append(f"  [{'met' if t['met'] else 'NOT met'}] {t['target']}: "
+                     f"{t['measured']} (goal {t['goal']})")
+    return "\n".join(lines)
+
+
+def _n(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, int | float) else "-"
+
+
+def finish(results: dict[str, Any], *, s_raw: float, s_dihya: float, s_http: float | None
+           ) -> dict[str, Any]:
+    out = Path(results["settings"]["out"])
+    results["summary"] = summary(results, s_raw, s_dihya, s_http)
+    skipped = plot(results, out / "latency_vs_load.png")
+    results["plot"] = skipped or "latency_vs_load.png"
+    (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    print(table(results), flush=True)
+    print(f"\nWrote {out / 'results.json'} and {results['plot']}", flush=True)
+    return results

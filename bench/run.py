@@ -1,0 +1,614 @@
+"""The benchmark run: start everything, drive every phase, collect the figures.
+
+Order of a run (each step's figures land in ``results.json``):
+
+1. a throw-away vhost (``rabbitmqctl add_vhost``), the sink process, the raw chain's two
+   stages, and Dihya's four services (N processes each) with their default settings;
+2. endpoints registered with secrets the sink knows, a publisher token; warm-up traffic;
+3. **raw chain**: an admission-controlled run (its saturation ``S_raw``), then paced runs at
+   fractions of ``S_raw``;
+4. **Dihya over AMQP**: the same (``S_dihya``); each Dihya phase also waits for the audit log
+   to hold every delivery it made (audit lag);
+5. **Dihya over HTTP** (``POST /v1/events``): the same, fewer rates;
+6. **profile**: another saturation run with py-spy attached to every service process (its
+   throughput is reported apart: the profiler costs CPU);
+7. **slow endpoint**: events fanned out to 4 fast endpoints and a fifth on another receiver,
+   first answering at once, then in 2 s — throughput to the fast four, both ways.
+
+Throughput is counted from the sink's arrival bins over the phase's steady window (from
+``warm`` seconds after the first publish to the last publish), CPU and RSS over the same window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib.metadata
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import orjson
+
+from bench import profile, raw_chain
+from bench.dihya import AuditFollower, metric, publisher_token, register
+from bench.load import AmqpSender, EventFactory, HttpSender, Send, SendStats, admitted, paced
+from bench.monitor import ProcSampler, QueueSampler, loadavg, rabbitmq_pids
+from demo.launcher import SERVICES, System, free_port
+from shared import topology
+
+ROOT = Path(__file__).resolve().parent.parent
+LOAD_TYPE = "bench.load"
+FANOUT_TYPE = "bench.fanout"
+DEFER_TIER_MS = 1000  # the deliverer's default DEFER_DELAY
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+@dataclass
+class Options:
+    """Everything a run can be told; the presets are in :mod:`bench.__main__`."""
+
+    out: Path
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    own_vhost: bool = True
+    replicas: dict[str, int] = field(default_factory=dict)
+    store: str = "sqlite"
+    pg_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    event_bytes: int = 1024
+    window: int = 1000
+    admitted_duration: float = 12.0
+    duration: float = 8.0
+    fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.2)
+    raw_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.2)
+    http: bool = True
+    http_fractions: tuple[float, ...] = (0.5, 1.0)
+    fixed_rate: float | None = None
+    """Paced phases at this many deliveries/s instead of fractions of saturation (smoke)."""
+    profile: bool = True
+    profile_duration: float = 10.0
+    slow: bool = True
+    slow_duration: float = 15.0
+    slow_fraction: float = 0.5
+    slow_delay: float = 2.0
+    fast_endpoints: int = 4
+    warmup_events: int = 200
+    drain_timeout: float = 30.0
+    audit_timeout: float = 30.0
+    verify_every: int = 1
+    keep_logs: bool = False
+    preset: str = "full"
+
+
+@dataclass
+class Target:
+    """Something the load generator drives."""
+
+    name: str
+    send: Send
+    fanout: int
+    """Deliveries per event that the sink counts for this target."""
+    group: str
+    """Sink endpoint group those deliveries land in."""
+    dihya: bool
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def vhost(url: str) -> Any:
+    """A throw-away vhost (rabbitmqctl, as the demo does), deleted afterwards."""
+    from demo.__main__ import demo_vhost
+
+    with demo_vhost(url) as scoped:
+        yield scoped
+
+
+class Child:
+    """A helper process of the harness (sink, raw stages), its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, *args], env={**os.environ, **env},
+                                         stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: "
+                               + self.log.read_text(errors="replace")[-2000:])
+
+    async def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return await asyncio.to_thread(self.proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+
+
+class SinkClient:
+    """The controller's side of the sink's HTTP control API."""
+
+    def __init__(self, http: aiohttp.ClientSession, port: int, slow_port: int) -> None:
+        self.http = http
+        self.base = f"http://127.0.0.1:{port}"
+        self.slow_base = f"http://127.0.0.1:{slow_port}"
+
+    def url(self, name: str) -> str:
+        return f"{self.slow_base if name.startswith('slow') else self.base}/hooks/{name}"
+
+    async def count(self, phase: str, group: str | None = None) -> int:
+        params = {"group": group} if group else None
+        async with self.http.get(f"{self.base}/count/{phase}", params=params) as resp:
+            return int(await resp.text())
+
+    async def stats(self, phase: str) -> dict[str, Any]:
+        async with self.http.get(f"{self.base}/stats/{phase}") as resp:
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def slow(self, delay: float) -> None:
+        async with self.http.post(f"{self.base}/control", json={"slow_delay": delay}) as resp:
+            resp.raise_for_status()
+
+    async def wait_ready(self, child: Child, timeout: float = 20.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            child.check()
+            with contextlib.suppress(aiohttp.ClientError):
+                async with self.http.get(f"{self.base}/ready") as resp:
+                    if resp.status == 200:
+                        return
+            if loop.time() > deadline:
+                raise TimeoutError("sink not ready")
+            await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def postgres_databases(base: str, names: list[str]) -> AsyncIterator[dict[str, str]]:
+    """Fresh PostgreSQL databases for the stateful services, dropped afterwards."""
+    import asyncpg
+
+    tag = uuid.uuid4().hex[:6]
+    made = {name: f"dihya_bench_{tag}_{name}" for name in names}
+    admin = await asyncpg.connect(base)
+    try:
+        for db in made.values():
+            await admin.execute(f'CREATE DATABASE "{db}"')
+    finally:
+        await admin.close()
+    prefix = base.rsplit("/", 1)[0]
+    try:
+        yield {name: f"{prefix}/{db}" for name, db in made.items()}
+    finally:
+        admin = await asyncpg.connect(base)
+        try:
+            for db in made.values():
+                await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+class Bench:
+    """State shared by the phases of one run."""
+
+    def __init__(self, opts: Options, sink: SinkClient, procs: ProcSampler,
+                 queues: QueueSampler, audit: AuditFollower | None) -> None:
+        self.opts = opts
+        self.sink = sink
+        self.procs = procs
+        self.queues = queues
+        self.audit = audit
+        self.phases: list[dict[str, Any]] = []
+        self._n = 0
+
+    async def drain(self, phase: str, group: str, expected: int, timeout: float) -> float:
+        """Wait until the sink has ``expected`` deliveries of ``phase`` in ``group``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:  # the count lives in another process: poll it
+            if await self.sink.count(phase, group) >= expected:
+                break
+            await asyncio.sleep(0.1)
+        return time.time()
+
+    async def phase(self, target: Target, mode: str, *, rate: float | None = None,
+                    duration: float | None = None, label: str | None = None,
+                    report: bool = True, during: Callable[[], Awaitable[Any]] | None = None,
+                    fraction: float | None = None) -> dict[str, Any]:
+        """One phase: load, drain, then figures. ``rate`` is in deliveries/s."""
+        self._n += 1
+        phase = f"p{self._n}"
+        opts = self.opts
+        load_before = loadavg()
+        side: asyncio.Task[Any] | None = (asyncio.create_task(_call(during))
+                                          if during is not None else None)
+        if mode == "admitted":
+            length = duration or opts.admitted_duration
+            stats: SendStats = await admitted(
+                target.send, phase, length, opts.window, target.fanout,
+                lambda: self.sink.count(phase, target.group))
+        else:
+            assert rate is not None
+            length = duration or opts.duration
+            stats = await paced(target.send, phase, rate / target.fanout, length)
+        side_result = await side if side is not None else None
+        expected = stats.confirmed * target.fanout
+        drained = await self.drain(phase, target.group, expected, opts.drain_timeout)
+        sink = await self.sink.stats(phase)
+        warm = min(1.0, 0.2 * length)
+        w0, w1 = stats.started + warm, max(stats.ended, stats.started + warm + 0.1)
+        bins = dict(sink["bins"].get(target.group, []))
+        width = sink["bin_seconds"]
+        in_window = sum(n for k, n in bins.items() if w0 <= k * width < w1)
+        delivered = sink["by_endpoint"]
+        got = sum(n for name, n in delivered.items() if name.split("-", 1)[0] == target.group)
+        result: dict[str, Any] = {
+            "phase": phase,
+            "label": label or f"{target.name} {mode}",
+            "target": target.name,
+            "mode": mode,
+            "offered_dps": round(rate, 1) if rate is not None else None,
+            "fraction_of_saturation": fraction,
+            "window": opts.window if mode == "admitted" else None,
+            "duration_s": length,
+            "fanout": target.fanout,
+            **stats.as_json(),
+            "expected": expected,
+            "delivered": got,
+            "delivered_by_endpoint": delivered,
+            "invalid": sink["invalid"],
+            "duplicates": sink["duplicates"],
+            "unverified": sink["unverified"],
+            "mean_body_bytes": sink["mean_body_bytes"],
+            "throughput_dps": round(in_window / (w1 - w0), 1),
+            "drain_s": round(drained - stats.ended, 2),
+            "latency_ms": sink["latency_ms"].get(target.group),
+            "latency_ms_by_group": sink["latency_ms"],
+            "loadavg_before": load_before,
+            "loadavg_after": loadavg(),
+            **self.procs.window(w0, w1),
+            "queues": self.queues.window(stats.started, drained, load_end=stats.ended),
+        }
+        if target.dihya and self.audit is not None:
+            complete = await self.audit.wait(phase, got, opts.audit_timeout)
+            result["audit"] = self.audit.lag(phase, stats.ended, sink["last"], got, complete)
+        if side_result is not None:
+            result["side"] = side_result
+        if report:
+            self.phases.append(result)
+        lat = result["latency_ms"] or {}
+        failed = f", {stats.failed} failed" if stats.failed else ""
+        say(f"  {result['label']:<34} offered {_fmt(rate)} → {result['throughput_dps']:>7.1f}/s"
+            f"  p50 {_fmt(lat.get('p50'))} p99 {_fmt(lat.get('p99'))} ms"
+            f"  ({got}/{expected} delivered{failed})")
+        return result
+
+    async def sweep(self, target: Target, fractions: tuple[float, ...]) -> float:
+        """Admission-controlled saturation, then paced runs; returns the saturation."""
+        sat = await self.phase(target, "admitted", label=f"{target.name} saturation")
+        saturation = max(1.0, float(sat["throughput_dps"]))
+        for fraction in fractions:
+            rate = self.opts.fixed_rate or fraction * saturation
+            await self.phase(target, "paced", rate=rate,
+                             fraction=None if self.opts.fixed_rate else fraction,
+                             label=f"{target.name} paced {fraction:g}xS"
+                             if not self.opts.fixed_rate else f"{target.name} paced")
+        return saturation
+
+
+async def _call(during: Callable[[], Awaitable[Any]]) -> Any:
+    return await during()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:>7.1f}" if isinstance(value, int | float) else "      -"
+
+
+def make_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def conditions(opts: Options, rabbit_version: str | None) -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import psutil
+
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "machine": {"cpu": cpu, "cores": os.cpu_count(),
+                    "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+                    "platform": platform.platform()},
+        "python": platform.python_version(),
+        "rabbitmq": rabbit_version,
+        "packages": {d: version(d) for d in ("aio-pika", "aiormq", "aiohttp", "uvloop",
+                                             "pydantic", "sqlalchemy", "aiosqlite", "asyncpg",
+                                             "orjson", "structlog")},
+        "git": {"commit": git("rev-parse", "--short", "HEAD"),
+                "dirty": bool(status) if status is not None else None},
+        "processes_per_service": {s: opts.replicas.get(s, 1) for s in SERVICES},
+        "store": opts.store,
+        "event_bytes": opts.event_bytes,
+        "everything_on": "127.0.0.1 (one machine: RabbitMQ, Dihya, sink, load generator)",
+    }
+
+
+async def run(opts: Options) -> dict[str, Any]:
+    """Run the whole benchmark; write ``results.json`` (and the plot) to ``opts.out``."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    start_load = loadavg()
+    say(f"Dihya benchmark ({opts.preset}) → {opts.out}   load average {loadavg()}")
+    async with contextlib.AsyncExitStack() as stack:
+        url = stack.enter_context(vhost(opts.amqp_url)) if opts.own_vhost else opts.amqp_url
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dihya-bench-")))
+        if opts.keep_logs:
+            stack.callback(lambda: _keep_logs(tmp, opts.out / "logs"))
+        http = await stack.enter_async_context(aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=60)))
+
+        names = ["raw", "main", *(f"fast-{i}" for i in range(opts.fast_endpoints)), "slow-0"]
+        keys = {name: make_secret() for name in names}
+        (tmp / "secrets.json").write_bytes(orjson.dumps(keys))
+        port, slow_port = free_port(), free_port()
+        sink_proc = Child("sink", ["-m", "bench.sink", "--port", str(port), "--slow-port",
+                                   str(slow_port), "--secrets", str(tmp / "secrets.json"),
+                                   "--verify-every", str(opts.verify_every)], {},
+                          tmp / "sink.log")
+        stack.push_async_callback(sink_proc.stop)
+        sink = SinkClient(http, port, slow_port)
+        await sink.wait_ready(sink_proc)
+
+        await raw_chain.declare(url)
+        stage_env = {"BENCH_AMQP_URL": url, "BENCH_RAW_SECRET": keys["raw"],
+                     "BENCH_SINK_URL": sink.url("raw")}
+        relay = Child("raw-relay", ["-m", "bench.raw_chain", "relay"], stage_env,
+                      tmp / "raw-relay.log")
+        stack.push_async_callback(relay.stop)
+        poster = Child("raw-poster", ["-m", "bench.raw_chain", "poster"], stage_env,
+                       tmp / "raw-poster.log")
+        stack.push_async_callback(poster.stop)
+
+        database_urls: dict[str, str] = {}
+        if opts.store == "postgres":
+            database_urls = await stack.enter_async_context(
+                postgres_databases(opts.pg_url, ["ingest", "signer", "audit"]))
+        system = System(url, tmp / "dihya", replicas=dict(opts.replicas),
+                        database_urls=database_urls)
+        exit_codes: dict[str, int | None] = {}
+
+        async def stop_system() -> None:
+            exit_codes.update(await system.stop())
+
+        stack.push_async_callback(stop_system)
+        say("Starting Dihya (" + ", ".join(f"{s} x{system.count(s)}" for s in SERVICES)
+            + f", {opts.store}), the sink and the raw chain…")
+        await system.start()
+        relay.check()
+        poster.check()
+
+        ingest, admin = system.url("ingest"), system.admin_token
+        await register(http, ingest, admin, sink.url("main"), [LOAD_TYPE], keys["main"])
+        for name in names[2:]:
+            await register(http, ingest, admin, sink.url(name), [FANOUT_TYPE], keys[name])
+        token = await publisher_token(http, ingest, admin)
+
+        events = EventFactory(LOAD_TYPE, opts.event_bytes)
+        raw_send = AmqpSender(url, "", raw_chain.IN_QUEUE, events)
+        amqp_send = AmqpSender(url, topology.EVENTS_EXCHANGE, LOAD_TYPE, events)
+        fan_send = AmqpSender(url, topology.EVENTS_EXCHANGE, FANOUT_TYPE,
+                              EventFactory(FANOUT_TYPE, opts.event_bytes))
+        http_send = HttpSender(ingest, token, events)
+        for sender in (raw_send, amqp_send, fan_send, http_send):
+            await sender.open()
+            stack.push_async_callback(sender.close)
+
+        dihya_queues = [topology.INGEST_EVENTS, topology.SIGNER_JOBS, topology.DELIVERER_JOBS,
+                        topology.AUDIT_FACTS, topology.retry_queue(DEFER_TIER_MS)]
+        rabbit = rabbitmq_pids()
+
+        def groups() -> dict[str, list[int]]:
+            found = {s: system.pids(s) for s in SERVICES}
+            found.update({"rabbitmq": rabbit, "sink": [sink_proc.proc.pid],
+                          "raw-relay": [relay.proc.pid], "raw-poster": [poster.proc.pid],
+                          "loadgen": [os.getpid()]})
+            return found
+
+        procs = ProcSampler(groups)
+        procs.start()
+        stack.push_async_callback(procs.stop)
+        queues = QueueSampler(url, [raw_chain.IN_QUEUE, raw_chain.OUT_QUEUE, *dihya_queues])
+        await queues.start()
+        stack.push_async_callback(queues.stop)
+        audit = AuditFollower(http, system.url("audit"), admin)
+        bench = Bench(opts, sink, procs, queues, audit)
+
+        raw = Target("raw", raw_send, 1, "raw", False)
+        dihya = Target("dihya-amqp", amqp_send, 1, "main", True)
+        via_http = Target("dihya-http", http_send, 1, "main", True)
+        fan = Target("dihya-fanout", fan_send, opts.fast_endpoints, "fast", True)
+
+        say("Warming up…")
+        warm = opts.warmup_events
+        for target in (raw, dihya, via_http):
+            await bench.phase(target, "paced", rate=min(200.0, warm), duration=warm / min(
+                200.0, warm), label=f"{target.name} warm-up", report=False)
+        await bench.phase(fan, "paced", rate=10.0 * opts.fast_endpoints, duration=1.0,
+                          label="fan-out warm-up", report=False)
+        rabbit_version = await _rabbit_version(url)
+
+        say("Raw chain (publisher → HMAC relay → aiohttp poster → sink):")
+        s_raw = await bench.sweep(raw, opts.raw_fractions)
+        say("Dihya, events published over AMQP:")
+        s_dihya = await bench.sweep(dihya, opts.fractions)
+        s_http = None
+        if opts.http:
+            say("Dihya, events published over HTTP (POST /v1/events):")
+            s_http = await bench.sweep(via_http, opts.http_fractions)
+
+        profiled: dict[str, Any] = {"skipped": "disabled (--no-profile)"}
+        if opts.profile:
+            say("Profile: saturation again, py-spy attached to every service process…")
+            profiled = await _profile(bench, dihya, system, opts)
+
+        slow: dict[str, Any] | None = None
+        if opts.slow:
+            say(f"Slow endpoint: {opts.fast_endpoints} fast endpoints + 1 answering in "
+                f"{opts.slow_delay:g} s (another receiver):")
+            slow = await _slow_scenario(bench, fan, sink, system, http, opts, s_dihya)
+
+        await sink.slow(0)
+        final_queues = await queues.depths()
+        peak_rss = procs.peak_rss()
+        finished_load = loadavg()
+
+    results = {
+        "schema": 1,
+        "preset": opts.preset,
+        "started_at": started,
+        "finished_at": time.time(),
+        "duration_s": round(time.time() - started, 1),
+        "conditions": conditions(opts, rabbit_version),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()
+                     if k not in {"pg_url"}},
+        "loadavg": {"start": start_load, "end": finished_load},
+        "phases": bench.phases,
+        "profile": profiled,
+        "slow_endpoint": slow,
+        "queues_at_end": final_queues,
+        "peak_rss_process_mib": peak_rss,
+        "exit_codes": exit_codes,
+    }
+    from bench.report import finish
+
+    return finish(results, s_raw=s_raw, s_dihya=s_dihya, s_http=s_http)
+
+
+async def _rabbit_version(url: str) -> str | None:
+    with contextlib.suppress(Exception):
+        connection = await aio_pika.connect(url)
+        async with connection:
+            props = connection.transport.connection.server_properties  # type: ignore[union-attr]
+            version = props.get("version")
+            return version.decode() if isinstance(version, bytes) else str(version)
+    return None
+
+
+def _keep_logs(src: Path, dest: Path) -> None:
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for log in src.rglob("*.log"):
+        shutil.copy2(log, dest / log.name)
+
+
+async def _profile(bench: Bench, target: Target, system: System, opts: Options
+                   ) -> dict[str, Any]:
+    if profile.py_spy() is None:
+        return {"skipped": "py-spy not installed (it is in the bench extra: bin/bench)"}
+    out_dir = opts.out / "profile"
+    pids = {s: system.pids(s) for s in SERVICES}
+
+    files: dict[str, list[Path]] = {}
+    threads: dict[str, dict[str, float]] = {}
+
+    async def during() -> str:
+        await asyncio.sleep(1.0)  # past the ramp
+        before = {s: profile.thread_cpu(p) for s, p in pids.items()}
+        began = time.monotonic()
+        files.update(await profile.record(pids, opts.profile_duration, out_dir))
+        span = time.monotonic() - began
+        for s, p in pids.items():
+            after = profile.thread_cpu(p)
+            threads[s] = {f"{k}_thread_cpu_pct": round(100 * (after[k] - before[s][k]) / span, 1)
+                          for k in after}
+        return "py-spy"
+
+    try:
+        result = await bench.phase(target, "admitted", duration=opts.profile_duration + 2,
+                                   label="dihya-amqp saturation (profiled)", report=False,
+                                   during=during)
+    except RuntimeError as exc:
+        return {"skipped": str(exc)}
+    return {
+        "throughput_dps_under_profiler": result["throughput_dps"],
+        "cpu_pct": result["cpu_pct"],
+        "duration_s": opts.profile_duration,
+        "rate_hz": 100,
+        "raw_files": {g: [str(p.relative_to(opts.out)) for p in ps] for g, ps in files.items()},
+        "services": {g: {**threads.get(g, {}), **profile.summarise(ps, ROOT)}
+                     for g, ps in files.items()},
+    }
+
+
+async def _slow_scenario(bench: Bench, fan: Target, sink: SinkClient, system: System,
+                         http: aiohttp.ClientSession, opts: Options, s_dihya: float
+                         ) -> dict[str, Any]:
+    total = opts.fixed_rate or opts.slow_fraction * s_dihya  # deliveries/s, all 5 endpoints
+    fast_rate = total * opts.fast_endpoints / (opts.fast_endpoints + 1)
+    deliverers = [system.url("deliverer", i) for i in range(system.count("deliverer"))]
+    runs: dict[str, Any] = {}
+    for name, delay in (("baseline", 0.0), ("slow", opts.slow_delay)):
+        await sink.slow(delay)
+        deferred = await metric(http, deliverers, "dihya_deliverer_deferred_total")
+        result = await bench.phase(
+            fan, "paced", rate=fast_rate, duration=opts.slow_duration,
+            label=f"fan-out, 5th endpoint {'slow' if delay else 'fast'}")
+        result["deferred"] = await metric(http, deliverers,
+                                          "dihya_deliverer_deferred_total") - deferred
+        result["slow_endpoint_delay_s"] = delay
+        runs[name] = result
+    await sink.slow(0)
+    base, slow = runs["baseline"]["throughput_dps"], runs["slow"]["throughput_dps"]
+    return {
+        "slow_delay_s": opts.slow_delay,
+        "offered_events_per_s": round(fast_rate / opts.fast_endpoints, 1),
+        "offered_fast_dps": round(fast_rate, 1),
+        "fast_dps_baseline": base,
+        "fast_dps_with_slow": slow,
+        "fast_throughput_drop_pct": round(100 * (base - slow) / base, 1) if base else None,
+        "fast_p99_ms_baseline": (runs["baseline"]["latency_ms"] or {}).get("p99"),
+        "fast_p99_ms_with_slow": (runs["slow"]["latency_ms"] or {}).get("p99"),
+        "slow_endpoint_received": runs["slow"]["delivered_by_endpoint"].get("slow-0", 0),
+        "deferred_jobs": runs["slow"]["deferred"],
+        "phases": [runs["baseline"]["phase"], runs["slow"]["phase"]],
+    }
