@@ -378,6 +378,10 @@ async def run(opts: Options) -> dict[str, Any]:
     started = time.time()
     start_load = loadavg()
     say(f"Dihya benchmark ({opts.preset}) → {opts.out}   load average {loadavg()}")
+    if opts.own_vhost:
+        from demo.__main__ import ensure_broker
+
+        await ensure_broker(opts.amqp_url)
     async with contextlib.AsyncExitStack() as stack:
         url = stack.enter_context(vhost(opts.amqp_url)) if opts.own_vhost else opts.amqp_url
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dihya-bench-")))

@@ -23,7 +23,7 @@ SERVICES = ("ingest", "signer", "deliverer", "audit")
 def _settings(service: str) -> type[BaseSettings]:
     module = importlib.import_module(f"services.{service}.settings")
     found = [v for v in vars(module).values() if isinstance(v, type)
-             and issubclass(v, ServiceSettings) and v is not ServiceSettings]
+             and issubclass(v, ServiceSettings) and v.__module__ == module.__name__]
     assert len(found) == 1, f"services/{service}/settings.py: one settings model expected"
     return found[0]
 

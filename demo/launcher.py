@@ -98,7 +98,7 @@ class System:
                 "DIHYA_LOG_FORMAT": "json",
                 "DIHYA_SIGNER_MASTER_KEY": self._master_key,
                 # local receivers (demo, tests) live on loopback, which production refuses
-                "DIHYA_DELIVERER_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+                "DIHYA_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
                 _PORT_VARS[service]: str(self.replica_ports[service][replica]),
                 "PYTHONUNBUFFERED": "1",
             }

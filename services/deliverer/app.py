@@ -20,10 +20,11 @@ from yarl import URL
 from services.deliverer import handlers
 from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
 from services.deliverer.settings import Settings
-from services.deliverer.ssrf import BlockedAddressError, VettingResolver, vet_url
+from services.deliverer.ssrf import VettingResolver
 from shared import telemetry, topology
 from shared.broker import Consumer, Publisher, connect, declare
 from shared.contracts import SignedDelivery, encode, utcnow
+from shared.egress import BlockedAddressError, check_url
 from shared.runtime import Stop
 from shared.web import add_ops_routes, errors_middleware, serve
 
@@ -74,7 +75,7 @@ def _error_kind(exc: BaseException) -> ErrorKind:
         isinstance(exc, aiohttp.ClientConnectorError)
         and isinstance(exc.os_error, BlockedAddressError)
     ):
-        return "blocked"
+        return "ssrf_blocked"
     if isinstance(exc, aiohttp.InvalidURL | ValueError):
         return "invalid_url"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
@@ -101,7 +102,7 @@ class Deliverer:
         """One POST, no redirect followed, at most the excerpt of the response read."""
         url = signed.job.url
         try:
-            vet_url(url, self._allowed)
+            check_url(url, self._allowed, https_only=self._settings.https_only)
             with telemetry.tracer.start_as_current_span(
                 "POST", kind=SpanKind.CLIENT,
                 attributes={"http.request.method": "POST", "url.full": url},

@@ -5,9 +5,9 @@ branch is unit-tested.
 
 Outcomes (:func:`classify`):
 
-==========================  =========  ==========  ==================
+==========================  =========  ==========  ====================
 result                      outcome    retryable   reason
-==========================  =========  ==========  ==================
+==========================  =========  ==========  ====================
 2xx                         delivered  n/a         ``ok``
 3xx (never followed)        failed     yes         ``redirect``
 410 Gone                    failed     **no**      ``gone``
@@ -17,9 +17,9 @@ other 4xx, 5xx, 1xx         failed     yes         ``http_error``
 timeout                     failed     yes         ``timeout``
 connection refused/reset…   failed     yes         ``connection_error``
 TLS failure                 failed     yes         ``tls_error``
-address refused (SSRF)      failed     **no**      ``blocked``
+address refused (SSRF)      failed     **no**      ``ssrf_blocked``
 unusable URL                failed     **no**      ``invalid_url``
-==========================  =========  ==========  ==================
+==========================  =========  ==========  ====================
 
 Retries (:func:`next_step`): the schedule lists the delay after each failed attempt, so a
 schedule of *n* delays allows *n + 1* attempts. A retry waits in the wait queue of its delay
@@ -49,8 +49,8 @@ from shared.contracts import AttemptRecord, AuditFact, DeliveryJob, SignedDelive
 
 MAX_RETRY_AFTER_MS = 3_600_000
 EXCERPT_CHARS = 256
-ErrorKind = Literal["timeout", "connection_error", "tls_error", "blocked", "invalid_url"]
-_PERMANENT_ERRORS = frozenset({"blocked", "invalid_url"})
+ErrorKind = Literal["timeout", "connection_error", "tls_error", "ssrf_blocked", "invalid_url"]
+_PERMANENT_ERRORS = frozenset({"ssrf_blocked", "invalid_url"})
 
 _UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000}
 _DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")

@@ -6,12 +6,11 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.deliverer.handlers import parse_schedule
-from services.deliverer.ssrf import Network, parse_networks
-from shared.settings import ServiceSettings
+from shared.egress import EgressSettings
 from shared.topology import TIER_HEADROOM
 
 
-class Settings(ServiceSettings):
+class Settings(EgressSettings):
     model_config = SettingsConfigDict(
         env_prefix="DIHYA_DELIVERER_", extra="ignore", populate_by_name=True
     )
@@ -67,11 +66,6 @@ class Settings(ServiceSettings):
         "signer instead of being POSTed (receivers refuse old timestamps; default tolerance "
         "5 min). 0 disables.",
     )
-    allowed_networks: str = Field(
-        default="",
-        description="Comma-separated CIDRs deliveries may reach although not public "
-        "(private, loopback…), e.g. `10.20.0.0/16`; everything non-public is refused otherwise.",
-    )
 
     @field_validator("retry_schedule")
     @classmethod
@@ -84,12 +78,6 @@ class Settings(ServiceSettings):
     def _check_defer(cls, value: str) -> str:
         if len(parse_schedule(value)) != 1:
             raise ValueError("give one delay, e.g. '1s'")
-        return value
-
-    @field_validator("allowed_networks")
-    @classmethod
-    def _check_networks(cls, value: str) -> str:
-        parse_networks(value)
         return value
 
     @property
@@ -105,6 +93,3 @@ class Settings(ServiceSettings):
         """Every wait queue the deliverer publishes to: the retry tiers and the defer tier."""
         return (*self.retry_delays_ms, self.defer_delay_ms)
 
-    @property
-    def allowed(self) -> tuple[Network, ...]:
-        return parse_networks(self.allowed_networks)

@@ -81,6 +81,7 @@ from shared.contracts import (
     TokenGrant,
     utcnow,
 )
+from shared.egress import BlockedAddressError, check_destination
 from shared.ids import new_id
 from shared.web import (
     REFUSAL_HOOK,
@@ -237,6 +238,7 @@ class IngestApi:
         principal = await authorize(request, "admin")
         body: EndpointCreate = _validate(EndpointCreate, await self._json(request),
                                          self._limits())
+        await self._check_destination(body.url)
         secret = body.secret or generate_secret()
         now = utcnow()
         record = EndpointRecord(id=new_id("ep"), url=body.url, events=tuple(body.events),
@@ -260,6 +262,15 @@ class IngestApi:
                                     details={"events": list(record.events)}))
         out = EndpointCreated(**_endpoint_out(record).model_dump(), secret=secret)
         return _body(out, 201)
+
+    async def _check_destination(self, url: str) -> None:
+        """422 for a URL deliveries may not reach (SSRF policy; the deliverer checks again)."""
+        try:
+            await check_destination(url, self.settings.allowed,
+                                    https_only=self.settings.https_only)
+        except (BlockedAddressError, ValueError) as exc:
+            raise error(422, "validation_failed", "The request body is not valid.",
+                        [{"field": "url", "message": f"refused destination: {exc}"}]) from None
 
     async def _withdraw_secret(self, endpoint_id: str) -> None:
         try:
@@ -289,6 +300,8 @@ class IngestApi:
         principal = await authorize(request, "admin")
         endpoint_id = _ident(request, "endpoint")
         body: EndpointUpdate = _validate(EndpointUpdate, await self._json(request))
+        if body.url is not None:
+            await self._check_destination(body.url)
         changes: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
         now = utcnow()
         async with self.store.transaction() as conn:
@@ -616,7 +629,7 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/endpoints/{id}", "delete_endpoint",
           "Delete an endpoint; the signer forgets its secret.",
           ("admin",), responses={204: None}, errors=(*_AUTH, 404, 503)),
-    Route("POST", "/v1/endpoints/{id}/secret", "rotate_secret",
+    Route("POST", "/v1/endpoints/{id}/secret/rotate", "rotate_secret",
           "Rotate an endpoint's secret; the previous one stays valid for the overlap.",
           ("admin",), body=SecretRotate, responses={200: SecretRotated},
           errors=(*_AUTH, 404, *_BODY, 503)),

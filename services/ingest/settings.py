@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.egress import EgressSettings
 
 
-class Settings(ServiceSettings):
+class Settings(EgressSettings):
     model_config = SettingsConfigDict(
         env_prefix="DIHYA_INGEST_", extra="ignore", populate_by_name=True
     )

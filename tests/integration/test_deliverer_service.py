@@ -344,9 +344,9 @@ async def test_private_destinations_are_refused_unless_allow_listed(
         for job in (literal, named):
             await hand_over(publisher, signed_for(job))
             parked = await dead.next(job_of(job.delivery_id))
-            assert parked.headers[topology.REASON_HEADER] == "blocked"
+            assert parked.headers[topology.REASON_HEADER] == "ssrf_blocked"
             got = await fact(audit, fact_of("delivery.attempted", job.delivery_id))
-            assert got.reason == "blocked" and got.status_code is None
+            assert got.reason == "ssrf_blocked" and got.status_code is None
     assert receiver.hits_on("internal") == []
 
 

@@ -247,7 +247,7 @@ async def test_rotation_hands_over_a_new_secret_with_an_overlap(
 ) -> None:
     obs = await Observer.start(broker)
     ep = await ingest.endpoint(["a.b"])
-    rotated = await ingest.call("POST", f"/v1/endpoints/{ep['id']}/secret",
+    rotated = await ingest.call("POST", f"/v1/endpoints/{ep['id']}/secret/rotate",
                                 json={"overlap_seconds": 3600})
     assert rotated.status == 200, rotated.text
     new = rotated.body["secret"]
@@ -261,7 +261,7 @@ async def test_rotation_hands_over_a_new_secret_with_an_overlap(
     assert last.previous_valid_until is not None
     assert (last.previous_valid_until - last.issued_at).total_seconds() == 3600
     assert new.encode() not in b"".join(m.body for m in obs.on(topology.AUDIT_EXCHANGE))
-    missing = await ingest.call("POST", "/v1/endpoints/ep_nope/secret", json={})
+    missing = await ingest.call("POST", "/v1/endpoints/ep_nope/secret/rotate", json={})
     assert missing.status == 404
 
 

@@ -91,7 +91,7 @@ def test_classify_status(status: int, delivered: bool, retryable: bool, reason: 
 
 @pytest.mark.parametrize(("kind", "retryable"), [
     ("timeout", True), ("connection_error", True), ("tls_error", True),
-    ("blocked", False), ("invalid_url", False),
+    ("ssrf_blocked", False), ("invalid_url", False),
 ])
 def test_classify_errors(kind: str, retryable: bool) -> None:
     out = classify(None, error=kind, error_text=f"{kind}: detail", now=NOW)  # type: ignore[arg-type]
@@ -114,8 +114,8 @@ def test_next_step_basic() -> None:
     rng = random.Random(1)
     assert next_step(classify(200, now=NOW), 1, DEFAULT, rng) == Done()
     assert next_step(classify(410, now=NOW), 1, DEFAULT, rng) == DeadLetter("gone")
-    assert next_step(classify(None, error="blocked", now=NOW), 1, DEFAULT, rng) == DeadLetter(
-        "blocked")
+    assert next_step(classify(None, error="ssrf_blocked", now=NOW), 1, DEFAULT, rng) == DeadLetter(
+        "ssrf_blocked")
     assert next_step(classify(500, now=NOW), 8, DEFAULT, rng) == DeadLetter("exhausted")
     assert isinstance(next_step(classify(500, now=NOW), 7, DEFAULT, rng), Retry)
     assert next_step(classify(500, now=NOW), 1, (), rng) == DeadLetter("exhausted")

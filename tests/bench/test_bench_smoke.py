@@ -1,0 +1,125 @@
+"""The benchmark harness works end to end: a tiny run writes every figure.
+
+It runs ``python -m bench --smoke`` (a few hundred events at one fixed rate, the raw chain, AMQP
+and HTTP publishing, the slow-endpoint scenario) against the test broker, on a throw-away vhost
+of its own when ``rabbitmqctl`` is at hand (so nothing it leaves in flight reaches the other
+tests' queues), and checks ``results.json``. It checks that the harness works, not the speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("ingest", "signer", "deliverer", "audit")
+
+
+def _broker_root(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/", "", ""))
+
+
+@pytest.fixture(scope="module")
+async def smoke(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    pytest.importorskip("psutil")
+    out = tmp_path_factory.mktemp("bench")
+    if shutil.which("rabbitmqctl"):
+        where = ["--amqp-url", _broker_root(amqp_url)]  # the harness makes its own vhost
+    else:
+        where = ["--amqp-url", amqp_url, "--no-vhost"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench", "--smoke", "--out", str(out), *where, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        pytest.fail("the smoke run took more than 60 s")
+    text = output.decode(errors="replace")
+    assert proc.returncode == 0, text[-4000:]
+    results: dict[str, Any] = orjson.loads((out / "results.json").read_bytes())
+    results["_out"] = out
+    results["_stdout"] = text
+    return results
+
+
+def test_every_phase_delivered_everything_with_valid_signatures(smoke: dict[str, Any]) -> None:
+    labels = {p["label"] for p in smoke["phases"]}
+    for target in ("raw", "dihya-amqp", "dihya-http"):
+        assert f"{target} saturation" in labels
+        assert f"{target} paced" in labels
+    for phase in smoke["phases"]:
+        assert phase["confirmed"] > 0 and phase["failed"] == 0, phase
+        assert phase["delivered"] >= phase["expected"], phase
+        assert phase["invalid"] == 0, phase
+        assert phase["throughput_dps"] > 0, phase
+        for key in ("p50", "p95", "p99", "max"):
+            assert phase["latency_ms"][key] > 0, phase
+    assert sum(p["confirmed"] for p in smoke["phases"]) >= 200  # a few hundred events at least
+
+
+def test_headline_figures_and_targets(smoke: dict[str, Any]) -> None:
+    s = smoke["summary"]
+    for key in ("raw_sustained_dps", "dihya_amqp_sustained_dps", "dihya_http_sustained_dps",
+                "ratio_amqp", "ratio_http"):
+        assert isinstance(s[key], float | int) and s[key] > 0, key
+    assert s["latency_ms_at_half_saturation"]["p99"] > 0
+    assert {t["target"] for t in s["targets"]} and len(s["targets"]) == 6
+    assert all(isinstance(t["met"], bool) for t in s["targets"])
+
+
+def test_cpu_rss_and_queue_depths_per_service(smoke: dict[str, Any]) -> None:
+    s = smoke["summary"]
+    for service in SERVICES:
+        assert s["cpu_pct_at_saturation"][service] > 0, service
+        assert s["cpu_ms_per_delivery"][service] > 0, service
+        assert 10 < s["peak_rss_mib_per_process"][service] < 2000, service
+    assert "rabbitmq" in s["cpu_pct_at_saturation"]
+    assert s["raw_cpu_pct_at_saturation"]["raw-relay"] > 0
+    saturation = next(p for p in smoke["phases"] if p["label"] == "dihya-amqp saturation")
+    assert {"dihya.ingest.events", "dihya.signer.jobs", "dihya.deliverer.jobs",
+            "dihya.audit.facts"} <= set(saturation["queues"])
+    assert saturation["loadavg_before"] and saturation["machine_cpu_pct"] is not None
+
+
+def test_audit_lag_is_measured_and_complete(smoke: dict[str, Any]) -> None:
+    for phase in smoke["phases"]:
+        if phase["target"] in ("dihya-amqp", "dihya-http"):
+            audit = phase["audit"]
+            assert audit["complete"], phase["label"]
+            assert audit["records"] >= phase["delivered"]
+            assert audit["after_load_stopped_s"] is not None
+    assert smoke["summary"]["audit_lag_s_after_load_stopped_worst"] is not None
+
+
+def test_slow_endpoint_scenario(smoke: dict[str, Any]) -> None:
+    slow = smoke["slow_endpoint"]
+    assert slow["fast_dps_baseline"] > 0 and slow["fast_dps_with_slow"] > 0
+    assert slow["fast_throughput_drop_pct"] is not None
+    assert slow["slow_endpoint_received"] > 0
+
+
+def test_conditions_plot_and_clean_exit(smoke: dict[str, Any]) -> None:
+    conditions = smoke["conditions"]
+    assert conditions["machine"]["cores"] and conditions["python"]
+    assert conditions["processes_per_service"] == dict.fromkeys(SERVICES, 1)
+    assert conditions["event_bytes"] == 1024
+    assert smoke["loadavg"]["start"] and smoke["loadavg"]["end"]
+    assert smoke["profile"] == {"skipped": "disabled (--no-profile)"}
+    assert smoke["exit_codes"] == dict.fromkeys(SERVICES, 0)
+    if importlib.util.find_spec("matplotlib") is not None:
+        png = smoke["_out"] / "latency_vs_load.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Targets:" in smoke["_stdout"]
