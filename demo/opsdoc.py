@@ -99,7 +99,7 @@ def render_retry() -> str:
     ]
     for attempt, delay in enumerate(delays, start=1):
         low, high = round(delay * (1 - jitter)), round(delay * (1 + jitter))
-        lines.append(f"| {attempt} | {_duration(delay)} ({_duration(low)} – {_duration(high)})"
+        lines.append(f"| {attempt} | {_duration(delay)} ({_duration(low)} to {_duration(high)})"
                      f" | `{topology.retry_queue(delay)}` | "
                      f"{_duration(topology.tier_ttl(delay))} |")
     lines.append(f"| {len(delays) + 1} | given up: parked in "

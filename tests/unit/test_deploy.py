@@ -49,6 +49,7 @@ RABBITMQ_METRICS = {
 the rabbitmq_prometheus plugin serves them on /metrics/per-object (read from a 3.10 node;
 3.13 keeps them)."""
 RABBITMQ_LABELS = {"vhost", "queue"}
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - what a container must bind to be reachable
 
 
 # --------------------------------------------------------------------------- helpers
@@ -62,17 +63,8 @@ def _yaml_all(path: Path) -> list[Any]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
-@cache
-def _settings(service: str) -> type[ServiceSettings]:
-    module = importlib.import_module(f"services.{service}.settings")
-    found = [v for v in vars(module).values() if isinstance(v, type)
-             and issubclass(v, ServiceSettings) and v is not ServiceSettings]
-    assert len(found) == 1
-    return found[0]
-
-
 def _default_port(service: str) -> int:
-    return int(_settings(service).model_fields["port"].default)
+    return int(envdoc._settings(service).model_fields["port"].default)
 
 
 @cache
@@ -161,7 +153,7 @@ def test_dockerfile_has_one_target_per_service_running_its_module() -> None:
         env = {k: v for text in _instruction(service, "ENV")
                for k, v in _env_instruction(text).items()}
         _check_service_env(service, env, "Dockerfile")
-        assert env.get(f"DIHYA_{service.upper()}_HOST") == "0.0.0.0"
+        assert env.get(f"DIHYA_{service.upper()}_HOST") == ALL_INTERFACES
 
 
 def test_dockerfile_health_checks_probe_healthz_on_the_service_port() -> None:
@@ -236,13 +228,29 @@ def test_compose_sets_only_variables_the_services_read() -> None:
     for service in SERVICES:
         env = services[service]["environment"]
         _check_service_env(service, env, "compose.yaml")
-        assert env[f"DIHYA_{service.upper()}_HOST"] == "0.0.0.0"
+        assert env[f"DIHYA_{service.upper()}_HOST"] == ALL_INTERFACES
         assert int(env[f"DIHYA_{service.upper()}_PORT"]) == _default_port(service)
-        assert env["DIHYA_AMQP_URL"].startswith("amqp://") and "@rabbitmq:5672/" in env["DIHYA_AMQP_URL"]
+        amqp = env["DIHYA_AMQP_URL"]
+        assert amqp.startswith("amqp://") and "@rabbitmq:5672/" in amqp
         for env_file in services[service].get("env_file", []):
             assert env_file.startswith("secrets/"), "secrets stay in the git-ignored secrets/"
     assert "DIHYA_ADMIN_TOKEN" in services["ingest"]["environment"]
     assert "DIHYA_ADMIN_TOKEN" in services["audit"]["environment"]
+
+
+def test_compose_gives_a_shared_variable_one_value_everywhere() -> None:
+    """A variable several services read (the broker URL, the egress policy…) is set alike in
+    every service that reads it, or in none: ingest and the deliverer must not judge the same
+    endpoint URL by two policies."""
+    services = _compose()["services"]
+    base = {envdoc.env_name(ServiceSettings, n, f) for n, f in ServiceSettings.model_fields.items()}
+    for name in _all_variables():
+        readers = [s for s in SERVICES if name in envdoc.variables(s)]
+        values = {s: services[s]["environment"].get(name) for s in readers}
+        if name in base:  # read by all, meaningful to some (the admin token: HTTP services)
+            values = {s: v for s, v in values.items() if v is not None}
+        if len(readers) > 1 and any(v is not None for v in values.values()):
+            assert len(set(values.values())) == 1, f"{name}: {values}"
 
 
 def test_compose_gives_each_stateful_service_its_own_postgres_database() -> None:
@@ -251,7 +259,8 @@ def test_compose_gives_each_stateful_service_its_own_postgres_database() -> None
     assert created == set(STATEFUL)
     for service in STATEFUL:
         url = services[service]["environment"][f"DIHYA_{service.upper()}_DATABASE_URL"]
-        assert re.fullmatch(rf"postgresql://dihya:\$\{{POSTGRES_PASSWORD\}}@postgres:5432/{service}", url)
+        dsn = rf"postgresql://dihya:\$\{{POSTGRES_PASSWORD\}}@postgres:5432/{service}"
+        assert re.fullmatch(dsn, url)
         assert services[service]["depends_on"]["postgres"]["condition"] == "service_healthy"
     mounts = services["postgres"]["volumes"]
     assert "./postgres/init.sql:/docker-entrypoint-initdb.d/10-dihya.sql:ro" in mounts
@@ -414,7 +423,7 @@ def test_k8s_environment_is_read_by_the_service() -> None:
         container = _container(service)
         env = {e["name"]: e.get("value") for e in container["env"]}
         _check_service_env(service, env, f"k8s/{service}.yaml")
-        assert env[f"DIHYA_{service.upper()}_HOST"] == "0.0.0.0"
+        assert env[f"DIHYA_{service.upper()}_HOST"] == ALL_INTERFACES
         assert env[f"DIHYA_{service.upper()}_PORT"] == str(_default_port(service))
         names: set[str] = set(env)
         for source in container["envFrom"]:
@@ -429,6 +438,11 @@ def test_k8s_environment_is_read_by_the_service() -> None:
                     names |= set(example)
         _check_service_env(service, names, f"k8s/{service}.yaml")
         assert "DIHYA_AMQP_URL" in names
+        for generator in configmaps.values():
+            for literal in generator["literals"]:
+                name = literal.split("=", 1)[0]
+                assert name not in envdoc.variables(service) or name in names, (
+                    f"{service} reads {name} but does not get ConfigMap {generator['name']}")
         if service in STATEFUL:
             assert f"DIHYA_{service.upper()}_DATABASE_URL" in names
 
