@@ -96,6 +96,12 @@ class DeliveryJob(Contract):
     event: Event = Field(description="The accepted event: `id` and `timestamp` are set.")
     attempt: int = Field(default=1, ge=1)
     history: tuple[AttemptRecord, ...] = ()
+    retry_schedule_ms: tuple[Annotated[int, Field(gt=0)], ...] | None = Field(
+        default=None,
+        description="The endpoint's own retry schedule: the delay in milliseconds after each "
+        "failed attempt (n delays = n + 1 attempts; empty = a single attempt). Null: the "
+        "deployment's schedule (DIHYA_DELIVERER_RETRY_SCHEDULE).",
+    )
 
 
 class SignedDelivery(Contract):

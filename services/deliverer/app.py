@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -43,6 +43,8 @@ RESIGNED = Counter("dihya_deliverer_resigned_total",
                    "Deliveries sent back to the signer because their signature was too old.")
 DEFERRED = Counter("dihya_deliverer_deferred_total",
                    "Jobs put back for later because their endpoint had too many in flight.")
+TIERS_DECLARED = Counter("dihya_deliverer_tiers_declared_total",
+                         "Wait-queue tiers declared on first use (an endpoint's own schedule).")
 
 
 @dataclass(frozen=True)
@@ -83,14 +85,78 @@ def _error_kind(exc: BaseException) -> ErrorKind:
     return "connection_error"
 
 
+class WaitTiers:
+    """The delay-tier wait queues this deliverer publishes retries to; declares a missing one.
+
+    The deployment's tiers (:attr:`Settings.wait_tiers_ms`) are declared at start. An
+    endpoint's own schedule (``DeliveryJob.retry_schedule_ms``) may name a delay that has no
+    wait queue yet, and a retry published there would come back unroutable. So :meth:`ensure`
+    declares such a tier (queue and binding, with the arguments of
+    :func:`shared.topology.retry_queues`) before its first use, and remembers it.
+
+    Many jobs may need the same new tier at once: the first starts the declaration and every
+    other awaits that same task, so each tier is declared once per process. A declaration that
+    fails is forgotten, so a later job tries again; the job that needed it raises, and the
+    consumer requeues it (nothing is lost). Declaring is idempotent on the broker, so several
+    deliverer replicas declaring the same tier is harmless.
+    """
+
+    def __init__(self, connection: AbstractRobustConnection, declared: Iterable[int], *,
+                 timeout: float = 10.0) -> None:
+        self._connection = connection
+        self._known = set(declared)
+        self._pending: dict[int, asyncio.Task[None]] = {}
+        self._timeout = timeout
+
+    def __contains__(self, delay_ms: object) -> bool:
+        return delay_ms in self._known
+
+    async def ensure(self, delay_ms: int) -> None:
+        """Return once the wait queue of tier ``delay_ms`` exists (declared here if needed)."""
+        if delay_ms in self._known:
+            return
+        task = self._pending.get(delay_ms)
+        if task is None:
+            task = asyncio.create_task(self._declare(delay_ms),
+                                       name=f"declare-{topology.retry_queue(delay_ms)}")
+            self._pending[delay_ms] = task
+        # shield: one job cancelled (shutdown) must not cancel the others' declaration
+        await asyncio.shield(task)
+
+    async def _declare(self, delay_ms: int) -> None:
+        [queue] = topology.retry_queues((delay_ms,))
+        try:
+            async with asyncio.timeout(self._timeout):
+                channel = await self._connection.channel()
+                try:
+                    declared = await channel.declare_queue(queue.name, durable=True,
+                                                           arguments=queue.arguments)
+                    for exchange, routing_key in queue.bindings:
+                        await declared.bind(exchange, routing_key)
+                finally:
+                    with contextlib.suppress(Exception):  # a refused declare closed it already
+                        await channel.close()
+            self._known.add(delay_ms)
+        except Exception as exc:
+            log.error("tier_declare_failed", queue=queue.name, error=f"{type(exc).__name__}: "
+                      f"{exc}"[:300])
+            raise
+        finally:
+            del self._pending[delay_ms]
+        TIERS_DECLARED.inc()
+        log.info("tier_declared", queue=queue.name, ttl_ms=topology.tier_ttl(delay_ms))
+
+
 class Deliverer:
     """The job handler. It returns only once every message it published is confirmed."""
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession,
-                 publisher: Publisher, rng: random.Random | None = None) -> None:
+                 publisher: Publisher, tiers: WaitTiers,
+                 rng: random.Random | None = None) -> None:
         self._settings = settings
         self._session = session
         self._publisher = publisher
+        self._tiers = tiers
         self._rng = rng or random.Random()
         self._schedule = settings.retry_delays_ms
         self._allowed = settings.allowed
@@ -176,8 +242,11 @@ class Deliverer:
         outcome = handlers.classify(response.status, error=response.error,
                                     error_text=response.error_text,
                                     retry_after=response.retry_after, now=now)
-        step = handlers.next_step(outcome, job.attempt, self._schedule, self._rng,
+        schedule = handlers.schedule_for(job, self._schedule)
+        step = handlers.next_step(outcome, job.attempt, schedule, self._rng,
                                   self._settings.retry_jitter)
+        if isinstance(step, Retry):  # an endpoint's own schedule may name a new tier
+            await self._tiers.ensure(step.tier_ms)
         record = handlers.attempt_record(job.attempt, outcome, at=at,
                                          duration_ms=duration * 1000)
         attempted = handlers.attempted_fact(job, outcome, record, step, response.excerpt, now)
@@ -253,7 +322,9 @@ async def start(settings: Settings) -> Stop:
         runner = await serve(app, settings.host, settings.port)
         stack.push_async_callback(runner.cleanup)
 
-        deliverer = Deliverer(settings, session, publisher)
+        tiers = WaitTiers(connection, settings.wait_tiers_ms,
+                          timeout=settings.publish_timeout)
+        deliverer = Deliverer(settings, session, publisher, tiers)
         consumer = Consumer(connection, topology.DELIVERER_JOBS, deliverer.on_job,
                             prefetch=settings.prefetch)
         stack.push_async_callback(consumer.stop, settings.shutdown_grace)

@@ -22,12 +22,14 @@ unusable URL                failed     **no**      ``invalid_url``
 ==========================  =========  ==========  ====================
 
 Retries (:func:`next_step`): the schedule lists the delay after each failed attempt, so a
-schedule of *n* delays allows *n + 1* attempts. A retry waits in the wait queue of its delay
-tier, whose queue TTL is the tier's delay plus ``topology.TIER_HEADROOM``; the message's
-own expiration is the delay drawn uniformly from ``[delay * (1 - jitter), delay * (1 + jitter)]``
-(jitter ≤ the headroom), so failures that happened together do not retry together.
-``Retry-After`` is honoured within ``[tier delay, 1 h]``: a longer wait rides the smallest tier
-at least that long (capped by the longest tier) with its own expiration, never earlier than asked.
+schedule of *n* delays allows *n + 1* attempts. It is the endpoint's own schedule when its job
+carries one (``DeliveryJob.retry_schedule_ms``), else the deployment's (:func:`schedule_for`).
+A retry waits in the wait queue of its delay tier, whose queue TTL is the tier's delay plus
+``topology.TIER_HEADROOM``; the message's own expiration is the delay drawn uniformly from
+``[delay * (1 - jitter), delay * (1 + jitter)]`` (jitter ≤ the headroom), so failures that
+happened together do not retry together. ``Retry-After`` is honoured within
+``[tier delay, 1 h]``: a longer wait rides the smallest tier of the schedule at least that long
+(capped by its longest tier) with its own expiration, never earlier than asked.
 """
 
 from __future__ import annotations
@@ -153,9 +155,19 @@ class DeadLetter:
 Step = Done | Retry | DeadLetter
 
 
+def schedule_for(job: DeliveryJob, default: tuple[int, ...]) -> tuple[int, ...]:
+    """The retry schedule of ``job``: its endpoint's own (``()`` included: a single attempt),
+    else the deployment's ``default``."""
+    return default if job.retry_schedule_ms is None else job.retry_schedule_ms
+
+
 def next_step(outcome: Outcome, attempt: int, schedule: Sequence[int], rng: random.Random,
               jitter: float = 0.2) -> Step:
-    """What follows attempt number ``attempt`` (1-based) that gave ``outcome``."""
+    """What follows attempt number ``attempt`` (1-based) that gave ``outcome``.
+
+    ``schedule`` is the one in use for this delivery (:func:`schedule_for`); every tier a
+    :class:`Retry` names is one of its delays, so the caller knows which wait queues it needs.
+    """
     if outcome.delivered:
         return Done()
     if not outcome.retryable:
@@ -204,10 +216,10 @@ def attempt_record(attempt: int, outcome: Outcome, *, at: datetime, duration_ms:
 
 
 def next_job(job: DeliveryJob, record: AttemptRecord) -> DeliveryJob:
-    """The job of the following attempt: same delivery id, attempt + 1, history extended."""
-    return DeliveryJob(delivery_id=job.delivery_id, endpoint_id=job.endpoint_id, url=job.url,
-                       event=job.event, attempt=job.attempt + 1,
-                       history=(*job.history, record))
+    """The job of the following attempt: same delivery id, attempt + 1, history extended;
+    everything else (the endpoint's retry schedule included) carried over as it was."""
+    return job.model_copy(update={"attempt": job.attempt + 1,
+                                  "history": (*job.history, record)})
 
 
 def fact_id(delivery_id: str, attempt: int, kind: str) -> str:

@@ -81,6 +81,8 @@ class Endpoint:
     events: tuple[str, ...]
     status: EndpointStatus = "enabled"
     disabled_reason: str | None = None
+    retry_schedule_ms: tuple[int, ...] | None = None
+    """Its own retry delays in ms (``()``: one attempt only); ``None``: the deployment's."""
 
     def wants(self, event_type: str) -> bool:
         """Does one of its patterns select ``event_type`` (whatever its status)?"""
@@ -88,6 +90,16 @@ class Endpoint:
 
     def subscribed(self, event_type: str) -> bool:
         return self.status == "enabled" and self.wants(event_type)
+
+
+def schedule_ms(seconds: Sequence[float] | None) -> tuple[int, ...] | None:
+    """An API retry schedule (seconds) as the contract carries it (whole milliseconds)."""
+    return None if seconds is None else tuple(round(s * 1000) for s in seconds)
+
+
+def schedule_seconds(delays_ms: Sequence[int] | None) -> list[float] | None:
+    """A stored retry schedule (milliseconds) as the API shows it (seconds)."""
+    return None if delays_ms is None else [ms / 1000 for ms in delays_ms]
 
 
 def _digest(text: str) -> str:
@@ -104,13 +116,14 @@ def plan(event: Event, endpoints: Iterable[Endpoint]) -> list[DeliveryJob]:
     """One first-attempt job per enabled endpoint with a pattern matching the event's type.
 
     ``event`` must already carry its ``id`` and ``timestamp`` (see :func:`complete`): every
-    delivery of an event carries the same body id.
+    delivery of an event carries the same body id. Each job carries its endpoint's own retry
+    schedule, if it has one: the deliverer, which decides on retries, has no database.
     """
     if event.id is None or event.timestamp is None:
         raise ValueError("plan() needs an event whose id and timestamp are set")
     return [
         DeliveryJob(delivery_id=delivery_id(event.id, ep.id), endpoint_id=ep.id, url=ep.url,
-                    event=event)
+                    event=event, retry_schedule_ms=ep.retry_schedule_ms)
         for ep in endpoints
         if ep.subscribed(event.event)
     ]
@@ -135,7 +148,8 @@ def hold(event: Event, endpoints: Iterable[Endpoint]) -> list[HeldJob]:
         raise ValueError("hold() needs an event whose id and timestamp are set")
     return [
         HeldJob(DeliveryJob(delivery_id=delivery_id(event.id, ep.id), endpoint_id=ep.id,
-                            url=ep.url, event=event), ep.disabled_reason)
+                            url=ep.url, event=event, retry_schedule_ms=ep.retry_schedule_ms),
+                ep.disabled_reason)
         for ep in endpoints
         if ep.status != "enabled" and ep.wants(event.event)
     ]
@@ -381,11 +395,18 @@ def absorb(stored: DeliveryJob | None, parked: DeliveryJob) -> DeliveryJob:
     return parked.model_copy(update={"history": history, "attempt": attempt})
 
 
-def resend(job: DeliveryJob, url: str) -> DeliveryJob:
+def resend(job: DeliveryJob, url: str, retry_schedule_ms: tuple[int, ...] | None = None
+           ) -> DeliveryJob:
     """The job a manual retry publishes: attempt = last attempt + 1, the history kept, the
-    endpoint's current URL (an administrator may have fixed it). The attempt number moves on
-    so the retry's facts and signatures never collide with an earlier attempt's."""
-    return job.model_copy(update={"attempt": last_attempt(job) + 1, "url": url})
+    endpoint's current URL and retry schedule (an administrator may have changed them;
+    ``None``: the deployment's schedule). The attempt number moves on so the retry's facts and
+    signatures never collide with an earlier attempt's.
+
+    The attempt number is not reset, so a schedule counts every attempt of the delivery: a
+    resent delivery that fails again is retried only while its attempt number is within the
+    schedule, else it is dead-lettered (``exhausted``) at once — one manual retry, one try."""
+    return job.model_copy(update={"attempt": last_attempt(job) + 1, "url": url,
+                                  "retry_schedule_ms": retry_schedule_ms})
 
 
 def _fact_id(*parts: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import orjson
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from services.ingest import metrics
@@ -38,6 +38,8 @@ from services.ingest.handlers import (
     peek_type,
     resend,
     retry_fact,
+    schedule_ms,
+    schedule_seconds,
 )
 from services.ingest.models import (
     DeliveryList,
@@ -153,7 +155,14 @@ def _endpoint_out(record: EndpointRecord) -> EndpointOut:
                        description=record.description, status=record.status,
                        created_at=record.created_at, updated_at=record.updated_at,
                        disabled_reason=record.disabled_reason, disabled_at=record.disabled_at,
-                       failing_since=record.failing_since)
+                       failing_since=record.failing_since,
+                       retry_schedule=schedule_seconds(record.retry_schedule_ms))
+
+
+def _shown(record: EndpointRecord) -> list[JsonValue] | None:
+    """The endpoint's retry schedule for an audit fact: seconds, as the API shows it."""
+    out = _endpoint_out(record).model_dump(mode="json")["retry_schedule"]
+    return None if out is None else list(out)
 
 
 def _delivery_out(record: DeliveryRecord) -> DeliveryOut:
@@ -243,7 +252,8 @@ class IngestApi:
         now = utcnow()
         record = EndpointRecord(id=new_id("ep"), url=body.url, events=tuple(body.events),
                                 description=body.description, status="enabled",
-                                created_at=now, updated_at=now)
+                                created_at=now, updated_at=now,
+                                retry_schedule_ms=schedule_ms(body.retry_schedule))
         handover = EndpointSecret(endpoint_id=record.id, action="set",
                                   secret=SecretStr(secret), issued_at=now)
         published = False
@@ -259,7 +269,8 @@ class IngestApi:
         log.info("endpoint_created", endpoint_id=record.id, actor=principal.token_id)
         await self.audit(self._fact("endpoint.created", principal.token_id,
                                     endpoint_id=record.id, url=record.url,
-                                    details={"events": list(record.events)}))
+                                    details={"events": list(record.events),
+                                             "retry_schedule": _shown(record)}))
         out = EndpointCreated(**_endpoint_out(record).model_dump(), secret=secret)
         return _body(out, 201)
 
@@ -309,6 +320,8 @@ class IngestApi:
             if before is None:
                 raise _not_found("endpoint", endpoint_id)
             values = {**changes, "updated_at": now}
+            if "retry_schedule" in values:  # seconds in the API, milliseconds in the store
+                values["retry_schedule_ms"] = schedule_ms(values.pop("retry_schedule"))
             enabling = changes.get("status") == "enabled" and before.status != "enabled"
             disabling = changes.get("status") == "disabled" and before.status != "disabled"
             if enabling:  # a fresh start: the old failing run no longer counts
@@ -322,9 +335,12 @@ class IngestApi:
             raise _not_found("endpoint", endpoint_id)
         log.info("endpoint_updated", endpoint_id=endpoint_id, fields=sorted(changes),
                  held_deliveries=held)
+        details: dict[str, JsonValue] = {"fields": list(sorted(changes)),
+                                         "status": record.status}
+        if "retry_schedule" in changes:
+            details["retry_schedule"] = _shown(record)
         facts = [self._fact("endpoint.updated", principal.token_id,
-                            endpoint_id=endpoint_id, url=record.url,
-                            details={"fields": sorted(changes), "status": record.status})]
+                            endpoint_id=endpoint_id, url=record.url, details=details)]
         if enabling:
             facts.append(enabled_fact(endpoint_id, record.url, actor=principal.token_id,
                                       held=held, now=now))
@@ -466,7 +482,8 @@ class IngestApi:
                 for record in chunk:
                     if await self.store.mark_retried(conn, record.delivery_id,
                                                      was=record.status, actor=actor, now=now):
-                        batch.append((record, resend(record.job, endpoint.url)))
+                        batch.append((record, resend(record.job, endpoint.url,
+                                                     endpoint.retry_schedule_ms)))
                 try:
                     await confirm_all([
                         self.publisher.send(topology.WORK_EXCHANGE, topology.SIGN, job,
@@ -612,7 +629,8 @@ _BODY = (400, 413, 415, 422)
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/endpoints", "create_endpoint",
-          "Register a webhook endpoint; its signing secret is returned this once.",
+          "Register a webhook endpoint; its signing secret is returned this once. "
+          "`retry_schedule` (seconds) overrides the deployment's retry schedule for it.",
           ("admin",), body=EndpointCreate, responses={201: EndpointCreated},
           errors=(*_AUTH, *_BODY, 503)),
     Route("GET", "/v1/endpoints", "list_endpoints", "List endpoints (never their secrets).",
@@ -621,7 +639,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/endpoints/{id}", "get_endpoint", "Read one endpoint.",
           ("admin", "viewer"), responses={200: EndpointOut}, errors=(*_AUTH, 404)),
     Route("PATCH", "/v1/endpoints/{id}", "update_endpoint",
-          "Change an endpoint's url, events, description or status. Re-enabling a disabled "
+          "Change an endpoint's url, events, description, status or retry schedule "
+          "(`retry_schedule: null` returns it to the deployment's). Re-enabling a disabled "
           "endpoint answers how many deliveries were held meanwhile (`held_deliveries`); "
           "send them with `POST /v1/endpoints/{id}/recover`.",
           ("admin",), body=EndpointUpdate, responses={200: EndpointPatched},

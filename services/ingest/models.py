@@ -18,7 +18,9 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    PlainSerializer,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -29,6 +31,9 @@ from shared.contracts import AttemptRecord, Role
 DEFAULT_SECRET_MIN_LENGTH = 16
 SECRET_MAX_LENGTH = 256
 MAX_OVERLAP_SECONDS = 7 * 86400
+MIN_RETRY_DELAY_SECONDS = 1
+MAX_RETRY_DELAY_SECONDS = 2 * 86400
+MAX_RETRY_DELAYS = 20
 
 
 def _check_url(value: str) -> str:
@@ -47,6 +52,11 @@ def _check_url(value: str) -> str:
     except ValueError:
         raise ValueError("has an invalid port") from None
     return value
+
+
+def _whole(seconds: float) -> float | int:
+    """``5.0`` is shown as ``5``: a schedule reads back as it was written."""
+    return int(seconds) if seconds.is_integer() else seconds
 
 
 def _dedupe(patterns: list[str]) -> list[str]:
@@ -82,6 +92,26 @@ Patterns = Annotated[
     AfterValidator(_dedupe),
 ]
 Description = Annotated[str, Field(max_length=1024)]
+Seconds = Annotated[
+    float,
+    PlainSerializer(_whole, return_type=Any, when_used="json"),
+    WithJsonSchema({"type": "number"}, mode="serialization"),
+]
+RetryDelay = Annotated[
+    Seconds,
+    Field(ge=MIN_RETRY_DELAY_SECONDS, le=MAX_RETRY_DELAY_SECONDS, strict=True,
+          allow_inf_nan=False),
+]
+RetrySchedule = Annotated[
+    list[RetryDelay],
+    Field(max_length=MAX_RETRY_DELAYS,
+          description="This endpoint's own retry schedule: the delay in seconds (1 to 172800, "
+          "millisecond precision) after each failed attempt, at most 20 delays; n delays = "
+          "n + 1 attempts, `[]` = a single attempt and no retry. Each delay waits ±"
+          "DIHYA_DELIVERER_RETRY_JITTER. Null or left out: the deployment's schedule "
+          "(DIHYA_DELIVERER_RETRY_SCHEDULE).",
+          examples=[[10, 60, 600, 3600]]),
+]
 Secret = Annotated[
     str,
     Field(max_length=SECRET_MAX_LENGTH,
@@ -102,6 +132,7 @@ class EndpointCreate(Request):
     events: Patterns
     description: Description | None = None
     secret: Secret | None = None
+    retry_schedule: RetrySchedule | None = None
 
     @field_validator("secret")
     @classmethod
@@ -110,12 +141,14 @@ class EndpointCreate(Request):
 
 
 class EndpointUpdate(Request):
-    """Change an endpoint; fields left out stay as they are (`description: null` clears it)."""
+    """Change an endpoint; fields left out stay as they are (`description: null` clears it,
+    `retry_schedule: null` returns it to the deployment's schedule)."""
 
     url: Url | None = None
     events: Patterns | None = None
     description: Description | None = None
     status: EndpointStatus | None = None
+    retry_schedule: RetrySchedule | None = None
 
     @field_validator("url", "events", "status", mode="before")
     @classmethod
@@ -127,7 +160,8 @@ class EndpointUpdate(Request):
     @model_validator(mode="after")
     def _not_empty(self) -> EndpointUpdate:
         if not self.model_fields_set:
-            raise ValueError("send at least one of: url, events, description, status")
+            raise ValueError("send at least one of: url, events, description, status, "
+                             "retry_schedule")
         return self
 
 
@@ -189,6 +223,9 @@ class EndpointOut(Response):
     failing_since: datetime | None = Field(
         default=None, description="Start of the current run of failed attempts; null when "
         "the last attempt was delivered.")
+    retry_schedule: list[Seconds] | None = Field(
+        default=None, description="Its own retry delays in seconds (`[]`: a single attempt); "
+        "null: the deployment's schedule.")
 
 
 class EndpointPatched(EndpointOut):

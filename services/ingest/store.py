@@ -54,6 +54,8 @@ endpoints = sa.Table(
     sa.Column("disabled_reason", sa.String(64), nullable=True),
     sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("health_reset_at", sa.DateTime(timezone=True), nullable=True),
+    # the endpoint's own retry delays in ms (JSON array, [] = one attempt); NULL = default
+    sa.Column("retry_schedule_ms", sa.JSON(none_as_null=True), nullable=True),
     sa.Index("ix_endpoints_status", "status"),
 )
 
@@ -130,6 +132,15 @@ def _utc_or_none(value: datetime | None) -> datetime | None:
     return None if value is None else _utc(value)
 
 
+def _schedule(value: Any) -> tuple[int, ...] | None:
+    """A stored retry schedule (JSON array of ms, or NULL) as a tuple."""
+    return None if value is None else tuple(int(ms) for ms in value)
+
+
+def _schedule_column(value: Sequence[int] | None) -> list[int] | None:
+    return None if value is None else list(value)
+
+
 def _insert(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
     """The dialect's INSERT, which knows ``ON CONFLICT`` (both backends speak it)."""
     if conn.dialect.name == "postgresql":
@@ -151,6 +162,8 @@ class EndpointRecord:
     disabled_reason: str | None = None
     disabled_at: datetime | None = None
     health_reset_at: datetime | None = None
+    retry_schedule_ms: tuple[int, ...] | None = None
+    """Its own retry delays in milliseconds (``()``: one attempt); ``None``: the default."""
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> EndpointRecord:
@@ -162,11 +175,13 @@ class EndpointRecord:
                    last_delivered_at=_utc_or_none(m["last_delivered_at"]),
                    disabled_reason=m["disabled_reason"],
                    disabled_at=_utc_or_none(m["disabled_at"]),
-                   health_reset_at=_utc_or_none(m["health_reset_at"]))
+                   health_reset_at=_utc_or_none(m["health_reset_at"]),
+                   retry_schedule_ms=_schedule(m["retry_schedule_ms"]))
 
     def target(self) -> Endpoint:
         return Endpoint(id=self.id, url=self.url, events=self.events, status=self.status,
-                        disabled_reason=self.disabled_reason)
+                        disabled_reason=self.disabled_reason,
+                        retry_schedule_ms=self.retry_schedule_ms)
 
     @property
     def health(self) -> Health:
@@ -264,7 +279,8 @@ class Store:
         await conn.execute(endpoints.insert().values(
             id=record.id, url=record.url, events=list(record.events),
             description=record.description, status=record.status,
-            created_at=record.created_at, updated_at=record.updated_at))
+            created_at=record.created_at, updated_at=record.updated_at,
+            retry_schedule_ms=_schedule_column(record.retry_schedule_ms)))
 
     async def get_endpoint(self, endpoint_id: str, conn: AsyncConnection | None = None
                            ) -> EndpointRecord | None:
@@ -288,6 +304,8 @@ class Store:
         values = dict(changes)
         if "events" in values:
             values["events"] = list(values["events"])
+        if "retry_schedule_ms" in values:
+            values["retry_schedule_ms"] = _schedule_column(values["retry_schedule_ms"])
         result = await conn.execute(
             endpoints.update().where(endpoints.c.id == endpoint_id).values(**values))
         if cast(sa.CursorResult[Any], result).rowcount == 0:
@@ -302,11 +320,13 @@ class Store:
         """Every endpoint, enabled or not: fan-out filters them by pattern in Python (topic
         patterns cannot be matched portably in SQL); the disabled ones get held deliveries."""
         query = (sa.select(endpoints.c.id, endpoints.c.url, endpoints.c.events,
-                           endpoints.c.status, endpoints.c.disabled_reason)
+                           endpoints.c.status, endpoints.c.disabled_reason,
+                           endpoints.c.retry_schedule_ms)
                  .order_by(endpoints.c.id))
         async with self.engine.connect() as conn:
             return [Endpoint(id=r.id, url=r.url, events=tuple(r.events), status=r.status,
-                             disabled_reason=r.disabled_reason)
+                             disabled_reason=r.disabled_reason,
+                             retry_schedule_ms=_schedule(r.retry_schedule_ms))
                     for r in await conn.execute(query)]
 
     async def enabled_endpoints(self) -> list[Endpoint]:

@@ -42,6 +42,7 @@ SAMPLES: dict[str, Contract] = {
     "Event.minimal": Event(event="incident.security", data={}),
     "AttemptRecord": ATTEMPT,
     "DeliveryJob": JOB,
+    "DeliveryJob.own_schedule": JOB.model_copy(update={"retry_schedule_ms": (1_000, 60_000)}),
     "SignedDelivery": SignedDelivery(job=JOB, body='{"id":"evt"}',
                                      headers={"webhook-id": "evt"}, signed_at=AT),
     "AuditFact": AuditFact(id="fct_1", kind="delivery.attempted", occurred_at=AT,

@@ -30,6 +30,7 @@ from services.deliverer.handlers import (
     parse_schedule,
     parse_signed,
     redact_url,
+    schedule_for,
 )
 from services.deliverer.settings import Settings
 from shared.contracts import DeliveryJob, Event
@@ -230,3 +231,55 @@ def test_outcome_is_frozen() -> None:
     out = Outcome(True, False, "ok", 200)
     with pytest.raises(AttributeError):
         out.reason = "x"  # type: ignore[misc]
+
+
+# -- an endpoint's own retry schedule (DeliveryJob.retry_schedule_ms) ---------------------
+
+
+def test_the_schedule_in_use_is_the_endpoints_own_when_its_job_has_one() -> None:
+    job = make_job()
+    assert schedule_for(job, DEFAULT) == DEFAULT
+    own = job.model_copy(update={"retry_schedule_ms": (250, 1000)})
+    assert schedule_for(own, DEFAULT) == (250, 1000)
+    single = job.model_copy(update={"retry_schedule_ms": ()})
+    assert schedule_for(single, DEFAULT) == ()  # empty is a schedule: one attempt, not default
+
+
+@settings(max_examples=200)
+@given(own=st.lists(st.integers(1000, 172_800_000), max_size=20).map(tuple),
+       attempt=st.integers(1, 22), seed=st.integers())
+def test_next_step_follows_an_endpoints_own_schedule(own: tuple[int, ...], attempt: int,
+                                                     seed: int) -> None:
+    job = make_job(attempt).model_copy(update={"retry_schedule_ms": own})
+    step = next_step(classify(500, now=NOW), attempt, schedule_for(job, DEFAULT),
+                     random.Random(seed))
+    if attempt > len(own):
+        assert step == DeadLetter("exhausted")
+    else:
+        assert isinstance(step, Retry) and step.tier_ms == own[attempt - 1]
+        assert step.delay_ms <= tier_ttl(step.tier_ms)
+
+
+def test_an_empty_own_schedule_dead_letters_the_first_failure() -> None:
+    job = make_job().model_copy(update={"retry_schedule_ms": ()})
+    step = next_step(classify(500, now=NOW), 1, schedule_for(job, DEFAULT), random.Random(1))
+    assert step == DeadLetter("exhausted")
+    # while the deployment's schedule would have retried it
+    assert isinstance(next_step(classify(500, now=NOW), 1, DEFAULT, random.Random(1)), Retry)
+
+
+def test_retry_after_picks_tiers_from_the_endpoints_own_schedule() -> None:
+    own = (2_000, 90_000, 900_000)
+    asked = next_step(classify(429, retry_after="60", now=NOW), 1, own, random.Random(2))
+    assert isinstance(asked, Retry) and asked.tier_ms == 90_000  # not DEFAULT's 5 min tier
+    assert 60_000 <= asked.delay_ms <= tier_ttl(90_000)
+    capped = next_step(classify(503, retry_after="7200", now=NOW), 1, own, random.Random(2))
+    assert capped == Retry(900_000, 900_000)  # its longest tier is the cap
+
+
+def test_next_job_keeps_the_endpoints_schedule() -> None:
+    job = make_job().model_copy(update={"retry_schedule_ms": (250,)})
+    record = attempt_record(1, classify(500, now=NOW), at=NOW, duration_ms=1.0)
+    following = next_job(job, record)
+    assert following.retry_schedule_ms == (250,) and following.attempt == 2
+    assert next_job(make_job(), record).retry_schedule_ms is None

@@ -99,6 +99,10 @@ def test_resend_continues_the_attempt_count_and_keeps_the_history() -> None:
     assert again.url == "https://new.example/h" and again.delivery_id == parked.delivery_id
     never = job(1, ())  # the signer parked it before any attempt (no secret)
     assert resend(never, never.url).attempt == 1
+    # the endpoint's current retry schedule goes with it (None: the deployment's)
+    own = parked.model_copy(update={"retry_schedule_ms": (1000,)})
+    assert resend(own, own.url, (5000, 60_000)).retry_schedule_ms == (5000, 60_000)
+    assert resend(own, own.url, None).retry_schedule_ms is None
     assert last_attempt(job(3, ())) == 2
 
 

@@ -19,11 +19,12 @@ from services.ingest.handlers import (
     decode,
     delivery_id,
     event_id_for,
+    hold,
     key_is_fresh,
     plan,
     rejected_fact,
 )
-from shared.contracts import Event
+from shared.contracts import DeliveryJob, Event, encode
 
 NOW = datetime(2025, 5, 20, 12, 0, tzinfo=UTC)
 TEMPLATE = {"event": "template.created", "timestamp": "2025-05-20T12:00:00Z", "lang": "fr",
@@ -163,3 +164,22 @@ def test_idempotency_window() -> None:
     assert key_is_fresh(NOW, NOW + timedelta(seconds=59), 60)
     assert not key_is_fresh(NOW, NOW + timedelta(seconds=60), 60)
     assert not key_is_fresh(NOW, NOW, 0)
+
+
+def test_plan_and_hold_copy_each_endpoints_own_retry_schedule() -> None:
+    ev = event(id="evt_sched")
+    endpoints = [
+        Endpoint("ep_own", "https://a.example/", ("template.*",), retry_schedule_ms=(1000, 60_000)),
+        Endpoint("ep_once", "https://b.example/", ("#",), retry_schedule_ms=()),
+        Endpoint("ep_default", "https://c.example/", ("template.created",)),
+        Endpoint("ep_off", "https://d.example/", ("#",), "disabled", "manual",
+                 retry_schedule_ms=(2000,)),
+    ]
+    jobs = {j.endpoint_id: j for j in plan(ev, endpoints)}
+    assert {k: j.retry_schedule_ms for k, j in jobs.items()} == {
+        "ep_own": (1000, 60_000), "ep_once": (), "ep_default": None}
+    # it travels in the message the signer reads, in milliseconds, and comes out the same
+    assert orjson.loads(encode(jobs["ep_own"]))["retry_schedule_ms"] == [1000, 60_000]
+    assert DeliveryJob.model_validate_json(encode(jobs["ep_once"])) == jobs["ep_once"]
+    [held] = hold(ev, endpoints)
+    assert held.job.endpoint_id == "ep_off" and held.job.retry_schedule_ms == (2000,)

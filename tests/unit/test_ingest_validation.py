@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 from pydantic import ValidationError
 
+from services.ingest.handlers import schedule_ms, schedule_seconds
 from services.ingest.http import ListQuery, generate_secret, generate_token
-from services.ingest.models import EndpointCreate, EndpointUpdate, SecretRotate, TokenCreate
+from services.ingest.models import (
+    EndpointCreate,
+    EndpointOut,
+    EndpointUpdate,
+    SecretRotate,
+    TokenCreate,
+)
 from shared.web import validation_error
 
 
@@ -103,3 +111,50 @@ def test_generated_secrets_and_tokens() -> None:
     token = generate_token()
     assert token.startswith("dihya_") and len(token) >= 6 + 43
     assert generate_token() != token
+
+
+# -- an endpoint's own retry schedule ------------------------------------------------------
+
+BASE = {"url": "https://e.com/", "events": ["a.b"]}
+
+
+def test_a_retry_schedule_is_optional_in_seconds_with_millisecond_precision() -> None:
+    assert EndpointCreate.model_validate(BASE).retry_schedule is None
+    body = EndpointCreate.model_validate({**BASE, "retry_schedule": [1, 2.5, 60, 172800]})
+    assert body.retry_schedule == [1, 2.5, 60, 172800]
+    assert schedule_ms(body.retry_schedule) == (1_000, 2_500, 60_000, 172_800_000)
+    assert schedule_ms([1.0004]) == (1_000,)  # whole milliseconds on the wire
+    assert EndpointCreate.model_validate({**BASE, "retry_schedule": []}).retry_schedule == []
+    assert schedule_ms([]) == () and schedule_ms(None) is None
+    assert EndpointCreate.model_validate({**BASE, "retry_schedule": [5] * 20})
+
+
+@pytest.mark.parametrize("schedule", [
+    [0.999], [0], [-5], [172800.5], [86400 * 3], [1] * 21, ["5"], [True], [None], [[5]],
+    "5s,5m", 5, {"a": 1},
+])
+def test_bad_retry_schedules_are_named(schedule: Any) -> None:
+    found = fields_of(EndpointCreate, {**BASE, "retry_schedule": schedule})
+    assert found and all(f.startswith("retry_schedule") for f in found)
+    found = fields_of(EndpointUpdate, {"retry_schedule": schedule})
+    assert found and all(f.startswith("retry_schedule") for f in found)
+
+
+def test_a_retry_schedule_can_be_changed_or_cleared_by_an_update() -> None:
+    cleared = EndpointUpdate.model_validate({"retry_schedule": None})
+    assert cleared.model_fields_set == {"retry_schedule"} and cleared.retry_schedule is None
+    changed = EndpointUpdate.model_validate({"retry_schedule": [30, 300]})
+    assert changed.retry_schedule == [30, 300]
+    untouched = EndpointUpdate.model_validate({"description": "x"})
+    assert "retry_schedule" not in untouched.model_fields_set
+
+
+def test_a_retry_schedule_reads_back_in_seconds_as_written() -> None:
+    assert schedule_seconds((1_000, 2_500, 250)) == [1, 2.5, 0.25]
+    assert schedule_seconds(()) == [] and schedule_seconds(None) is None
+    now = datetime(2025, 6, 1, tzinfo=UTC)
+    out = EndpointOut(id="ep_1", url="https://e.com/", events=["a.b"], description=None,
+                      status="enabled", created_at=now, updated_at=now,
+                      retry_schedule=schedule_seconds((5_000, 1_500)))
+    assert orjson.loads(orjson.dumps(out.model_dump(mode="json")))["retry_schedule"] == [5, 1.5]
+    assert b'"retry_schedule":[5,1.5]' in orjson.dumps(out.model_dump(mode="json"))
