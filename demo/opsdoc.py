@@ -24,6 +24,7 @@ CONSUMERS: dict[str, str] = {
     topology.DELIVERER_JOBS: "deliverer",
     topology.AUDIT_FACTS: "audit",
     topology.AUDIT_CONTROL: "audit",
+    topology.INGEST_HEALTH: "ingest (endpoint health)",
     topology.dead_queue(topology.SIGNER_JOBS): "ingest (into its dead-letter store)",
     topology.dead_queue(topology.DELIVERER_JOBS): "ingest (into its dead-letter store)",
 }

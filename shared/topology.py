@@ -44,9 +44,13 @@ SIGNER_CONTROL = "dihya.signer.control"
 DELIVERER_JOBS = "dihya.deliverer.jobs"
 AUDIT_FACTS = "dihya.audit.facts"
 AUDIT_CONTROL = "dihya.audit.control"
+INGEST_HEALTH = "dihya.ingest.health"
+"""Ingest's copy of the delivery outcomes (``delivery.attempted`` facts) for endpoint health."""
 
 DEFAULT_RETRY_DELAYS_MS = (5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000)
 """The published default retry schedule: wait after each failed attempt (8 attempts, ~27 h)."""
+DEFAULT_DEFER_MS = 1_000
+"""Default wait of a job deferred because its endpoint has too many deliveries in flight."""
 
 TIER_HEADROOM = 0.25
 """A wait queue's TTL is its tier's delay plus this share, so ±jitter up to it fits inside."""
@@ -119,6 +123,7 @@ WORK_QUEUES = (
     _work_queue(DELIVERER_JOBS, (WORK_EXCHANGE, DELIVER)),
     _work_queue(AUDIT_FACTS, (AUDIT_EXCHANGE, "#")),
     _work_queue(AUDIT_CONTROL, (CONTROL_EXCHANGE, "token.#")),
+    _work_queue(INGEST_HEALTH, (AUDIT_EXCHANGE, "delivery.attempted")),
 )
 
 
@@ -184,4 +189,5 @@ def definitions(vhost: str = "/", retry_delays_ms: tuple[int, ...] = ()) -> dict
 if __name__ == "__main__":  # python -m shared.topology > deploy/rabbitmq/definitions.json
     import json
 
-    print(json.dumps(definitions(retry_delays_ms=DEFAULT_RETRY_DELAYS_MS), indent=2))
+    print(json.dumps(definitions(retry_delays_ms=(*DEFAULT_RETRY_DELAYS_MS, DEFAULT_DEFER_MS)),
+                     indent=2))

@@ -9,11 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import structlog
-from aio_pika.abc import AbstractChannel
 
 from services.ingest.consumer import EventHandler
 from services.ingest.dead_letters import DEAD_LETTER_QUEUES, DeadLetterHandler
-from services.ingest.health import HealthHandler, health_queues
+from services.ingest.health import HEALTH_QUEUE, HealthHandler
 from services.ingest.http import IngestApi, build_app
 from services.ingest.settings import Settings
 from services.ingest.store import Store
@@ -22,7 +21,6 @@ from shared.broker import Consumer, Publisher, connect, declare
 from shared.contracts import utcnow
 from shared.db import make_engine, migrate
 from shared.runtime import Stop
-from shared.topology import Queue
 from shared.web import serve
 
 log = structlog.get_logger("dihya.ingest")
@@ -49,14 +47,6 @@ async def _purge_keys(store: Store, window: int) -> None:
             log.warning("idempotency_purge_failed", error=type(exc).__name__)
 
 
-async def declare_own(channel: AbstractChannel, queues: tuple[Queue, ...]) -> None:
-    """Declare ingest's own queues (beyond the shared topology), the same way."""
-    for q in queues:
-        queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
-        for exchange, routing_key in q.bindings:
-            await queue.bind(exchange, routing_key)
-
-
 async def start(settings: Settings) -> Stop:
     """Start ingest; return the coroutine function that stops it gracefully."""
     engine = make_engine(settings.database_url)
@@ -65,7 +55,6 @@ async def start(settings: Settings) -> Stop:
     connection = await connect(settings.amqp_url.get_secret_value(), service="ingest")
     async with connection.channel() as channel:
         await declare(channel)
-        await declare_own(channel, health_queues())
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
     consumers = [
         Consumer(connection, topology.INGEST_EVENTS,
@@ -74,7 +63,7 @@ async def start(settings: Settings) -> Stop:
                  prefetch=settings.prefetch),
         *(Consumer(connection, queue, DeadLetterHandler(store, publisher, queue),
                    prefetch=SIDE_PREFETCH) for queue in DEAD_LETTER_QUEUES),
-        Consumer(connection, health_queues()[0].name,
+        Consumer(connection, HEALTH_QUEUE,
                  HealthHandler(store, publisher, disable_after=settings.disable_after),
                  prefetch=SIDE_PREFETCH),
     ]

@@ -1,8 +1,8 @@
 """Endpoint health, judged from the deliverer's ``delivery.attempted`` facts.
 
-Ingest binds a quorum queue of its own (:data:`HEALTH_QUEUE`) to the audit exchange with the
-routing key ``delivery.attempted``: it sees every attempt without the deliverer knowing about
-it, and without reading the audit service's database (services share contracts, nothing else).
+Ingest consumes a quorum queue of its own (:data:`HEALTH_QUEUE`, in the shared topology)
+bound to the audit exchange with the routing key ``delivery.attempted``: it sees every attempt
+without the deliverer knowing about it, and without reading the audit service's database (services share contracts, nothing else).
 
 The decision is :func:`services.ingest.handlers.assess`. Applying it is a compare-and-set on
 the endpoint row, so several consumers and replicas may judge at once and exactly one turns an
@@ -30,24 +30,9 @@ from shared.contracts import AuditFact, utcnow
 
 log = structlog.get_logger("dihya.ingest.health")
 
-HEALTH_QUEUE = "dihya.ingest.health"
-HEALTH_ROUTING_KEY = "delivery.attempted"
+HEALTH_QUEUE = topology.INGEST_HEALTH
 MAX_CONTENTION = 20
 """Compare-and-set rounds before giving the fact back (requeued) under heavy contention."""
-
-
-def health_queues() -> tuple[topology.Queue, topology.Queue]:
-    """Ingest's health queue and its parking queue, declared by ingest after the shared
-    topology. Same arguments as the shared work queues (quorum, delivery limit, at-least-once
-    dead-lettering into its own parking queue)."""
-    template = next(q for q in topology.WORK_QUEUES if q.name == topology.INGEST_EVENTS)
-    arguments = {**template.arguments, "x-dead-letter-routing-key": HEALTH_QUEUE}
-    return (
-        topology.Queue(HEALTH_QUEUE, ((topology.AUDIT_EXCHANGE, HEALTH_ROUTING_KEY),),
-                       arguments),
-        topology.Queue(topology.dead_queue(HEALTH_QUEUE),
-                       ((topology.DEAD_EXCHANGE, HEALTH_QUEUE),), {"x-queue-type": "quorum"}),
-    )
 
 
 class HealthHandler:

@@ -18,9 +18,8 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import REGISTRY
 
-from services.ingest.app import declare_own
 from services.ingest.handlers import delivery_id
-from services.ingest.health import HEALTH_QUEUE, health_queues
+from services.ingest.health import HEALTH_QUEUE
 from shared import topology
 from shared.broker import Publisher, declare
 from shared.contracts import AuditFact, utcnow
@@ -42,7 +41,6 @@ async def broker(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
     connection = await aio_pika.connect_robust(amqp_url)
     async with connection.channel() as channel:
         await declare(channel)
-        await declare_own(channel, health_queues())
         queue = await channel.get_queue(HEALTH_QUEUE)
         await queue.purge()
     yield connection
@@ -232,7 +230,8 @@ async def test_ingest_declares_its_health_queue_and_its_parking_queue(
             await channel.declare_queue(HEALTH_QUEUE, passive=True)
             await channel.declare_queue(topology.dead_queue(HEALTH_QUEUE), passive=True)
             # redeclaring with the documented arguments succeeds (a mismatch would fail)
-            queue, dead = health_queues()
+            by_name = {q.name: q for q in topology.queues()}
+            queue, dead = by_name[HEALTH_QUEUE], by_name[topology.dead_queue(HEALTH_QUEUE)]
             assert queue.arguments["x-queue-type"] == "quorum"
             assert queue.arguments["x-dead-letter-exchange"] == topology.DEAD_EXCHANGE
             assert queue.arguments["x-dead-letter-routing-key"] == HEALTH_QUEUE
