@@ -1,6 +1,6 @@
 """``python -m bench`` (or ``bin/bench``): run the benchmark and write its results.
 
-Presets: the default full run (about 4 to 5 minutes on 2 cores), ``--quick`` (about a minute:
+Presets: the default full run (about 5 minutes on 2 cores), ``--quick`` (about a minute:
 fewer and shorter phases, no profile) and ``--smoke`` (a few hundred events at one fixed rate:
 checks that the harness works, not the speed). Every option below overrides the preset.
 """
@@ -23,13 +23,13 @@ PRESETS: dict[str, dict[str, object]] = {
         "admitted_duration": 5.0, "duration": 4.0, "fractions": (0.5, 1.0),
         "raw_fractions": (0.5, 1.0), "http_fractions": (0.5,), "profile": False,
         "slow_duration": 6.0, "warmup_events": 100, "drain_timeout": 15.0,
-        "audit_timeout": 15.0,
+        "audit_timeout": 15.0, "settle_timeout": 10.0,
     },
     "smoke": {
         "admitted_duration": 1.5, "duration": 1.5, "window": 100, "fractions": (0.5,),
         "raw_fractions": (0.5,), "http_fractions": (0.5,), "fixed_rate": 40.0,
-        "profile": False, "slow_duration": 1.5, "slow_delay": 0.5, "warmup_events": 20,
-        "drain_timeout": 15.0, "audit_timeout": 15.0,
+        "profile": False, "slow_duration": 1.5, "slow_delay": 0.5, "warmup_events": 0,
+        "drain_timeout": 15.0, "audit_timeout": 15.0, "settle_timeout": 5.0,
     },
 }
 
@@ -89,6 +89,8 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--no-slow", dest="slow", action="store_false", default=None,
                         help="skip the slow-endpoint scenario")
     parser.add_argument("--slow-delay", type=float, help="seconds the slow endpoint takes (2)")
+    parser.add_argument("--slow-duration", type=float,
+                        help="seconds of each of the two slow-endpoint phases (25)")
     parser.add_argument("--verify-every", type=int,
                         help="the sink verifies every n-th delivery (1: all)")
     parser.add_argument("--keep-logs", action="store_true", default=None,
@@ -98,7 +100,7 @@ def parse(argv: list[str] | None = None) -> Options:
     values: dict[str, object] = {**PRESETS[name], "preset": name}
     for key in ("event_bytes", "window", "duration", "admitted_duration", "fractions",
                 "raw_fractions", "http_fractions", "http", "profile", "slow", "slow_delay",
-                "verify_every", "keep_logs"):
+                "slow_duration", "verify_every", "keep_logs"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value

@@ -50,7 +50,7 @@ class EventFactory:
 
     def __init__(self, event_type: str, size: int) -> None:
         self.event_type = event_type
-        probe = self._encode("x" * 0, "p" * 12, 10**6, time.time())
+        probe = self._encode("", "p10", 1000, time.time())  # a typical phase and sequence
         self._pad = "x" * max(0, size - len(probe))
 
     def _encode(self, pad: str, phase: str, seq: int, sent_at: float) -> bytes:

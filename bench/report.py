@@ -59,10 +59,20 @@ def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float
         g: round(pct * 10 / raw_sat["throughput_dps"], 3)
         for g, pct in raw_cpu.items() if raw_sat and raw_sat["throughput_dps"]
     }
-    audit = [p["audit"] for p in results["phases"]
-             if p.get("audit") and p["target"] in ("dihya-amqp", "dihya-http")]
+    # CPU per delivery summed over the processes doing the work (the broker included): on a
+    # machine shared with other work this ratio moves less than the throughput ratio does.
+    dihya_cost = sum(per_delivery.get(g, 0.0) for g in (*SERVICES, "rabbitmq"))
+    raw_cost = sum(raw_per_delivery.get(g, 0.0) for g in ("raw-relay", "raw-poster", "rabbitmq"))
+    # Audit lag is judged on the paced phases: after an admission-controlled run the pipeline
+    # still holds a whole window of deliveries when load stops (window / rate seconds of work),
+    # which says more about the window than about the audit service.
+    dihya_phases = [p for p in results["phases"]
+                    if p.get("audit") and p["target"] in ("dihya-amqp", "dihya-http")]
+    audit = [p["audit"] for p in dihya_phases if p["mode"] == "paced"]
     worst_lag = max((a.get("after_load_stopped_s") or 0.0 for a in audit), default=None)
-    audit_complete = all(a.get("complete") for a in audit) if audit else False
+    audit_complete = all(p["audit"].get("complete") for p in dihya_phases) if audit else False
+    behind_receipts = max((p["audit"].get("after_last_receipt_s") or 0.0 for p in dihya_phases),
+                          default=None)
     growth = {}
     if full is not None:
         limit = GROWTH_SHARE * (full.get("offered_dps") or full["throughput_dps"])
@@ -91,8 +101,11 @@ def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float
         "cpu_ms_per_delivery": per_delivery,
         "raw_cpu_pct_at_saturation": raw_cpu,
         "raw_cpu_ms_per_delivery": raw_per_delivery,
+        "cpu_ms_per_delivery_total": {"dihya": round(dihya_cost, 2), "raw": round(raw_cost, 2)},
+        "cpu_cost_ratio": round(raw_cost / dihya_cost, 3) if dihya_cost else None,
         "peak_rss_mib_per_process": rss,
-        "audit_lag_s_after_load_stopped_worst": worst_lag,
+        "audit_lag_s_after_load_stopped_worst_paced": worst_lag,
+        "audit_lag_s_after_last_receipt_worst": behind_receipts,
         "audit_lag_at_saturation": saturation.get("audit") if saturation else None,
         "audit_complete": audit_complete,
         "queue_trend_at_full_rate_per_s": growth,
@@ -108,7 +121,8 @@ def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float
                 ratio is not None and ratio >= RATIO_TARGET),
         _target("p99 ingest→receipt at ½ saturation, ms", f"≤ {P99_TARGET_MS:g}",
                 half_p99, half_p99 is not None and half_p99 <= P99_TARGET_MS),
-        _target("audit lag after load stops, s (worst phase)", f"≤ {AUDIT_LAG_TARGET_S:g}",
+        _target("audit lag after load stops, s (worst paced phase)",
+                f"≤ {AUDIT_LAG_TARGET_S:g}",
                 worst_lag, worst_lag is not None and audit_complete
                 and worst_lag <= AUDIT_LAG_TARGET_S),
         _target("queues growing at the sustained rate", "none", growing or "none",
@@ -169,9 +183,12 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
     right.legend(fontsize=8)
     right.grid(True, alpha=0.3)
     conditions = results["conditions"]
+    others = [p["other_cpu_pct"] for p in results["phases"] if p.get("other_cpu_pct") is not None]
+    busy = f", other work on the machine: {sum(others) / len(others):.0f} % of a core on average" \
+        if others else ""
     fig.suptitle(f"Dihya benchmark — {conditions['machine']['cores']} cores, "
                  f"{conditions['machine']['cpu']}, load avg at start "
-                 f"{results['loadavg']['start'][0]}", fontsize=10)
+                 f"{results['loadavg']['start'][0]}{busy}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -220,3 +237,17 @@ def finish(results: dict[str, Any], *, s_raw: float, s_dihya: float, s_http: flo
     print(table(results), flush=True)
     print(f"\nWrote {out / 'results.json'} and {results['plot']}", flush=True)
     return results
+
+
+def main() -> None:
+    """``python -m bench.report results.json``: redraw the plot and reprint the table."""
+    import sys
+
+    path = Path(sys.argv[1])
+    results = orjson.loads(path.read_bytes())
+    plot(results, path.parent / "latency_vs_load.png")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -53,10 +53,14 @@ ROOT = Path(__file__).resolve().parent.parent
 LOAD_TYPE = "bench.load"
 FANOUT_TYPE = "bench.fanout"
 DEFER_TIER_MS = 1000  # the deliverer's default DEFER_DELAY
+HEALTH_QUEUE = "dihya.ingest.health"  # ingest's own copy of delivery.attempted (endpoint health)
+
+
+_T0 = time.monotonic()
 
 
 def say(text: str = "") -> None:
-    print(text, flush=True)
+    print(f"[{time.monotonic() - _T0:6.1f}s] {text}", flush=True)
 
 
 @dataclass
@@ -82,12 +86,14 @@ class Options:
     profile: bool = True
     profile_duration: float = 10.0
     slow: bool = True
-    slow_duration: float = 15.0
+    slow_duration: float = 25.0
     slow_fraction: float = 0.5
     slow_delay: float = 2.0
     fast_endpoints: int = 4
     warmup_events: int = 200
     drain_timeout: float = 30.0
+    settle_timeout: float = 30.0
+    """Before each phase, wait up to this long for every queue to be empty."""
     audit_timeout: float = 30.0
     verify_every: int = 1
     keep_logs: bool = False
@@ -215,14 +221,28 @@ class Bench:
     """State shared by the phases of one run."""
 
     def __init__(self, opts: Options, sink: SinkClient, procs: ProcSampler,
-                 queues: QueueSampler, audit: AuditFollower | None) -> None:
+                 queues: QueueSampler, audit: AuditFollower | None,
+                 deferred: Callable[[], Awaitable[float]] | None = None) -> None:
         self.opts = opts
+        self.deferred = deferred
         self.sink = sink
         self.procs = procs
         self.queues = queues
         self.audit = audit
         self.phases: list[dict[str, Any]] = []
         self._n = 0
+
+    async def settle(self, timeout: float) -> tuple[float, dict[str, int]]:
+        """Wait until no queue holds ready messages (what an earlier phase left behind), so
+        every phase starts from an idle system; return how long it took and what was left."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeout
+        while True:
+            left = {q: n for q, n in (await self.queues.depths()).items() if n}
+            if not left or loop.time() > deadline:
+                return round(loop.time() - started, 2), left
+            await asyncio.sleep(0.5)
 
     async def drain(self, phase: str, group: str, expected: int, timeout: float) -> float:
         """Wait until the sink has ``expected`` deliveries of ``phase`` in ``group``."""
@@ -242,6 +262,8 @@ class Bench:
         self._n += 1
         phase = f"p{self._n}"
         opts = self.opts
+        settle_s, left = await self.settle(opts.settle_timeout)
+        deferred = await self.deferred() if target.dihya and self.deferred else None
         load_before = loadavg()
         side: asyncio.Task[Any] | None = (asyncio.create_task(_call(during))
                                           if during is not None else None)
@@ -263,6 +285,10 @@ class Bench:
         bins = dict(sink["bins"].get(target.group, []))
         width = sink["bin_seconds"]
         in_window = sum(n for k, n in bins.items() if w0 <= k * width < w1)
+        third = (w1 - w0) / 3
+        thirds = [round(sum(n for k, n in bins.items()
+                            if w0 + i * third <= k * width < w0 + (i + 1) * third) / third, 1)
+                  for i in range(3)]
         delivered = sink["by_endpoint"]
         got = sum(n for name, n in delivered.items() if name.split("-", 1)[0] == target.group)
         result: dict[str, Any] = {
@@ -284,14 +310,19 @@ class Bench:
             "unverified": sink["unverified"],
             "mean_body_bytes": sink["mean_body_bytes"],
             "throughput_dps": round(in_window / (w1 - w0), 1),
+            "thirds_dps": thirds,
             "drain_s": round(drained - stats.ended, 2),
             "latency_ms": sink["latency_ms"].get(target.group),
             "latency_ms_by_group": sink["latency_ms"],
+            "settle_s": settle_s,
+            "backlog_at_start": left,
             "loadavg_before": load_before,
             "loadavg_after": loadavg(),
             **self.procs.window(w0, w1),
             "queues": self.queues.window(stats.started, drained, load_end=stats.ended),
         }
+        if deferred is not None and self.deferred is not None:
+            result["deferred"] = await self.deferred() - deferred
         if target.dihya and self.audit is not None:
             complete = await self.audit.wait(phase, got, opts.audit_timeout)
             result["audit"] = self.audit.lag(phase, stats.ended, sink["last"], got, complete)
@@ -447,7 +478,7 @@ async def run(opts: Options) -> dict[str, Any]:
             stack.push_async_callback(sender.close)
 
         dihya_queues = [topology.INGEST_EVENTS, topology.SIGNER_JOBS, topology.DELIVERER_JOBS,
-                        topology.AUDIT_FACTS, topology.retry_queue(DEFER_TIER_MS)]
+                        topology.AUDIT_FACTS, HEALTH_QUEUE, topology.retry_queue(DEFER_TIER_MS)]
         rabbit = rabbitmq_pids()
 
         def groups() -> dict[str, list[int]]:
@@ -464,20 +495,26 @@ async def run(opts: Options) -> dict[str, Any]:
         await queues.start()
         stack.push_async_callback(queues.stop)
         audit = AuditFollower(http, system.url("audit"), admin)
-        bench = Bench(opts, sink, procs, queues, audit)
+        deliverers = [system.url("deliverer", i) for i in range(system.count("deliverer"))]
+
+        async def deferred() -> float:
+            return await metric(http, deliverers, "dihya_deliverer_deferred_total")
+
+        bench = Bench(opts, sink, procs, queues, audit, deferred)
 
         raw = Target("raw", raw_send, 1, "raw", False)
         dihya = Target("dihya-amqp", amqp_send, 1, "main", True)
         via_http = Target("dihya-http", http_send, 1, "main", True)
         fan = Target("dihya-fanout", fan_send, opts.fast_endpoints, "fast", True)
 
-        say("Warming up…")
         warm = opts.warmup_events
-        for target in (raw, dihya, via_http):
-            await bench.phase(target, "paced", rate=min(200.0, warm), duration=warm / min(
-                200.0, warm), label=f"{target.name} warm-up", report=False)
-        await bench.phase(fan, "paced", rate=10.0 * opts.fast_endpoints, duration=1.0,
-                          label="fan-out warm-up", report=False)
+        if warm > 0:  # connections, caches, the signer's copy of the secrets
+            say("Warming up…")
+            for target in (raw, dihya, via_http):
+                await bench.phase(target, "paced", rate=min(200.0, warm), duration=warm / min(
+                    200.0, warm), label=f"{target.name} warm-up", report=False)
+            await bench.phase(fan, "paced", rate=10.0 * opts.fast_endpoints, duration=1.0,
+                              label="fan-out warm-up", report=False)
         rabbit_version = await _rabbit_version(url)
 
         say("Raw chain (publisher → HMAC relay → aiohttp poster → sink):")
@@ -498,7 +535,7 @@ async def run(opts: Options) -> dict[str, Any]:
         if opts.slow:
             say(f"Slow endpoint: {opts.fast_endpoints} fast endpoints + 1 answering in "
                 f"{opts.slow_delay:g} s (another receiver):")
-            slow = await _slow_scenario(bench, fan, sink, system, http, opts, s_dihya)
+            slow = await _slow_scenario(bench, fan, sink, opts, s_dihya)
 
         await sink.slow(0)
         final_queues = await queues.depths()
@@ -584,25 +621,21 @@ async def _profile(bench: Bench, target: Target, system: System, opts: Options
     }
 
 
-async def _slow_scenario(bench: Bench, fan: Target, sink: SinkClient, system: System,
-                         http: aiohttp.ClientSession, opts: Options, s_dihya: float
-                         ) -> dict[str, Any]:
+async def _slow_scenario(bench: Bench, fan: Target, sink: SinkClient, opts: Options,
+                         s_dihya: float) -> dict[str, Any]:
     total = opts.fixed_rate or opts.slow_fraction * s_dihya  # deliveries/s, all 5 endpoints
     fast_rate = total * opts.fast_endpoints / (opts.fast_endpoints + 1)
-    deliverers = [system.url("deliverer", i) for i in range(system.count("deliverer"))]
     runs: dict[str, Any] = {}
     for name, delay in (("baseline", 0.0), ("slow", opts.slow_delay)):
         await sink.slow(delay)
-        deferred = await metric(http, deliverers, "dihya_deliverer_deferred_total")
         result = await bench.phase(
             fan, "paced", rate=fast_rate, duration=opts.slow_duration,
             label=f"fan-out, 5th endpoint {'slow' if delay else 'fast'}")
-        result["deferred"] = await metric(http, deliverers,
-                                          "dihya_deliverer_deferred_total") - deferred
         result["slow_endpoint_delay_s"] = delay
         runs[name] = result
     await sink.slow(0)
     base, slow = runs["baseline"]["throughput_dps"], runs["slow"]["throughput_dps"]
+    thirds = {name: run.get("thirds_dps") for name, run in runs.items()}
     return {
         "slow_delay_s": opts.slow_delay,
         "offered_events_per_s": round(fast_rate / opts.fast_endpoints, 1),
@@ -613,6 +646,10 @@ async def _slow_scenario(bench: Bench, fan: Target, sink: SinkClient, system: Sy
         "fast_p99_ms_baseline": (runs["baseline"]["latency_ms"] or {}).get("p99"),
         "fast_p99_ms_with_slow": (runs["slow"]["latency_ms"] or {}).get("p99"),
         "slow_endpoint_received": runs["slow"]["delivered_by_endpoint"].get("slow-0", 0),
-        "deferred_jobs": runs["slow"]["deferred"],
+        "deferred_jobs": runs["slow"].get("deferred"),
+        "fast_dps_by_third_of_window": thirds,
+        "defer_queue_trend_per_s": runs["slow"]["queues"].get(
+            topology.retry_queue(DEFER_TIER_MS), {}).get("slope_per_s"),
+        "signer_cpu_pct": {n: r["cpu_pct"].get("signer") for n, r in runs.items()},
         "phases": [runs["baseline"]["phase"], runs["slow"]["phase"]],
     }

@@ -41,12 +41,13 @@ async def smoke(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench", "--smoke", "--out", str(out), *where, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    # About 30 s on an idle 2-core machine; the margin is for a machine busy with other work.
     try:
-        output, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+        output, _ = await asyncio.wait_for(proc.communicate(), timeout=100)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        pytest.fail("the smoke run took more than 60 s")
+        pytest.fail("the smoke run took more than 100 s")
     text = output.decode(errors="replace")
     assert proc.returncode == 0, text[-4000:]
     results: dict[str, Any] = orjson.loads((out / "results.json").read_bytes())
@@ -88,6 +89,7 @@ def test_cpu_rss_and_queue_depths_per_service(smoke: dict[str, Any]) -> None:
         assert 10 < s["peak_rss_mib_per_process"][service] < 2000, service
     assert "rabbitmq" in s["cpu_pct_at_saturation"]
     assert s["raw_cpu_pct_at_saturation"]["raw-relay"] > 0
+    assert s["cpu_cost_ratio"] > 0
     saturation = next(p for p in smoke["phases"] if p["label"] == "dihya-amqp saturation")
     assert {"dihya.ingest.events", "dihya.signer.jobs", "dihya.deliverer.jobs",
             "dihya.audit.facts"} <= set(saturation["queues"])
@@ -101,7 +103,7 @@ def test_audit_lag_is_measured_and_complete(smoke: dict[str, Any]) -> None:
             assert audit["complete"], phase["label"]
             assert audit["records"] >= phase["delivered"]
             assert audit["after_load_stopped_s"] is not None
-    assert smoke["summary"]["audit_lag_s_after_load_stopped_worst"] is not None
+    assert smoke["summary"]["audit_lag_s_after_load_stopped_worst_paced"] is not None
 
 
 def test_slow_endpoint_scenario(smoke: dict[str, Any]) -> None:
