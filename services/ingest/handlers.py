@@ -489,11 +489,19 @@ def attempt_of(fact: AuditFact) -> Attempt | None:
     return Attempt(fact.outcome == "delivered", fact.status_code, fact.occurred_at)
 
 
+DELIVERED_RESOLUTION = timedelta(minutes=1)
+"""``last_delivered_at`` moves in steps of at least this much, so the steady stream of
+successes of a healthy endpoint changes nothing to write (one read per fact, no write)."""
+
+
 def assess(health: Health, attempt: Attempt, disable_after: timedelta) -> Verdict:
     """The endpoint's health after ``attempt``, and whether it must now be disabled.
 
     * A delivered attempt clears ``failing_since`` (unless the failing began after it: facts
-      of concurrent deliveries arrive in any order) and advances ``last_delivered_at``.
+      of concurrent deliveries arrive in any order) and advances ``last_delivered_at`` (by
+      :data:`DELIVERED_RESOLUTION` steps: a failure less than that older than the newest
+      success may then open a run that the next success closes — harmless at a days-long
+      ``disable_after``).
     * A failed attempt sets ``failing_since`` if unset (or moves it earlier); a failure older
       than the last success is stale and changes nothing.
     * 410 Gone disables at once (``gone``); a failure ``disable_after`` or more after
@@ -506,10 +514,12 @@ def assess(health: Health, attempt: Attempt, disable_after: timedelta) -> Verdic
     if health.status != "enabled" or (health.reset_at is not None and at < health.reset_at):
         return Verdict(health)
     if attempt.delivered:
-        last = at if health.last_delivered_at is None else max(health.last_delivered_at, at)
         failing = health.failing_since
         if failing is not None and failing <= at:
             failing = None
+        last = health.last_delivered_at
+        if last is None or failing != health.failing_since or at - last >= DELIVERED_RESOLUTION:
+            last = at if last is None else max(last, at)
         return Verdict(replace(health, failing_since=failing, last_delivered_at=last))
     if health.last_delivered_at is not None and at <= health.last_delivered_at:
         return Verdict(health)

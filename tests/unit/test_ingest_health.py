@@ -76,6 +76,16 @@ def test_late_facts_out_of_order_do_not_mislead() -> None:
     assert earlier.health.failing_since == T0 + timedelta(minutes=30)
 
 
+def test_a_healthy_endpoint_has_nothing_to_write_per_success() -> None:
+    healthy = Health("enabled", None, T0)
+    assert assess(healthy, delivered(T0 + timedelta(seconds=59)), FIVE_DAYS).health == healthy
+    moved = assess(healthy, delivered(T0 + timedelta(seconds=61)), FIVE_DAYS).health
+    assert moved.last_delivered_at == T0 + timedelta(seconds=61)
+    failing = Health("enabled", T0 + timedelta(seconds=10), T0)
+    cleared = assess(failing, delivered(T0 + timedelta(seconds=20)), FIVE_DAYS).health
+    assert cleared.failing_since is None  # a success always ends a failing run at once
+
+
 def test_attempts_before_a_re_enable_do_not_count() -> None:
     fresh = Health("enabled", reset_at=T0 + timedelta(hours=1))
     assert assess(fresh, failed(T0, 410), FIVE_DAYS).health == fresh
