@@ -51,7 +51,7 @@ async def start(settings: Settings) -> Stop:
     """Start ingest; return the coroutine function that stops it gracefully."""
     engine = make_engine(settings.database_url)
     await migrate(engine, MIGRATIONS)
-    store = Store(engine)
+    store = Store(engine, endpoint_cache_ttl=settings.endpoint_cache_ttl)
     connection = await connect(settings.amqp_url.get_secret_value(), service="ingest")
     async with connection.channel() as channel:
         await declare(channel)

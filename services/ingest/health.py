@@ -2,7 +2,8 @@
 
 Ingest consumes a quorum queue of its own (:data:`HEALTH_QUEUE`, in the shared topology)
 bound to the audit exchange with the routing key ``delivery.attempted``: it sees every attempt
-without the deliverer knowing about it, and without reading the audit service's database (services share contracts, nothing else).
+without the deliverer knowing about it, and without reading the audit service's database
+(services share contracts, nothing else).
 
 The decision is :func:`services.ingest.handlers.assess`. Applying it is a compare-and-set on
 the endpoint row, so several consumers and replicas may judge at once and exactly one turns an

@@ -24,6 +24,12 @@ class Settings(EgressSettings):
         default=262144, ge=1024, le=16 * 1024 * 1024,
         description="Largest accepted HTTP request body; larger bodies get 413.",
     )
+    endpoint_cache_ttl: float = Field(
+        default=1.0, ge=0,
+        description="Seconds the endpoint list used for fan-out is cached. Changes made "
+        "through this replica apply to the next event at once; changes made through another "
+        "replica within this delay. 0 reads the database for every event.",
+    )
     idempotency_window: int = Field(
         default=86400, ge=0,
         description="Seconds an `Idempotency-Key` is remembered per token (a reuse within the "

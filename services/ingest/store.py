@@ -12,6 +12,8 @@ are normalised to aware UTC datetimes (:func:`_utc`).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -255,18 +257,29 @@ class Claim:
     event_type: str
 
 
+_ENDPOINTS_CHANGED = "dihya_endpoints_changed"
+"""Connection-info flag: this transaction changed endpoints (the fan-out cache is stale)."""
+
+
 class Store:
     """Async queries over one engine. Methods taking ``conn`` run inside the caller's
     transaction (see :meth:`transaction`), so a control message can be published — and its
     confirm awaited — before the row is committed."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, endpoint_cache_ttl: float = 1.0) -> None:
         self.engine = engine
+        self._cache_ttl = endpoint_cache_ttl
+        self._generation = 0
+        self._cached: tuple[int, float, list[Endpoint]] | None = None
+        self._reload = asyncio.Lock()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.begin() as conn:
             yield conn
+            changed = conn.info.pop(_ENDPOINTS_CHANGED, False)
+        if changed:  # committed: drop the endpoints cached for fan-out
+            self._generation += 1
 
     async def ping(self) -> bool:
         async with self.engine.connect() as conn:
@@ -276,6 +289,7 @@ class Store:
     # -- endpoints ------------------------------------------------------------------------
 
     async def insert_endpoint(self, conn: AsyncConnection, record: EndpointRecord) -> None:
+        conn.info[_ENDPOINTS_CHANGED] = True
         await conn.execute(endpoints.insert().values(
             id=record.id, url=record.url, events=list(record.events),
             description=record.description, status=record.status,
@@ -306,6 +320,7 @@ class Store:
             values["events"] = list(values["events"])
         if "retry_schedule_ms" in values:
             values["retry_schedule_ms"] = _schedule_column(values["retry_schedule_ms"])
+        conn.info[_ENDPOINTS_CHANGED] = True
         result = await conn.execute(
             endpoints.update().where(endpoints.c.id == endpoint_id).values(**values))
         if cast(sa.CursorResult[Any], result).rowcount == 0:
@@ -313,12 +328,34 @@ class Store:
         return await self.get_endpoint(endpoint_id, conn)
 
     async def delete_endpoint(self, conn: AsyncConnection, endpoint_id: str) -> bool:
+        conn.info[_ENDPOINTS_CHANGED] = True
         result = await conn.execute(endpoints.delete().where(endpoints.c.id == endpoint_id))
         return cast(sa.CursorResult[Any], result).rowcount > 0
 
     async def subscribers(self) -> list[Endpoint]:
         """Every endpoint, enabled or not: fan-out filters them by pattern in Python (topic
-        patterns cannot be matched portably in SQL); the disabled ones get held deliveries."""
+        patterns cannot be matched portably in SQL); the disabled ones get held deliveries.
+
+        Cached for ``endpoint_cache_ttl`` seconds, since every event needs the list: a change
+        committed through this store is seen by the next event at once; one made by another
+        ingest replica within the TTL. A load that raced with a commit is not cached.
+        """
+        cached = self._cached
+        if (cached is not None and cached[0] == self._generation
+                and time.monotonic() - cached[1] < self._cache_ttl):
+            return cached[2]
+        async with self._reload:  # one load for the many events that found the cache stale
+            cached = self._cached
+            if (cached is not None and cached[0] == self._generation
+                    and time.monotonic() - cached[1] < self._cache_ttl):
+                return cached[2]
+            generation, loaded_at = self._generation, time.monotonic()
+            found = await self._load_subscribers()
+            if generation == self._generation and self._cache_ttl > 0:
+                self._cached = (generation, loaded_at, found)
+            return found
+
+    async def _load_subscribers(self) -> list[Endpoint]:
         query = (sa.select(endpoints.c.id, endpoints.c.url, endpoints.c.events,
                            endpoints.c.status, endpoints.c.disabled_reason,
                            endpoints.c.retry_schedule_ms)
@@ -344,6 +381,8 @@ class Store:
                                   "last_delivered_at": _utc_or_none(new.last_delivered_at)}
         if new.status == "disabled" and old.status != "disabled":
             values.update(disabled_reason=disabled_reason, disabled_at=now, updated_at=now)
+        if new.status != old.status:
+            conn.info[_ENDPOINTS_CHANGED] = True
         result = await conn.execute(
             endpoints.update()
             .where((c.id == endpoint_id) & (c.status == old.status)
