@@ -16,6 +16,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 from opentelemetry import trace
 
@@ -61,11 +62,14 @@ def setup(service: str, *, fmt: str = "json", level: str = "info") -> None:
     telemetry.setup(service)
     numeric = logging.getLevelName(level.upper())
     logging.basicConfig(stream=sys.stdout, level=numeric, format="%(name)s %(message)s")
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
-    )
+    renderer: Any
+    factory: Any
+    if fmt == "json":  # orjson renders bytes, written straight to stdout's buffer
+        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        factory = structlog.BytesLoggerFactory(file=sys.stdout.buffer)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        factory = structlog.PrintLoggerFactory(file=sys.stdout)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -77,7 +81,7 @@ def setup(service: str, *, fmt: str = "json", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)

@@ -1,0 +1,35 @@
+"""Logs are JSON lines carrying the service, and nothing secret-shaped survives in them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[2]
+SNIPPET = """
+import structlog
+from shared.logging import setup
+setup("ingest")
+log = structlog.get_logger()
+log.info("step", event_id="evt_1", secret="whsec_c2VjcmV0", token="dihya_abc")
+log.info("oops", error="bad Bearer dihya_abc and whsec_c2VjcmV0 at amqp://guest:pw@host/")
+try:
+    raise ValueError("whsec_c2VjcmV0 in an exception")
+except ValueError:
+    log.exception("crashed")
+"""
+
+
+def test_json_lines_without_secrets() -> None:
+    out = subprocess.run([sys.executable, "-c", SNIPPET], capture_output=True, check=True,
+                         cwd=ROOT, env={"PYTHONPATH": str(ROOT)}).stdout
+    lines = [orjson.loads(line) for line in out.splitlines()]
+    assert [line["event"] for line in lines] == ["step", "oops", "crashed"]
+    assert all(line["service"] == "ingest" and line["level"] for line in lines)
+    assert lines[0]["event_id"] == "evt_1"
+    assert b"whsec_c2VjcmV0" not in out
+    assert b"dihya_abc" not in out
+    assert b":pw@" not in out
