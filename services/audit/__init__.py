@@ -5,7 +5,14 @@ service consumes them in batches, stores each fact once (a redelivered duplicate
 acks a message only after the transaction holding its record has committed. Records are chained
 (``hash = sha256(prev_hash + canonical JSON)``) so that a modified, deleted or reordered record
 is detected by ``GET /v1/audit/verify``. Auditors query and export the log over HTTP
-(``GET /v1/audit/records``), authenticated by the API tokens the control exchange replicates here.
+(``GET /v1/audit/records``, streamed ``GET /v1/audit/export`` as JSON Lines or CSV),
+authenticated by the API tokens the control exchange replicates here.
+
+GDPR: a record about a data subject stores its personal fields encrypted with that subject's own
+key (``sealing.py``), so ``POST /v1/audit/subjects/{id}/erasure`` deletes the key and the data
+becomes unreadable everywhere while the chain still verifies; ``GET
+/v1/audit/subjects/{id}/export`` answers access and portability requests. Retention purges the
+oldest records behind a signed checkpoint (``checkpoints.py``). See ``README.md`` here.
 
 One audit *writer* keeps the chain linear: inside a process, a single task writes one batch at a
 time; across replicas, PostgreSQL serialises writers with a transaction-scoped advisory lock

@@ -79,7 +79,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     async def body() -> AsyncIterator[bytes]:
         if fmt == "csv":
             yield exports.csv_header()
-        async for page in store.pages(query, request.app[EXPORT_PAGE]):
+        async for page in store.pages(query, request.app[EXPORT_PAGE], upto=head):
             yield _encode(fmt, page)
 
     return await _stream(request, response, body(), what="export")

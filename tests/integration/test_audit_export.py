@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import tracemalloc
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -32,8 +31,15 @@ from tests.integration.test_audit_gdpr import (
 
 pytestmark = pytest.mark.integration
 
-LARGE = 50_000
-BATCH = 5_000
+
+@pytest.fixture
+async def api(database_url: str) -> AsyncIterator[Api]:
+    async with served(database_url) as service:
+        yield service
+
+LARGE = 12_000
+BATCH = 4_000
+EXPORT_PAGE = 100
 NASTY = ['comma, "quote"\nnewline', "=cmd|' /C calc'!A0", "ⵣ ar: مرحبا", "-1"]
 
 
@@ -59,74 +65,68 @@ async def fill(store: AuditStore, n: int) -> None:
         await store.append(bulk(min(BATCH, n - start), start))
 
 
-@pytest.fixture
-async def large(database_url: str) -> AsyncIterator[Api]:
-    async with served(database_url) as api:
+async def test_a_large_export_streams_in_order_with_flat_memory(database_url: str) -> None:
+    async with served(database_url, export_page=EXPORT_PAGE) as api:
         await fill(api.store, LARGE)
-        yield api
+        await check_jsonl(api)
+        await check_csv(api)
 
 
-async def stream_lines(api: Api, **params: str) -> AsyncIterator[bytes]:
-    async with api.session.get(api.base + "/v1/audit/export", params=params,
-                               headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
-        assert resp.status == 200
-        async for line in resp.content:
-            yield line
-
-
-async def test_a_large_export_streams_in_order_with_flat_memory(large: Api) -> None:
+async def check_jsonl(api: Api) -> None:
+    """Count, order and memory, reading the stream line by line as it arrives."""
+    count, size, last_seq, sealed = 0, 0, 0, 0
     tracemalloc.start()
     try:
-        count, size, last_seq, sealed = 0, 0, 0, 0
-        async for line in stream_lines(large, format="jsonl"):
-            record = orjson.loads(line)
-            assert record["seq"] == last_seq + 1  # complete and in chain order
-            last_seq = record["seq"]
-            sealed += "sealed" in record
-            count += 1
-            size += len(line)
+        async with api.session.get(api.base + "/v1/audit/export",
+                                   headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+            assert resp.status == 200
+            assert resp.headers["Transfer-Encoding"] == "chunked"
+            async for line in resp.content:
+                # Cheap checks while every allocation is traced (records open with their seq;
+                # their content is checked by the CSV pass and the smaller tests).
+                assert line.startswith(b'{"seq":') and line.endswith(b"}\n")
+                seq = int(line[7:line.index(b",")])
+                assert seq == last_seq + 1  # complete and in chain order
+                last_seq = seq
+                sealed += b'"sealed":"v1.' in line
+                count += 1
+                size += len(line)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert count == LARGE and sealed == LARGE // 10
-    # One page (1,000 records) is held at a time: the peak is a small fraction of the file.
-    assert size > 20_000_000
-    assert peak < size / 4 and peak < 8_000_000, (peak, size)
-    print(f"jsonl: {count} records, {size / 1e6:.1f} MB, traced peak {peak / 1e6:.2f} MB")
+    # Server and client together hold about one page of records at a time, so the peak
+    # depends on the page size, not on the export's: measured ~0.8 MB for this 8 MB file
+    # (pages of 100), ~1.6 MB with pages of 250 — and +11 MB RSS for 1M records (690 MB).
+    # Tracing every allocation is slow, hence the modest size of this test.
+    assert size > LARGE * 600  # ~680 bytes a record
+    assert peak < size / 5, (peak, size)
+    print(f"jsonl export: {count} records, {size / 1e6:.1f} MB, traced peak {peak / 1e6:.2f} MB")
 
 
-async def test_a_large_csv_export_has_a_header_and_one_row_per_record(large: Api) -> None:
-    rows = 0
-    header: list[str] | None = None
-    pending = b""
-    async with large.session.get(large.base + "/v1/audit/export",
-                                 params={"format": "csv", "outcome": "failed"},
-                                 headers={"Authorization": f"Bearer {AUDITOR}"}) as resp:
+async def check_csv(api: Api) -> None:
+    """Header, quoting and the formula guard, on a filtered CSV export."""
+    async with api.session.get(api.base + "/v1/audit/export",
+                               params={"format": "csv", "outcome": "failed"},
+                               headers={"Authorization": f"Bearer {AUDITOR}"}) as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"] == "text/csv; charset=utf-8"
-        assert resp.headers["Transfer-Encoding"] == "chunked"
-        async for chunk in resp.content.iter_chunked(1 << 16):
-            pending += chunk
-    # (The filtered export is an eighth of the log: reading it whole here is fine.)
-    reader = csv.reader(io.StringIO(pending.decode("utf-8"), newline=""))
+        body = await resp.read()  # an eighth of the log: small enough to hold here
+    rows = list(csv.reader(io.StringIO(body.decode("utf-8"), newline="")))
+    header, rows = rows[0], rows[1:]
+    assert header == list(exports.CSV_COLUMNS)
+    assert len(rows) == LARGE // 4
     seqs = []
-    for row in reader:
-        if header is None:
-            header = row
-            continue
+    for row in rows:
         record = dict(zip(header, row, strict=True))
-        seqs.append(int(record["seq"]))
         i = int(record["seq"]) - 1
+        seqs.append(i)
         assert record["outcome"] == "failed"
         assert record["error"] == ("'" if NASTY[i % 4][0] in "=-" else "") + NASTY[i % 4]
-        if record["sealed"]:
-            personal = orjson.loads(record["personal"])
-            assert personal["details"]["response_excerpt"] == NASTY[(i + 1) % 4]
-        else:
-            assert orjson.loads(record["details"])["response_excerpt"] == NASTY[(i + 1) % 4]
-        rows += 1
-    assert header == list(exports.CSV_COLUMNS)
-    assert rows == LARGE // 4 and seqs == sorted(seqs)
+        shown = orjson.loads(record["personal"])["details"] if record["sealed"] else \
+            orjson.loads(record["details"])
+        assert shown["response_excerpt"] == NASTY[(i + 1) % 4]
+    assert seqs == sorted(seqs)
 
 
 async def test_export_filters_and_reverifies(api: Api) -> None:
@@ -145,6 +145,9 @@ async def test_export_filters_and_reverifies(api: Api) -> None:
 
 
 async def test_export_refuses_bad_queries_and_roles(api: Api) -> None:
+    assert await api.jsonl() == []  # an empty log exports nothing, in either format
+    status, body, _ = await api.call("GET", "/v1/audit/export", format="csv")
+    assert status == 200 and body.decode().splitlines() == [",".join(exports.CSV_COLUMNS)]
     for params, field in [({"format": "xml"}, "format"), ({"limit": "5"}, "limit"),
                           ({"kind": "nope"}, "kind")]:
         status, body = await api.json("GET", "/v1/audit/export", **params)
@@ -170,9 +173,3 @@ async def test_an_export_that_fails_midway_is_visibly_truncated(
     # The service goes on serving.
     monkeypatch.undo()
     assert len(await api.jsonl()) == 3
-
-
-async def test_an_empty_log_exports_nothing(api: Api) -> None:
-    assert await api.jsonl() == []
-    status, body, _ = await api.call("GET", "/v1/audit/export", format="csv")
-    assert status == 200 and body.decode().splitlines() == [",".join(exports.CSV_COLUMNS)]
