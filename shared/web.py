@@ -187,7 +187,10 @@ async def errors_middleware(
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         raise error(exc.status, code, exc.reason, headers=allow) from None
     except Exception:
-        log.exception("request_failed", path=request.path, method=request.method)
+        # the route template, not the path: a path can hold a data subject's id
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "(unmatched)"
+        log.exception("request_failed", route=route, method=request.method)
         raise error(500, "internal_error", "Unexpected error; it has been logged.") from None
 
 
