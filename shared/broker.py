@@ -31,11 +31,19 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from prometheus_client import Counter, Gauge
 
 from shared import telemetry, topology
 from shared.contracts import Contract, encode
 
 log = structlog.get_logger("dihya.broker")
+
+IN_FLIGHT = Gauge("dihya_consumer_in_flight_messages",
+                  "Messages a consumer holds unacked (at most its prefetch): sustained at the "
+                  "prefetch means the service is the bottleneck; queue depth itself comes "
+                  "from RabbitMQ's own Prometheus endpoint.", ["queue"])
+PROCESSED = Counter("dihya_consumer_messages_total", "Messages handled, by result.",
+                    ["queue", "result"])
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
@@ -187,9 +195,11 @@ class Consumer:
         assert task is not None
         self._inflight.add(task)
         self._idle.clear()
+        IN_FLIGHT.labels(self._queue_name).inc()
         try:
             await self._process(message)
         finally:
+            IN_FLIGHT.labels(self._queue_name).dec()
             self._inflight.discard(task)
             if not self._inflight:
                 self._idle.set()
@@ -204,8 +214,10 @@ class Consumer:
         except Exception:
             log.exception("handler_failed", queue=self._queue_name,
                           redelivered=message.redelivered)
+            PROCESSED.labels(self._queue_name, "requeued").inc()
             await _settle(message.nack(requeue=True))
         else:
+            PROCESSED.labels(self._queue_name, "acked").inc()
             await _settle(message.ack())
 
     async def stop(self, grace: float = 10.0) -> None:

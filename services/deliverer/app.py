@@ -31,7 +31,7 @@ from shared.web import add_ops_routes, errors_middleware, serve
 log = structlog.get_logger("dihya.deliverer")
 
 ATTEMPTS = Counter("dihya_deliverer_attempts_total", "HTTP delivery attempts.",
-                   ["outcome", "reason"])
+                   ["outcome", "reason", "status_class"])
 ATTEMPT_SECONDS = Histogram("dihya_deliverer_attempt_seconds", "Duration of one attempt.",
                             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30))
 RETRIES = Counter("dihya_deliverer_retries_total", "Retries scheduled, by delay tier.",
@@ -250,7 +250,8 @@ class Deliverer:
         record = handlers.attempt_record(job.attempt, outcome, at=at,
                                          duration_ms=duration * 1000)
         attempted = handlers.attempted_fact(job, outcome, record, step, response.excerpt, now)
-        ATTEMPTS.labels(outcome.outcome, outcome.reason).inc()
+        ATTEMPTS.labels(outcome.outcome, outcome.reason,
+                        handlers.status_class(outcome.status_code)).inc()
         ATTEMPT_SECONDS.observe(duration)
         publishes: list[Awaitable[None]] = [
             self._publisher.send(topology.AUDIT_EXCHANGE, attempted.kind, attempted)]

@@ -161,6 +161,11 @@ def schedule_for(job: DeliveryJob, default: tuple[int, ...]) -> tuple[int, ...]:
     return default if job.retry_schedule_ms is None else job.retry_schedule_ms
 
 
+def status_class(status: int | None) -> str:
+    """``2xx``…``5xx`` for a metric label, ``none`` when no response came (timeout…)."""
+    return "none" if status is None else f"{status // 100}xx"
+
+
 def next_step(outcome: Outcome, attempt: int, schedule: Sequence[int], rng: random.Random,
               jitter: float = 0.2) -> Step:
     """What follows attempt number ``attempt`` (1-based) that gave ``outcome``.
