@@ -438,7 +438,7 @@ def record_from_row(row: Mapping[Any, Any]) -> Record:
 # --------------------------------------------------------------------------- queries
 
 FILTER_PARAMS: tuple[str, ...] = (
-    "event_id", "endpoint_id", "delivery_id", "kind", "outcome", "subject",
+    "event_id", "event_type", "endpoint_id", "delivery_id", "kind", "outcome", "subject",
 )
 QUERY_PARAMS: tuple[str, ...] = (*FILTER_PARAMS, "since", "until", "limit", "cursor")
 DEFAULT_LIMIT = 100

@@ -68,6 +68,7 @@ OPTIONAL_RECORD_FIELDS: tuple[str, ...] = (*handlers.SEALED_FIELDS, *handlers.VI
 
 _FILTER_DESCRIPTIONS = {
     "event_id": "Only records of this event id.",
+    "event_type": "Only records of this event type (e.g. `template.created`).",
     "endpoint_id": "Only records of this endpoint id.",
     "delivery_id": "Only records of this delivery id.",
     "kind": "Only records of this kind.",
