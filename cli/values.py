@@ -1,0 +1,91 @@
+"""Pure conversions of command-line values (unit-tested): times, retry schedules, patterns.
+
+Each function raises :class:`ValueError` with an English hint; the command layer turns it
+into a translated usage error (exit 2) before anything is sent.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DELAY = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$")
+
+
+def parse_when(value: str, now: datetime | None = None) -> datetime:
+    """An instant from ISO-8601 (``2025-05-20T12:00:00Z``; without an offset: UTC; a date
+    alone: its midnight UTC) or a duration ago (``30m``, ``2h``, ``7d``, ``1w``)."""
+    text = value.strip()
+    match = _RELATIVE.fullmatch(text.lower())
+    if match:
+        amount = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        return (now or datetime.now(UTC)) - timedelta(seconds=amount)
+    try:
+        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z"))
+                                        else text)
+    except ValueError:
+        raise ValueError("expected ISO-8601 (2025-05-20T12:00:00Z) or a duration ago "
+                         "(30m, 2h, 7d)") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def iso_utc(value: datetime) -> str:
+    """``2025-05-20T12:00:00Z`` (microseconds kept when present)."""
+    text = value.astimezone(UTC).replace(tzinfo=None).isoformat()
+    return text + "Z"
+
+
+def parse_schedule(value: str) -> list[float] | None:
+    """A retry schedule in seconds: ``10,60,600`` or ``10s,1m,10m`` (``ms``/``s``/``m``/``h``);
+    ``none`` (a single attempt, no retry) gives ``[]``; ``default`` (the deployment's
+    schedule) gives None."""
+    text = value.strip().lower()
+    if text == "default":
+        return None
+    if text in ("none", ""):
+        return []
+    delays: list[float] = []
+    for part in text.split(","):
+        match = _DELAY.fullmatch(part.strip())
+        if not match:
+            raise ValueError("expected delays such as 10s,1m,10m (units ms, s, m, h), "
+                             "'none' or 'default'")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+        delays.append(int(seconds) if seconds.is_integer() else round(seconds, 3))
+    return delays
+
+
+def schedule_text(delays: list[float] | None) -> str | None:
+    """How a schedule reads back: ``10s, 1m, 1h``; None for the deployment's."""
+    if delays is None:
+        return None
+    if not delays:
+        return "-"
+    out = []
+    for seconds in delays:
+        for unit, size in (("h", 3600), ("m", 60)):
+            if seconds >= size and seconds % size == 0:
+                out.append(f"{int(seconds // size)}{unit}")
+                break
+        else:
+            out.append(f"{seconds:g}s")
+    return ", ".join(out)
+
+
+def matches(pattern: str, event_type: str) -> bool:
+    """Does subscription ``pattern`` select ``event_type``? RabbitMQ topic semantics, as the
+    ingest service applies them: ``*`` is exactly one word, ``#`` zero or more."""
+    words = event_type.split(".")
+    positions = {0}
+    for part in pattern.split("."):
+        if part == "#":
+            positions = set(range(min(positions), len(words) + 1))
+        elif part == "*":
+            positions = {i + 1 for i in positions if i < len(words)}
+        else:
+            positions = {i + 1 for i in positions if i < len(words) and words[i] == part}
+        if not positions:
+            return False
+    return len(words) in positions

@@ -1,0 +1,290 @@
+"""The CLI against the real thing: the four services as processes on this run's RabbitMQ vhost,
+a real aiohttp receiver on 127.0.0.1 that checks signatures the guide's way.
+
+The CLI runs in-process through :func:`cli.main.run` on a worker thread (it is synchronous and
+must not block the loop the receiver answers on), with its own environment and streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from cli.errors import Exit
+from cli.main import run
+from demo.launcher import System
+from demo.receiver import Receiver
+from services.audit.handlers import GENESIS_HASH, chain_hash
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.out)
+
+
+@pytest.fixture(scope="module")
+async def system(amqp_url: str, tmp_path_factory: pytest.TempPathFactory
+                 ) -> AsyncIterator[System]:
+    sys_ = System(amqp_url, tmp_path_factory.mktemp("cli-system"),
+                  env={"DIHYA_DELIVERER_RETRY_SCHEDULE": "200ms",
+                       "DIHYA_DELIVERER_TIMEOUT": "3"})
+    await sys_.start()
+    yield sys_
+    codes = await sys_.stop()
+    assert all(code == 0 for code in codes.values()), codes
+
+
+@pytest.fixture(scope="module")
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    await rec.start()
+    yield rec
+    await rec.stop()
+
+
+class Cli:
+    def __init__(self, system: System, home: Path) -> None:
+        self.env = {"DIHYA_INGEST_URL": system.url("ingest"),
+                    "DIHYA_AUDIT_URL": system.url("audit"),
+                    "DIHYA_TOKEN": system.admin_token, "HOME": str(home), "LANG": "C.UTF-8"}
+
+    async def __call__(self, *argv: str, stdin: str = "", **env: str) -> Result:
+        out, err = io.StringIO(), io.StringIO()
+        merged = {k: v for k, v in {**self.env, **env}.items() if v}
+        code = await asyncio.to_thread(run, list(argv), env=merged, stdout=out, stderr=err,
+                                       stdin=io.StringIO(stdin))
+        return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def dihya(system: System, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    return Cli(system, tmp_path_factory.mktemp("home"))
+
+
+async def _endpoint(dihya: Cli, receiver: Receiver, name: str, *extra: str) -> dict[str, Any]:
+    created = await dihya("endpoints", "create", receiver.url(name), "--json", *extra)
+    assert created.code == Exit.OK, created.err
+    receiver.secrets[name] = created.json["secret"]
+    return dict(created.json)
+
+
+async def test_endpoint_lifecycle_and_a_verified_test_delivery(
+        dihya: Cli, receiver: Receiver) -> None:
+    created = await dihya("endpoints", "create", receiver.url("good"), "-e", "template.*",
+                          "--description", "guide receiver")
+    assert created.code == Exit.OK, created.err
+    assert "Store the secret now" in created.err
+    endpoint_id = created.out.split()[1]
+    secret = next(line.split()[-1] for line in created.out.splitlines()
+                  if line.startswith("secret"))
+    assert secret.startswith("whsec_")
+    receiver.secrets["good"] = secret
+
+    listed = await dihya("endpoints", "list", "--json")
+    assert endpoint_id in [e["id"] for e in listed.json["items"]]
+    assert "secret" not in listed.out
+    shown = await dihya("--lang", "fr", "endpoints", "show", endpoint_id)
+    assert "état" in shown.out and "actif" in shown.out and "guide receiver" in shown.out
+
+    tested = await dihya("endpoints", "test", endpoint_id)
+    assert tested.code == Exit.OK, (tested.out, tested.err)
+    assert "✔ Delivered: the receiver answered 200." in tested.out
+    assert "added for this test" in tested.err and "removed again" in tested.err
+    got = [d for d in receiver.received("good") if d.json["event"] == "dihya.test"]
+    assert len(got) == 1 and got[0].guide_ok, "the receiver verified the signature"
+    assert got[0].json["data"]["test"] is True
+    assert set(got[0].json["data"]["details"]) == {"en", "fr", "ar", "tzm"}
+    after = await dihya("endpoints", "show", endpoint_id, "--json")
+    assert after.json["events"] == ["template.*"], "the test subscription was taken back"
+
+    as_json = await dihya("endpoints", "test", endpoint_id, "--event", "template.created",
+                          "--json")
+    assert as_json.code == Exit.OK, as_json.err
+    assert as_json.json["delivered"] is True and as_json.json["subscription_added"] is False
+    assert as_json.json["record"]["status_code"] == 200
+    assert as_json.json["record"]["outcome"] == "delivered"
+
+    refused = await dihya("endpoints", "test", endpoint_id, "--event", "incident.security")
+    assert refused.code == Exit.USAGE and "does not subscribe" in refused.err
+
+    updated = await dihya("endpoints", "update", endpoint_id, "--disable",
+                          "--retry-schedule", "1s,2s")
+    assert updated.code == Exit.OK and "disabled" in updated.out and "1s, 2s" in updated.out
+    disabled = await dihya("endpoints", "test", endpoint_id)
+    assert disabled.code == Exit.API_ERROR and "--enable" in disabled.err
+
+    rotated = await dihya("endpoints", "rotate-secret", endpoint_id, "--json")
+    assert rotated.code == Exit.OK and rotated.json["secret"].startswith("whsec_")
+    refuse = await dihya("endpoints", "delete", endpoint_id)
+    assert refuse.code == Exit.USAGE and "--yes" in refuse.err
+    deleted = await dihya("endpoints", "delete", endpoint_id, "--yes")
+    assert deleted.code == Exit.OK
+    gone = await dihya("endpoints", "show", endpoint_id)
+    assert gone.code == Exit.NOT_FOUND and "Not found" in gone.err
+
+
+async def test_a_failing_receiver_then_the_dead_letter_store(
+        dihya: Cli, receiver: Receiver) -> None:
+    ep = await _endpoint(dihya, receiver, "down", "-e", "dihya.test",
+                         "--retry-schedule", "none")
+    receiver.statuses["down"] = [503]
+    tested = await dihya("--lang", "ar", "endpoints", "test", ep["id"])
+    assert tested.code == Exit.CHECK_FAILED, tested.err
+    assert "✘" in tested.out and "503" in tested.out and "لم يُسلَّم" in tested.out
+
+    async def failed() -> list[dict[str, Any]]:
+        res = await dihya("deliveries", "list-failed", "--endpoint", ep["id"], "--json")
+        return list(res.json["items"])
+
+    await wait_for(failed, timeout=10)
+    everywhere = await dihya("deliveries", "list-failed")
+    assert ep["id"] in everywhere.out and "exhausted" in everywhere.out
+    delivery_id = (await failed())[0]["delivery_id"]
+
+    retried = await dihya("deliveries", "retry", delivery_id)
+    assert retried.code == Exit.OK and "attempt 2" in retried.out
+    await receiver.wait(lambda ds: len([d for d in ds if d.path == "down"]) >= 2, 10)
+    assert receiver.received("down")[-1].status == 200
+    again = await dihya("deliveries", "retry", delivery_id)
+    assert again.code == Exit.API_ERROR and "already sent again" in again.err
+    recovered = await dihya("deliveries", "recover", ep["id"], "--since", "1h", "--json")
+    assert recovered.code == Exit.OK, recovered.err
+    assert recovered.json["count"] == 0, "the retried delivery is not failed any more"
+    nothing = await dihya("deliveries", "retry", "dlv_nope")
+    assert nothing.code == Exit.NOT_FOUND
+
+
+async def test_publish_query_export_verify(dihya: Cli, receiver: Receiver,
+                                           tmp_path: Path) -> None:
+    await _endpoint(dihya, receiver, "audited", "-e", "invoice.paid")
+    event = {"event": "invoice.paid", "lang": "tzm",
+             "data": {"user_id": "u42", "details": {"tzm": "ⵜⴰⴼⴰⴽⵜⵓⵔⵜ"}}}
+    path = tmp_path / "event.json"
+    path.write_bytes(orjson.dumps(event))
+    first = await dihya("events", "publish", str(path), "--idempotency-key", "inv-1", "--json")
+    assert first.code == Exit.OK, first.err
+    event_id = first.json["id"]
+    replay = await dihya("events", "publish", "--idempotency-key", "inv-1",
+                         stdin=orjson.dumps(event).decode())
+    assert replay.code == Exit.OK and event_id in replay.out
+    assert "nothing was published again" in replay.err
+    bad = await dihya("events", "publish", stdin="{not json")
+    assert bad.code == Exit.USAGE and "not valid JSON" in bad.err
+    invalid = await dihya("events", "publish", "--json", stdin='{"event": "No Good", "data": {}}')
+    assert invalid.code == Exit.API_ERROR and "event:" in invalid.err
+    assert invalid.json["error"]["code"] == "validation_failed"
+
+    await receiver.wait(lambda ds: any(d.json["id"] == event_id for d in ds), 15)
+
+    async def attempted() -> bool:
+        res = await dihya("audit", "query", "--event-id", event_id, "--kind",
+                          "delivery.attempted", "--json")
+        return bool(res.json["records"])
+
+    await wait_for(attempted, timeout=10)
+    table = await dihya("audit", "query", "--event-id", event_id)
+    assert table.code == Exit.OK
+    assert "event.accepted" in table.out and "delivery.attempted" in table.out
+    paged = await dihya("audit", "query", "--limit", "2", "--all", "--json")
+    every = paged.json["records"]
+    assert len(every) > 2 and paged.json["next_cursor"] is None
+    assert [r["seq"] for r in every] == sorted(r["seq"] for r in every)
+
+    target = tmp_path / "audit.jsonl"
+    exported = await dihya("audit", "export", "-o", str(target), "--progress")
+    assert exported.code == Exit.OK, exported.err
+    assert "100%" in exported.err and f"to {target}" in exported.err
+    lines = [orjson.loads(line) for line in target.read_bytes().splitlines()]
+    assert len(lines) >= len(every)
+    assert [r["seq"] for r in lines[: len(every)]] == [r["seq"] for r in every]
+    prev = GENESIS_HASH
+    for record in lines:  # the export re-verifies offline, from the file alone
+        assert record["prev_hash"] == prev
+        prev = chain_hash(prev, record)
+        assert record["hash"] == prev
+    assert not await asyncio.to_thread(lambda: list(tmp_path.glob(".audit.jsonl.part-*")))
+
+    csv_file = tmp_path / "attempts.csv"
+    as_csv = await dihya("audit", "export", "-o", str(csv_file), "--format", "csv",
+                         "--kind", "delivery.attempted", "--json")
+    assert as_csv.code == Exit.OK
+    assert as_csv.json["records"] == len(csv_file.read_bytes().splitlines()) - 1 >= 1
+    assert csv_file.read_text().startswith("seq,id,kind,")
+
+    verified = await dihya("--lang", "tzm", "audit", "verify")
+    assert verified.code == Exit.OK, verified.err
+    assert verified.out.startswith("✔ ⵜⴰⵙⵍⵙⵍⵜ") and "hash" in verified.out
+
+    subject = tmp_path / "u42.json"
+    access = await dihya("audit", "subject-export", "u42", "-o", str(subject))
+    assert access.code == Exit.OK, access.err
+    assert event_id in {e["event_id"] for e in orjson.loads(subject.read_bytes())["events"]}
+
+
+async def test_tokens_and_what_each_failure_exits_with(dihya: Cli, tmp_path: Path) -> None:
+    created = await dihya("tokens", "create", "--role", "viewer", "--description", "ro",
+                          "--json")
+    assert created.code == Exit.OK
+    token_id, token = created.json["id"], created.json["token"]
+    listed = await dihya("tokens", "list")
+    assert token_id in listed.out and "viewer" in listed.out and token not in listed.out
+
+    viewer = await dihya("endpoints", "list", "--json", DIHYA_TOKEN=token)
+    assert viewer.code == Exit.OK
+    forbidden = await dihya("tokens", "list", DIHYA_TOKEN=token)
+    assert forbidden.code == Exit.AUTH and "it needs: admin" in forbidden.err
+    auditing = await dihya("audit", "verify", DIHYA_TOKEN=token)
+    assert auditing.code == Exit.AUTH
+
+    revoked = await dihya("tokens", "revoke", token_id)
+    assert revoked.code == Exit.OK
+
+    async def refused() -> bool:  # the revocation reaches ingest's lookup at once
+        return (await dihya("endpoints", "list", DIHYA_TOKEN=token)).code == Exit.AUTH
+
+    await wait_for(refused, timeout=5)
+    unknown = await dihya("--lang", "fr", "endpoints", "list", DIHYA_TOKEN=token)
+    assert "n'a pas accepté le jeton venant de DIHYA_TOKEN" in unknown.err
+    assert token not in unknown.err
+    none = await dihya("endpoints", "list", DIHYA_TOKEN="")
+    assert none.code == Exit.AUTH and "Set DIHYA_TOKEN, pass --token" in none.err
+    missing = await dihya("tokens", "revoke", "tok_missing")
+    assert missing.code == Exit.NOT_FOUND
+    invalid = await dihya("endpoints", "create", "ftp://x", "-e", "a")
+    assert invalid.code == Exit.API_ERROR and "url:" in invalid.err
+    down = await dihya("endpoints", "list", DIHYA_INGEST_URL="http://127.0.0.1:9")
+    assert down.code == Exit.UNAVAILABLE and "dihya dev" in down.err
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[profiles.ops]\ntoken = "{dihya.env["DIHYA_TOKEN"]}"\nlang = "ar"\n')
+    config.chmod(0o600)
+    via_profile = await dihya("--profile", "ops", "tokens", "list", DIHYA_TOKEN="",
+                              DIHYA_CONFIG=str(config))
+    assert via_profile.code == Exit.OK, via_profile.err
+    assert "المعرّف" in via_profile.out  # the profile's language: Arabic headers
+
+
+def test_the_module_entry_point() -> None:
+    proc = subprocess.run([sys.executable, "-m", "cli", "--lang", "fr", "run", "web"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=30, check=False)
+    assert proc.returncode == Exit.USAGE
+    assert "n'est pas un choix valide" in proc.stderr
