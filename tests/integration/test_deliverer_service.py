@@ -223,8 +223,8 @@ async def test_2xx_is_delivered_with_exact_body_and_headers(
             async with http.get(f"{base}/readyz") as resp:
                 assert resp.status == 200
             async with http.get(f"{base}/metrics") as resp:
-                assert 'dihya_deliverer_attempts_total{outcome="delivered",reason="ok",status_class="2xx"}' in (
-                    await resp.text())
+                assert ('dihya_deliverer_attempts_total{outcome="delivered",reason="ok",'
+                        'status_class="2xx"}') in await resp.text()
 
 
 async def test_500_goes_back_to_the_signer_through_the_delay_tier(
