@@ -72,20 +72,3 @@ def schedule_text(delays: list[float] | None) -> str | None:
         else:
             out.append(f"{seconds:g}s")
     return ", ".join(out)
-
-
-def matches(pattern: str, event_type: str) -> bool:
-    """Does subscription ``pattern`` select ``event_type``? RabbitMQ topic semantics, as the
-    ingest service applies them: ``*`` is exactly one word, ``#`` zero or more."""
-    words = event_type.split(".")
-    positions = {0}
-    for part in pattern.split("."):
-        if part == "#":
-            positions = set(range(min(positions), len(words) + 1))
-        elif part == "*":
-            positions = {i + 1 for i in positions if i < len(words)}
-        else:
-            positions = {i + 1 for i in positions if i < len(words) and words[i] == part}
-        if not positions:
-            return False
-    return len(words) in positions

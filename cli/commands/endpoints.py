@@ -12,7 +12,8 @@ from cli.commands import Commands, confirm, value
 from cli.context import Ctx
 from cli.errors import ApiError, CliError, Exit, UnreachableError, UsageError
 from cli.i18n import LANGS, Messages, catalog
-from cli.values import matches, parse_schedule, schedule_text
+from cli.values import parse_schedule, schedule_text
+from services.ingest.handlers import matches  # the exact filter semantics ingest applies
 
 TEST_EVENT = "dihya.test"
 """The event type ``endpoints test`` publishes. Only endpoints subscribed to it (or to a

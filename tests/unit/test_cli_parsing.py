@@ -10,8 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from cli.commands import services
 from cli.config import (
@@ -26,8 +24,7 @@ from cli.errors import Exit, UsageError
 from cli.i18n import Messages
 from cli.main import build_parser, prescan_lang, run
 from cli.parser import translate_error
-from cli.values import iso_utc, matches, parse_schedule, parse_when, schedule_text
-from services.ingest.handlers import matches as ingest_matches
+from cli.values import iso_utc, parse_schedule, parse_when, schedule_text
 
 EN = Messages("en")
 NOW = datetime(2025, 5, 20, 12, 0, tzinfo=UTC)
@@ -202,18 +199,6 @@ def test_schedule_text() -> None:
     assert schedule_text([10, 60, 5400, 7200, 1.5]) == "10s, 1m, 90m, 2h, 1.5s"
     assert schedule_text([]) == "-"
     assert schedule_text(None) is None
-
-
-WORDS = st.sampled_from(["a", "b", "dihya", "test", "x_y-1"])
-
-
-@given(st.lists(st.one_of(WORDS, st.just("*"), st.just("#")), min_size=1, max_size=5),
-       st.lists(WORDS, min_size=1, max_size=5))
-def test_the_cli_matches_patterns_exactly_as_ingest_does(pattern: list[str],
-                                                         words: list[str]) -> None:
-    """`endpoints test` decides from this whether the endpoint would receive dihya.test."""
-    assert matches(".".join(pattern), ".".join(words)) == \
-        ingest_matches(".".join(pattern), ".".join(words))
 
 
 # -- configuration -------------------------------------------------------------------------
