@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -23,39 +23,11 @@ from shared.broker import Publisher, declare
 from shared.contracts import AuditFact, DeliveryJob, Event, SignedDelivery, utcnow
 from shared.ids import new_id
 from tests.conftest import free_port
+from tests.observe import Matcher, Observer
 
 pytestmark = pytest.mark.integration
 
 SCHEDULE = "200ms,400ms"
-Matcher = Callable[[AbstractIncomingMessage], bool]
-
-
-class Observer:
-    """A private queue bound to an exchange; collects what arrives for the test to pick."""
-
-    def __init__(self) -> None:
-        self.received: list[AbstractIncomingMessage] = []
-        self._changed = asyncio.Event()
-
-    async def _on(self, message: AbstractIncomingMessage) -> None:
-        self.received.append(message)
-        self._changed.set()
-
-    async def bind(self, channel: AbstractChannel, exchange: str, routing_key: str) -> Observer:
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, routing_key)
-        await queue.consume(self._on, no_ack=True)
-        return self
-
-    async def next(self, match: Matcher, timeout: float = 10.0) -> AbstractIncomingMessage:
-        async with asyncio.timeout(timeout):
-            while True:
-                for message in self.received:
-                    if match(message):
-                        self.received.remove(message)
-                        return message
-                self._changed.clear()
-                await self._changed.wait()
 
 
 def fact_of(kind: str, delivery_id: str, attempt: int | None = None) -> Matcher:

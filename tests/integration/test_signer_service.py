@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from shared.db import make_engine
 from shared.ids import new_id
 from shared.runtime import Stop
 from tests.conftest import free_port, wait_for
+from tests.observe import Matcher, Observer
 
 pytestmark = pytest.mark.integration
 
@@ -45,35 +46,6 @@ MASTER_KEY = Fernet.generate_key().decode()
 FREE = "an admin-supplied secret, not whsec"
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
-Matcher = Callable[[AbstractIncomingMessage], bool]
-
-
-class Observer:
-    """A private queue bound to an exchange; collects what arrives for the test to pick."""
-
-    def __init__(self) -> None:
-        self.received: list[AbstractIncomingMessage] = []
-        self._changed = asyncio.Event()
-
-    async def _on(self, message: AbstractIncomingMessage) -> None:
-        self.received.append(message)
-        self._changed.set()
-
-    async def bind(self, channel: AbstractChannel, exchange: str, routing_key: str) -> Observer:
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, routing_key)
-        await queue.consume(self._on, no_ack=True)
-        return self
-
-    async def next(self, match: Matcher, timeout: float = 10.0) -> AbstractIncomingMessage:
-        async with asyncio.timeout(timeout):
-            while True:
-                for message in self.received:
-                    if match(message):
-                        self.received.remove(message)
-                        return message
-                self._changed.clear()
-                await self._changed.wait()
 
 
 def about(delivery_id: str) -> Matcher:
