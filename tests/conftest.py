@@ -7,11 +7,14 @@ Docker engine, testcontainers starts a throw-away broker instead.
 
 PostgreSQL: ``DIHYA_TEST_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``)
 names a server; each test that asks for ``pg_url`` gets a fresh database, dropped afterwards.
+When none is given and nothing listens on 127.0.0.1:5432 but a Docker engine answers,
+testcontainers starts a throw-away PostgreSQL for the session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import shutil
@@ -45,7 +48,9 @@ def amqp_base() -> Iterator[str]:
         yield AMQP_BASE
         return
     try:
-        from testcontainers.rabbitmq import RabbitMqContainer  # type: ignore[import-not-found]
+        from testcontainers.community.rabbitmq import (  # type: ignore[import-not-found]
+            RabbitMqContainer,
+        )
     except ImportError:
         pytest.skip("no RabbitMQ: set DIHYA_TEST_AMQP_URL or install rabbitmq-server")
     with RabbitMqContainer("rabbitmq:3.13") as rabbit:
@@ -70,12 +75,38 @@ def amqp_url(amqp_base: str) -> Iterator[str]:
         _rabbitmqctl("delete_vhost", vhost)
 
 
+_PG_CONTAINER: list[str] = []
+
+
+def _pg_base() -> str:
+    """The server databases are created on: the configured or local one, else a container."""
+    if "DIHYA_TEST_PG_URL" in os.environ or _PG_CONTAINER:
+        return _PG_CONTAINER[0] if _PG_CONTAINER else PG_BASE
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        if probe.connect_ex(("127.0.0.1", 5432)) == 0:
+            return PG_BASE
+    try:
+        from testcontainers.community.postgres import (  # type: ignore[import-not-found]
+            PostgresContainer,
+        )
+
+        container = PostgresContainer("postgres:16-alpine", driver=None)
+        container.start()
+    except Exception:  # no testcontainers or no Docker engine: the caller skips
+        return PG_BASE
+    atexit.register(container.stop)
+    _PG_CONTAINER.append(container.get_connection_url())
+    return _PG_CONTAINER[0]
+
+
 @contextlib.asynccontextmanager
 async def _fresh_pg_database() -> AsyncIterator[str]:
     asyncpg = pytest.importorskip("asyncpg")
     name = f"dihya_test_{RUN_ID}_{uuid.uuid4().hex[:6]}"
     try:
-        admin = await asyncpg.connect(PG_BASE, timeout=5)
+        base = _pg_base()
+        admin = await asyncpg.connect(base, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
         pytest.skip(f"no PostgreSQL at {PG_BASE}: {exc}")
     try:
@@ -83,9 +114,9 @@ async def _fresh_pg_database() -> AsyncIterator[str]:
     finally:
         await admin.close()
     try:
-        yield _with_path(PG_BASE, "/" + name)
+        yield _with_path(base, "/" + name)
     finally:
-        admin = await asyncpg.connect(PG_BASE, timeout=5)
+        admin = await asyncpg.connect(base, timeout=5)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
