@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import aiohttp
 import orjson
 import pytest
@@ -158,21 +157,6 @@ class Observer:
     def jobs(self, event_id: str) -> list[dict[str, Any]]:
         return [j for j in (m.json for m in self.on(topology.WORK_EXCHANGE, topology.SIGN))
                 if j["event"]["id"] == event_id]
-
-
-@pytest.fixture
-async def broker(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection.channel() as channel:
-        await declare(channel)
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
-async def ingest(amqp_url: str, database_url: str) -> AsyncIterator[Client]:
-    async with running_ingest(amqp_url, database_url) as client:
-        yield client
 
 
 # -- endpoints ----------------------------------------------------------------------------

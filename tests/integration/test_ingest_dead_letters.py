@@ -9,9 +9,8 @@ a test queue bound to the work exchange (``sign``) and the audit exchange.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -19,35 +18,13 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from shared import topology
-from shared.broker import declare
 from shared.contracts import AttemptRecord, DeliveryJob, Event, encode, utcnow
 from tests.conftest import wait_for
-from tests.integration.test_ingest_api import Client, Observer, running_ingest
+from tests.integration.test_ingest_api import Client, Observer
 
 pytestmark = pytest.mark.integration
 
 RESENT = ((topology.WORK_EXCHANGE, topology.SIGN), (topology.AUDIT_EXCHANGE, "delivery.#"))
-
-
-@pytest.fixture
-async def broker(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection.channel() as channel:
-        await declare(channel)
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
-async def ingest(amqp_url: str, database_url: str) -> AsyncIterator[Client]:
-    async with running_ingest(amqp_url, database_url) as client:
-        yield client
-
-
-@pytest.fixture
-async def ingest_sqlite(amqp_url: str, tmp_path: Path) -> AsyncIterator[Client]:
-    async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/ingest.db") as client:
-        yield client
 
 
 def parked_job(endpoint: Mapping[str, Any], *, attempts: int, last_at: datetime | None = None,

@@ -10,31 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aio_pika
 import orjson
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from services.ingest.handlers import event_id_for
-from shared.broker import declare
 from shared.contracts import Event
 from tests.conftest import wait_for
 from tests.integration.test_ingest_api import Observer, running_ingest
 from tests.integration.test_ingest_events import duplicates, publish_raw
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def broker(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection.channel() as channel:
-        await declare(channel)
-    yield connection
-    await connection.close()
 
 
 async def test_the_same_message_id_fans_out_once_even_across_a_restart(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from prometheus_client import REGISTRY
 
 from services.ingest.handlers import accepted_fact_id, delivery_id, event_id_for
 from shared import topology
-from shared.broker import declare
 from shared.contracts import Event
 from tests.conftest import wait_for
 from tests.integration.test_ingest_api import Client, Observer, running_ingest
@@ -35,28 +34,6 @@ DETAILS = {"fr": "Modèle créé", "en": "Template created", "ar": "تم إنش�
 def template(event: str = "template.created", **over: Any) -> dict[str, Any]:
     return {"event": event, "timestamp": "2025-05-20T12:00:00Z", "lang": "fr",
             "data": {"template_id": "abc123", "user_id": "user42", "details": DETAILS}, **over}
-
-
-@pytest.fixture
-async def broker(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection.channel() as channel:
-        await declare(channel)
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
-async def ingest(amqp_url: str, database_url: str) -> AsyncIterator[Client]:
-    async with running_ingest(amqp_url, database_url) as client:
-        yield client
-
-
-@pytest.fixture
-async def ingest_sqlite(amqp_url: str, tmp_path: Path) -> AsyncIterator[Client]:
-    """For what does not depend on the storage backend."""
-    async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/ingest.db") as client:
-        yield client
 
 
 async def publish_raw(connection: AbstractRobustConnection, routing_key: str, body: bytes,

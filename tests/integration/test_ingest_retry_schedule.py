@@ -7,32 +7,14 @@ fact is seen: ingest publishes the jobs first on the same channel, so they are a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from shared.broker import declare
-from tests.integration.test_ingest_api import Client, Observer, running_ingest
+from tests.integration.test_ingest_api import Client, Observer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def broker(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection.channel() as channel:
-        await declare(channel)
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
-async def ingest(amqp_url: str, database_url: str) -> AsyncIterator[Client]:
-    async with running_ingest(amqp_url, database_url) as client:
-        yield client
 
 
 async def _jobs_of(ingest: Client, obs: Observer, event: str) -> dict[str, dict[str, Any]]:
