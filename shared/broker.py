@@ -60,9 +60,21 @@ async def declare(channel: AbstractChannel, retry_delays_ms: tuple[int, ...] = (
     for ex in topology.EXCHANGES:
         await channel.declare_exchange(ex.name, ex.type, durable=True)
     for q in topology.queues(retry_delays_ms):
-        queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
-        for exchange, routing_key in q.bindings:
-            await queue.bind(exchange, routing_key)
+        await declare_queue(channel, q)
+
+
+async def declare_queue(channel: AbstractChannel, q: topology.Queue) -> None:
+    """Declare one queue of the topology with its arguments, and bind it."""
+    queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
+    for exchange, routing_key in q.bindings:
+        await queue.bind(exchange, routing_key)
+
+
+async def declare_topology(connection: AbstractRobustConnection,
+                           retry_delays_ms: tuple[int, ...] = ()) -> None:
+    """What every service does at start: :func:`declare` on a channel of its own."""
+    async with connection.channel() as channel:
+        await declare(channel, retry_delays_ms)
 
 
 class Publisher:

@@ -18,7 +18,7 @@ from services.audit.http import make_app
 from services.audit.settings import AuditSettings
 from services.audit.store import MIGRATIONS, AuditStore, is_transient
 from shared import topology
-from shared.broker import Consumer, Publisher, connect, declare
+from shared.broker import Consumer, Publisher, connect, declare_topology
 from shared.contracts import AuditFact, TokenGrant, utcnow
 from shared.db import make_engine, migrate
 from shared.ids import new_id
@@ -69,9 +69,7 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
 
     connection = await connect(settings.amqp_url.get_secret_value(), service="audit")
     stack.push_async_callback(connection.close)
-    channel = await connection.channel()
-    await declare(channel)
-    await channel.close()
+    await declare_topology(connection)
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
     stack.push_async_callback(publisher.close)
 

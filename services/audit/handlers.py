@@ -515,7 +515,7 @@ def parse_query(pairs: Iterable[tuple[str, str]], page_limit: int) -> RecordQuer
             bad(name, "must not be empty")
         elif len(value) > MAX_FILTER_LENGTH:
             bad(name, f"longer than {MAX_FILTER_LENGTH} characters")
-        elif "\x00" in value or not _encodable(value):
+        elif "\x00" in value or not encodable(value):
             bad(name, "contains characters that cannot be stored")
         else:
             values[name] = value
@@ -554,7 +554,8 @@ def parse_query(pairs: Iterable[tuple[str, str]], page_limit: int) -> RecordQuer
     return RecordQuery(filters, bounds.get("since"), bounds.get("until"), limit, after_seq)
 
 
-def _encodable(value: str) -> bool:
+def encodable(value: str) -> bool:
+    """Whether ``value`` can be stored as UTF-8 (no lone surrogates)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

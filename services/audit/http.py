@@ -113,18 +113,10 @@ async def _stream(request: web.Request, response: web.StreamResponse,
 
 def _subject(request: web.Request) -> str:
     subject = request.match_info["subject"]
-    if not sealing.valid_subject(subject) or not _encodable(subject):
+    if not sealing.valid_subject(subject) or not handlers.encodable(subject):
         raise error(422, "invalid_subject", "The subject id is not one the log can hold.",
                     [{"field": "subject", "message": "1 to 512 characters, no NUL"}])
     return subject
-
-
-def _encodable(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 async def subject_export(request: web.Request) -> web.StreamResponse:

@@ -22,7 +22,7 @@ from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
 from services.deliverer.settings import Settings
 from services.deliverer.ssrf import VettingResolver
 from shared import telemetry, topology
-from shared.broker import Consumer, Publisher, connect, declare
+from shared.broker import Consumer, Publisher, connect, declare_queue, declare_topology
 from shared.contracts import SignedDelivery, encode, utcnow
 from shared.egress import BlockedAddressError, check_url
 from shared.runtime import Stop
@@ -129,10 +129,7 @@ class WaitTiers:
             async with asyncio.timeout(self._timeout):
                 channel = await self._connection.channel()
                 try:
-                    declared = await channel.declare_queue(queue.name, durable=True,
-                                                           arguments=queue.arguments)
-                    for exchange, routing_key in queue.bindings:
-                        await declared.bind(exchange, routing_key)
+                    await declare_queue(channel, queue)
                 finally:
                     with contextlib.suppress(Exception):  # a refused declare closed it already
                         await channel.close()
@@ -306,9 +303,7 @@ async def start(settings: Settings) -> Stop:
     try:
         connection = await connect(settings.amqp_url.get_secret_value(), service="deliverer")
         stack.push_async_callback(connection.close)
-        channel = await connection.channel()
-        await declare(channel, retry_delays_ms=settings.wait_tiers_ms)
-        await channel.close()
+        await declare_topology(connection, retry_delays_ms=settings.wait_tiers_ms)
         publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
         stack.push_async_callback(publisher.close)
         session = make_session(settings)

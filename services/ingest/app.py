@@ -17,7 +17,7 @@ from services.ingest.http import IngestApi, build_app
 from services.ingest.settings import Settings
 from services.ingest.store import Store
 from shared import topology
-from shared.broker import Consumer, Publisher, connect, declare
+from shared.broker import Consumer, Publisher, connect, declare_topology
 from shared.contracts import utcnow
 from shared.db import make_engine, migrate
 from shared.runtime import Stop
@@ -53,8 +53,7 @@ async def start(settings: Settings) -> Stop:
     await migrate(engine, MIGRATIONS)
     store = Store(engine, endpoint_cache_ttl=settings.endpoint_cache_ttl)
     connection = await connect(settings.amqp_url.get_secret_value(), service="ingest")
-    async with connection.channel() as channel:
-        await declare(channel)
+    await declare_topology(connection)
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
     consumers = [
         Consumer(connection, topology.INGEST_EVENTS,

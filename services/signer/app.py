@@ -19,7 +19,7 @@ from services.signer.handlers import StoredSecret, UnsignableJobError
 from services.signer.settings import Settings
 from services.signer.store import MIGRATIONS, Keystore
 from shared import topology
-from shared.broker import Consumer, Publisher, connect, declare
+from shared.broker import Consumer, Publisher, connect, declare_topology
 from shared.contracts import DeliveryJob, utcnow
 from shared.db import make_engine, migrate
 from shared.runtime import Stop
@@ -208,9 +208,7 @@ async def start(settings: Settings) -> Stop:
 
         connection = await connect(settings.amqp_url.get_secret_value(), service="signer")
         stack.push_async_callback(connection.close)
-        channel = await connection.channel()
-        await declare(channel)
-        await channel.close()
+        await declare_topology(connection)
         publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
         stack.push_async_callback(publisher.close)
 
