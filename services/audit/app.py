@@ -12,12 +12,13 @@ from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
 from services.audit import handlers, metrics
-from services.audit.batcher import Batcher, submit_retrying
+from services.audit.batcher import submit_retrying
 from services.audit.handlers import Rejected
 from services.audit.http import make_app
 from services.audit.settings import AuditSettings
 from services.audit.store import MIGRATIONS, AuditStore, is_transient
 from shared import topology
+from shared.batching import Batcher
 from shared.broker import Consumer, Publisher, connect, declare_topology
 from shared.contracts import AuditFact, TokenGrant, utcnow
 from shared.db import make_engine, migrate
@@ -85,9 +86,9 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
                   duplicates=result.duplicates,
                   head_seq=result.records[-1]["seq"] if result.records else None)
 
-    batcher: Batcher[AuditFact] = Batcher(
+    batcher: Batcher[AuditFact, None] = Batcher(
         write, size=settings.batch_size, wait=settings.batch_wait,
-        isolate=lambda exc: not is_transient(exc),
+        isolate=lambda exc: not is_transient(exc), name="audit writer",
     )
     batcher.start()
     stack.push_async_callback(batcher.stop, max(grace, 1.0))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -588,18 +588,29 @@ class Store:
 
     async def seen_at(self, event_id: str) -> datetime | None:
         """When ``event_id`` was last fanned out, if it is remembered."""
-        query = sa.select(seen_events.c.seen_at).where(seen_events.c.event_id == event_id)
+        return (await self.seen_many([event_id])).get(event_id)
+
+    async def seen_many(self, event_ids: Collection[str]) -> dict[str, datetime]:
+        """When each of ``event_ids`` that is remembered was last fanned out (one query)."""
+        if not event_ids:
+            return {}
+        c = seen_events.c
+        query = sa.select(c.event_id, c.seen_at).where(c.event_id.in_(list(event_ids)))
         async with self.engine.connect() as conn:
-            value = (await conn.execute(query)).scalar_one_or_none()
-        return None if value is None else _utc(value)
+            rows = (await conn.execute(query)).all()
+        return {row.event_id: _utc(row.seen_at) for row in rows}
 
     async def remember_events(self, event_ids: Iterable[str], now: datetime) -> None:
-        """Record event ids as fanned out at ``now`` (an old record is refreshed)."""
+        """Record event ids as fanned out at ``now`` (an old record is refreshed), in one
+        statement executed for all of them."""
+        rows = [{"event_id": event_id, "seen_at": now} for event_id in dict.fromkeys(event_ids)]
+        if not rows:
+            return
         async with self.engine.begin() as conn:
-            for event_id in event_ids:
-                stmt = _insert(conn, seen_events).values(event_id=event_id, seen_at=now)
-                await conn.execute(stmt.on_conflict_do_update(
-                    index_elements=[seen_events.c.event_id], set_={"seen_at": now}))
+            stmt = _insert(conn, seen_events)
+            await conn.execute(stmt.on_conflict_do_update(
+                index_elements=[seen_events.c.event_id],
+                set_={"seen_at": stmt.excluded.seen_at}), rows)
 
     async def purge_seen(self, older_than: datetime) -> int:
         async with self.engine.begin() as conn:

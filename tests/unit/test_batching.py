@@ -1,4 +1,5 @@
-"""Batcher: size/time flushing, one batch at a time, failures reach every waiter, draining."""
+"""shared.batching.Batcher and audit's submit_retrying: size/time flushing, one batch at a time,
+failures reach every waiter, draining, per-item results."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from services.audit.batcher import Batcher, BatcherClosedError, submit_retrying
+from services.audit.batcher import submit_retrying
+from shared.batching import Batcher, BatcherClosedError
 
 
 class Recorder:
@@ -197,3 +199,43 @@ def test_only_connectivity_failures_count_as_transient() -> None:
     assert is_transient(TimeoutError())
     assert not is_transient(IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not is_transient(ValueError("bad value"))
+
+
+async def test_each_caller_gets_its_own_result_in_order() -> None:
+    async def double(items: Sequence[int]) -> list[int]:
+        await asyncio.sleep(0)
+        return [2 * i for i in items]
+
+    batcher: Batcher[int, int] = Batcher(double, size=4)
+    batcher.start()
+    results = await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(10))), 5)
+    assert results == [2 * i for i in range(10)]
+    await batcher.stop()
+
+
+async def test_items_arriving_during_a_write_go_together_in_the_next() -> None:
+    """wait=0: the first item leaves at once, the ones behind it are grouped (group commit)."""
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    batcher = Batcher(rec.write, size=100)
+    batcher.start()
+    first = asyncio.ensure_future(batcher.submit(0))
+    await rec.entered.wait()
+    rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 8)]
+    await asyncio.sleep(0)
+    rec.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+    assert rec.batches == [[0], [1, 2, 3, 4, 5, 6, 7]]
+    await batcher.stop()
+
+
+async def test_a_write_returning_the_wrong_number_of_results_fails_its_callers() -> None:
+    async def short(items: Sequence[int]) -> list[int]:
+        return list(items)[:-1]
+
+    batcher: Batcher[int, int] = Batcher(short, size=3, wait=0.01)
+    batcher.start()
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(3)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    await batcher.stop()
