@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 
+from services.ingest.catalog import load_catalog
 from services.ingest.consumer import EventHandler
 from services.ingest.dead_letters import DEAD_LETTER_QUEUES, DeadLetterHandler
 from services.ingest.health import HEALTH_QUEUE, HealthHandler
@@ -49,6 +50,7 @@ async def _purge_keys(store: Store, window: int) -> None:
 
 async def start(settings: Settings) -> Stop:
     """Start ingest; return the coroutine function that stops it gracefully."""
+    catalog = load_catalog(settings.event_catalog)  # a bad catalog stops the start, loudly
     engine = make_engine(settings.database_url)
     await migrate(engine, MIGRATIONS)
     store = Store(engine, endpoint_cache_ttl=settings.endpoint_cache_ttl)
@@ -58,7 +60,8 @@ async def start(settings: Settings) -> Stop:
     consumers = [
         Consumer(connection, topology.INGEST_EVENTS,
                  EventHandler(store, publisher, max_fanout=settings.max_fanout,
-                              window_seconds=settings.idempotency_window),
+                              window_seconds=settings.idempotency_window,
+                              catalog=catalog, unknown_event_types=settings.unknown_event_types),
                  prefetch=settings.prefetch),
         *(Consumer(connection, queue, DeadLetterHandler(store, publisher, queue),
                    prefetch=SIDE_PREFETCH) for queue in DEAD_LETTER_QUEUES),
@@ -72,7 +75,7 @@ async def start(settings: Settings) -> Stop:
     async def broker_ready() -> bool:
         return not connection.is_closed
 
-    api = IngestApi(settings, store, publisher)
+    api = IngestApi(settings, store, publisher, catalog)
     app = build_app(api, {"broker": broker_ready, "storage": store.ping})
     runner = await serve(app, settings.host, settings.port)
     purger = asyncio.create_task(_purge_keys(store, settings.idempotency_window))

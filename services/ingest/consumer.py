@@ -6,8 +6,14 @@ confirm before it returns; only then does :class:`shared.broker.Consumer` ack th
 publish fails the handler raises and the event is requeued: a crash at any point can duplicate
 jobs (with the same delivery ids) but never lose one.
 
-A message that cannot be an event is parked in ``dihya.ingest.events.dead`` with its reason and
-audited, then acked: a bad message never stops the consumer nor blocks the ones behind it.
+Before fan-out the event is screened against the event-type catalog
+(:func:`~services.ingest.handlers.screen`): the ``details`` languages the publisher left out are
+completed — here, on the one path, so every delivery carries them whichever way the event came —
+and an unknown type is refused when ``DIHYA_INGEST_UNKNOWN_EVENT_TYPES`` is ``refuse``.
+
+A message that cannot be an event, or whose type is refused, is parked in
+``dihya.ingest.events.dead`` with its reason and audited, then acked: a bad message never stops
+the consumer nor blocks the ones behind it.
 
 Endpoints that are disabled but subscribed get a *held* delivery instead of a job: stored
 (committed before anything is published) and audited as ``delivery.held``, so re-enabling the
@@ -31,6 +37,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.ingest import metrics
+from services.ingest.catalog import Catalog, UnknownPolicy, bundled
 from services.ingest.handlers import (
     Rejection,
     accepted_fact,
@@ -40,6 +47,7 @@ from services.ingest.handlers import (
     hold,
     plan,
     rejected_fact,
+    screen,
     seen_recently,
 )
 from services.ingest.store import Store
@@ -66,7 +74,10 @@ class EventHandler:
     """``Consumer`` handler for the ingest events queue."""
 
     def __init__(self, store: Store, publisher: Publisher, *, max_fanout: int,
-                 window_seconds: int = 0) -> None:
+                 window_seconds: int = 0, catalog: Catalog | None = None,
+                 unknown_event_types: UnknownPolicy = "accept") -> None:
+        self._catalog = catalog or bundled()
+        self._unknown: UnknownPolicy = unknown_event_types
         self._store = store
         self._publisher = publisher
         self._max_fanout = max_fanout
@@ -79,6 +90,11 @@ class EventHandler:
             return
         now = utcnow()
         event = complete(decoded, message_id=message.message_id, now=now)
+        screened = screen(event, self._catalog, self._unknown)
+        if isinstance(screened, Rejection):
+            await self._reject(message, screened, event_id=event.id)
+            return
+        event = screened
         assert event.id is not None
         if self._window > 0 and seen_recently(await self._store.seen_at(event.id), now,
                                               self._window):

@@ -20,6 +20,13 @@ from typing import Any, Literal
 import orjson
 from pydantic import JsonValue, ValidationError
 
+from services.ingest.catalog import (
+    Catalog,
+    UnknownPolicy,
+    admits,
+    complete_details,
+    unknown_message,
+)
 from shared import topology
 from shared.contracts import AttemptRecord, AuditFact, DeliveryJob, Event, SignedDelivery
 from shared.ids import new_id
@@ -31,7 +38,8 @@ EVENT_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
 ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 """What an endpoint, delivery or token id may look like (``ep_…``, ``dlv_…``, ``tok_…``)."""
 
-RejectReason = Literal["invalid_json", "schema_invalid", "unsupported_type", "fanout_limit"]
+RejectReason = Literal["invalid_json", "schema_invalid", "unsupported_type", "fanout_limit",
+                       "unknown_event_type"]
 EndpointStatus = Literal["enabled", "disabled"]
 
 _MAX_ERROR = 1000
@@ -183,6 +191,15 @@ class Rejection:
     reason: RejectReason
     error: str
     event_type: str | None = None
+
+
+def screen(event: Event, catalog: Catalog, policy: UnknownPolicy) -> Event | Rejection:
+    """The event as it is fanned out — its ``details`` completed from the event-type catalog
+    (:func:`~services.ingest.catalog.complete_details`) — or why it may not enter: its type is
+    not in the catalog and ``policy`` (``DIHYA_INGEST_UNKNOWN_EVENT_TYPES``) refuses those."""
+    if not admits(catalog, policy, event.event):
+        return Rejection("unknown_event_type", unknown_message(event.event), event.event)
+    return complete_details(event, catalog)
 
 
 def describe(exc: ValidationError) -> str:

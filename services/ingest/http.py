@@ -28,6 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, Validat
 from sqlalchemy.exc import DBAPIError
 
 from services.ingest import metrics
+from services.ingest.catalog import (
+    INTERNAL_TYPES,
+    Catalog,
+    admits,
+    load_catalog,
+    unknown_message,
+)
 from services.ingest.consumer import confirm_all
 from services.ingest.handlers import (
     ID_RE,
@@ -51,6 +58,8 @@ from services.ingest.models import (
     EndpointPatched,
     EndpointUpdate,
     EventAccepted,
+    EventTypeList,
+    EventTypeOut,
     ParkedList,
     ParkedOut,
     RecoverAccepted,
@@ -194,8 +203,10 @@ def _body(model: BaseModel, status: int = 200, headers: Mapping[str, str] | None
 class IngestApi:
     """Request handlers; state is the store and the publisher shared with the consumer."""
 
-    def __init__(self, settings: Settings, store: Store, publisher: Publisher) -> None:
+    def __init__(self, settings: Settings, store: Store, publisher: Publisher,
+                 catalog: Catalog | None = None) -> None:
         self.settings = settings
+        self.catalog = catalog or load_catalog(settings.event_catalog)
         self.store = store
         self.publisher = publisher
         self._openapi: bytes | None = None
@@ -524,6 +535,10 @@ class IngestApi:
         except ValidationError as exc:
             metrics.rejected(peek_type(_as_bytes(raw)), "http_invalid")
             raise validation_error(exc) from None
+        if not admits(self.catalog, self.settings.unknown_event_types, event.event):
+            metrics.rejected(event.event, "unknown_event_type")
+            raise error(422, "unknown_event_type", unknown_message(event.event),
+                        [{"field": "event", "message": "not in the event-type catalog"}])
         event_id = event.id or new_id("evt")
         filled = event.model_copy(update={"id": event_id,
                                           "timestamp": event.timestamp or utcnow()})
@@ -545,6 +560,15 @@ class IngestApi:
         log.info("event_received", event_id=event_id, event_type=event.event,
                  actor=principal.token_id)
         return _body(EventAccepted(id=event_id, event=event.event), 202)
+
+    async def list_event_types(self, request: web.Request) -> web.Response:
+        await authorize(request, "admin", "publisher", "viewer", "auditor")
+        items = [EventTypeOut(event=name, description=spec.description.model_dump(),
+                              details=spec.details.model_dump(),
+                              placeholders=spec.placeholders, internal=name in INTERNAL_TYPES)
+                 for name, spec in self.catalog.types.items()]
+        return _body(EventTypeList(items=items,
+                                   unknown_event_types=self.settings.unknown_event_types))
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -672,13 +696,21 @@ ROUTES: tuple[Route, ...] = (
           ("admin",), query=ListQuery, responses={200: ParkedList}, errors=(*_AUTH, 422)),
     Route("POST", "/v1/events", "publish_event",
           "Publish an event (the guide's payload template); it is fanned out to every "
-          "enabled endpoint whose patterns match its type.",
+          "enabled endpoint whose patterns match its type, its `details` completed from the "
+          "event-type catalog in the languages it lacks. With "
+          "DIHYA_INGEST_UNKNOWN_EVENT_TYPES=refuse, a type not in the catalog gets 422 "
+          "`unknown_event_type`.",
           ("publisher", "admin"), body=Event, responses={202: EventAccepted},
           errors=(*_AUTH, *_BODY, 503),
           headers={IDEMPOTENCY_HEADER: "Optional, ≤ 255 printable ASCII characters. The same "
                    "key from the same token within DIHYA_INGEST_IDEMPOTENCY_WINDOW seconds "
                    "returns the first event's id (with `Idempotent-Replayed: true`) and "
                    "publishes nothing."}),
+    Route("GET", "/v1/event-types", "list_event_types",
+          "The event-type catalog: each known type's description and `details` templates in "
+          "fr, en, ar and tzm, and what ingest does with a type not listed.",
+          ("admin", "publisher", "viewer", "auditor"), responses={200: EventTypeList},
+          errors=_AUTH),
     Route("POST", "/v1/tokens", "create_token",
           "Issue an API token; the token is returned this once, only its hash is kept.",
           ("admin",), body=TokenCreate, responses={201: TokenCreated},

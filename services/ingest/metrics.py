@@ -44,7 +44,8 @@ EVENTS_ACCEPTED = Counter(
 EVENTS_REJECTED = Counter(
     "dihya_ingest_events_rejected",
     "Events refused, by event type and reason (invalid_json, schema_invalid, "
-    "unsupported_type, fanout_limit; http_invalid for a 4xx on POST /v1/events).",
+    "unsupported_type, fanout_limit, unknown_event_type; http_invalid for a 4xx on "
+    "POST /v1/events).",
     ["event_type", "reason"],
 )
 FANOUT_JOBS = Counter(

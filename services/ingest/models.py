@@ -25,8 +25,9 @@ from pydantic import (
     model_validator,
 )
 
+from services.ingest.catalog import UnknownPolicy
 from services.ingest.handlers import PATTERN_RE, DeliveryStatus, EndpointStatus
-from shared.contracts import AttemptRecord, Role
+from shared.contracts import AttemptRecord, Lang, Role
 
 DEFAULT_SECRET_MIN_LENGTH = 16
 SECRET_MAX_LENGTH = 256
@@ -252,6 +253,29 @@ class SecretRotated(Response):
 class EventAccepted(Response):
     id: str = Field(description="The event id every delivery of this event carries.")
     event: str
+
+
+class EventTypeOut(Response):
+    """A known event type: what it means, and the templates that complete its `details`."""
+
+    event: str = Field(description="The event type, e.g. `template.created`.")
+    description: dict[Lang, str] = Field(description="What it means, in fr, en, ar and tzm.")
+    details: dict[Lang, str] = Field(
+        description="The `details` template of each language; `{name}` stands for the "
+        "event's `data.name`. A language the publisher left out is filled from it.")
+    placeholders: list[str] = Field(
+        description="The `data` keys the templates use: without them (or when one is not a "
+        "string or number) the language is not completed.")
+    internal: bool = Field(description="Emitted by Dihya itself; always known.")
+
+
+class EventTypeList(Response):
+    """The event-type catalog ingest uses (DIHYA_INGEST_EVENT_CATALOG)."""
+
+    items: list[EventTypeOut]
+    unknown_event_types: UnknownPolicy = Field(
+        description="What happens to a type not listed (DIHYA_INGEST_UNKNOWN_EVENT_TYPES): "
+        "`accept` (delivered unchanged) or `refuse` (422 `unknown_event_type`).")
 
 
 class TokenOut(Response):

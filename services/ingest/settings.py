@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.ingest.catalog import UnknownPolicy
 from shared.egress import EgressSettings
 
 
@@ -45,6 +48,23 @@ class Settings(EgressSettings):
     prefetch: int = Field(
         default=200, ge=1, le=2000,
         description="Unacked events the consumer works on at once (quorum queues cap it at 2000).",
+    )
+    event_catalog: Path | None = Field(
+        default=None,
+        description="JSON event-type catalog to use instead of the bundled one "
+        "(`services/ingest/event_types.json`, same format): each known type's description and "
+        "`details` templates in fr, en, ar and tzm, used to complete the `details` languages a "
+        "publisher left out. The platform's own types (`endpoint.disabled`, `dihya.test`) are "
+        "added if missing. Unset: the bundled catalog.",
+    )
+    unknown_event_types: UnknownPolicy = Field(
+        default="accept",
+        description="Event types not in the catalog: `accept` (fan them out unchanged) or "
+        "`refuse` (HTTP 422 `unknown_event_type`; over AMQP parked with that reason and "
+        "audited). `accept` by default because event types are the platform's to define: the "
+        "bundled catalog knows only the guide's examples, and refusing would drop every other "
+        "publisher's events. Choose `refuse` once your catalog lists all your types, to catch "
+        "misspelt ones at the door.",
     )
     max_fanout: int = Field(
         default=1000, ge=1,

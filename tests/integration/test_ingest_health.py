@@ -102,8 +102,12 @@ async def test_410_disables_the_endpoint_once_and_announces_it_to_subscribers(
         await obs.wait(announced)
         [job] = [m.json for m in obs.on(topology.WORK_EXCHANGE, topology.SIGN)
                  if m.json["endpoint_id"] == ops["id"]]
-        assert job["event"]["data"] == {"endpoint_id": target["id"], "url": target["url"],
-                                        "reason": "gone"}
+        data = job["event"]["data"]
+        assert {k: v for k, v in data.items() if k != "details"} == {
+            "endpoint_id": target["id"], "url": target["url"], "reason": "gone"}
+        # completed from the event-type catalog, like every event, in the four languages
+        assert data["details"]["en"] == f"Endpoint {target['id']} was disabled (gone)."
+        assert set(data["details"]) == {"fr", "en", "ar", "tzm"}
         assert job["url"] == ops["url"]
         [event] = obs.on(topology.EVENTS_EXCHANGE, "endpoint.disabled")
         assert event.json["id"] == job["event"]["id"]
