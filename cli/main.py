@@ -17,14 +17,23 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cli import __version__, output
-from cli.commands import Commands, audit, deliveries, endpoints, events, services, tokens
+from cli.commands import (
+    Commands,
+    audit,
+    deliveries,
+    endpoints,
+    event_types,
+    events,
+    services,
+    tokens,
+)
 from cli.config import Settings, config_path, read_profile, resolve
 from cli.context import Ctx
 from cli.errors import ApiError, CliError, Exit, UnreachableError
 from cli.i18n import LANGS, Messages, choose, normalize
 from cli.parser import Parser
 
-MODULES = (endpoints, events, deliveries, audit, tokens, services)
+MODULES = (endpoints, events, event_types, deliveries, audit, tokens, services)
 
 
 def add_globals(parser: argparse.ArgumentParser, t: Messages, *, suppress: bool) -> None:

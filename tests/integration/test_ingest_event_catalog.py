@@ -8,7 +8,9 @@ that checks each signature the guide's way.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +21,8 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from cryptography.fernet import Fernet
 
+from cli.errors import Exit
+from cli.main import run
 from demo.receiver import Delivery, Receiver
 from services.deliverer.app import start as start_deliverer
 from services.deliverer.settings import Settings as DelivererSettings
@@ -28,7 +32,7 @@ from services.signer.app import start as start_signer
 from services.signer.settings import Settings as SignerSettings
 from shared import topology
 from tests.conftest import free_port
-from tests.integration.test_ingest_api import Client, Observer, running_ingest
+from tests.integration.test_ingest_api import ADMIN, Client, Observer, running_ingest
 from tests.integration.test_ingest_events import publish_raw, take_parked
 
 pytestmark = pytest.mark.integration
@@ -204,3 +208,30 @@ async def test_the_catalog_api_lists_types_in_four_languages_for_every_role(
     assert created["placeholders"] == ["template_id", "user_id"]
     assert created["internal"] is False and items["endpoint.disabled"]["internal"] is True
 
+
+async def test_the_cli_lists_the_catalog_in_the_users_language(ingest_sqlite: Client) -> None:
+    env = {"DIHYA_INGEST_URL": ingest_sqlite.base, "DIHYA_TOKEN": ADMIN, "HOME": "/nonexistent",
+           "LANG": "C.UTF-8"}
+
+    async def dihya(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = await asyncio.to_thread(run, list(argv), env=env, stdout=out, stderr=err)
+        return code, out.getvalue(), err.getvalue()
+
+    code, out, err = await dihya("--lang", "fr", "event-types", "list")
+    assert code == Exit.OK, err
+    assert out.splitlines()[0].split() == ["TYPE", "DESCRIPTION", "CLÉS", "DATA", "ÉMIS", "PAR"]
+    row = next(line for line in out.splitlines() if line.startswith("template.created "))
+    assert "Un modèle a été créé." in row and "template_id, user_id" in row
+    assert "plateforme" in row
+    assert "Dihya" in next(line for line in out.splitlines() if line.startswith("dihya.test "))
+    assert "DIHYA_INGEST_UNKNOWN_EVENT_TYPES=accept" in err
+
+    code, out, _ = await dihya("--lang", "tzm", "event-types", "list")
+    assert code == Exit.OK and "ⵉⵜⵜⵓⵙⵏⵓⵍⴼⴰ ⵢⴰⵏ ⵓⵎⴷⵢⴰ." in out
+
+    code, out, _ = await dihya("event-types", "list", "--json")
+    assert code == Exit.OK
+    listed = orjson.loads(out)
+    assert {i["event"] for i in listed["items"]} == set(bundled().types)
+    assert listed["unknown_event_types"] == "accept"
