@@ -57,12 +57,12 @@ async def start(settings: Settings) -> Stop:
     connection = await connect(settings.amqp_url.get_secret_value(), service="ingest")
     await declare_topology(connection)
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
+    events = EventHandler(store, publisher, max_fanout=settings.max_fanout,
+                          window_seconds=settings.idempotency_window,
+                          catalog=catalog, unknown_event_types=settings.unknown_event_types)
+    events.start()
     consumers = [
-        Consumer(connection, topology.INGEST_EVENTS,
-                 EventHandler(store, publisher, max_fanout=settings.max_fanout,
-                              window_seconds=settings.idempotency_window,
-                              catalog=catalog, unknown_event_types=settings.unknown_event_types),
-                 prefetch=settings.prefetch),
+        Consumer(connection, topology.INGEST_EVENTS, events, prefetch=settings.prefetch),
         *(Consumer(connection, queue, DeadLetterHandler(store, publisher, queue),
                    prefetch=SIDE_PREFETCH) for queue in DEAD_LETTER_QUEUES),
         Consumer(connection, HEALTH_QUEUE,
@@ -89,6 +89,7 @@ async def start(settings: Settings) -> Stop:
             await purger
         await runner.cleanup()
         await asyncio.gather(*(c.stop(settings.shutdown_grace) for c in consumers))
+        await events.close(settings.shutdown_grace)
         with contextlib.suppress(Exception):
             await publisher.close()
         with contextlib.suppress(Exception):
