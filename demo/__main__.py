@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -110,7 +111,21 @@ def show(d: Delivery) -> None:
         say(f"      « {details[body['lang']]} »")
 
 
-async def main_async(amqp_url: str, keep: bool) -> int:
+async def interrupted() -> None:
+    """Return on Ctrl-C or SIGTERM (then the caller stops everything in order)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    say("\nStopping…")
+
+
+async def main_async(amqp_url: str, keep: bool, console: bool = False) -> int:
     await ensure_broker(amqp_url)
     with demo_vhost(amqp_url) as url, tempfile.TemporaryDirectory(prefix="dihya-demo-") as tmp:
         system = System(url, Path(tmp))
@@ -121,7 +136,15 @@ async def main_async(amqp_url: str, keep: bool) -> int:
             await system.start()
             for name in ("ingest", "signer", "deliverer", "audit"):
                 say(f"  {name:<9} ready at {system.url(name)}  (log: {system.log_path(name)})")
-            return await run_story(system, receiver, url)
+            code = await run_story(system, receiver, url)
+            say(f"\nWeb console: {system.console_url()}")
+            if not console:
+                say("  (bin/demo --console keeps the system running so you can use it)")
+                return code
+            say(f"  sign in with this demo's admin token: {system.admin_token}")
+            say("  the services keep running until you press Ctrl-C.")
+            await interrupted()
+            return code
         finally:
             codes = await system.stop()
             await receiver.stop()
@@ -193,8 +216,11 @@ def main() -> None:
         "DIHYA_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))
     parser.add_argument("--keep-logs", action="store_true",
                         help="copy the services' logs to ./demo-logs/")
+    parser.add_argument("--console", action="store_true",
+                        help="after the story, keep the system running and print how to sign "
+                             "in to the web console (Ctrl-C stops)")
     args = parser.parse_args()
-    sys.exit(asyncio.run(main_async(args.amqp_url, args.keep_logs)))
+    sys.exit(asyncio.run(main_async(args.amqp_url, args.keep_logs, args.console)))
 
 
 if __name__ == "__main__":

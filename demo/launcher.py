@@ -81,6 +81,10 @@ class System:
     def url(self, service: str, replica: int = 0) -> str:
         return f"http://127.0.0.1:{self.replica_ports[service][replica]}"
 
+    def console_url(self) -> str:
+        """The web console, served by the first ingest replica."""
+        return self.url("ingest") + "/console/"
+
     def log_path(self, service: str, replica: int = 0) -> Path:
         return self.workdir / (f"{service}.log" if replica == 0 else f"{service}-{replica}.log")
 
@@ -101,6 +105,10 @@ class System:
                 "DIHYA_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
                 _PORT_VARS[service]: str(self.replica_ports[service][replica]),
                 "PYTHONUNBUFFERED": "1",
+                # the web console (served by ingest) reads the audit API from the browser
+                "DIHYA_INGEST_CONSOLE_AUDIT_URL": self.url("audit"),
+                "DIHYA_AUDIT_CORS_ORIGINS": ",".join(
+                    self.url("ingest", i) for i in range(self.count("ingest"))),
             }
         )
         for name in ("ingest", "signer", "audit"):

@@ -173,6 +173,7 @@ def _announce(ctx: Ctx, system: Any, data: Path, given: bool) -> None:
     roles = {"ingest": t("dev.role_api"), "audit": t("dev.role_api")}
     for name in SERVICES:
         ctx.say(f"  {name:<10} {system.url(name):<24} {roles.get(name, t('dev.role_ops'))}")
+    ctx.say(f"  {'console':<10} {system.console_url():<24} {t('dev.role_console')}")
     token = "$DIHYA_ADMIN_TOKEN" if given else system.admin_token
     ctx.say(t("dev.token_given") if given else t("dev.token_generated", token=token))
     ctx.say(t("dev.export_hint"))

@@ -164,6 +164,7 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
         page_limit=settings.page_limit,
         export_page=settings.export_page,
         retention_days=settings.retention_days,
+        cors_origins=settings.origins,
     )
     runner = await serve(app, settings.host, settings.port)
     stack.push_async_callback(runner.cleanup)

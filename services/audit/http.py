@@ -7,9 +7,10 @@ cannot be undone): erase a data subject (Art. 17) and run a retention purge.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 
+import aiohttp_cors
 import orjson
 import structlog
 from aiohttp import web
@@ -186,6 +187,7 @@ def make_app(
     page_limit: int,
     export_page: int = 1000,
     retention_days: int = 0,
+    cors_origins: Sequence[str] = (),
 ) -> web.Application:
     app = web.Application(middlewares=[errors_middleware])
     app[STORE] = store
@@ -203,4 +205,27 @@ def make_app(
     app.router.add_post("/v1/audit/retention/purge", purge)
     app.router.add_get("/v1/openapi.json", openapi_json)
     add_ops_routes(app, checks)
+    allow_cors(app, cors_origins)
     return app
+
+
+CORS_EXPOSED = ("Content-Disposition", "X-Dihya-Audit-Head-Seq")
+CORS_MAX_AGE = 600
+"""Seconds a browser may reuse a preflight answer."""
+
+
+def allow_cors(app: web.Application, origins: Sequence[str]) -> None:
+    """Let pages of ``origins`` (the web console) read this API from a browser: preflights
+    allow the ``Authorization`` header for GET; answers to a listed origin name it in
+    ``Access-Control-Allow-Origin``; any other origin gets no CORS header at all (and a
+    refused preflight), so its pages cannot read anything. No cookies are involved (the token
+    travels in the header), hence no credentials mode."""
+    if not origins:
+        return
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+        allow_credentials=False, allow_headers=("Authorization",), allow_methods=("GET",),
+        expose_headers=CORS_EXPOSED, max_age=CORS_MAX_AGE)
+    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+    for route in list(app.router.routes()):
+        if route.method == "GET":
+            cors.add(route)

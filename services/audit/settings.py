@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -72,6 +74,23 @@ class AuditSettings(ServiceSettings):
         description="Seconds between two automatic retention purges (when retention_days > 0).",
     )
 
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins (`scheme://host[:port]`) whose web pages may call "
+                    "this API from a browser (CORS, with the `Authorization` header), e.g. the "
+                    "web console's `https://dihya.example.com`. Empty: none (no CORS headers).",
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        parse_origins(value)
+        return value
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        return parse_origins(self.cors_origins)
+
     @field_validator("subject_paths")
     @classmethod
     def _paths(cls, value: str) -> str:
@@ -85,3 +104,19 @@ class AuditSettings(ServiceSettings):
             return None  # set but empty: as if unset
         sealing.decode_key(value.get_secret_value(), "the key")
         return value
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """The origins of a comma-separated list, normalized; ValueError on anything that is not
+    exactly ``scheme://host[:port]`` (a path or a ``*`` would silently match nothing or all)."""
+    origins: list[str] = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        parts = urlsplit(item)
+        if (parts.scheme not in ("http", "https") or not parts.hostname
+                or parts.path not in ("", "/") or parts.query or parts.fragment
+                or parts.username or parts.password):
+            raise ValueError(f"{item!r} is not an origin like https://console.example.com")
+        origins.append(f"{parts.scheme}://{parts.netloc}".lower())
+    return tuple(dict.fromkeys(origins))

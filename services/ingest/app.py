@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 
+from services.ingest import console
 from services.ingest.catalog import load_catalog
 from services.ingest.consumer import EventHandler
 from services.ingest.dead_letters import DEAD_LETTER_QUEUES, DeadLetterHandler
@@ -77,9 +78,12 @@ async def start(settings: Settings) -> Stop:
 
     api = IngestApi(settings, store, publisher, catalog)
     app = build_app(api, {"broker": broker_ready, "storage": store.ping})
+    console.mount(app, settings)  # the web console at /console/ (unless turned off)
     runner = await serve(app, settings.host, settings.port)
     purger = asyncio.create_task(_purge_keys(store, settings.idempotency_window))
-    log.info("ingest_started", host=settings.host, port=settings.port)
+    log.info("ingest_started", host=settings.host, port=settings.port,
+             console=f"http://{settings.host}:{settings.port}{console.PREFIX}/"
+             if settings.console_enabled else None)
 
     async def stop() -> None:
         # HTTP first (it publishes events), then the consumer finishes or hands back its

@@ -71,6 +71,7 @@ from services.ingest.models import (
     TokenCreated,
     TokenList,
     TokenOut,
+    WhoAmI,
 )
 from services.ingest.openapi import Route, document
 from services.ingest.settings import Settings
@@ -614,6 +615,10 @@ class IngestApi:
                                     details={"token_id": record.id, "role": record.role}))
         return web.Response(status=204)
 
+    async def whoami(self, request: web.Request) -> web.Response:
+        principal = await authorize(request, "admin", "publisher", "auditor", "viewer")
+        return _body(WhoAmI(token_id=principal.token_id, role=principal.role))
+
     async def openapi(self, request: web.Request) -> web.Response:
         if self._openapi is None:
             self._openapi = orjson.dumps(document(ROUTES))
@@ -719,6 +724,11 @@ ROUTES: tuple[Route, ...] = (
           ("admin",), query=ListQuery, responses={200: TokenList}, errors=(*_AUTH, 422)),
     Route("DELETE", "/v1/tokens/{id}", "revoke_token", "Revoke an API token.",
           ("admin",), responses={204: None}, errors=(*_AUTH, 404, 503)),
+    Route("GET", "/v1/me", "whoami",
+          "Who the token is: its id and role (any valid token; the web console signs in "
+          "with it).",
+          ("admin", "publisher", "auditor", "viewer"), responses={200: WhoAmI},
+          errors=(401,)),
     Route("GET", "/v1/openapi.json", "openapi", "This document.",
           responses={200: None}),
 )

@@ -295,6 +295,14 @@ class TokenList(Response):
     next: str | None
 
 
+class WhoAmI(Response):
+    """The caller, as its token identifies it (the console signs in with this)."""
+
+    token_id: str = Field(description="Id of the token (`tok_bootstrap_admin` for "
+                          "DIHYA_ADMIN_TOKEN); safe to show and log.")
+    role: Role
+
+
 class DeliveryOut(Response):
     """A stored delivery: failed (given up by the pipeline), held or retried."""
 

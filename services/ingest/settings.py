@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.ingest.catalog import UnknownPolicy
@@ -76,3 +77,28 @@ class Settings(EgressSettings):
         default=16, ge=8, le=256,
         description="Shortest endpoint secret an administrator may supply.",
     )
+    console_enabled: bool = Field(
+        default=True,
+        description="Serve the web console at `/console/` on the HTTP API's port "
+        "(static files; it signs in with an API token). `false` removes it.",
+    )
+    console_audit_url: str = Field(
+        default="",
+        description="Base URL of the audit API as the console's browser reaches it, e.g. "
+        "`https://audit.example.com`; the audit service must list the console's origin in "
+        "`DIHYA_AUDIT_CORS_ORIGINS`. Empty: the console hides the audit log, delivery "
+        "attempts and test results, and says why.",
+    )
+
+    @field_validator("console_audit_url")
+    @classmethod
+    def _check_audit_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL naming a host")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("must not carry a query, a fragment or credentials")
+        return value

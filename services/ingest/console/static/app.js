@@ -1,0 +1,789 @@
+// Dihya's web console: endpoints, their secrets, test events, delivery attempts and retries,
+// and the audit log — plain DOM, no framework. Text from the API is only ever set as
+// textContent (never parsed as HTML); the token and secrets never reach a URL or the console.
+
+import {
+  ApiError, call, download, forgetToken, keepToken, matches, parseSchedule, sleep,
+  splitPatterns, storedToken,
+} from "./api.js";
+import {
+  everyLanguage, formatNumber, formatTime, initialLanguage, language, t, use,
+} from "./i18n.js";
+
+const TEST_EVENT = "dihya.test";
+const OUTCOME_KINDS = ["delivery.attempted", "delivery.held", "delivery.parked", "delivery.dead_lettered"];
+const TEST_WAIT_MS = 30000;
+const POLL_MS = 400;
+const PAGE = 50;
+/** Every kind of audit record (tests/unit/test_console_static.py keeps it equal to the audit
+ * service's list). */
+export const KINDS = [
+  "event.accepted", "event.rejected", "delivery.attempted", "delivery.dead_lettered",
+  "delivery.parked", "delivery.held", "delivery.retry_requested", "endpoint.created",
+  "endpoint.updated", "endpoint.deleted", "endpoint.disabled", "endpoint.enabled", "secret.set",
+  "token.created", "token.revoked", "access.refused", "subject.erased", "retention.purged",
+];
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  config: { audit_url: null },
+  me: null,
+  view: null,
+  endpoints: [], endpointsNext: null,
+  endpoint: null,
+  attempts: [], attemptsCursor: null,
+  failed: [], failedNext: null,
+  test: null,
+  audit: [], auditCursor: null, auditQuery: {}, verdict: null,
+};
+
+// -- small DOM helpers ------------------------------------------------------------------------
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "text") el.textContent = value;
+    else if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else el.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+/** Machine text (ids, URLs, codes) kept left-to-right inside right-to-left pages. */
+const code = (text, cls = null) => h("code", { dir: "ltr", class: cls }, text ?? "—");
+const dash = "—";
+
+function clip(text, n) {
+  const s = String(text ?? "");
+  return s.length > n ? `${s.slice(0, n)}…` : s;
+}
+
+function facts(dl, rows) {
+  dl.replaceChildren(...rows.filter(Boolean).flatMap(([term, value]) => [
+    h("dt", { text: term }), h("dd", {}, value ?? dash),
+  ]));
+}
+
+function setHidden(el, hidden) {
+  el.hidden = Boolean(hidden);
+}
+
+let announceTimer = null;
+
+/** Say something in the polite live region (and show it). */
+function announce(message) {
+  const region = $("status");
+  region.textContent = "";
+  clearTimeout(announceTimer);
+  // a fresh node so that the same message twice is announced twice
+  announceTimer = setTimeout(() => { region.textContent = message; }, 30);
+  hideError();
+}
+
+function hideError() {
+  const box = $("alert");
+  box.hidden = true;
+  box.replaceChildren();
+}
+
+function describeError(err) {
+  if (err instanceof ApiError) {
+    const key = `error.${err.code}`;
+    const human = t(key) !== key ? t(key) : t("error.generic", { status: err.status });
+    const parts = [h("p", {}, h("strong", { text: human }), " ", code(err.code), ` (HTTP ${err.status})`)];
+    if (err.message) parts.push(h("p", { class: "detail" }, h("span", { lang: "en", dir: "ltr", text: err.message })));
+    if (err.fields.length) {
+      parts.push(h("ul", {}, err.fields.map((f) =>
+        h("li", {}, code(f.field), " ", h("span", { lang: "en", dir: "ltr", text: f.message })))));
+    }
+    return parts;
+  }
+  if (err && err.code === "unreachable") return [h("p", {}, h("strong", { text: t("error.unreachable") }), " ", code(err.message))];
+  return [h("p", { text: t("error.unexpected") })];
+}
+
+function showError(err, box = $("alert")) {
+  box.replaceChildren(...describeError(err));
+  box.hidden = false;
+}
+
+/** Run an action; on failure show why (a 401 signs out: the token was revoked or expired). */
+async function guard(action, { button = null, box = null } = {}) {
+  if (button) { button.disabled = true; button.setAttribute("aria-busy", "true"); }
+  try {
+    return await action();
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401 && state.me) {
+      signOut();
+      showError(err);
+      return undefined;
+    }
+    showError(err, box || $("alert"));
+    if (!(err instanceof ApiError) && err?.code !== "unreachable") console.error(err?.name || "error");
+    return undefined;
+  } finally {
+    if (button) { button.disabled = false; button.removeAttribute("aria-busy"); }
+  }
+}
+
+// -- roles ------------------------------------------------------------------------------------
+
+const role = () => state.me?.role;
+const canWrite = () => role() === "admin";
+const canReadEndpoints = () => role() === "admin" || role() === "viewer";
+const canReadAudit = () => (role() === "admin" || role() === "auditor") && Boolean(state.config.audit_url);
+const audit = () => state.config.audit_url;
+
+// -- views and routing ------------------------------------------------------------------------
+
+function show(view, { focus = true } = {}) {
+  state.view = view;
+  for (const section of document.querySelectorAll("main > .view")) {
+    section.hidden = section.id !== `view-${view}`;
+  }
+  for (const link of document.querySelectorAll("#nav a")) {
+    if (link.getAttribute("href") === `#/${view === "endpoint" ? "endpoints" : view}`) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (focus) $(`view-${view}`).querySelector("h1")?.focus();
+}
+
+function defaultRoute() {
+  if (canReadEndpoints()) return "#/endpoints";
+  if (canReadAudit()) return "#/audit";
+  return "#/none";
+}
+
+async function route() {
+  if (!state.me) return showSignin();
+  const [, section, id] = location.hash.split("/");
+  if (section === "endpoints" && canReadEndpoints()) {
+    return id ? showEndpoint(decodeURIComponent(id)) : showEndpoints();
+  }
+  if (section === "audit" && canReadAudit()) return showAudit();
+  if (section === "none" || defaultRoute() === "#/none") return showEmpty();
+  history.replaceState(null, "", defaultRoute());
+  return route();
+}
+
+function renderChrome() {
+  const signedIn = Boolean(state.me);
+  setHidden($("nav"), !signedIn);
+  setHidden($("signout"), !signedIn);
+  setHidden($("whoami"), !signedIn);
+  if (!signedIn) return;
+  $("whoami").textContent = t("signin.as", { role: t(`role.${role()}`), id: state.me.token_id });
+  setHidden($("nav-endpoints").parentElement, !canReadEndpoints());
+  setHidden($("nav-audit").parentElement, !canReadAudit());
+  for (const el of document.querySelectorAll(".admin-only")) setHidden(el, !canWrite());
+  setHidden($("endpoints-readonly"), canWrite());
+}
+
+function showSignin() {
+  renderChrome();
+  show("signin", { focus: false });
+  $("token").focus();
+}
+
+function showEmpty() {
+  show("empty");
+  let text = t("empty.publisher");
+  if (role() === "auditor") text = t("empty.no_audit");
+  $("empty-text").textContent = text;
+}
+
+async function signIn(token) {
+  const me = await call("", "GET", "/v1/me", { token });
+  keepToken(token);
+  state.me = me;
+  renderChrome();
+  announce(t("signin.welcome", { role: t(`role.${me.role}`) }));
+  if (!location.hash || location.hash === "#/" || location.hash === "#/none") {
+    history.replaceState(null, "", defaultRoute()); // no hashchange: route once, below
+  }
+  await route();
+}
+
+function signOut() {
+  forgetToken();
+  state.me = null;
+  state.endpoints = []; state.endpoint = null; state.attempts = []; state.failed = [];
+  state.audit = []; state.test = null; state.verdict = null;
+  for (const tbody of document.querySelectorAll("main tbody")) tbody.replaceChildren();
+  $("token").value = "";
+  history.replaceState(null, "", location.pathname);
+  showSignin();
+  announce(t("signin.signed_out"));
+}
+
+// -- endpoints list ---------------------------------------------------------------------------
+
+function statusText(ep) {
+  const base = t(`estatus.${ep.status}`);
+  return ep.disabled_reason ? `${base} (${t(`reason.${ep.disabled_reason}`)})` : base;
+}
+
+function patternList(events) {
+  return events.flatMap((e, i) => (i ? [", ", code(e)] : [code(e)]));
+}
+
+async function showEndpoints() {
+  show("endpoints");
+  state.endpoints = [];
+  state.endpointsNext = null;
+  renderEndpoints();
+  await guard(() => loadEndpoints(null));
+}
+
+async function loadEndpoints(after) {
+  const page = await call("", "GET", "/v1/endpoints", { query: { limit: PAGE, after } });
+  state.endpoints.push(...page.items);
+  state.endpointsNext = page.next;
+  renderEndpoints();
+}
+
+function renderEndpoints() {
+  const rows = state.endpoints.map((ep) => h("tr", { "data-id": ep.id },
+    h("th", { scope: "row" }, h("a", { href: `#/endpoints/${encodeURIComponent(ep.id)}` },
+      h("bdi", { dir: "ltr", text: ep.url }))),
+    h("td", {}, patternList(ep.events)),
+    h("td", {}, h("span", { class: `badge ${ep.status}`, text: statusText(ep) })),
+    h("td", { text: ep.description || dash })));
+  $("endpoints-table").tBodies[0].replaceChildren(...rows);
+  setHidden($("endpoints-none"), state.endpoints.length > 0);
+  setHidden($("endpoints-table"), state.endpoints.length === 0);
+  setHidden($("endpoints-more"), !state.endpointsNext);
+}
+
+// -- endpoint form (create and edit) ----------------------------------------------------------
+
+let formMode = null;
+
+function openEndpointForm(ep) {
+  formMode = ep ? { id: ep.id, before: ep } : { id: null };
+  $("endpoint-dialog-title").textContent = t(ep ? "form.edit_title" : "form.create_title");
+  $("ep-url").value = ep?.url || "";
+  $("ep-events").value = ep ? ep.events.join(", ") : "";
+  $("ep-description").value = ep?.description || "";
+  $("ep-schedule").value = ep?.retry_schedule ? (ep.retry_schedule.length ? ep.retry_schedule.join(", ") : "none") : "";
+  $("endpoint-form-error").hidden = true;
+  $("endpoint-dialog").showModal();
+  $("ep-url").focus();
+}
+
+function formError(message) {
+  const box = $("endpoint-form-error");
+  box.replaceChildren(h("p", { text: message }));
+  box.hidden = false;
+}
+
+async function submitEndpointForm(event) {
+  event.preventDefault();
+  const url = $("ep-url").value.trim();
+  const events = splitPatterns($("ep-events").value);
+  const description = $("ep-description").value.trim();
+  if (!url) { formError(t("form.url_required")); $("ep-url").focus(); return; }
+  if (!events.length) { formError(t("form.events_required")); $("ep-events").focus(); return; }
+  let schedule;
+  try {
+    schedule = parseSchedule($("ep-schedule").value);
+  } catch (err) {
+    formError(t("form.schedule_invalid", { value: err.message }));
+    $("ep-schedule").focus();
+    return;
+  }
+  const submit = event.submitter || $("endpoint-form").querySelector("[type=submit]");
+  const box = $("endpoint-form-error");
+  if (!formMode.id) {
+    const body = { url, events, ...(description ? { description } : {}), ...(schedule !== null ? { retry_schedule: schedule } : {}) };
+    const created = await guard(() => call("", "POST", "/v1/endpoints", { body }), { button: submit, box });
+    if (!created) return;
+    $("endpoint-dialog").close();
+    announce(t("endpoint.created", { id: created.id }));
+    location.hash = `#/endpoints/${encodeURIComponent(created.id)}`;
+    showSecret(created.secret, null);
+    return;
+  }
+  const before = formMode.before;
+  const body = {};
+  if (url !== before.url) body.url = url;
+  if (events.join("\n") !== before.events.join("\n")) body.events = events;
+  if (description !== (before.description || "")) body.description = description || null;
+  if (JSON.stringify(schedule) !== JSON.stringify(before.retry_schedule ?? null)) body.retry_schedule = schedule;
+  if (!Object.keys(body).length) { $("endpoint-dialog").close(); announce(t("endpoint.unchanged")); return; }
+  const updated = await guard(() => call("", "PATCH", `/v1/endpoints/${encodeURIComponent(before.id)}`, { body }), { button: submit, box });
+  if (!updated) return;
+  $("endpoint-dialog").close();
+  state.endpoint = updated;
+  renderEndpoint();
+  announce(t("endpoint.saved"));
+}
+
+// -- the secret, shown once -------------------------------------------------------------------
+
+function showSecret(secret, previousValidUntil) {
+  const dialog = $("secret-dialog");
+  $("secret-value").value = secret;
+  const valid = $("secret-valid");
+  valid.textContent = previousValidUntil ? t("secret.previous_valid", { time: formatTime(previousValidUntil) }) : "";
+  setHidden(valid, !previousValidUntil);
+  dialog.showModal();
+  $("secret-value").focus();
+  $("secret-value").select();
+}
+
+async function copySecret() {
+  const input = $("secret-value");
+  try {
+    await navigator.clipboard.writeText(input.value);
+  } catch {
+    input.focus();
+    input.select();
+    document.execCommand("copy");
+  }
+  announce(t("secret.copied"));
+}
+
+// -- confirmation -----------------------------------------------------------------------------
+
+function confirmAction(text, yesLabel) {
+  const dialog = $("confirm-dialog");
+  $("confirm-text").textContent = text;
+  $("confirm-yes").textContent = yesLabel;
+  return new Promise((resolve) => {
+    let answered = false;
+    const finish = (value) => {
+      if (answered) return;
+      answered = true;
+      $("confirm-yes").onclick = null;
+      $("confirm-no").onclick = null;
+      dialog.onclose = null;
+      if (dialog.open) dialog.close();
+      resolve(value);
+    };
+    $("confirm-yes").onclick = () => finish(true);
+    $("confirm-no").onclick = () => finish(false);
+    dialog.onclose = () => finish(false); // Escape
+    dialog.showModal();
+    $("confirm-no").focus();
+  });
+}
+
+// -- one endpoint -----------------------------------------------------------------------------
+
+async function showEndpoint(id) {
+  show("endpoint", { focus: false });
+  if (state.endpoint?.id !== id) {
+    state.endpoint = null;
+    state.test = null;
+    $("endpoint-title").textContent = t("app.loading");
+    $("endpoint-facts").replaceChildren();
+  }
+  state.attempts = []; state.attemptsCursor = null;
+  state.failed = []; state.failedNext = null;
+  renderAttempts(); renderFailed(); renderTest();
+  const ep = await guard(() => call("", "GET", `/v1/endpoints/${encodeURIComponent(id)}`));
+  if (!ep) return;
+  state.endpoint = ep;
+  renderEndpoint();
+  $("endpoint-title").focus();
+  await Promise.all([guard(() => loadAttempts()), guard(() => loadFailed())]);
+}
+
+function scheduleText(schedule) {
+  if (schedule === null || schedule === undefined) return t("endpoint.schedule_default");
+  if (!schedule.length) return t("endpoint.schedule_single");
+  return schedule.map((s) => `${formatNumber(s)} s`).join(", ");
+}
+
+function renderEndpoint() {
+  const ep = state.endpoint;
+  if (!ep) return;
+  $("endpoint-title").replaceChildren(h("bdi", { dir: "ltr", text: ep.url }));
+  facts($("endpoint-facts"), [
+    [t("field.id"), code(ep.id)],
+    [t("field.status"), h("span", { class: `badge ${ep.status}`, text: statusText(ep) })],
+    [t("field.events"), patternList(ep.events)],
+    [t("field.description"), ep.description || dash],
+    [t("field.retry_schedule"), scheduleText(ep.retry_schedule)],
+    [t("field.created_at"), formatTime(ep.created_at)],
+    [t("field.updated_at"), formatTime(ep.updated_at)],
+    ep.failing_since && [t("field.failing_since"), formatTime(ep.failing_since)],
+    ep.disabled_at && [t("field.disabled_at"), formatTime(ep.disabled_at)],
+  ]);
+  $("endpoint-toggle").textContent = t(ep.status === "enabled" ? "endpoint.disable" : "endpoint.enable");
+  $("endpoint-test").disabled = ep.status !== "enabled";
+  setHidden($("attempts-body"), !canReadAudit());
+  const off = $("attempts-off");
+  setHidden(off, canReadAudit());
+  off.textContent = state.config.audit_url ? t("attempts.role") : t("attempts.no_audit");
+}
+
+async function toggleEndpoint(button) {
+  const ep = state.endpoint;
+  const status = ep.status === "enabled" ? "disabled" : "enabled";
+  const out = await guard(() => call("", "PATCH", `/v1/endpoints/${encodeURIComponent(ep.id)}`, { body: { status } }), { button });
+  if (!out) return;
+  state.endpoint = out;
+  renderEndpoint();
+  if (status === "disabled") announce(t("endpoint.disabled_now"));
+  else announce(out.held_deliveries ? t("endpoint.enabled_held", { n: out.held_deliveries }) : t("endpoint.enabled_now"));
+}
+
+async function rotateSecret(button) {
+  const ep = state.endpoint;
+  if (!await confirmAction(t("rotate.confirm"), t("endpoint.rotate"))) return;
+  const out = await guard(() => call("", "POST", `/v1/endpoints/${encodeURIComponent(ep.id)}/secret/rotate`, { body: {} }), { button });
+  if (!out) return;
+  announce(t("rotate.done"));
+  showSecret(out.secret, out.previous_valid_until);
+}
+
+async function deleteEndpoint(button) {
+  const ep = state.endpoint;
+  if (!await confirmAction(t("delete.confirm", { url: ep.url }), t("endpoint.delete"))) return;
+  const done = await guard(async () => {
+    await call("", "DELETE", `/v1/endpoints/${encodeURIComponent(ep.id)}`);
+    return true;
+  }, { button });
+  if (!done) return;
+  state.endpoint = null;
+  location.hash = "#/endpoints";
+  announce(t("delete.done", { id: ep.id }));
+}
+
+// -- test event -------------------------------------------------------------------------------
+
+async function waitOutcome(eventId, endpointId) {
+  const deadline = Date.now() + TEST_WAIT_MS;
+  for (;;) {
+    const page = await call(audit(), "GET", "/v1/audit/records",
+      { query: { event_id: eventId, endpoint_id: endpointId, limit: 100 } });
+    const found = page.records.find((r) => OUTCOME_KINDS.includes(r.kind));
+    if (found) return found;
+    if (Date.now() >= deadline) return null;
+    await sleep(POLL_MS);
+  }
+}
+
+async function sendTest(button) {
+  const ep = state.endpoint;
+  const path = `/v1/endpoints/${encodeURIComponent(ep.id)}`;
+  await guard(async () => {
+    let added = false;
+    if (!ep.events.some((p) => matches(p, TEST_EVENT))) {
+      await call("", "PATCH", path, { body: { events: [...ep.events, TEST_EVENT] } });
+      added = true;
+    }
+    let accepted;
+    let record = null;
+    try {
+      const details = await everyLanguage("test.details");
+      accepted = await call("", "POST", "/v1/events", {
+        body: { event: TEST_EVENT, lang: language(), data: { test: true, endpoint_id: ep.id, details } },
+      });
+      state.test = { eventId: accepted.id, waiting: Boolean(audit()), record: null };
+      renderTest();
+      announce(t("test.published", { id: accepted.id }));
+      if (audit()) record = await waitOutcome(accepted.id, ep.id);
+    } finally {
+      if (added) { // take back the test subscription only (other changes made meanwhile stay)
+        const current = await call("", "GET", path);
+        const events = current.events.filter((e) => e !== TEST_EVENT);
+        if (events.length && events.length !== current.events.length) await call("", "PATCH", path, { body: { events } });
+      }
+    }
+    state.test = { eventId: accepted.id, waiting: false, record, timedOut: Boolean(audit()) && !record };
+    renderTest();
+    if (record) announce(testSummary(record));
+    await loadAttempts();
+  }, { button });
+}
+
+function nextText(details) {
+  if (!details) return dash;
+  if (details.next === "retry") return t("next.retry", { seconds: formatNumber((details.retry_in_ms || 0) / 1000, 2) });
+  if (details.next === "dead_letter") return t("next.dead_letter", { reason: details.dead_letter_reason || dash });
+  if (details.next === "done") return t("next.done");
+  return dash;
+}
+
+function testSummary(record) {
+  if (record.kind !== "delivery.attempted") return t("test.not_attempted", { kind: record.kind, reason: record.reason || dash });
+  if (record.outcome === "delivered") return t("test.delivered", { status: record.status_code });
+  return t("test.failed", { status: record.status_code ?? dash, error: record.error || record.reason || dash });
+}
+
+function renderTest() {
+  const panel = $("test-result");
+  const test = state.test;
+  setHidden(panel, !test);
+  if (!test) return;
+  const summary = $("test-summary");
+  const rec = test.record;
+  summary.className = rec ? (rec.outcome === "delivered" ? "ok" : "bad") : "";
+  if (test.waiting) summary.textContent = t("test.waiting", { id: test.eventId });
+  else if (!audit()) summary.textContent = t("test.no_audit", { id: test.eventId });
+  else if (!rec) summary.textContent = t("test.timeout", { id: test.eventId });
+  else summary.textContent = testSummary(rec);
+  const d = rec?.details || {};
+  facts($("test-facts"), rec && rec.kind === "delivery.attempted" ? [
+    [t("field.event_id"), code(test.eventId)],
+    [t("field.delivery_id"), code(rec.delivery_id)],
+    [t("field.attempt"), rec.attempt],
+    [t("field.status_code"), rec.status_code ?? dash],
+    [t("field.latency"), rec.duration_ms == null ? dash : `${formatNumber(rec.duration_ms)} ms`],
+    [t("field.outcome"), t(`outcome.${rec.outcome}`)],
+    rec.error && [t("field.error"), code(rec.error)],
+    d.response_excerpt && [t("field.response"), code(clip(d.response_excerpt, 300))],
+    [t("field.next"), nextText(d)],
+  ] : [[t("field.event_id"), code(test.eventId)]]);
+}
+
+// -- delivery attempts (audit) and failed deliveries (ingest) ---------------------------------
+
+async function loadAttempts(more = false) {
+  if (!state.endpoint || !canReadAudit()) return;
+  if (!more) { state.attempts = []; state.attemptsCursor = null; }
+  const period = $("attempts-period").value;
+  const since = period ? new Date(Date.now() - Number(period) * 1000).toISOString() : undefined;
+  const page = await call(audit(), "GET", "/v1/audit/records", {
+    query: { endpoint_id: state.endpoint.id, kind: "delivery.attempted", since, limit: 100, cursor: more ? state.attemptsCursor : undefined },
+  });
+  state.attempts.push(...page.records);
+  state.attemptsCursor = page.next_cursor;
+  renderAttempts();
+}
+
+function renderAttempts() {
+  const rows = [...state.attempts].reverse().map((r) => h("tr", { "data-delivery": r.delivery_id, "data-attempt": r.attempt },
+    h("th", { scope: "row" }, code(r.delivery_id), h("br"), h("small", {}, code(r.event_type))),
+    h("td", { text: r.attempt ?? dash }),
+    h("td", { text: formatTime(r.occurred_at) }),
+    h("td", {}, h("span", { class: `badge ${r.outcome}`, text: t(`outcome.${r.outcome}`) })),
+    h("td", { class: "num", text: r.status_code ?? dash }),
+    h("td", { class: "num", text: r.duration_ms == null ? dash : `${formatNumber(r.duration_ms)} ms` }),
+    h("td", {}, r.details?.response_excerpt ? code(clip(r.details.response_excerpt, 160)) : (r.error ? code(r.error) : dash)),
+    h("td", { text: nextText(r.details) })));
+  $("attempts-table").tBodies[0].replaceChildren(...rows);
+  setHidden($("attempts-none"), state.attempts.length > 0);
+  setHidden($("attempts-table"), state.attempts.length === 0);
+  setHidden($("attempts-more"), !state.attemptsCursor);
+}
+
+async function loadFailed(more = false) {
+  if (!state.endpoint) return;
+  if (!more) { state.failed = []; state.failedNext = null; }
+  const page = await call("", "GET", `/v1/endpoints/${encodeURIComponent(state.endpoint.id)}/deliveries`, {
+    query: { status: $("failed-status").value, limit: PAGE, after: more ? state.failedNext : undefined },
+  });
+  state.failed.push(...page.items);
+  state.failedNext = page.next;
+  renderFailed();
+}
+
+function renderFailed() {
+  const rows = state.failed.map((d) => h("tr", { "data-delivery": d.delivery_id },
+    h("th", { scope: "row" }, code(d.delivery_id)),
+    h("td", {}, code(d.event_type), h("br"), h("small", {}, code(d.event_id))),
+    h("td", {}, code(d.reason), d.error ? [h("br"), h("small", {}, code(clip(d.error, 120)))] : null),
+    h("td", { text: formatTime(d.failed_at) }),
+    h("td", {}, h("ol", { class: "attempts" }, d.attempts.map((a) => h("li", { value: a.attempt },
+      `${t(`outcome.${a.outcome}`)} · ${a.status_code ?? dash} · ${a.duration_ms == null ? dash : `${formatNumber(a.duration_ms)} ms`}`)))),
+    h("td", {}, canWrite() && d.status !== "retried"
+      ? h("button", { type: "button", class: "retry", "data-delivery": d.delivery_id,
+        "aria-label": t("failed.retry_label", { id: d.delivery_id }), text: t("failed.retry"),
+        onclick: (e) => retryDelivery(d, e.currentTarget) })
+      : (d.retried_at ? t("failed.retried_at", { time: formatTime(d.retried_at) }) : dash))));
+  $("failed-table").tBodies[0].replaceChildren(...rows);
+  setHidden($("failed-none"), state.failed.length > 0);
+  setHidden($("failed-table"), state.failed.length === 0);
+  setHidden($("failed-more"), !state.failedNext);
+}
+
+async function retryDelivery(delivery, button) {
+  const out = await guard(() => call("", "POST", `/v1/deliveries/${encodeURIComponent(delivery.delivery_id)}/retry`), { button });
+  if (!out) return;
+  announce(t("failed.retried", { id: out.delivery_id, attempt: out.attempt }));
+  await guard(() => loadFailed());
+}
+
+// -- audit log --------------------------------------------------------------------------------
+
+function auditQuery() {
+  const form = $("audit-form");
+  const query = {};
+  for (const name of ["kind", "event_type", "event_id", "endpoint_id", "delivery_id", "outcome"]) {
+    const value = form.elements[name].value.trim();
+    if (value) query[name] = value;
+  }
+  for (const name of ["since", "until"]) {
+    const value = form.elements[name].value;
+    if (value) query[name] = new Date(value).toISOString(); // the browser's local time
+  }
+  return query;
+}
+
+async function showAudit() {
+  show("audit");
+  const select = $("audit-kind");
+  if (select.options.length === 1) select.append(...KINDS.map((k) => h("option", { value: k, text: k })));
+  if (!state.audit.length) await guard(() => searchAudit());
+}
+
+async function searchAudit(more = false) {
+  if (!more) { state.auditQuery = auditQuery(); state.audit = []; state.auditCursor = null; }
+  const page = await call(audit(), "GET", "/v1/audit/records", {
+    query: { ...state.auditQuery, limit: 100, cursor: more ? state.auditCursor : undefined },
+  });
+  state.audit.push(...page.records);
+  state.auditCursor = page.next_cursor;
+  renderAudit();
+  if (!more) announce(t("audit.found", { n: state.audit.length, more: state.auditCursor ? "+" : "" }));
+}
+
+function idsOf(r) {
+  const pairs = [["field.event_id", r.event_id], ["field.endpoint_id", r.endpoint_id], ["field.delivery_id", r.delivery_id], ["field.actor", r.actor]];
+  return pairs.filter(([, v]) => v).flatMap(([k, v], i) => [i ? h("br") : null, h("small", { text: `${t(k)} ` }), code(v)]);
+}
+
+function renderAudit() {
+  const rows = state.audit.map((r) => h("tr", { "data-seq": r.seq },
+    h("th", { scope: "row", class: "num", text: r.seq }),
+    h("td", { text: formatTime(r.occurred_at) }),
+    h("td", {}, code(r.kind, "nowrap"), r.event_type ? [h("br"), h("small", {}, code(r.event_type))] : null),
+    h("td", { text: r.service }),
+    h("td", {}, idsOf(r)),
+    h("td", {}, r.outcome ? code(r.outcome) : dash, r.status_code ? ` ${r.status_code}` : "", r.reason ? [h("br"), h("small", {}, code(r.reason))] : null),
+    h("td", {}, Object.keys(r.details || {}).length ? code(clip(JSON.stringify(r.details), 240)) : dash)));
+  $("audit-table").tBodies[0].replaceChildren(...rows);
+  setHidden($("audit-none"), state.audit.length > 0);
+  setHidden($("audit-table"), state.audit.length === 0);
+  setHidden($("audit-more"), !state.auditCursor);
+  renderVerdict();
+}
+
+async function verifyChain(button) {
+  const report = await guard(() => call(audit(), "GET", "/v1/audit/verify"), { button });
+  if (!report) return;
+  state.verdict = report;
+  renderVerdict();
+  announce($("audit-verdict").textContent);
+}
+
+function renderVerdict() {
+  const box = $("audit-verdict");
+  const v = state.verdict;
+  setHidden(box, !v);
+  if (!v) return;
+  box.className = `verdict ${v.ok ? "ok" : "bad"}`;
+  box.textContent = v.ok
+    ? t("audit.intact", { n: v.records, head: v.head_hash.slice(0, 16) })
+    : t("audit.broken", { seq: v.first_bad_seq, problem: v.problem });
+}
+
+async function exportAudit(format, button) {
+  await guard(async () => {
+    const response = await download(audit(), "/v1/audit/export", { ...auditQuery(), format });
+    const blob = await response.blob();
+    const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\..*/, "");
+    const link = h("a", { href: URL.createObjectURL(blob), download: `dihya-audit-${stamp}.${format}`, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    announce(t("audit.exported", { format: format.toUpperCase(), size: formatNumber(blob.size / 1024) }));
+  }, { button });
+}
+
+// -- wiring -----------------------------------------------------------------------------------
+
+function rerender() {
+  renderChrome();
+  if (!state.me) return;
+  if (state.view === "empty") showEmpty();
+  renderEndpoints();
+  renderEndpoint();
+  renderTest();
+  renderAttempts();
+  renderFailed();
+  renderAudit();
+  if (state.view === "endpoint" && !state.endpoint) $("endpoint-title").textContent = t("app.loading");
+}
+
+function wire() {
+  $("lang").addEventListener("change", async (e) => {
+    await use(e.target.value);
+    rerender();
+    announce(t("lang.changed"));
+  });
+  $("signin-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const token = $("token").value.trim();
+    if (!token) {
+      $("alert").replaceChildren(h("p", { text: t("signin.empty") }));
+      $("alert").hidden = false;
+      $("token").focus();
+      return;
+    }
+    const button = e.submitter || $("signin-form").querySelector("[type=submit]");
+    await guard(async () => { await signIn(token); $("token").value = ""; }, { button });
+  });
+  $("signout").addEventListener("click", signOut);
+  window.addEventListener("hashchange", () => { hideError(); route(); });
+
+  $("endpoint-new").addEventListener("click", () => openEndpointForm(null));
+  $("endpoints-more").addEventListener("click", (e) => guard(() => loadEndpoints(state.endpointsNext), { button: e.currentTarget }));
+  $("endpoint-form").addEventListener("submit", submitEndpointForm);
+  $("endpoint-form").querySelector(".cancel").addEventListener("click", () => $("endpoint-dialog").close());
+
+  $("endpoint-edit").addEventListener("click", () => openEndpointForm(state.endpoint));
+  $("endpoint-toggle").addEventListener("click", (e) => toggleEndpoint(e.currentTarget));
+  $("endpoint-rotate").addEventListener("click", (e) => rotateSecret(e.currentTarget));
+  $("endpoint-delete").addEventListener("click", (e) => deleteEndpoint(e.currentTarget));
+  $("endpoint-test").addEventListener("click", (e) => sendTest(e.currentTarget));
+
+  $("attempts-form").addEventListener("submit", (e) => { e.preventDefault(); guard(() => loadAttempts(), { button: e.submitter }); });
+  $("attempts-more").addEventListener("click", (e) => guard(() => loadAttempts(true), { button: e.currentTarget }));
+  $("failed-form").addEventListener("submit", (e) => { e.preventDefault(); guard(() => loadFailed(), { button: e.submitter }); });
+  $("failed-more").addEventListener("click", (e) => guard(() => loadFailed(true), { button: e.currentTarget }));
+
+  $("secret-copy").addEventListener("click", copySecret);
+  // once means once: the secret leaves the page as the dialog closes (button or Escape)
+  $("secret-done").addEventListener("click", () => { $("secret-value").value = ""; $("secret-dialog").close(); });
+  $("secret-dialog").addEventListener("close", () => { $("secret-value").value = ""; });
+
+  $("audit-form").addEventListener("submit", (e) => { e.preventDefault(); state.verdict = null; guard(() => searchAudit(), { button: e.submitter }); });
+  $("audit-more").addEventListener("click", (e) => guard(() => searchAudit(true), { button: e.currentTarget }));
+  $("audit-verify").addEventListener("click", (e) => verifyChain(e.currentTarget));
+  $("audit-export-jsonl").addEventListener("click", (e) => exportAudit("jsonl", e.currentTarget));
+  $("audit-export-csv").addEventListener("click", (e) => exportAudit("csv", e.currentTarget));
+}
+
+async function start() {
+  wire();
+  await use(initialLanguage());
+  $("lang").value = language();
+  try {
+    const response = await fetch("config.json", { cache: "no-store" });
+    if (response.ok) state.config = await response.json();
+  } catch {
+    // no config: the audit features stay hidden
+  }
+  const token = storedToken();
+  if (token) {
+    const ok = await guard(async () => { await signIn(token); return true; });
+    if (!ok) { forgetToken(); showSignin(); }
+  } else {
+    showSignin();
+  }
+  document.body.dataset.ready = "true";
+}
+
+start();
