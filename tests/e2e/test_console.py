@@ -1,0 +1,508 @@
+"""The web console end to end: Debian's Chromium, headless, driven by Playwright, against the
+four real services and a real receiver that verifies every signature.
+
+Nothing is downloaded: Playwright launches the system's ``/usr/bin/chromium`` through
+``executable_path``. Without that browser the tests are skipped, except under CI (``CI`` set),
+where a missing browser fails them. Screenshots go to ``build/screenshots/console/`` (or
+``$DIHYA_TEST_ARTIFACTS/screenshots/console/``); the last test checks they were written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from demo.launcher import System
+from demo.receiver import Receiver
+from tests.conftest import wait_for
+from tests.e2e.conftest import Api
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, ConsoleMessage, Page, Request
+
+CHROMIUM = Path(os.environ.get("DIHYA_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = (Path(os.environ["DIHYA_TEST_ARTIFACTS"]) if os.environ.get("DIHYA_TEST_ARTIFACTS")
+         else ROOT / "build") / "screenshots" / "console"
+STARTED = time.time()
+WRITTEN: list[Path] = []
+WAIT_MS = 20_000
+
+
+def _need_browser() -> None:
+    """Skip without Chromium or Playwright, except in CI, where their absence is a failure."""
+    problem = None
+    if not CHROMIUM.exists():
+        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
+    else:
+        try:
+            import playwright.async_api  # noqa: F401
+        except ImportError:
+            problem = "the playwright package is missing (pip install -e '.[dev]')"
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"console end-to-end tests need a browser in CI: {problem}")
+    pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    _need_browser()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
+
+
+@dataclass
+class Tab:
+    """One browser context and page, with everything it requested and printed."""
+
+    page: Page
+    system: System
+    requests: list[str] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def assert_private(self, *secrets: str) -> None:
+        """No token or secret in any URL the page requested or anything it printed, and
+        nothing requested from anywhere but this machine."""
+        hosts = {urlsplit(u).hostname for u in self.requests if not u.startswith(("blob:",
+                                                                                  "data:"))}
+        assert hosts == {"127.0.0.1"}, hosts
+        for secret in (self.system.admin_token, *secrets):
+            assert not any(secret in u for u in self.requests)
+            assert not any(secret in line for line in self.console)
+        assert self.errors == []
+        assert not any("Content Security Policy" in line for line in self.console), self.console
+
+
+@pytest.fixture
+async def tab(browser: Browser, system: System) -> AsyncIterator[Tab]:
+    context = await browser.new_context(viewport={"width": 1280, "height": 860},
+                                        locale="en-US", accept_downloads=True)
+    await context.grant_permissions(["clipboard-read", "clipboard-write"],
+                                    origin=system.url("ingest"))
+    page = await context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    out = Tab(page, system)
+
+    def on_request(request: Request) -> None:
+        out.requests.append(request.url)
+
+    def on_console(message: ConsoleMessage) -> None:
+        out.console.append(message.text)
+
+    context.on("request", on_request)
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: out.errors.append(str(exc)))
+    await page.goto(system.console_url())
+    await page.locator("body[data-ready]").wait_for()
+    yield out
+    await context.close()
+
+
+async def sign_in(page: Page, token: str) -> None:
+    from playwright.async_api import expect
+
+    await page.fill("#token", token)
+    await page.click("#signin-form button[type=submit]")
+    await expect(page.locator("#signout")).to_be_visible()
+
+
+async def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    path.unlink(missing_ok=True)
+    await page.screenshot(path=str(path), full_page=True)
+    WRITTEN.append(path)
+
+
+async def new_token(api: Api, role: str) -> dict[str, Any]:
+    _, token = await api.call("POST", "ingest", "/v1/tokens", api.system.admin_token,
+                              {"role": role, "description": f"console e2e {role}"}, expect=201)
+    return dict(token)
+
+
+async def audit_knows(api: Api, token: str) -> None:
+    """Wait until the audit service has learnt ``token`` (a TokenGrant on the control bus)."""
+    async def accepted() -> bool:
+        status, _ = await api.call("GET", "audit", "/v1/audit/verify", token)
+        return status == 200
+
+    await wait_for(accepted, timeout=20)
+
+
+async def read_text(path: Path) -> str:
+    return await asyncio.to_thread(Path(path).read_text, "utf-8")
+
+
+def one(received: list[Any], predicate: Callable[[Any], bool]) -> Any:
+    hits = [d for d in received if predicate(d)]
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+async def test_admin_creates_tests_rotates_edits_and_disables_an_endpoint(
+    tab: Tab, api: Api, receiver: Receiver
+) -> None:
+    from playwright.async_api import expect
+
+    page, admin = tab.page, api.system.admin_token
+    await sign_in(page, admin)
+    await expect(page.locator("#whoami")).to_contain_text("administrator")
+    await expect(page.locator("h1#endpoints-title")).to_be_focused()
+
+    # create: the secret is shown once, with a copy button and a clear warning
+    await page.click("#endpoint-new")
+    await expect(page.locator("#endpoint-dialog")).to_be_visible()
+    await page.fill("#ep-url", receiver.url("console-ok"))
+    await page.fill("#ep-events", "console.created")
+    await page.fill("#ep-description", "Console e2e")
+    await page.click("#endpoint-form button[type=submit]")
+    secret_dialog = page.locator("#secret-dialog")
+    await expect(secret_dialog).to_be_visible()
+    await expect(page.locator("#secret-warning")).to_contain_text("you will not see it again")
+    secret = await page.input_value("#secret-value")
+    assert secret.startswith("whsec_")
+    await page.click("#secret-copy")
+    await expect(page.locator("#status")).to_have_text("Secret copied to the clipboard.")
+    assert await page.evaluate("navigator.clipboard.readText()") == secret
+    await page.click("#secret-done")
+    await expect(secret_dialog).to_be_hidden()
+    assert await page.input_value("#secret-value") == ""  # once means once
+    receiver.secrets["console-ok"] = secret
+    await expect(page.locator("#endpoint-facts")).to_contain_text("console.created")
+    endpoint_id = page.url.rsplit("/", 1)[-1]
+    assert endpoint_id.startswith("ep_")
+
+    # test event: the receiver verifies the signature with the secret the console showed
+    await page.click("#endpoint-test")
+    await receiver.wait(lambda ds: any(d.path == "console-ok" for d in ds))
+    first = one(receiver.received("console-ok"), lambda d: True)
+    assert first.guide_ok and first.standard_ok is not False
+    assert first.json["event"] == "dihya.test" and first.json["data"]["test"] is True
+    assert set(first.json["data"]["details"]) == {"en", "fr", "ar", "tzm"}
+    summary = page.locator("#test-summary")
+    await expect(summary).to_have_text("Delivered: the receiver answered 200.")
+    await expect(page.locator("#test-facts")).to_contain_text(first.json["delivery"]["id"])
+    row = page.locator(f"#attempts-table tr[data-delivery='{first.json['delivery']['id']}']")
+    await expect(row).to_contain_text("200")
+    await expect(row).to_contain_text("delivered")
+    _, ep = await api.call("GET", "ingest", f"/v1/endpoints/{endpoint_id}", admin, expect=200)
+    assert ep["events"] == ["console.created"]  # the test subscription was taken back
+    await shot(page, "endpoint-en")
+
+    # rotate: confirmed, the new secret shown once; the next delivery verifies with it
+    await page.click("#endpoint-rotate")
+    await expect(page.locator("#confirm-dialog")).to_be_visible()
+    await page.click("#confirm-yes")
+    await expect(secret_dialog).to_be_visible()
+    await expect(page.locator("#secret-valid")).to_contain_text("previous secret")
+    rotated = await page.input_value("#secret-value")
+    assert rotated.startswith("whsec_") and rotated != secret
+    await page.click("#secret-done")
+    receiver.secrets["console-ok"] = rotated
+    await page.click("#endpoint-test")
+    await receiver.wait(lambda ds: sum(d.path == "console-ok" for d in ds) == 2)
+    second = receiver.received("console-ok")[-1]
+    assert second.guide_ok, "X-Dihya-Signature is made with the newest secret"
+    await expect(page.locator("#test-facts")).to_contain_text(second.json["delivery"]["id"])
+    await expect(summary).to_have_text("Delivered: the receiver answered 200.")
+
+    # edit, then disable
+    await page.click("#endpoint-edit")
+    await expect(page.locator("#ep-description")).to_have_value("Console e2e")
+    await page.fill("#ep-description", "Edited in the console")
+    await page.click("#endpoint-form button[type=submit]")
+    await expect(page.locator("#endpoint-facts")).to_contain_text("Edited in the console")
+    await page.click("#endpoint-toggle")
+    await expect(page.locator("#endpoint-facts")).to_contain_text(
+        "disabled (by an administrator)")
+    await expect(page.locator("#endpoint-toggle")).to_have_text("Enable")
+    await expect(page.locator("#endpoint-test")).to_be_disabled()
+    _, ep = await api.call("GET", "ingest", f"/v1/endpoints/{endpoint_id}", admin, expect=200)
+    assert (ep["status"], ep["description"]) == ("disabled", "Edited in the console")
+    tab.assert_private(secret, rotated)
+
+
+async def test_a_failed_delivery_shows_its_attempts_and_is_retried(
+    tab: Tab, api: Api, receiver: Receiver
+) -> None:
+    from playwright.async_api import expect
+
+    page, admin = tab.page, api.system.admin_token
+    receiver.statuses["console-down"] = [503]
+    _, ep = await api.call("POST", "ingest", "/v1/endpoints", admin, {
+        "url": receiver.url("console-down"), "events": ["console.down"],
+        "retry_schedule": [], "description": "answers 503 once"}, expect=201)
+    receiver.secrets["console-down"] = ep["secret"]
+    await api.publish({"event": "console.down", "data": {"order": 42}})
+
+    async def failed() -> list[dict[str, Any]]:
+        _, page_ = await api.call("GET", "ingest", f"/v1/endpoints/{ep['id']}/deliveries",
+                                  admin, expect=200)
+        return list(page_["items"])
+
+    await wait_for(failed, timeout=20)
+    [stored] = await failed()
+
+    await sign_in(page, admin)
+    await page.click(f"#endpoints-table a[href='#/endpoints/{ep['id']}']")
+    dead = page.locator(f"#failed-table tr[data-delivery='{stored['delivery_id']}']")
+    await expect(dead).to_contain_text("exhausted")
+    await expect(dead).to_contain_text("503")
+    attempt = page.locator(f"#attempts-table tr[data-delivery='{stored['delivery_id']}']")
+    await expect(attempt).to_contain_text("503")
+    await expect(attempt).to_contain_text("given up (exhausted)")
+    await shot(page, "deliveries-en")
+
+    await dead.get_by_role("button", name=f"Retry delivery {stored['delivery_id']}").click()
+    await expect(page.locator("#status")).to_have_text(
+        f"Delivery {stored['delivery_id']} sent again as attempt 2.")
+    await expect(dead).to_be_hidden()  # no longer failed
+    await receiver.wait(lambda ds: sum(d.path == "console-down" for d in ds) == 2)
+    again = receiver.received("console-down")[-1]
+    assert again.headers["X-Dihya-Attempt"] == "2" and again.guide_ok and again.status == 200
+
+    async def second_attempt_audited() -> bool:
+        return any(r["attempt"] == 2 for r in await api.records(
+            delivery_id=stored["delivery_id"], kind="delivery.attempted"))
+
+    await wait_for(second_attempt_audited, timeout=20)
+    await page.click("#attempts-form button[type=submit]")
+    await expect(page.locator(
+        f"#attempts-table tr[data-delivery='{stored['delivery_id']}'][data-attempt='2']"
+    )).to_contain_text("200")
+    tab.assert_private(ep["secret"])
+
+
+async def test_arabic_is_right_to_left_and_every_language_is_chosen_by_the_user(
+    tab: Tab, api: Api, receiver: Receiver
+) -> None:
+    from playwright.async_api import expect
+
+    page, admin = tab.page, api.system.admin_token
+    _, ep = await api.call("POST", "ingest", "/v1/endpoints", admin, {
+        "url": receiver.url("console-ar"), "events": ["template.*"],
+        "description": "نقطة استقبال تجريبية"}, expect=201)
+    await sign_in(page, admin)
+    html = page.locator("html")
+    await expect(html).to_have_attribute("dir", "ltr")
+    await page.select_option("#lang", "ar")
+    await expect(html).to_have_attribute("dir", "rtl")
+    await expect(html).to_have_attribute("lang", "ar")
+    await expect(page.locator("#nav-endpoints")).to_have_text("نقاط الاستقبال")
+    await expect(page.locator("#endpoints-title")).to_have_text("نقاط الاستقبال")
+    await expect(page.locator("label[for=lang]")).to_have_text("اللغة")
+
+    # the layout really mirrors: the brand is on the right, the first column is rightmost
+    brand = await page.locator(".brand").bounding_box()
+    tools = await page.locator(".tools").bounding_box()
+    assert brand and tools and brand["x"] > tools["x"]
+    headers = page.locator("#endpoints-table thead th")
+    first, second = await headers.nth(0).bounding_box(), await headers.nth(1).bounding_box()
+    assert first and second and first["x"] > second["x"]
+    await shot(page, "endpoints-ar")
+
+    await page.click(f"#endpoints-table a[href='#/endpoints/{ep['id']}']")
+    await expect(page.locator("#endpoint-toggle")).to_have_text("تعطيل")
+    await expect(page.locator("#attempts-title")).to_have_text("محاولات التسليم")
+    await shot(page, "endpoint-ar")
+
+    # the choice is remembered (this browser), the sign-in too (this tab)
+    await page.reload()
+    await expect(html).to_have_attribute("dir", "rtl")
+    await expect(page.locator("#signout")).to_have_text("تسجيل الخروج")
+    for lang, title, direction in (("tzm", "ⵜⵉⵏⵇⵇⵉⵜⵉⵏ ⵏ ⵓⵎⵥⴰⵥ", "ltr"),  # noqa: RUF001
+                                   ("fr", "Points de terminaison", "ltr")):
+        await page.select_option("#lang", lang)
+        await expect(html).to_have_attribute("lang", lang)
+        await expect(html).to_have_attribute("dir", direction)
+        await expect(page.locator("#nav-endpoints")).to_have_text(title)
+    await page.click("#nav-endpoints")
+    await shot(page, "endpoints-fr")
+
+    # signing out forgets the token
+    await page.click("#signout")
+    await expect(page.locator("#view-signin")).to_be_visible()
+    assert await page.evaluate("sessionStorage.length") == 0
+    assert await page.evaluate("localStorage.getItem('dihya.console.lang')") == "fr"
+    tab.assert_private(ep["secret"])
+
+
+async def test_an_auditor_browses_verifies_and_exports_the_audit_log(
+    tab: Tab, api: Api
+) -> None:
+    from playwright.async_api import expect
+
+    page = tab.page
+    auditor = await new_token(api, "auditor")
+    await audit_knows(api, auditor["token"])
+    await sign_in(page, auditor["token"])
+    await expect(page.locator("#whoami")).to_contain_text("auditor")
+    await expect(page.locator("#nav-endpoints")).to_be_hidden()
+    await expect(page.locator("#nav-audit")).to_have_attribute("aria-current", "page")
+    rows = page.locator("#audit-table tbody tr")
+    await expect(rows.first).to_be_visible()
+
+    await page.select_option("#audit-kind", "endpoint.created")
+    await page.click("#audit-form button[type=submit]")
+    kind_cells = page.locator("#audit-table tbody tr td:nth-child(3) code.nowrap")
+    await expect(kind_cells.filter(has_not_text="endpoint.created")).to_have_count(0)
+    kinds = await kind_cells.all_inner_texts()
+    assert kinds and set(kinds) == {"endpoint.created"}
+
+    await page.click("#audit-verify")
+    await expect(page.locator("#audit-verdict")).to_contain_text("The chain is intact")
+    await shot(page, "audit-en")
+
+    async with page.expect_download() as jsonl_info:
+        await page.click("#audit-export-jsonl")
+    jsonl = await jsonl_info.value
+    assert jsonl.suggested_filename.endswith(".jsonl")
+    lines = (await read_text(await jsonl.path())).splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == len(kinds)
+    assert {r["kind"] for r in records} == {"endpoint.created"}
+    async with page.expect_download() as csv_info:
+        await page.click("#audit-export-csv")
+    csv_text = await read_text(await (await csv_info.value).path())
+    assert csv_text.splitlines()[0].startswith("seq,") and len(csv_text.splitlines()) == len(
+        kinds) + 1
+    await expect(page.locator("#status")).to_contain_text("CSV export downloaded")
+    tab.assert_private(auditor["token"])
+
+
+async def test_a_viewer_reads_but_cannot_change(tab: Tab, api: Api, receiver: Receiver) -> None:
+    from playwright.async_api import expect
+
+    page = tab.page
+    _, ep = await api.call("POST", "ingest", "/v1/endpoints", api.system.admin_token, {
+        "url": receiver.url("console-view"), "events": ["view.only"]}, expect=201)
+    viewer = await new_token(api, "viewer")
+    await sign_in(page, viewer["token"])
+    await expect(page.locator("#endpoints-readonly")).to_be_visible()
+    await expect(page.locator("#endpoint-new")).to_be_hidden()
+    await expect(page.locator("#nav-audit")).to_be_hidden()
+    await page.click(f"#endpoints-table a[href='#/endpoints/{ep['id']}']")
+    await expect(page.locator("#endpoint-facts")).to_contain_text("view.only")
+    await expect(page.locator("#endpoint-actions")).to_be_hidden()
+    await expect(page.locator("#attempts-off")).to_contain_text("your role cannot read")
+    tab.assert_private(viewer["token"], ep["secret"])
+
+
+async def tab_to(page: Page, selector: str, limit: int = 40, back: bool = False) -> None:
+    """Press Tab (Shift+Tab) until ``selector`` has the focus, as a keyboard user would."""
+    for _ in range(limit):
+        if await page.evaluate("(s) => document.activeElement?.matches(s) ?? false", selector):
+            return
+        await page.keyboard.press("Shift+Tab" if back else "Tab")
+    raise AssertionError(f"{selector} never got the focus with the keyboard")
+
+
+async def test_the_keyboard_alone_signs_in_creates_and_deletes_an_endpoint(
+    tab: Tab, api: Api, receiver: Receiver
+) -> None:
+    from playwright.async_api import expect
+
+    page, admin = tab.page, api.system.admin_token
+    await tab_to(page, "#token")
+    await page.keyboard.type(admin)
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#signout")).to_be_visible()
+
+    await tab_to(page, "#endpoint-new")
+    outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid", "the focus is visible"
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#ep-url")).to_be_focused()
+    await page.keyboard.type(receiver.url("console-keys"))
+    await page.keyboard.press("Tab")
+    await expect(page.locator("#ep-events")).to_be_focused()
+    await page.keyboard.type("keys.pressed, keys.*")
+    await page.keyboard.press("Tab")
+    await page.keyboard.type("Typed with the keyboard")
+    await page.keyboard.press("Tab")
+    await expect(page.locator("#ep-schedule")).to_be_focused()
+    await page.keyboard.type("1, 2")
+    await page.keyboard.press("Enter")  # submits the form
+    await expect(page.locator("#secret-dialog")).to_be_visible()
+    await expect(page.locator("#secret-value")).to_be_focused()
+    secret = await page.input_value("#secret-value")
+    await tab_to(page, "#secret-done")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#secret-dialog")).to_be_hidden()
+    endpoint_id = page.url.rsplit("/", 1)[-1]
+    _, ep = await api.call("GET", "ingest", f"/v1/endpoints/{endpoint_id}", admin, expect=200)
+    assert ep["events"] == ["keys.pressed", "keys.*"] and ep["retry_schedule"] == [1, 2]
+    assert ep["description"] == "Typed with the keyboard"
+
+    # Escape closes a dialog; the destructive choice is not the default one
+    await tab_to(page, "#endpoint-edit")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#endpoint-dialog")).to_be_visible()
+    await page.keyboard.press("Escape")
+    await expect(page.locator("#endpoint-dialog")).to_be_hidden()
+    await tab_to(page, "#endpoint-delete")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#confirm-no")).to_be_focused()
+    await page.keyboard.press("Shift+Tab")
+    await expect(page.locator("#confirm-yes")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#view-endpoints")).to_be_visible()
+    await expect(page.locator("#status")).to_have_text(f"Endpoint {endpoint_id} deleted.")
+    status, _ = await api.call("GET", "ingest", f"/v1/endpoints/{endpoint_id}", admin)
+    assert status == 404
+    tab.assert_private(secret)
+
+
+async def test_an_api_error_is_shown_with_its_code(tab: Tab) -> None:
+    from playwright.async_api import expect
+
+    page = tab.page
+    await page.fill("#token", "dihya_not_a_real_token")
+    await page.click("#signin-form button[type=submit]")
+    alert = page.locator("#alert")
+    await expect(alert).to_contain_text("This token is not valid")
+    await expect(alert.locator("code")).to_have_text("unauthorized")
+    await expect(page.locator("#view-signin")).to_be_visible()
+    assert await page.evaluate("sessionStorage.length") == 0
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", path
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
+
+
+def test_the_screenshots_were_written() -> None:
+    """Runs last (file order): every screenshot this module took is a real, recent PNG."""
+    if not WRITTEN:
+        pytest.skip("no console test ran before this one")
+    names = {p.stem for p in WRITTEN}
+    if len(names) >= 5:  # the whole module ran: English and Arabic at least
+        assert {"endpoint-en", "endpoint-ar", "endpoints-ar", "audit-en"} <= names
+    for path in WRITTEN:
+        assert path.stat().st_mtime >= STARTED - 1, path
+        assert path.stat().st_size > 20_000, path  # a rendered page, not a blank one
+        width, height = _png_size(path)
+        assert width >= 1280 and height >= 600, (path, width, height)
+
