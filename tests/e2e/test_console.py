@@ -408,6 +408,18 @@ async def test_a_viewer_reads_but_cannot_change(tab: Tab, api: Api, receiver: Re
     tab.assert_private(viewer["token"], ep["secret"])
 
 
+async def test_a_publisher_is_told_the_console_has_nothing_for_it(tab: Tab, api: Api) -> None:
+    from playwright.async_api import expect
+
+    publisher = await new_token(api, "publisher")
+    await sign_in(tab.page, publisher["token"])
+    await expect(tab.page.locator("#view-empty")).to_be_visible()
+    await expect(tab.page.locator("#empty-text")).to_contain_text("can only publish events")
+    await expect(tab.page.locator("#nav-endpoints")).to_be_hidden()
+    await expect(tab.page.locator("#nav-audit")).to_be_hidden()
+    tab.assert_private(publisher["token"])
+
+
 async def tab_to(page: Page, selector: str, limit: int = 40, back: bool = False) -> None:
     """Press Tab (Shift+Tab) until ``selector`` has the focus, as a keyboard user would."""
     for _ in range(limit):
