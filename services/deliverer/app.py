@@ -22,7 +22,14 @@ from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
 from services.deliverer.settings import Settings
 from services.deliverer.ssrf import VettingResolver
 from shared import telemetry, topology
-from shared.broker import Consumer, Publisher, connect, declare_queue, declare_topology
+from shared.broker import (
+    Consumer,
+    FactPublisher,
+    Publisher,
+    connect,
+    declare_queue,
+    declare_topology,
+)
 from shared.contracts import SignedDelivery, encode, utcnow
 from shared.egress import BlockedAddressError, check_url
 from shared.runtime import Stop
@@ -148,11 +155,12 @@ class Deliverer:
     """The job handler. It returns only once every message it published is confirmed."""
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession,
-                 publisher: Publisher, tiers: WaitTiers,
+                 publisher: Publisher, tiers: WaitTiers, facts: FactPublisher,
                  rng: random.Random | None = None) -> None:
         self._settings = settings
         self._session = session
         self._publisher = publisher
+        self._facts = facts
         self._tiers = tiers
         self._rng = rng or random.Random()
         self._schedule = settings.retry_delays_ms
@@ -250,8 +258,7 @@ class Deliverer:
         ATTEMPTS.labels(outcome.outcome, outcome.reason,
                         handlers.status_class(outcome.status_code)).inc()
         ATTEMPT_SECONDS.observe(duration)
-        publishes: list[Awaitable[None]] = [
-            self._publisher.send(topology.AUDIT_EXCHANGE, attempted.kind, attempted)]
+        publishes: list[Awaitable[None]] = [self._facts.send(attempted)]  # batched
         if isinstance(step, Retry):
             following = handlers.next_job(job, record)
             publishes.append(self._publisher.send(
@@ -306,6 +313,8 @@ async def start(settings: Settings) -> Stop:
         await declare_topology(connection, retry_delays_ms=settings.wait_tiers_ms)
         publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
         stack.push_async_callback(publisher.close)
+        facts = FactPublisher(publisher)
+        stack.push_async_callback(facts.close, settings.shutdown_grace)
         session = make_session(settings)
         stack.push_async_callback(session.close)
 
@@ -320,7 +329,7 @@ async def start(settings: Settings) -> Stop:
 
         tiers = WaitTiers(connection, settings.wait_tiers_ms,
                           timeout=settings.publish_timeout)
-        deliverer = Deliverer(settings, session, publisher, tiers)
+        deliverer = Deliverer(settings, session, publisher, tiers, facts)
         consumer = Consumer(connection, topology.DELIVERER_JOBS, deliverer.on_job,
                             prefetch=settings.prefetch)
         stack.push_async_callback(consumer.stop, settings.shutdown_grace)
