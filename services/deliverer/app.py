@@ -20,6 +20,7 @@ from yarl import URL
 from services.deliverer import handlers
 from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
 from services.deliverer.settings import Settings
+from services.deliverer.slots import EndpointSlots
 from services.deliverer.ssrf import VettingResolver
 from shared import telemetry, topology
 from shared.broker import (
@@ -167,7 +168,8 @@ class Deliverer:
         self._allowed = settings.allowed
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout,
                                               sock_connect=settings.connect_timeout)
-        self._in_flight: dict[str, int] = {}
+        self._slots = EndpointSlots(settings.max_in_flight_per_endpoint,
+                                    settings.max_waiting_per_endpoint)
 
     async def post(self, signed: SignedDelivery) -> Response:
         """One POST, no redirect followed, at most the excerpt of the response read."""
@@ -222,27 +224,20 @@ class Deliverer:
             return
 
         endpoint = job.endpoint_id
-        if self._in_flight.get(endpoint, 0) >= self._settings.max_in_flight_per_endpoint:
+        if self._slots.full(endpoint):
             # Holding the job here would tie up a prefetch slot; enough of them and one slow
             # endpoint stalls every other. Put it back for later instead: same attempt number.
             delay = self._settings.defer_delay_ms
             await self._publisher.send(topology.RETRY_EXCHANGE, topology.retry_queue(delay),
                                        job, expiration=delay / 1000)
             DEFERRED.inc()
-            log.debug("deferred", in_flight=self._in_flight[endpoint], **ids)
+            log.debug("deferred", waiting_or_in_flight=self._slots.users(endpoint), **ids)
             return
-        self._in_flight[endpoint] = self._in_flight.get(endpoint, 0) + 1
-        try:
+        async with self._slots.slot(endpoint):
             at = utcnow()
             started = time.perf_counter()
             response = await self.post(signed)
             duration = time.perf_counter() - started
-        finally:
-            left = self._in_flight[endpoint] - 1
-            if left:
-                self._in_flight[endpoint] = left
-            else:
-                del self._in_flight[endpoint]
         now = utcnow()
         outcome = handlers.classify(response.status, error=response.error,
                                     error_text=response.error_text,

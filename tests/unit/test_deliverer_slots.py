@@ -1,0 +1,66 @@
+"""EndpointSlots: at most `limit` in flight per endpoint, `waiting` more queued, the rest refused."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.deliverer.slots import EndpointSlots
+
+
+async def test_jobs_beyond_the_limit_wait_in_order_then_the_endpoint_is_full() -> None:
+    slots = EndpointSlots(limit=2, waiting=2)
+    release = asyncio.Event()
+    order: list[int] = []
+
+    async def job(n: int) -> None:
+        async with slots.slot("ep"):
+            order.append(n)
+            await release.wait()
+
+    tasks = [asyncio.ensure_future(job(n)) for n in range(4)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert order == [0, 1]  # two in flight, two waiting
+    assert slots.users("ep") == 4 and slots.full("ep")
+    assert not slots.full("other")  # endpoints do not share slots
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert order == [0, 1, 2, 3]
+    assert slots.users("ep") == 0 and not slots.full("ep")
+
+
+async def test_a_cancelled_waiter_gives_its_place_back() -> None:
+    slots = EndpointSlots(limit=1, waiting=1)
+    release = asyncio.Event()
+
+    async def job() -> None:
+        async with slots.slot("ep"):
+            await release.wait()
+
+    holder = asyncio.ensure_future(job())
+    waiter = asyncio.ensure_future(job())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert slots.full("ep")
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert slots.users("ep") == 1 and not slots.full("ep")
+    release.set()
+    await asyncio.wait_for(holder, 5)
+    assert slots.users("ep") == 0
+
+
+async def test_zero_waiting_means_only_the_limit() -> None:
+    slots = EndpointSlots(limit=1, waiting=0)
+    release = asyncio.Event()
+
+    async def job() -> None:
+        async with slots.slot("ep"):
+            await release.wait()
+
+    holder = asyncio.ensure_future(job())
+    await asyncio.sleep(0)
+    assert slots.full("ep")
+    release.set()
+    await asyncio.wait_for(holder, 5)
+    assert not slots.full("ep")
