@@ -169,7 +169,8 @@ class Deliverer:
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout,
                                               sock_connect=settings.connect_timeout)
         self._slots = EndpointSlots(settings.max_in_flight_per_endpoint,
-                                    settings.max_waiting_per_endpoint)
+                                    settings.max_waiting_per_endpoint,
+                                    settings.max_local_wait)
 
     async def post(self, signed: SignedDelivery) -> Response:
         """One POST, no redirect followed, at most the excerpt of the response read."""

@@ -1,4 +1,4 @@
-"""EndpointSlots: at most `limit` in flight per endpoint, `waiting` more queued, the rest refused."""
+"""EndpointSlots: `limit` in flight per endpoint, a short wait for more, the rest deferred."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from services.deliverer.slots import EndpointSlots
 
 
 async def test_jobs_beyond_the_limit_wait_in_order_then_the_endpoint_is_full() -> None:
-    slots = EndpointSlots(limit=2, waiting=2)
+    slots = EndpointSlots(limit=2, waiting=2, max_wait=0.25)
     release = asyncio.Event()
     order: list[int] = []
 
@@ -30,7 +30,7 @@ async def test_jobs_beyond_the_limit_wait_in_order_then_the_endpoint_is_full() -
 
 
 async def test_a_cancelled_waiter_gives_its_place_back() -> None:
-    slots = EndpointSlots(limit=1, waiting=1)
+    slots = EndpointSlots(limit=1, waiting=1, max_wait=0.25)
     release = asyncio.Event()
 
     async def job() -> None:
@@ -51,7 +51,7 @@ async def test_a_cancelled_waiter_gives_its_place_back() -> None:
 
 
 async def test_zero_waiting_means_only_the_limit() -> None:
-    slots = EndpointSlots(limit=1, waiting=0)
+    slots = EndpointSlots(limit=1, waiting=0, max_wait=0.25)
     release = asyncio.Event()
 
     async def job() -> None:
@@ -64,3 +64,44 @@ async def test_zero_waiting_means_only_the_limit() -> None:
     release.set()
     await asyncio.wait_for(holder, 5)
     assert not slots.full("ep")
+
+
+async def test_a_fast_endpoint_may_queue_many_a_slow_one_few() -> None:
+    slots = EndpointSlots(limit=2, waiting=1, max_wait=0.25)
+    for _ in range(3):  # learn: the fast endpoint answers at once
+        async with slots.slot("fast"):
+            pass
+    slots._latency["slow"] = 1.0  # learned: one second per POST
+    release = asyncio.Event()
+
+    async def job(endpoint: str) -> None:
+        async with slots.slot(endpoint):
+            await release.wait()
+
+    fast = [asyncio.ensure_future(job("fast")) for _ in range(50)]
+    await asyncio.sleep(0)
+    assert not slots.full("fast")  # 48 waiting on a near-zero latency: still short
+    held = [asyncio.ensure_future(job("slow")) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert slots.full("slow")  # one more would wait ~0.5 s: deferred instead
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*fast, *held), 5)
+
+
+async def test_an_endpoint_that_starts_hanging_is_seen_as_slow_by_its_oldest_post() -> None:
+    slots = EndpointSlots(limit=1, waiting=5, max_wait=0.05)
+    async with slots.slot("ep"):
+        pass  # a fast answer: latency near zero
+    release = asyncio.Event()
+
+    async def job() -> None:
+        async with slots.slot("ep"):
+            await release.wait()
+
+    hanging = asyncio.ensure_future(job())
+    await asyncio.sleep(0)
+    assert not slots.full("ep")
+    await asyncio.sleep(0.1)  # the running POST is now older than the wait budget
+    assert slots.full("ep")
+    release.set()
+    await asyncio.wait_for(hanging, 5)
