@@ -15,6 +15,7 @@ from shared import topology
 from shared.contracts import (
     EVENT_TYPE_TAG,
     AuditFact,
+    AuditFactBatch,
     Contract,
     DeliveryJob,
     EndpointSecret,
@@ -25,22 +26,23 @@ from shared.contracts import (
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
 
-_CHANNELS: list[tuple[str, str, str, type[Contract], str]] = [
-    # (channel id, exchange, routing key, payload, who publishes → who consumes)
-    ("events", topology.EVENTS_EXCHANGE, "{eventType}", Event,
+_CHANNELS: list[tuple[str, str, str, tuple[type[Contract], ...], str]] = [
+    # (channel id, exchange, routing key, payloads, who publishes → who consumes)
+    ("events", topology.EVENTS_EXCHANGE, "{eventType}", (Event,),
      "Platform services publish domain events here (routing key = event type, e.g. "
      "`template.created`); ingest consumes them from `dihya.ingest.events`. Set the AMQP "
      f"`type` property to `{EVENT_TYPE_TAG}` (optional) and a `message_id` (recommended: a "
      "redelivered message then keeps its event id). Persistent messages, publisher confirms."),
-    ("sign", topology.WORK_EXCHANGE, topology.SIGN, DeliveryJob,
+    ("sign", topology.WORK_EXCHANGE, topology.SIGN, (DeliveryJob,),
      "Ingest (fan-out) and the retry tiers → signer (`dihya.signer.jobs`)."),
-    ("deliver", topology.WORK_EXCHANGE, topology.DELIVER, SignedDelivery,
+    ("deliver", topology.WORK_EXCHANGE, topology.DELIVER, (SignedDelivery,),
      "Signer → deliverer (`dihya.deliverer.jobs`)."),
-    ("audit", topology.AUDIT_EXCHANGE, "{factKind}", AuditFact,
-     "Every service → audit (`dihya.audit.facts`); routing key = fact kind."),
-    ("secrets", topology.CONTROL_EXCHANGE, "secret.{action}", EndpointSecret,
+    ("audit", topology.AUDIT_EXCHANGE, "{factKind}", (AuditFact, AuditFactBatch),
+     "Every service → audit (`dihya.audit.facts`); routing key = fact kind. A batch holds facts "
+     "of that one kind; `delivery.attempted` is also read by ingest (`dihya.ingest.health`)."),
+    ("secrets", topology.CONTROL_EXCHANGE, "secret.{action}", (EndpointSecret,),
      "Ingest → signer (`dihya.signer.control`): the only message that carries a secret."),
-    ("tokens", topology.CONTROL_EXCHANGE, "token.{action}", TokenGrant,
+    ("tokens", topology.CONTROL_EXCHANGE, "token.{action}", (TokenGrant,),
      "Ingest → audit (`dihya.audit.control`): API token hashes and roles."),
 ]
 
@@ -50,20 +52,22 @@ def build() -> dict[str, Any]:
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
     schemas: dict[str, Any] = {}
-    for cid, exchange, key, model, description in _CHANNELS:
-        name = model.__name__
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[name] = schema
-        messages[name] = {
-            "name": name,
-            "contentType": "application/json",
-            "payload": {"$ref": f"#/components/schemas/{name}"},
-        }
+    for cid, exchange, key, models, description in _CHANNELS:
+        for model in models:
+            name = model.__name__
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[name] = schema
+            messages[name] = {
+                "name": name,
+                "contentType": "application/json",
+                "payload": {"$ref": f"#/components/schemas/{name}"},
+            }
         channels[cid] = {
             "address": key,
             "description": description,
-            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+            "messages": {m.__name__: {"$ref": f"#/components/messages/{m.__name__}"}
+                         for m in models},
             "bindings": {"amqp": {"is": "routingKey", "exchange": {
                 "name": exchange, "type": _exchange_type(exchange), "durable": True,
                 "autoDelete": False, "vhost": "/"}, "bindingVersion": "0.3.0"}},

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -34,7 +35,8 @@ from aio_pika.abc import (
 from prometheus_client import Counter, Gauge
 
 from shared import telemetry, topology
-from shared.contracts import Contract, encode
+from shared.batching import Batcher
+from shared.contracts import MAX_FACTS_PER_BATCH, AuditFact, AuditFactBatch, Contract, encode
 
 log = structlog.get_logger("dihya.broker")
 
@@ -147,20 +149,63 @@ class Publisher:
         self, queue: str, message: AbstractIncomingMessage, *, reason: str, error: str
     ) -> None:
         """Move ``message`` to ``queue``'s parking queue with why, before the caller acks it."""
-        headers = dict(message.headers or {})
-        headers.update(
+        await self.park_body(queue, message.body, reason=reason, error=error,
+                             headers=message.headers, type=message.type)
+
+    async def park_body(
+        self, queue: str, body: bytes, *, reason: str, error: str,
+        headers: Mapping[str, Any] | None = None, type: str | None = None,
+    ) -> None:
+        """Park ``body`` as if a message of ``queue`` (one item of a batch, say) with why."""
+        carrier = dict(headers or {})
+        carrier.update(
             {
                 topology.REASON_HEADER: reason,
                 topology.ERROR_HEADER: error[:2000],
                 topology.SOURCE_HEADER: queue,
             }
         )
-        await self.publish(
-            topology.DEAD_EXCHANGE, queue, message.body, headers=headers, type=message.type
-        )
+        await self.publish(topology.DEAD_EXCHANGE, queue, body, headers=carrier, type=type)
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+class FactPublisher:
+    """Publishes audit facts in batches: :meth:`send` returns once the fact is confirmed.
+
+    One :class:`shared.batching.Batcher` per fact kind (the routing key): a fact published
+    while no batch of its kind is in flight leaves at once (no added latency when idle); the
+    facts that arrive meanwhile leave together, as one :class:`AuditFactBatch`, when that
+    confirm comes back. The caller acks its own message only after :meth:`send` returned, as
+    with :meth:`Publisher.send` — at-least-once is unchanged, the broker work per fact is not.
+    """
+
+    def __init__(self, publisher: Publisher, *, size: int = MAX_FACTS_PER_BATCH) -> None:
+        self._publisher = publisher
+        self._size = min(size, MAX_FACTS_PER_BATCH)
+        self._kinds: dict[str, Batcher[AuditFact, None]] = {}
+        self._closed = False
+
+    async def send(self, fact: AuditFact) -> None:
+        batcher = self._kinds.get(fact.kind)
+        if batcher is None:
+            if self._closed:
+                raise RuntimeError("the fact publisher is closed")
+            batcher = Batcher(functools.partial(self._publish, fact.kind), size=self._size,
+                              name=f"{fact.kind} facts")
+            batcher.start()
+            self._kinds[fact.kind] = batcher
+        await batcher.submit(fact)
+
+    async def _publish(self, kind: str, facts: Sequence[AuditFact]) -> None:
+        await self._publisher.send(topology.AUDIT_EXCHANGE, kind,
+                                   AuditFactBatch(facts=list(facts)))
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Publish what is pending (within ``grace``), then refuse new facts."""
+        self._closed = True
+        await asyncio.gather(*(b.stop(grace) for b in self._kinds.values()))
 
 
 class Consumer:

@@ -160,6 +160,23 @@ class AuditFact(Contract):
     details: dict[str, JsonValue] = Field(default_factory=dict)
 
 
+MAX_FACTS_PER_BATCH = 1000
+
+
+class AuditFactBatch(Contract):
+    """Several audit facts of one kind in one message (every service → audit).
+
+    Why: a delivery produces facts at the rate of deliveries, and one persistent, confirmed
+    message per fact (consumed by audit, and ``delivery.attempted`` by ingest's health queue
+    too) cost more broker work than the delivery itself. Services publish the facts that pile
+    up while the previous batch awaits its confirm as one message, routed by their common kind;
+    consumers take :class:`AuditFact` and :class:`AuditFactBatch` alike.
+    """
+
+    type: Literal["dihya.audit_fact_batch.v1"] = "dihya.audit_fact_batch.v1"
+    facts: list[AuditFact] = Field(min_length=1, max_length=MAX_FACTS_PER_BATCH)
+
+
 class EndpointSecret(Contract):
     """Hands an endpoint's signing secret to the signer (ingest → signer).
 
@@ -202,6 +219,7 @@ CONTRACTS: tuple[type[Contract], ...] = (
     DeliveryJob,
     SignedDelivery,
     AuditFact,
+    AuditFactBatch,
     EndpointSecret,
     TokenGrant,
 )
@@ -214,6 +232,19 @@ def utcnow() -> datetime:
 def encode(model: Contract) -> bytes:
     """Serialise a contract for the wire (compact JSON, ``None`` fields kept for clarity)."""
     return orjson.dumps(model.model_dump(mode="json"))
+
+
+def decode_facts(body: bytes) -> list[AuditFact]:
+    """The facts of a message on the audit exchange, an :class:`AuditFactBatch` or a single
+    :class:`AuditFact` (told apart by their ``type``). Raises ``ValueError`` (pydantic's
+    ``ValidationError`` included) for anything else."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    if isinstance(data, dict) and data.get("type") == AuditFactBatch.model_fields["type"].default:
+        return list(AuditFactBatch.model_validate(data).facts)
+    return [AuditFact.model_validate(data)]
 
 
 def schema_of(model: type[Contract]) -> dict[str, Any]:

@@ -9,6 +9,10 @@ Propagation needs no per-service code: :class:`shared.broker.Publisher` injects 
 context (``traceparent``) into every message's headers, and :class:`shared.broker.Consumer`
 runs each handler inside a consumer span continuing the context it extracts. The deliverer adds
 ``traceparent`` to the outgoing HTTP request, so the receiver can join the trace too.
+
+While no SDK tracer provider is installed (tracing off), :func:`inject` and :func:`consuming`
+do nothing at all: extracting a context and entering a no-op span for every message cost
+ingest about a tenth of its time per event (bench profile) for traces nobody records.
 """
 
 from __future__ import annotations
@@ -53,14 +57,23 @@ def setup(service: str) -> bool:
     return True
 
 
+def enabled() -> bool:
+    """Whether a real tracer provider is installed (by :func:`setup`, or by a test)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def inject(carrier: MutableMapping[str, Any]) -> None:
     """Write the current trace context (``traceparent``) into message or request headers."""
-    propagate.inject(carrier)
+    if enabled():
+        propagate.inject(carrier)
 
 
 @contextmanager
-def consuming(queue: str, headers: Mapping[str, Any] | None) -> Iterator[Span]:
+def consuming(queue: str, headers: Mapping[str, Any] | None) -> Iterator[Span | None]:
     """A consumer span for one message, continuing the trace its headers carry."""
+    if not enabled():
+        yield None
+        return
     carrier = {k: v for k, v in (headers or {}).items() if isinstance(v, str)}
     parent = propagate.extract(carrier)
     with tracer.start_as_current_span(

@@ -4,21 +4,54 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
+import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-Matcher = Callable[[AbstractIncomingMessage], bool]
+from shared.contracts import AuditFactBatch
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A copy of what crossed the exchange (a batch of audit facts: one per fact)."""
+
+    exchange: str
+    routing_key: str
+    type: str | None
+    headers: dict[str, Any]
+    body: bytes
+    message_id: str | None = None
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+def seen(message: AbstractIncomingMessage) -> list[Seen]:
+    """``message`` as the test sees it: an :class:`AuditFactBatch` becomes its facts, each
+    as if published alone, so a test looks for one fact whichever way it travelled."""
+    copy = Seen(message.exchange or "", message.routing_key or "", message.type,
+                dict(message.headers or {}), message.body, message.message_id)
+    if message.type != AuditFactBatch.model_fields["type"].default:
+        return [copy]
+    facts = orjson.loads(message.body)["facts"]
+    return [replace(copy, type=fact["type"], body=orjson.dumps(fact)) for fact in facts]
+
+
+Matcher = Callable[[Seen], bool]
 
 
 class Observer:
     """A private queue bound to an exchange; collects what arrives for the test to pick."""
 
     def __init__(self) -> None:
-        self.received: list[AbstractIncomingMessage] = []
+        self.received: list[Seen] = []
         self._changed = asyncio.Event()
 
     async def _on(self, message: AbstractIncomingMessage) -> None:
-        self.received.append(message)
+        self.received.extend(seen(message))
         self._changed.set()
 
     async def bind(self, channel: AbstractChannel, exchange: str, routing_key: str) -> Observer:
@@ -27,7 +60,7 @@ class Observer:
         await queue.consume(self._on, no_ack=True)
         return self
 
-    async def next(self, match: Matcher, timeout: float = 10.0) -> AbstractIncomingMessage:
+    async def next(self, match: Matcher, timeout: float = 10.0) -> Seen:
         """The first message (already arrived or to come) that ``match`` accepts."""
         async with asyncio.timeout(timeout):
             while True:

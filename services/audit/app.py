@@ -20,7 +20,7 @@ from services.audit.store import MIGRATIONS, AuditStore, is_transient
 from shared import topology
 from shared.batching import Batcher
 from shared.broker import Consumer, Publisher, connect, declare_topology
-from shared.contracts import AuditFact, TokenGrant, utcnow
+from shared.contracts import AuditFact, TokenGrant, encode, utcnow
 from shared.db import make_engine, migrate
 from shared.ids import new_id
 from shared.runtime import Stop
@@ -112,11 +112,29 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
                     message_id=message.message_id)
 
     async def on_fact(message: AbstractIncomingMessage) -> None:
-        fact = handlers.decode_fact(message.body)
-        if isinstance(fact, Rejected):
-            await park(topology.AUDIT_FACTS, message, fact.reason, fact.error)
+        facts = handlers.decode_facts(message.body)
+        if isinstance(facts, Rejected):
+            await park(topology.AUDIT_FACTS, message, facts.reason, facts.error)
             return
-        await store_fact(fact)
+        problems = [handlers.storable_problem(fact) for fact in facts]
+        if len(facts) == 1 and problems[0]:
+            await park(topology.AUDIT_FACTS, message, "schema_invalid", problems[0])
+            return
+        # A batch: its storable facts are stored, each unstorable one is parked on its own.
+        results = await asyncio.gather(
+            *(store_fact(fact) if problem is None else park_fact(message, fact, problem)
+              for fact, problem in zip(facts, problems, strict=True)),
+            return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # requeued; the facts stored meanwhile are dropped as duplicates
+
+    async def park_fact(message: AbstractIncomingMessage, fact: AuditFact, why: str) -> None:
+        await publisher.park_body(topology.AUDIT_FACTS, encode(fact), reason="schema_invalid",
+                                  error=why, headers=message.headers, type=fact.type)
+        metrics.PARKED.labels(topology.AUDIT_FACTS, "schema_invalid").inc()
+        log.warning("fact_parked", queue=topology.AUDIT_FACTS, reason="schema_invalid",
+                    error=why, fact_id=fact.id, kind=fact.kind)
 
     async def on_control(message: AbstractIncomingMessage) -> None:
         grant = handlers.decode(message.body, TokenGrant)

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from services.audit import sealing
 from services.audit.sealing import DEFAULT_PATHS, Sealing
-from shared.contracts import AuditFact, Contract, FactKind, TokenGrant
+from shared.contracts import AuditFact, AuditFactBatch, Contract, FactKind, TokenGrant
 
 GENESIS_HASH = "0" * 64
 """``prev_hash`` of the first record of the chain."""
@@ -91,6 +91,10 @@ def decode(body: bytes, model: type[C]) -> C | Rejected:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         return Rejected("invalid_json", f"body is not valid JSON: {exc}")
+    return _validate(data, model)
+
+
+def _validate(data: Any, model: type[C]) -> C | Rejected:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -114,6 +118,24 @@ def decode_fact(body: bytes) -> AuditFact | Rejected:
         return fact
     problem = storable_problem(fact)
     return Rejected("schema_invalid", problem) if problem else fact
+
+
+def decode_facts(body: bytes) -> list[AuditFact] | Rejected:
+    """The facts of one message: an :class:`AuditFactBatch` or a single :class:`AuditFact`.
+
+    Each fact must still pass :func:`storable_problem` before it is stored: one unstorable fact
+    (a receiver's reply with a NUL in its excerpt, say) must not cost its batch neighbours
+    their records, so that check is the caller's, fact by fact.
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return Rejected("invalid_json", f"body is not valid JSON: {exc}")
+    if isinstance(data, dict) and data.get("type") == AuditFactBatch.model_fields["type"].default:
+        batch = _validate(data, AuditFactBatch)
+        return batch if isinstance(batch, Rejected) else list(batch.facts)
+    single = _validate(data, AuditFact)
+    return single if isinstance(single, Rejected) else [single]
 
 
 def storable_problem(fact: AuditFact) -> str | None:

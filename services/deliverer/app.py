@@ -20,10 +20,18 @@ from yarl import URL
 from services.deliverer import handlers
 from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
 from services.deliverer.settings import Settings
+from services.deliverer.slots import EndpointSlots
 from services.deliverer.ssrf import VettingResolver
 from shared import telemetry, topology
-from shared.broker import Consumer, Publisher, connect, declare_queue, declare_topology
-from shared.contracts import SignedDelivery, encode, utcnow
+from shared.broker import (
+    Consumer,
+    FactPublisher,
+    Publisher,
+    connect,
+    declare_queue,
+    declare_topology,
+)
+from shared.contracts import AuditFact, SignedDelivery, encode, utcnow
 from shared.egress import BlockedAddressError, check_url
 from shared.runtime import Stop
 from shared.web import add_ops_routes, errors_middleware, serve
@@ -148,18 +156,21 @@ class Deliverer:
     """The job handler. It returns only once every message it published is confirmed."""
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession,
-                 publisher: Publisher, tiers: WaitTiers,
+                 publisher: Publisher, tiers: WaitTiers, facts: FactPublisher,
                  rng: random.Random | None = None) -> None:
         self._settings = settings
         self._session = session
         self._publisher = publisher
+        self._facts = facts
         self._tiers = tiers
         self._rng = rng or random.Random()
         self._schedule = settings.retry_delays_ms
         self._allowed = settings.allowed
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout,
                                               sock_connect=settings.connect_timeout)
-        self._in_flight: dict[str, int] = {}
+        self._slots = EndpointSlots(settings.max_in_flight_per_endpoint,
+                                    settings.max_waiting_per_endpoint,
+                                    settings.max_local_wait)
 
     async def post(self, signed: SignedDelivery) -> Response:
         """One POST, no redirect followed, at most the excerpt of the response read."""
@@ -214,27 +225,20 @@ class Deliverer:
             return
 
         endpoint = job.endpoint_id
-        if self._in_flight.get(endpoint, 0) >= self._settings.max_in_flight_per_endpoint:
+        if self._slots.full(endpoint):
             # Holding the job here would tie up a prefetch slot; enough of them and one slow
             # endpoint stalls every other. Put it back for later instead: same attempt number.
             delay = self._settings.defer_delay_ms
             await self._publisher.send(topology.RETRY_EXCHANGE, topology.retry_queue(delay),
                                        job, expiration=delay / 1000)
             DEFERRED.inc()
-            log.debug("deferred", in_flight=self._in_flight[endpoint], **ids)
+            log.debug("deferred", waiting_or_in_flight=self._slots.users(endpoint), **ids)
             return
-        self._in_flight[endpoint] = self._in_flight.get(endpoint, 0) + 1
-        try:
+        async with self._slots.slot(endpoint):
             at = utcnow()
             started = time.perf_counter()
             response = await self.post(signed)
             duration = time.perf_counter() - started
-        finally:
-            left = self._in_flight[endpoint] - 1
-            if left:
-                self._in_flight[endpoint] = left
-            else:
-                del self._in_flight[endpoint]
         now = utcnow()
         outcome = handlers.classify(response.status, error=response.error,
                                     error_text=response.error_text,
@@ -250,8 +254,8 @@ class Deliverer:
         ATTEMPTS.labels(outcome.outcome, outcome.reason,
                         handlers.status_class(outcome.status_code)).inc()
         ATTEMPT_SECONDS.observe(duration)
-        publishes: list[Awaitable[None]] = [
-            self._publisher.send(topology.AUDIT_EXCHANGE, attempted.kind, attempted)]
+        attempt = asyncio.ensure_future(self._facts.send(attempted))  # batched
+        publishes: list[Awaitable[None]] = [attempt]
         if isinstance(step, Retry):
             following = handlers.next_job(job, record)
             publishes.append(self._publisher.send(
@@ -267,7 +271,7 @@ class Deliverer:
                          topology.ERROR_HEADER: (outcome.error or "")[:2000],
                          topology.SOURCE_HEADER: topology.DELIVERER_JOBS},
                 type=parked.type))
-            publishes.append(self._publisher.send(topology.AUDIT_EXCHANGE, dead.kind, dead))
+            publishes.append(self._dead_fact_after(attempt, dead))
             DEAD.labels(step.reason).inc()
         await asyncio.gather(*publishes)
         log.info("attempted", outcome=outcome.outcome, reason=outcome.reason,
@@ -275,6 +279,13 @@ class Deliverer:
                  host=URL(job.url).host if job.url else None,
                  next=type(step).__name__.lower(),
                  retry_in_ms=step.delay_ms if isinstance(step, Retry) else None, **ids)
+
+
+    async def _dead_fact_after(self, attempt: asyncio.Future[None], dead: AuditFact) -> None:
+        """Publish ``dead`` once the attempt's fact is confirmed: that fact travels batched,
+        and the audit log must still show the attempt before the giving up."""
+        await attempt
+        await self._publisher.send(topology.AUDIT_EXCHANGE, dead.kind, dead)
 
 
 def make_session(settings: Settings) -> aiohttp.ClientSession:
@@ -306,6 +317,8 @@ async def start(settings: Settings) -> Stop:
         await declare_topology(connection, retry_delays_ms=settings.wait_tiers_ms)
         publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
         stack.push_async_callback(publisher.close)
+        facts = FactPublisher(publisher)
+        stack.push_async_callback(facts.close, settings.shutdown_grace)
         session = make_session(settings)
         stack.push_async_callback(session.close)
 
@@ -320,7 +333,7 @@ async def start(settings: Settings) -> Stop:
 
         tiers = WaitTiers(connection, settings.wait_tiers_ms,
                           timeout=settings.publish_timeout)
-        deliverer = Deliverer(settings, session, publisher, tiers)
+        deliverer = Deliverer(settings, session, publisher, tiers, facts)
         consumer = Consumer(connection, topology.DELIVERER_JOBS, deliverer.on_job,
                             prefetch=settings.prefetch)
         stack.push_async_callback(consumer.stop, settings.shutdown_grace)

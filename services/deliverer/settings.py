@@ -42,9 +42,21 @@ class Settings(EgressSettings):
     )
     max_in_flight_per_endpoint: int = Field(
         default=10, ge=1,
-        description="Deliveries of one endpoint in flight at once. A job beyond it is not "
-        "held (that would fill the shared prefetch with one slow endpoint's work): it waits "
-        "DEFER_DELAY in a wait queue and comes back, re-signed, without using an attempt.",
+        description="Deliveries of one endpoint in flight at once. A job beyond it waits in "
+        "the deliverer for a slot (see MAX_WAITING_PER_ENDPOINT).",
+    )
+    max_waiting_per_endpoint: int = Field(
+        default=10, ge=0,
+        description="Jobs of one endpoint waiting in the deliverer for a slot while its "
+        "latency is not known yet. Once it is, a job waits if its expected wait stays under "
+        "MAX_LOCAL_WAIT. A job beyond that is not held (that would fill the shared prefetch "
+        "with one slow endpoint's work): it waits DEFER_DELAY in a wait queue and comes back, "
+        "re-signed, without using an attempt.",
+    )
+    max_local_wait: float = Field(
+        default=0.25, ge=0,
+        description="Seconds a job may be expected to wait in the deliverer for a slot of its "
+        "endpoint (from the endpoint's latency) before it is deferred instead.",
     )
     defer_delay: str = Field(
         default="1s",

@@ -92,6 +92,7 @@ async def start(settings: Settings) -> Stop:
         with contextlib.suppress(asyncio.CancelledError):
             await purger
         await runner.cleanup()
+        await api.close()
         await asyncio.gather(*(c.stop(settings.shutdown_grace) for c in consumers))
         await events.close(settings.shutdown_grace)
         with contextlib.suppress(Exception):

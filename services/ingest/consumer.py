@@ -59,7 +59,7 @@ from services.ingest.handlers import (
 from services.ingest.store import Store
 from shared import topology
 from shared.batching import Batcher
-from shared.broker import Publisher
+from shared.broker import FactPublisher, Publisher
 from shared.contracts import utcnow
 
 log = structlog.get_logger("dihya.ingest.consumer")
@@ -90,6 +90,7 @@ class EventHandler:
         self._unknown: UnknownPolicy = unknown_event_types
         self._store = store
         self._publisher = publisher
+        self._facts = FactPublisher(publisher)
         self._max_fanout = max_fanout
         self._window = window_seconds
         self._lookups: Batcher[str, datetime | None] = Batcher(
@@ -103,8 +104,9 @@ class EventHandler:
         self._records.start()
 
     async def close(self, grace: float = 10.0) -> None:
-        """Finish pending look-ups and records (after the consumer stopped)."""
-        await asyncio.gather(self._lookups.stop(grace), self._records.stop(grace))
+        """Finish pending look-ups, records and facts (after the consumer stopped)."""
+        await asyncio.gather(self._lookups.stop(grace), self._records.stop(grace),
+                             self._facts.close(grace))
 
     async def _look_up(self, event_ids: Sequence[str]) -> list[datetime | None]:
         seen = await self._store.seen_many(set(event_ids))
@@ -146,7 +148,8 @@ class EventHandler:
         # acked, every delivery it owes is either on its way or in the store.
         await self._store.hold(held, now=now)
         fact = accepted_fact(event, jobs, now)
-        # Jobs first, the fact last: on one channel a queue receives them in this order.
+        # The fact goes with the other events' facts in one batch (FactPublisher); the jobs
+        # and the fact are confirmed before the event is acked, in whichever order.
         await confirm_all(
             [self._publisher.send(topology.WORK_EXCHANGE, topology.SIGN, job,
                                   headers={"x-dihya-event-id": event.id,
@@ -154,7 +157,7 @@ class EventHandler:
              for job in jobs]
             + [self._publisher.send(topology.AUDIT_EXCHANGE, "delivery.held",
                                     held_fact(item, now)) for item in held]
-            + [self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)]
+            + [self._facts.send(fact)]
         )
         await self._remember(event.id, now)
         metrics.accepted(event.event, len(jobs))

@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
-from pydantic import ValidationError
 
 from services.ingest import metrics
 from services.ingest.consumer import confirm_all
@@ -34,7 +33,7 @@ from services.ingest.handlers import (
 from services.ingest.store import Store
 from shared import topology
 from shared.broker import Publisher
-from shared.contracts import AuditFact, utcnow
+from shared.contracts import AuditFact, decode_facts, utcnow
 
 log = structlog.get_logger("dihya.ingest.health")
 
@@ -55,12 +54,17 @@ class HealthHandler:
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         try:
-            fact = AuditFact.model_validate_json(message.body)
-        except ValidationError as exc:
+            facts = decode_facts(message.body)
+        except ValueError as exc:
             # A copy of an audit fact: the audit service parks and audits the bad original.
             metrics.HEALTH_FACTS.labels(result="ignored").inc()
             log.warning("health_fact_unreadable", error=str(exc)[:300])
             return
+        for fact in facts:  # in order: a batch holds one deliverer's attempts as they came
+            await self.judge(fact)
+
+    async def judge(self, fact: AuditFact) -> None:
+        """Apply one ``delivery.attempted`` fact to its endpoint's health."""
         attempt = attempt_of(fact)
         if attempt is None or fact.endpoint_id is None:
             metrics.HEALTH_FACTS.labels(result="ignored").inc()

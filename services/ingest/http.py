@@ -83,6 +83,7 @@ from services.ingest.store import (
     TokenRecord,
 )
 from shared import topology
+from shared.batching import Batcher
 from shared.broker import Publisher
 from shared.contracts import (
     AuditFact,
@@ -116,6 +117,8 @@ log = structlog.get_logger("dihya.ingest.http")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_IDEMPOTENCY_KEY = 255
+TOKEN_BATCH = 200
+"""Most token hashes looked up in one query."""
 
 
 class BrokerUnavailableError(Exception):
@@ -211,6 +214,14 @@ class IngestApi:
         self.store = store
         self.publisher = publisher
         self._openapi: bytes | None = None
+        # Requests in flight at once share one token query (no cache: a revocation holds at
+        # once, on every replica).
+        self._principals: Batcher[str, Principal | None] = Batcher(
+            self._look_up_principals, size=TOKEN_BATCH, name="token look-up")
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Finish pending token look-ups (after the HTTP server stopped)."""
+        await self._principals.stop(grace)
 
     # -- broker helpers -------------------------------------------------------------------
 
@@ -245,7 +256,12 @@ class IngestApi:
                                              "method": request.method}))
 
     async def lookup(self, token_hash: str) -> Principal | None:
-        return await self.store.principal(token_hash)
+        self._principals.start()  # idempotent; here because it needs the running loop
+        return await self._principals.submit(token_hash)
+
+    async def _look_up_principals(self, hashes: Sequence[str]) -> list[Principal | None]:
+        found = await self.store.principals(set(hashes))
+        return [found.get(h) for h in hashes]
 
     def _limits(self) -> dict[str, int]:
         return {"secret_min_length": self.settings.secret_min_length}

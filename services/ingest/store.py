@@ -644,8 +644,14 @@ class Store:
 
     async def principal(self, token_hash: str) -> Principal | None:
         """The principal of a live (not revoked) token, by hash."""
-        query = sa.select(tokens.c.id, tokens.c.role).where(
-            (tokens.c.token_hash == token_hash) & tokens.c.revoked_at.is_(None))
+        return (await self.principals([token_hash])).get(token_hash)
+
+    async def principals(self, token_hashes: Collection[str]) -> dict[str, Principal]:
+        """The principals of the live (not revoked) tokens among ``token_hashes`` (one query)."""
+        if not token_hashes:
+            return {}
+        query = sa.select(tokens.c.id, tokens.c.role, tokens.c.token_hash).where(
+            tokens.c.token_hash.in_(list(token_hashes)) & tokens.c.revoked_at.is_(None))
         async with self.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        return None if row is None else Principal(token_id=row.id, role=row.role)
+            rows = (await conn.execute(query)).all()
+        return {row.token_hash: Principal(token_id=row.id, role=row.role) for row in rows}

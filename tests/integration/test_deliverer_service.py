@@ -355,7 +355,8 @@ async def test_a_slow_endpoint_cannot_hold_back_the_others(
     """With 2 in flight per endpoint, a hanging endpoint keeps 2 requests; the rest flows."""
     receiver.scripts["slow"] = ["hang"]
     receiver.scripts["fast"] = [web.Response(status=200)]
-    async with deliverer(amqp_url, max_in_flight_per_endpoint=2, defer_delay="200ms",
+    async with deliverer(amqp_url, max_in_flight_per_endpoint=2, max_waiting_per_endpoint=0,
+                         defer_delay="200ms",
                          timeout=30, prefetch=10):
         slow_jobs = [make_job(receiver.url("slow")) for _ in range(12)]
         slow_jobs = [j.model_copy(update={"endpoint_id": slow_jobs[0].endpoint_id})

@@ -28,6 +28,7 @@ from shared import topology
 from shared.broker import declare
 from shared.contracts import EndpointSecret, TokenGrant
 from tests.conftest import free_port
+from tests.observe import Seen, seen
 
 pytestmark = pytest.mark.integration
 
@@ -96,19 +97,6 @@ async def running_ingest(amqp_url: str, database_url: str, **overrides: Any
 
 
 @dataclass
-class Seen:
-    exchange: str
-    routing_key: str
-    type: str | None
-    headers: dict[str, Any]
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-@dataclass
 class Observer:
     """An auto-delete queue of the test's own, bound where ingest publishes; keeps copies."""
 
@@ -128,8 +116,7 @@ class Observer:
         return self
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self.messages.append(Seen(message.exchange or "", message.routing_key or "",
-                                  message.type, dict(message.headers or {}), message.body))
+        self.messages.extend(seen(message))
         self._changed.set()
 
     async def wait(self, predicate: Callable[[list[Seen]], bool], timeout: float = 15.0
