@@ -171,19 +171,30 @@ class Publisher:
         await self._channel.close()
 
 
+FACT_LINGER = 0.05
+"""Seconds a batch of audit facts waits for more facts of its kind (see FactPublisher)."""
+
+
 class FactPublisher:
     """Publishes audit facts in batches: :meth:`send` returns once the fact is confirmed.
 
-    One :class:`shared.batching.Batcher` per fact kind (the routing key): a fact published
-    while no batch of its kind is in flight leaves at once (no added latency when idle); the
-    facts that arrive meanwhile leave together, as one :class:`AuditFactBatch`, when that
-    confirm comes back. The caller acks its own message only after :meth:`send` returned, as
-    with :meth:`Publisher.send` — at-least-once is unchanged, the broker work per fact is not.
+    One :class:`shared.batching.Batcher` per fact kind (the routing key): the facts of a kind
+    that arrive within ``linger`` seconds of the first, or while a batch is in flight, leave
+    together as one :class:`AuditFactBatch`. The caller acks its own message only after
+    :meth:`send` returned, as with :meth:`Publisher.send` — at-least-once is unchanged, the
+    broker work per fact is not.
+
+    Why linger: without load to group them, every fact would be a message of its own, consumed
+    by audit (and ``delivery.attempted`` by ingest's health queue too). The wait delays only
+    the *ack* of the message that produced the fact — its successors (jobs, the POST) have
+    already left — so it costs no delivery latency, only a few more messages in flight.
     """
 
-    def __init__(self, publisher: Publisher, *, size: int = MAX_FACTS_PER_BATCH) -> None:
+    def __init__(self, publisher: Publisher, *, size: int = MAX_FACTS_PER_BATCH,
+                 linger: float = FACT_LINGER) -> None:
         self._publisher = publisher
         self._size = min(size, MAX_FACTS_PER_BATCH)
+        self._linger = linger
         self._kinds: dict[str, Batcher[AuditFact, None]] = {}
         self._closed = False
 
@@ -193,7 +204,7 @@ class FactPublisher:
             if self._closed:
                 raise RuntimeError("the fact publisher is closed")
             batcher = Batcher(functools.partial(self._publish, fact.kind), size=self._size,
-                              name=f"{fact.kind} facts")
+                              wait=self._linger, name=f"{fact.kind} facts")
             batcher.start()
             self._kinds[fact.kind] = batcher
         await batcher.submit(fact)

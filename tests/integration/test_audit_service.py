@@ -21,15 +21,15 @@ import asyncpg  # type: ignore[import-untyped]
 import orjson
 import pytest
 import sqlalchemy as sa
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from pydantic import SecretStr
 
 from services.audit.app import start
 from services.audit.handlers import encode_cursor
 from services.audit.settings import AuditSettings
 from shared import topology
-from shared.broker import Publisher, connect, declare
-from shared.contracts import AuditFact, TokenGrant, utcnow
+from shared.broker import FactPublisher, Publisher, connect, declare
+from shared.contracts import AuditFact, AuditFactBatch, TokenGrant, decode_facts, utcnow
 from shared.db import make_engine
 from shared.runtime import Stop
 from shared.web import hash_token
@@ -341,6 +341,60 @@ async def test_invalid_messages_are_parked_and_consuming_goes_on(
     assert all(m.headers[topology.SOURCE_HEADER] == topology.AUDIT_FACTS for m in parked)
     assert {m.body for m in parked} >= {b"{oops"}
     assert ids(await audit.records()) == {after.id}
+
+
+async def test_a_batch_is_stored_and_its_one_unstorable_fact_parked_alone(
+    audit: Audit, broker: Broker
+) -> None:
+    """A batch (as ingest and the deliverer publish them) with one fact the store cannot keep
+    exactly: its neighbours are recorded, that fact alone is parked with its reason."""
+    run = uuid.uuid4().hex[:8]
+    good = make_facts(3, run)
+    bad = good[1].model_copy(update={"id": f"fct_{run}_nul", "error": "nul\x00"})
+    batch = AuditFactBatch(facts=[good[0], bad, good[2]])
+    await broker.publisher.send(topology.AUDIT_EXCHANGE, "delivery.attempted", batch,
+                                headers={"x-test-marker": run})
+    await wait_for(lambda: _has(audit, {good[0].id, good[2].id}), timeout=20)
+
+    parked: list[Any] = []
+
+    async def one_parked() -> bool:
+        parked.extend(await dead_letters(broker, topology.AUDIT_FACTS, run))
+        return len(parked) == 1
+
+    await wait_for(one_parked, timeout=20)
+    assert parked[0].headers[topology.REASON_HEADER] == "schema_invalid"
+    assert "NUL" in str(parked[0].headers[topology.ERROR_HEADER])
+    assert AuditFact.model_validate_json(parked[0].body).id == bad.id  # the fact, not the batch
+    assert ids(await audit.records()) == {good[0].id, good[2].id}
+
+
+async def _has(audit: Audit, wanted: set[str]) -> bool:
+    return wanted <= ids(await audit.records())
+
+
+async def test_a_fact_publisher_groups_the_facts_sent_together(
+    audit: Audit, broker: Broker
+) -> None:
+    """FactPublisher: 50 facts sent at once travel in fewer messages, and every one of them is
+    recorded; each send returns only once its fact is confirmed."""
+    run = uuid.uuid4().hex[:8]
+    facts = [f.model_copy(update={"kind": "delivery.attempted"}) for f in make_facts(50, run)]
+    seen: list[bytes] = []
+
+    async def keep(message: AbstractIncomingMessage) -> None:
+        seen.append(message.body)
+
+    tap = await broker.channel.declare_queue(exclusive=True, auto_delete=True)
+    await tap.bind(topology.AUDIT_EXCHANGE, "delivery.attempted")
+    await tap.consume(keep, no_ack=True)
+    publisher = FactPublisher(broker.publisher, linger=0.05)
+    await asyncio.gather(*(publisher.send(f) for f in facts))
+    await publisher.close()
+    await wait_for(lambda: _has(audit, {f.id for f in facts}), timeout=20)
+    await wait_for(lambda: sum(len(decode_facts(b)) for b in seen) == 50, timeout=10)
+    assert len(seen) < 50
+    assert all(AuditFactBatch.model_validate_json(b).facts for b in seen)
 
 
 # ------------------------------------------------------------------ access control

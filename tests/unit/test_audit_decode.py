@@ -10,7 +10,7 @@ import pytest
 
 from services.audit import handlers
 from services.audit.handlers import Rejected, StoredToken
-from shared.contracts import AuditFact, TokenGrant, encode
+from shared.contracts import AuditFact, AuditFactBatch, TokenGrant, decode_facts, encode
 
 T0 = datetime(2025, 5, 20, 12, 0, tzinfo=UTC)
 VALID: dict[str, Any] = {
@@ -111,3 +111,32 @@ def test_revocation_is_final_even_against_a_newer_grant() -> None:
     assert handlers.grant_applies(stored(False, later), grant(True, later))
     assert not handlers.grant_applies(stored(True, T0), grant(False, later))
     assert handlers.grant_applies(stored(True, T0), grant(True, later))
+
+
+def test_a_batch_and_a_single_fact_decode_alike() -> None:
+    one = AuditFact.model_validate(VALID)
+    two = one.model_copy(update={"id": "fct_2"})
+    assert handlers.decode_facts(encode(one)) == [one]
+    assert handlers.decode_facts(encode(AuditFactBatch(facts=[one, two]))) == [one, two]
+    assert decode_facts(encode(AuditFactBatch(facts=[one, two]))) == [one, two]
+    assert decode_facts(encode(one)) == [one]
+
+
+def test_a_batch_with_a_schema_invalid_fact_is_rejected_whole() -> None:
+    body = orjson.dumps({"type": "dihya.audit_fact_batch.v1",
+                         "facts": [VALID, {**VALID, "kind": "nope"}]})
+    rejected = handlers.decode_facts(body)
+    assert isinstance(rejected, Rejected) and rejected.reason == "schema_invalid"
+    assert "facts.1" in rejected.error
+    with pytest.raises(ValueError, match="kind"):
+        decode_facts(body)
+
+
+def test_an_empty_batch_and_garbage_are_rejected() -> None:
+    empty = handlers.decode_facts(orjson.dumps({"type": "dihya.audit_fact_batch.v1",
+                                                "facts": []}))
+    assert isinstance(empty, Rejected) and empty.reason == "schema_invalid"
+    garbage = handlers.decode_facts(b"\xff")
+    assert isinstance(garbage, Rejected) and garbage.reason == "invalid_json"
+    with pytest.raises(ValueError, match="not JSON"):
+        decode_facts(b"\xff")
