@@ -36,7 +36,8 @@ from pydantic import ValidationError
 
 from services.audit import sealing
 from services.audit.sealing import DEFAULT_PATHS, Sealing
-from shared.contracts import AuditFact, AuditFactBatch, Contract, FactKind, TokenGrant
+from shared import contracts
+from shared.contracts import AuditFact, Contract, FactKind, TokenGrant
 
 GENESIS_HASH = "0" * 64
 """``prev_hash`` of the first record of the chain."""
@@ -98,11 +99,14 @@ def _validate(data: Any, model: type[C]) -> C | Rejected:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
-            for e in exc.errors(include_url=False, include_input=False)
-        )
-        return Rejected("schema_invalid", problems)
+        return Rejected("schema_invalid", _problems(exc))
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False)
+    )
 
 
 def decode_fact(body: bytes) -> AuditFact | Rejected:
@@ -121,21 +125,19 @@ def decode_fact(body: bytes) -> AuditFact | Rejected:
 
 
 def decode_facts(body: bytes) -> list[AuditFact] | Rejected:
-    """The facts of one message: an :class:`AuditFactBatch` or a single :class:`AuditFact`.
+    """The facts of one message (:func:`shared.contracts.decode_facts`: an
+    :class:`AuditFactBatch` or a single :class:`AuditFact`), or why the message is neither.
 
     Each fact must still pass :func:`storable_problem` before it is stored: one unstorable fact
     (a receiver's reply with a NUL in its excerpt, say) must not cost its batch neighbours
     their records, so that check is the caller's, fact by fact.
     """
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return Rejected("invalid_json", f"body is not valid JSON: {exc}")
-    if isinstance(data, dict) and data.get("type") == AuditFactBatch.model_fields["type"].default:
-        batch = _validate(data, AuditFactBatch)
-        return batch if isinstance(batch, Rejected) else list(batch.facts)
-    single = _validate(data, AuditFact)
-    return single if isinstance(single, Rejected) else [single]
+        return contracts.decode_facts(body)
+    except ValidationError as exc:
+        return Rejected("schema_invalid", _problems(exc))
+    except ValueError as exc:  # not JSON at all
+        return Rejected("invalid_json", f"body is {exc}")
 
 
 def storable_problem(fact: AuditFact) -> str | None:
