@@ -86,6 +86,9 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--profile", dest="profile", action="store_true", default=None,
                         help="profile every service with py-spy at saturation")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument("--profile-at", type=float, metavar="FRACTION",
+                        help="profile a paced run at FRACTION of saturation instead (e.g. 0.5: "
+                        "where batches are small)")
     parser.add_argument("--no-slow", dest="slow", action="store_false", default=None,
                         help="skip the slow-endpoint scenario")
     parser.add_argument("--slow-delay", type=float, help="seconds the slow endpoint takes (2)")
@@ -99,8 +102,8 @@ def parse(argv: list[str] | None = None) -> Options:
     name = args.preset or "full"
     values: dict[str, object] = {**PRESETS[name], "preset": name}
     for key in ("event_bytes", "window", "duration", "admitted_duration", "fractions",
-                "raw_fractions", "http_fractions", "http", "profile", "slow", "slow_delay",
-                "slow_duration", "verify_every", "keep_logs"):
+                "raw_fractions", "http_fractions", "http", "profile", "profile_at", "slow",
+                "slow_delay", "slow_duration", "verify_every", "keep_logs"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value

@@ -85,6 +85,8 @@ class Options:
     """Paced phases at this many deliveries/s instead of fractions of saturation (smoke)."""
     profile: bool = True
     profile_duration: float = 10.0
+    profile_at: float | None = None
+    """Profile a paced run at this fraction of saturation (None: a saturation run)."""
     slow: bool = True
     slow_duration: float = 25.0
     slow_fraction: float = 0.5
@@ -528,8 +530,10 @@ async def run(opts: Options) -> dict[str, Any]:
 
         profiled: dict[str, Any] = {"skipped": "disabled (--no-profile)"}
         if opts.profile:
-            say("Profile: saturation again, py-spy attached to every service process…")
-            profiled = await _profile(bench, dihya, system, opts)
+            where = ("saturation again" if opts.profile_at is None
+                     else f"{opts.profile_at:g} x saturation")
+            say(f"Profile: {where}, py-spy attached to every service process…")
+            profiled = await _profile(bench, dihya, system, opts, s_dihya)
 
         slow: dict[str, Any] | None = None
         if opts.slow:
@@ -582,8 +586,8 @@ def _keep_logs(src: Path, dest: Path) -> None:
         shutil.copy2(log, dest / log.name)
 
 
-async def _profile(bench: Bench, target: Target, system: System, opts: Options
-                   ) -> dict[str, Any]:
+async def _profile(bench: Bench, target: Target, system: System, opts: Options,
+                   saturation: float) -> dict[str, Any]:
     if profile.py_spy() is None:
         return {"skipped": "py-spy not installed (it is in the bench extra: bin/bench)"}
     out_dir = opts.out / "profile"
@@ -605,12 +609,19 @@ async def _profile(bench: Bench, target: Target, system: System, opts: Options
         return "py-spy"
 
     try:
-        result = await bench.phase(target, "admitted", duration=opts.profile_duration + 2,
-                                   label="dihya-amqp saturation (profiled)", report=False,
-                                   during=during)
+        if opts.profile_at is None:
+            result = await bench.phase(target, "admitted", duration=opts.profile_duration + 2,
+                                       label="dihya-amqp saturation (profiled)", report=False,
+                                       during=during)
+        else:
+            result = await bench.phase(target, "paced", rate=opts.profile_at * saturation,
+                                       duration=opts.profile_duration + 2,
+                                       label=f"dihya-amqp paced {opts.profile_at:g}xS (profiled)",
+                                       report=False, during=during, fraction=opts.profile_at)
     except RuntimeError as exc:
         return {"skipped": str(exc)}
     return {
+        "at": "saturation" if opts.profile_at is None else f"{opts.profile_at:g} x saturation",
         "throughput_dps_under_profiler": result["throughput_dps"],
         "cpu_pct": result["cpu_pct"],
         "duration_s": opts.profile_duration,
