@@ -586,10 +586,6 @@ class Store:
 
     # -- seen events (AMQP deduplication) --------------------------------------------------
 
-    async def seen_at(self, event_id: str) -> datetime | None:
-        """When ``event_id`` was last fanned out, if it is remembered."""
-        return (await self.seen_many([event_id])).get(event_id)
-
     async def seen_many(self, event_ids: Collection[str]) -> dict[str, datetime]:
         """When each of ``event_ids`` that is remembered was last fanned out (one query)."""
         if not event_ids:
@@ -641,10 +637,6 @@ class Store:
                            .values(revoked_at=now))
         row = (await conn.execute(tokens.select().where(tokens.c.id == token_id))).first()
         return None if row is None else TokenRecord.of(row)
-
-    async def principal(self, token_hash: str) -> Principal | None:
-        """The principal of a live (not revoked) token, by hash."""
-        return (await self.principals([token_hash])).get(token_hash)
 
     async def principals(self, token_hashes: Collection[str]) -> dict[str, Principal]:
         """The principals of the live (not revoked) tokens among ``token_hashes`` (one query)."""
