@@ -32,9 +32,10 @@ class AuditSettings(ServiceSettings):
         description="Facts committed in one transaction; a batch is flushed as soon as it is full.",
     )
     batch_wait: float = Field(
-        default=0.05, ge=0, le=10,
+        default=0.2, ge=0, le=10,
         description="Seconds a non-full batch waits, from its first fact, before it is flushed "
-                    "(the latency a lone fact pays for batching).",
+                    "(the latency a lone fact pays for batching: at moderate load each "
+                    "transaction costs far more than its facts, so batches should fill).",
     )
     page_limit: int = Field(
         default=500, ge=1, le=10_000,
