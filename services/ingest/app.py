@@ -99,7 +99,7 @@ async def start(settings: Settings) -> Stop:
             await publisher.close()
         with contextlib.suppress(Exception):
             await connection.close()
-        await engine.dispose()
+        await store.close()
         log.info("ingest_stopped")
 
     return stop

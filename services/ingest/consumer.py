@@ -67,10 +67,6 @@ log = structlog.get_logger("dihya.ingest.consumer")
 BATCH_SIZE = 500
 """Most event ids looked up or recorded in one database call."""
 
-RECORD_LINGER = 0.05
-"""Seconds a seen-event record waits for others: it holds only the event's ack, not its jobs,
-so at moderate load this buys fuller write transactions for no delivery latency."""
-
 
 async def confirm_all(publishes: Iterable[Awaitable[None]]) -> None:
     """Await every publish (confirms pipelined), then raise the first failure, if any.
@@ -99,8 +95,10 @@ class EventHandler:
         self._window = window_seconds
         self._lookups: Batcher[str, datetime | None] = Batcher(
             self._look_up, size=BATCH_SIZE, name="seen-event look-up")
+        # No linger on records, though only the ack waits for them: until its record commits,
+        # a second copy of the event would fan out again (tests/integration/test_ingest_dedupe).
         self._records: Batcher[tuple[str, datetime], None] = Batcher(
-            self._record, size=BATCH_SIZE, wait=RECORD_LINGER, name="seen-event record")
+            self._record, size=BATCH_SIZE, name="seen-event record")
 
     def start(self) -> None:
         """Start the look-up and record writers (before the consumer delivers)."""

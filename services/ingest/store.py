@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
+import structlog
 from pydantic import JsonValue
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -37,7 +38,10 @@ from services.ingest.handlers import (
     key_is_fresh,
 )
 from shared.contracts import DeliveryJob, Role
+from shared.db import sync_reader
 from shared.web import Principal
+
+log = structlog.get_logger("dihya.ingest.store")
 
 metadata = sa.MetaData()
 
@@ -272,6 +276,28 @@ class Store:
         self._generation = 0
         self._cached: tuple[int, float, list[Endpoint]] | None = None
         self._reload = asyncio.Lock()
+        # the per-event look-ups (seen events, tokens) read SQLite straight from the loop
+        self._reader = sync_reader(engine)
+
+    async def close(self) -> None:
+        """Release the database connections (the engine's and the direct reader's)."""
+        if self._reader is not None:
+            self._reader.dispose()
+        await self.engine.dispose()
+
+    async def _read(self, query: sa.Select[Any]) -> Sequence[sa.Row[Any]]:
+        """Rows of a short indexed read: directly on SQLite when possible (see
+        :func:`shared.db.sync_reader`), else — PostgreSQL, or SQLite busy — through the engine."""
+        if self._reader is not None:
+            try:
+                with self._reader.connect() as sync_conn:
+                    return sync_conn.execute(query).all()
+            except sa.exc.OperationalError as exc:
+                log.debug("direct_read_failed", error=str(exc.orig))
+        rows: Sequence[sa.Row[Any]]
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return rows
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -591,9 +617,8 @@ class Store:
         if not event_ids:
             return {}
         c = seen_events.c
-        query = sa.select(c.event_id, c.seen_at).where(c.event_id.in_(list(event_ids)))
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._read(
+            sa.select(c.event_id, c.seen_at).where(c.event_id.in_(list(event_ids))))
         return {row.event_id: _utc(row.seen_at) for row in rows}
 
     async def remember_events(self, event_ids: Iterable[str], now: datetime) -> None:
@@ -644,6 +669,5 @@ class Store:
             return {}
         query = sa.select(tokens.c.id, tokens.c.role, tokens.c.token_hash).where(
             tokens.c.token_hash.in_(list(token_hashes)) & tokens.c.revoked_at.is_(None))
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._read(query)
         return {row.token_hash: Principal(token_id=row.id, role=row.role) for row in rows}

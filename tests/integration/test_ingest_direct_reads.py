@@ -1,0 +1,88 @@
+"""The per-event look-ups (seen events, tokens) read SQLite directly, on the loop's thread.
+
+What must hold whichever way a read goes: it sees everything the async engine committed just
+before (a revoked token is refused at once, a recorded event is a duplicate at once), it can
+never write, and a direct read that fails falls back to the engine instead of failing the event.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from services.ingest.app import MIGRATIONS
+from services.ingest.store import Store, TokenRecord
+from shared.db import make_engine, migrate, sync_reader
+
+
+async def _store(database_url: str) -> Store:
+    engine = make_engine(database_url)
+    await migrate(engine, MIGRATIONS)
+    return Store(engine)
+
+
+async def test_reads_see_what_was_just_committed(database_url: str) -> None:
+    store = await _store(database_url)
+    try:
+        assert (sync_reader(store.engine) is None) == database_url.startswith("postgresql")
+        when = datetime(2026, 11, 28, 15, 0, 0, 123456, tzinfo=UTC)
+        assert await store.seen_many({"evt_a", "evt_b"}) == {}
+        await store.remember_events(["evt_a"], when)
+        assert await store.seen_many({"evt_a", "evt_b"}) == {"evt_a": when}
+        later = when + timedelta(seconds=5)
+        await store.remember_events(["evt_a", "evt_b"], later)  # a refreshed record
+        assert await store.seen_many({"evt_a", "evt_b"}) == {"evt_a": later, "evt_b": later}
+
+        async with store.transaction() as conn:
+            await store.insert_token(conn, TokenRecord(
+                id="tok_1", role="publisher", description=None, token_hash="h" * 64,
+                created_at=when, revoked_at=None))
+        found = await store.principals({"h" * 64, "x" * 64})
+        assert [(p.token_id, p.role) for p in found.values()] == [("tok_1", "publisher")]
+        async with store.transaction() as conn:
+            await store.revoke_token(conn, "tok_1", later)
+        assert await store.principals({"h" * 64}) == {}
+    finally:
+        await store.close()
+
+
+async def test_the_direct_reader_cannot_write(tmp_path: pytest.TempPathFactory) -> None:
+    store = await _store(f"sqlite:///{tmp_path}/ingest.db")
+    reader = sync_reader(store.engine)
+    assert reader is not None
+    try:
+        with reader.connect() as conn, pytest.raises(sa.exc.OperationalError, match="readonly"):
+            conn.execute(sa.text("DELETE FROM seen_events"))
+    finally:
+        reader.dispose()
+        await store.close()
+
+
+async def test_a_failed_direct_read_falls_back_to_the_engine(
+        tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = await _store(f"sqlite:///{tmp_path}/ingest.db")
+    when = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
+    await store.remember_events(["evt_a"], when)
+    reader = store._reader
+    assert reader is not None
+    calls = []
+
+    def busy() -> None:
+        calls.append(1)
+        raise sa.exc.OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(reader, "connect", busy)
+    try:
+        assert await store.seen_many({"evt_a"}) == {"evt_a": when}
+        assert calls == [1]  # the direct read was tried, and the engine answered
+    finally:
+        await store.close()
+
+
+def test_no_direct_reader_without_a_file() -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    assert sync_reader(create_async_engine("sqlite+aiosqlite:///:memory:")) is None
+    assert sync_reader(create_async_engine("postgresql+asyncpg://u@127.0.0.1/db")) is None
