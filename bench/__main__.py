@@ -82,6 +82,9 @@ def parse(argv: list[str] | None = None) -> Options:
                         help="paced rates for Dihya over AMQP, as fractions of its saturation")
     parser.add_argument("--raw-fractions", type=_fractions, help="idem for the raw chain")
     parser.add_argument("--http-fractions", type=_fractions, help="idem for Dihya over HTTP")
+    parser.add_argument("--rate", type=float, dest="fixed_rate", metavar="DPS",
+                        help="paced phases at DPS deliveries/s instead of fractions of "
+                        "saturation: to compare two commits at the same load")
     parser.add_argument("--no-http", dest="http", action="store_false", default=None)
     parser.add_argument("--profile", dest="profile", action="store_true", default=None,
                         help="profile every service with py-spy at saturation")
@@ -103,7 +106,7 @@ def parse(argv: list[str] | None = None) -> Options:
     values: dict[str, object] = {**PRESETS[name], "preset": name}
     for key in ("event_bytes", "window", "duration", "admitted_duration", "fractions",
                 "raw_fractions", "http_fractions", "http", "profile", "profile_at", "slow",
-                "slow_delay", "slow_duration", "verify_every", "keep_logs"):
+                "slow_delay", "slow_duration", "verify_every", "keep_logs", "fixed_rate"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
