@@ -13,6 +13,7 @@ are normalised to aware UTC datetimes (:func:`_utc`).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -38,7 +39,7 @@ from services.ingest.handlers import (
     key_is_fresh,
 )
 from shared.contracts import DeliveryJob, Role
-from shared.db import sync_reader
+from shared.db import direct_reader
 from shared.web import Principal
 
 log = structlog.get_logger("dihya.ingest.store")
@@ -277,27 +278,25 @@ class Store:
         self._cached: tuple[int, float, list[Endpoint]] | None = None
         self._reload = asyncio.Lock()
         # the per-event look-ups (seen events, tokens) read SQLite straight from the loop
-        self._reader = sync_reader(engine)
+        self._direct = direct_reader(engine)
 
     async def close(self) -> None:
         """Release the database connections (the engine's and the direct reader's)."""
-        if self._reader is not None:
-            self._reader.dispose()
+        if self._direct is not None:
+            self._direct.close()
         await self.engine.dispose()
 
-    async def _read(self, query: sa.Select[Any]) -> Sequence[sa.Row[Any]]:
-        """Rows of a short indexed read: directly on SQLite when possible (see
-        :func:`shared.db.sync_reader`), else — PostgreSQL, or SQLite busy — through the engine."""
-        if self._reader is not None:
-            try:
-                with self._reader.connect() as sync_conn:
-                    return sync_conn.execute(query).all()
-            except sa.exc.OperationalError as exc:
-                log.debug("direct_read_failed", error=str(exc.orig))
-        rows: Sequence[sa.Row[Any]]
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return rows
+    def _direct_rows(self, sql: str, values: Sequence[str]) -> list[Any] | None:
+        """``sql`` (its ``IN ({})`` filled with one ``?`` per value) on the direct reader:
+        the rows, or None when there is no reader or SQLite was busy (then use the engine).
+        The SQL mirrors the engine's query next to each call; the tests hold them equal."""
+        if self._direct is None:
+            return None
+        try:
+            return self._direct.rows(sql.format(",".join("?" * len(values))), values)
+        except sqlite3.OperationalError as exc:
+            log.debug("direct_read_failed", error=str(exc))
+            return None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -616,9 +615,15 @@ class Store:
         """When each of ``event_ids`` that is remembered was last fanned out (one query)."""
         if not event_ids:
             return {}
+        ids = list(event_ids)
+        direct = self._direct_rows(
+            "SELECT event_id, seen_at FROM seen_events WHERE event_id IN ({})", ids)
+        if direct is not None:
+            return {event_id: _utc(datetime.fromisoformat(at)) for event_id, at in direct}
         c = seen_events.c
-        rows = await self._read(
-            sa.select(c.event_id, c.seen_at).where(c.event_id.in_(list(event_ids))))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(c.event_id, c.seen_at).where(c.event_id.in_(ids)))).all()
         return {row.event_id: _utc(row.seen_at) for row in rows}
 
     async def remember_events(self, event_ids: Iterable[str], now: datetime) -> None:
@@ -667,7 +672,14 @@ class Store:
         """The principals of the live (not revoked) tokens among ``token_hashes`` (one query)."""
         if not token_hashes:
             return {}
+        hashes = list(token_hashes)
+        direct = self._direct_rows("SELECT id, role, token_hash FROM tokens WHERE token_hash "
+                                   "IN ({}) AND revoked_at IS NULL", hashes)
+        if direct is not None:
+            return {token_hash: Principal(token_id=token_id, role=role)
+                    for token_id, role, token_hash in direct}
         query = sa.select(tokens.c.id, tokens.c.role, tokens.c.token_hash).where(
-            tokens.c.token_hash.in_(list(token_hashes)) & tokens.c.revoked_at.is_(None))
-        rows = await self._read(query)
+            tokens.c.token_hash.in_(hashes) & tokens.c.revoked_at.is_(None))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
         return {row.token_hash: Principal(token_id=row.id, role=row.role) for row in rows}

@@ -7,14 +7,15 @@ never write, and a direct read that fails falls back to the engine instead of fa
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from services.ingest.app import MIGRATIONS
 from services.ingest.store import Store, TokenRecord
-from shared.db import make_engine, migrate, sync_reader
+from shared.db import DirectReader, direct_reader, make_engine, migrate
 
 
 async def _store(database_url: str) -> Store:
@@ -26,7 +27,7 @@ async def _store(database_url: str) -> Store:
 async def test_reads_see_what_was_just_committed(database_url: str) -> None:
     store = await _store(database_url)
     try:
-        assert (sync_reader(store.engine) is None) == database_url.startswith("postgresql")
+        assert (direct_reader(store.engine) is None) == database_url.startswith("postgresql")
         when = datetime(2026, 11, 28, 15, 0, 0, 123456, tzinfo=UTC)
         assert await store.seen_many({"evt_a", "evt_b"}) == {}
         await store.remember_events(["evt_a"], when)
@@ -48,35 +49,33 @@ async def test_reads_see_what_was_just_committed(database_url: str) -> None:
         await store.close()
 
 
-async def test_the_direct_reader_cannot_write(tmp_path: pytest.TempPathFactory) -> None:
+async def test_the_direct_reader_cannot_write(tmp_path: Path) -> None:
     store = await _store(f"sqlite:///{tmp_path}/ingest.db")
-    reader = sync_reader(store.engine)
+    reader = direct_reader(store.engine)
     assert reader is not None
     try:
-        with reader.connect() as conn, pytest.raises(sa.exc.OperationalError, match="readonly"):
-            conn.execute(sa.text("DELETE FROM seen_events"))
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.rows("DELETE FROM seen_events")
     finally:
-        reader.dispose()
+        reader.close()
         await store.close()
 
 
-async def test_a_failed_direct_read_falls_back_to_the_engine(
-        tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_busy_direct_read_falls_back_to_the_engine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = await _store(f"sqlite:///{tmp_path}/ingest.db")
     when = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
     await store.remember_events(["evt_a"], when)
-    reader = store._reader
-    assert reader is not None
     calls = []
 
-    def busy() -> None:
-        calls.append(1)
-        raise sa.exc.OperationalError("SELECT", {}, Exception("database is locked"))
+    def busy(self: DirectReader, sql: str, params: object = ()) -> list[object]:
+        calls.append(sql)
+        raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(reader, "connect", busy)
+    monkeypatch.setattr(DirectReader, "rows", busy)
     try:
         assert await store.seen_many({"evt_a"}) == {"evt_a": when}
-        assert calls == [1]  # the direct read was tried, and the engine answered
+        assert len(calls) == 1  # the direct read was tried, and the engine answered
     finally:
         await store.close()
 
@@ -84,5 +83,5 @@ async def test_a_failed_direct_read_falls_back_to_the_engine(
 def test_no_direct_reader_without_a_file() -> None:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    assert sync_reader(create_async_engine("sqlite+aiosqlite:///:memory:")) is None
-    assert sync_reader(create_async_engine("postgresql+asyncpg://u@127.0.0.1/db")) is None
+    assert direct_reader(create_async_engine("sqlite+aiosqlite:///:memory:")) is None
+    assert direct_reader(create_async_engine("postgresql+asyncpg://u@127.0.0.1/db")) is None
