@@ -1,0 +1,61 @@
+"""CorkedWriter: what one loop iteration writes leaves as one write, in order, and nothing waits
+longer than the end of that iteration (or a drain, or a close)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from shared.broker import CorkedWriter
+
+
+class RecordingTransport(asyncio.WriteTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def _writer() -> tuple[CorkedWriter, RecordingTransport]:
+    loop = asyncio.get_running_loop()
+    transport = RecordingTransport()
+    reader = asyncio.StreamReader(loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    protocol.connection_made(transport)
+    return CorkedWriter(transport, protocol, reader, loop), transport
+
+
+async def test_one_iteration_is_one_write_in_order() -> None:
+    writer, transport = _writer()
+    writer.write(b"publish-1")
+    writer.writelines([b"|ack-7", memoryview(b"|publish-2")])
+    assert transport.writes == []  # nothing sent mid-iteration
+    await asyncio.sleep(0)  # the end of this iteration
+    assert transport.writes == [b"publish-1|ack-7|publish-2"]
+    writer.write(b"next")
+    await asyncio.sleep(0)
+    assert transport.writes == [b"publish-1|ack-7|publish-2", b"next"]
+
+
+async def test_drain_and_close_send_what_is_pending_first() -> None:
+    writer, transport = _writer()
+    writer.write(b"a")
+    await writer.drain()
+    assert transport.writes == [b"a"]
+    writer.write(b"close-frame")
+    writer.close()
+    assert transport.writes == [b"a", b"close-frame"] and transport.closed
+    await asyncio.sleep(0)  # the flush scheduled by the write finds nothing left to send
+    assert transport.writes == [b"a", b"close-frame"]
