@@ -177,7 +177,7 @@ class Deliverer:
         url = signed.job.url
         try:
             check_url(url, self._allowed, https_only=self._settings.https_only)
-            with telemetry.tracer.start_as_current_span(
+            with telemetry.span(
                 "POST", kind=SpanKind.CLIENT,
                 attributes={"http.request.method": "POST", "url.full": url},
             ) as span:
@@ -187,7 +187,8 @@ class Deliverer:
                     url, data=signed.body.encode(), headers=headers,
                     allow_redirects=False, timeout=self._timeout,
                 ) as resp:
-                    span.set_attribute("http.response.status_code", resp.status)
+                    if span is not None:
+                        span.set_attribute("http.response.status_code", resp.status)
                     try:
                         excerpt = await _read_at_most(resp.content,
                                                       self._settings.response_excerpt_bytes)

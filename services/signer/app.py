@@ -29,6 +29,7 @@ log = structlog.get_logger("dihya.signer")
 
 JOBS = Counter("dihya_signer_jobs_total", "Delivery jobs handled by the signer.",
                ["result", "reason"])
+SIGNED = JOBS.labels("signed", "")
 CONTROL = Counter("dihya_signer_control_total", "Secret control messages handled.",
                   ["action", "result"])
 SECRET_WAIT = Histogram("dihya_signer_secret_wait_seconds",
@@ -170,7 +171,7 @@ class Signer:
             await self._park(topology.SIGNER_JOBS, message, "unsignable", str(exc), job=job)
             return
         await self._publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed)
-        JOBS.labels("signed", "").inc()
+        SIGNED.inc()
         log.debug("signed", signatures=len(found), **ids)
 
     async def _park(self, queue: str, message: AbstractIncomingMessage, reason: str,
