@@ -7,8 +7,11 @@ service to PostgreSQL (design invariant 7). Each service keeps its migration scr
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -55,41 +58,74 @@ READER_BUSY_TIMEOUT = 0.2
 """Seconds a direct read may wait for SQLite (only WAL recovery makes a reader wait)."""
 
 
-class DirectReader:
-    """Read-only SQL on a service's SQLite file, run on the event loop's own thread.
+def sqlite_timestamp(moment: datetime) -> str:
+    """``moment`` as SQLAlchemy stores a ``DateTime`` in SQLite (UTC wall time, microseconds),
+    so rows written directly compare and read back like the engine's own."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
-    Why: a point read through SQLAlchemy's async engine costs about 900 µs of CPU here (a hop
-    to aiosqlite's thread and back, a greenlet switch, statement caching), through its sync
-    engine about 300 µs, and as plain ``sqlite3`` about 5 µs — and the seen-event look-up runs
-    for every event. In WAL mode a reader does not wait for writers, so such a read can run
-    on the loop's thread. Only for short indexed reads on the hot path, with plain SQL: writes
-    stay on the async engine, since a writer may wait for the lock and that must never block
-    the loop. Callers fall back to the engine on ``sqlite3.OperationalError``.
+
+class DirectSQLite:
+    """Plain ``sqlite3`` on a service's SQLite file, for the few statements run per message.
+
+    Why: through SQLAlchemy's async engine a point read costs about 900 µs of CPU here and a
+    one-row upsert with its commit about 1,600 µs (hops to aiosqlite's thread and back,
+    greenlet switches, statement caching); as plain ``sqlite3`` the read takes about 5 µs —
+    and ingest runs both for every event.
+
+    * :meth:`rows` reads on the event loop's own thread, on a read-only connection: in WAL
+      mode a reader does not wait for writers. Callers fall back to the engine on
+      ``sqlite3.OperationalError``.
+    * :meth:`write` runs on one thread of its own with its own connection, since a writer may
+      wait for the lock (another connection's transaction) and that must never block the loop.
+
+    Only for short statements on the hot path, in plain SQL next to the engine's version of
+    the same query (PostgreSQL, and every other query, stay on the engine).
     """
 
     def __init__(self, path: Path) -> None:
-        self._uri = f"file:{quote(str(path.absolute()))}?mode=ro"
-        self._conn: sqlite3.Connection | None = None
+        self._path = path.absolute()
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Every row of ``sql``, as tuples; each call is its own read transaction."""
-        if self._conn is None:
-            self._conn = sqlite3.connect(self._uri, uri=True, timeout=READER_BUSY_TIMEOUT,
-                                         isolation_level=None, check_same_thread=False)
-        return self._conn.execute(sql, params).fetchall()
+        if self._reader is None:
+            self._reader = sqlite3.connect(
+                f"file:{quote(str(self._path))}?mode=ro", uri=True,
+                timeout=READER_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        return self._reader.execute(sql, params).fetchall()
 
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    async def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run ``sql`` for each of ``rows`` in one transaction, committed when this returns."""
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._write, sql, rows)
+
+    def _write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self._writer is None:  # created on the writer thread, used only there
+            self._writer = sqlite3.connect(self._path, timeout=30)
+            self._writer.execute("PRAGMA synchronous=NORMAL")
+        with self._writer:  # commit, or roll back on error
+            self._writer.executemany(sql, rows)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close_writer)
+        self._thread.shutdown(wait=True)
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
-def direct_reader(engine: AsyncEngine) -> DirectReader | None:
-    """A :class:`DirectReader` on ``engine``'s SQLite file; None for PostgreSQL or memory."""
+def direct_sqlite(engine: AsyncEngine) -> DirectSQLite | None:
+    """A :class:`DirectSQLite` on ``engine``'s SQLite file; None for PostgreSQL or memory."""
     url = make_url(str(engine.url))
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
-    return DirectReader(Path(url.database))
+    return DirectSQLite(Path(url.database))
 
 
 async def migrate(engine: AsyncEngine, versions: Path) -> None:

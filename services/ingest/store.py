@@ -39,7 +39,7 @@ from services.ingest.handlers import (
     key_is_fresh,
 )
 from shared.contracts import DeliveryJob, Role
-from shared.db import direct_reader
+from shared.db import direct_sqlite, sqlite_timestamp
 from shared.web import Principal
 
 log = structlog.get_logger("dihya.ingest.store")
@@ -277,13 +277,13 @@ class Store:
         self._generation = 0
         self._cached: tuple[int, float, list[Endpoint]] | None = None
         self._reload = asyncio.Lock()
-        # the per-event look-ups (seen events, tokens) read SQLite straight from the loop
-        self._direct = direct_reader(engine)
+        # the per-event statements (seen events, tokens) go to SQLite directly
+        self._direct = direct_sqlite(engine)
 
     async def close(self) -> None:
         """Release the database connections (the engine's and the direct reader's)."""
         if self._direct is not None:
-            self._direct.close()
+            await self._direct.close()
         await self.engine.dispose()
 
     def _direct_rows(self, sql: str, values: Sequence[str]) -> list[Any] | None:
@@ -629,9 +629,17 @@ class Store:
     async def remember_events(self, event_ids: Iterable[str], now: datetime) -> None:
         """Record event ids as fanned out at ``now`` (an old record is refreshed), in one
         statement executed for all of them."""
-        rows = [{"event_id": event_id, "seen_at": now} for event_id in dict.fromkeys(event_ids)]
-        if not rows:
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
             return
+        if self._direct is not None:
+            at = sqlite_timestamp(now)
+            await self._direct.write(
+                "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?) "
+                "ON CONFLICT (event_id) DO UPDATE SET seen_at = excluded.seen_at",
+                [(event_id, at) for event_id in ids])
+            return
+        rows = [{"event_id": event_id, "seen_at": now} for event_id in ids]
         async with self.engine.begin() as conn:
             stmt = _insert(conn, seen_events)
             await conn.execute(stmt.on_conflict_do_update(
