@@ -68,8 +68,8 @@ class CorkedWriter(asyncio.StreamWriter):
     ``send`` system call while the socket keeps up. Handlers that finish in the same iteration
     (a batch of confirms arriving, say) thus cost one call per message, the largest single
     item of the signer's profile. Corked, they leave as one ``send``, in the order written, at
-    the end of the iteration; ``drain`` and ``close`` send what is pending first, so flow
-    control and a closing frame are unchanged.
+    the end of the iteration. ``close`` sends what is pending first, so a closing frame is not
+    lost; ``drain`` keeps the transport's flow control but does not send early.
     """
 
     def __init__(self, transport: asyncio.WriteTransport, protocol: asyncio.BaseProtocol,
@@ -95,7 +95,9 @@ class CorkedWriter(asyncio.StreamWriter):
             super().write(data)
 
     async def drain(self) -> None:
-        self.flush()
+        # No flush here: aiormq drains after every ack, and sending then would send each ack on
+        # its own. What is pending leaves at the end of this iteration (``close`` sends it at
+        # once); the transport's own flow control still applies.
         await super().drain()
 
     def write_eof(self) -> None:

@@ -9,6 +9,7 @@ and :mod:`.http`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -50,6 +51,7 @@ def valid_pattern(pattern: str) -> bool:
     return len(pattern) <= 255 and PATTERN_RE.fullmatch(pattern) is not None
 
 
+@functools.lru_cache(maxsize=65_536)
 def matches(pattern: str, event_type: str) -> bool:
     """Does subscription ``pattern`` select events of type ``event_type``?
 
@@ -64,7 +66,8 @@ def matches(pattern: str, event_type: str) -> bool:
     Endpoints subscribe with the same language platform teams already use to bind queues to the
     events exchange, so one mental model covers both. Evaluated as a set of reachable positions
     in the type's words (O(pattern words x type words)): several ``#`` never backtrack
-    exponentially.
+    exponentially. Memoised: every event is matched against every endpoint's patterns, and the
+    pairs repeat (7 % of ingest's profile at saturation before).
     """
     words = event_type.split(".")
     positions = {0}
