@@ -76,11 +76,11 @@ class CorkedWriter(asyncio.StreamWriter):
                  reader: asyncio.StreamReader | None, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(transport, protocol, reader, loop)
         self._pending: list[bytes] = []
-        self._flusher = loop
+        self._event_loop = loop
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._pending:
-            self._flusher.call_soon(self.flush)
+            self._event_loop.call_soon(self.flush)
         self._pending.append(bytes(data))
 
     def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:

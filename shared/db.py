@@ -87,6 +87,7 @@ class DirectSQLite:
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._closed = False
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Every row of ``sql``, as tuples; each call is its own read transaction."""
@@ -108,11 +109,14 @@ class DirectSQLite:
             self._writer.executemany(sql, rows)
 
     async def close(self) -> None:
+        """Close both connections and the writer thread (a second call does nothing)."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._close_writer)
-        self._thread.shutdown(wait=True)
+        if not self._closed:
+            self._closed = True
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._close_writer)
+            self._thread.shutdown(wait=True)
 
     def _close_writer(self) -> None:
         if self._writer is not None:

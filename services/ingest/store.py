@@ -281,7 +281,7 @@ class Store:
         self._direct = direct_sqlite(engine)
 
     async def close(self) -> None:
-        """Release the database connections (the engine's and the direct reader's)."""
+        """Release the database connections (the engine's and the direct SQLite ones)."""
         if self._direct is not None:
             await self._direct.close()
         await self.engine.dispose()
