@@ -151,6 +151,10 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+DEPTHS_TIMEOUT = 10.0
+"""Seconds one round of queue-depth reads may take."""
+
+
 class QueueSampler:
     """Ready-message count of each queue, every ``interval`` seconds (passive declares)."""
 
@@ -175,21 +179,25 @@ class QueueSampler:
             await self._connection.close()
 
     async def depths(self) -> dict[str, int]:
+        """Depth of each queue; what was read within ``DEPTHS_TIMEOUT`` if the broker stalls
+        (a run once hung after its last phase with every process idle, waiting on a reply)."""
         assert self._connection is not None
         out: dict[str, int] = {}
-        channel = await self._connection.channel()
-        try:
-            for name in self.queues:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DEPTHS_TIMEOUT):
+                channel = await self._connection.channel()
                 try:
-                    queue = await channel.declare_queue(name, passive=True)
-                except Exception:  # not declared (yet): the channel is closed by the broker
-                    channel = await self._connection.channel()
-                    continue
-                result = queue.declaration_result
-                out[name] = int(result.message_count or 0)
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
+                    for name in self.queues:
+                        try:
+                            queue = await channel.declare_queue(name, passive=True)
+                        except Exception:  # not declared (yet): the broker closed the channel
+                            channel = await self._connection.channel()
+                            continue
+                        result = queue.declaration_result
+                        out[name] = int(result.message_count or 0)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
         return out
 
     async def _run(self) -> None:

@@ -54,8 +54,9 @@ def make_engine(dsn: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-READER_BUSY_TIMEOUT = 0.2
-"""Seconds a direct read may wait for SQLite (only WAL recovery makes a reader wait)."""
+READER_BUSY_TIMEOUT = 0.05
+"""Seconds a direct read may wait for SQLite (in WAL mode hardly ever: recovery after a crash).
+It waits on the event loop's thread, so briefly; then the caller asks the engine instead."""
 
 
 def sqlite_timestamp(moment: datetime) -> str:
