@@ -174,7 +174,9 @@ async def run_story(system: System, receiver: Receiver, amqp_url: str) -> int:
         publisher = await api(http, "POST", f"{ingest}/v1/tokens", admin, {"role": "publisher"})
 
         say("\nPublishing template.created in fr, en, ar and tzm over HTTP, and over AMQP a "
-            "template.updated without details (the event-type catalog completes them):")
+            "template.updated without details (the event-type catalog completes them).")
+        # the receiver prints each delivery as it verifies it, often before the last publish
+        say("\nDeliveries as the receiver verified them:")
         ids = []
         for lang, _ in SAMPLES:
             event = {"event": "template.created", "lang": lang,
@@ -194,7 +196,6 @@ async def run_story(system: System, receiver: Receiver, amqp_url: str) -> int:
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT), "template.updated")
             ids.append(amqp_id)
 
-        say("\nDeliveries as the receiver verified them:")
         await receiver.wait(lambda ds: len({d.json["id"] for d in ds}) >= len(ids), 60)
         verified = all(d.guide_ok for d in receiver.received())
 
