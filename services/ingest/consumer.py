@@ -60,7 +60,7 @@ from services.ingest.store import Store
 from shared import topology
 from shared.batching import Batcher
 from shared.broker import FactPublisher, Publisher
-from shared.contracts import utcnow
+from shared.contracts import AuditFact, utcnow
 
 log = structlog.get_logger("dihya.ingest.consumer")
 
@@ -151,15 +151,17 @@ class EventHandler:
         await self._store.hold(held, now=now)
         fact = accepted_fact(event, jobs, now)
         # The fact goes with the other events' facts in one batch (FactPublisher); the jobs
-        # and the fact are confirmed before the event is acked, in whichever order.
+        # and the fact are confirmed before the event is acked, in whichever order. Held
+        # facts follow the accepted one: it names the event's data subject, and audit can
+        # seal a held record with that subject's key only once it has seen the acceptance.
+        accepted = asyncio.ensure_future(self._facts.send(fact))
         await confirm_all(
             [self._publisher.send(topology.WORK_EXCHANGE, topology.SIGN, job,
                                   headers={"x-dihya-event-id": event.id,
                                            "x-dihya-delivery-id": job.delivery_id})
              for job in jobs]
-            + [self._publisher.send(topology.AUDIT_EXCHANGE, "delivery.held",
-                                    held_fact(item, now)) for item in held]
-            + [self._facts.send(fact)]
+            + [accepted]
+            + [self._after(accepted, held_fact(item, now)) for item in held]
         )
         await self._remember(event.id, now)
         metrics.accepted(event.event, len(jobs))
@@ -167,6 +169,11 @@ class EventHandler:
         log.info("event_accepted", event_id=event.id, event_type=event.event,
                  endpoints=len(jobs), held=len(held), redelivered=message.redelivered,
                  delivery_ids=[j.delivery_id for j in jobs][:20])
+
+    async def _after(self, first: Awaitable[None], fact: AuditFact) -> None:
+        """Publish ``fact`` once ``first`` (another fact's publish) is confirmed."""
+        await first
+        await self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
 
     async def _remember(self, event_id: str, now: datetime) -> None:
         """Record the id as fanned out — only now, after every confirm. A failure here is
