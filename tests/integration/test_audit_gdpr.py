@@ -151,8 +151,9 @@ def fact(n: int, kind: str = "event.accepted", *, event: str | None = None,
 
 def event_facts(n: int, event: str, subject: str | None, *, response: str = "ok"
                 ) -> list[AuditFact]:
-    """An event as the services report it: held first (published before the acceptance),
-    accepted (naming the subject, as ingest does), then a failed and a delivered attempt."""
+    """An event's facts: held first (as ingest published them before it waited for the
+    acceptance; within one batch audit must still link it), accepted (naming the subject, as
+    ingest does), then a failed and a delivered attempt."""
     return [
         fact(n, "delivery.held", event=event, endpoint_id="ep_2", url=HOOK + "?held",
              details={"disabled_reason": "failing"}),
