@@ -90,7 +90,10 @@ class EventHandler:
         self._unknown: UnknownPolicy = unknown_event_types
         self._store = store
         self._publisher = publisher
-        self._facts = FactPublisher(publisher)
+        # No linger here (group commit only): an event's acceptance must reach audit before
+        # the deliverer's attempts, whose facts linger; audit seals those with the subject the
+        # acceptance names, and a test reads the trail as soon as an attempt shows.
+        self._facts = FactPublisher(publisher, linger=0)
         self._max_fanout = max_fanout
         self._window = window_seconds
         self._lookups: Batcher[str, datetime | None] = Batcher(
