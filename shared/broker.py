@@ -301,6 +301,13 @@ class FactPublisher:
             self._kinds[fact.kind] = batcher
         await batcher.submit(fact)
 
+    async def send_after(self, first: Awaitable[None], fact: AuditFact) -> None:
+        """Publish ``fact`` on its own once ``first`` is confirmed — for a fact audit must
+        store after another (a giving up after its attempt, a held delivery after the
+        acceptance naming the subject) when that other travels in a lingering batch."""
+        await first
+        await self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
+
     async def _publish(self, kind: str, facts: Sequence[AuditFact]) -> None:
         await self._publisher.send(topology.AUDIT_EXCHANGE, kind,
                                    AuditFactBatch(facts=list(facts)))

@@ -31,7 +31,7 @@ from shared.broker import (
     declare_queue,
     declare_topology,
 )
-from shared.contracts import AuditFact, SignedDelivery, encode, utcnow
+from shared.contracts import SignedDelivery, encode, utcnow
 from shared.egress import BlockedAddressError, check_url
 from shared.runtime import Stop
 from shared.web import add_ops_routes, errors_middleware, serve
@@ -272,7 +272,8 @@ class Deliverer:
                          topology.ERROR_HEADER: (outcome.error or "")[:2000],
                          topology.SOURCE_HEADER: topology.DELIVERER_JOBS},
                 type=parked.type))
-            publishes.append(self._dead_fact_after(attempt, dead))
+            # the giving up follows its attempt's (batched) fact in the audit log
+            publishes.append(self._facts.send_after(attempt, dead))
             DEAD.labels(step.reason).inc()
         await asyncio.gather(*publishes)
         log.info("attempted", outcome=outcome.outcome, reason=outcome.reason,
@@ -281,12 +282,6 @@ class Deliverer:
                  next=type(step).__name__.lower(),
                  retry_in_ms=step.delay_ms if isinstance(step, Retry) else None, **ids)
 
-
-    async def _dead_fact_after(self, attempt: asyncio.Future[None], dead: AuditFact) -> None:
-        """Publish ``dead`` once the attempt's fact is confirmed: that fact travels batched,
-        and the audit log must still show the attempt before the giving up."""
-        await attempt
-        await self._publisher.send(topology.AUDIT_EXCHANGE, dead.kind, dead)
 
 
 def make_session(settings: Settings) -> aiohttp.ClientSession:

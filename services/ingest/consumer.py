@@ -60,7 +60,7 @@ from services.ingest.store import Store
 from shared import topology
 from shared.batching import Batcher
 from shared.broker import FactPublisher, Publisher
-from shared.contracts import AuditFact, utcnow
+from shared.contracts import utcnow
 
 log = structlog.get_logger("dihya.ingest.consumer")
 
@@ -164,7 +164,7 @@ class EventHandler:
                                            "x-dihya-delivery-id": job.delivery_id})
              for job in jobs]
             + [accepted]
-            + [self._after(accepted, held_fact(item, now)) for item in held]
+            + [self._facts.send_after(accepted, held_fact(item, now)) for item in held]
         )
         await self._remember(event.id, now)
         metrics.accepted(event.event, len(jobs))
@@ -172,11 +172,6 @@ class EventHandler:
         log.info("event_accepted", event_id=event.id, event_type=event.event,
                  endpoints=len(jobs), held=len(held), redelivered=message.redelivered,
                  delivery_ids=[j.delivery_id for j in jobs][:20])
-
-    async def _after(self, first: Awaitable[None], fact: AuditFact) -> None:
-        """Publish ``fact`` once ``first`` (another fact's publish) is confirmed."""
-        await first
-        await self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
 
     async def _remember(self, event_id: str, now: datetime) -> None:
         """Record the id as fanned out — only now, after every confirm. A failure here is
