@@ -21,13 +21,14 @@ import contextlib
 import functools
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
@@ -179,6 +180,7 @@ class Publisher:
     def __init__(self, channel: AbstractChannel, *, timeout: float = 10.0) -> None:
         self._channel = channel
         self._timeout = timeout
+        self._exchanges: dict[str, AbstractExchange] = {}
 
     @classmethod
     async def open(
@@ -186,6 +188,13 @@ class Publisher:
     ) -> Publisher:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         return cls(channel, timeout=timeout)
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            exchange = await self._channel.get_exchange(name, ensure=False)
+            self._exchanges[name] = exchange
+        return exchange
 
     async def publish(
         self,
@@ -197,29 +206,20 @@ class Publisher:
         type: str | None = None,
         expiration: float | None = None,
     ) -> None:
-        """Publish and wait for the broker's confirm; raise if unroutable, nacked or late.
-
-        Straight through aiormq's ``basic_publish`` rather than aio-pika's ``Exchange.publish``
-        for one reason: ``wait=False``. With the default, the channel stays locked until the
-        frame has been written and drained, so publishes from concurrent handlers leave one
-        per loop iteration, each in a ``send`` of its own; without it they queue together and
-        the :class:`CorkedWriter` sends them at once. The confirm is awaited all the same.
-        """
+        """Publish and wait for the broker's confirm; raise if unroutable, nacked or late."""
         carrier = dict(headers or {})
         telemetry.inject(carrier)
-        properties = aiormq.spec.Basic.Properties(
+        message = aio_pika.Message(
+            body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             content_type="application/json",
-            delivery_mode=2,  # persistent
             message_id=uuid.uuid4().hex,
             headers=carrier,
-            message_type=type,
-            expiration=None if expiration is None else str(int(expiration * 1000)),
+            type=type,
+            expiration=expiration,
         )
-        async with asyncio.timeout(self._timeout):  # a reconnection included
-            # the concrete channel: ``wait`` is not on aiormq's abstract one
-            channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
-            await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
-                                        properties=properties, mandatory=True, wait=False)
+        target = await self._exchange(exchange)
+        await target.publish(message, routing_key, mandatory=True, timeout=self._timeout)
 
     async def send(
         self,
