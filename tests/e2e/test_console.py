@@ -263,6 +263,13 @@ async def test_a_failed_delivery_shows_its_attempts_and_is_retried(
     await wait_for(failed, timeout=20)
     [stored] = await failed()
 
+    # The attempts table reads the audit log, which trails the delivery state by its batch
+    # waits: open the page once the attempt is audited, as the second attempt does below.
+    async def first_attempt_audited() -> bool:
+        return any(r["attempt"] == 1 for r in await api.records(
+            delivery_id=stored["delivery_id"], kind="delivery.attempted"))
+
+    await wait_for(first_attempt_audited, timeout=20)
     await sign_in(page, admin)
     await page.click(f"#endpoints-table a[href='#/endpoints/{ep['id']}']")
     dead = page.locator(f"#failed-table tr[data-delivery='{stored['delivery_id']}']")
