@@ -15,6 +15,7 @@ from services.audit import handlers, metrics
 from services.audit.batcher import submit_retrying
 from services.audit.handlers import Rejected
 from services.audit.http import make_app
+from services.audit.ordering import AcceptanceGate
 from services.audit.settings import AuditSettings
 from services.audit.store import MIGRATIONS, AuditStore, is_transient
 from shared import topology
@@ -74,10 +75,15 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
     stack.push_async_callback(publisher.close)
 
+    gate = AcceptanceGate(store.accepted_events, deadline=settings.acceptance_wait)
+    gate.start()
+    stack.push_async_callback(gate.stop)
+
     async def write(facts: Sequence[AuditFact]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         result = await store.append(facts)
+        gate.committed(facts)
         metrics.COMMIT_SECONDS.observe(loop.time() - started)
         metrics.BATCH_SIZE.observe(len(facts))
         metrics.RECORDS_WRITTEN.inc(len(result.records))
@@ -94,7 +100,15 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     stack.push_async_callback(batcher.stop, max(grace, 1.0))
 
     async def store_fact(fact: AuditFact) -> None:
-        """Hand ``fact`` to the writer; return once it is committed (see submit_retrying)."""
+        """Hand ``fact`` to the writer once its event's acceptance is stored (see ordering.py);
+        return once it is committed (see submit_retrying)."""
+        if not gate.passes(fact):
+            with metrics.AWAITING_ACCEPTANCE.track_inprogress():
+                accepted = await gate.wait(fact)
+            if not accepted:
+                metrics.STORED_BEFORE_ACCEPTANCE.inc()
+                log.warning("stored_before_acceptance", fact_id=fact.id, kind=fact.kind,
+                            event_id=fact.event_id, waited=settings.acceptance_wait)
         loop = asyncio.get_running_loop()
         started = loop.time()
         metrics.AWAITING_COMMIT.inc()

@@ -41,3 +41,12 @@ AWAITING_COMMIT = Gauge(
     "Facts handed to the writer whose message is held unacked until their batch commits "
     "(grows while the database is slow or unreachable).",
 )
+AWAITING_ACCEPTANCE = Gauge(
+    "dihya_audit_facts_awaiting_acceptance",
+    "Delivery facts held (message unacked) until their event's acceptance is stored.",
+)
+STORED_BEFORE_ACCEPTANCE = Counter(
+    "dihya_audit_stored_before_acceptance_total",
+    "Delivery facts stored without their event's acceptance after the acceptance wait "
+    "(DIHYA_AUDIT_ACCEPTANCE_WAIT): not linked to the event's data subject.",
+)

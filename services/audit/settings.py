@@ -37,6 +37,13 @@ class AuditSettings(ServiceSettings):
                     "(the latency a lone fact pays for batching: at moderate load each "
                     "transaction costs far more than its facts, so batches should fill).",
     )
+    acceptance_wait: float = Field(
+        default=10.0, ge=0, le=600,
+        description="Seconds a delivery fact (an attempt, a held delivery) waits, its message "
+                    "unacked, for its event's `event.accepted` to be stored first — so it is "
+                    "sealed with the event's data subject. Past it the fact is stored unlinked "
+                    "and counted (`dihya_audit_stored_before_acceptance_total`).",
+    )
     page_limit: int = Field(
         default=500, ge=1, le=10_000,
         description="Largest `limit` a client may ask of `GET /v1/audit/records`.",

@@ -385,6 +385,17 @@ class AuditStore:
 
     # ----------------------------------------------------------------- reading
 
+    async def accepted_events(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of ``event_ids`` have their ``event.accepted`` stored (see ordering.py)."""
+        found: set[str] = set()
+        async with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(set(event_ids))):
+                rows = await conn.execute(
+                    sa.select(records.c.event_id).where(
+                        records.c.event_id.in_(chunk), records.c.kind == "event.accepted"))
+                found.update(r.event_id for r in rows)
+        return found
+
     async def _where(self, conn: AsyncConnection, query: RecordQuery
                      ) -> list[sa.ColumnElement[bool]]:
         """The WHERE clauses of ``query`` (a subject is found through its blind index)."""

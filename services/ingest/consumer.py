@@ -90,10 +90,9 @@ class EventHandler:
         self._unknown: UnknownPolicy = unknown_event_types
         self._store = store
         self._publisher = publisher
-        # No linger here (group commit only): an event's acceptance must reach audit before
-        # the deliverer's attempts, whose facts linger; audit seals those with the subject the
-        # acceptance names, and a test reads the trail as soon as an attempt shows.
-        self._facts = FactPublisher(publisher, linger=0)
+        # Lingering batches, as every service's: audit stores an event's delivery facts after
+        # its acceptance whichever arrives first (services/audit/ordering.py).
+        self._facts = FactPublisher(publisher)
         self._max_fanout = max_fanout
         self._window = window_seconds
         self._lookups: Batcher[str, datetime | None] = Batcher(
@@ -153,18 +152,15 @@ class EventHandler:
         # acked, every delivery it owes is either on its way or in the store.
         await self._store.hold(held, now=now)
         fact = accepted_fact(event, jobs, now)
-        # The fact goes with the other events' facts in one batch (FactPublisher); the jobs
-        # and the fact are confirmed before the event is acked, in whichever order. Held
-        # facts follow the accepted one: it names the event's data subject, and audit can
-        # seal a held record with that subject's key only once it has seen the acceptance.
-        accepted = asyncio.ensure_future(self._facts.send(fact))
+        # The facts go with the other events' facts in batches (FactPublisher); the jobs
+        # and the facts are confirmed before the event is acked, in whichever order.
         await confirm_all(
             [self._publisher.send(topology.WORK_EXCHANGE, topology.SIGN, job,
                                   headers={"x-dihya-event-id": event.id,
                                            "x-dihya-delivery-id": job.delivery_id})
              for job in jobs]
-            + [accepted]
-            + [self._facts.send_after(accepted, held_fact(item, now)) for item in held]
+            + [self._facts.send(fact)]
+            + [self._facts.send(held_fact(item, now)) for item in held]
         )
         await self._remember(event.id, now)
         metrics.accepted(event.event, len(jobs))

@@ -151,9 +151,9 @@ def fact(n: int, kind: str = "event.accepted", *, event: str | None = None,
 
 def event_facts(n: int, event: str, subject: str | None, *, response: str = "ok"
                 ) -> list[AuditFact]:
-    """An event's facts: held first (as ingest published them before it waited for the
-    acceptance; within one batch audit must still link it), accepted (naming the subject, as
-    ingest does), then a failed and a delivered attempt."""
+    """An event's facts: held first (a fact may reach audit before its acceptance; audit
+    must still link it), accepted (naming the subject, as ingest does), then a failed and a
+    delivered attempt."""
     return [
         fact(n, "delivery.held", event=event, endpoint_id="ep_2", url=HOOK + "?held",
              details={"disabled_reason": "failing"}),
@@ -359,10 +359,9 @@ async def test_the_running_service_erases_redacts_and_purges(
     for name in (topology.AUDIT_FACTS, topology.AUDIT_CONTROL):
         await (await channel.get_queue(name, ensure=False)).purge()
     publisher = await Publisher.open(connection)
-    # The default batch wait (0.2 s), not a shorter one: the held fact names no subject and is
-    # sealed with the subject's key only if the acceptance that names it is in the same batch
-    # or stored before it. With 10 ms, four confirmed publishes in a row sometimes straddled
-    # two batches and the held record stayed unlinked (a known gap, in the issue's notes).
+    # The held fact names no subject and is published first: sealed with the subject's key
+    # only because audit holds it until the acceptance naming the subject is stored (or
+    # links it within one batch) — see the next test.
     settings = AuditSettings(
         host="127.0.0.1", port=free_port(), database_url=database_url,
         amqp_url=SecretStr(amqp_url), admin_token=SecretStr(ADMIN),
@@ -409,6 +408,73 @@ async def test_the_running_service_erases_redacts_and_purges(
             await wait_for(purged, timeout=20)
             records = await api.records()
             assert records[0]["seq"] == 5 and "retention.purged" in {r["kind"] for r in records}
+    finally:
+        await stop()
+        await publisher.close()
+        await connection.close()
+
+
+async def test_a_delivery_fact_is_stored_after_its_events_acceptance(
+    amqp_url: str, database_url: str
+) -> None:
+    """An attempt that reaches audit before its event's acceptance waits for it, then is
+    stored after it and sealed with the subject the acceptance names — whether the acceptance
+    comes through this service later or was stored before (by another replica: looked up).
+    An attempt whose acceptance never comes is stored, unlinked, once the wait is over."""
+    run = uuid.uuid4().hex[:8]
+    earlier = fact(0, event=f"evt_{run}_earlier", details={"subject": f"erin-{run}"})
+    async with served(database_url) as api:
+        await api.store.append([earlier])
+    connection = await connect(amqp_url, service="audit-order-tests")
+    channel = await connection.channel()
+    await declare(channel)
+    await (await channel.get_queue(topology.AUDIT_FACTS, ensure=False)).purge()
+    publisher = await Publisher.open(connection)
+    settings = AuditSettings(
+        host="127.0.0.1", port=free_port(), database_url=database_url,
+        amqp_url=SecretStr(amqp_url), admin_token=SecretStr(ADMIN),
+        shutdown_grace=1.0, acceptance_wait=4.0)
+    stop = await start(settings)
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(None, f"http://127.0.0.1:{settings.port}", session,  # type: ignore[arg-type]
+                      database_url)
+            attempt = fact(1, "delivery.attempted", event=f"evt_{run}", endpoint_id="ep_1",
+                           url=HOOK, attempt=1, outcome="delivered", status_code=200)
+            orphan = fact(1, "delivery.attempted", event=f"evt_{run}_never",
+                          endpoint_id="ep_1", url=HOOK, attempt=1, outcome="delivered",
+                          status_code=200)
+            late = fact(1, "delivery.attempted", event=f"evt_{run}_earlier",
+                        endpoint_id="ep_1", url=HOOK, attempt=1, outcome="delivered",
+                        status_code=200)
+            for f in (attempt, orphan, late):
+                await publisher.send(topology.AUDIT_EXCHANGE, f.kind, f)
+            unrelated = fact(2, event=f"evt_{run}_other")
+            await publisher.send(topology.AUDIT_EXCHANGE, unrelated.kind, unrelated)
+
+            async def by_id() -> dict[str, dict[str, Any]]:
+                return {r["id"]: r for r in await api.records()}
+
+            async def stored(*ids: str) -> bool:
+                return set(ids) <= set(await by_id())
+
+            # The acceptance stored before the service started is found: that attempt goes.
+            await wait_for(lambda: stored(unrelated.id, late.id), timeout=20)
+            assert attempt.id not in await by_id()  # still waiting for its acceptance
+            accepted = fact(3, event=f"evt_{run}", details={"subject": f"frank-{run}"})
+            await publisher.send(topology.AUDIT_EXCHANGE, accepted.kind, accepted)
+            await wait_for(lambda: stored(accepted.id, attempt.id), timeout=20)
+            records = await by_id()
+            assert orphan.id not in records  # its wait (4 s) is not over yet
+            assert records[attempt.id]["seq"] > records[accepted.id]["seq"]
+            assert records[attempt.id].get("subject_ref") == records[accepted.id]["subject_ref"]
+            assert records[late.id].get("subject_ref") == records[earlier.id]["subject_ref"]
+            assert records[accepted.id]["subject_ref"] is not None
+
+            await wait_for(lambda: stored(orphan.id), timeout=20)
+            assert "subject_ref" not in (await by_id())[orphan.id]  # stored, unlinked
+            status, erased = await api.erase(f"frank-{run}")
+            assert status == 200 and erased["records"] == 2  # the acceptance and its attempt
     finally:
         await stop()
         await publisher.close()
