@@ -318,6 +318,126 @@ class FactPublisher:
         await asyncio.gather(*(b.stop(grace) for b in self._kinds.values()))
 
 
+class _Acks:
+    """The acks of one consumer: the messages finished in delivery order are acked by one
+    ``multiple`` ack per loop iteration; one finished out of order waits up to ``hold`` seconds
+    for those before it to finish (then one ``multiple`` ack covers it too), else is acked on
+    its own — so a slow message (a receiver taking 2 s) holds nothing behind it for long.
+
+    Why: on a quorum queue every ack frame is a command in the queue's Raft log (written,
+    replicated, applied), one per message when each message is acked alone; a run of
+    deliveries settled by one ``multiple`` ack is one command. Safety: a ``multiple`` ack
+    covers every outstanding delivery of the channel up to its tag, so it only ever covers
+    tags this consumer saw *and* finished, without a gap (tags of a channel are consecutive
+    from 1, and the consumer has its channel to itself). A delivery that never reached the
+    handler leaves a gap: the acks after it go one by one, and the broker redelivers it when the
+    channel closes. After a reconnect the old channel's tags are void: nothing of it is acked,
+    the broker redelivers.
+    """
+
+    HOLD = 0.02
+    """Seconds a message finished out of order waits for a ``multiple`` ack to cover it."""
+
+    MAX_FINISHED = 100_000
+    """Finished tags kept behind a gap, past which this channel's acks all go one by one."""
+
+    def __init__(self, hold: float = HOLD) -> None:
+        self._hold = hold
+        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._next = 1  # lowest tag of the channel not yet covered by a multiple ack
+        self._finished: set[int] = set()  # settled (or to be acked) tags at or above _next
+        self._ready: list[int] = []  # finished since the last flush
+        self._held: dict[int, float] = {}  # finished out of order, not acked yet: since when
+        self._contiguous = True
+        self._flushing: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def finished(self, message: AbstractIncomingMessage) -> None:
+        """``message``'s handler succeeded: ack it with this iteration's others."""
+        if self._channel_of(message) is None or message.delivery_tag is None:
+            return  # the channel is gone: the broker redelivers the message
+        self._ready.append(message.delivery_tag)
+        self._kick()
+
+    def settled(self, message: AbstractIncomingMessage) -> None:
+        """``message`` was settled otherwise (nacked): a multiple ack may pass over it."""
+        if self._channel_of(message) is not None and message.delivery_tag is not None:
+            self._finished.add(message.delivery_tag)
+
+    async def drain(self) -> None:
+        """Send every pending ack now, held ones included (before the channel closes)."""
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self._flush(hold=0.0)
+
+    def _channel_of(self, message: AbstractIncomingMessage) -> aiormq.abc.AbstractChannel | None:
+        try:
+            channel = message.channel
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return None
+        if channel is not self._channel:  # the first message, or the first after a reconnect
+            self._channel, self._next, self._contiguous = channel, 1, True
+            self._finished.clear()
+            self._ready.clear()
+            self._held.clear()
+        return channel
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._flushing is None:
+            self._flushing = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let the handlers finishing in this iteration join
+            await self._flush(hold=self._hold)
+        finally:
+            self._flushing = None
+            if self._ready:
+                self._kick()
+
+    async def _flush(self, hold: float) -> None:
+        channel, ready = self._channel, self._ready
+        self._ready = []
+        if channel is None:
+            return
+        now = asyncio.get_running_loop().time()
+        self._finished.update(ready)
+        self._held.update((tag, now) for tag in ready)
+        if self._contiguous:
+            while self._next in self._finished:
+                self._finished.discard(self._next)
+                self._next += 1
+            if len(self._finished) > self.MAX_FINISHED:
+                self._contiguous = False
+                self._finished.clear()
+        # The multiple ack's own tag must be outstanding (a tag acked alone or nacked before
+        # is unknown to the broker, which closes the channel): the highest held one it covers.
+        covered = [tag for tag in self._held if tag < self._next]
+        upto = max(covered, default=None)
+        for tag in covered:
+            del self._held[tag]
+        singles = [tag for tag, since in self._held.items()
+                   if now - since >= hold * 0.9]  # a timer may fire a hair early
+        for tag in singles:
+            del self._held[tag]
+        if self._held and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(hold, self._on_timer)
+        try:
+            if upto is not None:
+                await channel.basic_ack(upto, multiple=True, wait=False)
+            for tag in singles:
+                await channel.basic_ack(tag, wait=False)
+        except Exception as exc:  # channel closed under us: redelivery covers it
+            log.warning("settle_failed", error=str(exc))
+
+
 class Consumer:
     """Consumes one queue with bounded concurrency; acks after the handler returns.
 
@@ -348,6 +468,7 @@ class Consumer:
         self._requeued = PROCESSED.labels(queue, "requeued")
         self._idle = asyncio.Event()
         self._idle.set()
+        self._acks = _Acks()
 
     @property
     def inflight(self) -> int:
@@ -380,16 +501,20 @@ class Consumer:
             with telemetry.consuming(self._queue_name, message.headers):
                 await self._handler(message)
         except asyncio.CancelledError:
-            await _settle(message.nack(requeue=True))
+            await self._nack(message)
             raise
         except Exception:
             log.exception("handler_failed", queue=self._queue_name,
                           redelivered=message.redelivered)
             self._requeued.inc()
-            await _settle(message.nack(requeue=True))
+            await self._nack(message)
         else:
             self._acked.inc()
-            await _settle(message.ack())
+            self._acks.finished(message)
+
+    async def _nack(self, message: AbstractIncomingMessage) -> None:
+        await _settle(message.nack(requeue=True))
+        self._acks.settled(message)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking messages, give in-flight ones ``grace`` seconds, hand back the rest."""
@@ -402,6 +527,7 @@ class Consumer:
             for task in list(self._inflight):
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
+        await self._acks.drain()
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._channel.close()
