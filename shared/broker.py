@@ -21,16 +21,16 @@ import contextlib
 import functools
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 from aiormq.connection import TransportFactory
@@ -170,6 +170,10 @@ async def declare_topology(connection: AbstractRobustConnection,
         await declare(channel, retry_delays_ms)
 
 
+RESTORE_POLL = 0.05
+"""Seconds between looks at a publisher channel that is closed but not yet being restored."""
+
+
 class Publisher:
     """Publishes persistent messages on one confirming channel, awaiting each confirm.
 
@@ -180,7 +184,7 @@ class Publisher:
     def __init__(self, channel: AbstractChannel, *, timeout: float = 10.0) -> None:
         self._channel = channel
         self._timeout = timeout
-        self._exchanges: dict[str, AbstractExchange] = {}
+        self._closed = False
 
     @classmethod
     async def open(
@@ -188,13 +192,6 @@ class Publisher:
     ) -> Publisher:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         return cls(channel, timeout=timeout)
-
-    async def _exchange(self, name: str) -> AbstractExchange:
-        exchange = self._exchanges.get(name)
-        if exchange is None:
-            exchange = await self._channel.get_exchange(name, ensure=False)
-            self._exchanges[name] = exchange
-        return exchange
 
     async def publish(
         self,
@@ -206,20 +203,72 @@ class Publisher:
         type: str | None = None,
         expiration: float | None = None,
     ) -> None:
-        """Publish and wait for the broker's confirm; raise if unroutable, nacked or late."""
+        """Publish and wait for the broker's confirm; raise if unroutable, nacked or late.
+
+        Straight through aiormq's ``basic_publish`` rather than aio-pika's ``Exchange.publish``
+        for one reason: ``wait=False``. With the default, the channel stays locked until the
+        frame has been written and drained, so publishes from concurrent handlers leave one
+        per loop iteration, each in a ``send`` of its own; without it they queue together and
+        the :class:`CorkedWriter` sends them at once. The confirm is awaited all the same.
+
+        Across a reconnection the publish waits (within the same ``timeout``) for this
+        channel to be restored, rather than failing at once: the robust connection reports
+        itself connected, then restores its channels one by one in no fixed order, so the
+        consumers' channels may deliver again before this one is back — and a handler that
+        fails in that window has its message redelivered at once, again and again, until the
+        queue's delivery limit parks it (see :meth:`_underlay`).
+        """
         carrier = dict(headers or {})
         telemetry.inject(carrier)
-        message = aio_pika.Message(
-            body,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        properties = aiormq.spec.Basic.Properties(
             content_type="application/json",
+            delivery_mode=2,  # persistent
             message_id=uuid.uuid4().hex,
             headers=carrier,
-            type=type,
-            expiration=expiration,
+            message_type=type,
+            expiration=None if expiration is None else str(int(expiration * 1000)),
         )
-        target = await self._exchange(exchange)
-        await target.publish(message, routing_key, mandatory=True, timeout=self._timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout  # a reconnection included
+        while True:
+            channel = await self._underlay(deadline)
+            try:
+                # aiormq's own timeout (what is left of ours): the cancellation stays inside
+                # aiormq, which takes back a publish it had not yet queued
+                await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
+                                            properties=properties, mandatory=True, wait=False,
+                                            timeout=max(deadline - loop.time(), 0.001))
+                return
+            except aiormq.exceptions.ChannelInvalidStateError:
+                # Raised only before the frame was queued (the channel was found closed):
+                # the broker never saw this publish, so it goes again on the restored channel.
+                # A publish lost after it was written fails with the connection's error
+                # instead (no retry: the caller's message is redelivered, at least once).
+                if self._closed or loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(RESTORE_POLL)
+
+    async def _underlay(self, deadline: float) -> aiormq.Channel:
+        """The open aiormq channel under the robust one, once restored (or ``TimeoutError``).
+
+        Not cached: every reconnection brings a new one. ``ready()`` waits for the connection
+        *and* this channel's restore; ``get_underlay_channel()`` alone waits for the connection
+        only, and returns the old, closed channel until the restore reaches this one. Right
+        after a drop, before aio-pika has noticed it, the channel is closed but not yet marked
+        for restore: poll until it is.
+        """
+        async with asyncio.timeout_at(deadline):
+            while True:
+                if self._closed:
+                    raise aiormq.exceptions.ChannelInvalidStateError("the publisher is closed")
+                if isinstance(self._channel, AbstractRobustChannel):
+                    await self._channel.ready()
+                with contextlib.suppress(aiormq.exceptions.ChannelInvalidStateError):
+                    # the concrete channel: ``wait`` is not on aiormq's abstract one
+                    channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+                    if not channel.is_closed:
+                        return channel
+                await asyncio.sleep(RESTORE_POLL)
 
     async def send(
         self,
@@ -259,6 +308,7 @@ class Publisher:
         await self.publish(topology.DEAD_EXCHANGE, queue, body, headers=carrier, type=type)
 
     async def close(self) -> None:
+        self._closed = True
         await self._channel.close()
 
 
@@ -318,132 +368,32 @@ class FactPublisher:
         await asyncio.gather(*(b.stop(grace) for b in self._kinds.values()))
 
 
-class _Acks:
-    """The acks of one consumer: the messages finished in delivery order are acked by one
-    ``multiple`` ack per loop iteration; one finished out of order waits up to ``hold`` seconds
-    for those before it to finish (then one ``multiple`` ack covers it too), else is acked on
-    its own — so a slow message (a receiver taking 2 s) holds nothing behind it for long.
+REQUEUE_FIRST = 0.05
+REQUEUE_MAX = 2.0
+"""Seconds a failed message is held before it is requeued: doubling from the first with each
+delivery of the message, up to the max (see :func:`requeue_delay`)."""
 
-    Why: on a quorum queue every ack frame is a command in the queue's Raft log (written,
-    replicated, applied), one per message when each message is acked alone; a run of
-    deliveries settled by one ``multiple`` ack is one command. Safety: a ``multiple`` ack
-    covers every outstanding delivery of the channel up to its tag, so it only ever covers
-    tags this consumer saw *and* finished, without a gap (tags of a channel are consecutive
-    from 1, and the consumer has its channel to itself). A delivery that never reached the
-    handler leaves a gap: the acks after it go one by one, and the broker redelivers it when the
-    channel closes. After a reconnect the old channel's tags are void: nothing of it is acked,
-    the broker redelivers.
+
+def requeue_delay(deliveries: int) -> float:
+    """How long to hold a message whose handler failed, before requeueing it, given how many
+    times it was delivered before (the quorum queue's ``x-delivery-count``).
+
+    Why not at once: the broker redelivers a requeued message at once, and the queue's delivery
+    limit (``topology.DELIVERY_LIMIT``, 10) parks it after that many failures — a dependency
+    failing fast for a second (a database restart) would park a prefetch's worth of healthy
+    messages. Held this way, the limit is reached after about 11 s of failures, while a real
+    poison message is still parked soon and never blocks the queue.
     """
-
-    HOLD = 0.02
-    """Seconds a message finished out of order waits for a ``multiple`` ack to cover it."""
-
-    MAX_FINISHED = 100_000
-    """Finished tags kept behind a gap, past which this channel's acks all go one by one."""
-
-    def __init__(self, hold: float = HOLD) -> None:
-        self._hold = hold
-        self._channel: aiormq.abc.AbstractChannel | None = None
-        self._next = 1  # lowest tag of the channel not yet covered by a multiple ack
-        self._finished: set[int] = set()  # settled (or to be acked) tags at or above _next
-        self._ready: list[int] = []  # finished since the last flush
-        self._held: dict[int, float] = {}  # finished out of order, not acked yet: since when
-        self._contiguous = True
-        self._flushing: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def finished(self, message: AbstractIncomingMessage) -> None:
-        """``message``'s handler succeeded: ack it with this iteration's others."""
-        if self._channel_of(message) is None or message.delivery_tag is None:
-            return  # the channel is gone: the broker redelivers the message
-        self._ready.append(message.delivery_tag)
-        self._kick()
-
-    def settled(self, message: AbstractIncomingMessage) -> None:
-        """``message`` was settled otherwise (nacked): a multiple ack may pass over it."""
-        if self._channel_of(message) is not None and message.delivery_tag is not None:
-            self._finished.add(message.delivery_tag)
-
-    async def drain(self) -> None:
-        """Send every pending ack now, held ones included (before the channel closes)."""
-        while self._flushing is not None:
-            await asyncio.shield(self._flushing)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        await self._flush(hold=0.0)
-
-    def _channel_of(self, message: AbstractIncomingMessage) -> aiormq.abc.AbstractChannel | None:
-        try:
-            channel = message.channel
-        except aiormq.exceptions.ChannelInvalidStateError:
-            return None
-        if channel is not self._channel:  # the first message, or the first after a reconnect
-            self._channel, self._next, self._contiguous = channel, 1, True
-            self._finished.clear()
-            self._ready.clear()
-            self._held.clear()
-        return channel
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._kick()
-
-    def _kick(self) -> None:
-        if self._flushing is None:
-            self._flushing = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        try:
-            await asyncio.sleep(0)  # let the handlers finishing in this iteration join
-            await self._flush(hold=self._hold)
-        finally:
-            self._flushing = None
-            if self._ready:
-                self._kick()
-
-    async def _flush(self, hold: float) -> None:
-        channel, ready = self._channel, self._ready
-        self._ready = []
-        if channel is None:
-            return
-        now = asyncio.get_running_loop().time()
-        self._finished.update(ready)
-        self._held.update((tag, now) for tag in ready)
-        if self._contiguous:
-            while self._next in self._finished:
-                self._finished.discard(self._next)
-                self._next += 1
-            if len(self._finished) > self.MAX_FINISHED:
-                self._contiguous = False
-                self._finished.clear()
-        # The multiple ack's own tag must be outstanding (a tag acked alone or nacked before
-        # is unknown to the broker, which closes the channel): the highest held one it covers.
-        covered = [tag for tag in self._held if tag < self._next]
-        upto = max(covered, default=None)
-        for tag in covered:
-            del self._held[tag]
-        singles = [tag for tag, since in self._held.items()
-                   if now - since >= hold * 0.9]  # a timer may fire a hair early
-        for tag in singles:
-            del self._held[tag]
-        if self._held and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(hold, self._on_timer)
-        try:
-            if upto is not None:
-                await channel.basic_ack(upto, multiple=True, wait=False)
-            for tag in singles:
-                await channel.basic_ack(tag, wait=False)
-        except Exception as exc:  # channel closed under us: redelivery covers it
-            log.warning("settle_failed", error=str(exc))
+    return float(min(REQUEUE_FIRST * 2 ** min(max(deliveries, 0), 32), REQUEUE_MAX))
 
 
 class Consumer:
     """Consumes one queue with bounded concurrency; acks after the handler returns.
 
     ``handler`` does the work and publishes what follows (awaiting confirms) before it returns.
-    If it raises, the message is requeued; the queue's ``x-delivery-limit`` then parks a
-    message that fails again and again, so one poison message never blocks the queue.
+    If it raises, the message is requeued after a delay (``backoff``, see
+    :func:`requeue_delay`); the queue's ``x-delivery-limit`` then parks a message that fails
+    again and again, so one poison message never blocks the queue.
     """
 
     def __init__(
@@ -453,8 +403,10 @@ class Consumer:
         handler: Handler,
         *,
         prefetch: int = 200,
+        backoff: Callable[[int], float] = requeue_delay,
     ) -> None:
         self._connection = connection
+        self._backoff = backoff
         self._queue_name = queue
         self._handler = handler
         self._prefetch = prefetch
@@ -468,7 +420,6 @@ class Consumer:
         self._requeued = PROCESSED.labels(queue, "requeued")
         self._idle = asyncio.Event()
         self._idle.set()
-        self._acks = _Acks()
 
     @property
     def inflight(self) -> int:
@@ -501,20 +452,20 @@ class Consumer:
             with telemetry.consuming(self._queue_name, message.headers):
                 await self._handler(message)
         except asyncio.CancelledError:
-            await self._nack(message)
+            await _settle(message.nack(requeue=True))
             raise
         except Exception:
             log.exception("handler_failed", queue=self._queue_name,
                           redelivered=message.redelivered)
             self._requeued.inc()
-            await self._nack(message)
+            count = (message.headers or {}).get("x-delivery-count", 0)
+            try:
+                await asyncio.sleep(self._backoff(count if isinstance(count, int) else 0))
+            finally:  # cancelled (stopping) or not, the message goes back
+                await _settle(message.nack(requeue=True))
         else:
             self._acked.inc()
-            self._acks.finished(message)
-
-    async def _nack(self, message: AbstractIncomingMessage) -> None:
-        await _settle(message.nack(requeue=True))
-        self._acks.settled(message)
+            await _settle(message.ack())
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking messages, give in-flight ones ``grace`` seconds, hand back the rest."""
@@ -527,7 +478,6 @@ class Consumer:
             for task in list(self._inflight):
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
-        await self._acks.drain()
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._channel.close()

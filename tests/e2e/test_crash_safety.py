@@ -92,7 +92,9 @@ async def publish_stream(url: str, routing_key: str, ids: list[str]) -> None:
                         for i in batch))
                     del pending[:len(batch)]
                     await asyncio.sleep(0.02)  # a steady stream, not one burst
-        except (aio_pika.exceptions.AMQPError, ConnectionError, TimeoutError, OSError):
+        except (aio_pika.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError,
+                ConnectionError, TimeoutError, OSError):
+            # (ChannelInvalidStateError, a RuntimeError: a publish found the channel closed)
             await asyncio.sleep(0.5)
 
 

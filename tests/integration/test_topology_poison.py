@@ -36,6 +36,7 @@ async def test_poison_is_parked_after_the_delivery_limit_and_the_rest_flows(
         publisher = await Publisher.open(connection)
 
         seen: dict[bytes, int] = {}
+        counts: list[object] = []  # the x-delivery-count the consumer's backoff was given
         good_done = asyncio.Event()
 
         async def handler(message: aio_pika.abc.AbstractIncomingMessage) -> None:
@@ -46,7 +47,11 @@ async def test_poison_is_parked_after_the_delivery_limit_and_the_rest_flows(
 
         await publisher.publish("", QUEUE, b"poison")
         await publisher.publish("", QUEUE, b"good")
-        consumer = Consumer(connection, QUEUE, handler, prefetch=1)
+        def backoff(deliveries: int) -> float:
+            counts.append(deliveries)
+            return 0.01
+
+        consumer = Consumer(connection, QUEUE, handler, prefetch=1, backoff=backoff)
         await consumer.start()
         await asyncio.wait_for(good_done.wait(), 30)
 
@@ -67,6 +72,8 @@ async def test_poison_is_parked_after_the_delivery_limit_and_the_rest_flows(
         assert deaths[0]["queue"] == QUEUE
         assert seen[b"poison"] == topology.DELIVERY_LIMIT + 1  # bounded, then parked
         assert seen[b"good"] == 1
+        # each failure was held before its requeue, knowing how often it had been delivered
+        assert counts[:3] == [0, 1, 2] and len(counts) == topology.DELIVERY_LIMIT + 1
         await queue.delete(if_unused=False, if_empty=False)
         await dead.delete(if_unused=False, if_empty=False)
         await publisher.close()

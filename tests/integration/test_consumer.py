@@ -1,4 +1,4 @@
-"""Coalesced acks on the real broker: whatever order handlers finish in, and with some failing
+"""A consumer on the real broker: whatever order handlers finish in, and with some failing
 once (nacked, requeued), every message is acked exactly when its handler succeeded — nothing
 is left unacked (it would come back when the channel closes) and nothing acked unprocessed."""
 

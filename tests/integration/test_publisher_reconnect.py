@@ -1,0 +1,138 @@
+"""Publishing across a dropped broker connection (``rabbitmqctl close_all_connections``).
+
+After a drop, aio-pika's robust connection reports itself connected and then restores its
+channels one at a time, in no fixed order: a consumer's channel may be delivering again while
+the publisher's is still the old, closed one. A publish in that window must wait for the
+restored channel (within its timeout), not fail at once — a handler that fails at once has its
+message redelivered at once, again and again, until the queue's delivery limit parks it.
+
+Each test drops the connections of a virtual host of its own, so nothing else is disturbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiormq
+import pytest
+from aio_pika.abc import AbstractRobustChannel
+
+from shared.broker import Publisher, connect
+from tests.conftest import _rabbitmqctl, _with_path, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def vhost_url(amqp_base: str) -> AsyncIterator[tuple[str, str]]:
+    """A throw-away virtual host (its URL and name): dropping its connections hurts no one."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("needs a local rabbitmqctl to drop connections")
+    vhost = f"dihya-test-reconnect-{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(_rabbitmqctl, "add_vhost", vhost)
+    try:
+        await asyncio.to_thread(_rabbitmqctl, "set_permissions", "-p", vhost, "guest",
+                                ".*", ".*", ".*")
+        yield _with_path(amqp_base, "/" + vhost), vhost
+    finally:
+        await asyncio.to_thread(_rabbitmqctl, "delete_vhost", vhost)
+
+
+def quick(url: str) -> str:
+    """Reconnect half a second after a drop (aio-pika's default is five)."""
+    return f"{url}?reconnect_interval=0.5"
+
+
+async def drop_connections(vhost: str) -> None:
+    await asyncio.to_thread(_rabbitmqctl, "close_all_connections", "-p", vhost, "test drop")
+
+
+async def underlay(publisher: Publisher) -> Any:
+    return await publisher._channel.get_underlay_channel()
+
+
+async def test_a_publish_while_the_channel_is_restored_waits_for_it(
+        vhost_url: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, vhost = vhost_url
+    connection = await connect(quick(url), service="test-reconnect")
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"reconnect-{uuid.uuid4().hex}", durable=True)
+        publisher = await Publisher.open(connection, timeout=10)
+        await publisher.publish("", queue.name, b"before")
+
+        # the publisher's channel is restored a second late, as when it comes after the
+        # consumers' channels (aio-pika restores them one by one, in WeakSet order)
+        robust = publisher._channel
+        assert isinstance(robust, AbstractRobustChannel)
+        restore = robust.restore
+
+        async def late_restore() -> None:
+            await asyncio.sleep(1.0)
+            await restore()
+
+        monkeypatch.setattr(robust, "restore", late_restore)
+        old = await underlay(publisher)
+        await drop_connections(vhost)
+        await wait_for(lambda: old.is_closed, timeout=10)  # the client saw the drop
+
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(*(publisher.publish("", queue.name, str(n).encode())
+                               for n in range(100)))
+        waited = asyncio.get_running_loop().time() - started
+        assert await underlay(publisher) is not old
+        assert waited < 10
+
+        assert isinstance(channel, AbstractRobustChannel)
+        await channel.ready()  # restored too (it may come after the publisher's)
+        declared = await queue.declare()
+        assert declared.message_count == 101  # every confirm was real
+        await channel.queue_delete(queue.name)
+    finally:
+        await connection.close()
+
+
+async def test_publishing_recovers_after_every_drop(vhost_url: tuple[str, str]) -> None:
+    """A steady stream of concurrent publishes across three drops: a publish fails only if
+    it was lost after being written (the caller's message is then redelivered), never for
+    finding the channel closed, and the publisher works again after each drop."""
+    url, vhost = vhost_url
+    connection = await connect(quick(url), service="test-reconnect")
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"reconnect-{uuid.uuid4().hex}", durable=True)
+        publisher = await Publisher.open(connection, timeout=10)
+        failures: list[BaseException] = []
+        stop = asyncio.Event()
+
+        async def stream() -> None:
+            while not stop.is_set():
+                results = await asyncio.gather(
+                    *(publisher.publish("", queue.name, b"x") for _ in range(20)),
+                    return_exceptions=True)
+                failures.extend(r for r in results if isinstance(r, BaseException))
+                await asyncio.sleep(0.005)
+
+        streaming = asyncio.create_task(stream())
+        for _ in range(3):
+            await asyncio.sleep(0.5)
+            old = await underlay(publisher)
+            await drop_connections(vhost)
+            await wait_for(lambda old=old: old.is_closed, timeout=10)
+            await asyncio.wait_for(publisher.publish("", queue.name, b"probe"), timeout=12)
+        stop.set()
+        await streaming
+        assert isinstance(channel, AbstractRobustChannel)
+        await channel.ready()
+
+        invalid = [f for f in failures
+                   if isinstance(f, aiormq.exceptions.ChannelInvalidStateError)]
+        assert not invalid, invalid[:3]
+        assert not [f for f in failures if isinstance(f, TimeoutError)], failures[:3]
+        await channel.queue_delete(queue.name)
+    finally:
+        await connection.close()
