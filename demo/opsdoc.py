@@ -106,9 +106,14 @@ def render_retry() -> str:
     lines.append(f"| {len(delays) + 1} | given up: parked in "
                  f"`{topology.dead_queue(topology.DELIVERER_JOBS)}` | | |")
     defer = parse_schedule(str(fields["defer_delay"].default))[0]
+    longest = parse_schedule(str(fields["defer_max"].default))[0]
+    tiers = topology.defer_tiers(defer, longest)
     lines += ["", f"A job deferred because its endpoint has too many deliveries in flight waits "
               f"`DIHYA_DELIVERER_DEFER_DELAY` ({_duration(defer)}) in "
-              f"`{topology.retry_queue(defer)}` without using an attempt."]
+              f"`{topology.retry_queue(defer)}` without using an attempt; each further deferral "
+              f"of the same attempt waits twice as long, up to `DIHYA_DELIVERER_DEFER_MAX` "
+              f"({_duration(longest)}): "
+              + ", ".join(f"`{topology.retry_queue(t)}`" for t in tiers) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -96,6 +96,12 @@ class DeliveryJob(Contract):
     event: Event = Field(description="The accepted event: `id` and `timestamp` are set.")
     attempt: int = Field(default=1, ge=1)
     history: tuple[AttemptRecord, ...] = ()
+    deferrals: int = Field(
+        default=0, ge=0,
+        description="Times the deliverer put this attempt back because its endpoint had too "
+        "many deliveries in flight; each deferral waits twice as long as the one before "
+        "(DIHYA_DELIVERER_DEFER_DELAY up to DIHYA_DELIVERER_DEFER_MAX). Not an attempt.",
+    )
     retry_schedule_ms: tuple[Annotated[int, Field(gt=0)], ...] | None = Field(
         default=None,
         description="The endpoint's own retry schedule: the delay in milliseconds after each "

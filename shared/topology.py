@@ -50,7 +50,20 @@ INGEST_HEALTH = "dihya.ingest.health"
 DEFAULT_RETRY_DELAYS_MS = (5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000)
 """The published default retry schedule: wait after each failed attempt (8 attempts, ~27 h)."""
 DEFAULT_DEFER_MS = 1_000
-"""Default wait of a job deferred because its endpoint has too many deliveries in flight."""
+"""Default first wait of a job deferred because its endpoint has too many deliveries in flight."""
+DEFAULT_DEFER_MAX_MS = 60_000
+"""Default longest wait of a deferred job: each deferral of a job waits twice the one before."""
+
+
+def defer_tiers(first_ms: int, max_ms: int) -> tuple[int, ...]:
+    """The wait tiers of deferred jobs: ``first_ms`` doubling, the last one ``max_ms``."""
+    tiers = [first_ms]
+    while tiers[-1] < max_ms:
+        tiers.append(min(tiers[-1] * 2, max_ms))
+    return tuple(tiers)
+
+
+DEFAULT_DEFER_DELAYS_MS = defer_tiers(DEFAULT_DEFER_MS, DEFAULT_DEFER_MAX_MS)
 
 TIER_HEADROOM = 0.25
 """A wait queue's TTL is its tier's delay plus this share, so ±jitter up to it fits inside."""
@@ -189,5 +202,6 @@ def definitions(vhost: str = "/", retry_delays_ms: tuple[int, ...] = ()) -> dict
 if __name__ == "__main__":  # python -m shared.topology > deploy/rabbitmq/definitions.json
     import json
 
-    print(json.dumps(definitions(retry_delays_ms=(*DEFAULT_RETRY_DELAYS_MS, DEFAULT_DEFER_MS)),
+    print(json.dumps(definitions(retry_delays_ms=(*DEFAULT_RETRY_DELAYS_MS,
+                                                  *DEFAULT_DEFER_DELAYS_MS)),
                      indent=2))

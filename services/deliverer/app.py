@@ -229,9 +229,9 @@ class Deliverer:
         if self._slots.full(endpoint):
             # Holding the job here would tie up a prefetch slot; enough of them and one slow
             # endpoint stalls every other. Put it back for later instead: same attempt number.
-            delay = self._settings.defer_delay_ms
+            later, delay = handlers.deferred_job(job, self._settings.defer_delays_ms)
             await self._publisher.send(topology.RETRY_EXCHANGE, topology.retry_queue(delay),
-                                       job, expiration=delay / 1000)
+                                       later, expiration=delay / 1000)
             DEFERRED.inc()
             log.debug("deferred", waiting_or_in_flight=self._slots.users(endpoint), **ids)
             return

@@ -223,8 +223,19 @@ def attempt_record(attempt: int, outcome: Outcome, *, at: datetime, duration_ms:
 def next_job(job: DeliveryJob, record: AttemptRecord) -> DeliveryJob:
     """The job of the following attempt: same delivery id, attempt + 1, history extended;
     everything else (the endpoint's retry schedule included) carried over as it was."""
-    return job.model_copy(update={"attempt": job.attempt + 1,
+    return job.model_copy(update={"attempt": job.attempt + 1, "deferrals": 0,
                                   "history": (*job.history, record)})
+
+
+def deferred_job(job: DeliveryJob, tiers_ms: tuple[int, ...]) -> tuple[DeliveryJob, int]:
+    """The job to put back for its endpoint's in-flight limit, and how long it waits: the
+    ``n``-th deferral of an attempt waits tier ``n`` (doubling), the last tier from then on.
+
+    Why doubling: a deferred job comes back through the signer (re-signed), so a job that
+    waited a fixed second would cost a signing and three broker hops every second for as long
+    as its endpoint stays slow — the work growing with the endpoint's backlog."""
+    delay = tiers_ms[min(job.deferrals, len(tiers_ms) - 1)]
+    return job.model_copy(update={"deferrals": job.deferrals + 1}), delay
 
 
 def fact_id(delivery_id: str, attempt: int, kind: str) -> str:

@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.deliverer.handlers import parse_schedule
+from shared import topology
 from shared.egress import EgressSettings
 from shared.topology import TIER_HEADROOM
 
@@ -60,7 +61,14 @@ class Settings(EgressSettings):
     )
     defer_delay: str = Field(
         default="1s",
-        description="How long a job deferred by MAX_IN_FLIGHT_PER_ENDPOINT waits (ms, s, m, h).",
+        description="How long a job deferred by MAX_IN_FLIGHT_PER_ENDPOINT waits the first time "
+        "(ms, s, m, h); each further deferral of the same attempt waits twice as long, up to "
+        "DEFER_MAX — so an endpoint that stays slow costs a re-sign per job now and then, "
+        "not every second.",
+    )
+    defer_max: str = Field(
+        default="1m",
+        description="The longest wait of a deferred job (ms, s, m, h).",
     )
     retry_schedule: str = Field(
         default="5s,5m,30m,2h,5h,10h,10h",
@@ -85,7 +93,7 @@ class Settings(EgressSettings):
         parse_schedule(value)
         return value
 
-    @field_validator("defer_delay")
+    @field_validator("defer_delay", "defer_max")
     @classmethod
     def _check_defer(cls, value: str) -> str:
         if len(parse_schedule(value)) != 1:
@@ -101,7 +109,13 @@ class Settings(EgressSettings):
         return parse_schedule(self.defer_delay)[0]
 
     @property
+    def defer_delays_ms(self) -> tuple[int, ...]:
+        """The defer tiers: DEFER_DELAY doubling up to DEFER_MAX."""
+        return topology.defer_tiers(self.defer_delay_ms,
+                                    max(parse_schedule(self.defer_max)[0], self.defer_delay_ms))
+
+    @property
     def wait_tiers_ms(self) -> tuple[int, ...]:
-        """Every wait queue the deliverer publishes to: the retry tiers and the defer tier."""
-        return (*self.retry_delays_ms, self.defer_delay_ms)
+        """Every wait queue the deliverer publishes to: the retry tiers and the defer tiers."""
+        return (*self.retry_delays_ms, *self.defer_delays_ms)
 

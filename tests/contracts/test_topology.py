@@ -42,7 +42,8 @@ def test_committed_definitions_are_current() -> None:
 
 
 def _committed_args() -> dict[str, object]:
-    return {"retry_delays_ms": (*topology.DEFAULT_RETRY_DELAYS_MS, topology.DEFAULT_DEFER_MS)}
+    return {"retry_delays_ms": (*topology.DEFAULT_RETRY_DELAYS_MS,
+                                *topology.DEFAULT_DEFER_DELAYS_MS)}
 
 
 def test_the_deliverer_defaults_are_the_published_tiers() -> None:
@@ -51,3 +52,4 @@ def test_the_deliverer_defaults_are_the_published_tiers() -> None:
     defaults = Settings()
     assert defaults.retry_delays_ms == topology.DEFAULT_RETRY_DELAYS_MS
     assert defaults.defer_delay_ms == topology.DEFAULT_DEFER_MS
+    assert defaults.defer_delays_ms == topology.DEFAULT_DEFER_DELAYS_MS

@@ -22,6 +22,7 @@ from services.deliverer.handlers import (
     attempted_fact,
     classify,
     dead_lettered_fact,
+    deferred_job,
     fact_id,
     needs_resign,
     next_job,
@@ -34,7 +35,7 @@ from services.deliverer.handlers import (
 )
 from services.deliverer.settings import Settings
 from shared.contracts import DeliveryJob, Event
-from shared.topology import TIER_HEADROOM, tier_ttl
+from shared.topology import DEFAULT_DEFER_DELAYS_MS, TIER_HEADROOM, defer_tiers, tier_ttl
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DEFAULT = parse_schedule("5s,5m,30m,2h,5h,10h,10h")
@@ -174,12 +175,30 @@ def test_next_job_extends_history() -> None:
     job = job.model_copy(update={"history": (first,)})
     record = attempt_record(2, classify(None, error="timeout", error_text="timeout after 15s",
                                         now=NOW), at=NOW, duration_ms=15000.0)
-    following = next_job(job, record)
-    assert following.attempt == 3
+    following = next_job(job.model_copy(update={"deferrals": 4}), record)
+    assert following.attempt == 3 and following.deferrals == 0  # a new attempt starts afresh
     assert following.history == (first, record)
     assert following.delivery_id == job.delivery_id and following.event == job.event
     assert first.duration_ms == 12.346 and first.status_code == 500
     assert record.outcome == "failed" and record.error == "timeout after 15s"
+
+
+def test_defer_tiers_double_up_to_the_longest() -> None:
+    assert DEFAULT_DEFER_DELAYS_MS == (1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000)
+    assert defer_tiers(200, 200) == (200,) and defer_tiers(500, 100) == (500,)
+
+
+@given(st.integers(1, 10**6), st.integers(1, 10**7), st.integers(0, 50))
+def test_each_deferral_of_an_attempt_waits_at_least_as_long_as_the_last(
+        first: int, longest: int, deferrals: int) -> None:
+    tiers = defer_tiers(first, longest)
+    job = make_job().model_copy(update={"deferrals": deferrals})
+    later, delay = deferred_job(job, tiers)
+    _, next_delay = deferred_job(later, tiers)
+    assert later.deferrals == deferrals + 1 and later.attempt == job.attempt
+    assert later.history == job.history and later.delivery_id == job.delivery_id
+    assert delay in tiers and next_delay >= delay
+    assert delay == min(first * 2 ** deferrals, max(longest, first))
 
 
 def test_attempted_fact() -> None:
