@@ -57,6 +57,8 @@ DEFAULT_DEFER_MAX_MS = 60_000
 
 def defer_tiers(first_ms: int, max_ms: int) -> tuple[int, ...]:
     """The wait tiers of deferred jobs: ``first_ms`` doubling, the last one ``max_ms``."""
+    if first_ms < 1:
+        raise ValueError("the first defer delay must be at least 1 ms")
     tiers = [first_ms]
     while tiers[-1] < max_ms:
         tiers.append(min(tiers[-1] * 2, max_ms))

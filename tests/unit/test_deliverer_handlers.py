@@ -186,6 +186,8 @@ def test_next_job_extends_history() -> None:
 def test_defer_tiers_double_up_to_the_longest() -> None:
     assert DEFAULT_DEFER_DELAYS_MS == (1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000)
     assert defer_tiers(200, 200) == (200,) and defer_tiers(500, 100) == (500,)
+    with pytest.raises(ValueError, match="at least 1 ms"):
+        defer_tiers(0, 1000)  # would never reach the longest
 
 
 @given(st.integers(1, 10**6), st.integers(1, 10**7), st.integers(0, 50))
