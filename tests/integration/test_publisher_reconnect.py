@@ -12,6 +12,7 @@ Each test drops the connections of a virtual host of its own, so nothing else is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from typing import Any
 
 import aiormq
 import pytest
-from aio_pika.abc import AbstractRobustChannel
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustChannel
 
 from shared.broker import Publisher, connect
 from tests.conftest import _rabbitmqctl, _with_path, wait_for
@@ -51,6 +52,18 @@ async def drop_connections(vhost: str) -> None:
     await asyncio.to_thread(_rabbitmqctl, "close_all_connections", "-p", vhost, "test drop")
 
 
+@contextlib.asynccontextmanager
+async def publishing(url: str) -> AsyncIterator[tuple[AbstractChannel, AbstractQueue, Publisher]]:
+    """A connection that reconnects fast, a channel with a fresh durable queue, a publisher."""
+    connection = await connect(quick(url), service="test-reconnect")
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"reconnect-{uuid.uuid4().hex}", durable=True)
+        yield channel, queue, await Publisher.open(connection, timeout=10)
+    finally:
+        await connection.close()
+
+
 async def underlay(publisher: Publisher) -> Any:
     return await publisher._channel.get_underlay_channel()
 
@@ -58,11 +71,7 @@ async def underlay(publisher: Publisher) -> Any:
 async def test_a_publish_while_the_channel_is_restored_waits_for_it(
         vhost_url: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     url, vhost = vhost_url
-    connection = await connect(quick(url), service="test-reconnect")
-    try:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(f"reconnect-{uuid.uuid4().hex}", durable=True)
-        publisher = await Publisher.open(connection, timeout=10)
+    async with publishing(url) as (channel, queue, publisher):
         await publisher.publish("", queue.name, b"before")
 
         # the publisher's channel is restored a second late, as when it comes after the
@@ -92,8 +101,6 @@ async def test_a_publish_while_the_channel_is_restored_waits_for_it(
         declared = await queue.declare()
         assert declared.message_count == 101  # every confirm was real
         await channel.queue_delete(queue.name)
-    finally:
-        await connection.close()
 
 
 async def test_publishing_recovers_after_every_drop(vhost_url: tuple[str, str]) -> None:
@@ -101,11 +108,7 @@ async def test_publishing_recovers_after_every_drop(vhost_url: tuple[str, str]) 
     it was lost after being written (the caller's message is then redelivered), never for
     finding the channel closed, and the publisher works again after each drop."""
     url, vhost = vhost_url
-    connection = await connect(quick(url), service="test-reconnect")
-    try:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(f"reconnect-{uuid.uuid4().hex}", durable=True)
-        publisher = await Publisher.open(connection, timeout=10)
+    async with publishing(url) as (channel, queue, publisher):
         failures: list[BaseException] = []
         stop = asyncio.Event()
 
@@ -134,5 +137,3 @@ async def test_publishing_recovers_after_every_drop(vhost_url: tuple[str, str]) 
         assert not invalid, invalid[:3]
         assert not [f for f in failures if isinstance(f, TimeoutError)], failures[:3]
         await channel.queue_delete(queue.name)
-    finally:
-        await connection.close()
