@@ -352,9 +352,9 @@ class FactPublisher:
         await batcher.submit(fact)
 
     async def send_after(self, first: Awaitable[None], fact: AuditFact) -> None:
-        """Publish ``fact`` on its own once ``first`` is confirmed — for a fact audit must
-        store after another (a giving up after its attempt, a held delivery after the
-        acceptance naming the subject) when that other travels in a lingering batch."""
+        """Publish ``fact`` on its own once ``first`` is confirmed — for a fact the audit log
+        must show after another that travels in a lingering batch (a giving up after its
+        attempt). Audit orders an event's facts after its acceptance by itself."""
         await first
         await self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
 

@@ -111,8 +111,7 @@ class Settings(EgressSettings):
     @property
     def defer_delays_ms(self) -> tuple[int, ...]:
         """The defer tiers: DEFER_DELAY doubling up to DEFER_MAX."""
-        return topology.defer_tiers(self.defer_delay_ms,
-                                    max(parse_schedule(self.defer_max)[0], self.defer_delay_ms))
+        return topology.defer_tiers(self.defer_delay_ms, parse_schedule(self.defer_max)[0])
 
     @property
     def wait_tiers_ms(self) -> tuple[int, ...]:
