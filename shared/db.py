@@ -8,12 +8,13 @@ service to PostgreSQL (design invariant 7). Each service keeps its migration scr
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from alembic import command
@@ -23,6 +24,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 _ENV_DIR = Path(__file__).parent / "alembic"
+
+T = TypeVar("T")
 
 
 def async_url(dsn: str) -> str:
@@ -61,8 +64,11 @@ It waits on the event loop's thread, so briefly; then the caller asks the engine
 
 def sqlite_timestamp(moment: datetime) -> str:
     """``moment`` as SQLAlchemy stores a ``DateTime`` in SQLite (UTC wall time, microseconds),
-    so rows written directly compare and read back like the engine's own."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    so rows written directly compare and read back like the engine's own. Formatted by hand,
+    as SQLAlchemy does: ``strftime("%Y")`` does not pad a year before 1000 to four digits."""
+    m = moment.astimezone(UTC)
+    return (f"{m.year:04d}-{m.month:02d}-{m.day:02d} "
+            f"{m.hour:02d}:{m.minute:02d}:{m.second:02d}.{m.microsecond:06d}")
 
 
 class DirectSQLite:
@@ -100,14 +106,28 @@ class DirectSQLite:
 
     async def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run ``sql`` for each of ``rows`` in one transaction, committed when this returns."""
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._write, sql, rows)
+        await self.transaction(functools.partial(_execute_many, sql=sql, rows=rows))
 
-    def _write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    async def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work(connection)`` on the writer thread in one transaction and return what it
+        returned once committed; roll back if it raised. ``BEGIN IMMEDIATE``: the write lock
+        is taken first, so a transaction that reads before it writes never finds its snapshot
+        overtaken by another connection's commit (an error no busy timeout waits out)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._transaction, work)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:  # created on the writer thread, used only there
             self._writer = sqlite3.connect(self._path, timeout=30)
             self._writer.execute("PRAGMA synchronous=NORMAL")
-        with self._writer:  # commit, or roll back on error
-            self._writer.executemany(sql, rows)
+        self._writer.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(self._writer)
+        except BaseException:
+            self._writer.rollback()
+            raise
+        self._writer.commit()
+        return result
 
     async def close(self) -> None:
         """Close both connections and the writer thread (a second call does nothing)."""
@@ -123,6 +143,11 @@ class DirectSQLite:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _execute_many(connection: sqlite3.Connection, *, sql: str,
+                  rows: Sequence[Sequence[Any]]) -> None:
+    connection.executemany(sql, rows)
 
 
 def direct_sqlite(engine: AsyncEngine) -> DirectSQLite | None:

@@ -68,6 +68,7 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
                         if settings.checkpoint_key else None),
         subject_paths=settings.subject_paths,
     )
+    stack.push_async_callback(store.close)
 
     connection = await connect(settings.amqp_url.get_secret_value(), service="audit")
     stack.push_async_callback(connection.close)

@@ -152,19 +152,31 @@ def storable_problem(fact: AuditFact) -> str | None:
             return f"{name}: out of the 64-bit integer range"
     if fact.duration_ms is not None and not math.isfinite(fact.duration_ms):
         return "duration_ms: must be a finite number"
-    for path, text in _strings(fact.model_dump(mode="python", exclude={"occurred_at"})):
-        if "\x00" in text:
-            return f"{path}: NUL characters are not allowed"
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return f"{path}: not valid Unicode (lone surrogate)"
+    fields = fact.model_dump(mode="python", exclude={"occurred_at"})
+    if not _plain_text(fields):
+        for path, text in _strings(fields):
+            if "\x00" in text:
+                return f"{path}: NUL characters are not allowed"
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{path}: not valid Unicode (lone surrogate)"
     try:
         if orjson.loads(orjson.dumps(fact.details)) != fact.details:
             return "details: numbers must be finite"
     except orjson.JSONEncodeError as exc:
         return f"details: {exc}"
     return None
+
+
+def _plain_text(fields: Mapping[str, Any]) -> bool:
+    """True if no string in ``fields`` holds a NUL or a lone surrogate, by one serialisation
+    (orjson refuses a surrogate and writes NUL as ``\\u0000``). False means "look closer":
+    :func:`_strings` then finds which string, if any (a literal backslash-u0000 is fine)."""
+    try:
+        return b"\\u0000" not in orjson.dumps(fields)
+    except orjson.JSONEncodeError:
+        return False
 
 
 def _strings(value: Any, path: str = "") -> Iterable[tuple[str, str]]:

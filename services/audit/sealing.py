@@ -172,6 +172,23 @@ class Sealing:
     subject: str | None
 
 
+def seals_for(decided: Mapping[str, Own | Linked],
+              by_subject: Mapping[str, tuple[str, bytes]],
+              by_ref: Mapping[str, bytes]) -> dict[str, Sealing]:
+    """How to seal each fact of :func:`plan`, given each subject's (pseudonym, key) and the
+    keys still stored for the linked pseudonyms."""
+    seals: dict[str, Sealing] = {}
+    for fact_id, who in decided.items():
+        if isinstance(who, Own):
+            ref, key = by_subject[who.subject]
+            seals[fact_id] = Sealing(ref, key, who.subject if who.named else None)
+        else:
+            # The event's subject was erased: seal with a key that is never stored, so what
+            # arrives late about them is unreadable from the start.
+            seals[fact_id] = Sealing(who.ref, by_ref.get(who.ref) or new_key(), None)
+    return seals
+
+
 def new_ref() -> str:
     """A subject pseudonym: random, so nothing derives it from the subject id."""
     return REF_PREFIX + secrets.token_hex(16)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +31,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.audit import checkpoints, handlers, sealing
+from services.audit import checkpoints, direct, handlers, sealing
 from services.audit.checkpoints import Checkpoint, CheckpointSigner
 from services.audit.handlers import (
     AnyFact,
@@ -42,6 +44,7 @@ from services.audit.handlers import (
 )
 from services.audit.sealing import Linked, Own, Sealing
 from shared.contracts import Role, TokenGrant, utcnow
+from shared.db import direct_sqlite
 from shared.ids import new_id
 from shared.web import Principal
 
@@ -160,7 +163,8 @@ def is_transient(exc: BaseException) -> bool:
     problem with the data written (which retrying the same batch would only repeat)."""
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
-    return isinstance(exc, OSError | TimeoutError)
+    # the direct SQLite append (services.audit.direct): locked, busy, or an I/O error
+    return isinstance(exc, OSError | TimeoutError | sqlite3.OperationalError)
 
 
 
@@ -216,6 +220,12 @@ class AuditStore:
         self.signer = signer
         self._index_key = index_key
         self._lock = asyncio.Lock()
+        self._direct = direct_sqlite(engine)  # SQLite: the batch append as plain sqlite3
+
+    async def close(self) -> None:
+        """Close the direct SQLite connection, if any (the engine is the caller's)."""
+        if self._direct is not None:
+            await self._direct.close()
 
     @classmethod
     async def open(cls, engine: AsyncEngine, *, subject_key: str | None = None,
@@ -269,6 +279,11 @@ class AuditStore:
         instead and the batch is retried (and then sees the id as existing). Records about a
         data subject are sealed with that subject's key, created on first use.
         """
+        if self._direct is not None:
+            async with self._lock:
+                return await self._direct.transaction(functools.partial(
+                    direct.append, facts=facts, now=now or utcnow(),
+                    index_key=self._index_key, paths=self.paths))
         async with self._writing() as conn:
             return await self._append(conn, facts, now or utcnow())
 
@@ -310,16 +325,7 @@ class AuditStore:
             conn, {d.subject for d in decided.values() if isinstance(d, Own)}, now)
         by_ref = await self._keys_for_refs(
             conn, {d.ref for d in decided.values() if isinstance(d, Linked)})
-        seals: dict[str, Sealing] = {}
-        for fact_id, who in decided.items():
-            if isinstance(who, Own):
-                ref, key = by_subject[who.subject]
-                seals[fact_id] = Sealing(ref, key, who.subject if who.named else None)
-            else:
-                # The event's subject was erased: seal with a key that is never stored, so
-                # what arrives late about them is unreadable from the start.
-                seals[fact_id] = Sealing(who.ref, by_ref.get(who.ref) or sealing.new_key(), None)
-        return seals
+        return sealing.seals_for(decided, by_subject, by_ref)
 
     async def _stored_links(self, conn: AsyncConnection, event_ids: Iterable[str]
                             ) -> dict[str, str]:

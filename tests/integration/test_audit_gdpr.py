@@ -130,6 +130,7 @@ async def served(database_url: str, *, retention_days: int = 0, export_page: int
                 yield Api(store, f"http://127.0.0.1:{port}", session, database_url)
         finally:
             await runner.cleanup()
+            await store.close()
     finally:
         await engine.dispose()
 
