@@ -276,11 +276,13 @@ class Deliverer:
             publishes.append(self._facts.send_after(attempt, dead))
             DEAD.labels(step.reason).inc()
         await asyncio.gather(*publishes)
-        log.info("attempted", outcome=outcome.outcome, reason=outcome.reason,
-                 status_code=outcome.status_code, duration_ms=record.duration_ms,
-                 host=URL(job.url).host if job.url else None,
-                 next=type(step).__name__.lower(),
-                 retry_in_ms=step.delay_ms if isinstance(step, Retry) else None, **ids)
+        # A success is logged at debug: the audit log holds every attempt and the metrics
+        # count them; a line per delivery at info cost ~35 µs of CPU each (log volume aside).
+        (log.debug if outcome.outcome == "delivered" else log.info)(
+            "attempted", outcome=outcome.outcome, reason=outcome.reason,
+            status_code=outcome.status_code, duration_ms=record.duration_ms,
+            host=URL(job.url).host if job.url else None, next=type(step).__name__.lower(),
+            retry_in_ms=step.delay_ms if isinstance(step, Retry) else None, **ids)
 
 
 

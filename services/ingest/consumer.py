@@ -165,7 +165,8 @@ class EventHandler:
         await self._remember(event.id, now)
         metrics.accepted(event.event, len(jobs))
         metrics.DELIVERIES_HELD.inc(len(held))
-        log.info("event_accepted", event_id=event.id, event_type=event.event,
+        # debug, as the deliverer's successful attempts: the audit log records each acceptance
+        log.debug("event_accepted", event_id=event.id, event_type=event.event,
                  endpoints=len(jobs), held=len(held), redelivered=message.redelivered,
                  delivery_ids=[j.delivery_id for j in jobs][:20])
 
