@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
@@ -71,17 +72,30 @@ class CorkedWriter(asyncio.StreamWriter):
     item of the signer's profile. Corked, they leave as one ``send``, in the order written, at
     the end of the iteration. ``close`` sends what is pending first, so a closing frame is not
     lost; ``drain`` keeps the transport's flow control but does not send early.
+
+    And while the connection is busy, sends are at least ``min_interval`` apart (Nagle's idea,
+    by time): a write within that interval of the last send waits for its end, with whatever
+    else is written meanwhile; a write after a quiet spell leaves at the end of its iteration.
+    So an idle system adds no latency, and a loaded one sends (and RabbitMQ reads) fewer,
+    fuller segments: see :data:`MIN_SEND_INTERVAL`.
     """
 
     def __init__(self, transport: asyncio.WriteTransport, protocol: asyncio.BaseProtocol,
-                 reader: asyncio.StreamReader | None, loop: asyncio.AbstractEventLoop) -> None:
+                 reader: asyncio.StreamReader | None, loop: asyncio.AbstractEventLoop,
+                 *, min_interval: float = 0.0) -> None:
         super().__init__(transport, protocol, reader, loop)
         self._pending: list[bytes] = []
         self._event_loop = loop
+        self._min_interval = min_interval
+        self._last_send = -math.inf
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._pending:
-            self._event_loop.call_soon(self.flush)
+            due = self._last_send + self._min_interval
+            if due > self._event_loop.time():
+                self._event_loop.call_at(due, self.flush)
+            else:
+                self._event_loop.call_soon(self.flush)
         self._pending.append(bytes(data))
 
     def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
@@ -94,6 +108,7 @@ class CorkedWriter(asyncio.StreamWriter):
             data = b"".join(self._pending)
             self._pending.clear()
             super().write(data)
+            self._last_send = self._event_loop.time()
 
     async def drain(self) -> None:
         # No flush here: aiormq drains after every ack, and sending then would send each ack on
@@ -125,7 +140,15 @@ class _CorkedTransportFactory(TransportFactory):
                 lambda: protocol, url.host or "localhost", url.port or 5672, ssl=ssl, **kwargs)
         except OSError as exc:
             raise AMQPConnectionError(*exc.args) from exc
-        return reader, CorkedWriter(transport, protocol, reader, loop)
+        return reader, CorkedWriter(transport, protocol, reader, loop,
+                                    min_interval=MIN_SEND_INTERVAL)
+
+
+MIN_SEND_INTERVAL = 0.003
+"""Seconds between two sends on a busy connection (see :class:`CorkedWriter`). Measured back
+to back at 380 deliveries/s: CPU per delivery of all Dihya processes and RabbitMQ 4.0-4.2 →
+3.7-4.0 ms (RabbitMQ's share falling most), p50 latency unchanged (13-19 ms); a flat 3 ms
+delay on every send saved as much but added its wait to every hop of an idle system."""
 
 
 WRITE_QUEUE_FRAMES = 1024

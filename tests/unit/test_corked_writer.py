@@ -1,5 +1,6 @@
 """CorkedWriter: what one loop iteration writes leaves as one write, in order, and nothing waits
-longer than the end of that iteration (or a drain, or a close)."""
+longer than the end of that iteration (or a drain, or a close) — except, on a busy connection,
+for the rest of the minimum interval since the last send."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ class RecordingTransport(asyncio.WriteTransport):
         self.writes: list[bytes] = []
         self.closed = False
 
+        self.written = asyncio.Event()
+
     def write(self, data: Any) -> None:
         self.writes.append(bytes(data))
+        self.written.set()
 
     def is_closing(self) -> bool:
         return self.closed
@@ -28,13 +32,14 @@ class RecordingTransport(asyncio.WriteTransport):
         return 0
 
 
-def _writer() -> tuple[CorkedWriter, RecordingTransport]:
+def _writer(min_interval: float = 0.0) -> tuple[CorkedWriter, RecordingTransport]:
     loop = asyncio.get_running_loop()
     transport = RecordingTransport()
     reader = asyncio.StreamReader(loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     protocol.connection_made(transport)
-    return CorkedWriter(transport, protocol, reader, loop), transport
+    return (CorkedWriter(transport, protocol, reader, loop, min_interval=min_interval),
+            transport)
 
 
 async def test_one_iteration_is_one_write_in_order() -> None:
@@ -63,3 +68,24 @@ async def test_drain_does_not_send_early_and_close_sends_what_is_pending() -> No
     assert transport.writes == [b"ack-1ack-2", b"close-frame"] and transport.closed
     await asyncio.sleep(0)  # the flush scheduled by the write finds nothing left to send
     assert transport.writes == [b"ack-1ack-2", b"close-frame"]
+
+
+async def test_a_busy_connection_sends_at_most_once_per_interval() -> None:
+    loop = asyncio.get_running_loop()
+    writer, transport = _writer(min_interval=0.05)
+    writer.write(b"a")
+    await asyncio.sleep(0)
+    assert transport.writes == [b"a"]  # after a quiet spell: at the end of the iteration
+    sent = loop.time()
+    transport.written.clear()
+    writer.write(b"b")
+    await asyncio.sleep(0)
+    writer.write(b"c")
+    await asyncio.sleep(0)
+    assert transport.writes == [b"a"]  # within the interval: held, and gathered
+    await asyncio.wait_for(transport.written.wait(), timeout=5)
+    assert transport.writes == [b"a", b"bc"]
+    assert loop.time() - sent >= 0.049
+    writer.write(b"closing")
+    writer.close()  # a close does not wait for the interval
+    assert transport.writes == [b"a", b"bc", b"closing"]
