@@ -11,10 +11,15 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jsonschema
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from shared import contracts
@@ -80,3 +85,23 @@ def test_committed_asyncapi_document_is_current() -> None:
     assert committed == json.loads(json.dumps(asyncapi.build())), (
         "run `python -m shared.asyncapi` to refresh docs/asyncapi.json"
     )
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@given(data=st.dictionaries(st.text(), json_values, max_size=6))
+def test_encode_is_the_json_of_the_models_dump_and_reads_back(data: dict[str, Any]) -> None:
+    """``encode`` takes pydantic's serialiser: the bytes orjson made of the dump before, and the
+    receiving model reads back the same contract."""
+    job = contracts.DeliveryJob(
+        delivery_id="dlv_1", endpoint_id="ep_1", url="https://r.example/hook",
+        event=contracts.Event(id="evt_1", event="a.b", timestamp=datetime(2026, 1, 2, tzinfo=UTC),
+                              data=data))
+    wire = contracts.encode(job)
+    assert wire == orjson.dumps(job.model_dump(mode="json"))
+    assert contracts.DeliveryJob.model_validate_json(wire) == job
