@@ -208,6 +208,8 @@ class Publisher:
         self._channel = channel
         self._timeout = timeout
         self._closed = False
+        self._open: aiormq.Channel | None = None
+        """The underlay channel the last publish went out on, while it stays open."""
 
     @classmethod
     async def open(
@@ -254,7 +256,9 @@ class Publisher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout  # a reconnection included
         while True:
-            channel = await self._underlay(deadline)
+            channel = self._open
+            if channel is None or channel.is_closed:  # first use, or since a reconnection
+                channel = self._open = await self._underlay(deadline)
             try:
                 # aiormq's own timeout (what is left of ours): the cancellation stays inside
                 # aiormq, which takes back a publish it had not yet queued
@@ -274,7 +278,9 @@ class Publisher:
     async def _underlay(self, deadline: float) -> aiormq.Channel:
         """The open aiormq channel under the robust one, once restored (or ``TimeoutError``).
 
-        Not cached: every reconnection brings a new one. ``ready()`` waits for the connection
+        :meth:`publish` keeps it while it is open: every reconnection brings a new one (and
+        a publish that finds the old one closed before its frame is queued goes again on
+        the new one, see :meth:`publish`). ``ready()`` waits for the connection
         *and* this channel's restore; ``get_underlay_channel()`` alone waits for the connection
         only, and returns the old, closed channel until the restore reaches this one. Right
         after a drop, before aio-pika has noticed it, the channel is closed but not yet marked
