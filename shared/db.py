@@ -123,10 +123,10 @@ class DirectSQLite:
         self._writer.execute("BEGIN IMMEDIATE")
         try:
             result = work(self._writer)
-        except BaseException:
+            self._writer.commit()
+        except BaseException:  # a failed commit too: the next BEGIN must find no transaction
             self._writer.rollback()
             raise
-        self._writer.commit()
         return result
 
     async def close(self) -> None:

@@ -167,8 +167,8 @@ class EventHandler:
         metrics.DELIVERIES_HELD.inc(len(held))
         # debug, as the deliverer's successful attempts: the audit log records each acceptance
         log.debug("event_accepted", event_id=event.id, event_type=event.event,
-                 endpoints=len(jobs), held=len(held), redelivered=message.redelivered,
-                 delivery_ids=[j.delivery_id for j in jobs][:20])
+                  endpoints=len(jobs), held=len(held), redelivered=message.redelivered,
+                  delivery_ids=[j.delivery_id for j in jobs][:20])
 
     async def _remember(self, event_id: str, now: datetime) -> None:
         """Record the id as fanned out — only now, after every confirm. A failure here is
