@@ -7,7 +7,8 @@ AMQP ``type`` property instead (see :data:`EVENT_TYPE_TAG`). A breaking change m
 model with a new version tag, never an edit of an old one: ``tests/contracts`` compares each
 model with its JSON Schema committed under ``shared/schemas/`` and fails when they disagree.
 
-Wire format: UTF-8 JSON, encoded with orjson (:func:`encode`), decoded by the receiving model.
+Wire format: UTF-8 JSON, encoded by pydantic's serialiser (:func:`encode`), decoded by the
+receiving model.
 """
 
 from __future__ import annotations
