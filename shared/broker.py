@@ -21,7 +21,7 @@ import contextlib
 import functools
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import aio_pika
@@ -29,7 +29,6 @@ import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
@@ -52,7 +51,81 @@ IN_FLIGHT = Gauge("dihya_consumer_in_flight_messages",
 PROCESSED = Counter("dihya_consumer_messages_total", "Messages handled, by result.",
                     ["queue", "result"])
 
-Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+class Delivery:
+    """A consumed message as handlers see it: its body, the properties they read, ack and nack.
+
+    Why not aio-pika's ``IncomingMessage``: aio-pika builds one (copying every property) and
+    runs the callback in a second task for each message; handing aiormq's message to the
+    consumer in aiormq's own task instead took the CPU of a consumed and acked message from
+    165 to 118 µs (measured on the development machine), and a delivery is consumed three
+    times on its way.
+    """
+
+    __slots__ = ("_channel", "_tag", "body", "headers", "message_id", "redelivered", "type")
+
+    def __init__(self, message: aiormq.abc.DeliveredMessage) -> None:
+        properties = message.header.properties
+        self.body: bytes = message.body
+        self.headers: dict[str, Any] = properties.headers or {}
+        self.message_id: str | None = properties.message_id
+        self.type: str | None = properties.message_type
+        self.redelivered: bool = bool(message.redelivered)
+        self._channel = message.channel
+        self._tag = message.delivery_tag
+
+    async def ack(self) -> None:
+        """Ack on the channel it came on; raises if that channel is gone (the tag is void)."""
+        await self._settle(ack=True)
+
+    async def nack(self, requeue: bool = True) -> None:
+        """Hand it back (or drop it, ``requeue=False``); raises if its channel is gone."""
+        await self._settle(ack=False, requeue=requeue)
+
+    async def _settle(self, *, ack: bool, requeue: bool = True) -> None:
+        if self._channel.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError("the channel it came on is closed")
+        if self._tag is None:  # only a basic.get of an empty queue has none
+            return
+        if ack:
+            await self._channel.basic_ack(self._tag)
+        else:
+            await self._channel.basic_nack(self._tag, requeue=requeue)
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class _DirectConsume(aio_pika.Queue):
+    """``basic.consume`` with the callback handed straight to aiormq (see :class:`Delivery`).
+
+    aio-pika's ``Queue.consume`` wraps the callback so that it builds an ``IncomingMessage``
+    and starts a task of its own; this one does neither — the callback gets aiormq's
+    ``DeliveredMessage`` in the task aiormq already runs it in.
+    """
+
+    async def consume(  # type: ignore[override]  # takes aiormq's message, not aio-pika's
+        self,
+        callback: Callable[[aiormq.abc.DeliveredMessage], Coroutine[Any, Any, None]],
+        no_ack: bool = False,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        consumer_tag: str | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        channel = await self.channel.get_underlay_channel()
+        result = await channel.basic_consume(
+            queue=self.name, consumer_callback=callback, exclusive=exclusive, no_ack=no_ack,
+            arguments=cast(Any, arguments), consumer_tag=consumer_tag, timeout=timeout,
+        )
+        if result.consumer_tag is None:  # pamqp's type allows it; the broker always names one
+            raise RuntimeError("the broker named no consumer tag")
+        return result.consumer_tag
+
+
+class _DirectRobustQueue(aio_pika.RobustQueue, _DirectConsume):  # type: ignore[misc]
+    """A robust queue (redeclared, and its consumer restored, after a reconnect: aio-pika's
+    ``RobustQueue.restore``) whose consume is :class:`_DirectConsume`'s."""
 
 
 async def connect(url: str, *, service: str) -> AbstractRobustConnection:
@@ -315,7 +388,7 @@ class Publisher:
         )
 
     async def park(
-        self, queue: str, message: AbstractIncomingMessage, *, reason: str, error: str
+        self, queue: str, message: Delivery, *, reason: str, error: str
     ) -> None:
         """Move ``message`` to ``queue``'s parking queue with why, before the caller acks it."""
         await self.park_body(queue, message.body, reason=reason, error=error,
@@ -456,13 +529,19 @@ class Consumer:
 
     async def start(self) -> None:
         self._channel = await self._connection.channel()
+        # This channel's queue consumes through aiormq directly (_DirectRobustQueue): the
+        # channel builds its queues from this attribute, and no other queue is declared on it.
+        self._channel.QUEUE_CLASS = _DirectRobustQueue
         await self._channel.set_qos(prefetch_count=self._prefetch)
         # a (passive) declare, not get_queue(ensure=False): only a declared queue is restored,
         # with its consumer, when the robust connection comes back after a broker outage
         self._queue = await self._channel.declare_queue(self._queue_name, passive=True)
-        self._tag = await self._queue.consume(self._on_message)
+        assert isinstance(self._queue, _DirectRobustQueue)
+        # RobustQueue.consume records the callback for its restore and passes it through
+        self._tag = await self._queue.consume(self._on_delivered)  # type: ignore[arg-type]
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_delivered(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        message = Delivery(delivered)
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
@@ -476,7 +555,7 @@ class Consumer:
             if not self._inflight:
                 self._idle.set()
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
+    async def _process(self, message: Delivery) -> None:
         try:
             with telemetry.consuming(self._queue_name, message.headers):
                 await self._handler(message)

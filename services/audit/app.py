@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
 from services.audit import handlers, metrics
@@ -20,7 +19,7 @@ from services.audit.settings import AuditSettings
 from services.audit.store import MIGRATIONS, AuditStore, is_transient
 from shared import topology
 from shared.batching import Batcher
-from shared.broker import Consumer, Publisher, connect, declare_topology
+from shared.broker import Consumer, Delivery, Publisher, connect, declare_topology
 from shared.contracts import AuditFact, TokenGrant, encode, utcnow
 from shared.db import make_engine, migrate
 from shared.ids import new_id
@@ -120,13 +119,13 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
             metrics.AWAITING_COMMIT.dec()
         metrics.WRITE_LATENCY.observe(loop.time() - started)
 
-    async def park(queue: str, message: AbstractIncomingMessage, reason: str, why: str) -> None:
+    async def park(queue: str, message: Delivery, reason: str, why: str) -> None:
         await publisher.park(queue, message, reason=reason, error=why)
         metrics.PARKED.labels(queue, reason).inc()
         log.warning("message_parked", queue=queue, reason=reason, error=why,
                     message_id=message.message_id)
 
-    async def on_fact(message: AbstractIncomingMessage) -> None:
+    async def on_fact(message: Delivery) -> None:
         facts = handlers.decode_facts(message.body)
         if isinstance(facts, Rejected):
             await park(topology.AUDIT_FACTS, message, facts.reason, facts.error)
@@ -144,14 +143,14 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
             if isinstance(result, BaseException):
                 raise result  # requeued; the facts stored meanwhile are dropped as duplicates
 
-    async def park_fact(message: AbstractIncomingMessage, fact: AuditFact, why: str) -> None:
+    async def park_fact(message: Delivery, fact: AuditFact, why: str) -> None:
         await publisher.park_body(topology.AUDIT_FACTS, encode(fact), reason="schema_invalid",
                                   error=why, headers=message.headers, type=fact.type)
         metrics.PARKED.labels(topology.AUDIT_FACTS, "schema_invalid").inc()
         log.warning("fact_parked", queue=topology.AUDIT_FACTS, reason="schema_invalid",
                     error=why, fact_id=fact.id, kind=fact.kind)
 
-    async def on_control(message: AbstractIncomingMessage) -> None:
+    async def on_control(message: Delivery) -> None:
         grant = handlers.decode(message.body, TokenGrant)
         if isinstance(grant, Rejected):
             await park(topology.AUDIT_CONTROL, message, grant.reason, grant.error)

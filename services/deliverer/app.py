@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
@@ -25,6 +25,7 @@ from services.deliverer.ssrf import VettingResolver
 from shared import telemetry, topology
 from shared.broker import (
     Consumer,
+    Delivery,
     FactPublisher,
     Publisher,
     connect,
@@ -201,7 +202,7 @@ class Deliverer:
                     else f"{kind}: {exc.__class__.__name__}: {exc}")
             return Response(None, error=kind, error_text=text[:500])
 
-    async def on_job(self, message: AbstractIncomingMessage) -> None:
+    async def on_job(self, message: Delivery) -> None:
         try:
             signed = handlers.parse_signed(message.body)
         except ValueError as exc:

@@ -40,7 +40,6 @@ from collections.abc import Awaitable, Iterable, Sequence
 from datetime import datetime
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 
 from services.ingest import metrics
 from services.ingest.catalog import Catalog, UnknownPolicy, bundled
@@ -59,7 +58,7 @@ from services.ingest.handlers import (
 from services.ingest.store import Store
 from shared import topology
 from shared.batching import Batcher
-from shared.broker import FactPublisher, Publisher
+from shared.broker import Delivery, FactPublisher, Publisher
 from shared.contracts import utcnow
 
 log = structlog.get_logger("dihya.ingest.consumer")
@@ -120,7 +119,7 @@ class EventHandler:
         await self._store.remember_events([event_id for event_id, _ in items],
                                           max(now for _, now in items))
 
-    async def __call__(self, message: AbstractIncomingMessage) -> None:
+    async def __call__(self, message: Delivery) -> None:
         decoded = decode(message.body, message.type)
         if isinstance(decoded, Rejection):
             await self._reject(message, decoded)
@@ -181,7 +180,7 @@ class EventHandler:
         except Exception as exc:
             log.warning("event_id_not_recorded", event_id=event_id, error=type(exc).__name__)
 
-    async def _reject(self, message: AbstractIncomingMessage, rejection: Rejection,
+    async def _reject(self, message: Delivery, rejection: Rejection,
                       *, event_id: str | None = None) -> None:
         fact = rejected_fact(rejection, utcnow(), event_id=event_id)
         await confirm_all([

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 
 from services.ingest import metrics
 from services.ingest.handlers import (
@@ -35,7 +34,7 @@ from services.ingest.handlers import (
 )
 from services.ingest.store import ParkedRecord, Store
 from shared import topology
-from shared.broker import Publisher
+from shared.broker import Delivery, Publisher
 from shared.contracts import utcnow
 
 log = structlog.get_logger("dihya.ingest.dead_letters")
@@ -57,7 +56,7 @@ class DeadLetterHandler:
         self._publisher = publisher
         self._queue = queue
 
-    async def __call__(self, message: AbstractIncomingMessage) -> None:
+    async def __call__(self, message: Delivery) -> None:
         headers = dict(message.headers or {})
         dead = read_dead_letter(message.body, headers)
         now = utcnow()

@@ -18,7 +18,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 
 from services.ingest import metrics
 from services.ingest.consumer import confirm_all
@@ -32,7 +31,7 @@ from services.ingest.handlers import (
 )
 from services.ingest.store import Store
 from shared import topology
-from shared.broker import Publisher
+from shared.broker import Delivery, Publisher
 from shared.contracts import AuditFact, decode_facts, utcnow
 
 log = structlog.get_logger("dihya.ingest.health")
@@ -52,7 +51,7 @@ class HealthHandler:
         self._healthy: dict[str, datetime] = {}
         """Endpoints last seen enabled and not failing → their stored ``last_delivered_at``."""
 
-    async def __call__(self, message: AbstractIncomingMessage) -> None:
+    async def __call__(self, message: Delivery) -> None:
         try:
             facts = decode_facts(message.body)
         except ValueError as exc:

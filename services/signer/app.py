@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Sequence
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
@@ -19,7 +19,7 @@ from services.signer.handlers import StoredSecret, UnsignableJobError
 from services.signer.settings import Settings
 from services.signer.store import MIGRATIONS, Keystore
 from shared import topology
-from shared.broker import Consumer, Publisher, connect, declare_topology
+from shared.broker import Consumer, Delivery, Publisher, connect, declare_topology
 from shared.contracts import DeliveryJob, utcnow
 from shared.db import make_engine, migrate
 from shared.runtime import Stop
@@ -133,7 +133,7 @@ class Signer:
         self._cache = cache
         self._publisher = publisher
 
-    async def on_control(self, message: AbstractIncomingMessage) -> None:
+    async def on_control(self, message: Delivery) -> None:
         try:
             msg = handlers.parse_control(message.body)
         except ValueError as exc:
@@ -147,7 +147,7 @@ class Signer:
         fact = handlers.secret_fact(msg, applied=applied, now=utcnow())
         await self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
 
-    async def on_job(self, message: AbstractIncomingMessage) -> None:
+    async def on_job(self, message: Delivery) -> None:
         try:
             job = handlers.parse_job(message.body)
         except ValueError as exc:
@@ -174,7 +174,7 @@ class Signer:
         SIGNED.inc()
         log.debug("signed", signatures=len(found), **ids)
 
-    async def _park(self, queue: str, message: AbstractIncomingMessage, reason: str,
+    async def _park(self, queue: str, message: Delivery, reason: str,
                     error: str, job: DeliveryJob | None = None) -> None:
         """Set a message aside with why, and audit it; the consumer then acks it."""
         fact = handlers.parked_fact(queue=queue, reason=reason, error=error, body=message.body,

@@ -8,11 +8,10 @@ import asyncio
 import random
 import uuid
 
-import aio_pika
 import pytest
 
 from shared import topology
-from shared.broker import Consumer, Publisher, connect, declare
+from shared.broker import Consumer, Delivery, Publisher, connect, declare
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -36,7 +35,7 @@ async def test_every_message_is_acked_once_its_handler_succeeded(amqp_url: str) 
         handled: dict[int, int] = {}
         succeeded: set[int] = set()
 
-        async def handler(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async def handler(message: Delivery) -> None:
             n = int(message.body)
             handled[n] = handled.get(n, 0) + 1
             for _ in range(rng.randrange(6)):  # finish out of order

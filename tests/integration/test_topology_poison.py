@@ -14,7 +14,7 @@ import aio_pika
 import pytest
 
 from shared import topology
-from shared.broker import Consumer, Publisher, connect, declare
+from shared.broker import Consumer, Delivery, Publisher, connect, declare
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ async def test_poison_is_parked_after_the_delivery_limit_and_the_rest_flows(
         counts: list[object] = []  # the x-delivery-count the consumer's backoff was given
         good_done = asyncio.Event()
 
-        async def handler(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async def handler(message: Delivery) -> None:
             seen[message.body] = seen.get(message.body, 0) + 1
             if message.body == b"poison":
                 raise RuntimeError("this message crashes the consumer every time")
