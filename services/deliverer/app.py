@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Awaitable, Iterable
@@ -166,7 +167,11 @@ class Deliverer:
         self._tiers = tiers
         self._rng = rng or random.Random()
         self._schedule = settings.retry_delays_ms
-        self._allowed = settings.allowed
+        # check_url is a pure function of the URL here (allowed networks and https_only are
+        # fixed): vetted once per URL, not per attempt (5–9 µs of CPU each, parsing the URL
+        # and an IP literal again). A refused URL raises, and lru_cache keeps no exception.
+        self._check_url = functools.lru_cache(maxsize=4096)(functools.partial(
+            check_url, allowed=settings.allowed, https_only=settings.https_only))
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout,
                                               sock_connect=settings.connect_timeout)
         self._slots = EndpointSlots(settings.max_in_flight_per_endpoint,
@@ -177,7 +182,7 @@ class Deliverer:
         """One POST, no redirect followed, at most the excerpt of the response read."""
         url = signed.job.url
         try:
-            check_url(url, self._allowed, https_only=self._settings.https_only)
+            self._check_url(url)
             with telemetry.span(
                 "POST", kind=SpanKind.CLIENT,
                 attributes={"http.request.method": "POST", "url.full": url},
