@@ -1,8 +1,12 @@
-"""Fixtures the ingest integration tests share: the broker with the topology declared, and
-ingest started in-process (on each storage backend, or on SQLite alone)."""
+"""Fixtures the integration tests share: the broker with the topology declared, a throw-away
+virtual host whose connections a test may drop, and ingest started in-process (on each storage
+backend, or on SQLite alone)."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from shared.broker import declare
+from tests.conftest import _rabbitmqctl, _with_path
 from tests.integration.test_ingest_api import Client, running_ingest
 
 
@@ -34,3 +39,27 @@ async def ingest_sqlite(amqp_url: str, tmp_path: Path) -> AsyncIterator[Client]:
     """For what does not depend on the storage backend."""
     async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/ingest.db") as client:
         yield client
+
+
+@pytest.fixture
+async def vhost_url(amqp_base: str) -> AsyncIterator[tuple[str, str]]:
+    """A throw-away virtual host (its URL and name): dropping its connections hurts no one."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("needs a local rabbitmqctl to drop connections")
+    vhost = f"dihya-test-reconnect-{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(_rabbitmqctl, "add_vhost", vhost)
+    try:
+        await asyncio.to_thread(_rabbitmqctl, "set_permissions", "-p", vhost, "guest",
+                                ".*", ".*", ".*")
+        yield _with_path(amqp_base, "/" + vhost), vhost
+    finally:
+        await asyncio.to_thread(_rabbitmqctl, "delete_vhost", vhost)
+
+
+def quick(url: str) -> str:
+    """Reconnect half a second after a drop (aio-pika's default is five)."""
+    return f"{url}?reconnect_interval=0.5"
+
+
+async def drop_connections(vhost: str) -> None:
+    await asyncio.to_thread(_rabbitmqctl, "close_all_connections", "-p", vhost, "test drop")

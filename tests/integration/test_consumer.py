@@ -13,6 +13,7 @@ import pytest
 from shared import topology
 from shared.broker import Consumer, Delivery, Publisher, connect, declare
 from tests.conftest import wait_for
+from tests.integration.conftest import drop_connections, quick
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +57,55 @@ async def test_every_message_is_acked_once_its_handler_succeeded(amqp_url: str) 
         check = await channel.declare_queue(name, passive=True)
         assert check.declaration_result.message_count == 0  # every one acked
         await queue.delete(if_unused=False, if_empty=False)
+        await publisher.close()
+    finally:
+        await connection.close()
+
+
+async def test_a_consumer_hands_over_the_properties_and_is_restored_after_a_drop(
+        vhost_url: tuple[str, str]) -> None:
+    """The consumer's messages reach handlers without aio-pika's message class (``Delivery``):
+    what they read must be the message's own, and the robust connection must restore the
+    consumer after the broker drops it — the message held across the drop comes back (its ack
+    on the old channel is void), and new messages are taken again."""
+    url, vhost = vhost_url
+    connection = await connect(quick(url), service="test-consumer-restore")
+    try:
+        channel = await connection.channel()
+        name = "dihya.test.restore"
+        await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+        publisher = await Publisher.open(connection)
+        got: asyncio.Queue[Delivery] = asyncio.Queue()
+        release = asyncio.Event()
+
+        async def handler(message: Delivery) -> None:
+            await got.put(message)
+            if message.body == b"held":
+                await release.wait()  # still in the handler when the connection drops
+
+        consumer = Consumer(connection, name, handler, prefetch=10)
+        await consumer.start()
+        await publisher.publish("", name, b"held", headers={"x-dihya-event-id": "evt_1"},
+                                type="test.v1")
+        first = await asyncio.wait_for(got.get(), 10)
+        assert (first.body, first.headers, first.type, first.redelivered) == (
+            b"held", {"x-dihya-event-id": "evt_1"}, "test.v1", False)
+        assert first.message_id  # the publisher gives every message a fresh one
+
+        await drop_connections(vhost)
+        release.set()
+        again = await asyncio.wait_for(got.get(), 30)
+        assert (again.body, again.redelivered, again.message_id) == (
+            b"held", True, first.message_id)
+
+        await publisher.publish("", name, b"after")
+        after = await asyncio.wait_for(got.get(), 30)
+        assert (after.body, after.headers, after.redelivered) == (b"after", {}, False)
+        await consumer.stop(grace=5)
+
+        check = await channel.declare_queue(name, passive=True)
+        assert check.declaration_result.message_count == 0  # both acked on the new channel
+        assert got.empty()
         await publisher.close()
     finally:
         await connection.close()

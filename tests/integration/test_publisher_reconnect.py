@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,33 +22,10 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustChannel
 
 from shared.broker import Publisher, connect
-from tests.conftest import _rabbitmqctl, _with_path, wait_for
+from tests.conftest import wait_for
+from tests.integration.conftest import drop_connections, quick
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def vhost_url(amqp_base: str) -> AsyncIterator[tuple[str, str]]:
-    """A throw-away virtual host (its URL and name): dropping its connections hurts no one."""
-    if shutil.which("rabbitmqctl") is None:
-        pytest.skip("needs a local rabbitmqctl to drop connections")
-    vhost = f"dihya-test-reconnect-{uuid.uuid4().hex[:8]}"
-    await asyncio.to_thread(_rabbitmqctl, "add_vhost", vhost)
-    try:
-        await asyncio.to_thread(_rabbitmqctl, "set_permissions", "-p", vhost, "guest",
-                                ".*", ".*", ".*")
-        yield _with_path(amqp_base, "/" + vhost), vhost
-    finally:
-        await asyncio.to_thread(_rabbitmqctl, "delete_vhost", vhost)
-
-
-def quick(url: str) -> str:
-    """Reconnect half a second after a drop (aio-pika's default is five)."""
-    return f"{url}?reconnect_interval=0.5"
-
-
-async def drop_connections(vhost: str) -> None:
-    await asyncio.to_thread(_rabbitmqctl, "close_all_connections", "-p", vhost, "test drop")
 
 
 @contextlib.asynccontextmanager
