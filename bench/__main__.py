@@ -1,6 +1,6 @@
 """``python -m bench`` (or ``bin/bench``): run the benchmark and write its results.
 
-Presets: the default full run (about 5 minutes on 2 cores), ``--quick`` (about a minute:
+Presets: the default full run (about 6 minutes on 2 cores), ``--quick`` (about a minute:
 fewer and shorter phases, no profile) and ``--smoke`` (a few hundred events at one fixed rate:
 checks that the harness works, not the speed). Every option below overrides the preset.
 """
@@ -22,13 +22,14 @@ PRESETS: dict[str, dict[str, object]] = {
     "quick": {
         "admitted_duration": 5.0, "duration": 4.0, "fractions": (0.5, 1.0),
         "raw_fractions": (0.5, 1.0), "http_fractions": (0.5,), "profile": False,
-        "slow_duration": 6.0, "warmup_events": 100, "drain_timeout": 15.0,
+        "repeats": 0, "slow_duration": 6.0, "warmup_events": 100, "drain_timeout": 15.0,
         "audit_timeout": 15.0, "settle_timeout": 10.0,
     },
     "smoke": {
         "admitted_duration": 1.5, "duration": 1.5, "window": 100, "fractions": (0.5,),
         "raw_fractions": (0.5,), "http_fractions": (0.5,), "fixed_rate": 40.0,
-        "profile": False, "slow_duration": 1.5, "slow_delay": 0.5, "warmup_events": 0,
+        "repeats": 1, "profile": False, "slow_duration": 1.5, "slow_delay": 0.5,
+        "warmup_events": 0,
         "drain_timeout": 15.0, "audit_timeout": 15.0, "settle_timeout": 5.0,
     },
 }
@@ -86,6 +87,10 @@ def parse(argv: list[str] | None = None) -> Options:
                         help="paced phases at DPS deliveries/s instead of fractions of "
                         "saturation: to compare two commits at the same load")
     parser.add_argument("--no-http", dest="http", action="store_false", default=None)
+    parser.add_argument("--repeats", type=int, metavar="N",
+                        help="saturation pairs (raw chain, Dihya over AMQP) run N more times "
+                        "after the sweeps, in alternating order; the ratio is the median of "
+                        "the pairs (full run 2, --quick 0)")
     parser.add_argument("--profile", dest="profile", action="store_true", default=None,
                         help="profile every service with py-spy at saturation")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
@@ -105,8 +110,9 @@ def parse(argv: list[str] | None = None) -> Options:
     name = args.preset or "full"
     values: dict[str, object] = {**PRESETS[name], "preset": name}
     for key in ("event_bytes", "window", "duration", "admitted_duration", "fractions",
-                "raw_fractions", "http_fractions", "http", "profile", "profile_at", "slow",
-                "slow_delay", "slow_duration", "verify_every", "keep_logs", "fixed_rate"):
+                "raw_fractions", "http_fractions", "http", "repeats", "profile", "profile_at",
+                "slow", "slow_delay", "slow_duration", "verify_every", "keep_logs",
+                "fixed_rate"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,21 @@ def keeps_up(phase: dict[str, Any]) -> bool:
     offered = phase.get("offered_dps") or 0
     return bool(offered) and phase["throughput_dps"] >= 0.95 * offered and \
         phase["delivered"] >= phase["expected"] and phase["drain_s"] <= 2.0
+
+
+def saturation_pairs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each saturation of the raw chain with Dihya's (over AMQP) of the same pair: the sweeps'
+    first, then the repeats (``pair`` 1, 2, …); the profiled run is not reported, so not here."""
+    def by_pair(target: str) -> dict[int, float]:
+        found: dict[int, float] = {}
+        for p in _phases(results, target, "admitted"):
+            found.setdefault(p.get("pair", 0), p["throughput_dps"])
+        return found
+
+    raw, dihya = by_pair("raw"), by_pair("dihya-amqp")
+    return [{"pair": n, "raw_dps": raw[n], "dihya_dps": dihya[n],
+             "ratio": round(dihya[n] / raw[n], 3) if raw[n] else None}
+            for n in sorted(raw.keys() & dihya.keys())]
 
 
 def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float | None
@@ -87,12 +103,17 @@ def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float
                default=None)
         for t in ("raw", "dihya-amqp", "dihya-http")
     }
+    pairs = saturation_pairs(results)
+    ratios = [p["ratio"] for p in pairs if p["ratio"] is not None]
+    ratio_median = round(statistics.median(ratios), 3) if ratios else None
     out: dict[str, Any] = {
         "raw_sustained_dps": round(s_raw, 1),
         "dihya_amqp_sustained_dps": round(s_dihya, 1),
         "dihya_http_sustained_dps": round(s_http, 1) if s_http is not None else None,
         "ratio_amqp": round(s_dihya / s_raw, 3) if s_raw else None,
         "ratio_http": round(s_http / s_raw, 3) if s_raw and s_http is not None else None,
+        "saturation_pairs": pairs,
+        "ratio_amqp_median": ratio_median,
         "highest_paced_rate_kept_up_dps": sustained_paced,
         "latency_ms_at_half_saturation": half["latency_ms"] if half else None,
         "half_saturation_offered_dps": half["offered_dps"] if half else None,
@@ -112,12 +133,15 @@ def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float
         "queues_growing_at_full_rate": growing,
         "slow_endpoint_drop_pct": slow.get("fast_throughput_drop_pct"),
     }
-    ratio: float | None = out["ratio_amqp"]
+    # judged on the median of the pairs: one pair moves with the machine's slow stretches
+    ratio: float | None = ratio_median if ratio_median is not None else out["ratio_amqp"]
+    ratio_name = "Dihya ÷ raw sustained deliveries/s (AMQP)" + (
+        f", median of {len(ratios)} interleaved pairs" if len(ratios) > 1 else "")
     half_p99: float | None = ((half or {}).get("latency_ms") or {}).get("p99")
     drop = slow.get("fast_throughput_drop_pct")
     biggest = max((v for v in rss.values() if v is not None), default=None)
     out["targets"] = [
-        _target("Dihya ÷ raw sustained deliveries/s (AMQP)", f"≥ {RATIO_TARGET}", ratio,
+        _target(ratio_name, f"≥ {RATIO_TARGET}", ratio,
                 ratio is not None and ratio >= RATIO_TARGET),
         _target("p99 ingest→receipt at ½ saturation, ms", f"≤ {P99_TARGET_MS:g}",
                 half_p99, half_p99 is not None and half_p99 <= P99_TARGET_MS),
@@ -205,11 +229,18 @@ def table(results: dict[str, Any]) -> str:
         lag = (p.get("audit") or {}).get("after_load_stopped_s")
         lines.append(f"{p['label']:<34} {_n(p['offered_dps']):>8} {_n(p['throughput_dps']):>8}"
                      f" {_n(lat.get('p50')):>8} {_n(lat.get('p99')):>8} {_n(lag):>11}")
+    pairs = s.get("saturation_pairs") or []
+    pair_lines = [
+        "Saturation pairs (raw /s, Dihya /s, ratio): "
+        + "; ".join(f"{p['raw_dps']:.0f}, {p['dihya_dps']:.0f}, {p['ratio']}" for p in pairs)
+        + f"   median ratio {s['ratio_amqp_median']}"
+    ] if len(pairs) > 1 else []
     lines += [
         "",
         f"Raw chain sustained: {s['raw_sustained_dps']}/s   Dihya (AMQP): "
         f"{s['dihya_amqp_sustained_dps']}/s   ratio {s['ratio_amqp']}   Dihya (HTTP): "
         f"{s['dihya_http_sustained_dps']}/s",
+        *pair_lines,
         "CPU at Dihya saturation (% of a core): " + ", ".join(
             f"{g} {v}" for g, v in s["cpu_pct_at_saturation"].items()),
         "Peak RSS per process (MiB): " + ", ".join(

@@ -83,6 +83,10 @@ class Options:
     http_fractions: tuple[float, ...] = (0.5, 1.0)
     fixed_rate: float | None = None
     """Paced phases at this many deliveries/s instead of fractions of saturation (smoke)."""
+    repeats: int = 2
+    """Saturation runs of the raw chain and of Dihya over AMQP repeated this many more times
+    after the sweeps, in pairs, each pair in the other order: the ratio is judged on the median
+    of the pairs, as one pair moves with the machine's slow stretches."""
     profile: bool = True
     profile_duration: float = 10.0
     profile_at: float | None = None
@@ -527,6 +531,13 @@ async def run(opts: Options) -> dict[str, Any]:
         if opts.http:
             say("Dihya, events published over HTTP (POST /v1/events):")
             s_http = await bench.sweep(via_http, opts.http_fractions)
+
+        for pair in range(1, opts.repeats + 1):
+            say(f"Saturation again, pair {pair} of {opts.repeats}:")
+            for target in (dihya, raw) if pair % 2 else (raw, dihya):
+                result = await bench.phase(target, "admitted",
+                                           label=f"{target.name} saturation, pair {pair}")
+                result["pair"] = pair
 
         profiled: dict[str, Any] = {"skipped": "disabled (--no-profile)"}
         if opts.profile:

@@ -77,6 +77,10 @@ def test_headline_figures_and_targets(smoke: dict[str, Any]) -> None:
                 "ratio_amqp", "ratio_http"):
         assert isinstance(s[key], float | int) and s[key] > 0, key
     assert s["latency_ms_at_half_saturation"]["p99"] > 0
+    # the smoke preset repeats the saturation pair once: the ratio is the median of two
+    assert [p["pair"] for p in s["saturation_pairs"]] == [0, 1]
+    assert all(p["ratio"] > 0 for p in s["saturation_pairs"])
+    assert s["targets"][0]["measured"] == s["ratio_amqp_median"]
     assert {t["target"] for t in s["targets"]} and len(s["targets"]) == 6
     assert all(isinstance(t["met"], bool) for t in s["targets"])
 
