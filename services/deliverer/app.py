@@ -168,7 +168,7 @@ class Deliverer:
         self._rng = rng or random.Random()
         self._schedule = settings.retry_delays_ms
         # check_url is a pure function of the URL here (allowed networks and https_only are
-        # fixed): vetted once per URL, not per attempt (5–9 µs of CPU each, parsing the URL
+        # fixed): vetted once per URL, not per attempt (5-9 µs of CPU each, parsing the URL
         # and an IP literal again). A refused URL raises, and lru_cache keeps no exception.
         self._check_url = functools.lru_cache(maxsize=4096)(functools.partial(
             check_url, allowed=settings.allowed, https_only=settings.https_only))
