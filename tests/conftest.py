@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from aio_pika.abc import AbstractChannel
 
 RUN_ID = uuid.uuid4().hex[:8]
 AMQP_BASE = os.environ.get("DIHYA_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -145,6 +146,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def ready_messages(channel: AbstractChannel, queue: str) -> int:
+    """Messages ready in ``queue`` now, asked of the broker.
+
+    Not ``channel.declare_queue(queue, passive=True).declaration_result``: a robust channel
+    that declared the queue before hands back that queue object, with the count it had then.
+    """
+    underlay = await channel.get_underlay_channel()
+    result = await underlay.queue_declare(queue, passive=True)
+    assert result.message_count is not None
+    return int(result.message_count)
 
 
 async def wait_for(predicate: object, timeout: float = 20.0, interval: float = 0.05) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from shared import topology
 from shared.broker import Consumer, Delivery, Publisher, connect, declare
-from tests.conftest import wait_for
+from tests.conftest import ready_messages, wait_for
 from tests.integration.conftest import drop_connections, quick
 
 pytestmark = pytest.mark.integration
@@ -54,8 +54,7 @@ async def test_every_message_is_acked_once_its_handler_succeeded(amqp_url: str) 
 
         wrong = {n: handled[n] for n in range(N) if handled[n] != (2 if n in fail_once else 1)}
         assert not wrong, (wrong, len(fail_once & set(wrong)))
-        check = await channel.declare_queue(name, passive=True)
-        assert check.declaration_result.message_count == 0  # every one acked
+        assert await ready_messages(channel, name) == 0  # every one acked
         await queue.delete(if_unused=False, if_empty=False)
         await publisher.close()
     finally:
@@ -103,8 +102,7 @@ async def test_a_consumer_hands_over_the_properties_and_is_restored_after_a_drop
         assert (after.body, after.headers, after.redelivered) == (b"after", {}, False)
         await consumer.stop(grace=5)
 
-        check = await channel.declare_queue(name, passive=True)
-        assert check.declaration_result.message_count == 0  # both acked on the new channel
+        assert await ready_messages(channel, name) == 0  # both acked on the new channel
         assert got.empty()
         await publisher.close()
     finally:

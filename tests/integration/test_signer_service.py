@@ -37,7 +37,7 @@ from shared.contracts import (
 from shared.db import make_engine
 from shared.ids import new_id
 from shared.runtime import Stop
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, ready_messages, wait_for
 from tests.observe import Matcher, Observer
 
 pytestmark = pytest.mark.integration
@@ -168,8 +168,7 @@ async def test_signs_a_job_once_its_secret_is_stored(
 async def _held_by_signer(channel: AbstractChannel) -> None:
     """Wait until the signer has taken every ready job (so it is waiting for the secret)."""
     async def taken() -> bool:
-        queue = await channel.declare_queue(topology.SIGNER_JOBS, passive=True)
-        return queue.declaration_result.message_count == 0
+        return await ready_messages(channel, topology.SIGNER_JOBS) == 0
 
     await wait_for(taken)
 
