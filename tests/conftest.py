@@ -42,6 +42,11 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
+async def drop_connections(vhost: str, reason: str = "test drop") -> None:
+    """Have the broker close every client connection of ``vhost`` (as an outage would)."""
+    await asyncio.to_thread(_rabbitmqctl, "close_all_connections", "-p", vhost, reason)
+
+
 @pytest.fixture(scope="session")
 def amqp_base() -> Iterator[str]:
     """A broker URL whose vhosts the tests may create: local rabbitmqctl, else a container."""

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import pytest
 from demo.launcher import System
 from demo.receiver import Receiver
 from shared import topology
-from tests.conftest import wait_for
+from tests.conftest import drop_connections, wait_for
 from tests.e2e.conftest import Api
 
 N = int(os.environ.get("DIHYA_CRASH_EVENTS", "1500"))
@@ -193,9 +192,7 @@ async def test_all_broker_connections_dropped_mid_stream(
     vhost = unquote(urlsplit(amqp_url).path[1:]) or "/"
 
     async def fault(_: System, __: Receiver) -> None:
-        await asyncio.to_thread(subprocess.run, [
-            "rabbitmqctl", "-q", "close_all_connections", "-p", vhost, "chaos test"],
-            check=True, capture_output=True, timeout=60)
+        await drop_connections(vhost, "chaos test")
 
     await run_scenario(chaos, amqp_url, "drop-connections", fault)
     system = chaos[0]

@@ -59,7 +59,3 @@ async def vhost_url(amqp_base: str) -> AsyncIterator[tuple[str, str]]:
 def quick(url: str) -> str:
     """Reconnect half a second after a drop (aio-pika's default is five)."""
     return f"{url}?reconnect_interval=0.5"
-
-
-async def drop_connections(vhost: str) -> None:
-    await asyncio.to_thread(_rabbitmqctl, "close_all_connections", "-p", vhost, "test drop")

@@ -12,8 +12,8 @@ import pytest
 
 from shared import topology
 from shared.broker import Consumer, Delivery, Publisher, connect, declare
-from tests.conftest import ready_messages, wait_for
-from tests.integration.conftest import drop_connections, quick
+from tests.conftest import drop_connections, ready_messages, wait_for
+from tests.integration.conftest import quick
 
 pytestmark = pytest.mark.integration
 

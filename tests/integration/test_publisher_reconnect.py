@@ -22,8 +22,8 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustChannel
 
 from shared.broker import Publisher, connect
-from tests.conftest import wait_for
-from tests.integration.conftest import drop_connections, quick
+from tests.conftest import drop_connections, wait_for
+from tests.integration.conftest import quick
 
 pytestmark = pytest.mark.integration
 
