@@ -20,13 +20,16 @@ from demo.launcher import SERVICES
 PRESETS: dict[str, dict[str, object]] = {
     "full": {},
     "quick": {
-        "admitted_duration": 5.0, "duration": 4.0, "fractions": (0.5, 1.0),
+        "admitted_duration": 5.0, "duration": 4.0, "sustained_duration": 10.0,
+        "search_steps": 2,
+        "fractions": (0.5, 1.0),
         "raw_fractions": (0.5, 1.0), "http_fractions": (0.5,), "profile": False,
         "repeats": 0, "slow_duration": 6.0, "warmup_events": 100, "drain_timeout": 15.0,
         "audit_timeout": 15.0, "settle_timeout": 10.0,
     },
     "smoke": {
-        "admitted_duration": 1.5, "duration": 1.5, "window": 100, "fractions": (0.5,),
+        "admitted_duration": 1.5, "duration": 1.5, "search_steps": 0, "window": 100,
+        "fractions": (0.5,),
         "raw_fractions": (0.5,), "http_fractions": (0.5,), "fixed_rate": 40.0,
         "repeats": 1, "profile": False, "slow_duration": 1.5, "slow_delay": 0.5,
         "warmup_events": 0,
@@ -77,6 +80,10 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--window", type=int,
                         help="admission control: deliveries outstanding at most (1000)")
     parser.add_argument("--duration", type=float, help="seconds per paced phase (8)")
+    parser.add_argument("--search-steps", type=int, metavar="N",
+                        help="bisection steps for the sustained rate (2; 0: the sweep's best)")
+    parser.add_argument("--sustained-duration", type=float,
+                        help="seconds of each phase of that search (16)")
     parser.add_argument("--admitted-duration", type=float,
                         help="seconds of each saturation run (12)")
     parser.add_argument("--fractions", type=_fractions,
@@ -109,7 +116,9 @@ def parse(argv: list[str] | None = None) -> Options:
     args = parser.parse_args(argv)
     name = args.preset or "full"
     values: dict[str, object] = {**PRESETS[name], "preset": name}
-    for key in ("event_bytes", "window", "duration", "admitted_duration", "fractions",
+    for key in ("event_bytes", "window", "duration", "search_steps", "sustained_duration",
+                "admitted_duration",
+                "fractions",
                 "raw_fractions", "http_fractions", "http", "repeats", "profile", "profile_at",
                 "slow", "slow_delay", "slow_duration", "verify_every", "keep_logs",
                 "fixed_rate"):

@@ -206,10 +206,16 @@ class QueueSampler:
                 self.samples.append((time.time(), await self.depths()))
             await asyncio.sleep(self._interval)
 
-    def window(self, start: float, end: float, load_end: float | None = None
-               ) -> dict[str, dict[str, float]]:
-        """Per queue: the largest depth seen in the window, the last one, and the trend while
-        load was on (least-squares slope, messages/s, between ``start`` and ``load_end``)."""
+    def window(self, start: float, end: float, load_end: float | None = None,
+               settled_from: float | None = None) -> dict[str, dict[str, float]]:
+        """Per queue: the largest depth seen in the window, the last one, the depth when load
+        stopped, and two trends while load was on (least-squares slopes, messages/s): over
+        the whole load (``slope_per_s``, from ``start``) and once the pipeline has filled
+        (``settled_slope_per_s``, from ``settled_from``).
+
+        Why two: a queue in front of a busy stage fills to a standing depth in the first
+        second or two of a phase and then holds; over a short phase that fill alone reads as a
+        steep slope. Growth *without bound* is what is left after it: the settled trend."""
         inside = [(at, d) for at, d in self.samples if start <= at <= end]
         out: dict[str, dict[str, float]] = {}
         for name in self.queues:
@@ -217,8 +223,13 @@ class QueueSampler:
             if not points:
                 continue
             loaded = [(t, v) for t, v in points if load_end is None or t <= load_end]
-            out[name] = {"max": max(v for _, v in points), "end": points[-1][1],
-                         "slope_per_s": round(_slope(loaded), 1)}
+            figures = {"max": max(v for _, v in points), "end": points[-1][1],
+                       "at_load_end": loaded[-1][1] if loaded else 0,
+                       "slope_per_s": round(_slope(loaded), 1)}
+            if settled_from is not None:
+                settled = [(t, v) for t, v in loaded if t >= settled_from]
+                figures["settled_slope_per_s"] = round(_slope(settled), 1)
+            out[name] = figures
         return out
 
 
