@@ -18,6 +18,7 @@ from shared.contracts import (
     AuditFactBatch,
     Contract,
     DeliveryJob,
+    DeliveryJobBatch,
     EndpointSecret,
     Event,
     SignedDelivery,
@@ -33,8 +34,10 @@ _CHANNELS: list[tuple[str, str, str, tuple[type[Contract], ...], str]] = [
      "`template.created`); ingest consumes them from `dihya.ingest.events`. Set the AMQP "
      f"`type` property to `{EVENT_TYPE_TAG}` (optional) and a `message_id` (recommended: a "
      "redelivered message then keeps its event id). Persistent messages, publisher confirms."),
-    ("sign", topology.WORK_EXCHANGE, topology.SIGN, (DeliveryJob,),
-     "Ingest (fan-out) and the retry tiers → signer (`dihya.signer.jobs`)."),
+    ("sign", topology.WORK_EXCHANGE, topology.SIGN, (DeliveryJob, DeliveryJobBatch),
+     "Ingest (fan-out) and the retry tiers → signer (`dihya.signer.jobs`). Ingest sends the "
+     "jobs that pile up while its last batch awaits its confirm as one batch; a retry is one "
+     "job."),
     ("deliver", topology.WORK_EXCHANGE, topology.DELIVER, (SignedDelivery,),
      "Signer → deliverer (`dihya.deliverer.jobs`)."),
     ("audit", topology.AUDIT_EXCHANGE, "{factKind}", (AuditFact, AuditFactBatch),

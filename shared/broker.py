@@ -417,6 +417,18 @@ class Publisher:
         await self._channel.close()
 
 
+async def confirm_all(publishes: Iterable[Awaitable[None]]) -> None:
+    """Await every publish (confirms pipelined), then raise the first failure, if any.
+
+    ``gather(return_exceptions=True)`` lets every publish settle first, so no publish is left
+    running unobserved when the handler gives the message back.
+    """
+    results = await asyncio.gather(*publishes, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
 FACT_LINGER = 0.1
 """Seconds a batch of audit facts waits for more facts of its kind (see FactPublisher): only
 the producing message's ack waits, so a longer linger costs prefetch slots, not latency."""

@@ -76,6 +76,11 @@ DELIVERY_LIMIT = 10
 REASON_HEADER = "x-dihya-reason"
 ERROR_HEADER = "x-dihya-error"
 SOURCE_HEADER = "x-dihya-source-queue"
+BATCH_HEADER = "x-dihya-jobs"
+"""On a :class:`~shared.contracts.DeliveryJobBatch`: how many jobs it holds."""
+TRACES_HEADER = "x-dihya-traceparents"
+"""On a :class:`~shared.contracts.DeliveryJobBatch` while tracing is on: each job's W3C
+``traceparent`` (the trace of the event it came from), in the order of the jobs."""
 
 
 def dead_queue(queue: str) -> str:

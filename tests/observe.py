@@ -10,12 +10,17 @@ from typing import Any
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from shared.contracts import AuditFactBatch
+from shared.contracts import AuditFactBatch, DeliveryJobBatch
+
+BATCHES = {AuditFactBatch.model_fields["type"].default: "facts",
+           DeliveryJobBatch.model_fields["type"].default: "jobs"}
+"""Batch message types, and the field holding their items."""
 
 
 @dataclass(frozen=True)
 class Seen:
-    """A copy of what crossed the exchange (a batch of audit facts: one per fact)."""
+    """A copy of what crossed the exchange (a batch of audit facts or of delivery jobs: one
+    per item, ``batch`` telling how many the message held)."""
 
     exchange: str
     routing_key: str
@@ -23,6 +28,7 @@ class Seen:
     headers: dict[str, Any]
     body: bytes
     message_id: str | None = None
+    batch: int | None = None
 
     @property
     def json(self) -> Any:
@@ -30,14 +36,17 @@ class Seen:
 
 
 def seen(message: AbstractIncomingMessage) -> list[Seen]:
-    """``message`` as the test sees it: an :class:`AuditFactBatch` becomes its facts, each
-    as if published alone, so a test looks for one fact whichever way it travelled."""
+    """``message`` as the test sees it: an :class:`AuditFactBatch` becomes its facts and a
+    :class:`DeliveryJobBatch` its jobs, each as if published alone, so a test looks for one
+    fact or job whichever way it travelled."""
     copy = Seen(message.exchange or "", message.routing_key or "", message.type,
                 dict(message.headers or {}), message.body, message.message_id)
-    if message.type != AuditFactBatch.model_fields["type"].default:
+    field = BATCHES.get(message.type or "")
+    if field is None:
         return [copy]
-    facts = orjson.loads(message.body)["facts"]
-    return [replace(copy, type=fact["type"], body=orjson.dumps(fact)) for fact in facts]
+    items = orjson.loads(message.body)[field]
+    return [replace(copy, type=item["type"], body=orjson.dumps(item), batch=len(items))
+            for item in items]
 
 
 Matcher = Callable[[Seen], bool]

@@ -31,13 +31,18 @@ flight at once (up to the prefetch) share one query and one write transaction in
 each — the per-call cost of the database layers was most of ingest's time per event. Each event
 still waits for its own look-up before publishing and for its own record before it is acked,
 so the guarantees above are unchanged.
+
+The jobs go the same way (:class:`JobPublisher`): the jobs of the events in flight leave as
+one :class:`~shared.contracts.DeliveryJobBatch` while the previous batch awaits its confirm,
+and each event is acked only once the batch holding its jobs is confirmed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -56,10 +61,10 @@ from services.ingest.handlers import (
     seen_recently,
 )
 from services.ingest.store import Store
-from shared import topology
+from shared import telemetry, topology
 from shared.batching import Batcher
-from shared.broker import Delivery, FactPublisher, Publisher
-from shared.contracts import utcnow
+from shared.broker import Delivery, FactPublisher, Publisher, confirm_all
+from shared.contracts import MAX_JOBS_PER_BATCH, DeliveryJob, DeliveryJobBatch, utcnow
 
 log = structlog.get_logger("dihya.ingest.consumer")
 
@@ -67,16 +72,54 @@ BATCH_SIZE = 500
 """Most event ids looked up or recorded in one database call."""
 
 
-async def confirm_all(publishes: Iterable[Awaitable[None]]) -> None:
-    """Await every publish (confirms pipelined), then raise the first failure, if any.
+class JobPublisher:
+    """Publishes delivery jobs to the signer in batches: :meth:`send` returns once the job is
+    confirmed.
 
-    ``gather(return_exceptions=True)`` lets every publish settle first, so no publish is left
-    running unobserved when the handler gives the message back.
+    No linger: a batch leaves as soon as the previous one is confirmed, holding whatever was
+    submitted meanwhile, so an idle system sends each job at once (as a plain
+    :class:`~shared.contracts.DeliveryJob`, with its ids in headers) and a busy one sends a
+    batch per confirm round trip. Measured at saturation on the bench's 2-core machine: one
+    message per job cost the signer about a third of its CPU in consuming and acking, and
+    RabbitMQ a queue hop per job.
     """
-    results = await asyncio.gather(*publishes, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+
+    def __init__(self, publisher: Publisher, *, size: int = MAX_JOBS_PER_BATCH) -> None:
+        self._publisher = publisher
+        self._batcher: Batcher[tuple[DeliveryJob, str], None] = Batcher(
+            self._publish, size=min(size, MAX_JOBS_PER_BATCH), name="delivery jobs")
+
+    def start(self) -> None:
+        self._batcher.start()
+
+    async def send(self, job: DeliveryJob) -> None:
+        # The batcher publishes from a task of its own, outside the event's trace: each job
+        # takes its trace along (``traceparent``, or one per job on a batch).
+        carrier: dict[str, str] = {}
+        telemetry.inject(carrier)
+        await self._batcher.submit((job, carrier.get("traceparent", "")))
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Publish what is pending (within ``grace``), then refuse new jobs."""
+        await self._batcher.stop(grace)
+
+    async def _publish(self, items: Sequence[tuple[DeliveryJob, str]]) -> None:
+        parents = [parent for _, parent in items]
+        if len(items) == 1:
+            job = items[0][0]
+            headers = {"x-dihya-event-id": job.event.id or "",
+                       "x-dihya-delivery-id": job.delivery_id}
+            if parents[0]:
+                headers["traceparent"] = parents[0]
+            await self._publisher.send(topology.WORK_EXCHANGE, topology.SIGN, job,
+                                       headers=headers)
+            return
+        batch_headers: dict[str, Any] = {topology.BATCH_HEADER: len(items)}
+        if any(parents):
+            batch_headers[topology.TRACES_HEADER] = parents
+        await self._publisher.send(topology.WORK_EXCHANGE, topology.SIGN,
+                                   DeliveryJobBatch(jobs=[job for job, _ in items]),
+                                   headers=batch_headers)
 
 
 class EventHandler:
@@ -92,6 +135,7 @@ class EventHandler:
         # Lingering batches, as every service's: audit stores an event's delivery facts after
         # its acceptance whichever arrives first (services/audit/ordering.py).
         self._facts = FactPublisher(publisher)
+        self._jobs = JobPublisher(publisher)
         self._max_fanout = max_fanout
         self._window = window_seconds
         self._lookups: Batcher[str, datetime | None] = Batcher(
@@ -102,14 +146,15 @@ class EventHandler:
             self._record, size=BATCH_SIZE, name="seen-event record")
 
     def start(self) -> None:
-        """Start the look-up and record writers (before the consumer delivers)."""
+        """Start the look-up, record and job writers (before the consumer delivers)."""
         self._lookups.start()
         self._records.start()
+        self._jobs.start()
 
     async def close(self, grace: float = 10.0) -> None:
-        """Finish pending look-ups, records and facts (after the consumer stopped)."""
+        """Finish pending look-ups, records, jobs and facts (after the consumer stopped)."""
         await asyncio.gather(self._lookups.stop(grace), self._records.stop(grace),
-                             self._facts.close(grace))
+                             self._jobs.close(grace), self._facts.close(grace))
 
     async def _look_up(self, event_ids: Sequence[str]) -> list[datetime | None]:
         seen = await self._store.seen_many(set(event_ids))
@@ -151,13 +196,10 @@ class EventHandler:
         # acked, every delivery it owes is either on its way or in the store.
         await self._store.hold(held, now=now)
         fact = accepted_fact(event, jobs, now)
-        # The facts go with the other events' facts in batches (FactPublisher); the jobs
-        # and the facts are confirmed before the event is acked, in whichever order.
+        # The jobs and the facts go with the other events' in batches (JobPublisher,
+        # FactPublisher); both are confirmed before the event is acked, in whichever order.
         await confirm_all(
-            [self._publisher.send(topology.WORK_EXCHANGE, topology.SIGN, job,
-                                  headers={"x-dihya-event-id": event.id,
-                                           "x-dihya-delivery-id": job.delivery_id})
-             for job in jobs]
+            [self._jobs.send(job) for job in jobs]
             + [self._facts.send(fact)]
             + [self._facts.send(held_fact(item, now)) for item in held]
         )

@@ -8,7 +8,8 @@ them (``POST /v1/deliveries/{id}/retry``, ``POST /v1/endpoints/{id}/recover``).
 
 * A message that is a :class:`~shared.contracts.DeliveryJob` (or a
   :class:`~shared.contracts.SignedDelivery`, whose job it carries) becomes a ``failed`` row,
-  keyed by delivery id, with its reason and full attempt history.
+  keyed by delivery id, with its reason and full attempt history; a
+  :class:`~shared.contracts.DeliveryJobBatch` (parked by the broker) a row per job.
 * Anything else is kept verbatim in ``parked_messages`` (queue, reason, headers, body): never
   lost, never blocking the messages behind it.
 
@@ -26,15 +27,14 @@ import structlog
 
 from services.ingest import metrics
 from services.ingest.handlers import (
-    DeadLetter,
     broker_parked_fact,
     json_safe,
     parked_message_id,
-    read_dead_letter,
+    read_dead_letters,
 )
 from services.ingest.store import ParkedRecord, Store
 from shared import topology
-from shared.broker import Delivery, Publisher
+from shared.broker import Delivery, Publisher, confirm_all
 from shared.contracts import utcnow
 
 log = structlog.get_logger("dihya.ingest.dead_letters")
@@ -58,11 +58,12 @@ class DeadLetterHandler:
 
     async def __call__(self, message: Delivery) -> None:
         headers = dict(message.headers or {})
-        dead = read_dead_letter(message.body, headers)
+        dead = read_dead_letters(message.body, headers)
         now = utcnow()
         try:
-            if isinstance(dead, DeadLetter):
-                kept = await self._store.record_failure(dead, queue=self._queue, now=now)
+            if isinstance(dead, list):
+                kept = [await self._store.record_failure(one, queue=self._queue, now=now)
+                        for one in dead]
             else:
                 ident = parked_message_id(self._queue, message.message_id, message.body)
                 safe = json_safe(headers)
@@ -74,15 +75,22 @@ class DeadLetterHandler:
             log.error("dead_letter_not_stored", queue=self._queue, error=type(exc).__name__)
             await asyncio.sleep(STORAGE_BACKOFF)
             raise
-        if dead.broker_parked:
-            fact = broker_parked_fact(self._queue, dead, message.body, now)
-            await self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
-        if isinstance(dead, DeadLetter):
-            metrics.DEAD_LETTERS.labels(queue=self._queue, kind="delivery").inc()
-            log.warning("delivery_dead_lettered", queue=self._queue,
-                        delivery_id=kept.delivery_id, endpoint_id=kept.endpoint_id,
-                        event_id=kept.event.id, attempt=kept.attempt, reason=dead.reason,
-                        attempts=len(kept.history))
+        if not isinstance(dead, list):
+            if dead.broker_parked:
+                fact = broker_parked_fact(self._queue, dead, message.body, now)
+                await self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
+        elif dead[0].broker_parked:  # a batch's jobs share how it was parked
+            facts = [broker_parked_fact(self._queue, one, message.body, now,
+                                        of_batch=len(dead) > 1) for one in dead]
+            await confirm_all(self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
+                              for fact in facts)
+        if isinstance(dead, list):
+            for one, job in zip(dead, kept, strict=True):
+                metrics.DEAD_LETTERS.labels(queue=self._queue, kind="delivery").inc()
+                log.warning("delivery_dead_lettered", queue=self._queue,
+                            delivery_id=job.delivery_id, endpoint_id=job.endpoint_id,
+                            event_id=job.event.id, attempt=job.attempt, reason=one.reason,
+                            attempts=len(job.history))
         else:
             metrics.DEAD_LETTERS.labels(queue=self._queue, kind="unreadable").inc()
             log.warning("unreadable_message_parked", queue=self._queue, reason=dead.reason,

@@ -29,7 +29,14 @@ from services.ingest.catalog import (
     unknown_message,
 )
 from shared import topology
-from shared.contracts import AttemptRecord, AuditFact, DeliveryJob, Event, SignedDelivery
+from shared.contracts import (
+    AttemptRecord,
+    AuditFact,
+    DeliveryJob,
+    DeliveryJobBatch,
+    Event,
+    SignedDelivery,
+)
 from shared.ids import new_id
 
 PATTERN_RE = re.compile(r"^(?:[a-z0-9_-]+|\*|#)(?:\.(?:[a-z0-9_-]+|\*|#))*$")
@@ -366,6 +373,35 @@ def read_dead_letter(body: bytes, headers: Mapping[str, Any]) -> DeadLetter | Un
     return DeadLetter(job, reason, error, broker)
 
 
+def read_dead_letters(body: bytes, headers: Mapping[str, Any]
+                      ) -> list[DeadLetter] | Unreadable:
+    """:func:`read_dead_letter`, and a :class:`DeliveryJobBatch` too — what the broker parks
+    when one crashed the signer too often: one :class:`DeadLetter` per job, so each can be
+    listed and resent. A batch that is invalid, or holds a job that cannot be stored, is kept
+    whole and verbatim."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    if not (isinstance(data, dict)
+            and data.get("type") == DeliveryJobBatch.model_fields["type"].default):
+        dead = read_dead_letter(body, headers)
+        return [dead] if isinstance(dead, DeadLetter) else dead
+    reason, broker = park_reason(headers)
+    raw_error = headers.get(topology.ERROR_HEADER)
+    error = _text(raw_error)[:_MAX_ERROR] if raw_error else None
+    try:
+        jobs = DeliveryJobBatch.model_validate(data).jobs
+    except ValidationError as exc:
+        return Unreadable(reason, error or f"not a batch of delivery jobs: {describe(exc)}"[
+            :_MAX_ERROR], broker)
+    for job in jobs:
+        problem = storable(job)
+        if problem is not None:
+            return Unreadable(reason, error or f"not a storable delivery job: {problem}", broker)
+    return [DeadLetter(job, reason, error, broker) for job in jobs]
+
+
 def parked_message_id(queue: str, message_id: str | None, body: bytes) -> str:
     """Stable id of a parked unreadable message: a redelivery of it is stored once."""
     ident = message_id or hashlib.sha256(body).hexdigest()
@@ -454,11 +490,13 @@ def retry_fact(job: DeliveryJob, *, actor: str, via: Literal["retry", "recover"]
 
 
 def broker_parked_fact(queue: str, dead: DeadLetter | Unreadable, body: bytes,
-                       now: datetime) -> AuditFact:
-    """``delivery.parked`` for what the broker parked on its own (no service audited it)."""
+                       now: datetime, *, of_batch: bool = False) -> AuditFact:
+    """``delivery.parked`` for what the broker parked on its own (no service audited it);
+    ``of_batch``: one job of a parked batch, whose fact also names its delivery."""
     job = dead.job if isinstance(dead, DeadLetter) else None
+    item = (job.delivery_id,) if of_batch and job is not None else ()
     return AuditFact(
-        id=_fact_id("delivery.parked", queue, hashlib.sha256(body).hexdigest()),
+        id=_fact_id("delivery.parked", queue, hashlib.sha256(body).hexdigest(), *item),
         kind="delivery.parked", occurred_at=now, service="ingest",
         event_id=None if job is None else job.event.id,
         event_type=None if job is None else job.event.event,

@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 import structlog
 
 from services.ingest import metrics
-from services.ingest.consumer import confirm_all
 from services.ingest.handlers import (
     DELIVERED_RESOLUTION,
     Health,
@@ -31,7 +30,7 @@ from services.ingest.handlers import (
 )
 from services.ingest.store import Store
 from shared import topology
-from shared.broker import Delivery, Publisher
+from shared.broker import Delivery, Publisher, confirm_all
 from shared.contracts import AuditFact, decode_facts, utcnow
 
 log = structlog.get_logger("dihya.ingest.health")

@@ -35,7 +35,6 @@ from services.ingest.catalog import (
     load_catalog,
     unknown_message,
 )
-from services.ingest.consumer import confirm_all
 from services.ingest.handlers import (
     ID_RE,
     DeliveryStatus,
@@ -84,7 +83,7 @@ from services.ingest.store import (
 )
 from shared import topology
 from shared.batching import Batcher
-from shared.broker import Publisher
+from shared.broker import Publisher, confirm_all
 from shared.contracts import (
     AuditFact,
     Contract,

@@ -18,9 +18,9 @@ from services.signer import handlers
 from services.signer.handlers import StoredSecret, UnsignableJobError
 from services.signer.settings import Settings
 from services.signer.store import MIGRATIONS, Keystore
-from shared import topology
-from shared.broker import Consumer, Delivery, Publisher, connect, declare_topology
-from shared.contracts import DeliveryJob, utcnow
+from shared import telemetry, topology
+from shared.broker import Consumer, Delivery, Publisher, confirm_all, connect, declare_topology
+from shared.contracts import DeliveryJob, encode, utcnow
 from shared.db import make_engine, migrate
 from shared.runtime import Stop
 from shared.web import add_ops_routes, errors_middleware, serve
@@ -148,11 +148,33 @@ class Signer:
         await self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
 
     async def on_job(self, message: Delivery) -> None:
+        """One job, or a batch of them: each signed and forwarded (or parked) on its own; the
+        message is acked once every one is confirmed — if one fails, the whole message is
+        requeued, and the jobs already forwarded go again with the same delivery ids."""
         try:
-            job = handlers.parse_job(message.body)
+            jobs = handlers.parse_jobs(message.body)
         except ValueError as exc:
             await self._park(topology.SIGNER_JOBS, message, "invalid_message", str(exc))
             return
+        if len(jobs) == 1:
+            await self._sign(message, jobs[0], alone=False)
+            return
+        raw = message.headers.get(topology.TRACES_HEADER)
+        parents = [_text(p) for p in raw] if isinstance(raw, list) else []
+        parents += [""] * (len(jobs) - len(parents))
+        await confirm_all(self._sign_in_trace(message, job, parent)
+                          for job, parent in zip(jobs, parents, strict=False))
+
+    async def _sign_in_trace(self, message: Delivery, job: DeliveryJob, parent: str) -> None:
+        """A job of a batch, in a span of the trace of the event it came from (the batch's
+        message itself belongs to no one trace)."""
+        with telemetry.consuming(topology.SIGNER_JOBS, {"traceparent": parent} if parent
+                                 else None):
+            await self._sign(message, job, alone=True)
+
+    async def _sign(self, message: Delivery, job: DeliveryJob, *, alone: bool) -> None:
+        """Sign and forward one job of ``message``; ``alone``: a job of a batch, parked as a
+        message of its own if it cannot be signed (its batch-mates go on)."""
         ids = {"delivery_id": job.delivery_id, "event_id": job.event.id,
                "endpoint_id": job.endpoint_id, "attempt": job.attempt}
         found = await self._cache.get(job.endpoint_id)
@@ -163,24 +185,35 @@ class Signer:
         if not found:
             await self._park(topology.SIGNER_JOBS, message, "no_secret",
                              f"no secret for endpoint {job.endpoint_id} "
-                             f"after {self._settings.secret_wait:g}s", job=job)
+                             f"after {self._settings.secret_wait:g}s", job=job, alone=alone)
             return
         try:
             signed = handlers.sign(job, found, nonce=new_nonce(), now=utcnow())
         except UnsignableJobError as exc:
-            await self._park(topology.SIGNER_JOBS, message, "unsignable", str(exc), job=job)
+            await self._park(topology.SIGNER_JOBS, message, "unsignable", str(exc), job=job,
+                             alone=alone)
             return
         await self._publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed)
         SIGNED.inc()
         log.debug("signed", signatures=len(found), **ids)
 
     async def _park(self, queue: str, message: Delivery, reason: str,
-                    error: str, job: DeliveryJob | None = None) -> None:
-        """Set a message aside with why, and audit it; the consumer then acks it."""
-        fact = handlers.parked_fact(queue=queue, reason=reason, error=error, body=message.body,
+                    error: str, job: DeliveryJob | None = None, *, alone: bool = False) -> None:
+        """Set a message aside with why, and audit it; the consumer then acks it. ``alone``:
+        only ``job``, one of the message's batch, as a message of its own (what a retry of
+        the dead letter sends back to the signer)."""
+        if alone and job is not None:
+            body = encode(job)
+            headers = {k: v for k, v in message.headers.items() if k != topology.BATCH_HEADER}
+            parked = self._publisher.park_body(queue, body, reason=reason, error=error,
+                                               headers=headers, type=job.type)
+        else:
+            body = message.body
+            parked = self._publisher.park(queue, message, reason=reason, error=error)
+        fact = handlers.parked_fact(queue=queue, reason=reason, error=error, body=body,
                                     now=utcnow(), job=job)
         await asyncio.gather(
-            self._publisher.park(queue, message, reason=reason, error=error),
+            parked,
             self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact),
         )
         if queue == topology.SIGNER_JOBS:
@@ -191,6 +224,10 @@ class Signer:
                     delivery_id=None if job is None else job.delivery_id,
                     endpoint_id=None if job is None else job.endpoint_id,
                     attempt=None if job is None else job.attempt)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _broker_ready(connection: AbstractRobustConnection) -> bool:

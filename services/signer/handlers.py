@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from shared.contracts import AuditFact, DeliveryJob, EndpointSecret, SignedDelivery
+from shared.contracts import AuditFact, DeliveryJob, EndpointSecret, SignedDelivery, decode_jobs
 
 WHSEC_PREFIX = "whsec_"
 USER_AGENT = "Dihya-Webhooks/0.1"
@@ -188,6 +188,16 @@ def parse_job(body: bytes) -> DeliveryJob:
     """Decode a delivery job; raise ``ValueError`` (safe to log) if it is unusable."""
     try:
         return DeliveryJob.model_validate_json(body)
+    except ValidationError as exc:
+        raise ValueError(describe(exc)) from None
+
+
+def parse_jobs(body: bytes) -> list[DeliveryJob]:
+    """Decode a message of ``dihya.signer.jobs``: one job, or ingest's
+    :class:`~shared.contracts.DeliveryJobBatch`; raise ``ValueError`` (safe to log) if it is
+    unusable — a batch as a whole: it is parked as it came."""
+    try:
+        return decode_jobs(body)
     except ValidationError as exc:
         raise ValueError(describe(exc)) from None
 

@@ -43,7 +43,9 @@ class Settings(ServiceSettings):
         description="Alternative to MASTER_KEY: a file holding it (e.g. a mounted secret).",
     )
     prefetch: int = Field(
-        default=200, ge=1, le=2000, description="Unacked messages per consumer (concurrency)."
+        default=200, ge=1, le=2000,
+        description="Unacked messages per consumer (concurrency). A message may be a batch of up "
+        "to 20 jobs: with a backlog, up to 20 x this many jobs are in flight (75 MiB at 4,000).",
     )
     secret_wait: float = Field(
         default=5.0,

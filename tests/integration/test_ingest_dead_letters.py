@@ -18,7 +18,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from shared import topology
-from shared.contracts import AttemptRecord, DeliveryJob, Event, encode, utcnow
+from shared.contracts import AttemptRecord, DeliveryJob, DeliveryJobBatch, Event, encode, utcnow
 from tests.conftest import wait_for
 from tests.integration.test_ingest_api import Client, Observer
 
@@ -254,6 +254,28 @@ async def test_unreadable_parked_messages_are_kept_and_the_intake_goes_on(
     viewer = await ingest.token("viewer")
     assert (await ingest.call("GET", "/v1/parked-messages",
                               token=viewer["token"])).status == 403
+
+
+async def test_a_batch_the_broker_parked_becomes_one_failed_delivery_per_job(
+    ingest: Client, broker: AbstractRobustConnection
+) -> None:
+    obs = await Observer.start(broker, [(topology.AUDIT_EXCHANGE, "delivery.parked"),
+                                        (topology.WORK_EXCHANGE, topology.SIGN)])
+    ep = await ingest.endpoint(["order.*"])
+    jobs = [parked_job(ep, attempts=0) for _ in range(3)]  # never attempted: crashed the signer
+    await park(broker, topology.SIGNER_JOBS, encode(DeliveryJobBatch(jobs=jobs)),
+               {"x-death": [{"count": 10, "queue": topology.SIGNER_JOBS,
+                             "reason": "delivery_limit"}], topology.BATCH_HEADER: 3})
+    rows = await until_listed(ingest, ep["id"], *(j.delivery_id for j in jobs))
+    assert all(rows[j.delivery_id]["reason"] == "delivery_limit" for j in jobs)
+    # audited once per job, since no service did
+    await obs.wait(lambda _: {f["delivery_id"] for f in obs.facts("delivery.parked")
+                              if f["service"] == "ingest"} >= {j.delivery_id for j in jobs})
+    # and each can be resent on its own
+    reply = await ingest.call("POST", f"/v1/deliveries/{jobs[1].delivery_id}/retry")
+    assert reply.status == 202, reply.text
+    await obs.wait(lambda _: bool(resent(obs, jobs[1].delivery_id)))
+    assert not resent(obs, jobs[0].delivery_id)
 
 
 async def test_a_retry_the_broker_does_not_confirm_changes_nothing(

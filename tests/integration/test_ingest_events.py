@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 
 from services.ingest.handlers import accepted_fact_id, delivery_id, event_id_for
 from shared import topology
-from shared.contracts import Event
+from shared.contracts import MAX_JOBS_PER_BATCH, Event
 from tests.conftest import wait_for
 from tests.integration.test_ingest_api import Client, Observer, running_ingest
 
@@ -120,7 +120,10 @@ async def test_http_event_fans_out_to_each_matching_enabled_endpoint(
     sign = [m for m in obs.on(topology.WORK_EXCHANGE, topology.SIGN)
             if m.json["event"]["id"] == event_id]
     assert all(m.type == "dihya.delivery_job.v1" for m in sign)
-    assert all(_text(m.headers["x-dihya-event-id"]) == event_id for m in sign)
+    # one event's two jobs, submitted together, leave as one batch (or, if the first left
+    # alone, as single jobs with their ids in headers)
+    assert all(m.headers[topology.BATCH_HEADER] == m.batch if m.batch
+               else _text(m.headers["x-dihya-event-id"]) == event_id for m in sign)
     [fact] = obs.facts("event.accepted", event_id=event_id)
     assert fact["id"] == accepted_fact_id(event_id) and fact["event_type"] == "template.created"
     assert fact["details"] == {"endpoints": 2, "subject": "user42", "lang": "ar"}
@@ -282,6 +285,36 @@ async def test_an_event_published_over_amqp_fans_out_with_a_stable_id(
                                                         "data": {}}))
     await obs.wait(lambda _: bool(obs.facts("event.accepted", event_id=own_id)))
     assert [j["endpoint_id"] for j in obs.jobs(own_id)] == [ep["id"]]
+
+
+async def test_the_jobs_of_events_in_flight_together_leave_in_batches(
+    ingest_sqlite: Client, broker: AbstractRobustConnection
+) -> None:
+    ingest = ingest_sqlite
+    obs = await Observer.start(broker)
+    endpoints = [(await ingest.endpoint(["batch.#"]))["id"] for _ in range(2)]
+    ids = [f"evt_batch_{uuid.uuid4().hex[:12]}" for _ in range(300)]
+    channel = await broker.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(topology.EVENTS_EXCHANGE)
+    await asyncio.gather(*(exchange.publish(aio_pika.Message(
+        orjson.dumps({"id": i, "event": "batch.made", "data": {}}),
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT), "batch.made") for i in ids))
+    await channel.close()
+
+    ours = set(ids)
+
+    def sign() -> list[Any]:
+        return [m for m in obs.on(topology.WORK_EXCHANGE, topology.SIGN)
+                if m.json["event"]["id"] in ours]
+
+    await obs.wait(lambda _: len(sign()) >= 2 * len(ids), timeout=30)
+    # every job exactly once, whichever message carried it
+    assert sorted(m.json["delivery_id"] for m in sign()) == sorted(
+        delivery_id(i, ep) for i in ids for ep in endpoints)
+    sizes = [m.batch or 1 for m in sign()]
+    assert max(sizes) > 2  # several events' jobs in one message, not only one event's two
+    assert max(sizes) <= MAX_JOBS_PER_BATCH
+    assert all(m.headers[topology.BATCH_HEADER] == m.batch for m in sign() if m.batch)
 
 
 async def test_bad_amqp_messages_are_parked_audited_and_the_next_event_flows(

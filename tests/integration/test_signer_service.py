@@ -29,6 +29,7 @@ from shared.broker import Publisher, declare
 from shared.contracts import (
     AuditFact,
     DeliveryJob,
+    DeliveryJobBatch,
     EndpointSecret,
     Event,
     SignedDelivery,
@@ -229,6 +230,41 @@ async def test_a_job_for_an_unknown_endpoint_is_parked_no_secret(
         fact = AuditFact.model_validate_json(
             (await audit.next(fact_of("delivery.parked", delivery_id=job.delivery_id))).body)
         assert fact.reason == "no_secret" and fact.endpoint_id == job.endpoint_id
+
+
+async def test_a_batch_is_signed_job_by_job_and_an_unsignable_job_parked_alone(
+        amqp_url: str, tmp_path: Path, channel: AbstractChannel, publisher: Publisher
+) -> None:
+    deliver = await Observer().bind(channel, topology.WORK_EXCHANGE, topology.DELIVER)
+    dead = await Observer().bind(channel, topology.DEAD_EXCHANGE, topology.SIGNER_JOBS)
+    audit = await Observer().bind(channel, topology.AUDIT_EXCHANGE, "#")
+    known, unknown = new_id("ep"), new_id("ep")
+    async with signer(amqp_url, f"sqlite:///{tmp_path}/k.db", secret_wait=0.3):
+        await send_secret(publisher, secret_msg(known, WHSEC))
+        await audit.next(fact_of("secret.set", endpoint_id=known))
+        good = [make_job(known) for _ in range(3)]
+        lost = make_job(unknown)
+        await publisher.send(topology.WORK_EXCHANGE, topology.SIGN,
+                             DeliveryJobBatch(jobs=[good[0], lost, *good[1:]]),
+                             headers={topology.BATCH_HEADER: 4})
+        for job in good:  # each forwarded on its own, signed
+            signed = SignedDelivery.model_validate_json(
+                (await deliver.next(about(job.delivery_id))).body)
+            assert signed.job == job
+            Webhook(standard_webhooks_secret(WHSEC)).verify(signed.body.encode(),
+                                                            signed.headers)
+        # the one without a secret is parked as a job of its own, not the batch
+        parked = await dead.next(about(lost.delivery_id))
+        assert DeliveryJob.model_validate_json(parked.body) == lost
+        assert parked.type == "dihya.delivery_job.v1"
+        assert parked.headers[topology.REASON_HEADER] == "no_secret"
+        assert topology.BATCH_HEADER not in parked.headers
+        fact = AuditFact.model_validate_json((await audit.next(
+            fact_of("delivery.parked", delivery_id=lost.delivery_id))).body)
+        assert fact.reason == "no_secret" and fact.endpoint_id == unknown
+    # the signer has stopped: an unacked batch would be back in the queue
+    assert await ready_messages(channel, topology.SIGNER_JOBS) == 0
+    assert not [m for m in dead.received if good[0].delivery_id.encode() in m.body]
 
 
 async def test_rotation_with_overlap_signs_with_both_secrets(

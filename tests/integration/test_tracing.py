@@ -26,11 +26,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from services.deliverer.app import start as start_deliverer
 from services.deliverer.settings import Settings as DelivererSettings
 from services.ingest.app import start as start_ingest
+from services.ingest.consumer import JobPublisher
 from services.ingest.settings import Settings as IngestSettings
 from services.signer.app import start as start_signer
 from services.signer.settings import Settings as SignerSettings
 from shared import topology
+from shared.broker import Publisher
+from shared.contracts import DeliveryJob, EndpointSecret, Event, utcnow
+from shared.ids import new_id
 from tests.conftest import free_port
+from tests.observe import Observer
 
 pytestmark = pytest.mark.integration
 
@@ -112,3 +117,60 @@ async def test_spans_of_every_service_join_one_trace(amqp_url: str, tmp_path: Pa
     names = {s.name for s in spans}
     assert {f"{topology.INGEST_EVENTS} process", f"{topology.SIGNER_JOBS} process",
             f"{topology.DELIVERER_JOBS} process", "POST"} <= names, names
+
+
+def _trace_of(traceparent: object) -> str:
+    text = traceparent.decode() if isinstance(traceparent, bytes) else str(traceparent)
+    return text.split("-")[1]
+
+
+async def test_each_job_of_a_batch_keeps_the_trace_of_its_event(amqp_url: str,
+                                                                tmp_path: Path) -> None:
+    endpoint = new_id("ep")
+
+    def job() -> DeliveryJob:
+        event = Event(id=new_id("evt"), event="trace.me", timestamp=utcnow(), data={})
+        return DeliveryJob(delivery_id=new_id("dlv"), endpoint_id=endpoint,
+                           url="https://receiver.example/hook", event=event)
+
+    jobs = [job(), job()]
+    tracer = trace.get_tracer("platform")
+    connection = await aio_pika.connect_robust(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        sign = await Observer().bind(channel, topology.WORK_EXCHANGE, topology.SIGN)
+        deliver = await Observer().bind(channel, topology.WORK_EXCHANGE, topology.DELIVER)
+        publisher = await Publisher.open(connection)
+        jobs_out = JobPublisher(publisher)
+        jobs_out.start()
+        roots: dict[str, str] = {}
+
+        async def handle(one: DeliveryJob) -> None:  # as ingest's handler, in its event's trace
+            with tracer.start_as_current_span(f"event {one.event.id}") as root:
+                roots[one.delivery_id] = format(root.get_span_context().trace_id, "032x")
+                await jobs_out.send(one)
+
+        await asyncio.gather(*(handle(one) for one in jobs))  # in flight together: one batch
+        await jobs_out.close()
+        first = await sign.next(lambda m: jobs[0].delivery_id.encode() in m.body)
+        assert first.batch == 2
+        assert [_trace_of(p) for p in first.headers[topology.TRACES_HEADER]] == [
+            roots[one.delivery_id] for one in jobs]
+
+        settings = SignerSettings.model_validate({
+            "amqp_url": amqp_url, "port": free_port(),
+            "master_key": Fernet.generate_key().decode(),
+            "database_url": f"sqlite:///{tmp_path}/signer.db"})
+        stop = await start_signer(settings)
+        try:
+            await publisher.send(topology.CONTROL_EXCHANGE, "secret.set", EndpointSecret(
+                endpoint_id=endpoint, action="set", secret="a secret of the test",
+                issued_at=utcnow()))
+            for one in jobs:  # each signed delivery continues its own event's trace
+                signed = await deliver.next(lambda m, one=one: one.delivery_id.encode()
+                                            in m.body)
+                assert _trace_of(signed.headers["traceparent"]) == roots[one.delivery_id]
+        finally:
+            await stop()
+            await (await channel.get_queue(topology.DELIVERER_JOBS)).purge()
+            await publisher.close()

@@ -25,12 +25,20 @@ from services.ingest.handlers import (
     parked_message_id,
     plan,
     read_dead_letter,
+    read_dead_letters,
     resend,
     retry_fact,
     seen_recently,
 )
 from shared import topology
-from shared.contracts import AttemptRecord, DeliveryJob, Event, SignedDelivery, encode
+from shared.contracts import (
+    AttemptRecord,
+    DeliveryJob,
+    DeliveryJobBatch,
+    Event,
+    SignedDelivery,
+    encode,
+)
 
 T0 = datetime(2025, 5, 20, 12, 0, tzinfo=UTC)
 EVENT = Event(id="evt_1", event="order.paid", timestamp=T0, data={"n": 1})
@@ -71,6 +79,30 @@ def test_anything_else_is_unreadable_with_a_reason() -> None:
     assert isinstance(other, Unreadable) and other.reason == "unknown"
     poison = read_dead_letter(b"{}", {"x-death": []})
     assert isinstance(poison, Unreadable) and poison.broker_parked
+
+
+def test_a_batch_the_broker_parked_yields_each_of_its_jobs() -> None:
+    jobs = [job(1).model_copy(update={"delivery_id": f"dlv_{n}"}) for n in range(3)]
+    body = encode(DeliveryJobBatch(jobs=jobs))
+    read = read_dead_letters(body, {"x-death": [{"count": 10}]})
+    assert read == [DeadLetter(j, "delivery_limit", None, broker_parked=True) for j in jobs]
+    facts = [broker_parked_fact("q", one, body, T0, of_batch=True) for one in read]
+    assert [f.delivery_id for f in facts] == ["dlv_0", "dlv_1", "dlv_2"]
+    assert len({f.id for f in facts}) == 3  # one fact per job, each stable
+    assert facts[0].id == broker_parked_fact("q", read[0], body, T0, of_batch=True).id
+    # a single job reads as before, as a list of one
+    assert read_dead_letters(encode(jobs[0]), {}) == [read_dead_letter(encode(jobs[0]), {})]
+
+
+def test_a_batch_that_cannot_be_stored_job_by_job_is_kept_whole() -> None:
+    odd = job(1).model_copy(update={"delivery_id": "not an id!"})
+    whole = read_dead_letters(encode(DeliveryJobBatch(jobs=[job(1), odd])), {"x-death": []})
+    assert isinstance(whole, Unreadable) and whole.broker_parked
+    assert "delivery_id is not an id" in whole.error
+    empty = read_dead_letters(orjson.dumps({"type": "dihya.delivery_job_batch.v1",
+                                            "jobs": []}), {topology.REASON_HEADER: "x"})
+    assert isinstance(empty, Unreadable) and empty.error.startswith("not a batch")
+    assert isinstance(read_dead_letters(b"\xff", {}), Unreadable)
 
 
 def test_parked_ids_are_stable_per_message() -> None:
