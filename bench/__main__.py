@@ -1,6 +1,6 @@
 """``python -m bench`` (or ``bin/bench``): run the benchmark and write its results.
 
-Presets: the default full run (about 6 minutes on 2 cores), ``--quick`` (about a minute:
+Presets: the default full run (about 7 minutes on 2 cores), ``--quick`` (about two minutes:
 fewer and shorter phases, no profile) and ``--smoke`` (a few hundred events at one fixed rate:
 checks that the harness works, not the speed). Every option below overrides the preset.
 """
@@ -60,7 +60,7 @@ def parse(argv: list[str] | None = None) -> Options:
                                      if __doc__ else None)
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_const", dest="preset", const="quick",
-                        help="a shorter run (about a minute)")
+                        help="a shorter run (about two minutes)")
     preset.add_argument("--smoke", action="store_const", dest="preset", const="smoke",
                         help="a tiny run that checks the harness works")
     parser.add_argument("--out", type=Path, help="output folder (default bench/out/<time>/)")

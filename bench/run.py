@@ -5,14 +5,15 @@ Order of a run (each step's figures land in ``results.json``):
 1. a throw-away vhost (``rabbitmqctl add_vhost``), the sink process, the raw chain's two
    stages, and Dihya's four services (N processes each) with their default settings;
 2. endpoints registered with secrets the sink knows, a publisher token; warm-up traffic;
-3. **raw chain**: an admission-controlled run (its saturation ``S_raw``), then paced runs at
-   fractions of ``S_raw``;
+3. **raw chain**: an admission-controlled run (its saturation ``S_raw``), paced runs at
+   fractions of ``S_raw``, then the search for the rate it sustains (:meth:`Bench.search`);
 4. **Dihya over AMQP**: the same (``S_dihya``); each Dihya phase also waits for the audit log
    to hold every delivery it made (audit lag);
-5. **Dihya over HTTP** (``POST /v1/events``): the same, fewer rates;
-6. **profile**: another saturation run with py-spy attached to every service process (its
+5. **Dihya over HTTP** (``POST /v1/events``): the same, fewer rates, no search;
+6. **pairs**: the saturation runs of the raw chain and of Dihya over AMQP again, in pairs;
+7. **profile**: another saturation run with py-spy attached to every service process (its
    throughput is reported apart: the profiler costs CPU);
-7. **slow endpoint**: events fanned out to 4 fast endpoints and a fifth on another receiver,
+8. **slow endpoint**: events fanned out to 4 fast endpoints and a fifth on another receiver,
    first answering at once, then in 2 s — throughput to the fast four, both ways.
 
 Throughput is counted from the sink's arrival bins over the phase's steady window (from
