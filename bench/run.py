@@ -56,6 +56,11 @@ LOAD_TYPE = "bench.load"
 FANOUT_TYPE = "bench.fanout"
 DEFER_TIER_MS = 1000  # the deliverer's default DEFER_DELAY
 HEALTH_QUEUE = "dihya.ingest.health"  # ingest's own copy of delivery.attempted (endpoint health)
+UPWARD_STEP = 0.2
+UPWARD_TRIES = 3
+"""When every fraction of the sweep was held, the search first tries rates above it, this much
+of *S* higher each time (at most this many), so that a saturation measured on a slow stretch
+does not cap the sustained rate."""
 
 
 _T0 = time.monotonic()
@@ -382,18 +387,29 @@ class Bench:
         sustained and the next one up."""
         low = max((f for f, ok in held.items() if ok), default=0.0)
         high = min((f for f, ok in held.items() if not ok and f > low), default=None)
+        for _ in range(UPWARD_TRIES if high is None else 0):
+            # every rate offered was held (a saturation run on a slow stretch): look above
+            above = round(low + UPWARD_STEP, 4)
+            if await self._held_at(target, saturation, above):
+                low = above
+            else:
+                high = above
+                break
         if high is None:
-            return  # every rate offered was sustained: nothing above to search
+            return
         for _ in range(self.opts.search_steps):
             middle = round((low + high) / 2, 4)
-            result = await self.phase(target, "paced", rate=middle * saturation,
-                                      duration=self.opts.sustained_duration, fraction=middle,
-                                      label=f"{target.name} search {middle:g}xS")
-            result["search"] = True
-            if sustains(result):
+            if await self._held_at(target, saturation, middle):
                 low = middle
             else:
                 high = middle
+
+    async def _held_at(self, target: Target, saturation: float, fraction: float) -> bool:
+        result = await self.phase(target, "paced", rate=fraction * saturation,
+                                  duration=self.opts.sustained_duration, fraction=fraction,
+                                  label=f"{target.name} search {fraction:g}xS")
+        result["search"] = True
+        return sustains(result)
 
 
 async def _call(during: Callable[[], Awaitable[Any]]) -> Any:

@@ -98,6 +98,12 @@ def test_the_search_bisects_between_the_best_fraction_held_and_the_next() -> Non
     assert found is not None and found["offered_dps"] == 875.0
 
 
-def test_no_search_above_the_highest_fraction_when_every_one_was_held() -> None:
-    assert _search(5000.0, {0.5: True, 1.0: True}).tried == []
+def test_when_every_fraction_was_held_the_search_looks_above_first() -> None:
+    # held at 1.2 S: 1.4 S held too, 1.6 S not; then bisect between them
+    assert _search(1450.0, {0.5: True, 1.2: True}).tried == [1400.0, 1600.0, 1500.0, 1450.0]
+    # held as far as it looks: the highest tried is the sustained rate
+    assert _search(5000.0, {0.5: True, 1.0: True}).tried == [1200.0, 1400.0, 1600.0]
+
+
+def test_nothing_held_bisects_down_from_the_lowest_fraction() -> None:
     assert _search(100.0, {0.5: False, 1.0: False}).tried == [250.0, 125.0]
