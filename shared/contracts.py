@@ -14,7 +14,7 @@ receiving model.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import orjson
 from pydantic import (
@@ -58,6 +58,9 @@ class Contract(BaseModel):
     """Base of every contract: immutable, strict about unknown fields."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+ContractT = TypeVar("ContractT", bound=Contract)
 
 
 class Event(Contract):
@@ -271,26 +274,25 @@ def decode_facts(body: bytes) -> list[AuditFact]:
     """The facts of a message on the audit exchange, an :class:`AuditFactBatch` or a single
     :class:`AuditFact` (told apart by their ``type``). Raises ``ValueError`` (pydantic's
     ``ValidationError`` included) for anything else."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc}") from exc
-    if isinstance(data, dict) and data.get("type") == AuditFactBatch.model_fields["type"].default:
-        return list(AuditFactBatch.model_validate(data).facts)
-    return [AuditFact.model_validate(data)]
+    return _one_or_batch(body, AuditFact, AuditFactBatch, "facts")
 
 
 def decode_jobs(body: bytes) -> list[DeliveryJob]:
     """The jobs of a message on ``dihya.signer.jobs``, a :class:`DeliveryJobBatch` or a single
     :class:`DeliveryJob` (told apart by their ``type``). Raises ``ValueError`` (pydantic's
     ``ValidationError`` included) for anything else."""
+    return _one_or_batch(body, DeliveryJob, DeliveryJobBatch, "jobs")
+
+
+def _one_or_batch(body: bytes, one: type[ContractT], batch: type[Contract], items: str
+                  ) -> list[ContractT]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"not JSON: {exc}") from exc
-    if isinstance(data, dict) and data.get("type") == DeliveryJobBatch.model_fields["type"].default:
-        return list(DeliveryJobBatch.model_validate(data).jobs)
-    return [DeliveryJob.model_validate(data)]
+    if isinstance(data, dict) and data.get("type") == batch.model_fields["type"].default:
+        return list(getattr(batch.model_validate(data), items))
+    return [one.model_validate(data)]
 
 
 def schema_of(model: type[Contract]) -> dict[str, Any]:
