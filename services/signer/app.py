@@ -204,7 +204,8 @@ class Signer:
         the dead letter sends back to the signer)."""
         if alone and job is not None:
             body = encode(job)
-            headers = {k: v for k, v in message.headers.items() if k != topology.BATCH_HEADER}
+            headers = {k: v for k, v in message.headers.items()  # the batch's, not the job's
+                       if k not in (topology.BATCH_HEADER, topology.TRACES_HEADER)}
             parked = self._publisher.park_body(queue, body, reason=reason, error=error,
                                                headers=headers, type=job.type)
         else:

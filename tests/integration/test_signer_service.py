@@ -246,7 +246,8 @@ async def test_a_batch_is_signed_job_by_job_and_an_unsignable_job_parked_alone(
         lost = make_job(unknown)
         await publisher.send(topology.WORK_EXCHANGE, topology.SIGN,
                              DeliveryJobBatch(jobs=[good[0], lost, *good[1:]]),
-                             headers={topology.BATCH_HEADER: 4})
+                             headers={topology.BATCH_HEADER: 4,
+                                      topology.TRACES_HEADER: ["", "", "", ""]})
         for job in good:  # each forwarded on its own, signed
             signed = SignedDelivery.model_validate_json(
                 (await deliver.next(about(job.delivery_id))).body)
@@ -258,7 +259,8 @@ async def test_a_batch_is_signed_job_by_job_and_an_unsignable_job_parked_alone(
         assert DeliveryJob.model_validate_json(parked.body) == lost
         assert parked.type == "dihya.delivery_job.v1"
         assert parked.headers[topology.REASON_HEADER] == "no_secret"
-        assert topology.BATCH_HEADER not in parked.headers
+        assert topology.BATCH_HEADER not in parked.headers  # the batch's, not the job's
+        assert topology.TRACES_HEADER not in parked.headers
         fact = AuditFact.model_validate_json((await audit.next(
             fact_of("delivery.parked", delivery_id=lost.delivery_id))).body)
         assert fact.reason == "no_secret" and fact.endpoint_id == unknown
