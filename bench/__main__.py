@@ -21,18 +21,16 @@ PRESETS: dict[str, dict[str, object]] = {
     "full": {},
     "quick": {
         "admitted_duration": 5.0, "duration": 4.0, "sustained_duration": 10.0,
-        "search_steps": 2,
-        "fractions": (0.5, 1.0),
+        "search_steps": 2, "fractions": (0.5, 1.0),
         "raw_fractions": (0.5, 1.0), "http_fractions": (0.5,), "profile": False,
         "repeats": 0, "slow_duration": 6.0, "warmup_events": 100, "drain_timeout": 15.0,
         "audit_timeout": 15.0, "settle_timeout": 10.0,
     },
     "smoke": {
         "admitted_duration": 1.5, "duration": 1.5, "search_steps": 0, "window": 100,
-        "fractions": (0.5,),
-        "raw_fractions": (0.5,), "http_fractions": (0.5,), "fixed_rate": 40.0,
-        "repeats": 1, "profile": False, "slow_duration": 1.5, "slow_delay": 0.5,
-        "warmup_events": 0,
+        "fractions": (0.5,), "raw_fractions": (0.5,), "http_fractions": (0.5,),
+        "fixed_rate": 40.0, "repeats": 1, "profile": False, "slow_duration": 1.5,
+        "slow_delay": 0.5, "warmup_events": 0,
         "drain_timeout": 15.0, "audit_timeout": 15.0, "settle_timeout": 5.0,
     },
 }
@@ -117,11 +115,9 @@ def parse(argv: list[str] | None = None) -> Options:
     name = args.preset or "full"
     values: dict[str, object] = {**PRESETS[name], "preset": name}
     for key in ("event_bytes", "window", "duration", "search_steps", "sustained_duration",
-                "admitted_duration",
-                "fractions",
-                "raw_fractions", "http_fractions", "http", "repeats", "profile", "profile_at",
-                "slow", "slow_delay", "slow_duration", "verify_every", "keep_logs",
-                "fixed_rate"):
+                "admitted_duration", "fractions", "raw_fractions", "http_fractions", "http",
+                "repeats", "profile", "profile_at", "slow", "slow_delay", "slow_duration",
+                "verify_every", "keep_logs", "fixed_rate"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value

@@ -184,14 +184,6 @@ def parse_control(body: bytes) -> EndpointSecret:
     return msg
 
 
-def parse_job(body: bytes) -> DeliveryJob:
-    """Decode a delivery job; raise ``ValueError`` (safe to log) if it is unusable."""
-    try:
-        return DeliveryJob.model_validate_json(body)
-    except ValidationError as exc:
-        raise ValueError(describe(exc)) from None
-
-
 def parse_jobs(body: bytes) -> list[DeliveryJob]:
     """Decode a message of ``dihya.signer.jobs``: one job, or ingest's
     :class:`~shared.contracts.DeliveryJobBatch`; raise ``ValueError`` (safe to log) if it is

@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 from services.signer.handlers import (
     parked_fact,
     parse_control,
-    parse_job,
+    parse_jobs,
     secret_fact,
 )
 from services.signer.settings import ConfigError, Settings
@@ -55,7 +55,7 @@ def test_not_json_is_refused() -> None:
     with pytest.raises(ValueError, match="JSON"):
         parse_control(b"{nope")
     with pytest.raises(ValueError, match="JSON"):
-        parse_job(b"\xff")
+        parse_jobs(b"\xff")
 
 
 def test_secret_fact_names_the_endpoint_never_the_secret() -> None:
