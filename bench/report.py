@@ -65,7 +65,7 @@ def growing_queues(phase: dict[str, Any]) -> list[str]:
 
 def sustains(phase: dict[str, Any]) -> bool:
     """A paced phase whose rate the system sustained: it kept up, and no queue — the audit's
-    and the retry tiers' included — grew once the pipeline had filled. A rate reached only
+    and the first defer tier's included — grew once the pipeline had filled. A rate reached only
     by letting a backlog build is not sustained: that backlog is the growing queue."""
     return keeps_up(phase) and not growing_queues(phase)
 

@@ -540,7 +540,7 @@ async def run(opts: Options) -> dict[str, Any]:
             stack.push_async_callback(sender.close)
 
         dihya_queues = [topology.INGEST_EVENTS, topology.SIGNER_JOBS, topology.DELIVERER_JOBS,
-                        topology.AUDIT_FACTS, HEALTH_QUEUE, topology.retry_queue(DEFER_TIER_MS)]
+                        topology.AUDIT_FACTS, HEALTH_QUEUE, topology.defer_queue(DEFER_TIER_MS)]
         rabbit = rabbitmq_pids()
 
         def groups() -> dict[str, list[int]]:
@@ -728,7 +728,7 @@ async def _slow_scenario(bench: Bench, fan: Target, sink: SinkClient, opts: Opti
         "deferred_jobs": runs["slow"].get("deferred"),
         "fast_dps_by_third_of_window": thirds,
         "defer_queue_trend_per_s": runs["slow"]["queues"].get(
-            topology.retry_queue(DEFER_TIER_MS), {}).get("slope_per_s"),
+            topology.defer_queue(DEFER_TIER_MS), {}).get("slope_per_s"),
         "signer_cpu_pct": {n: r["cpu_pct"].get("signer") for n, r in runs.items()},
         "phases": [runs["baseline"]["phase"], runs["slow"]["phase"]],
     }

@@ -38,7 +38,8 @@ _EXCHANGE_PURPOSE = {
     topology.AUDIT_EXCHANGE: "audit facts; routing key = fact kind",
     topology.CONTROL_EXCHANGE: "control messages: `secret.*` → signer, `token.*` → audit",
     topology.DEAD_EXCHANGE: "parked messages; routing key = the queue they came from",
-    topology.RETRY_EXCHANGE: "delayed retries; routing key = the wait queue of the tier",
+    topology.RETRY_EXCHANGE: "delayed retries (to the signer) and deferrals (to the deliverer); "
+    "routing key = the wait queue of the tier",
 }
 
 
@@ -71,10 +72,13 @@ def render_topology() -> str:
     lines += [f"| `{e.name}` | {e.type} | {_EXCHANGE_PURPOSE[e.name]} |"
               for e in topology.EXCHANGES]
     lines += ["", "| queue | bound with | arguments | consumed by |", "|---|---|---|---|"]
-    for queue in topology.queues(topology.DEFAULT_RETRY_DELAYS_MS):
+    for queue in topology.queues(topology.DEFAULT_RETRY_DELAYS_MS,
+                                 topology.DEFAULT_DEFER_DELAYS_MS):
         bindings = ", ".join(f"`{ex}` / `{key}`" for ex, key in queue.bindings)
         if queue.name.startswith("dihya.retry."):
             consumer = "nobody: messages expire back to the signer"
+        elif queue.name.startswith("dihya.defer."):
+            consumer = "nobody: messages expire back to the deliverer"
         else:
             consumer = CONSUMERS.get(queue.name, "nobody: waits for an operator")
         lines.append(f"| `{queue.name}` | {bindings} | {_arguments(queue.arguments)} | "
@@ -108,12 +112,15 @@ def render_retry() -> str:
     defer = parse_schedule(str(fields["defer_delay"].default))[0]
     longest = parse_schedule(str(fields["defer_max"].default))[0]
     tiers = topology.defer_tiers(defer, longest)
-    lines += ["", f"A job deferred because its endpoint has too many deliveries in flight waits "
+    lines += ["", f"A delivery deferred because its endpoint has too many in flight waits "
               f"`DIHYA_DELIVERER_DEFER_DELAY` ({_duration(defer)}) in "
-              f"`{topology.retry_queue(defer)}` without using an attempt; each further deferral "
+              f"`{topology.defer_queue(defer)}` without using an attempt, and comes back to the "
+              f"deliverer still signed; each further deferral "
               f"of the same attempt waits twice as long, up to `DIHYA_DELIVERER_DEFER_MAX` "
               f"({_duration(longest)}): "
-              + ", ".join(f"`{topology.retry_queue(t)}`" for t in tiers) + "."]
+              + ", ".join(f"`{topology.defer_queue(t)}`" for t in tiers) + ". One that has "
+              "grown older than `DIHYA_DELIVERER_RESIGN_AFTER` meanwhile goes to the signer "
+              "first."]
     return "\n".join(lines) + "\n"
 
 

@@ -39,7 +39,8 @@ _CHANNELS: list[tuple[str, str, str, tuple[type[Contract], ...], str]] = [
      "jobs that pile up while its last batch awaits its confirm as one batch; a retry is one "
      "job."),
     ("deliver", topology.WORK_EXCHANGE, topology.DELIVER, (SignedDelivery,),
-     "Signer → deliverer (`dihya.deliverer.jobs`)."),
+     "Signer and the defer tiers → deliverer (`dihya.deliverer.jobs`): a delivery whose "
+     "endpoint had too many in flight comes back, still signed, after its wait."),
     ("audit", topology.AUDIT_EXCHANGE, "{factKind}", (AuditFact, AuditFactBatch),
      "Every service → audit (`dihya.audit.facts`); routing key = fact kind. A batch holds facts "
      "of that one kind; `delivery.attempted` is also read by ingest (`dihya.ingest.health`)."),

@@ -247,11 +247,12 @@ class _CorkedConnection(aio_pika.RobustConnection):
 aiormq.Connection.FRAME_BUFFER_SIZE = WRITE_QUEUE_FRAMES
 
 
-async def declare(channel: AbstractChannel, retry_delays_ms: tuple[int, ...] = ()) -> None:
+async def declare(channel: AbstractChannel, retry_delays_ms: tuple[int, ...] = (),
+                  defer_delays_ms: tuple[int, ...] = ()) -> None:
     """Declare the whole topology (idempotent): see :mod:`shared.topology`."""
     for ex in topology.EXCHANGES:
         await channel.declare_exchange(ex.name, ex.type, durable=True)
-    for q in topology.queues(retry_delays_ms):
+    for q in topology.queues(retry_delays_ms, defer_delays_ms):
         await declare_queue(channel, q)
 
 
@@ -263,10 +264,11 @@ async def declare_queue(channel: AbstractChannel, q: topology.Queue) -> None:
 
 
 async def declare_topology(connection: AbstractRobustConnection,
-                           retry_delays_ms: tuple[int, ...] = ()) -> None:
+                           retry_delays_ms: tuple[int, ...] = (),
+                           defer_delays_ms: tuple[int, ...] = ()) -> None:
     """What every service does at start: :func:`declare` on a channel of its own."""
     async with connection.channel() as channel:
-        await declare(channel, retry_delays_ms)
+        await declare(channel, retry_delays_ms, defer_delays_ms)
 
 
 RESTORE_POLL = 0.05

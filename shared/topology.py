@@ -33,7 +33,7 @@ CONTROL_EXCHANGE = "dihya.control"
 DEAD_EXCHANGE = "dihya.dead"
 """Direct exchange for parked messages; routing key = the name of the queue they came from."""
 RETRY_EXCHANGE = "dihya.retry"
-"""Direct exchange feeding the delay-tier wait queues; routing key = tier queue name."""
+"""Direct exchange feeding the wait queues (retry and defer tiers); routing key = queue name."""
 
 SIGN = "sign"
 DELIVER = "deliver"
@@ -94,8 +94,13 @@ def tier_ttl(delay_ms: int) -> int:
 
 
 def retry_queue(delay_ms: int) -> str:
-    """Name of the wait queue of the delay tier ``delay_ms``."""
+    """Name of the wait queue of the retry tier ``delay_ms`` (back to the signer)."""
     return f"dihya.retry.{delay_ms}ms"
+
+
+def defer_queue(delay_ms: int) -> str:
+    """Name of the wait queue of the defer tier ``delay_ms`` (back to the deliverer)."""
+    return f"dihya.defer.{delay_ms}ms"
 
 
 @dataclass(frozen=True)
@@ -154,39 +159,54 @@ def _dead_queues() -> tuple[Queue, ...]:
     )
 
 
+def _wait_queue(name: str, delay_ms: int, back_to: str) -> Queue:
+    return Queue(
+        name,
+        ((RETRY_EXCHANGE, name),),
+        {
+            "x-queue-type": "quorum",
+            "x-message-ttl": tier_ttl(delay_ms),
+            "x-dead-letter-exchange": WORK_EXCHANGE,
+            "x-dead-letter-routing-key": back_to,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+
+
 def retry_queues(delays_ms: tuple[int, ...]) -> tuple[Queue, ...]:
-    """Wait queues, one per distinct delay tier: expire, then dead-letter back to the signer.
+    """Retry wait queues, one per distinct delay tier: expire, then dead-letter back to the
+    signer, which signs the next attempt afresh.
 
     The queue-level TTL (:func:`tier_ttl`) is the tier's upper bound; each message carries its
     own, jittered expiration below it. Messages expire only at the head of a queue, so a message
     leaves no later than the one ahead of it: with every expiration inside the tier's jitter
     band, so is every actual delay.
     """
-    return tuple(
-        Queue(
-            retry_queue(d),
-            ((RETRY_EXCHANGE, retry_queue(d)),),
-            {
-                "x-queue-type": "quorum",
-                "x-message-ttl": tier_ttl(d),
-                "x-dead-letter-exchange": WORK_EXCHANGE,
-                "x-dead-letter-routing-key": SIGN,
-                "x-dead-letter-strategy": "at-least-once",
-                "x-overflow": "reject-publish",
-            },
-        )
-        for d in sorted(set(delays_ms))
-    )
+    return tuple(_wait_queue(retry_queue(d), d, SIGN) for d in sorted(set(delays_ms)))
 
 
-def queues(retry_delays_ms: tuple[int, ...] = ()) -> tuple[Queue, ...]:
-    """Every queue of the topology, the retry tiers included when their delays are given."""
-    return WORK_QUEUES + _dead_queues() + retry_queues(retry_delays_ms)
+def defer_queues(delays_ms: tuple[int, ...]) -> tuple[Queue, ...]:
+    """Defer wait queues, one per distinct tier: a signed delivery its endpoint had no room
+    for waits here, then dead-letters straight back to the deliverer, still signed — it was
+    never sent, so its signature is as good as new until the deliverer finds it too old
+    (``DIHYA_DELIVERER_RESIGN_AFTER``) and sends it to the signer. Each message expires at
+    its tier's delay exactly (no jitter), as :func:`retry_queues`' do within theirs."""
+    return tuple(_wait_queue(defer_queue(d), d, DELIVER) for d in sorted(set(delays_ms)))
 
 
-def definitions(vhost: str = "/", retry_delays_ms: tuple[int, ...] = ()) -> dict[str, Any]:
+def queues(retry_delays_ms: tuple[int, ...] = (),
+           defer_delays_ms: tuple[int, ...] = ()) -> tuple[Queue, ...]:
+    """Every queue of the topology, the retry and defer tiers included when their delays are
+    given."""
+    return (WORK_QUEUES + _dead_queues() + retry_queues(retry_delays_ms)
+            + defer_queues(defer_delays_ms))
+
+
+def definitions(vhost: str = "/", retry_delays_ms: tuple[int, ...] = (),
+                defer_delays_ms: tuple[int, ...] = ()) -> dict[str, Any]:
     """The topology as a RabbitMQ definitions document (``rabbitmqctl import_definitions``)."""
-    qs = queues(retry_delays_ms)
+    qs = queues(retry_delays_ms, defer_delays_ms)
     return {
         "exchanges": [
             {"name": e.name, "vhost": vhost, "type": e.type, "durable": True,
@@ -209,6 +229,6 @@ def definitions(vhost: str = "/", retry_delays_ms: tuple[int, ...] = ()) -> dict
 if __name__ == "__main__":  # python -m shared.topology > deploy/rabbitmq/definitions.json
     import json
 
-    print(json.dumps(definitions(retry_delays_ms=(*DEFAULT_RETRY_DELAYS_MS,
-                                                  *DEFAULT_DEFER_DELAYS_MS)),
+    print(json.dumps(definitions(retry_delays_ms=DEFAULT_RETRY_DELAYS_MS,
+                                 defer_delays_ms=DEFAULT_DEFER_DELAYS_MS),
                      indent=2))

@@ -6,4 +6,6 @@ redirect, destination addresses vetted against SSRF), records the attempt for th
 then: done (2xx); back to the signer through a delay-tier wait queue for a retryable failure, so
 the retry is re-signed with a fresh timestamp and nonce; or parked in the dead-letter queue with
 its full attempt history when the failure is permanent or the retry schedule is exhausted.
+A delivery whose endpoint already has too many in flight is not attempted: it waits in a defer
+tier and comes back to the deliverer still signed (re-signed only if it has grown too old).
 """

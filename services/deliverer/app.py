@@ -52,7 +52,8 @@ PARKED = Counter("dihya_deliverer_parked_total", "Unreadable messages set aside.
 RESIGNED = Counter("dihya_deliverer_resigned_total",
                    "Deliveries sent back to the signer because their signature was too old.")
 DEFERRED = Counter("dihya_deliverer_deferred_total",
-                   "Jobs put back for later because their endpoint had too many in flight.")
+                   "Signed deliveries put back for later (a defer tier) because their endpoint "
+                   "had too many in flight.")
 TIERS_DECLARED = Counter("dihya_deliverer_tiers_declared_total",
                          "Wait-queue tiers declared on first use (an endpoint's own schedule).")
 
@@ -96,9 +97,9 @@ def _error_kind(exc: BaseException) -> ErrorKind:
 
 
 class WaitTiers:
-    """The delay-tier wait queues this deliverer publishes retries to; declares a missing one.
+    """The retry wait queues this deliverer publishes retries to; declares a missing one.
 
-    The deployment's tiers (:attr:`Settings.wait_tiers_ms`) are declared at start. An
+    The deployment's tiers (:attr:`Settings.retry_delays_ms`) are declared at start. An
     endpoint's own schedule (``DeliveryJob.retry_schedule_ms``) may name a delay that has no
     wait queue yet, and a retry published there would come back unroutable. So :meth:`ensure`
     declares such a tier (queue and binding, with the arguments of
@@ -234,9 +235,10 @@ class Deliverer:
         endpoint = job.endpoint_id
         if self._slots.full(endpoint):
             # Holding the job here would tie up a prefetch slot; enough of them and one slow
-            # endpoint stalls every other. Put it back for later instead: same attempt number.
-            later, delay = handlers.deferred_job(job, self._settings.defer_delays_ms)
-            await self._publisher.send(topology.RETRY_EXCHANGE, topology.retry_queue(delay),
+            # endpoint stalls every other. Put it back for later instead: same attempt number,
+            # still signed (it comes back here, not through the signer).
+            later, delay = handlers.deferred(signed, self._settings.defer_delays_ms)
+            await self._publisher.send(topology.RETRY_EXCHANGE, topology.defer_queue(delay),
                                        later, expiration=delay / 1000)
             DEFERRED.inc()
             log.debug("deferred", waiting_or_in_flight=self._slots.users(endpoint), **ids)
@@ -318,7 +320,8 @@ async def start(settings: Settings) -> Stop:
     try:
         connection = await connect(settings.amqp_url.get_secret_value(), service="deliverer")
         stack.push_async_callback(connection.close)
-        await declare_topology(connection, retry_delays_ms=settings.wait_tiers_ms)
+        await declare_topology(connection, retry_delays_ms=settings.retry_delays_ms,
+                               defer_delays_ms=settings.defer_delays_ms)
         publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
         stack.push_async_callback(publisher.close)
         facts = FactPublisher(publisher)
@@ -335,7 +338,7 @@ async def start(settings: Settings) -> Stop:
         runner = await serve(app, settings.host, settings.port)
         stack.push_async_callback(runner.cleanup)
 
-        tiers = WaitTiers(connection, settings.wait_tiers_ms,
+        tiers = WaitTiers(connection, settings.retry_delays_ms,
                           timeout=settings.publish_timeout)
         deliverer = Deliverer(settings, session, publisher, tiers, facts)
         consumer = Consumer(connection, topology.DELIVERER_JOBS, deliverer.on_job,

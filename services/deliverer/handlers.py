@@ -227,15 +227,23 @@ def next_job(job: DeliveryJob, record: AttemptRecord) -> DeliveryJob:
                                   "history": (*job.history, record)})
 
 
-def deferred_job(job: DeliveryJob, tiers_ms: tuple[int, ...]) -> tuple[DeliveryJob, int]:
-    """The job to put back for its endpoint's in-flight limit, and how long it waits: the
-    ``n``-th deferral of an attempt waits tier ``n`` (doubling), the last tier from then on.
+def deferred(signed: SignedDelivery, tiers_ms: tuple[int, ...]) -> tuple[SignedDelivery, int]:
+    """The signed delivery to put back for its endpoint's in-flight limit, and how long it
+    waits: the ``n``-th deferral of an attempt waits tier ``n`` (doubling), the last tier from
+    then on.
 
-    Why doubling: a deferred job comes back through the signer (re-signed), so a job that
-    waited a fixed second would cost a signing and three broker hops every second for as long
-    as its endpoint stays slow — the work growing with the endpoint's backlog."""
+    It goes back still signed: it was never sent, so body, signatures and nonce are as good
+    as new, and it returns to the deliverer without a signing (a deferral used to cost a
+    re-sign and one more broker hop each time; a slow endpoint's backlog cost the signer
+    half as much CPU again). Only one that has grown older than ``DIHYA_DELIVERER_RESIGN_AFTER``
+    meanwhile goes to the signer, as any stale delivery does (:func:`needs_resign`).
+
+    Why doubling: a job of an endpoint that stays slow would otherwise cost a publish and two
+    broker hops every second for as long as that lasts — the work growing with its backlog."""
+    job = signed.job
     delay = tiers_ms[min(job.deferrals, len(tiers_ms) - 1)]
-    return job.model_copy(update={"deferrals": job.deferrals + 1}), delay
+    later = job.model_copy(update={"deferrals": job.deferrals + 1})
+    return signed.model_copy(update={"job": later}), delay
 
 
 def fact_id(delivery_id: str, attempt: int, kind: str) -> str:

@@ -51,8 +51,8 @@ class Settings(EgressSettings):
         description="Jobs of one endpoint waiting in the deliverer for a slot while its "
         "latency is not known yet. Once it is, a job waits if its expected wait stays under "
         "MAX_LOCAL_WAIT. A job beyond that is not held (that would fill the shared prefetch "
-        "with one slow endpoint's work): it waits DEFER_DELAY in a wait queue and comes back, "
-        "re-signed, without using an attempt.",
+        "with one slow endpoint's work): it waits DEFER_DELAY in a wait queue and comes back "
+        "to the deliverer, still signed, without using an attempt.",
     )
     max_local_wait: float = Field(
         default=0.25, ge=0,
@@ -63,8 +63,9 @@ class Settings(EgressSettings):
         default="1s",
         description="How long a job deferred by MAX_IN_FLIGHT_PER_ENDPOINT waits the first time "
         "(ms, s, m, h); each further deferral of the same attempt waits twice as long, up to "
-        "DEFER_MAX — so an endpoint that stays slow costs a re-sign per job now and then, "
-        "not every second.",
+        "DEFER_MAX — so an endpoint that stays slow costs a broker round trip per job now "
+        "and then, not every second. A deferred delivery whose signature grows older than "
+        "RESIGN_AFTER meanwhile is re-signed when it comes back.",
     )
     defer_max: str = Field(
         default="1m",
@@ -112,9 +113,3 @@ class Settings(EgressSettings):
     def defer_delays_ms(self) -> tuple[int, ...]:
         """The defer tiers: DEFER_DELAY doubling up to DEFER_MAX."""
         return topology.defer_tiers(self.defer_delay_ms, parse_schedule(self.defer_max)[0])
-
-    @property
-    def wait_tiers_ms(self) -> tuple[int, ...]:
-        """Every wait queue the deliverer publishes to: the retry tiers and the defer tiers."""
-        return (*self.retry_delays_ms, *self.defer_delays_ms)
-

@@ -1,10 +1,10 @@
 """Per-endpoint concurrency: a few POSTs in flight, others waiting briefly, the rest deferred.
 
 Why: holding every job of a slow endpoint in the process would fill the shared prefetch with
-its work and stall every other endpoint, so a job that would wait too long is sent back
-through the defer tier. But a bounce costs as much broker and signing work as a delivery and
-adds the defer delay to its latency, and a busy *fast* endpoint is over its in-flight limit
-all the time. So a job over the limit waits here, in order, when its expected wait is short:
+its work and stall every other endpoint, so a job that would wait too long is sent back through
+a defer tier. But a bounce costs two broker hops (a publish, a wait queue, a consume again) and
+adds the defer delay to its latency, and a busy *fast* endpoint is over its in-flight limit all
+the time. So a job over the limit waits here, in order, when its expected wait is short:
 ``waiting * latency / limit <= max_wait``, with the endpoint's latency taken as the larger of
 its recent average and the age of its oldest running POST (an endpoint that starts to hang is
 seen as slow at once). With no latency known yet, at most ``waiting`` jobs wait.

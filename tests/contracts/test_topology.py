@@ -34,6 +34,19 @@ def test_retry_tiers_dead_letter_back_to_the_signer() -> None:
         assert q.arguments["x-dead-letter-routing-key"] == topology.SIGN
 
 
+def test_defer_tiers_dead_letter_back_to_the_deliverer() -> None:
+    tiers = topology.defer_queues((1000, 2000, 1000))
+    assert [q.name for q in tiers] == ["dihya.defer.1000ms", "dihya.defer.2000ms"]
+    assert [q.arguments["x-message-ttl"] for q in tiers] == [1250, 2500]
+    for q in tiers:
+        assert q.bindings == ((topology.RETRY_EXCHANGE, q.name),)
+        assert q.arguments["x-dead-letter-exchange"] == topology.WORK_EXCHANGE
+        assert q.arguments["x-dead-letter-routing-key"] == topology.DELIVER
+        assert q.arguments["x-dead-letter-strategy"] == "at-least-once"
+    # a retry tier and a defer tier of the same delay are two queues
+    assert not {q.name for q in tiers} & {q.name for q in topology.retry_queues((1000,))}
+
+
 def test_committed_definitions_are_current() -> None:
     committed = json.loads(DEFINITIONS.read_text())
     assert committed == json.loads(json.dumps(topology.definitions(**_committed_args()))), (
@@ -42,8 +55,8 @@ def test_committed_definitions_are_current() -> None:
 
 
 def _committed_args() -> dict[str, object]:
-    return {"retry_delays_ms": (*topology.DEFAULT_RETRY_DELAYS_MS,
-                                *topology.DEFAULT_DEFER_DELAYS_MS)}
+    return {"retry_delays_ms": topology.DEFAULT_RETRY_DELAYS_MS,
+            "defer_delays_ms": topology.DEFAULT_DEFER_DELAYS_MS}
 
 
 def test_the_deliverer_defaults_are_the_published_tiers() -> None:

@@ -103,7 +103,7 @@ async def tap(amqp_url: str, system: System) -> AsyncIterator[Tap]:
                 (topology.WORK_EXCHANGE, topology.DELIVER)]
     bindings += [(topology.DEAD_EXCHANGE, q.name) for q in topology.WORK_QUEUES]
     bindings += [(topology.RETRY_EXCHANGE, q.name) for q in topology.retry_queues(
-        (150, 300, 1000))]
+        (150, 300, 1000)) + topology.defer_queues((1000,))]
     for exchange, key in bindings:
         await queue.bind(exchange, key)
     await queue.consume(tap.on_message, no_ack=True)

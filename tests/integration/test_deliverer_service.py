@@ -45,6 +45,13 @@ def job_of(delivery_id: str, attempt: int | None = None) -> Matcher:
     return match
 
 
+def signed_of(delivery_id: str) -> Matcher:
+    def match(message: AbstractIncomingMessage) -> bool:
+        return bool(SignedDelivery.model_validate_json(message.body).job.delivery_id
+                    == delivery_id)
+    return match
+
+
 async def fact(observer: Observer, match: Matcher) -> AuditFact:
     return AuditFact.model_validate_json((await observer.next(match)).body)
 
@@ -350,19 +357,23 @@ async def test_a_malformed_message_is_parked_with_its_reason(
 
 async def test_a_slow_endpoint_cannot_hold_back_the_others(
         amqp_url: str, receiver: Receiver, publisher: Publisher, audit: Observer,
-        to_signer: Observer) -> None:
-    """With 2 in flight per endpoint, a hanging endpoint keeps 2 requests; the rest flows."""
+        to_signer: Observer, channel: AbstractChannel) -> None:
+    """With 2 in flight per endpoint, a hanging endpoint keeps 2 requests; the rest flows. Its
+    other deliveries wait in the defer tiers, still signed, and land once it answers — without
+    a trip through the signer."""
+    deferrals = await Observer().bind(channel, topology.RETRY_EXCHANGE,
+                                      topology.defer_queue(200))
     receiver.scripts["slow"] = ["hang"]
     receiver.scripts["fast"] = [web.Response(status=200)]
     async with deliverer(amqp_url, max_in_flight_per_endpoint=2, max_waiting_per_endpoint=0,
-                         defer_delay="200ms",
+                         defer_delay="200ms", defer_max="400ms",
                          timeout=30, prefetch=10):
         slow_jobs = [make_job(receiver.url("slow")) for _ in range(12)]
-        slow_jobs = [j.model_copy(update={"endpoint_id": slow_jobs[0].endpoint_id})
-                     for j in slow_jobs]
+        slow = [signed_for(j.model_copy(update={"endpoint_id": slow_jobs[0].endpoint_id}))
+                for j in slow_jobs]
         fast = [make_job(receiver.url("fast")) for _ in range(30)]
-        for job in slow_jobs:
-            await hand_over(publisher, signed_for(job))
+        for signed in slow:
+            await hand_over(publisher, signed)
         for job in fast:
             await hand_over(publisher, signed_for(job))
         for job in fast:  # every fast delivery lands while the slow endpoint hangs
@@ -371,9 +382,21 @@ async def test_a_slow_endpoint_cannot_hold_back_the_others(
         hits = receiver.hits_on("slow")
         assert len(hits) == 2  # never more than its share in flight
         posted = {orjson.loads(h.body)["id"] for h in hits}
-        # the other ten went back towards the signer, same attempt, to come back later
-        for job in (j for j in slow_jobs if j.event.id not in posted):
-            deferred = DeliveryJob.model_validate_json(
-                (await to_signer.next(job_of(job.delivery_id, attempt=1))).body)
-            assert deferred.history == () and deferred.deferrals == 1
+        # the other ten wait in the first defer tier, as signed, same attempt
+        for signed in (s for s in slow if s.job.event.id not in posted):
+            back = SignedDelivery.model_validate_json(
+                (await deferrals.next(signed_of(signed.job.delivery_id))).body)
+            assert back.job == signed.job.model_copy(update={"deferrals": 1})
+            assert (back.body, back.headers, back.signed_at) == (
+                signed.body, signed.headers, signed.signed_at)
         receiver.release.set()
+        for signed in slow:  # once it answers, each lands once, with its first signature
+            got = await fact(audit, fact_of("delivery.attempted", signed.job.delivery_id))
+            assert (got.outcome, got.attempt) == ("delivered", 1)
+        landed = {h.body: h.headers for h in receiver.hits_on("slow")}
+        assert len(receiver.hits_on("slow")) == len(landed) == len(slow)
+        for signed in slow:
+            headers = landed[signed.body.encode()]
+            assert all(headers[name] == value for name, value in signed.headers.items())
+    slow_ids = {s.job.delivery_id for s in slow}
+    assert not [m for m in to_signer.received if m.json["delivery_id"] in slow_ids]

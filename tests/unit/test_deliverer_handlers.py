@@ -22,7 +22,7 @@ from services.deliverer.handlers import (
     attempted_fact,
     classify,
     dead_lettered_fact,
-    deferred_job,
+    deferred,
     fact_id,
     needs_resign,
     next_job,
@@ -34,7 +34,7 @@ from services.deliverer.handlers import (
     schedule_for,
 )
 from services.deliverer.settings import Settings
-from shared.contracts import DeliveryJob, Event
+from shared.contracts import DeliveryJob, Event, SignedDelivery
 from shared.topology import DEFAULT_DEFER_DELAYS_MS, TIER_HEADROOM, defer_tiers, tier_ttl
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -195,12 +195,17 @@ def test_each_deferral_of_an_attempt_waits_at_least_as_long_as_the_last(
         first: int, longest: int, deferrals: int) -> None:
     tiers = defer_tiers(first, longest)
     job = make_job().model_copy(update={"deferrals": deferrals})
-    later, delay = deferred_job(job, tiers)
-    _, next_delay = deferred_job(later, tiers)
+    signed = SignedDelivery(job=job, body='{"id":"evt_1"}', headers={"webhook-id": "evt_1"},
+                            signed_at=NOW)
+    again, delay = deferred(signed, tiers)
+    _, next_delay = deferred(again, tiers)
+    later = again.job
     assert later.deferrals == deferrals + 1 and later.attempt == job.attempt
     assert later.history == job.history and later.delivery_id == job.delivery_id
     assert delay in tiers and next_delay >= delay
     assert delay == min(first * 2 ** deferrals, max(longest, first))
+    # never sent, so it goes back as signed: body, signatures and signing time unchanged
+    assert (again.body, again.headers, again.signed_at) == (signed.body, signed.headers, NOW)
 
 
 def test_attempted_fact() -> None:
