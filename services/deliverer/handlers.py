@@ -233,10 +233,10 @@ def deferred(signed: SignedDelivery, tiers_ms: tuple[int, ...]) -> tuple[SignedD
     then on.
 
     It goes back still signed: it was never sent, so body, signatures and nonce are as good
-    as new, and it returns to the deliverer without a signing (a deferral used to cost a
-    re-sign and one more broker hop each time; a slow endpoint's backlog cost the signer
-    half as much CPU again). Only one that has grown older than ``DIHYA_DELIVERER_RESIGN_AFTER``
-    meanwhile goes to the signer, as any stale delivery does (:func:`needs_resign`).
+    as new, and it returns to the deliverer without a signing (a deferral through the signer
+    cost a re-sign and one more broker hop each time). Only one that has grown older than
+    ``DIHYA_DELIVERER_RESIGN_AFTER`` meanwhile goes to the signer, as any stale delivery does
+    (:func:`needs_resign`).
 
     Why doubling: a job of an endpoint that stays slow would otherwise cost a publish and two
     broker hops every second for as long as that lasts — the work growing with its backlog."""
