@@ -66,6 +66,9 @@ def _arguments(arguments: dict[str, object]) -> str:
     return ", ".join(parts) or "—"
 
 
+_EXPIRES_TO = {topology.SIGN: "signer", topology.DELIVER: "deliverer"}
+
+
 def render_topology() -> str:
     """Exchanges and queues of the shared topology, with who consumes each queue."""
     lines = ["| exchange | type | carries |", "|---|---|---|"]
@@ -75,10 +78,10 @@ def render_topology() -> str:
     for queue in topology.queues(topology.DEFAULT_RETRY_DELAYS_MS,
                                  topology.DEFAULT_DEFER_DELAYS_MS):
         bindings = ", ".join(f"`{ex}` / `{key}`" for ex, key in queue.bindings)
-        if queue.name.startswith("dihya.retry."):
-            consumer = "nobody: messages expire back to the signer"
-        elif queue.name.startswith("dihya.defer."):
-            consumer = "nobody: messages expire back to the deliverer"
+        # a wait queue is one whose messages expire: to whom, its dead-letter key says
+        back_to = _EXPIRES_TO.get(queue.arguments.get("x-dead-letter-routing-key", ""))
+        if "x-message-ttl" in queue.arguments and back_to:
+            consumer = f"nobody: messages expire back to the {back_to}"
         else:
             consumer = CONSUMERS.get(queue.name, "nobody: waits for an operator")
         lines.append(f"| `{queue.name}` | {bindings} | {_arguments(queue.arguments)} | "
