@@ -3,11 +3,12 @@ deliverer (at every attempt, since DNS can change in between).
 
 An endpoint URL is chosen by whoever registers it, so without a policy Dihya could be pointed
 at the cloud metadata service, loopback or the internal network. An address is refused when it
-falls in one of the ranges below — judged on the address itself, not on Python's
-``ipaddress.is_private`` alone, which misses several of them (100.64/10 is neither private nor
-global; on 3.11 NAT64 and 6to4 forms of private addresses report ``is_global``). Whole
-translation ranges (IPv4-mapped, NAT64, 6to4, Teredo) are refused outright: a webhook receiver
-has no reason to sit behind one, and each can smuggle a private IPv4 address.
+falls in a special-purpose range (:mod:`shared.address_registry`, IANA's registries as data) —
+judged on the address itself, not on Python's ``ipaddress.is_private`` alone, which misses
+several of them (100.64/10 is neither private nor global; on 3.11 NAT64 and 6to4 forms of
+private addresses report ``is_global``). An IPv6 form that carries an IPv4 address (IPv4-mapped,
+-compatible, -translated, NAT64, 6to4, Teredo) is judged by that address: refused unless it is
+public itself.
 
 ``DIHYA_ALLOWED_NETWORKS`` lists networks accepted anyway (an internal receiver, or loopback in
 development and tests); production defaults refuse. ``DIHYA_HTTPS_ONLY`` refuses plain http.
@@ -24,43 +25,23 @@ from collections.abc import Sequence
 from pydantic import Field, field_validator
 from yarl import URL
 
+from shared.address_registry import ROWS, Embedding, Row
 from shared.settings import ServiceSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _NUMERIC = re.compile(r"[0-9a-fA-FxX.]+")
-_REFUSED: tuple[tuple[Network, str], ...] = tuple(
-    (ipaddress.ip_network(net), why) for net, why in (
-        ("0.0.0.0/8", "unspecified"),
-        ("10.0.0.0/8", "private"),
-        ("100.64.0.0/10", "carrier-grade NAT"),
-        ("127.0.0.0/8", "loopback"),
-        ("169.254.0.0/16", "link-local (cloud metadata)"),
-        ("172.16.0.0/12", "private"),
-        ("192.0.0.0/24", "reserved"),
-        ("192.0.2.0/24", "documentation"),
-        ("192.168.0.0/16", "private"),
-        ("198.18.0.0/15", "benchmarking"),
-        ("198.51.100.0/24", "documentation"),
-        ("203.0.113.0/24", "documentation"),
-        ("224.0.0.0/4", "multicast"),
-        ("240.0.0.0/4", "reserved"),
-        ("::/128", "unspecified"),
-        ("::1/128", "loopback"),
-        ("::ffff:0:0/96", "IPv4-mapped IPv6"),
-        ("64:ff9b::/96", "NAT64"),
-        ("64:ff9b:1::/48", "NAT64"),
-        ("100::/64", "discard"),
-        ("2001::/32", "Teredo"),
-        ("2001:db8::/32", "documentation"),
-        ("2002::/16", "6to4"),
-        ("fc00::/7", "unique local (private)"),
-        ("fe80::/10", "link-local"),
-        ("fec0::/10", "site-local"),
-        ("ff00::/8", "multicast"),
-    )
-)
+# longest prefix first: the first row that holds an address is its most specific one
+_BY_VERSION: dict[int, tuple[Row, ...]] = {
+    version: tuple(sorted((r for r in ROWS if r.network.version == version),
+                          key=lambda r: -r.network.prefixlen))
+    for version in (4, 6)
+}
+
+ALLOW_HINT = ("to deliver there anyway, add its network to DIHYA_ALLOWED_NETWORKS "
+              "(ingest and deliverer), e.g. 127.0.0.0/8 for a receiver on this machine")
+"""What a refusal tells an operator: which setting allows a non-public destination."""
 
 
 class BlockedAddressError(OSError):
@@ -73,14 +54,47 @@ def parse_networks(text: str) -> tuple[Network, ...]:
                  for part in text.split(",") if part.strip())
 
 
+def special_row(address: Address) -> Row | None:
+    """The most specific special-purpose range holding ``address``, if any."""
+    for row in _BY_VERSION[address.version]:
+        if address in row.network:
+            return row
+    return None
+
+
+def embedded(address: ipaddress.IPv6Address, how: Embedding) -> tuple[ipaddress.IPv4Address,
+                                                                      ...]:
+    """The IPv4 address(es) an IPv6 form carries (Teredo: its server and its client)."""
+    if how == "6to4":
+        inner = address.sixtofour
+        return () if inner is None else (inner,)
+    if how == "teredo":
+        pair = address.teredo
+        return () if pair is None else pair
+    return (ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF),)
+
+
 def refusal(address: str | Address, allowed: Sequence[Network] = ()) -> str | None:
-    """Why a delivery may not connect to ``address`` — or ``None`` if it may."""
+    """Why a delivery may not connect to ``address`` — or ``None`` if it may.
+
+    Allowed networks first; then the special-purpose table (:mod:`shared.address_registry`):
+    a range there is refused, except the IPv6 forms that carry an IPv4 address (IPv4-mapped,
+    -compatible and -translated, NAT64, 6to4, Teredo), which are judged by that address — so
+    ``[::ffff:8.8.8.8]`` may be delivered to and ``[::127.0.0.1]`` may not. Last, whatever
+    Python does not call global.
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0] if isinstance(address, str) else address)
     if any(ip in net for net in allowed if net.version == ip.version):
         return None
-    for net, why in _REFUSED:
-        if net.version == ip.version and ip in net:
-            return why
+    row = special_row(ip)
+    if row is not None:
+        if row.embeds is None or not isinstance(ip, ipaddress.IPv6Address):
+            return row.name
+        for inner in embedded(ip, row.embeds):
+            why = refusal(inner, allowed)
+            if why is not None:
+                return f"{row.name} form of {inner}, {why}"
+        return None
     if not ip.is_global:
         return "not publicly routable"
     return None

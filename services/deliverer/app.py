@@ -14,6 +14,7 @@ import aiohttp
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 from yarl import URL
@@ -81,13 +82,21 @@ async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _blocked(exc: BaseException) -> BlockedAddressError | None:
+    """The SSRF refusal behind ``exc``, if it is one. aiohttp wraps what the resolver raises
+    in a ``ClientConnectorDNSError`` ("Cannot connect to host …"): the refusal is inside."""
+    if isinstance(exc, BlockedAddressError):
+        return exc
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error,
+                                                                     BlockedAddressError):
+        return exc.os_error
+    return None
+
+
 def _error_kind(exc: BaseException) -> ErrorKind:
     if isinstance(exc, TimeoutError):
         return "timeout"
-    if isinstance(exc, BlockedAddressError) or (
-        isinstance(exc, aiohttp.ClientConnectorError)
-        and isinstance(exc.os_error, BlockedAddressError)
-    ):
+    if _blocked(exc) is not None:
         return "ssrf_blocked"
     if isinstance(exc, aiohttp.InvalidURL | ValueError):
         return "invalid_url"
@@ -204,8 +213,13 @@ class Deliverer:
                     return Response(resp.status, resp.headers.get("Retry-After"), excerpt)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             kind = _error_kind(exc)
-            text = (f"timeout after {self._settings.timeout:g}s" if kind == "timeout"
-                    else f"{kind}: {exc.__class__.__name__}: {exc}")
+            blocked = _blocked(exc)
+            if kind == "timeout":
+                text = f"timeout after {self._settings.timeout:g}s"
+            elif blocked is not None:  # say what happened, not what aiohttp's wrapper says
+                text = f"{kind}: refused destination: {blocked}"
+            else:
+                text = f"{kind}: {exc.__class__.__name__}: {exc}"
             return Response(None, error=kind, error_text=text[:500])
 
     async def on_job(self, message: Delivery) -> None:
@@ -294,12 +308,16 @@ class Deliverer:
 
 
 
-def make_session(settings: Settings) -> aiohttp.ClientSession:
-    """The one HTTP client: pooled, capped per host, SSRF-vetting, cookie-less, no env proxy."""
+def make_session(settings: Settings, resolver: AbstractResolver | None = None
+                 ) -> aiohttp.ClientSession:
+    """The one HTTP client: pooled, capped per host, SSRF-vetting, cookie-less, no env proxy.
+
+    ``resolver`` answers the name look-ups the SSRF guard vets (aiohttp's default resolver
+    unless given: the tests give one whose answer changes, as a rebound name's does)."""
     connector = aiohttp.TCPConnector(
         limit=settings.prefetch,
         limit_per_host=settings.max_per_host,
-        resolver=VettingResolver(settings.allowed),
+        resolver=VettingResolver(settings.allowed, resolver),
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -314,8 +332,9 @@ def _broker_ready(connection: AbstractRobustConnection) -> bool:
     return not connection.is_closed and connection.connected.is_set()
 
 
-async def start(settings: Settings) -> Stop:
-    """Start the deliverer; the returned ``stop`` finishes or hands back in-flight work."""
+async def start(settings: Settings, *, resolver: AbstractResolver | None = None) -> Stop:
+    """Start the deliverer; the returned ``stop`` finishes or hands back in-flight work.
+    ``resolver``: see :func:`make_session`."""
     stack = contextlib.AsyncExitStack()
     try:
         connection = await connect(settings.amqp_url.get_secret_value(), service="deliverer")
@@ -326,7 +345,7 @@ async def start(settings: Settings) -> Stop:
         stack.push_async_callback(publisher.close)
         facts = FactPublisher(publisher)
         stack.push_async_callback(facts.close, settings.shutdown_grace)
-        session = make_session(settings)
+        session = make_session(settings, resolver)
         stack.push_async_callback(session.close)
 
         app = web.Application(middlewares=[errors_middleware])

@@ -93,7 +93,7 @@ from shared.contracts import (
     TokenGrant,
     utcnow,
 )
-from shared.egress import BlockedAddressError, check_destination
+from shared.egress import ALLOW_HINT, BlockedAddressError, check_destination
 from shared.ids import new_id
 from shared.web import (
     REFUSAL_HOOK,
@@ -306,7 +306,11 @@ class IngestApi:
         try:
             await check_destination(url, self.settings.allowed,
                                     https_only=self.settings.https_only)
-        except (BlockedAddressError, ValueError) as exc:
+        except BlockedAddressError as exc:  # name the setting that allows it (issue #19)
+            raise error(422, "validation_failed", "The request body is not valid.",
+                        [{"field": "url",
+                          "message": f"refused destination: {exc}; {ALLOW_HINT}"}]) from None
+        except ValueError as exc:
             raise error(422, "validation_failed", "The request body is not valid.",
                         [{"field": "url", "message": f"refused destination: {exc}"}]) from None
 

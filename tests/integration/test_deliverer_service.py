@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 
 from services.deliverer.app import start
 from services.deliverer.settings import Settings
@@ -146,11 +147,12 @@ async def dead(channel: AbstractChannel) -> Observer:
 
 
 @contextlib.asynccontextmanager
-async def deliverer(amqp_url: str, **overrides: object) -> AsyncIterator[Settings]:
+async def deliverer(amqp_url: str, *, resolver: AbstractResolver | None = None,
+                    **overrides: object) -> AsyncIterator[Settings]:
     settings = Settings.model_validate({
         "amqp_url": amqp_url, "port": free_port(), "retry_schedule": SCHEDULE,
         "allowed_networks": "127.0.0.0/8", "shutdown_grace": 2.0, **overrides})
-    stop = await start(settings)
+    stop = await start(settings, resolver=resolver)
     try:
         yield settings
     finally:

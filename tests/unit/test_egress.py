@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 from services.deliverer.app import make_session
 from services.deliverer.settings import Settings
 from services.deliverer.ssrf import VettingResolver
+from shared.address_registry import ROWS, Row
 from shared.egress import (
     BlockedAddressError,
     check_destination,
     check_url,
     parse_networks,
     refusal,
+    special_row,
 )
 
 REFUSED = [
@@ -24,13 +26,21 @@ REFUSED = [
     "169.254.169.254", "100.64.0.1", "100.127.255.254",
     "0.0.0.0",  # noqa: S104 - an address to refuse, not one to bind
     "255.255.255.255", "224.0.0.1", "239.255.255.250", "240.0.0.1", "198.18.0.1",
-    "192.0.2.1", "::", "::1", "fe80::1", "fe80::1%eth0", "fc00::1", "fd12:3456::1",
-    "ff02::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:8.8.8.8",
+    "192.0.2.1", "192.88.99.1", "::", "::1", "fe80::1", "fe80::1%eth0", "fc00::1",
+    "fd12:3456::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254",
+    "::127.0.0.1", "::a9fe:a9fe",  # IPv4-compatible forms (issue #18)
+    "::ffff:0:127.0.0.1", "::ffff:0:a9fe:a9fe",  # IPv4-translated forms (issue #18)
     "64:ff9b::a9fe:a9fe",  # NAT64 of the metadata address (is_global on 3.11)
-    "64:ff9b::808:808", "64:ff9b:1::a00:1",
+    "64:ff9b:1::a00:1", "64:ff9b:1::808:808",  # local-use NAT64: embedding unknown
     "2002:a9fe:a9fe::1",  # 6to4 of the metadata address (is_global on 3.11)
-    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
-    "2001:db8::1",
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo, client 192.0.2.45 (documentation)
+    "2001:db8::1", "3fff::1", "5f00::1",
+]
+
+EMBEDDING_PUBLIC = [
+    "::ffff:8.8.8.8", "::8.8.8.8", "::ffff:0:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1",
+    # Teredo: server 65.54.227.120, client 8.8.8.8 (obfuscated: every bit inverted)
+    "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
 ]
 
 
@@ -39,23 +49,151 @@ def test_non_public_addresses_are_refused(address: str) -> None:
     assert refusal(address) is not None
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"])
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111",
+                                     *EMBEDDING_PUBLIC])
 def test_public_addresses_are_allowed(address: str) -> None:
     assert refusal(address) is None
 
 
-@given(st.sampled_from(["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
-                        "127.0.0.0/8", "169.254.0.0/16", "fc00::/7", "64:ff9b::/96",
-                        "2002::/16", "::ffff:0:0/96"]), st.integers(min_value=0))
-def test_every_address_of_a_refused_range_is_refused(net: str, offset: int) -> None:
-    network = ipaddress.ip_network(net)
-    assert refusal(network[offset % network.num_addresses]) is not None
+# One case per row of shared.address_registry: an address inside the row, and the reason it
+# must be refused with. Rows that carry an IPv4 address get a private one inside (refused,
+# naming it) and a public one (allowed). A row added without a case here fails the coverage
+# test below.
+ROW_CASES: dict[str, tuple[str, str, str | None]] = {
+    # network: (address inside, expected reason, embedding of a public address or None)
+    "0.0.0.0/8": ("0.1.2.3", "this network (unspecified)", None),
+    "10.0.0.0/8": ("10.255.0.1", "private", None),
+    "100.64.0.0/10": ("100.100.100.200", "carrier-grade NAT", None),  # Alibaba metadata
+    "127.0.0.0/8": ("127.0.0.53", "loopback", None),
+    "169.254.0.0/16": ("169.254.169.254", "link-local (cloud metadata)", None),
+    "172.16.0.0/12": ("172.20.0.1", "private", None),
+    "192.0.0.0/24": ("192.0.0.100", "IETF protocol assignments", None),
+    "192.0.0.0/29": ("192.0.0.1", "IPv4 service continuity prefix", None),
+    "192.0.0.8/32": ("192.0.0.8", "IPv4 dummy address", None),
+    "192.0.0.9/32": ("192.0.0.9", "PCP anycast", None),
+    "192.0.0.10/32": ("192.0.0.10", "TURN anycast", None),
+    "192.0.0.170/32": ("192.0.0.170", "NAT64/DNS64 discovery", None),
+    "192.0.0.171/32": ("192.0.0.171", "NAT64/DNS64 discovery", None),
+    "192.0.2.0/24": ("192.0.2.77", "documentation", None),
+    "192.31.196.0/24": ("192.31.196.1", "AS112 anycast", None),
+    "192.52.193.0/24": ("192.52.193.1", "AMT anycast", None),
+    "192.88.99.0/24": ("192.88.99.1", "6to4 relay anycast (deprecated)", None),
+    "192.88.99.2/32": ("192.88.99.2", "6a44 relay anycast", None),
+    "192.168.0.0/16": ("192.168.0.1", "private", None),
+    "192.175.48.0/24": ("192.175.48.6", "AS112 direct delegation", None),
+    "198.18.0.0/15": ("198.19.255.255", "benchmarking", None),
+    "198.51.100.0/24": ("198.51.100.7", "documentation", None),
+    "203.0.113.0/24": ("203.0.113.9", "documentation", None),
+    "224.0.0.0/4": ("239.255.255.250", "multicast", None),
+    "240.0.0.0/4": ("240.0.0.1", "reserved", None),
+    "255.255.255.255/32": ("255.255.255.255", "limited broadcast", None),
+    "::/128": ("::", "unspecified", None),
+    "::1/128": ("::1", "loopback", None),
+    "::/96": ("::a9fe:a9fe", "IPv4-compatible IPv6 (deprecated) form of 169.254.169.254, "
+              "link-local (cloud metadata)", "::8.8.8.8"),
+    "::ffff:0:0/96": ("::ffff:10.0.0.1", "IPv4-mapped IPv6 form of 10.0.0.1, private",
+                      "::ffff:8.8.4.4"),
+    "::ffff:0:0:0/96": ("::ffff:0:127.0.0.1", "IPv4-translated IPv6 form of 127.0.0.1, "
+                        "loopback", "::ffff:0:1.1.1.1"),
+    "64:ff9b::/96": ("64:ff9b::a9fe:a9fe", "NAT64 form of 169.254.169.254, link-local "
+                     "(cloud metadata)", "64:ff9b::808:808"),
+    "64:ff9b:1::/48": ("64:ff9b:1::808:808", "local-use NAT64", None),
+    "100::/64": ("100::1", "discard-only", None),
+    "100:0:0:1::/64": ("100:0:0:1::1", "dummy IPv6 prefix", None),
+    "2001::/23": ("2001:5::1", "IETF protocol assignments", None),
+    "2001::/32": ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo form of 192.0.2.45, "
+                  "documentation", "2001:0:4136:e378:8000:63bf:f7f7:f7f7"),
+    "2001:1::1/128": ("2001:1::1", "PCP anycast", None),
+    "2001:1::2/128": ("2001:1::2", "TURN anycast", None),
+    "2001:1::3/128": ("2001:1::3", "DNS-SD SRP anycast", None),
+    "2001:2::/48": ("2001:2::1", "benchmarking", None),
+    "2001:3::/32": ("2001:3::1", "AMT", None),
+    "2001:4:112::/48": ("2001:4:112::1", "AS112", None),
+    "2001:10::/28": ("2001:10::1", "ORCHID (deprecated)", None),
+    "2001:20::/28": ("2001:20::1", "ORCHIDv2", None),
+    "2001:30::/28": ("2001:30::1", "drone remote ID (DET)", None),
+    "2001:db8::/32": ("2001:db8::1", "documentation", None),
+    "2002::/16": ("2002:c0a8:101::1", "6to4 form of 192.168.1.1, private", "2002:808:808::1"),
+    "2620:4f:8000::/48": ("2620:4f:8000::42", "AS112 direct delegation", None),
+    "3fff::/20": ("3fff:fff::1", "documentation", None),
+    "5f00::/16": ("5f00:1::1", "SRv6 SIDs", None),
+    "fc00::/7": ("fd00::1", "unique local (private)", None),
+    "fe80::/10": ("fe80::1", "link-local", None),
+    "fec0::/10": ("fec0::1", "site-local (deprecated)", None),
+    "ff00::/8": ("ff02::1", "multicast", None),
+}
+
+
+def test_every_row_of_the_table_has_a_case() -> None:
+    assert sorted(ROW_CASES) == sorted(str(row.network) for row in ROWS)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: str(r.network))
+def test_each_special_purpose_row(row: Row) -> None:
+    address, reason, public_inside = ROW_CASES[str(row.network)]
+    ip = ipaddress.ip_address(address)
+    assert ip in row.network and special_row(ip) == row
+    assert refusal(address) == reason
+    # its first and last addresses are refused too, whatever lies between
+    for edge in (row.network[0], row.network[-1]):
+        assert refusal(edge) is not None, edge
+    if row.embeds is None:
+        assert public_inside is None
+    else:  # a form that carries a public IPv4 address may be delivered to
+        assert public_inside is not None and ipaddress.ip_address(public_inside) in row.network
+        assert refusal(public_inside) is None
+
+
+@given(st.sampled_from([row for row in ROWS if row.embeds is None]), st.integers(min_value=0))
+def test_every_address_of_a_refused_range_is_refused(row: Row, offset: int) -> None:
+    assert refusal(row.network[offset % row.network.num_addresses]) is not None
 
 
 def test_the_reason_names_the_range() -> None:
     assert refusal("169.254.169.254") == "link-local (cloud metadata)"
     assert refusal("100.64.1.1") == "carrier-grade NAT"
-    assert refusal("64:ff9b::a9fe:a9fe") == "NAT64"
+    assert refusal("64:ff9b::a9fe:a9fe") == (
+        "NAT64 form of 169.254.169.254, link-local (cloud metadata)")
+
+
+ipv4s = st.integers(min_value=0, max_value=2**32 - 1).map(ipaddress.IPv4Address)
+PUBLIC_V4 = int(ipaddress.IPv4Address("65.54.227.120"))  # RFC 4380's Teredo server
+
+
+def forms(v4: ipaddress.IPv4Address) -> dict[str, ipaddress.IPv6Address]:
+    """Every IPv6 form that carries ``v4`` (Teredo: as its client, a public server)."""
+    n = int(v4)
+    return {
+        "mapped": ipaddress.IPv6Address(0xFFFF_0000_0000 | n),
+        "compatible": ipaddress.IPv6Address(n),
+        "translated": ipaddress.IPv6Address(0xFFFF_0000_0000_0000 | n),
+        "nat64": ipaddress.IPv6Address((0x64FF9B << 96) | n),
+        "6to4": ipaddress.IPv6Address((0x2002 << 112) | (n << 80) | 1),
+        "teredo client": ipaddress.IPv6Address((0x2001_0000 << 96) | (PUBLIC_V4 << 64)
+                                               | (0x8000_63BF << 32) | (n ^ 0xFFFF_FFFF)),
+        "teredo server": ipaddress.IPv6Address((0x2001_0000 << 96) | (n << 64)
+                                               | (0x8000_63BF << 32) | (PUBLIC_V4 ^ 0xFFFF_FFFF)),
+    }
+
+
+@given(ipv4s)
+def test_an_ipv6_form_is_refused_exactly_when_the_ipv4_address_inside_is(
+        v4: ipaddress.IPv4Address) -> None:
+    inside = refusal(v4)
+    for name, form in forms(v4).items():
+        assert (refusal(form) is None) == (inside is None), (name, str(form), inside)
+        if inside is not None and form not in (ipaddress.IPv6Address("::"),
+                                                ipaddress.IPv6Address("::1")):
+            # (:: and ::1 are rows of their own: unspecified, loopback)
+            assert str(v4) in (refusal(form) or ""), (name, str(form))
+
+
+@given(ipv4s)
+def test_an_allowed_ipv4_network_allows_its_ipv6_forms(v4: ipaddress.IPv4Address) -> None:
+    allowed = (ipaddress.ip_network(f"{v4}/32"),)
+    assert refusal(v4, allowed) is None
+    for name in ("mapped", "nat64", "6to4"):
+        assert refusal(forms(v4)[name], allowed) is None, name
 
 
 def test_allow_list_opens_chosen_networks_only() -> None:
