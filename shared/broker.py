@@ -62,7 +62,8 @@ class Delivery:
     delivery is consumed three times on its way.
     """
 
-    __slots__ = ("_channel", "_tag", "body", "headers", "message_id", "redelivered", "type")
+    __slots__ = ("_channel", "_tag", "body", "exchange", "headers", "message_id", "redelivered",
+                 "routing_key", "type")
 
     def __init__(self, message: aiormq.abc.DeliveredMessage) -> None:
         properties = message.header.properties
@@ -70,6 +71,10 @@ class Delivery:
         self.headers: dict[str, Any] = properties.headers or {}
         self.message_id: str | None = properties.message_id
         self.type: str | None = properties.message_type
+        # where the publisher sent it ("" is the default exchange): ingest holds an event's
+        # routing key to its type (services/ingest/handlers.py, route_refusal)
+        self.exchange: str | None = message.exchange
+        self.routing_key: str | None = message.routing_key
         self.redelivered: bool = bool(message.redelivered)
         self._channel = message.channel
         self._tag = message.delivery_tag

@@ -24,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import ValidationError
 
+from shared import strict_json
 from shared.contracts import Role
 
 log = structlog.get_logger("dihya.web")
@@ -67,7 +68,9 @@ def validation_error(exc: ValidationError) -> web.HTTPException:
 
 
 async def read_json(request: web.Request, max_bytes: int) -> Any:
-    """Read a JSON body with the checks a public API owes: type, size, syntax."""
+    """Read a JSON body with the checks a public API owes: type, size, and the JSON rule of
+    :mod:`shared.strict_json` (400 ``invalid_json``, ``non_finite_number`` or
+    ``duplicate_key``)."""
     ctype = request.content_type
     if ctype != "application/json":
         raise error(415, "unsupported_media_type", "Send the body as application/json.")
@@ -82,9 +85,9 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
             raise error(413, "body_too_large", f"The body exceeds {max_bytes} bytes.")
         chunks.append(chunk)
     try:
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError as exc:
-        raise error(400, "invalid_json", f"The body is not valid JSON: {exc}") from None
+        return strict_json.loads(b"".join(chunks))
+    except strict_json.JsonRuleError as exc:
+        raise error(400, exc.code, f"The body breaks the JSON rule: {exc.message}.") from None
 
 
 def hash_token(token: str) -> str:

@@ -59,6 +59,7 @@ async def start(settings: Settings) -> Stop:
     await declare_topology(connection)
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
     events = EventHandler(store, publisher, max_fanout=settings.max_fanout,
+                          max_bytes=settings.max_body_bytes,
                           window_seconds=settings.idempotency_window,
                           catalog=catalog, unknown_event_types=settings.unknown_event_types)
     events.start()

@@ -13,7 +13,9 @@ and an unknown type is refused when ``DIHYA_INGEST_UNKNOWN_EVENT_TYPES`` is ``re
 
 A message that cannot be an event, or whose type is refused, is parked in
 ``dihya.ingest.events.dead`` with its reason and audited, then acked: a bad message never stops
-the consumer nor blocks the ones behind it.
+the consumer nor blocks the ones behind it. The same limits as over HTTP hold
+(:func:`~services.ingest.handlers.decode`: ``DIHYA_INGEST_MAX_BODY_BYTES`` and the JSON rule),
+and an event's routing key must be its type (:func:`~services.ingest.handlers.route_refusal`).
 
 Endpoints that are disabled but subscribed get a *held* delivery instead of a job: stored
 (committed before anything is published) and audited as ``delivery.held``, so re-enabling the
@@ -57,6 +59,7 @@ from services.ingest.handlers import (
     hold,
     plan,
     rejected_fact,
+    route_refusal,
     screen,
     seen_recently,
 )
@@ -126,8 +129,9 @@ class EventHandler:
     """``Consumer`` handler for the ingest events queue."""
 
     def __init__(self, store: Store, publisher: Publisher, *, max_fanout: int,
-                 window_seconds: int = 0, catalog: Catalog | None = None,
+                 max_bytes: int, window_seconds: int = 0, catalog: Catalog | None = None,
                  unknown_event_types: UnknownPolicy = "accept") -> None:
+        self._max_bytes = max_bytes
         self._catalog = catalog or bundled()
         self._unknown: UnknownPolicy = unknown_event_types
         self._store = store
@@ -165,12 +169,17 @@ class EventHandler:
                                           max(now for _, now in items))
 
     async def __call__(self, message: Delivery) -> None:
-        decoded = decode(message.body, message.type)
+        decoded = decode(message.body, message.type, max_bytes=self._max_bytes)
         if isinstance(decoded, Rejection):
             await self._reject(message, decoded)
             return
         now = utcnow()
         event = complete(decoded, message_id=message.message_id, now=now)
+        misrouted = route_refusal(event, exchange=message.exchange,
+                                  routing_key=message.routing_key)
+        if misrouted is not None:
+            await self._reject(message, misrouted, event_id=event.id)
+            return
         screened = screen(event, self._catalog, self._unknown)
         if isinstance(screened, Rejection):
             await self._reject(message, screened, event_id=event.id)

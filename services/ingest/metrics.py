@@ -43,9 +43,9 @@ EVENTS_ACCEPTED = Counter(
 )
 EVENTS_REJECTED = Counter(
     "dihya_ingest_events_rejected",
-    "Events refused, by event type and reason (invalid_json, schema_invalid, "
-    "unsupported_type, fanout_limit, unknown_event_type; http_invalid for a 4xx on "
-    "POST /v1/events).",
+    "Events refused, by event type and reason (invalid_json, non_finite_number, "
+    "duplicate_key, body_too_large, schema_invalid, unsupported_type, routing_key_mismatch, "
+    "fanout_limit, unknown_event_type; http_invalid for a 422 on POST /v1/events).",
     ["event_type", "reason"],
 )
 FANOUT_JOBS = Counter(

@@ -23,10 +23,13 @@ from services.ingest.handlers import (
     key_is_fresh,
     plan,
     rejected_fact,
+    route_refusal,
 )
+from shared import topology
 from shared.contracts import DeliveryJob, Event, encode
 
 NOW = datetime(2025, 5, 20, 12, 0, tzinfo=UTC)
+MAX = 262_144  # DIHYA_INGEST_MAX_BODY_BYTES's default
 TEMPLATE = {"event": "template.created", "timestamp": "2025-05-20T12:00:00Z", "lang": "fr",
             "data": {"template_id": "abc123", "user_id": "user42",
                      "details": {"fr": "Modèle créé", "en": "Template created"}}}
@@ -106,13 +109,13 @@ def test_complete_fills_id_and_timestamp_only_when_missing() -> None:
 
 def test_decode_accepts_the_guide_template_with_or_without_type_property() -> None:
     body = orjson.dumps(TEMPLATE)
-    assert isinstance(decode(body, None), Event)
-    assert isinstance(decode(body, Event.TYPE), Event)
+    assert isinstance(decode(body, None, max_bytes=MAX), Event)
+    assert isinstance(decode(body, Event.TYPE, max_bytes=MAX), Event)
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"", b"\xff\xfe{}", b'{"event": "a.b",'])
 def test_decode_bad_json(body: bytes) -> None:
-    result = decode(body, None)
+    result = decode(body, None, max_bytes=MAX)
     assert isinstance(result, Rejection) and result.reason == "invalid_json"
     assert result.event_type is None
 
@@ -120,7 +123,7 @@ def test_decode_bad_json(body: bytes) -> None:
 def test_decode_schema_error_names_fields_not_values() -> None:
     body = orjson.dumps({"event": "order.paid", "lang": "de-SECRET", "data": "SECRET-VALUE",
                          "password": "hunter2-SECRET"})
-    result = decode(body, None)
+    result = decode(body, None, max_bytes=MAX)
     assert isinstance(result, Rejection) and result.reason == "schema_invalid"
     assert result.event_type == "order.paid"
     for name in ("lang", "data", "password"):
@@ -130,13 +133,13 @@ def test_decode_schema_error_names_fields_not_values() -> None:
 
 @pytest.mark.parametrize("body", [b"[]", b"42", b'{"event": "Not An Event!", "data": {}}'])
 def test_decode_schema_invalid_shapes(body: bytes) -> None:
-    result = decode(body, None)
+    result = decode(body, None, max_bytes=MAX)
     assert isinstance(result, Rejection) and result.reason == "schema_invalid"
     assert result.event_type is None  # nothing well-formed to report
 
 
 def test_decode_refuses_another_contract_type() -> None:
-    result = decode(orjson.dumps(TEMPLATE), "dihya.delivery_job.v1")
+    result = decode(orjson.dumps(TEMPLATE), "dihya.delivery_job.v1", max_bytes=MAX)
     assert isinstance(result, Rejection) and result.reason == "unsupported_type"
     assert result.event_type == "template.created"
 
@@ -183,3 +186,70 @@ def test_plan_and_hold_copy_each_endpoints_own_retry_schedule() -> None:
     assert DeliveryJob.model_validate_json(encode(jobs["ep_once"])) == jobs["ep_once"]
     [held] = hold(ev, endpoints)
     assert held.job.endpoint_id == "ep_off" and held.job.retry_schedule_ms == (2000,)
+
+
+# -- the limits both doors share, and the routing key (issue #18) ---------------------------
+
+
+def test_decode_refuses_a_body_over_the_limit_before_reading_it() -> None:
+    body = orjson.dumps({**TEMPLATE, "data": {"blob": "x" * 2000}})
+    assert isinstance(decode(body, None, max_bytes=len(body)), Event)
+    result = decode(body, None, max_bytes=len(body) - 1)
+    assert isinstance(result, Rejection) and result.reason == "body_too_large"
+    assert str(len(body)) in result.error and "DIHYA_INGEST_MAX_BODY_BYTES" in result.error
+    garbage = b"{" * 5000  # not even JSON: the size decides first, nothing is parsed
+    assert decode(garbage, None, max_bytes=1024) == Rejection(
+        "body_too_large", "the body is 5000 bytes; the limit is 1024 "
+        "(DIHYA_INGEST_MAX_BODY_BYTES)")
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b'{"event": "order.paid", "data": {"n": NaN}}', "non_finite_number"),
+    (b'{"event": "order.paid", "data": {"n": [Infinity]}}', "non_finite_number"),
+    (b'{"event": "order.paid", "data": {"n": -Infinity}}', "non_finite_number"),
+    (b'{"event": "order.paid", "data": {"n": 1e999}}', "non_finite_number"),
+    (b'{"event": "order.paid", "data": {"a": 1, "a": 2}}', "duplicate_key"),
+    (b'{"event": "order.paid", "data": {}, "event": "order.paid"}', "duplicate_key"),
+])
+def test_decode_applies_the_json_rule_and_still_names_the_type(body: bytes, reason: str
+                                                                ) -> None:
+    result = decode(body, None, max_bytes=MAX)
+    assert isinstance(result, Rejection) and result.reason == reason
+    assert result.event_type == "order.paid"
+
+
+def test_decode_refuses_the_smuggled_second_type() -> None:
+    # before: the last "event" won, and a publisher allowed "order.*" announced admin.reset
+    body = b'{"event": "order.paid", "data": {}, "event": "admin.reset"}'
+    result = decode(body, None, max_bytes=MAX)
+    assert isinstance(result, Rejection) and result.reason == "duplicate_key"
+    assert "'event'" in result.error
+
+
+@pytest.mark.parametrize(("exchange", "routing_key", "refused"), [
+    (topology.EVENTS_EXCHANGE, "template.created", False),
+    (topology.EVENTS_EXCHANGE, "template.deleted", True),
+    (topology.EVENTS_EXCHANGE, "template.#", True),
+    (topology.EVENTS_EXCHANGE, "", True),
+    (topology.EVENTS_EXCHANGE, None, True),
+    ("", topology.INGEST_EVENTS, False),  # put back from the parking queue by an operator
+    ("", "template.created", False),
+    ("", "other.queue", True),
+    ("some.exchange", topology.INGEST_EVENTS, True),
+])
+def test_route_refusal(exchange: str, routing_key: str | None, refused: bool) -> None:
+    result = route_refusal(event(), exchange=exchange, routing_key=routing_key)
+    if not refused:
+        assert result is None
+    else:
+        assert result is not None and result.reason == "routing_key_mismatch"
+        assert result.event_type == "template.created"
+        assert "template.created" in result.error
+
+
+@given(st.from_regex(r"[a-z]{1,8}(\.[a-z]{1,8}){0,3}", fullmatch=True),
+       st.from_regex(r"[a-z]{1,8}(\.[a-z]{1,8}){0,3}", fullmatch=True))
+def test_only_the_events_own_type_routes_it(event_type: str, routing_key: str) -> None:
+    ev = Event(event=event_type, data={})
+    result = route_refusal(ev, exchange=topology.EVENTS_EXCHANGE, routing_key=routing_key)
+    assert (result is None) == (routing_key == event_type)
