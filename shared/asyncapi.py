@@ -30,10 +30,20 @@ DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
 _CHANNELS: list[tuple[str, str, str, tuple[type[Contract], ...], str]] = [
     # (channel id, exchange, routing key, payloads, who publishes → who consumes)
     ("events", topology.EVENTS_EXCHANGE, "{eventType}", (Event,),
-     "Platform services publish domain events here (routing key = event type, e.g. "
-     "`template.created`); ingest consumes them from `dihya.ingest.events`. Set the AMQP "
+     "Platform services publish domain events here; ingest consumes them from "
+     "`dihya.ingest.events`. The routing key must be the event's type (its `event` field, e.g. "
+     "`template.created`): RabbitMQ topic permissions on routing keys then bind which types "
+     "each publisher may announce. Set the AMQP "
      f"`type` property to `{EVENT_TYPE_TAG}` (optional) and a `message_id` (recommended: a "
-     "redelivered message then keeps its event id). Persistent messages, publisher confirms."),
+     "redelivered message then keeps its event id). Persistent messages, publisher confirms. "
+     "The limits of `POST /v1/events` hold here too: a body of at most "
+     "`DIHYA_INGEST_MAX_BODY_BYTES` bytes (262144 by default), valid UTF-8 JSON with no NaN, "
+     "Infinity, -Infinity or number beyond a double's range, no key twice in one object, and "
+     "at most 200 levels of nesting. An event that breaks a rule is not delivered: it is "
+     "parked in `dihya.ingest.events.dead` with the reason in its `x-dihya-reason` header "
+     "(`body_too_large`, `invalid_json`, `non_finite_number`, `duplicate_key`, "
+     "`schema_invalid`, `unsupported_type`, `routing_key_mismatch`, `unknown_event_type`, "
+     "`fanout_limit`) and audited as `event.rejected`."),
     ("sign", topology.WORK_EXCHANGE, topology.SIGN, (DeliveryJob, DeliveryJobBatch),
      "Ingest (fan-out) and the retry tiers → signer (`dihya.signer.jobs`). Ingest sends the "
      "jobs that pile up while its last batch awaits its confirm as one batch; a retry is one "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -258,3 +259,9 @@ async def test_session_caps_connections_per_host() -> None:
         assert session.connector.limit == 50
     finally:
         await session.close()
+
+
+def test_the_security_page_lists_every_row() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "security-rules.md").read_text()
+    for row in ROWS:
+        assert f"| `{row.network}` | {row.name} | {row.source} |" in page, row.network
