@@ -731,7 +731,11 @@ ROUTES: tuple[Route, ...] = (
           "enabled endpoint whose patterns match its type, its `details` completed from the "
           "event-type catalog in the languages it lacks. With "
           "DIHYA_INGEST_UNKNOWN_EVENT_TYPES=refuse, a type not in the catalog gets 422 "
-          "`unknown_event_type`.",
+          "`unknown_event_type`. The limits of the AMQP door hold here too: a body (and the "
+          "event, its id and timestamp filled in) of at most DIHYA_INGEST_MAX_BODY_BYTES "
+          "(413 `body_too_large`); JSON without NaN, Infinity or out-of-range numbers "
+          "(400 `non_finite_number`) and without a key twice in one object "
+          "(400 `duplicate_key`).",
           ("publisher", "admin"), body=Event, responses={202: EventAccepted},
           errors=(*_AUTH, *_BODY, 503),
           headers={IDEMPOTENCY_HEADER: "Optional, ≤ 255 printable ASCII characters. The same "
