@@ -51,12 +51,14 @@ import structlog
 from services.ingest import metrics
 from services.ingest.catalog import Catalog, UnknownPolicy, bundled
 from services.ingest.handlers import (
+    ROUTED_AS_HEADER,
     Rejection,
     accepted_fact,
     complete,
     decode,
     held_fact,
     hold,
+    moved_in,
     plan,
     rejected_fact,
     route_refusal,
@@ -176,7 +178,7 @@ class EventHandler:
         now = utcnow()
         event = complete(decoded, message_id=message.message_id, now=now)
         misrouted = route_refusal(event, exchange=message.exchange,
-                                  routing_key=message.routing_key)
+                                  routing_key=message.routing_key, headers=message.headers)
         if misrouted is not None:
             await self._reject(message, misrouted, event_id=event.id)
             return
@@ -234,9 +236,13 @@ class EventHandler:
     async def _reject(self, message: Delivery, rejection: Rejection,
                       *, event_id: str | None = None) -> None:
         fact = rejected_fact(rejection, utcnow(), event_id=event_id)
+        headers = dict(message.headers)
+        if not moved_in(message.exchange, message.routing_key):  # moved back: keep the first
+            headers[ROUTED_AS_HEADER] = message.routing_key or ""
         await confirm_all([
-            self._publisher.park(topology.INGEST_EVENTS, message, reason=rejection.reason,
-                                 error=rejection.error),
+            self._publisher.park_body(topology.INGEST_EVENTS, message.body,
+                                      reason=rejection.reason, error=rejection.error,
+                                      headers=headers, type=message.type),
             self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact),
         ])
         metrics.rejected(rejection.event_type, rejection.reason)

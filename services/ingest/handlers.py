@@ -270,20 +270,36 @@ def decode(body: bytes, amqp_type: str | None, *, max_bytes: int) -> Event | Rej
         return Rejection("schema_invalid", describe(exc), peek_type(body))
 
 
-def route_refusal(event: Event, *, exchange: str | None, routing_key: str | None
-                  ) -> Rejection | None:
+ROUTED_AS_HEADER = "x-dihya-routing-key"
+"""Header of an event ingest parks: the routing key it was published with, so that the rule
+still holds when an operator moves it back (:func:`route_refusal`)."""
+
+
+def moved_in(exchange: str | None, routing_key: str | None) -> bool:
+    """Was the message put straight into the ingest queue (default exchange, the queue's name
+    as routing key), as a shovel or the management UI's "move messages" does?"""
+    return exchange == "" and routing_key == topology.INGEST_EVENTS
+
+
+def route_refusal(event: Event, *, exchange: str | None, routing_key: str | None,
+                  headers: Mapping[str, Any] | None = None) -> Rejection | None:
     """Why an event consumed over AMQP may not enter by the way it was routed, or ``None``.
 
     Its routing key must be its type (``event``): what RabbitMQ's topic permissions check on
     the events exchange is the routing key, so only then do they bind what a publisher may
-    announce. One other way in is taken: a message put straight into the ingest queue through
-    the default exchange (routing key = the queue's name) — how a shovel or the management
-    UI's "move messages" returns a parked event — which needs write permission on the default
-    exchange, never granted to platform publishers.
+    announce. A message moved straight into the ingest queue (:func:`moved_in`; it needs write
+    permission on the default exchange, never granted to platform publishers) is judged by the
+    routing key it was first published with, which ingest records when it parks an event
+    (:data:`ROUTED_AS_HEADER`): moving the whole parking queue back, once a fan-out limit is
+    raised say, does not let a misrouted event through. Without that header (an operator's own
+    message) the body alone decides.
     """
+    if moved_in(exchange, routing_key):
+        routed_as = (headers or {}).get(ROUTED_AS_HEADER)
+        if routed_as is None:
+            return None
+        routing_key = _text(routed_as)
     if routing_key == event.event:
-        return None
-    if exchange == "" and routing_key == topology.INGEST_EVENTS:
         return None
     shown = (routing_key or "")[:130]
     return Rejection("routing_key_mismatch",

@@ -25,6 +25,7 @@ from cryptography.fernet import Fernet
 from demo.receiver import Receiver
 from services.deliverer.app import start as start_deliverer
 from services.deliverer.settings import Settings as DelivererSettings
+from services.ingest.handlers import ROUTED_AS_HEADER
 from services.signer.app import start as start_signer
 from services.signer.settings import Settings as SignerSettings
 from shared import topology
@@ -112,6 +113,20 @@ async def test_amqp_events_over_the_limits_are_parked_audited_and_never_delivere
             broker, lambda m: _text((m.headers or {}).get("x-test", "")).partition(":")[2]
             if _text((m.headers or {}).get("x-test", "")).startswith(run) else None, set(bad))
 
+        # moving the misrouted event back (a shovel keeps body and headers) does not let it
+        # in: it is judged by the routing key it was first published with, and parked again
+        misrouted = parked["routing_key_mismatch"]
+        channel = await broker.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(aio_pika.Message(
+            misrouted.body, headers={**(misrouted.headers or {}), "x-test": f"{run}:again"},
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT), topology.INGEST_EVENTS,
+            mandatory=True, timeout=10)
+        await channel.close()
+        await obs.wait(lambda _: len(obs.facts("event.rejected")) > len(bad))
+        again = await take_parked(
+            broker, lambda m: "again" if _text((m.headers or {}).get("x-test", "")) == (
+                f"{run}:again") else None, {"again"})
+
     assert set(facts) == set(bad)
     assert facts["body_too_large"]["error"] == (
         f"the body is {len(bad['body_too_large'][1])} bytes; the limit is {LIMIT} "
@@ -128,16 +143,22 @@ async def test_amqp_events_over_the_limits_are_parked_audited_and_never_delivere
         headers = message.headers or {}
         assert _text(headers[topology.REASON_HEADER]) == reason
         assert _text(headers[topology.SOURCE_HEADER]) == topology.INGEST_EVENTS
+        assert _text(headers[ROUTED_AS_HEADER]) == bad[reason][0]
         assert message.body == bad[reason][1]  # kept verbatim, 5 MB included
+    [second] = [f for f in obs.facts("event.rejected") if f["id"] != route["id"]
+                and f["reason"] == "routing_key_mismatch"]
+    assert second["event_id"] == f"evt_route_{run}"
+    assert _text((again["again"].headers or {})[ROUTED_AS_HEADER]) == "limits.orders"
 
     # never delivered: no job was published for any of them, and the receiver got none
     assert all(obs.jobs(event_id) == [] for event_id in bad_ids)
     assert not obs.facts("event.accepted", event_id=f"evt_route_{run}")
     received = {d.json["id"] for d in receiver.received(name)}
     assert received == {good, moved}
-    print(f"books: published {len(bad) + 2}, accepted 2, delivered {len(received)}, "
-          f"parked {len(parked)} ({', '.join(sorted(parked))}), audited "
-          f"{len(facts)} rejections, lost 0, duplicates 0")
+    print(f"books: published {len(bad) + 3} (one a misrouted event moved back), accepted 2, "
+          f"delivered {len(received)}, parked {len(parked) + len(again)} "
+          f"({', '.join(sorted(parked))}, routing_key_mismatch again), audited "
+          f"{len(obs.facts('event.rejected'))} rejections, lost 0, duplicates 0")
 
 
 async def test_http_refuses_the_same_inputs_with_a_code(

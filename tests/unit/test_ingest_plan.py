@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.ingest.handlers import (
+    ROUTED_AS_HEADER,
     Endpoint,
     Rejection,
     accepted_fact,
@@ -232,13 +233,14 @@ def test_decode_refuses_the_smuggled_second_type() -> None:
     (topology.EVENTS_EXCHANGE, "template.#", True),
     (topology.EVENTS_EXCHANGE, "", True),
     (topology.EVENTS_EXCHANGE, None, True),
-    ("", topology.INGEST_EVENTS, False),  # put back from the parking queue by an operator
+    ("", topology.INGEST_EVENTS, False),  # an operator's own message, put into the queue
     ("", "template.created", False),
     ("", "other.queue", True),
     ("some.exchange", topology.INGEST_EVENTS, True),
 ])
 def test_route_refusal(exchange: str, routing_key: str | None, refused: bool) -> None:
-    result = route_refusal(event(), exchange=exchange, routing_key=routing_key)
+    result = route_refusal(event(), exchange=exchange, routing_key=routing_key,
+                           headers={"x-other": "1"})
     if not refused:
         assert result is None
     else:
@@ -253,3 +255,20 @@ def test_only_the_events_own_type_routes_it(event_type: str, routing_key: str) -
     ev = Event(event=event_type, data={})
     result = route_refusal(ev, exchange=topology.EVENTS_EXCHANGE, routing_key=routing_key)
     assert (result is None) == (routing_key == event_type)
+
+
+@pytest.mark.parametrize(("routed_as", "refused"), [
+    ("template.created", False), (b"template.created", False),  # e.g. parked: fan-out limit
+    ("template.deleted", True), (b"order.#", True), ("", True),
+])
+def test_a_parked_event_moved_back_is_judged_by_its_first_routing_key(
+        routed_as: str | bytes, refused: bool) -> None:
+    result = route_refusal(event(), exchange="", routing_key=topology.INGEST_EVENTS,
+                           headers={ROUTED_AS_HEADER: routed_as})
+    assert (result is not None) == refused
+    if result is not None:
+        assert result.reason == "routing_key_mismatch"
+    # the header means nothing on the events exchange: the real routing key decides
+    assert route_refusal(event(), exchange=topology.EVENTS_EXCHANGE,
+                         routing_key="template.deleted",
+                         headers={ROUTED_AS_HEADER: "template.created"}) is not None
