@@ -39,7 +39,9 @@ class Route:
 
 
 _ERRORS = {
-    400: "The body is not valid JSON.",
+    400: "The body breaks the JSON rule; `code` says how: `invalid_json` (not JSON, or nested "
+         "deeper than 200 levels), `non_finite_number` (NaN, Infinity or a number beyond a "
+         "double's range), `duplicate_key` (a key twice in one object).",
     401: "No token, or an unknown or revoked one.",
     403: "The token's role may not do this.",
     404: "No such resource.",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -265,3 +267,33 @@ def test_the_security_page_lists_every_row() -> None:
     page = (Path(__file__).resolve().parents[2] / "docs" / "security-rules.md").read_text()
     for row in ROWS:
         assert f"| `{row.network}` | {row.name} | {row.source} |" in page, row.network
+
+
+class _Answers(AbstractResolver):
+    """A name server answering from a fixed list (the resolver the guard wraps)."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.addresses = addresses
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        return [ResolveResult(hostname=host, host=a, port=port, family=socket.AF_INET, proto=0,
+                              flags=socket.AI_NUMERICHOST) for a in self.addresses]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_the_guard_keeps_the_allowed_answers_and_says_why_it_refuses_the_rest() -> None:
+    mixed = VettingResolver(inner=_Answers("10.0.0.7", "8.8.8.8", "::ffff:0:a9fe:a9fe"))
+    assert [r["host"] for r in await mixed.resolve("mixed.test", 443)] == ["8.8.8.8"]
+    rebound = VettingResolver(inner=_Answers("127.0.0.2", "::1", "10.0.0.1", "fd00::1"))
+    with pytest.raises(BlockedAddressError) as caught:
+        await rebound.resolve("hooks.example.com", 443)
+    assert str(caught.value) == (
+        "hooks.example.com resolved to 127.0.0.2, ::1, 10.0.0.1 (+1 more) at delivery time, "
+        "which is refused: loopback. Not a DNS failure: the name resolved, to an address "
+        "deliveries may not reach (if it was public when the endpoint was registered, its DNS "
+        "answer changed since)")
+    with pytest.raises(BlockedAddressError, match="resolved to no address"):
+        await VettingResolver(inner=_Answers()).resolve("empty.test", 443)
