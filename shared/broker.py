@@ -480,6 +480,30 @@ class FactPublisher:
             self._kinds[fact.kind] = batcher
         await batcher.submit(fact)
 
+    async def send_until_confirmed(self, fact: AuditFact) -> None:
+        """:meth:`send`, again and again (same fact, same id) while it fails for want of the
+        broker (:func:`shared.outages.is_infrastructure`), backing off as a paused consumer
+        does; any other failure is raised.
+
+        For a fact about something done outside, that cannot be taken back — a POST: the
+        message that led to it may be redelivered and do it again (a record of its own), but
+        this one must be recorded too, even when its own message's ack is lost with the
+        connection. Audit keeps one record if the fact arrives twice. Cancellation (the
+        service stopping) ends the attempts.
+        """
+        delay = OUTAGE_FIRST
+        while True:
+            try:
+                await self.send(fact)
+                return
+            except Exception as exc:
+                if not outages.is_infrastructure(exc):
+                    raise
+                log.warning("fact_publish_retry", kind=fact.kind, fact_id=fact.id,
+                            error=outages.describe(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, OUTAGE_MAX)
+
     async def send_after(self, first: Awaitable[None], fact: AuditFact) -> None:
         """Publish ``fact`` on its own once ``first`` is confirmed — for a fact the audit log
         must show after another that travels in a lingering batch (a giving up after its
@@ -525,10 +549,11 @@ PROBE_TIMEOUT = 5.0
 """Seconds a dependency probe may take before it counts as failed (a frozen database host
 answers nothing at all)."""
 
-SUSPECT_AFTER = 5
-"""Releases after which a message that still fails with an infrastructure error while its
-dependency probes healthy counts as failing on its own (requeued with backoff, parked by the
-delivery limit): a misread error never holds a poison message for ever."""
+SUSPECT_AFTER = 10
+"""Releases after which a message that still fails with an infrastructure error although its
+dependencies answer their probes counts as failing on its own (requeued with backoff, parked
+by the delivery limit): an error misread as an outage never holds a poison message, and its
+paused queue, for ever. With the probe's backoff that is a minute or more of failures."""
 
 Probe = Callable[[], Awaitable[bool]]
 """Says whether what a consumer's handler depends on answers (its database, its broker
@@ -556,8 +581,8 @@ class Consumer:
       timeout (30 min by default) has its channel closed by the broker and is redelivered:
       one count per timeout.
 
-    ``probe`` defaults to the broker connection being up; a service whose handlers use a
-    database passes one that also pings it.
+    The dependencies answer when the broker connection is up and ``probe`` (if given: a
+    service whose handlers use a database passes one that pings it) says yes.
     """
 
     def __init__(
@@ -577,7 +602,7 @@ class Consumer:
         self._handler = handler
         self._prefetch = prefetch
         self._is_infrastructure = is_infrastructure
-        self._probe = probe or self._broker_up
+        self._probe = probe
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
@@ -705,13 +730,14 @@ class Consumer:
                     outage_s=round(loop.time() - began, 3))
 
     async def _probe_ok(self) -> bool:
+        if self._connection.is_closed or not self._connection.connected.is_set():
+            return False
+        if self._probe is None:
+            return True
         try:
             return bool(await asyncio.wait_for(self._probe(), PROBE_TIMEOUT))
         except Exception:
             return False
-
-    async def _broker_up(self) -> bool:
-        return not self._connection.is_closed and self._connection.connected.is_set()
 
     async def _cancel_consumer(self) -> None:
         """``basic.cancel``: no more deliveries, the unacked ones stay with this channel (and
