@@ -627,7 +627,8 @@ class Consumer:
 
     @property
     def ready(self) -> bool:
-        """False while an outage has paused this consumer (for the service's ``/readyz``)."""
+        """False while this consumer holds messages for an unavailable dependency (for the
+        service's ``/readyz``)."""
         return self._healthy.is_set()
 
     async def start(self) -> None:
@@ -699,12 +700,14 @@ class Consumer:
 
     def _outage(self, exc: Exception) -> None:
         """A handler met an unavailable dependency: hold (from now on) until it answers."""
-        if not self._healthy.is_set() or self._stopping:
+        if not self._healthy.is_set():
             return
         self._healthy.clear()
         self._paused.set(1)
         log.warning("dependency_outage", queue=self._queue_name, error=outages.describe(exc))
-        self._watcher = asyncio.create_task(self._watch(), name=f"outage-{self._queue_name}")
+        if not self._stopping:  # stopping: held until the grace ends, then handed back
+            self._watcher = asyncio.create_task(self._watch(),
+                                                name=f"outage-{self._queue_name}")
 
     async def _watch(self) -> None:
         """Probe with backoff until the dependencies answer, then release the held messages."""
