@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import math
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, cast
@@ -38,7 +39,7 @@ from aiormq.exceptions import AMQPConnectionError
 from prometheus_client import Counter, Gauge
 from yarl import URL
 
-from shared import outages, telemetry, topology
+from shared import nodes, outages, telemetry, topology
 from shared.batching import Batcher
 from shared.contracts import MAX_FACTS_PER_BATCH, AuditFact, AuditFactBatch, Contract, encode
 
@@ -146,12 +147,38 @@ class _DirectRobustQueue(aio_pika.RobustQueue, _DirectConsume):  # type: ignore[
     ``RobustQueue.restore``) whose consume is :class:`_DirectConsume`'s."""
 
 
-async def connect(url: str, *, service: str) -> AbstractRobustConnection:
-    """Open a robust connection (reconnects and restores consumers by itself)."""
-    return await aio_pika.connect_robust(
-        url, client_properties={"connection_name": f"dihya-{service}"}, timeout=10,
-        connection_class=_CorkedConnection,
-    )
+CONNECT_TIMEOUT = 10.0
+"""Seconds one connection attempt may take (TCP, then the AMQP handshake)."""
+NODE_CONNECT_TIMEOUT = 3.0
+"""Seconds the TCP connect to one node may take before the next node of the list is tried."""
+RECONNECT_INTERVAL = 1.0
+"""Seconds aio-pika waits after a failed reconnection attempt (its default is 5): every
+attempt already tried each node of the list once."""
+HEARTBEAT_GRACE_PERIODS = 2
+"""Heartbeat periods of silence after which aiormq gives a connection up (its default, 3,
+waits (heartbeat + 1) x 3 = 18 s at a 5 s heartbeat; 2 makes it 12 s, within the three
+heartbeats a frozen node may stall deliveries). RabbitMQ gives up a silent client after two
+periods too."""
+KEEPALIVE = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}
+"""TCP keepalive on every broker socket: a peer whose host vanished (no FIN, no RST) is noticed
+by the kernel after ~25 s of silence even where the heartbeat is off. A frozen process's kernel
+still answers keepalives: that case is the heartbeat's (see :mod:`shared.nodes`)."""
+
+
+async def connect(url: str, *, service: str,
+                  heartbeat: int = nodes.DEFAULT_HEARTBEAT) -> AbstractRobustConnection:
+    """Open a robust connection (reconnects and restores consumers by itself) to one of the
+    nodes ``url`` lists (see :mod:`shared.nodes`: a random one first, then round robin)."""
+    node_list = nodes.parse(url, heartbeat=heartbeat)
+    transport = _CorkedTransportFactory(node_list.addresses,
+                                        first=nodes.first_node(len(node_list.addresses)))
+    # what aio_pika.connect_robust does, but for the transport, which aio-pika's keyword
+    # arguments cannot carry (it copies them into the URL's query)
+    connection = _CorkedConnection(
+        node_list.url, transport=transport, reconnect_interval=RECONNECT_INTERVAL,
+        client_properties={"connection_name": f"dihya-{service}"})
+    await connection.connect(timeout=CONNECT_TIMEOUT)
+    return connection
 
 
 class CorkedWriter(asyncio.StreamWriter):
@@ -217,7 +244,14 @@ class CorkedWriter(asyncio.StreamWriter):
 
 
 class _CorkedTransportFactory(TransportFactory):
-    """aiormq's TCP/TLS transport (as ``asyncio.open_connection``) with a :class:`CorkedWriter`."""
+    """aiormq's TCP/TLS transport (as ``asyncio.open_connection``) with a :class:`CorkedWriter`,
+    to one node of the list: aiormq calls :meth:`create` for every (re)connection, and each call
+    tries the nodes in :func:`shared.nodes.failover_order` until one accepts. aiormq still
+    reads credentials, virtual host and options from its URL (the list's first)."""
+
+    def __init__(self, addresses: Sequence[tuple[str, int]] = (), *, first: int = 0) -> None:
+        self._addresses = tuple(addresses)
+        self._last = first - 1  # the node tried before the first one
 
     async def create(self, url: URL, **kwargs: Any
                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -226,13 +260,37 @@ class _CorkedTransportFactory(TransportFactory):
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=kwargs.pop("limit", 2**16), loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        try:
-            transport, _ = await loop.create_connection(  # aiormq has set the port
-                lambda: protocol, url.host or "localhost", url.port or 5672, ssl=ssl, **kwargs)
-        except OSError as exc:
-            raise AMQPConnectionError(*exc.args) from exc
-        return reader, CorkedWriter(transport, protocol, reader, loop,
-                                    min_interval=MIN_SEND_INTERVAL)
+        addresses = self._addresses or ((url.host or "localhost", url.port or 5672),)
+        failure: Exception | None = None
+        for index in nodes.failover_order(len(addresses), self._last):
+            host, port = addresses[index]
+            self._last = index  # the next attempt starts after it, whatever happens here
+            try:
+                async with asyncio.timeout(NODE_CONNECT_TIMEOUT):
+                    transport, _ = await loop.create_connection(
+                        lambda: protocol, host, port, ssl=ssl,
+                        server_hostname=host if ssl else None, **kwargs)
+            except (OSError, TimeoutError) as exc:
+                log.warning("broker_node_unreachable", node=f"{host}:{port}",
+                            error=type(exc).__name__)
+                failure = exc
+                continue
+            _keepalive(transport.get_extra_info("socket"))
+            log.info("broker_node_connected", node=f"{host}:{port}")
+            return reader, CorkedWriter(transport, protocol, reader, loop,
+                                        min_interval=MIN_SEND_INTERVAL)
+        raise AMQPConnectionError(f"no broker node answered: {failure!r}")
+
+
+def _keepalive(sock: socket.socket | None) -> None:
+    """Turn TCP keepalive on with :data:`KEEPALIVE`'s timings (where the OS has them)."""
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in KEEPALIVE.items():
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 MIN_SEND_INTERVAL = 0.003
@@ -249,17 +307,19 @@ buffer: every publish still awaits its confirm, and the prefetch bounds the hand
 
 
 class _CorkedConnection(aio_pika.RobustConnection):
-    """aio-pika's robust connection, whose every (re)connection uses corked writes."""
+    """aio-pika's robust connection, whose every (re)connection uses corked writes to a node
+    of the list (``transport_factory``, passed through to aiormq on every reconnection)."""
 
-    def __init__(self, url: URL, loop: asyncio.AbstractEventLoop | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, url: URL, loop: asyncio.AbstractEventLoop | None = None, *,
+                 transport: _CorkedTransportFactory | None = None, **kwargs: Any) -> None:
         super().__init__(url, loop=loop, **kwargs)
-        # passed through to aiormq.connect on every reconnection
-        self.kwargs["transport_factory"] = _CorkedTransportFactory()
+        self.kwargs["transport_factory"] = transport or _CorkedTransportFactory()
 
 
 # aiormq reads the size from its class when it creates a connection; there is no parameter
 aiormq.Connection.FRAME_BUFFER_SIZE = WRITE_QUEUE_FRAMES
+# idem for the heartbeat's grace (see HEARTBEAT_GRACE_PERIODS)
+aiormq.Connection.HEARTBEAT_GRACE_MULTIPLIER = HEARTBEAT_GRACE_PERIODS
 
 
 async def declare(channel: AbstractChannel, retry_delays_ms: tuple[int, ...] = (),

@@ -65,30 +65,49 @@ def _trace_ids(
 
 
 def setup(service: str, *, fmt: str = "json", level: str = "info") -> None:
-    """Configure structlog (and stdlib logging, for libraries) and tracing for ``service``."""
+    """Configure structlog and tracing for ``service``, and route the standard library's
+    logging (aio-pika, aiormq, aiohttp, asyncio, warnings, an uncaught exception) through the
+    same processors, so that every line on stdout is one JSON object, tracebacks included."""
     telemetry.setup(service)
     numeric = logging.getLevelName(level.upper())
-    logging.basicConfig(stream=sys.stdout, level=numeric, format="%(name)s %(message)s")
+    structlog.contextvars.bind_contextvars(service=service)
+    common: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _trace_ids,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    last: list[Any] = [structlog.processors.format_exc_info, _scrub_processor]
     renderer: Any
     factory: Any
     if fmt == "json":  # orjson renders bytes, written straight to stdout's buffer
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
         factory = structlog.BytesLoggerFactory(file=sys.stdout.buffer)
+        # the standard library's handler writes text: the same serializer, decoded
+        foreign: Any = structlog.processors.JSONRenderer(
+            serializer=lambda obj, **_: orjson.dumps(obj, default=str).decode())
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        renderer = foreign = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
         factory = structlog.PrintLoggerFactory(file=sys.stdout)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            _trace_ids,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            _scrub_processor,
-            renderer,
-        ],
+        processors=[*common, *last, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.bind_contextvars(service=service)
+    handler = logging.StreamHandler(sys.stdout)  # flushed after each record: lines stay whole
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*common, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *last,
+                    foreign],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    """An exception nothing caught: one JSON line (then the interpreter exits as usual)."""
+    logging.getLogger("dihya").critical("uncaught_exception", exc_info=(kind, value, tb))

@@ -10,18 +10,37 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.nodes import DEFAULT_HEARTBEAT, parse
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a refused value (a malformed URL list, say) may hold a password
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     amqp_url: SecretStr = Field(
         default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
         validation_alias="DIHYA_AMQP_URL",
-        description="RabbitMQ URL (the vhost is its path).",
+        description="RabbitMQ URL (the vhost is its path), or a comma-separated list of "
+        "one URL per node of a cluster (same credentials, vhost and options; only host and "
+        "port differ): a service starts at a random node of the list and, when its "
+        "connection is lost, tries the next ones in order, without restarting.",
     )
+    amqp_heartbeat: int = Field(
+        default=DEFAULT_HEARTBEAT, ge=0, le=60, validation_alias="DIHYA_AMQP_HEARTBEAT",
+        description="Seconds between AMQP heartbeats (0: off, not advised). A node that "
+        "stops answering (frozen, partitioned) is given up after two silent periods and "
+        "the next node of DIHYA_AMQP_URL is tried. A `heartbeat=` in the URL wins.",
+    )
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _node_list(cls, value: SecretStr) -> SecretStr:
+        parse(value.get_secret_value())  # a malformed list stops the start, loudly
+        return value
     log_format: Literal["json", "console"] = Field(
         default="json", validation_alias="DIHYA_LOG_FORMAT",
         description="`json` lines for production, `console` for humans.",

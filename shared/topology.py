@@ -203,6 +203,23 @@ def queues(retry_delays_ms: tuple[int, ...] = (),
             + defer_queues(defer_delays_ms))
 
 
+LEADER_POLICY = {
+    "name": "dihya-leaders",
+    "pattern": r"^dihya\.",
+    "apply-to": "queues",
+    "priority": 0,
+    "definition": {"queue-leader-locator": "balanced"},
+}
+"""Spread the quorum queues' leaders over the cluster's nodes (RabbitMQ 3.10+): without it,
+every leader lands on the node the first declaring service is connected to.
+
+A policy, not the ``x-queue-leader-locator`` queue argument: RabbitMQ 3.10 compares that
+argument when a queue is declared again, so adding it to the declarations would make every
+service of an existing deployment fail its start with PRECONDITION_FAILED (measured; and an
+old replica would fail beside a new one). The policy applies to queues declared afterwards;
+existing leaders move with ``rabbitmq-queues rebalance quorum``."""
+
+
 def definitions(vhost: str = "/", retry_delays_ms: tuple[int, ...] = (),
                 defer_delays_ms: tuple[int, ...] = ()) -> dict[str, Any]:
     """The topology as a RabbitMQ definitions document (``rabbitmqctl import_definitions``)."""
@@ -223,6 +240,7 @@ def definitions(vhost: str = "/", retry_delays_ms: tuple[int, ...] = (),
              "routing_key": rk, "arguments": {}}
             for q in qs for ex, rk in q.bindings
         ],
+        "policies": [{"vhost": vhost, **LEADER_POLICY}],
     }
 
 

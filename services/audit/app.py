@@ -69,7 +69,8 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     )
     stack.push_async_callback(store.close)
 
-    connection = await connect(settings.amqp_url.get_secret_value(), service="audit")
+    connection = await connect(settings.amqp_url.get_secret_value(), service="audit",
+                               heartbeat=settings.amqp_heartbeat)
     stack.push_async_callback(connection.close)
     await declare_topology(connection)
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)

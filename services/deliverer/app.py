@@ -382,7 +382,8 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
     ``resolver``: see :func:`make_session`."""
     stack = contextlib.AsyncExitStack()
     try:
-        connection = await connect(settings.amqp_url.get_secret_value(), service="deliverer")
+        connection = await connect(settings.amqp_url.get_secret_value(), service="deliverer",
+                                   heartbeat=settings.amqp_heartbeat)
         stack.push_async_callback(connection.close)
         await declare_topology(connection, retry_delays_ms=settings.retry_delays_ms,
                                defer_delays_ms=settings.defer_delays_ms)

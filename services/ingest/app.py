@@ -55,7 +55,8 @@ async def start(settings: Settings) -> Stop:
     engine = make_engine(settings.database_url)
     await migrate(engine, MIGRATIONS)
     store = Store(engine, endpoint_cache_ttl=settings.endpoint_cache_ttl)
-    connection = await connect(settings.amqp_url.get_secret_value(), service="ingest")
+    connection = await connect(settings.amqp_url.get_secret_value(), service="ingest",
+                               heartbeat=settings.amqp_heartbeat)
     await declare_topology(connection)
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
     events = EventHandler(store, publisher, max_fanout=settings.max_fanout,

@@ -56,6 +56,8 @@ from services.ingest.models import (
     EndpointOut,
     EndpointPatched,
     EndpointUpdate,
+    ErrorBody,
+    ErrorDetail,
     EventAccepted,
     EventTypeList,
     EventTypeOut,
@@ -75,6 +77,7 @@ from services.ingest.models import (
 from services.ingest.openapi import Route, document
 from services.ingest.settings import Settings
 from services.ingest.store import (
+    Claim,
     DeliveryRecord,
     EndpointRecord,
     ParkedRecord,
@@ -99,6 +102,7 @@ from shared.ids import new_id
 from shared.web import (
     REFUSAL_HOOK,
     TOKEN_LOOKUP,
+    ApiError,
     Principal,
     ReadinessCheck,
     add_ops_routes,
@@ -119,10 +123,23 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_IDEMPOTENCY_KEY = 255
 TOKEN_BATCH = 200
 """Most token hashes looked up in one query."""
+SETTLE_POLL = 0.05
+"""Seconds between looks at an idempotency key whose event's publish is still in flight."""
 
 
 class BrokerUnavailableError(Exception):
     """A publish the request depends on was not confirmed: the caller should retry (503)."""
+
+
+class EventUnconfirmedError(BrokerUnavailableError):
+    """An event's publish was not confirmed: it may or may not have been accepted, and a
+    retry must carry the same id (the same Idempotency-Key, or the id itself) to stay one
+    event."""
+
+    def __init__(self, event_id: str, keyed: bool) -> None:
+        super().__init__(event_id)
+        self.event_id = event_id
+        self.keyed = keyed
 
 
 class ListQuery(BaseModel):
@@ -574,20 +591,40 @@ class IngestApi:
             claim = await self.store.claim_key(
                 principal.token_id, key, event_id=event_id, event_type=event.event,
                 now=utcnow(), window_seconds=self.settings.idempotency_window)
-            if claim is not None:
+            if claim is not None and not claim.confirmed:  # in flight, or failed
+                claim = await self._settled(principal.token_id, key, claim)
+            if claim is not None and claim.confirmed:
                 metrics.IDEMPOTENT_REPLAYS.inc()
                 log.info("event_replayed", event_id=claim.event_id, actor=principal.token_id)
                 return _body(EventAccepted(id=claim.event_id, event=claim.event_type), 202,
                              headers={REPLAYED_HEADER: "true"})
+            if claim is not None:  # an earlier publish unconfirmed: again, under its id
+                event_id = claim.event_id
+                log.info("event_republished", event_id=event_id, actor=principal.token_id)
+        filled = event.model_copy(update={"id": event_id,
+                                          "timestamp": event.timestamp or utcnow()})
         try:
             await self._announce(topology.EVENTS_EXCHANGE, event.event, filled)
         except BrokerUnavailableError:
-            if key is not None:
-                await self.store.release_key(principal.token_id, key, event_id)
-            raise
+            # The event may have reached the broker (a confirm lost with its connection): the
+            # key keeps its id, and the 503 names the id a retry without a key should carry.
+            raise EventUnconfirmedError(event_id, key is not None) from None
+        if key is not None:
+            await self.store.confirm_key(principal.token_id, key, event_id, utcnow())
         log.info("event_received", event_id=event_id, event_type=event.event,
                  actor=principal.token_id)
         return _body(EventAccepted(id=event_id, event=event.event), 202)
+
+    async def _settled(self, scope: str, key: str, claim: Claim) -> Claim:
+        """Wait while the publish of a claimed, unconfirmed event may still be in flight (at
+        most the publish timeout after the claim); then the claim as it stands — confirmed
+        (replay it) or not (the publish failed or its request died: publish it again)."""
+        assert claim.claimed_at is not None
+        deadline = claim.claimed_at + timedelta(seconds=self.settings.publish_timeout + 1)
+        while not claim.confirmed and utcnow() < deadline:
+            await asyncio.sleep(SETTLE_POLL)
+            claim = await self.store.find_key(scope, key) or claim
+        return claim
 
     async def list_event_types(self, request: web.Request) -> web.Response:
         await authorize(request, "admin", "publisher", "viewer", "auditor")
@@ -773,12 +810,26 @@ async def failures_middleware(
         return await handler(request)
     except web.HTTPException:
         raise
+    except EventUnconfirmedError as exc:
+        raise _unconfirmed(exc) from None
     except BrokerUnavailableError:
         raise error(503, "broker_unavailable",
                     "The message broker did not confirm; nothing was changed. Retry.") from None
     except (DBAPIError, OSError) as exc:
         log.error("storage_failed", path=request.path, error=type(exc).__name__)
         raise error(503, "storage_unavailable", "The database is unavailable. Retry.") from None
+
+
+def _unconfirmed(exc: EventUnconfirmedError) -> web.HTTPException:
+    """The 503 of an event whose publish was not confirmed: it tells the truth (it may have
+    been accepted) and how to retry without making a second event."""
+    how = ("retry with the same Idempotency-Key" if exc.keyed else
+           "retry with `error.event_id` as the body's `id` (or with an Idempotency-Key)")
+    detail = ErrorDetail(
+        code="broker_unconfirmed", fields=[], event_id=exc.event_id,
+        message=f"The message broker did not confirm event {exc.event_id}: it may or may not "
+                f"have been accepted; {how}, and it is delivered once.")
+    return ApiError(503, ErrorBody(error=detail).model_dump(mode="json"))
 
 
 def build_app(api: IngestApi, checks: Mapping[str, ReadinessCheck]) -> web.Application:

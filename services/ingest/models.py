@@ -370,6 +370,10 @@ class ErrorDetail(Response):
     code: str
     message: str
     fields: list[FieldError]
+    event_id: str | None = Field(
+        default=None, description="With `broker_unconfirmed` (a 503 of `POST /v1/events`): "
+        "the id of the event that may or may not have been accepted. Retry with the same "
+        "Idempotency-Key, or with this as the body's `id`: it is delivered once.")
 
 
 class ErrorBody(Response):

@@ -74,6 +74,8 @@ idempotency_keys = sa.Table(
     sa.Column("event_id", sa.String(128), nullable=False),
     sa.Column("event_type", sa.String(128), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # NULL until the broker confirmed the event (ingest_0004): a retry then publishes again
+    sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=True),
     sa.UniqueConstraint("scope", "key", name="uq_idempotency_keys_scope_key"),
     sa.Index("ix_idempotency_keys_created_at", "created_at"),
 )
@@ -260,6 +262,10 @@ class Claim:
 
     event_id: str
     event_type: str
+    confirmed: bool = True
+    """False while the broker has not confirmed the event's publish (it failed, or is still
+    in flight): the event may or may not have been accepted."""
+    claimed_at: datetime | None = None
 
 
 _ENDPOINTS_CHANGED = "dihya_endpoints_changed"
@@ -440,21 +446,41 @@ class Store:
             async with self.engine.begin() as conn:
                 row = (await conn.execute(
                     sa.select(idempotency_keys.c.event_id, idempotency_keys.c.event_type,
-                              idempotency_keys.c.created_at).where(where))).first()
+                              idempotency_keys.c.created_at, idempotency_keys.c.confirmed_at)
+                    .where(where))).first()
                 if row is None:
-                    continue  # released meanwhile (its publish failed): try to claim again
+                    continue  # purged meanwhile: try to claim again
                 if key_is_fresh(_utc(row.created_at), now, window_seconds):
-                    return Claim(event_id=row.event_id, event_type=row.event_type)
+                    return Claim(event_id=row.event_id, event_type=row.event_type,
+                                 confirmed=row.confirmed_at is not None,
+                                 claimed_at=_utc(row.created_at))
                 await conn.execute(idempotency_keys.delete().where(
                     where & (idempotency_keys.c.event_id == row.event_id)))
         raise RuntimeError("idempotency key contention did not settle")
 
-    async def release_key(self, scope: str, key: str, event_id: str) -> None:
-        """Forget a claim whose event could not be published, so a retry can succeed."""
+    async def find_key(self, scope: str, key: str) -> Claim | None:
+        """The event ``key`` stands for, whatever its age (``None`` if purged)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                sa.select(idempotency_keys.c.event_id, idempotency_keys.c.event_type,
+                          idempotency_keys.c.created_at, idempotency_keys.c.confirmed_at)
+                .where((idempotency_keys.c.scope == scope)
+                       & (idempotency_keys.c.key == key)))).first()
+        if row is None:
+            return None
+        return Claim(event_id=row.event_id, event_type=row.event_type,
+                     confirmed=row.confirmed_at is not None, claimed_at=_utc(row.created_at))
+
+    async def confirm_key(self, scope: str, key: str, event_id: str, now: datetime) -> None:
+        """Record that the broker confirmed the event ``key`` stands for.
+
+        There is no release: a claim whose publish was not confirmed keeps its event id, so a
+        retry publishes the same id again (the event may have reached the broker after all,
+        and a new id would make it a duplicate no receiver can recognise)."""
         async with self.engine.begin() as conn:
-            await conn.execute(idempotency_keys.delete().where(
+            await conn.execute(idempotency_keys.update().where(
                 (idempotency_keys.c.scope == scope) & (idempotency_keys.c.key == key)
-                & (idempotency_keys.c.event_id == event_id)))
+                & (idempotency_keys.c.event_id == event_id)).values(confirmed_at=now))
 
     async def purge_keys(self, older_than: datetime) -> int:
         async with self.engine.begin() as conn:

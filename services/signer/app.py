@@ -244,7 +244,8 @@ async def start(settings: Settings) -> Stop:
         await migrate(engine, MIGRATIONS)
         keystore = Keystore(engine, cipher)
 
-        connection = await connect(settings.amqp_url.get_secret_value(), service="signer")
+        connection = await connect(settings.amqp_url.get_secret_value(), service="signer",
+                                   heartbeat=settings.amqp_heartbeat)
         stack.push_async_callback(connection.close)
         await declare_topology(connection)
         publisher = await Publisher.open(connection, timeout=settings.publish_timeout)

@@ -85,9 +85,9 @@ async def running_ingest(amqp_url: str, database_url: str, **overrides: Any
                          ) -> AsyncIterator[Client]:
     """Ingest started in-process (``start(Settings)``), stopped on exit."""
     port = free_port()
-    settings = Settings(amqp_url=SecretStr(amqp_url), admin_token=SecretStr(ADMIN),
-                        database_url=database_url, host="127.0.0.1", port=port,
-                        shutdown_grace=5.0, publish_timeout=5.0, **overrides)
+    settings = Settings(**{"amqp_url": SecretStr(amqp_url), "admin_token": SecretStr(ADMIN),
+                           "database_url": database_url, "host": "127.0.0.1", "port": port,
+                           "shutdown_grace": 5.0, "publish_timeout": 5.0, **overrides})
     stop = await start(settings)
     try:
         async with aiohttp.ClientSession() as http:

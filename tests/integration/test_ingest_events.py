@@ -176,7 +176,7 @@ async def test_idempotency_key_replays_the_first_answer_and_publishes_once(
     assert len(obs.jobs(first.body["id"])) == 1
 
 
-async def test_a_failed_publish_releases_the_idempotency_key(
+async def test_an_unroutable_event_gets_a_503_and_the_retry_goes_through(
     ingest: Client, broker: AbstractRobustConnection
 ) -> None:
     channel = await broker.channel()
@@ -189,10 +189,65 @@ async def test_a_failed_publish_releases_the_idempotency_key(
     finally:
         await events_queue.bind(topology.EVENTS_EXCHANGE, "#")
         await channel.close()
-    assert failed.status == 503 and failed.body["error"]["code"] == "broker_unavailable"
+    assert failed.status == 503 and failed.body["error"]["code"] == "broker_unconfirmed"
+    assert "may or may not have been accepted" in failed.body["error"]["message"]
     retried = await ingest.call("POST", "/v1/events", json={"event": "k.v", "data": {}},
                                 headers=key)
     assert retried.status == 202 and "Idempotent-Replayed" not in retried.headers
+    assert retried.body["id"] == failed.body["error"]["event_id"]  # the same event, at last
+
+
+async def test_an_unconfirmed_event_keeps_its_id_and_is_delivered_once(
+    amqp_url: str, broker: AbstractRobustConnection, tmp_path: Path
+) -> None:
+    """Issue #17, item 1: the publish reached the queue but its confirm came too late (a
+    1 ms publish timeout here; a broker node frozen or lost in production). The 503 says so
+    and names the id; the retry — with the same key, or without a key but with that id —
+    yields the same id, and the consumer's deduplication fans the event out once."""
+    obs = await Observer.start(broker, [(topology.EVENTS_EXCHANGE, "unconfirmed.#"),
+                                        (topology.WORK_EXCHANGE, topology.SIGN),
+                                        (topology.AUDIT_EXCHANGE, "event.accepted")])
+    database = f"sqlite:///{tmp_path}/ingest.db"
+    async with running_ingest(amqp_url, database) as ingest:
+        await ingest.endpoint(["unconfirmed.#"])
+    key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    async with running_ingest(amqp_url, database, publish_timeout=0.001) as hasty:
+        keyed = await hasty.call("POST", "/v1/events", headers=key,
+                                 json={"event": "unconfirmed.keyed", "data": {}})
+        bare = await hasty.call("POST", "/v1/events",
+                                json={"event": "unconfirmed.bare", "data": {}})
+    for failed in (keyed, bare):
+        assert failed.status == 503, failed.text
+        assert failed.body["error"]["code"] == "broker_unconfirmed"
+    keyed_id, bare_id = keyed.body["error"]["event_id"], bare.body["error"]["event_id"]
+    assert "retry with the same Idempotency-Key" in keyed.body["error"]["message"]
+    assert "`error.event_id` as the body's `id`" in bare.body["error"]["message"]
+    # the first copies did reach the queue: the next ingest fans them out
+    await obs.wait(lambda _: bool(obs.facts("event.accepted", event_id=keyed_id)
+                                  and obs.facts("event.accepted", event_id=bare_id)))
+    async with running_ingest(amqp_url, database) as ingest:
+        again = await ingest.call("POST", "/v1/events", headers=key,
+                                  json={"event": "unconfirmed.keyed", "data": {}})
+        assert again.status == 202 and again.body["id"] == keyed_id
+        assert "Idempotent-Replayed" not in again.headers  # unconfirmed: published again
+        replay = await ingest.call("POST", "/v1/events", headers=key,
+                                   json={"event": "unconfirmed.keyed", "data": {}})
+        assert replay.status == 202 and replay.headers["Idempotent-Replayed"] == "true"
+        assert replay.body["id"] == keyed_id  # confirmed now: replayed, not published
+        resent = await ingest.call("POST", "/v1/events",
+                                   json={"id": bare_id, "event": "unconfirmed.bare", "data": {}})
+        assert resent.status == 202 and resent.body["id"] == bare_id
+        sentinel = await ingest.call("POST", "/v1/events",
+                                     json={"event": "unconfirmed.end", "data": {}})
+        await obs.wait(lambda _: bool(obs.facts("event.accepted",
+                                                event_id=sentinel.body["id"])))
+    published = [m.json["id"] for m in obs.on(topology.EVENTS_EXCHANGE)]
+    assert published.count(keyed_id) == 2 and published.count(bare_id) == 2  # both copies
+    assert len({m.json["id"] for m in obs.on(topology.EVENTS_EXCHANGE)}) == 3  # no new id
+    for event_id in (keyed_id, bare_id):  # each fanned out under one delivery id (the
+        # hasty ingest's own fan-out may have reached the queue unconfirmed too: same ids)
+        assert len({job["delivery_id"] for job in obs.jobs(event_id)}) == 1
+        assert len({f["id"] for f in obs.facts("event.accepted", event_id=event_id)}) == 1
 
 
 async def test_outside_the_window_a_key_starts_a_new_event(amqp_url: str, tmp_path: Path

@@ -50,3 +50,48 @@ def test_the_quick_check_never_skips_a_secret(text: str) -> None:
     reference = _PATTERNS[1].sub("Bearer ***", reference)
     reference = _PATTERNS[2].sub(r"\1:***@", reference)
     assert scrub(text) == reference
+
+
+LIBRARIES = """
+import asyncio, logging, warnings
+import structlog
+from shared.logging import setup
+setup("deliverer")
+try:
+    raise ConnectionResetError("peer gone at amqp://guest:pw@host/")
+except ConnectionResetError:
+    logging.getLogger("aio_pika.tools").exception("Callback %r failed", "<OneShotCallback>")
+logging.getLogger("aiormq.connection").warning("Server connection %r was stuck", "conn")
+logging.getLogger("aiohttp.access").info("GET /readyz 200")
+async def boom() -> None:
+    raise asyncio.IncompleteReadError(b"", 8)
+async def main() -> None:
+    task = asyncio.get_running_loop().create_task(boom())
+    await asyncio.sleep(0)
+    del task  # "Task exception was never retrieved", from asyncio's logger
+asyncio.run(main())
+import gc; gc.collect()
+warnings.warn("a library's warning")
+structlog.get_logger().info("after")
+raise RuntimeError("nothing caught this")
+"""
+
+
+def test_library_logs_and_tracebacks_are_json_lines_too() -> None:
+    """aio-pika's, aiormq's, aiohttp's and asyncio's records, a warning and an uncaught
+    exception: every line of the output is one JSON object, tracebacks inside it."""
+    done = subprocess.run([sys.executable, "-c", LIBRARIES], capture_output=True, cwd=ROOT,
+                          env={"PYTHONPATH": str(ROOT)}, check=False)
+    assert done.returncode == 1  # the uncaught exception still ends the process
+    out = done.stdout + done.stderr
+    lines = [orjson.loads(line) for line in out.splitlines()]  # raises on any raw line
+    by_logger = {line.get("logger"): line for line in lines}
+    callback = by_logger["aio_pika.tools"]
+    assert callback["level"] == "error" and "ConnectionResetError" in callback["exception"]
+    assert by_logger["aiormq.connection"]["level"] == "warning"
+    assert by_logger["aiohttp.access"]["event"] == "GET /readyz 200"
+    assert "IncompleteReadError" in by_logger["asyncio"]["exception"]
+    assert "a library's warning" in by_logger["py.warnings"]["event"]
+    assert "nothing caught this" in by_logger["dihya"]["exception"]
+    assert all(line["service"] == "deliverer" and line["timestamp"] for line in lines)
+    assert b":pw@" not in out

@@ -1,0 +1,98 @@
+"""The books of a fault scenario: what was accepted, delivered, lost, duplicated, parked.
+
+Pure functions over what the load generator and the receiver recorded, so that the arithmetic
+has unit tests of its own (tests/unit/test_cluster_books.py) and every scenario prints the
+same table.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One POST the receiver got: when, the ``webhook-id`` header, and the payload's ids."""
+
+    at: float
+    webhook_id: str
+    event_id: str
+    logical: str
+    """The client's own name for the event (one per thing it meant to publish once)."""
+
+
+@dataclass(frozen=True)
+class Books:
+    scenario: str
+    accepted: int
+    delivered: int
+    lost: int
+    dup_same_id: int
+    dup_new_id: int
+    foreign_ids: int
+    parked: int
+    posts: int
+    audited: int
+    stall: float
+    http_5xx: int
+
+    HEADER = (f"{'scenario':<24} {'accepted':>8} {'delivered':>9} {'lost':>4} {'dup=id':>6} "
+              f"{'dup≠id':>6} {'parked':>6} {'POSTs':>6} {'audited':>7} {'stall s':>7} "
+              f"{'503s':>5}")
+
+    def row(self) -> str:
+        return (f"{self.scenario:<24} {self.accepted:>8} {self.delivered:>9} {self.lost:>4} "
+                f"{self.dup_same_id:>6} {self.dup_new_id:>6} {self.parked:>6} "
+                f"{self.posts:>6} {self.audited:>7} {self.stall:>7.1f} {self.http_5xx:>5}")
+
+    def failures(self, max_stall: float) -> list[str]:
+        """What breaks the scenario's promises (empty: it passed)."""
+        found = []
+        for name in ("lost", "dup_new_id", "foreign_ids", "parked"):
+            if getattr(self, name):
+                found.append(f"{name}={getattr(self, name)}")
+        if self.audited != self.posts:
+            found.append(f"audited={self.audited} != POSTs={self.posts}")
+        if self.stall > max_stall:
+            found.append(f"stall {self.stall:.1f} s > {max_stall} s")
+        return found
+
+
+def longest_stall(times: Iterable[float], start: float, end: float) -> float:
+    """The longest stretch of ``[start, end]`` without an arrival."""
+    points = sorted(t for t in times if start <= t <= end)
+    edges = [start, *points, end]
+    return max((b - a for a, b in itertools.pairwise(edges)), default=0.0)
+
+
+def keep(scenario: str, accepted: Mapping[str, set[str]], arrivals: list[Arrival], *,
+         parked: int, audited: int, http_5xx: int, window: tuple[float, float]) -> Books:
+    """The books of one scenario.
+
+    ``accepted``: logical event → the ids the client was told were accepted (202 or a
+    confirm; more than one means the client was handed a new id for the same event).
+    ``window``: the stretch the stall is measured over — from the fault until the last
+    accepted event arrived.
+    """
+    delivered_ids: dict[str, set[str]] = defaultdict(set)
+    for a in arrivals:
+        delivered_ids[a.logical].add(a.event_id)
+    delivered = sum(1 for name in accepted if delivered_ids.get(name))
+    return Books(
+        scenario=scenario,
+        accepted=len(accepted),
+        delivered=delivered,
+        lost=len(accepted) - delivered,
+        dup_same_id=len(arrivals) - len({a.webhook_id for a in arrivals}),
+        dup_new_id=sum(len(ids) - 1 for ids in delivered_ids.values() if ids),
+        foreign_ids=sum(1 for a in arrivals if a.webhook_id != a.event_id
+                        or a.logical not in accepted),
+        parked=parked,
+        posts=len(arrivals),
+        audited=audited,
+        stall=longest_stall((a.at for a in arrivals), *window),
+        http_5xx=http_5xx,
+    )

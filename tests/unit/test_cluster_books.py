@@ -1,0 +1,49 @@
+"""The fault suite's book-keeping (tests/cluster/books.py): its arithmetic, on known cases."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.cluster.books import Arrival, keep, longest_stall
+
+
+def test_books_count_losses_and_both_kinds_of_duplicate() -> None:
+    arrivals = [
+        Arrival(1.0, "evt_a", "evt_a", "a"),
+        Arrival(2.0, "evt_a", "evt_a", "a"),    # redelivered: same webhook-id
+        Arrival(3.0, "evt_b1", "evt_b1", "b"),
+        Arrival(9.0, "evt_b2", "evt_b2", "b"),  # the same event under a new id
+    ]
+    books = keep("t", {"a": {"evt_a"}, "b": {"evt_b2"}, "c": {"evt_c"}}, arrivals,
+                 parked=1, audited=3, http_5xx=2, window=(0.0, 10.0))
+    assert (books.accepted, books.delivered, books.lost) == (3, 2, 1)
+    assert (books.dup_same_id, books.dup_new_id, books.posts) == (1, 1, 4)
+    assert books.stall == 6.0
+    assert books.failures(15) == ["lost=1", "dup_new_id=1", "parked=1",
+                                  "audited=3 != POSTs=4"]
+    assert str(books.row()).startswith("t ")
+
+
+def test_a_clean_run_passes() -> None:
+    arrivals = [Arrival(float(i), f"e{i}", f"e{i}", str(i)) for i in range(5)]
+    books = keep("ok", {str(i): {f"e{i}"} for i in range(5)}, arrivals, parked=0, audited=5,
+                 http_5xx=0, window=(0.0, 4.0))
+    assert books.failures(15) == [] and books.stall == 1.0
+
+
+def test_a_foreign_id_is_counted() -> None:
+    arrivals = [Arrival(0.0, "evt_x", "evt_y", "a")]
+    books = keep("f", {"a": {"evt_y"}}, arrivals, parked=0, audited=1, http_5xx=0,
+                 window=(0.0, 0.0))
+    assert books.foreign_ids == 1
+
+
+@given(st.lists(st.floats(0, 100), max_size=30))
+def test_the_longest_stall_bounds_every_gap(times: list[float]) -> None:
+    stall = longest_stall(times, 0.0, 100.0)
+    edges = sorted([0.0, *times, 100.0])
+    assert all(b - a <= stall for a, b in itertools.pairwise(edges))
+    assert stall <= 100.0 and (times or stall == 100.0)
