@@ -28,6 +28,9 @@ WORK_EXCHANGE = "dihya.work"
 """Direct exchange for internal delivery work (routing keys :data:`SIGN` and :data:`DELIVER`)."""
 AUDIT_EXCHANGE = "dihya.audit"
 """Topic exchange for audit facts; routing key = fact kind (``event.accepted``, …)."""
+AUDIT_HEADS_EXCHANGE = "dihya.audit.heads"
+"""Fanout exchange of the audit chain's signed heads (``dihya.audit.head.v1``): auditors and
+SIEMs bind their own queues; :data:`AUDIT_HEADS` keeps the latest ones."""
 CONTROL_EXCHANGE = "dihya.control"
 """Topic exchange for control messages: ``secret.<action>`` and ``token.<action>``."""
 DEAD_EXCHANGE = "dihya.dead"
@@ -120,6 +123,7 @@ EXCHANGES = (
     Exchange(EVENTS_EXCHANGE, "topic"),
     Exchange(WORK_EXCHANGE, "direct"),
     Exchange(AUDIT_EXCHANGE, "topic"),
+    Exchange(AUDIT_HEADS_EXCHANGE, "fanout"),
     Exchange(CONTROL_EXCHANGE, "topic"),
     Exchange(DEAD_EXCHANGE, "direct"),
     Exchange(RETRY_EXCHANGE, "direct"),
