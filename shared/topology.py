@@ -156,6 +156,17 @@ WORK_QUEUES = (
 )
 
 
+AUDIT_HEADS = "dihya.audit.heads.recent"
+"""Keeps the newest signed heads (:data:`HEADS_KEPT`, a week at one a minute) so a head
+published while no auditor's queue is bound is not returned unroutable; read it, or bind
+queues of your own to :data:`AUDIT_HEADS_EXCHANGE` to keep them all."""
+HEADS_KEPT = 10_080
+
+HEADS_QUEUE = Queue(AUDIT_HEADS, ((AUDIT_HEADS_EXCHANGE, ""),),
+                    {"x-queue-type": "quorum", "x-max-length": HEADS_KEPT,
+                     "x-overflow": "drop-head"})
+
+
 def _dead_queues() -> tuple[Queue, ...]:
     return tuple(
         Queue(dead_queue(q.name), ((DEAD_EXCHANGE, q.name),), {"x-queue-type": "quorum"})
@@ -203,7 +214,7 @@ def queues(retry_delays_ms: tuple[int, ...] = (),
            defer_delays_ms: tuple[int, ...] = ()) -> tuple[Queue, ...]:
     """Every queue of the topology, the retry and defer tiers included when their delays are
     given."""
-    return (WORK_QUEUES + _dead_queues() + retry_queues(retry_delays_ms)
+    return (WORK_QUEUES + _dead_queues() + (HEADS_QUEUE,) + retry_queues(retry_delays_ms)
             + defer_queues(defer_delays_ms))
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from services.audit import handlers, metrics
 from services.audit.batcher import submit_retrying
 from services.audit.handlers import Rejected
-from services.audit.heads import FileSink, Heads, Sink
+from services.audit.heads import ExchangeSink, FileSink, Heads, Sink
 from services.audit.http import make_app
 from services.audit.ordering import AcceptanceGate
 from services.audit.settings import AuditSettings
@@ -93,7 +93,7 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
     stack.push_async_callback(publisher.close)
 
-    heads = await _heads(settings, store)
+    heads = await _heads(settings, store, publisher)
     heads.start()
     stack.push_async_callback(heads.stop, max(grace, 1.0))  # after the writer's last batch
 
@@ -267,11 +267,11 @@ async def _warn_at_start(settings: AuditSettings, store: AuditStore,
                            "database")
 
 
-async def _heads(settings: AuditSettings, store: AuditStore) -> Heads:
+async def _heads(settings: AuditSettings, store: AuditStore, publisher: Publisher) -> Heads:
     """The head signer and its sinks, the head chain resumed from the heads file."""
     signer = store.head_signer
     assert signer is not None  # AuditStore.open always makes one
-    sinks: list[Sink] = []
+    sinks: list[Sink] = [ExchangeSink(publisher)]
     previous = None
     if settings.heads_file:
         sink = FileSink(Path(settings.heads_file))

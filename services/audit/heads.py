@@ -223,6 +223,10 @@ class Heads:
                 while not await self.flush():
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.retry_max)
+        except TimeoutError:
+            log.error("heads_unpublished_at_stop", unpublished=self.unpublished,
+                      detail="these signed heads are lost with the process; the head chain "
+                             "goes on from the newest head the file holds")
         except Exception:
             metrics.HEAD_SIGN_FAILURES.inc()
-            log.exception("last_head_incomplete", unpublished=self.unpublished)
+            log.exception("last_head_not_signed", unpublished=self.unpublished)
