@@ -18,12 +18,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 import sqlalchemy as sa
 
 from cli.main import run as cli_run
-from services.audit import anchor, handlers, sealing
+from services.audit import anchor, handlers, openapi, sealing
 from services.audit.checkpoints import CheckpointSigner
 from services.audit.store import records
 from shared.contracts import utcnow
@@ -100,6 +101,7 @@ async def test_an_untouched_log_verifies(api: Api, tmp_path: Path) -> None:
     assert (verdict.ok, verdict.records, verdict.heads) == (True, RECORDS, RECORDS)
     report = await api.verify()
     assert report["ok"] and report["signed_head"]["matches"] is True
+    jsonschema.validate(report, openapi.document(500)["components"]["schemas"]["VerifyReport"])
     assert report["signed_head"]["seq"] == RECORDS
     assert report["heads"]["public_key"] == base64.b64encode(public_key(api)).decode()
 
@@ -113,6 +115,7 @@ async def test_d_deleting_the_newest_ten_is_caught(api: Api, tmp_path: Path) -> 
     report = await api.verify()
     assert (report["ok"], report["problem"], report["signed_head"]["matches"]) == (
         False, "signed_head_mismatch", False)
+    jsonschema.validate(report, openapi.document(500)["components"]["schemas"]["VerifyReport"])
 
 
 async def test_e_an_edit_with_every_later_hash_recomputed_is_caught(

@@ -15,12 +15,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 from pydantic import SecretStr
 
-from services.audit import anchor
+from services.audit import anchor, openapi
 from shared import topology
 from shared.broker import Publisher
 from shared.contracts import AuditHead
@@ -86,6 +87,7 @@ async def test_heads_reach_both_sinks_through_faults(
         await wait_for(caught_up, timeout=60)
         status, signed = await audit_post(audit, "/v1/audit/heads")
         assert status == 200 and signed["unpublished"] == {"file": 0, "exchange": 0}
+        jsonschema.validate(signed, openapi.document(500)["components"]["schemas"]["SignedHead"])
         export = await audit_export(audit)
         status, report = await audit.get("/v1/audit/verify")
         assert report["ok"] and report["signed_head"]["matches"], report
