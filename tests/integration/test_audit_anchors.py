@@ -11,6 +11,7 @@ public key alone. Each test prints its books.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ from services.audit.checkpoints import CheckpointSigner
 from services.audit.store import records
 from shared.contracts import utcnow
 from shared.db import make_engine
-from tests.integration.test_audit_gdpr import Api, fact, served
+from tests.integration.test_audit_gdpr import ADMIN, Api, fact, served
 from tests.integration.test_audit_retention import drop_guards, insert_checkpoint, sql
 
 pytestmark = pytest.mark.integration
@@ -79,6 +80,15 @@ async def offline(api: Api, tmp_path: Path) -> anchor.Verdict:
                     "--public-key", str(key), "--export", str(export)],
                    env={"HOME": str(tmp_path)}, stdout=out, stderr=err,
                    stdin=io.StringIO(""))
+    assert orjson.loads(out.getvalue()) == verdict.as_json(), err.getvalue()
+    assert code == (0 if verdict.ok else 6)
+    # the same, the export fetched from the API by the CLI (--url; in a thread: the CLI's
+    # HTTP client blocks, and the API is served by this event loop)
+    out = io.StringIO()
+    code = await asyncio.to_thread(
+        cli_run, ["--json", "--token", ADMIN, "audit", "verify", "--heads",
+                  str(heads_file(api)), "--public-key", key.read_text(), "--url", api.base],
+        env={"HOME": str(tmp_path)}, stdout=out, stderr=err, stdin=io.StringIO(""))
     assert orjson.loads(out.getvalue()) == verdict.as_json(), err.getvalue()
     assert code == (0 if verdict.ok else 6)
     print(f"books: records in export={verdict.records} heads={verdict.heads} "

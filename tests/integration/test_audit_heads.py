@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
+import structlog
 from aio_pika.abc import AbstractRobustConnection
 from pydantic import SecretStr
 
@@ -26,6 +27,7 @@ from shared import topology
 from shared.broker import Publisher
 from shared.contracts import AuditHead
 from tests.conftest import wait_for
+from tests.integration.test_audit_retention import drop_guards, sql
 from tests.integration.test_audit_service import (
     ADMIN,
     Audit,
@@ -154,3 +156,40 @@ async def test_production_mode_refuses_to_start_without_its_keys(tmp_path: Path)
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "DIHYA_AUDIT_HEAD_KEY_FILE cannot be read" in (
         proc.stdout + proc.stderr)
+
+
+async def test_start_warns_of_keys_in_the_database_missing_triggers_and_a_lost_head(
+        amqp_url: str, database_url: str, broker: AbstractRobustConnection,
+        tmp_path: Path) -> None:
+    heads_file = tmp_path / "heads.jsonl"
+    settings = settings_for(amqp_url, database_url, heads_file=str(heads_file))  # development
+    publisher = await Publisher.open(broker)
+    async with running(settings) as audit:
+        await asyncio.gather(*(publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
+                               for fact in make_facts(5, uuid.uuid4().hex[:8])))
+
+        async def stored() -> bool:
+            return await audit.count() >= 5
+
+        await wait_for(stored)
+        status, signed = await audit_post(audit, "/v1/audit/heads")
+        assert status == 200 and signed["head"]["seq"] >= 5
+    with structlog.testing.capture_logs() as logs:
+        async with running(settings):
+            pass
+    events = {entry["event"]: entry for entry in logs}
+    assert events["keys_in_database"]["keys"] == ["head", "checkpoint"]
+    assert "append_only_triggers_missing" not in events
+    assert "database_does_not_match_last_head" not in events
+
+    # The insider drops the triggers and deletes the newest record while audit is stopped.
+    await sql(database_url, *drop_guards(database_url),
+              "DELETE FROM records WHERE seq = (SELECT max(seq) FROM records)")
+    last = orjson.loads(heads_file.read_bytes().splitlines()[-1])  # the shutdown head
+    with structlog.testing.capture_logs() as logs:
+        async with running(settings):
+            pass
+    events = {entry["event"]: entry for entry in logs}
+    assert events["append_only_triggers_missing"]["triggers"]
+    lost = events["database_does_not_match_last_head"]
+    assert lost["log_level"] == "error" and lost["seq"] == last["seq"]
