@@ -284,6 +284,11 @@ def verify(ctx: Ctx, args: argparse.Namespace) -> int:
                       at=output.short_time(checkpoint.get("at")),
                       signature=t("verify.signature_ok") if checkpoint.get("signature_ok")
                       else t("verify.signature_bad")))
+        head = report.get("signed_head")
+        if head:
+            ctx.say(t("verify.signed_head_held" if head.get("matches")
+                      else "verify.signed_head_lost", seq=head.get("seq"),
+                      at=output.short_time(head.get("time"))))
         ctx.note(t("verify.head_hint"))
 
     ctx.emit(report, human)

@@ -73,16 +73,37 @@ class FileSink:
         await asyncio.to_thread(_append, self.target(head["time"]), encode(head) + b"\n")
 
     def last_head(self) -> dict[str, Any] | None:
-        """The newest head already in the file (the chain goes on from it), if any."""
+        """The newest whole head already written (the chain goes on from it), if any. Reads
+        the files' ends only: a year of heads is a few hundred megabytes."""
         files = sorted(self.path.glob("heads-*.jsonl")) if self.path.is_dir() else [self.path]
         for path in reversed(files):
-            if not path.exists():
-                continue
-            lines = [line for line in path.read_bytes().splitlines() if line.strip()]
-            for head in anchor.parse_lines(reversed(lines)):
+            if path.exists():
+                head = _last_object(path)
                 if head is not None:
                     return head
         return None
+
+
+TAIL_BLOCK = 64 * 1024
+
+
+def _last_object(path: Path) -> dict[str, Any] | None:
+    """The last line of ``path`` that is a JSON object, reading backwards a block at a time."""
+    with path.open("rb") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        tail = b""
+        while end > 0:
+            start = max(0, end - TAIL_BLOCK)
+            fh.seek(start)
+            tail = fh.read(end - start) + tail
+            end = start
+            lines = tail.split(b"\n")
+            complete = lines if start == 0 else lines[1:]  # the first may be cut
+            for head in anchor.parse_lines(reversed(complete)):
+                if head is not None:
+                    return head
+            tail = lines[0] if start > 0 else b""
+    return None
 
 
 def _append(path: Path, line: bytes) -> None:

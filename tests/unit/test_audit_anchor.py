@@ -4,10 +4,12 @@ tampering it must name, on records built by the service's own chaining code."""
 from __future__ import annotations
 
 import base64
+import io
 import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,6 +19,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cli.errors import Exit
+from cli.main import run
 from services.audit import anchor, exports, handlers
 from services.audit.handlers import LocalFact
 
@@ -243,3 +247,19 @@ def test_the_verifier_imports_nothing_of_the_service() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_cli_wants_heads_and_a_key_for_an_offline_check(tmp_path: Path) -> None:
+    def dihya(*argv: str) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = run(list(argv), env={"HOME": str(tmp_path)}, stdout=out, stderr=err,
+                   stdin=io.StringIO(""))
+        return code, err.getvalue()
+
+    code, err = dihya("audit", "verify", "--export", "x.jsonl")
+    assert code == Exit.USAGE and "--heads FILE and --public-key KEY" in err
+    code, err = dihya("audit", "verify", "--heads", "h.jsonl", "--public-key", "nope")
+    assert code == Exit.USAGE and "The public key cannot be read" in err
+    code, err = dihya("audit", "verify", "--heads", str(tmp_path / "missing.jsonl"),
+                      "--public-key", SIGNER.public_b64, "--export", "-")
+    assert code == Exit.USAGE and "missing.jsonl" in err
