@@ -14,6 +14,7 @@ code written for one process per service works unchanged; ``replica_procs`` has 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 import signal
@@ -73,6 +74,9 @@ class System:
         self.ports = {name: ports[0] for name, ports in self.replica_ports.items()}
         self.replica_procs = {name: [None] * self.count(name) for name in SERVICES}
         self._master_key = fernet_key()
+        # the audit log's signing keys, from outside its database as production mode wants
+        self.audit_head_seed = os.urandom(32)
+        self._audit_checkpoint_key = base64.b64encode(os.urandom(32)).decode()
 
     def count(self, service: str) -> int:
         """How many processes ``service`` runs as."""
@@ -84,6 +88,11 @@ class System:
     def console_url(self) -> str:
         """The web console, served by the first ingest replica."""
         return self.url("ingest") + "/console/"
+
+    def heads_file(self, replica: int = 0) -> Path:
+        """Where audit replica ``replica`` appends its signed heads (one head chain each)."""
+        return self.workdir / ("audit-heads.jsonl" if replica == 0
+                               else f"audit-heads-{replica}.jsonl")
 
     def log_path(self, service: str, replica: int = 0) -> Path:
         return self.workdir / (f"{service}.log" if replica == 0 else f"{service}-{replica}.log")
@@ -109,6 +118,9 @@ class System:
                 "DIHYA_INGEST_CONSOLE_AUDIT_URL": self.url("audit"),
                 "DIHYA_AUDIT_CORS_ORIGINS": ",".join(
                     self.url("ingest", i) for i in range(self.count("ingest"))),
+                "DIHYA_AUDIT_HEAD_KEY": base64.b64encode(self.audit_head_seed).decode(),
+                "DIHYA_AUDIT_CHECKPOINT_KEY": self._audit_checkpoint_key,
+                "DIHYA_AUDIT_HEADS_FILE": str(self.heads_file(replica)),
             }
         )
         for name in ("ingest", "signer", "audit"):

@@ -27,6 +27,8 @@ CONSUMERS: dict[str, str] = {
     topology.INGEST_HEALTH: "ingest (endpoint health)",
     topology.dead_queue(topology.SIGNER_JOBS): "ingest (into its dead-letter store)",
     topology.dead_queue(topology.DELIVERER_JOBS): "ingest (into its dead-letter store)",
+    topology.AUDIT_HEADS: "auditors, SIEMs (the newest signed heads; bind a queue of your own "
+                          "to keep every head)",
 }
 """Who consumes each queue of the shared topology; a queue missing here is read by nobody
 (a parking queue waiting for an operator). A test checks that every work queue has one."""
@@ -36,6 +38,7 @@ _EXCHANGE_PURPOSE = {
     topology.WORK_EXCHANGE: f"delivery work: `{topology.SIGN}` → signer, "
     f"`{topology.DELIVER}` → deliverer",
     topology.AUDIT_EXCHANGE: "audit facts; routing key = fact kind",
+    topology.AUDIT_HEADS_EXCHANGE: "signed heads of the audit chain, to every bound queue",
     topology.CONTROL_EXCHANGE: "control messages: `secret.*` → signer, `token.*` → audit",
     topology.DEAD_EXCHANGE: "parked messages; routing key = the queue they came from",
     topology.RETRY_EXCHANGE: "delayed retries (to the signer) and deferrals (to the deliverer); "
@@ -60,6 +63,9 @@ def _arguments(arguments: dict[str, object]) -> str:
         parts.append(f"delivery limit {arguments['x-delivery-limit']}")
     if "x-message-ttl" in arguments:
         parts.append(f"TTL {_duration(int(str(arguments['x-message-ttl'])))}")
+    if "x-max-length" in arguments:
+        parts.append(f"keeps the newest {int(str(arguments['x-max-length'])):,} "
+                     f"({arguments.get('x-overflow', 'drop-head')})")
     if "x-dead-letter-exchange" in arguments:
         parts.append(f"dead-letters to `{arguments['x-dead-letter-exchange']}` / "
                      f"`{arguments['x-dead-letter-routing-key']}`")

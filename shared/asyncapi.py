@@ -16,6 +16,7 @@ from shared.contracts import (
     EVENT_TYPE_TAG,
     AuditFact,
     AuditFactBatch,
+    AuditHead,
     Contract,
     DeliveryJob,
     DeliveryJobBatch,
@@ -54,6 +55,11 @@ _CHANNELS: list[tuple[str, str, str, tuple[type[Contract], ...], str]] = [
     ("audit", topology.AUDIT_EXCHANGE, "{factKind}", (AuditFact, AuditFactBatch),
      "Every service → audit (`dihya.audit.facts`); routing key = fact kind. A batch holds facts "
      "of that one kind; `delivery.attempted` is also read by ingest (`dihya.ingest.health`)."),
+    ("heads", topology.AUDIT_HEADS_EXCHANGE, "", (AuditHead,),
+     "Audit → auditors and SIEMs: the audit chain's signed heads (every 60 s by default, on "
+     "shutdown, after a retention purge, on demand), fanout: bind a queue of your own to keep "
+     "every head; `dihya.audit.heads.recent` keeps the newest ones. Verify them offline with "
+     "the audit service's public key (`dihya audit verify --heads`)."),
     ("secrets", topology.CONTROL_EXCHANGE, "secret.{action}", (EndpointSecret,),
      "Ingest → signer (`dihya.signer.control`): the only message that carries a secret."),
     ("tokens", topology.CONTROL_EXCHANGE, "token.{action}", (TokenGrant,),

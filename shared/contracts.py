@@ -245,6 +245,42 @@ class TokenGrant(Contract):
     issued_at: AwareDatetime
 
 
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class HeadCheckpoint(Contract):
+    """The retention checkpoint a head attests: the chain may start right after it."""
+
+    last_seq: int = Field(ge=1, description="The last record the purge deleted.")
+    last_hash: Sha256Hex = Field(description="Its hash: the next record's `prev_hash`.")
+
+
+class AuditHead(Contract):
+    """A signed head of the audit chain (audit → auditors, SIEMs; ``dihya.audit.heads``).
+
+    The message body is the head's canonical JSON (keys sorted, no whitespace); the signature
+    is Ed25519 over the canonical JSON of every field but ``signature``. The same line is
+    appended to the heads file. Format and a verification recipe: the audit service's README.
+    """
+
+    type: Literal["dihya.audit.head.v1"] = "dihya.audit.head.v1"
+    seq: int = Field(ge=0, description="The newest record of the chain when signed.")
+    head_hash: Sha256Hex = Field(description="That record's hash (64 zeros for an empty log).")
+    records: int = Field(ge=0, description="Records the database held (fewer than `seq` "
+                                           "after a retention purge).")
+    time: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$",
+                      description="When it was signed (UTC, the records' fixed spelling). Every "
+                                  "record beyond `seq` was recorded later.")
+    previous_head_hash: Sha256Hex = Field(
+        description="sha256 of the canonical JSON of the previous head, signature included "
+                    "(64 zeros for the first): heads form a chain of their own.")
+    checkpoint: HeadCheckpoint | None = None
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$",
+                        description="First 16 hex digits of sha256(raw Ed25519 public key).")
+    signature: str = Field(pattern=r"^[A-Za-z0-9+/]{86}==$",
+                           description="Ed25519 signature, base64 (standard, padded).")
+
+
 CONTRACTS: tuple[type[Contract], ...] = (
     Event,
     AttemptRecord,
@@ -255,6 +291,7 @@ CONTRACTS: tuple[type[Contract], ...] = (
     AuditFactBatch,
     EndpointSecret,
     TokenGrant,
+    AuditHead,
 )
 
 

@@ -28,6 +28,9 @@ WORK_EXCHANGE = "dihya.work"
 """Direct exchange for internal delivery work (routing keys :data:`SIGN` and :data:`DELIVER`)."""
 AUDIT_EXCHANGE = "dihya.audit"
 """Topic exchange for audit facts; routing key = fact kind (``event.accepted``, …)."""
+AUDIT_HEADS_EXCHANGE = "dihya.audit.heads"
+"""Fanout exchange of the audit chain's signed heads (``dihya.audit.head.v1``): auditors and
+SIEMs bind their own queues; :data:`AUDIT_HEADS` keeps the latest ones."""
 CONTROL_EXCHANGE = "dihya.control"
 """Topic exchange for control messages: ``secret.<action>`` and ``token.<action>``."""
 DEAD_EXCHANGE = "dihya.dead"
@@ -120,6 +123,7 @@ EXCHANGES = (
     Exchange(EVENTS_EXCHANGE, "topic"),
     Exchange(WORK_EXCHANGE, "direct"),
     Exchange(AUDIT_EXCHANGE, "topic"),
+    Exchange(AUDIT_HEADS_EXCHANGE, "fanout"),
     Exchange(CONTROL_EXCHANGE, "topic"),
     Exchange(DEAD_EXCHANGE, "direct"),
     Exchange(RETRY_EXCHANGE, "direct"),
@@ -150,6 +154,17 @@ WORK_QUEUES = (
     _work_queue(AUDIT_CONTROL, (CONTROL_EXCHANGE, "token.#")),
     _work_queue(INGEST_HEALTH, (AUDIT_EXCHANGE, "delivery.attempted")),
 )
+
+
+AUDIT_HEADS = "dihya.audit.heads.recent"
+"""Keeps the newest signed heads (:data:`HEADS_KEPT`, a week at one a minute) so a head
+published while no auditor's queue is bound is not returned unroutable; read it, or bind
+queues of your own to :data:`AUDIT_HEADS_EXCHANGE` to keep them all."""
+HEADS_KEPT = 10_080
+
+HEADS_QUEUE = Queue(AUDIT_HEADS, ((AUDIT_HEADS_EXCHANGE, ""),),
+                    {"x-queue-type": "quorum", "x-max-length": HEADS_KEPT,
+                     "x-overflow": "drop-head"})
 
 
 def _dead_queues() -> tuple[Queue, ...]:
@@ -199,7 +214,7 @@ def queues(retry_delays_ms: tuple[int, ...] = (),
            defer_delays_ms: tuple[int, ...] = ()) -> tuple[Queue, ...]:
     """Every queue of the topology, the retry and defer tiers included when their delays are
     given."""
-    return (WORK_QUEUES + _dead_queues() + retry_queues(retry_delays_ms)
+    return (WORK_QUEUES + _dead_queues() + (HEADS_QUEUE,) + retry_queues(retry_delays_ms)
             + defer_queues(defer_delays_ms))
 
 

@@ -7,7 +7,7 @@ import argparse
 import contextlib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -17,6 +17,7 @@ from cli.commands import Commands, confirm, value
 from cli.context import Ctx
 from cli.errors import Exit, UsageError
 from cli.values import iso_utc, parse_when
+from services.audit import anchor  # the offline verifier: stdlib, orjson and cryptography only
 
 FILTERS = ("event_id", "event_type", "endpoint_id", "delivery_id", "kind", "outcome", "subject")
 """The audit API's filter parameters (``--event-id`` … on the command line)."""
@@ -43,7 +44,12 @@ def register(root: Commands) -> None:
     bar.add_argument("--no-progress", dest="progress", action="store_false",
                      help=t("help.arg.no_progress"))
 
-    cmds.command("verify", "help.audit.verify", verify)
+    p = cmds.command("verify", "help.audit.verify", verify)
+    p.add_argument("--heads", metavar="FILE", help=t("help.arg.heads"))
+    p.add_argument("--public-key", metavar="KEY", help=t("help.arg.public_key"))
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--export", metavar="FILE", help=t("help.arg.verify_export"))
+    source.add_argument("--url", metavar="URL", help=t("help.arg.verify_url"))
 
     p = cmds.command("subject-export", "help.audit.subject_export", subject_export)
     p.add_argument("subject", help=t("help.arg.subject_id"))
@@ -258,6 +264,10 @@ def purge(ctx: Ctx, args: argparse.Namespace) -> int:
 # -- verify -----------------------------------------------------------------------------------
 
 def verify(ctx: Ctx, args: argparse.Namespace) -> int:
+    if args.heads is not None or args.public_key is not None:
+        return verify_offline(ctx, args)
+    if args.export is not None or args.url is not None:
+        raise UsageError(ctx.t("verify.needs_heads"))
     report = ctx.audit().get("/v1/audit/verify")
 
     def human() -> None:
@@ -274,7 +284,98 @@ def verify(ctx: Ctx, args: argparse.Namespace) -> int:
                       at=output.short_time(checkpoint.get("at")),
                       signature=t("verify.signature_ok") if checkpoint.get("signature_ok")
                       else t("verify.signature_bad")))
+        head = report.get("signed_head")
+        if head:
+            ctx.say(t("verify.signed_head_held" if head.get("matches")
+                      else "verify.signed_head_lost", seq=head.get("seq"),
+                      at=output.short_time(head.get("time"))))
         ctx.note(t("verify.head_hint"))
 
     ctx.emit(report, human)
     return Exit.OK if report["ok"] else Exit.CHECK_FAILED
+
+
+def verify_offline(ctx: Ctx, args: argparse.Namespace) -> int:
+    """Check an export (a file, or the API's) against the signed heads with the public key
+    alone: nothing the service or its database says is trusted (``services.audit.anchor``)."""
+    t = ctx.t
+    if args.heads is None or args.public_key is None:
+        raise UsageError(t("verify.needs_heads"))
+    try:
+        public = anchor.public_key_from_text(_text_or_file(args.public_key))
+    except (OSError, ValueError) as exc:
+        raise UsageError(t("verify.bad_public_key", error=exc)) from None
+    heads = list(anchor.parse_lines(_lines(ctx, args.heads)))
+    verifier = anchor.OfflineVerifier(heads, public)
+    if args.export is not None:
+        with _opened(ctx, args.export) as fh:
+            for record in anchor.parse_lines(fh):
+                verifier.feed(record)
+    else:
+        client = ctx.audit() if args.url is None else Client(
+            "audit", args.url, ctx.settings.token, ctx.settings.timeout)
+        with client.stream("/v1/audit/export", [("format", "jsonl")]) as (_, body):
+            for record in anchor.parse_lines(_split(body)):
+                verifier.feed(record)
+    verdict = verifier.verdict()
+
+    def human() -> None:
+        newest = verdict.newest_head
+        if verdict.ok and newest is not None:
+            ctx.say("✔ " + t("verify.anchored", records=verdict.records, heads=verdict.heads,
+                             seq=newest["seq"], at=output.short_time(newest["time"])))
+        else:
+            ctx.say("✘ " + t("verify.tampered", seq=verdict.seq if verdict.seq is not None
+                             else "-", kind=verdict.kind, detail=verdict.detail))
+
+    ctx.emit(verdict.as_json(), human)
+    return Exit.OK if verdict.ok else Exit.CHECK_FAILED
+
+
+def _text_or_file(value: str) -> str:
+    """A key given inline (base64, PEM) or as the path of a file holding it."""
+    path = Path(value)
+    return path.read_text() if path.is_file() else value
+
+
+def _lines(ctx: Ctx, path: str) -> list[bytes]:
+    """The lines of a heads file, or of every ``*.jsonl`` of a directory in name order (the
+    daily files the service writes there sort by date)."""
+    target = Path(path)
+    files = sorted(target.glob("*.jsonl")) if target.is_dir() else [target]
+    lines: list[bytes] = []
+    for item in files:
+        try:
+            lines += item.read_bytes().splitlines()
+        except OSError as exc:
+            raise UsageError(ctx.t("verify.cannot_read", path=item,
+                                   error=exc.strerror or exc)) from None
+    return lines
+
+
+@contextlib.contextmanager
+def _opened(ctx: Ctx, path: str) -> Iterator[IO[bytes]]:
+    if path == "-":
+        buffer = getattr(ctx.stdin, "buffer", None)
+        if buffer is None:
+            raise UsageError(ctx.t("verify.cannot_read", path=path, error="not binary"))
+        yield buffer
+        return
+    try:
+        fh = Path(path).open("rb")  # noqa: SIM115 - closed by the `with` below; the try is for open alone
+    except OSError as exc:
+        raise UsageError(ctx.t("verify.cannot_read", path=path,
+                               error=exc.strerror or exc)) from None
+    with fh:
+        yield fh
+
+
+def _split(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines of a streamed body, whatever the chunk boundaries."""
+    rest = b""
+    for chunk in chunks:
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from services.audit.app import start
+import structlog
+
+from services.audit.app import StartRefusedError, start
 from services.audit.settings import AuditSettings
 from shared.logging import setup
 from shared.runtime import Stop, run
@@ -15,7 +17,11 @@ def main() -> None:
     async def _start() -> Stop:
         return await start(settings)
 
-    run(_start)
+    try:
+        run(_start)
+    except StartRefusedError as exc:
+        structlog.get_logger("dihya.audit").error("start_refused", reason=str(exc))
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

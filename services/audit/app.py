@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -13,6 +14,7 @@ from aiohttp import web
 from services.audit import handlers, metrics
 from services.audit.batcher import submit_retrying
 from services.audit.handlers import Rejected
+from services.audit.heads import ExchangeSink, FileSink, Heads, Sink
 from services.audit.http import make_app
 from services.audit.ordering import AcceptanceGate
 from services.audit.settings import AuditSettings
@@ -33,6 +35,10 @@ RETRY_MAX = 5.0
 """Backoff while the database is unreachable (seconds)."""
 CONTROL_PREFETCH = 50
 MAX_PATH = 2048
+
+
+class StartRefusedError(RuntimeError):
+    """The service will not start as configured (the message says why and what to set)."""
 
 
 async def start(settings: AuditSettings) -> Stop:
@@ -57,6 +63,16 @@ async def start(settings: AuditSettings) -> Stop:
 
 async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> None:
     grace = settings.shutdown_grace
+    problems = settings.production_problems()
+    if problems:
+        raise StartRefusedError("production mode (DIHYA_AUDIT_MODE=production) refuses to start: "
+                           + "; ".join(problems)
+                           + ". Set them, or DIHYA_AUDIT_MODE=development to generate keys "
+                             "kept in the database (not for production).")
+    try:
+        head_key = settings.head_key_text()
+    except OSError as exc:
+        raise StartRefusedError(f"DIHYA_AUDIT_HEAD_KEY_FILE cannot be read: {exc}") from None
     engine = make_engine(settings.database_url)
     stack.push_async_callback(engine.dispose)
     await migrate(engine, MIGRATIONS)
@@ -65,9 +81,11 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
         subject_key=settings.subject_key.get_secret_value() if settings.subject_key else None,
         checkpoint_key=(settings.checkpoint_key.get_secret_value()
                         if settings.checkpoint_key else None),
+        head_key=head_key,
         subject_paths=settings.subject_paths,
     )
     stack.push_async_callback(store.close)
+    await _warn_at_start(settings, store, head_key)
 
     connection = await connect(settings.amqp_url.get_secret_value(), service="audit",
                                heartbeat=settings.amqp_heartbeat)
@@ -75,6 +93,10 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     await declare_topology(connection)
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
     stack.push_async_callback(publisher.close)
+
+    heads = await _heads(settings, store, publisher)
+    heads.start()
+    stack.push_async_callback(heads.stop, max(grace, 1.0))  # after the writer's last batch
 
     gate = AcceptanceGate(store.accepted_events, deadline=settings.acceptance_wait)
     gate.start()
@@ -203,13 +225,15 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
         export_page=settings.export_page,
         retention_days=settings.retention_days,
         cors_origins=settings.origins,
+        heads=heads,
     )
     runner = await serve(app, settings.host, settings.port)
     stack.push_async_callback(runner.cleanup)
 
     if settings.retention_days > 0:
         purger = asyncio.create_task(
-            _purge_periodically(store, settings.retention_days, settings.retention_interval),
+            _purge_periodically(store, heads, settings.retention_days,
+                                settings.retention_interval),
             name="audit-retention")
         stack.push_async_callback(_cancel, purger)
 
@@ -231,12 +255,60 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
              batch_size=settings.batch_size, prefetch=settings.prefetch)
 
 
-async def _purge_periodically(store: AuditStore, days: int, interval: float) -> None:
+async def _warn_at_start(settings: AuditSettings, store: AuditStore,
+                         head_key: str | None) -> None:
+    """Say what weakens the log's anchoring: keys kept in the database, missing triggers."""
+    if settings.mode == "development":
+        kept = [name for name, given in (("head", head_key), ("checkpoint",
+                                         settings.checkpoint_key)) if given is None]
+        if kept:
+            log.warning("keys_in_database", keys=kept,
+                        detail="development mode: these signing keys are kept in the "
+                               "database, so whoever can write it can forge heads or "
+                               "checkpoints; set them from outside in production")
+    missing = await store.missing_triggers()
+    if missing:
+        log.warning("append_only_triggers_missing", triggers=missing,
+                    detail="the database no longer refuses UPDATE/DELETE of audit records "
+                           "(dropped by hand?): only the signed heads still reveal tampering")
+    if not settings.heads_file:
+        log.warning("heads_file_unset",
+                    detail="signed heads go to the dihya.audit.heads exchange only: set "
+                           "DIHYA_AUDIT_HEADS_FILE to keep them on storage apart from the "
+                           "database")
+
+
+async def _heads(settings: AuditSettings, store: AuditStore, publisher: Publisher) -> Heads:
+    """The head signer and its sinks, the head chain resumed from the heads file."""
+    signer = store.head_signer
+    assert signer is not None  # AuditStore.open always makes one
+    sinks: list[Sink] = [ExchangeSink(publisher)]
+    previous = None
+    if settings.heads_file:
+        sink = FileSink(Path(settings.heads_file))
+        sinks.append(sink)
+        previous = await asyncio.to_thread(sink.last_head)
+    if previous is not None and not await store.matches(previous):
+        log.error("database_does_not_match_last_head", seq=previous.get("seq"),
+                  head_hash=previous.get("head_hash"),
+                  detail="the chain no longer holds the newest head of the heads file: "
+                         "records were deleted or rewritten (run `dihya audit verify --heads`)")
+    log.info("heads_signing", key_id=signer.key_id, public_key=signer.public_b64,
+             interval=settings.heads_interval, file=settings.heads_file or None)
+    return Heads(store.head_state, signer, sinks, interval=settings.heads_interval,
+                 previous=previous)
+
+
+async def _purge_periodically(store: AuditStore, heads: Heads, days: int,
+                              interval: float) -> None:
     """Retention: purge what is older than ``days``, now and then every ``interval`` seconds.
-    A failed purge is logged and tried again next time (it is safe to repeat)."""
+    A failed purge is logged and tried again next time (it is safe to repeat). A head is
+    signed after each purge that wrote a checkpoint, so the heads attest it at once."""
     while True:
         try:
             result = await store.purge(utcnow() - timedelta(days=days))
+            if result.checkpoint:
+                await heads.sign()
         except Exception:
             log.exception("retention_purge_failed")
         else:

@@ -376,6 +376,9 @@ PROBLEMS: dict[str, str] = {
     "bad_checkpoint": "the retention checkpoint the chain starts from is not signed by this "
                       "service's checkpoint key: it was forged or modified (first_bad_seq is "
                       "its last_seq).",
+    "signed_head_mismatch": "the chain is consistent but no longer holds the newest signed "
+                            "head (first_bad_seq is its seq): records were deleted from its "
+                            "end, or rewritten with every later hash recomputed.",
 }
 
 

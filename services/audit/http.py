@@ -18,6 +18,7 @@ from aiohttp import web
 from services.audit import exports, handlers, openapi, sealing
 from services.audit.exports import Format
 from services.audit.handlers import RecordQuery
+from services.audit.heads import Heads
 from services.audit.store import AuditStore
 from shared.contracts import Role, utcnow
 from shared.web import (
@@ -40,6 +41,7 @@ PAGE_LIMIT: web.AppKey[int] = web.AppKey("audit_page_limit")
 EXPORT_PAGE: web.AppKey[int] = web.AppKey("audit_export_page")
 RETENTION_DAYS: web.AppKey[int] = web.AppKey("audit_retention_days")
 OPENAPI: web.AppKey[bytes] = web.AppKey("audit_openapi")
+HEADS: web.AppKey[Heads | None] = web.AppKey("audit_heads")
 
 READERS: tuple[Role, ...] = ("auditor", "admin")
 ERASERS: tuple[Role, ...] = ("admin",)
@@ -165,13 +167,42 @@ async def purge(request: web.Request) -> web.Response:
     result = await request.app[STORE].purge(utcnow() - timedelta(days=days))
     log.info("retention_purged", deleted=result.deleted, actor=principal.token_id,
              last_seq=result.checkpoint.last_seq if result.checkpoint else None)
+    heads = request.app[HEADS]
+    if result.checkpoint and heads is not None:
+        await heads.sign()  # the heads attest the new checkpoint at once
     return json_response(result.as_json())
 
 
 async def verify(request: web.Request) -> web.Response:
+    """Walk the chain; with heads, also report the newest signed head and whether the
+    database still holds it (a truncated or rewritten log no longer does)."""
     await authorize(request, *READERS)
-    report = await request.app[STORE].verify()
-    return json_response(report.as_json())
+    store = request.app[STORE]
+    report = (await store.verify()).as_json()
+    heads = request.app[HEADS]
+    head = heads.latest if heads is not None else None
+    if heads is not None:
+        report["heads"] = {"key_id": heads.signer.key_id, "public_key": heads.signer.public_b64,
+                           "unpublished": heads.unpublished}
+    report["signed_head"] = None
+    if head is not None:
+        matches = await store.matches(head)
+        report["signed_head"] = {**{k: head[k] for k in ("seq", "head_hash", "time")},
+                                 "matches": matches}
+        if not matches and report["ok"]:
+            report.update(ok=False, first_bad_seq=head["seq"], problem="signed_head_mismatch",
+                          detail=handlers.PROBLEMS["signed_head_mismatch"])
+    return json_response(report)
+
+
+async def sign_head(request: web.Request) -> web.Response:
+    """Sign a head now (it also happens every DIHYA_AUDIT_HEADS_INTERVAL) and publish it."""
+    await authorize(request, *READERS)
+    heads = request.app[HEADS]
+    if heads is None:
+        raise error(409, "heads_disabled", "This service signs no heads.")
+    head = await heads.sign()
+    return json_response({"head": dict(head), "unpublished": heads.unpublished})
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -188,18 +219,21 @@ def make_app(
     export_page: int = 1000,
     retention_days: int = 0,
     cors_origins: Sequence[str] = (),
+    heads: Heads | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[errors_middleware])
     app[STORE] = store
     app[PAGE_LIMIT] = page_limit
     app[EXPORT_PAGE] = export_page
     app[RETENTION_DAYS] = retention_days
+    app[HEADS] = heads
     app[OPENAPI] = orjson.dumps(openapi.document(page_limit))
     app[TOKEN_LOOKUP] = lookup
     app[REFUSAL_HOOK] = on_refusal
     app.router.add_get("/v1/audit/records", list_records)
     app.router.add_get("/v1/audit/export", export)
     app.router.add_get("/v1/audit/verify", verify)
+    app.router.add_post("/v1/audit/heads", sign_head)
     app.router.add_get(SUBJECT_ROUTE + "/export", subject_export)
     app.router.add_post(SUBJECT_ROUTE + "/erasure", erase_subject)
     app.router.add_post("/v1/audit/retention/purge", purge)

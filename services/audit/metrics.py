@@ -50,3 +50,33 @@ STORED_BEFORE_ACCEPTANCE = Counter(
     "Delivery facts stored without their event's acceptance after the acceptance wait "
     "(DIHYA_AUDIT_ACCEPTANCE_WAIT): not linked to the event's data subject.",
 )
+HEADS_SIGNED = Counter(
+    "dihya_audit_heads_signed_total",
+    "Signed heads of the chain (every DIHYA_AUDIT_HEADS_INTERVAL, on shutdown, after a purge "
+    "and on demand).",
+)
+HEAD_SIGN_FAILURES = Counter(
+    "dihya_audit_head_sign_failures_total",
+    "Heads that could not be signed (the database could not be read), or a shutdown that "
+    "ended with heads not yet published.",
+)
+HEAD_PUBLISH_FAILURES = Counter(
+    "dihya_audit_head_publish_failures_total",
+    "Failed attempts to write a signed head to a sink (`file`, `exchange`); it is retried.",
+    ["sink"],
+)
+HEADS_UNPUBLISHED = Gauge(
+    "dihya_audit_heads_unpublished",
+    "Signed heads a sink has not taken yet (retried in order).",
+    ["sink"],
+)
+HEAD_PUBLISHED_AT = Gauge(
+    "dihya_audit_head_last_published_timestamp_seconds",
+    "When a sink last took a signed head (Unix time).",
+    ["sink"],
+)
+CHECKPOINT_NOT_ATTESTED = Counter(
+    "dihya_audit_checkpoint_not_attested_total",
+    "Heads signed while the newest retention checkpoint did not verify with the service's "
+    "checkpoint key (a forged checkpoint: heads do not attest it).",
+)

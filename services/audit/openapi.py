@@ -136,6 +136,31 @@ _CHECKPOINT = {
 }
 
 
+_SIGNED_HEAD = {
+    "type": "object",
+    "description": (
+        "A signed head of the chain (`dihya.audit.head.v1`; the services/audit README gives "
+        "the format and a verification recipe)."),
+    "properties": {
+        "type": {"const": "dihya.audit.head.v1"},
+        "seq": {"type": "integer", "minimum": 0},
+        "head_hash": _HASH,
+        "records": {"type": "integer", "minimum": 0},
+        "time": {"type": "string"},
+        "previous_head_hash": _HASH,
+        "checkpoint": {"type": ["object", "null"], "properties": {
+            "last_seq": {"type": "integer"}, "last_hash": _HASH},
+            "required": ["last_seq", "last_hash"]},
+        "key_id": {"type": "string"},
+        "signature": {"type": "string"},
+    },
+    "required": ["type", "seq", "head_hash", "records", "time", "previous_head_hash",
+                 "checkpoint", "key_id", "signature"],
+}
+_UNPUBLISHED = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0},
+                "description": "Signed heads each sink (`file`, `exchange`) has not taken yet."}
+
+
 def document(page_limit: int) -> dict[str, Any]:
     """The OpenAPI 3.1 document for a service whose largest page is ``page_limit``."""
     record_params = [
@@ -273,10 +298,30 @@ def document(page_limit: int) -> dict[str, Any]:
                             "Hash of the newest record. Deleting the newest records leaves a "
                             "valid shorter chain: compare with a head noted earlier.")},
                         "checkpoint": _CHECKPOINT,
+                        "heads": {"type": "object", "description": (
+                            "The head signing key (raw Ed25519 public key, base64) and the "
+                            "heads not yet published."), "properties": {
+                                "key_id": {"type": "string"}, "public_key": {"type": "string"},
+                                "unpublished": _UNPUBLISHED},
+                            "required": ["key_id", "public_key", "unpublished"]},
+                        "signed_head": {
+                            "type": ["object", "null"],
+                            "description": "The newest head this service signed (null: none "
+                                           "yet), and whether the database still holds its "
+                                           "hash at its seq (if not, `ok` is false).",
+                            "properties": {"seq": {"type": "integer"}, "head_hash": _HASH,
+                                           "time": {"type": "string"},
+                                           "matches": {"type": "boolean"}},
+                            "required": ["seq", "head_hash", "time", "matches"]},
                     },
                     "required": ["ok", "records", "first_bad_seq", "problem", "detail",
-                                 "head_hash", "checkpoint"],
+                                 "head_hash", "checkpoint", "signed_head"],
                     "additionalProperties": False,
+                },
+                "SignedHead": {
+                    "type": "object",
+                    "properties": {"head": _SIGNED_HEAD, "unpublished": _UNPUBLISHED},
+                    "required": ["head", "unpublished"],
                 },
                 "Error": {
                     "type": "object",
@@ -409,6 +454,22 @@ def document(page_limit: int) -> dict[str, Any]:
                             "application/json": {
                                 "schema": {"$ref": "#/components/schemas/VerifyReport"}}}},
                         **auth_errors,
+                    },
+                }
+            },
+            "/v1/audit/heads": {
+                "post": {
+                    "operationId": "signAuditHead",
+                    "summary": "Sign the chain's head now and publish it to the heads file "
+                               "and the `dihya.audit.heads` exchange (it also happens every "
+                               "DIHYA_AUDIT_HEADS_INTERVAL seconds).",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {"description": "The head signed.", "content": {
+                            "application/json": {"schema": {
+                                "$ref": "#/components/schemas/SignedHead"}}}},
+                        **auth_errors,
+                        "409": _error_response("This service signs no heads."),
                     },
                 }
             },

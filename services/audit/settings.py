@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -69,7 +71,39 @@ class AuditSettings(ServiceSettings):
         default=None,
         description="Base64 of a 32-byte Ed25519 seed that signs retention checkpoints; keep "
                     "it outside the database so that whoever can write the database cannot "
-                    "forge one. Unset: generated on first start and kept in the database.",
+                    "forge one. Required in production mode; in development mode, if unset, "
+                    "generated on first start and kept in the database.",
+    )
+    mode: Literal["production", "development"] = Field(
+        default="production",
+        description="`production` refuses to start unless the head key and the checkpoint "
+                    "key come from outside the database (`DIHYA_AUDIT_HEAD_KEY[_FILE]`, "
+                    "`DIHYA_AUDIT_CHECKPOINT_KEY`); `development` generates missing keys, "
+                    "keeps them in the database and warns (whoever can write the database "
+                    "can then forge heads and checkpoints).",
+    )
+    head_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 of a 32-byte Ed25519 seed that signs the chain's heads; keep it "
+                    "outside the database (a secret store). Publish its public key to "
+                    "auditors (the start-up log and `GET /v1/audit/verify` show it).",
+    )
+    head_key_file: Path | None = Field(
+        default=None,
+        description="A file holding the head key (base64 of the 32-byte seed), e.g. a "
+                    "mounted Kubernetes Secret; used when `DIHYA_AUDIT_HEAD_KEY` is unset.",
+    )
+    heads_file: str = Field(
+        default="",
+        description="Append-only JSON Lines file of the signed heads (one per line), or a "
+                    "directory (then one `heads-YYYY-MM-DD.jsonl` per UTC day). Put it on "
+                    "storage the database's administrators cannot rewrite (WORM). Empty: "
+                    "heads go to the `dihya.audit.heads` exchange only (a warning at start).",
+    )
+    heads_interval: float = Field(
+        default=60.0, gt=0, le=86_400,
+        description="Seconds between two signed heads (one is also signed on shutdown, after "
+                    "a retention purge, and on `POST /v1/audit/heads`).",
     )
     retention_days: int = Field(
         default=0, ge=0, le=36_500,
@@ -105,13 +139,40 @@ class AuditSettings(ServiceSettings):
         sealing.parse_paths(value)
         return value
 
-    @field_validator("subject_key", "checkpoint_key")
+    @field_validator("subject_key", "checkpoint_key", "head_key")
     @classmethod
     def _key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None  # set but empty: as if unset
         sealing.decode_key(value.get_secret_value(), "the key")
         return value
+
+
+    def head_key_text(self) -> str | None:
+        """The head key's base64 text: ``head_key``, else the content of ``head_key_file``
+        (OSError if that file cannot be read)."""
+        if self.head_key is not None:
+            return self.head_key.get_secret_value()
+        if self.head_key_file is not None:
+            text = self.head_key_file.read_text().strip()
+            return text or None
+        return None
+
+    def production_problems(self) -> list[str]:
+        """Why production mode must refuse to start (empty: it may start)."""
+        if self.mode != "production":
+            return []
+        problems = []
+        if self.head_key is None and self.head_key_file is None:
+            problems.append("DIHYA_AUDIT_HEAD_KEY (or DIHYA_AUDIT_HEAD_KEY_FILE) is not set: "
+                            "the key that signs the chain's heads must come from outside the "
+                            "database")
+        if self.checkpoint_key is None:
+            problems.append("DIHYA_AUDIT_CHECKPOINT_KEY is not set: the key that signs "
+                            "retention checkpoints must come from outside the database (if "
+                            "this database was used with a generated key, set it to the "
+                            "value of `checkpoint_signing.key` in table service_keys)")
+        return problems
 
 
 def parse_origins(value: str) -> tuple[str, ...]:

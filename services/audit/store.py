@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.audit import checkpoints, direct, handlers, sealing
+from services.audit.anchor import HeadSigner
 from services.audit.checkpoints import Checkpoint, CheckpointSigner
 from services.audit.handlers import (
     AnyFact,
@@ -212,12 +213,39 @@ class Purge:
 _FINGERPRINT_LABEL = b"dihya-audit-key-fingerprint"
 
 
+@dataclass(frozen=True)
+class HeadState:
+    """What a signed head states about the chain (read under the writer lock)."""
+
+    seq: int
+    head_hash: str
+    records: int
+    time: str
+    """When it was read, in the records' datetime spelling: every record committed later has a
+    later ``recorded_at`` (both are taken under the writer lock)."""
+    checkpoint: dict[str, Any] | None
+    """The newest retention checkpoint, if its signature verifies with this service's key."""
+    forged_checkpoint: int | None = None
+    """``last_seq`` of a newest checkpoint whose signature does not verify (not attested)."""
+
+
+TRIGGERS = {
+    "sqlite": ("audit_records_no_update", "audit_records_no_delete",
+               "audit_checkpoints_no_update", "audit_checkpoints_no_delete"),
+    "postgresql": ("audit_records_append_only", "audit_checkpoints_append_only"),
+}
+"""The append-only triggers of revision ``audit_0002``, by dialect."""
+
+
 class AuditStore:
     def __init__(self, engine: AsyncEngine, *, index_key: bytes, signer: CheckpointSigner,
-                 paths: tuple[sealing.Path, ...] = sealing.DEFAULT_PATHS) -> None:
+                 paths: tuple[sealing.Path, ...] = sealing.DEFAULT_PATHS,
+                 head_signer: HeadSigner | None = None) -> None:
         self.engine = engine
         self.paths = paths
         self.signer = signer
+        self.head_signer = head_signer
+        """Signs the chain's heads (:mod:`services.audit.heads`); None: no heads."""
         self._index_key = index_key
         self._lock = asyncio.Lock()
         self._direct = direct_sqlite(engine)  # SQLite: the batch append as plain sqlite3
@@ -229,16 +257,20 @@ class AuditStore:
 
     @classmethod
     async def open(cls, engine: AsyncEngine, *, subject_key: str | None = None,
-                   checkpoint_key: str | None = None,
+                   checkpoint_key: str | None = None, head_key: str | None = None,
                    subject_paths: str = sealing.DEFAULT_SUBJECT_PATHS) -> AuditStore:
-        """The store, with its subject-index and checkpoint keys: the configured ones (checked
-        against the fingerprints pinned in the database) or, when none is configured, keys
-        generated on first start and kept in the ``service_keys`` table."""
+        """The store, with its subject-index, checkpoint and head keys: the configured ones
+        (checked against the fingerprints pinned in the database) or, when none is configured,
+        keys generated on first start and kept in the ``service_keys`` table (development
+        mode: production refuses to start without the checkpoint and head keys, see app.py).
+        """
         paths = sealing.parse_paths(subject_paths)
         given_index = (sealing.decode_key(subject_key, "DIHYA_AUDIT_SUBJECT_KEY")
                        if subject_key else None)
         given_seed = (sealing.decode_key(checkpoint_key, "DIHYA_AUDIT_CHECKPOINT_KEY")
                       if checkpoint_key else None)
+        given_head = (sealing.decode_key(head_key, "DIHYA_AUDIT_HEAD_KEY")
+                      if head_key else None)
         for attempt in range(3):  # replicas starting together race to pin the first keys
             try:
                 async with engine.begin() as conn:
@@ -248,11 +280,15 @@ class AuditStore:
                     seed = await _resolve_key(
                         conn, "checkpoint_signing", given_seed, "DIHYA_AUDIT_CHECKPOINT_KEY",
                         lambda k: CheckpointSigner(k).key_id)
+                    head_seed = await _resolve_key(
+                        conn, "head_signing", given_head, "DIHYA_AUDIT_HEAD_KEY",
+                        lambda k: HeadSigner(k).key_id)
                 break
             except IntegrityError:
                 if attempt == 2:
                     raise
-        return cls(engine, index_key=index_key, signer=CheckpointSigner(seed), paths=paths)
+        return cls(engine, index_key=index_key, signer=CheckpointSigner(seed), paths=paths,
+                   head_signer=HeadSigner(head_seed))
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncConnection]:
@@ -279,6 +315,7 @@ class AuditStore:
         instead and the batch is retried (and then sees the id as existing). Records about a
         data subject are sealed with that subject's key, created on first use.
         """
+        # ``recorded_at`` is read under the writer lock, as a head's time is (see head_state).
         if self._direct is not None:
             async with self._lock:
                 return await self._direct.transaction(functools.partial(
@@ -533,8 +570,8 @@ class AuditStore:
         names the pseudonym and counts, never the subject id) is in the chain. Records are not
         touched, so the chain still verifies.
         """
-        now = now or utcnow()
         async with self._writing() as conn:
+            now = now or utcnow()  # under the writer lock, as every recorded_at
             sqlite = conn.dialect.name == "sqlite"
             if sqlite:  # overwrite the deleted key's bytes in the file, not just unlink them
                 await conn.exec_driver_sql("PRAGMA secure_delete = ON")
@@ -581,9 +618,9 @@ class AuditStore:
         covered records behind: verification already starts after them, and the next purge
         deletes them.
         """
-        now = now or utcnow()
         written: Checkpoint | None = None
         async with self._writing() as conn:
+            now = now or utcnow()  # under the writer lock, as every recorded_at
             previous = await _latest_checkpoint(conn)
             previous_last = previous.last_seq if previous else 0
             head_seq, _ = await self._head(conn)
@@ -633,6 +670,53 @@ class AuditStore:
     async def head_seq(self) -> int:
         async with self.engine.connect() as conn:
             return (await self._head(conn))[0]
+
+    # ----------------------------------------------------------------- heads
+
+    async def head_state(self) -> HeadState:
+        """The chain's head, record count and newest checkpoint, read under the writer lock,
+        with the time read there too: a record committed after this has a later
+        ``recorded_at``, which is what lets a verifier call a record that lies beyond a head
+        yet claims an earlier time a forged append."""
+        async with self._writing() as conn:
+            time = handlers.iso(utcnow())
+            seq, head_hash = await self._head(conn)
+            count = int((await conn.execute(
+                sa.select(sa.func.count()).select_from(records))).scalar_one())
+            checkpoint = await _latest_checkpoint(conn)
+        if checkpoint is None:
+            return HeadState(seq, head_hash, count, time, None)
+        if not checkpoints.signature_ok(checkpoint, self.signer.public):
+            return HeadState(seq, head_hash, count, time, None, checkpoint.last_seq)
+        return HeadState(seq, head_hash, count, time,
+                         {"last_seq": checkpoint.last_seq, "last_hash": checkpoint.last_hash})
+
+    async def matches(self, head: Mapping[str, Any]) -> bool:
+        """Whether the stored chain still holds ``head``'s hash at its seq (or, if a purge
+        took that record, whether a checkpoint covers it)."""
+        async with self.engine.connect() as conn:
+            stored = (await conn.execute(
+                sa.select(records.c.hash).where(records.c.seq == head["seq"]))).scalar()
+            if stored is not None:
+                return bool(stored == head["head_hash"])
+            checkpoint = await _latest_checkpoint(conn)
+        if head["seq"] == 0:
+            return bool(head["head_hash"] == handlers.GENESIS_HASH)
+        return checkpoint is not None and checkpoint.last_seq >= head["seq"] and (
+            checkpoint.last_seq != head["seq"] or checkpoint.last_hash == head["head_hash"])
+
+    async def missing_triggers(self) -> list[str]:
+        """The append-only triggers (``audit_0002``) the database no longer has."""
+        async with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                found = set((await conn.execute(sa.text(
+                    "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN "
+                    "('records'::regclass, 'checkpoints'::regclass)"))).scalars())
+            else:
+                found = set((await conn.execute(sa.text(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger'"))).scalars())
+            expected = TRIGGERS.get(conn.dialect.name, ())
+        return [name for name in expected if name not in found]
 
     # ----------------------------------------------------------------- tokens
 

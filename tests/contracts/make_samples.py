@@ -11,9 +11,11 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.audit.anchor import HeadSigner
 from shared.contracts import (
     AttemptRecord,
     AuditFact,
+    AuditHead,
     Contract,
     DeliveryJob,
     EndpointSecret,
@@ -53,6 +55,9 @@ SAMPLES: dict[str, Contract] = {
                                      secret="whsec_c2FtcGxlLW5vdC1hLXJlYWwtc2VjcmV0",  # type: ignore[arg-type]
                                      issued_at=AT),
     "TokenGrant": TokenGrant(token_id="tok_1", role="auditor", token_hash="0" * 64, issued_at=AT),
+    "AuditHead": AuditHead.model_validate(HeadSigner(bytes(range(32))).sign(
+        seq=120, head_hash="ab" * 32, records=120, time="2025-05-20T12:00:00.000000Z",
+        previous_head_hash="0" * 64, checkpoint={"last_seq": 40, "last_hash": "cd" * 32})),
 }
 
 HERE = Path(__file__).parent / "samples"

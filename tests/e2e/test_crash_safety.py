@@ -26,6 +26,7 @@ import pytest
 
 from demo.launcher import System
 from demo.receiver import Receiver
+from services.audit import anchor
 from shared import topology
 from tests.conftest import drop_connections, wait_for
 from tests.e2e.conftest import Api
@@ -58,7 +59,8 @@ async def chaos(amqp_url: str, tmp_path_factory: pytest.TempPathFactory
                 ) -> AsyncIterator[tuple[System, Receiver, Api]]:
     system = System(amqp_url, Path(tmp_path_factory.mktemp("chaos")),
                     env={"DIHYA_DELIVERER_RETRY_SCHEDULE": SCHEDULE,
-                         "DIHYA_DELIVERER_TIMEOUT": "2", "DIHYA_SHUTDOWN_GRACE": "5"})
+                         "DIHYA_DELIVERER_TIMEOUT": "2", "DIHYA_SHUTDOWN_GRACE": "5",
+                         "DIHYA_AUDIT_HEADS_INTERVAL": "0.5"})
     receiver = Receiver()
     await receiver.start()
     await system.start()
@@ -178,6 +180,23 @@ async def test_sigkill_audit_mid_stream_loses_no_record(chaos: tuple[System, Rec
     print(f"[books] kill-audit audit: attempted={len(await attempted())} "
           f"accepted_missing={len(missing)}")
     assert not missing
+    # The log, untouched, verifies offline against the heads signed before, during (every
+    # 0.5 s, under load) and after the SIGKILL: the restarted service resumed the head chain.
+    system = chaos[0]
+    _, head = await api.call("POST", "audit", "/v1/audit/heads", system.admin_token,
+                             expect=200)
+    async with api.http.get(system.url("audit") + "/v1/audit/export", headers={
+            "Authorization": f"Bearer {system.admin_token}"}) as resp:
+        assert resp.status == 200
+        export = await resp.read()
+    heads = list(anchor.parse_lines(system.heads_file().read_bytes().splitlines()))
+    verdict = anchor.verify(heads, anchor.HeadSigner(system.audit_head_seed).public,
+                            anchor.parse_lines(export.splitlines()))
+    print(f"[books] kill-audit heads: heads={verdict.heads} torn={len(heads) - verdict.heads} "
+          f"records={verdict.records} verdict={verdict.kind or 'ok'} ({verdict.detail})")
+    assert verdict.ok, verdict
+    assert verdict.newest_head is not None
+    assert verdict.newest_head["seq"] >= head["head"]["seq"]
 
 
 async def _endpoints(api: Api) -> list[dict[str, object]]:

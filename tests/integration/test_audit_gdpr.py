@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +27,7 @@ from pydantic import SecretStr
 from services.audit import sealing
 from services.audit.app import start
 from services.audit.handlers import GENESIS_HASH
+from services.audit.heads import FileSink, Heads
 from services.audit.http import make_app
 from services.audit.settings import AuditSettings
 from services.audit.store import MIGRATIONS, AuditStore, KeyMismatchError, subject_keys
@@ -53,6 +55,7 @@ class Api:
     base: str
     session: aiohttp.ClientSession
     database_url: str
+    heads: Heads | None = None
 
     async def call(self, method: str, path: str, token: str | None = ADMIN,
                    **params: str) -> tuple[int, bytes, Any]:
@@ -108,8 +111,9 @@ def grant(token: str, role: str) -> TokenGrant:
 
 @contextlib.asynccontextmanager
 async def served(database_url: str, *, retention_days: int = 0, export_page: int = 1000,
-                 **store_options: Any) -> AsyncIterator[Api]:
-    """The audit HTTP app over a migrated store, on a free port (no broker)."""
+                 heads_file: Path | None = None, **store_options: Any) -> AsyncIterator[Api]:
+    """The audit HTTP app over a migrated store, on a free port (no broker); with
+    ``heads_file``, heads signed on demand (``api.heads.sign()``) go to that file."""
     engine = make_engine(database_url)
     try:
         await migrate(engine, MIGRATIONS)
@@ -120,14 +124,19 @@ async def served(database_url: str, *, retention_days: int = 0, export_page: int
         async def refused(_request: Any, _principal: Principal | None, _reason: str) -> None:
             return None
 
+        heads = None
+        if heads_file is not None:
+            assert store.head_signer is not None
+            heads = Heads(store.head_state, store.head_signer, [FileSink(heads_file)],
+                          interval=3600)
         app = make_app(store, lookup=bootstrap_lookup(ADMIN, store.lookup),
                        on_refusal=refused, checks={}, page_limit=500,
-                       export_page=export_page, retention_days=retention_days)
+                       export_page=export_page, retention_days=retention_days, heads=heads)
         port = free_port()
         runner = await serve(app, "127.0.0.1", port)
         try:
             async with aiohttp.ClientSession() as session:
-                yield Api(store, f"http://127.0.0.1:{port}", session, database_url)
+                yield Api(store, f"http://127.0.0.1:{port}", session, database_url, heads)
         finally:
             await runner.cleanup()
             await store.close()
@@ -364,7 +373,7 @@ async def test_the_running_service_erases_redacts_and_purges(
     # only because audit holds it until the acceptance naming the subject is stored (or
     # links it within one batch) — see the next test.
     settings = AuditSettings(
-        host="127.0.0.1", port=free_port(), database_url=database_url,
+        host="127.0.0.1", port=free_port(), database_url=database_url, mode="development",
         amqp_url=SecretStr(amqp_url), admin_token=SecretStr(ADMIN),
         shutdown_grace=1.0, retention_days=400, retention_interval=0.2)
     stop = await start(settings)
@@ -432,7 +441,7 @@ async def test_a_delivery_fact_is_stored_after_its_events_acceptance(
     await (await channel.get_queue(topology.AUDIT_FACTS, ensure=False)).purge()
     publisher = await Publisher.open(connection)
     settings = AuditSettings(
-        host="127.0.0.1", port=free_port(), database_url=database_url,
+        host="127.0.0.1", port=free_port(), database_url=database_url, mode="development",
         amqp_url=SecretStr(amqp_url), admin_token=SecretStr(ADMIN),
         shutdown_grace=1.0, acceptance_wait=4.0)
     stop = await start(settings)

@@ -122,8 +122,10 @@ class Audit:
 def settings_for(amqp_url: str, database_url: str, **extra: Any) -> AuditSettings:
     # acceptance_wait 0: these facts are made up, most events have no acceptance; the wait
     # for it is tested in test_audit_gdpr.py
+    # development mode: signing keys generated in the database (production refuses to start
+    # without them: test_audit_heads.py)
     values: dict[str, Any] = {"batch_wait": 0.01, "shutdown_grace": 2.0, "acceptance_wait": 0,
-                              **extra}
+                              "mode": "development", **extra}
     return AuditSettings(
         host="127.0.0.1", port=free_port(), database_url=database_url,
         amqp_url=SecretStr(amqp_url), admin_token=SecretStr(ADMIN), **values,

@@ -132,7 +132,9 @@ def test_openapi_document_matches_the_parser_and_records() -> None:
                                          *handlers.VIEW_FIELDS, "prev_hash", "hash"}
     assert set(record["required"]) == {*handlers.RECORD_FIELDS, "prev_hash", "hash"}
     report = doc["components"]["schemas"]["VerifyReport"]
-    assert set(report["properties"]) == set(handlers.verify_chain([]).as_json())
+    # the chain walk's report, plus what the HTTP layer adds about signed heads
+    assert set(report["properties"]) == {*handlers.verify_chain([]).as_json(), "heads",
+                                         "signed_head"}
     assert set(doc["paths"]) >= {"/v1/audit/records", "/v1/audit/verify", "/v1/openapi.json",
                                  "/healthz", "/readyz", "/metrics"}
 

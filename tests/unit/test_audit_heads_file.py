@@ -1,0 +1,70 @@
+"""The heads file sink on a real filesystem: one line per head, daily files in a directory, a
+torn last line left alone, and the chain resumed from the newest whole head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.audit import anchor, heads
+from services.audit.heads import FileSink
+
+SIGNER = anchor.HeadSigner(bytes(range(32)))
+
+
+def head(seq: int, day: int = 6, previous: str = anchor.GENESIS_HASH) -> dict[str, Any]:
+    return SIGNER.sign(seq=seq, head_hash=f"{seq:064x}", records=seq,
+                       time=f"2026-12-{day:02d}T12:00:00.000000Z", previous_head_hash=previous,
+                       checkpoint=None)
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+async def test_a_file_gets_one_canonical_line_per_head(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path / "heads.jsonl")
+    assert sink.last_head() is None
+    first, second = head(1), head(2)
+    await sink.write(first)
+    await sink.write(second)
+    assert (tmp_path / "heads.jsonl").read_bytes() == (
+        anchor.canonical(first) + b"\n" + anchor.canonical(second) + b"\n")
+    assert sink.last_head() == second
+
+
+async def test_a_directory_gets_one_file_per_day(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path)
+    await sink.write(head(1, day=6))
+    await sink.write(head(2, day=7))
+    await sink.write(head(3, day=7))
+    assert names(tmp_path) == ["heads-2026-12-06.jsonl", "heads-2026-12-07.jsonl"]
+    assert sink.last_head() == head(3, day=7)
+
+
+async def test_after_a_torn_line_the_next_head_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "heads.jsonl"
+    whole = head(1)
+    path.write_bytes(anchor.canonical(whole) + b"\n" + anchor.canonical(head(2))[:50])
+    sink = FileSink(path)
+    assert sink.last_head() == whole  # the chain goes on from the last whole head
+    following = head(3, previous=anchor.head_digest(whole))
+    await sink.write(following)
+    parsed = list(anchor.parse_lines(path.read_bytes().splitlines()))
+    assert parsed == [whole, None, following]
+    verifier = anchor.OfflineVerifier(parsed, SIGNER.public)
+    # the heads still chain (no record given: only the log's length is wrong)
+    assert verifier.torn == 1 and verifier.verdict().kind == "truncated"
+
+
+def test_the_last_head_is_read_from_the_end_across_blocks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heads, "TAIL_BLOCK", 100)  # a head line is ~400 bytes
+    path = tmp_path / "heads.jsonl"
+    lines = [anchor.canonical(head(seq)) for seq in range(1, 30)]
+    path.write_bytes(b"\n".join(lines) + b"\n" + b'{"torn')
+    assert FileSink(path).last_head() == head(29)
+    path.write_bytes(b"garbage\n" * 3)
+    assert FileSink(path).last_head() is None
