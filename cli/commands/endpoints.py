@@ -13,7 +13,7 @@ from cli.context import Ctx
 from cli.errors import ApiError, CliError, Exit, UnreachableError, UsageError
 from cli.i18n import LANGS, Messages, catalog
 from cli.values import parse_schedule, schedule_text
-from services.ingest.handlers import matches  # the exact filter semantics ingest applies
+from shared.subscriptions import selects  # the filter contract ingest applies
 
 TEST_EVENT = "dihya.test"
 """The event type ``endpoints test`` publishes. Only endpoints subscribed to it (or to a
@@ -269,7 +269,7 @@ def probe(ctx: Ctx, args: argparse.Namespace) -> int:
         raise CliError(t("test.disabled", id=ep["id"]), Exit.API_ERROR)
     event_type = args.event_type or TEST_EVENT
     added = False
-    if not any(matches(p, event_type) for p in ep["events"]):
+    if not selects(ep["events"], event_type):
         if args.event_type:
             raise UsageError(t("test.not_subscribed", id=ep["id"], type=event_type,
                                events=", ".join(ep["events"])))
