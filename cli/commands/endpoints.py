@@ -245,16 +245,18 @@ def probe_event(event_type: str, endpoint_id: str, lang: str) -> dict[str, Any]:
                      "details": {code: catalog(code)["test.details"] for code in LANGS}}}
 
 
-def wait_outcome(audit: Client, event_id: str, endpoint_id: str, timeout: float,
-                 sleep: Any = time.sleep, clock: Any = time.monotonic) -> dict[str, Any] | None:
-    """The first audit record that tells what became of the event at this endpoint: its first
-    attempt, or why it was not attempted (held, parked). None after ``timeout`` seconds."""
+def wait_outcome(audit: Client, query: dict[str, str], timeout: float,
+                 attempt: int | None = None, sleep: Any = time.sleep,
+                 clock: Any = time.monotonic) -> dict[str, Any] | None:
+    """The first audit record matching ``query`` (an event and endpoint, or a delivery) that
+    tells what became of it: an attempt (number ``attempt`` when given), or why there was none
+    (held, parked). None after ``timeout`` seconds."""
     deadline = clock() + timeout
     while True:
-        page = audit.get("/v1/audit/records", {"event_id": event_id,
-                                               "endpoint_id": endpoint_id, "limit": "100"})
+        page = audit.get("/v1/audit/records", {**query, "limit": "100"})
         for record in page["records"]:
-            if record["kind"] in OUTCOME_KINDS:
+            if record["kind"] in OUTCOME_KINDS and (
+                    attempt is None or record.get("attempt") in (None, attempt)):
                 return dict(record)
         if clock() >= deadline:
             return None
@@ -281,7 +283,8 @@ def probe(ctx: Ctx, args: argparse.Namespace) -> int:
                                   body=probe_event(event_type, ep["id"], t.lang)).data
         ctx.note(t("test.published", event_id=accepted["id"], type=event_type, url=ep["url"]))
         ctx.note(t("test.waiting", seconds=f"{args.wait:g}"))
-        record = wait_outcome(ctx.audit(), accepted["id"], ep["id"], args.wait)
+        record = wait_outcome(ctx.audit(), {"event_id": accepted["id"],
+                                            "endpoint_id": ep["id"]}, args.wait)
     finally:
         if added and not args.keep_subscription:
             _unsubscribe(ctx, ingest, path, ep["id"])
@@ -289,7 +292,8 @@ def probe(ctx: Ctx, args: argparse.Namespace) -> int:
                      and record.get("outcome") == "delivered")
     result = {"endpoint_id": ep["id"], "event": accepted, "subscription_added": added,
               "delivered": delivered, "record": record}
-    ctx.emit(result, lambda: _show_attempt(ctx, record, accepted["id"], args.wait))
+    timed_out = t("test.timeout", seconds=f"{args.wait:g}", event_id=accepted["id"])
+    ctx.emit(result, lambda: show_attempt(ctx, record, timed_out))
     return Exit.OK if delivered else Exit.CHECK_FAILED
 
 
@@ -305,15 +309,17 @@ def _unsubscribe(ctx: Ctx, ingest: Client, path: str, endpoint_id: str) -> None:
         ctx.note(ctx.t("test.subscription_kept", id=endpoint_id, type=TEST_EVENT))
 
 
-def _show_attempt(ctx: Ctx, record: dict[str, Any] | None, event_id: str,
-                  waited: float) -> None:
+def show_attempt(ctx: Ctx, record: dict[str, Any] | None, timed_out: str) -> None:
+    """An attempt as ``endpoints test`` shows it (``timed_out``: what to say when there was
+    none in time)."""
     t = ctx.t
     if record is None:
-        ctx.say("✘ " + t("test.timeout", seconds=f"{waited:g}", event_id=event_id))
+        ctx.say("✘ " + timed_out)
         return
     if record["kind"] != "delivery.attempted":
         ctx.say("✘ " + t("test.not_attempted", kind=record["kind"],
-                         reason=record.get("reason") or "-", event_id=event_id))
+                         reason=record.get("reason") or "-",
+                         event_id=record.get("event_id") or "-"))
         return
     details = record.get("details") or {}
     duration = record.get("duration_ms")
