@@ -36,7 +36,7 @@ from cli.config import Profile, Settings, config_path, read_profile, resolve
 from cli.context import Ctx
 from cli.errors import ApiError, CliError, Exit, UnreachableError
 from cli.i18n import LANGS, Messages, choose, normalize
-from cli.parser import Parser
+from cli.parser import Parser, argparse_language
 
 MODULES = (endpoints, events, event_types, deliveries, listen, audit, tokens, login, services,
            completion)
@@ -121,17 +121,18 @@ def run(argv: Sequence[str], *, env: Mapping[str, str], stdout: TextIO, stderr: 
         stdin: TextIO | None = None) -> int:
     """Run one ``dihya`` command; returns its exit code (never raises SystemExit)."""
     t = Messages(choose(prescan_lang(argv), env))
-    parser = build_parser(t)
-    if "_ARGCOMPLETE" in env:  # the shell asks for candidates: answer and exit, nothing else
-        argcomplete.autocomplete(parser)
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            args = parser.parse_args(list(argv))
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else Exit.USAGE
-    if args.handler is None:
-        args.group_parser.print_help(stderr)
-        return Exit.USAGE
+    with argparse_language(t.lang):
+        parser = build_parser(t)
+        if "_ARGCOMPLETE" in env:  # the shell asks for candidates: answer and exit
+            argcomplete.autocomplete(parser)
+        try:
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                args = parser.parse_args(list(argv))
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else Exit.USAGE
+        if args.handler is None:
+            args.group_parser.print_help(stderr)
+            return Exit.USAGE
 
     def fail(message: str) -> None:
         stderr.write(f"dihya: {message}\n")
