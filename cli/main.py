@@ -35,7 +35,7 @@ from cli.commands import (
 from cli.config import Profile, Settings, config_path, read_profile, resolve
 from cli.context import Ctx
 from cli.errors import ApiError, CliError, Exit, UnreachableError
-from cli.i18n import LANGS, Messages, choose, normalize
+from cli.i18n import LANGS, Messages, choose, normalize, script
 from cli.parser import Parser, argparse_language
 
 MODULES = (endpoints, events, event_types, deliveries, listen, audit, tokens, login, services,
@@ -120,8 +120,8 @@ def explain_unreachable(t: Messages, exc: UnreachableError) -> str:
 def run(argv: Sequence[str], *, env: Mapping[str, str], stdout: TextIO, stderr: TextIO,
         stdin: TextIO | None = None) -> int:
     """Run one ``dihya`` command; returns its exit code (never raises SystemExit)."""
-    t = Messages(choose(prescan_lang(argv), env))
-    with argparse_language(t.lang):
+    t = Messages(choose(prescan_lang(argv), env), script(env.get("DIHYA_TZM_SCRIPT")))
+    with argparse_language(t.variant):
         parser = build_parser(t)
         if "_ARGCOMPLETE" in env:  # the shell asks for candidates: answer and exit
             argcomplete.autocomplete(parser)
@@ -146,8 +146,9 @@ def run(argv: Sequence[str], *, env: Mapping[str, str], stdout: TextIO, stderr: 
             profile = Profile(path=config)  # login makes the profile; completion needs none
         else:
             profile = read_profile(config, args.profile or env.get("DIHYA_PROFILE"), t)
-        if profile.get("lang"):
-            t = Messages(choose(args.lang, env, profile.get("lang")))
+        if profile.get("lang") or profile.get("tzm_script"):
+            t = Messages(choose(args.lang, env, profile.get("lang")),
+                         script(env.get("DIHYA_TZM_SCRIPT"), profile.get("tzm_script")))
         settings = resolve(ingest_url=args.ingest_url, audit_url=args.audit_url,
                            token=args.token, timeout=args.timeout, env=env, profile=profile,
                            t=t)

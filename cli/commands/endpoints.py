@@ -11,7 +11,7 @@ from cli.client import Client, seg
 from cli.commands import Commands, confirm, value
 from cli.context import Ctx
 from cli.errors import ApiError, CliError, Exit, UnreachableError, UsageError
-from cli.i18n import LANGS, Messages, catalog
+from cli.i18n import LANGS, TIFINAGH, Messages, catalog
 from cli.values import parse_schedule, schedule_text
 from shared.subscriptions import selects  # the filter contract ingest applies
 
@@ -237,12 +237,14 @@ def rotate(ctx: Ctx, args: argparse.Namespace) -> int:
 
 # -- test -----------------------------------------------------------------------------------
 
-def probe_event(event_type: str, endpoint_id: str, lang: str) -> dict[str, Any]:
+def probe_event(event_type: str, endpoint_id: str, t: Messages) -> dict[str, Any]:
     """The event ``endpoints test`` publishes: marked as a test, its ``details`` in the four
-    languages (the receiver shows whichever its user reads)."""
-    return {"event": event_type, "lang": lang,
+    languages (the receiver shows whichever its user reads), Tamazight in the chosen script."""
+    tzm = TIFINAGH if t.tzm_script == "tifinagh" else "tzm"
+    return {"event": event_type, "lang": t.lang,
             "data": {"test": True, "endpoint_id": endpoint_id,
-                     "details": {code: catalog(code)["test.details"] for code in LANGS}}}
+                     "details": {code: catalog(tzm if code == "tzm" else code)["test.details"]
+                                 for code in LANGS}}}
 
 
 def wait_outcome(audit: Client, query: dict[str, str], timeout: float,
@@ -280,7 +282,7 @@ def probe(ctx: Ctx, args: argparse.Namespace) -> int:
         ctx.note(t("test.subscription_added", id=ep["id"], type=TEST_EVENT))
     try:
         accepted = ingest.request("POST", "/v1/events",
-                                  body=probe_event(event_type, ep["id"], t.lang)).data
+                                  body=probe_event(event_type, ep["id"], t)).data
         ctx.note(t("test.published", event_id=accepted["id"], type=event_type, url=ep["url"]))
         ctx.note(t("test.waiting", seconds=f"{args.wait:g}"))
         record = wait_outcome(ctx.audit(), {"event_id": accepted["id"],

@@ -235,7 +235,9 @@ async def test_publish_query_export_verify(dihya: Cli, receiver: Receiver,
 
     verified = await dihya("--lang", "tzm", "audit", "verify")
     assert verified.code == Exit.OK, verified.err
-    assert verified.out.startswith("✔ ⵜⴰⵙⵍⵙⵍⵜ") and "hash" in verified.out
+    assert verified.out.startswith("✔ Aseɣwen") and "hash" in verified.out
+    in_tifinagh = await dihya("--lang", "tzm", "audit", "verify", DIHYA_TZM_SCRIPT="tifinagh")
+    assert in_tifinagh.out.startswith("✔ ⵜⴰⵙⵍⵙⵍⵜ")
 
     subject = tmp_path / "u42.json"
     access = await dihya("audit", "subject-export", "u42", "-o", str(subject))
