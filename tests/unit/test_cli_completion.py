@@ -46,6 +46,17 @@ def test_bash_loads_the_script_and_completes_a_subcommand() -> None:
     assert {"bash", "zsh", "fish"} <= set(complete_in_bash("dihya completion "))
 
 
+def test_fish_completes_a_subcommand() -> None:
+    if shutil.which("fish") is None:
+        pytest.skip("fish is not installed")
+    done = subprocess.run(
+        ["fish", "-c", "dihya completion fish | source; complete -C 'dihya deliveries re'"],
+        capture_output=True, text=True, env=_env(), timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert {line.split("\t")[0] for line in done.stdout.splitlines()} == {
+        "resend", "retry", "recover"}
+
+
 @pytest.mark.parametrize("shell", ["zsh", "fish"])
 def test_the_other_shells_load_their_script(shell: str) -> None:
     if shutil.which(shell) is None:
