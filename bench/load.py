@@ -31,7 +31,7 @@ DETAILS = {
     "fr": "Le modèle « Bienvenue » a été créé.",
     "en": "The template “Welcome” was created.",
     "ar": "تم إنشاء القالب «مرحبا».",
-    "tzm": "ⵢⵜⵜⵓⵙⵏⴼⵍ ⵓⵎⴷⵢⴰ «ⴰⵏⵙⵓⴼ».",
+    "tzm": "Yettwarna template amaynut «Ansuf».",
 }
 
 

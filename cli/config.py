@@ -11,6 +11,7 @@ laptop and production with ``--profile``::
     audit_url = "http://127.0.0.1:8083"
     token = "dihya_…"
     lang = "fr"
+    tzm_script = "tifinagh"   # Tamazight in Tifinagh rather than Latin script
 
 The profile is ``--profile``, else ``DIHYA_PROFILE``, else ``default_profile``, else
 ``default``. A profile named explicitly must exist; the implicit ``default`` may be absent
@@ -34,7 +35,7 @@ from cli.i18n import Messages
 DEFAULT_INGEST_URL = "http://127.0.0.1:8080"
 DEFAULT_AUDIT_URL = "http://127.0.0.1:8083"
 DEFAULT_TIMEOUT = 30.0
-PROFILE_KEYS = ("ingest_url", "audit_url", "token", "lang", "timeout")
+PROFILE_KEYS = ("ingest_url", "audit_url", "token", "lang", "tzm_script", "timeout")
 
 
 def config_path(env: Mapping[str, str]) -> Path:

@@ -1,4 +1,4 @@
-"""The CLI's messages in English, French, Arabic and Tamazight (Tifinagh).
+"""The CLI's messages in English, French, Arabic and Tamazight (Latin script, or Tifinagh).
 
 Each language is one JSON catalog in :mod:`cli.locales` mapping a key to a
 :meth:`str.format` template; every catalog has the same keys with the same placeholders
@@ -9,6 +9,10 @@ fall back to English rather than crash.
 The language is chosen, first match wins, by ``--lang``, ``DIHYA_LANG``, the profile's
 ``lang`` in the config file, then the POSIX locale variables ``LC_ALL``, ``LC_MESSAGES`` and
 ``LANG`` (``fr_FR.UTF-8`` → ``fr``; ``C`` and ``POSIX`` say nothing), then English.
+
+Tamazight is written in Latin script by default, as the guide writes it; ``DIHYA_TZM_SCRIPT=
+tifinagh`` (the variable ingest reads for its catalog) or the profile's ``tzm_script`` chooses
+Tifinagh: the catalog ``tzm@tifinagh`` (the POSIX ``@modifier`` form gettext also understands).
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ import orjson
 LANGS: tuple[str, ...] = ("en", "fr", "ar", "tzm")
 DEFAULT = "en"
 RTL: frozenset[str] = frozenset({"ar"})
+
+SCRIPTS: tuple[str, ...] = ("latin", "tifinagh")
+TIFINAGH = "tzm@tifinagh"
+"""The catalog of Tamazight in Tifinagh (``tzm`` is Latin script)."""
+VARIANTS: tuple[str, ...] = (*LANGS, TIFINAGH)
+"""Every catalog: the four languages and Tamazight's second script."""
 
 _ALIASES = {"zgh": "tzm", "ber": "tzm"}
 """ISO 639 codes people use for Tamazight: ``zgh`` (Standard Moroccan Tamazight), ``ber``."""
@@ -50,11 +60,20 @@ def choose(flag: str | None, env: Mapping[str, str], configured: str | None = No
     return DEFAULT
 
 
+def script(*values: str | None) -> str:
+    """The Tamazight script the first given value names (``tifinagh`` or ``tfng``; anything
+    else: Latin)."""
+    for value in values:
+        if value:
+            return "tifinagh" if value.strip().lower() in ("tifinagh", "tfng") else "latin"
+    return "latin"
+
+
 @functools.cache
 def catalog(lang: str) -> dict[str, str]:
-    """The catalog of ``lang`` (loaded once)."""
-    if lang not in LANGS:
-        raise ValueError(f"unknown language {lang!r}; expected one of {', '.join(LANGS)}")
+    """The catalog of ``lang`` (a language, or ``tzm@tifinagh``; loaded once)."""
+    if lang not in VARIANTS:
+        raise ValueError(f"unknown language {lang!r}; expected one of {', '.join(VARIANTS)}")
     data = orjson.loads(resources.files("cli.locales").joinpath(f"{lang}.json").read_bytes())
     if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
@@ -68,11 +87,14 @@ def placeholders(template: str) -> set[str]:
 
 
 class Messages:
-    """Messages in one language: ``t("key", name=value)``."""
+    """Messages in one language: ``t("key", name=value)``. ``variant`` names the catalog
+    (``lang``, or ``tzm@tifinagh`` for Tamazight in Tifinagh)."""
 
-    def __init__(self, lang: str) -> None:
+    def __init__(self, lang: str, tzm_script: str = "latin") -> None:
         self.lang = lang
-        self._own = catalog(lang)
+        self.tzm_script = tzm_script
+        self.variant = TIFINAGH if lang == "tzm" and tzm_script == "tifinagh" else lang
+        self._own = catalog(self.variant)
         self._fallback = catalog(DEFAULT)
 
     @property

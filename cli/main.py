@@ -16,24 +16,30 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import argcomplete
+
 from cli import __version__, output
 from cli.commands import (
     Commands,
     audit,
+    completion,
     deliveries,
     endpoints,
     event_types,
     events,
+    listen,
+    login,
     services,
     tokens,
 )
-from cli.config import Settings, config_path, read_profile, resolve
+from cli.config import Profile, Settings, config_path, read_profile, resolve
 from cli.context import Ctx
 from cli.errors import ApiError, CliError, Exit, UnreachableError
-from cli.i18n import LANGS, Messages, choose, normalize
-from cli.parser import Parser
+from cli.i18n import LANGS, Messages, choose, normalize, script
+from cli.parser import Parser, argparse_language
 
-MODULES = (endpoints, events, event_types, deliveries, audit, tokens, services)
+MODULES = (endpoints, events, event_types, deliveries, listen, audit, tokens, login, services,
+           completion)
 
 
 def add_globals(parser: argparse.ArgumentParser, t: Messages, *, suppress: bool) -> None:
@@ -114,16 +120,19 @@ def explain_unreachable(t: Messages, exc: UnreachableError) -> str:
 def run(argv: Sequence[str], *, env: Mapping[str, str], stdout: TextIO, stderr: TextIO,
         stdin: TextIO | None = None) -> int:
     """Run one ``dihya`` command; returns its exit code (never raises SystemExit)."""
-    t = Messages(choose(prescan_lang(argv), env))
-    parser = build_parser(t)
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            args = parser.parse_args(list(argv))
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else Exit.USAGE
-    if args.handler is None:
-        args.group_parser.print_help(stderr)
-        return Exit.USAGE
+    t = Messages(choose(prescan_lang(argv), env), script(env.get("DIHYA_TZM_SCRIPT")))
+    with argparse_language(t.variant):
+        parser = build_parser(t)
+        if "_ARGCOMPLETE" in env:  # the shell asks for candidates: answer and exit
+            argcomplete.autocomplete(parser)
+        try:
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                args = parser.parse_args(list(argv))
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else Exit.USAGE
+        if args.handler is None:
+            args.group_parser.print_help(stderr)
+            return Exit.USAGE
 
     def fail(message: str) -> None:
         stderr.write(f"dihya: {message}\n")
@@ -133,9 +142,13 @@ def run(argv: Sequence[str], *, env: Mapping[str, str], stdout: TextIO, stderr: 
     ctx: Ctx | None = None
     try:
         config = Path(args.config).expanduser() if args.config else config_path(env)
-        profile = read_profile(config, args.profile or env.get("DIHYA_PROFILE"), t)
-        if profile.get("lang"):
-            t = Messages(choose(args.lang, env, profile.get("lang")))
+        if getattr(args, "writes_profile", False) or getattr(args, "offline", False):
+            profile = Profile(path=config)  # login makes the profile; completion needs none
+        else:
+            profile = read_profile(config, args.profile or env.get("DIHYA_PROFILE"), t)
+        if profile.get("lang") or profile.get("tzm_script"):
+            t = Messages(choose(args.lang, env, profile.get("lang")),
+                         script(env.get("DIHYA_TZM_SCRIPT"), profile.get("tzm_script")))
         settings = resolve(ingest_url=args.ingest_url, audit_url=args.audit_url,
                            token=args.token, timeout=args.timeout, env=env, profile=profile,
                            t=t)

@@ -1,87 +1,92 @@
-"""argparse, speaking the user's language.
+"""argparse, speaking the user's language through its own gettext hooks.
 
-argparse words its own texts (``usage:``, section titles, ``-h``, its error messages) in
-English through gettext, with no French, Arabic or Tamazight catalog to find. Rather than
-patching the module globally, :class:`Parser` replaces each of them: section titles and ``-h``
-at construction, the usage prefix through its formatter, and the common error messages by
-pattern in :meth:`Parser.error` (an uncommon one keeps argparse's English detail after a
-translated lead-in). Errors exit with status 2 (usage), as argparse always did.
+argparse words its texts (``usage:``, section titles, ``-h``, its error messages) through
+:func:`gettext.gettext` and :func:`gettext.ngettext`, that is in gettext's *current* domain and
+the language named by ``LANGUAGE``/``LC_ALL``/``LC_MESSAGES``/``LANG`` (not in an ``argparse``
+domain of its own). :func:`argparse_language` therefore points gettext, for the time the parser
+is built and used, at this package's catalog of argparse's messages
+(``cli/locales/gettext/<lang>/LC_MESSAGES/dihya-argparse.po``, compiled to ``.mo``) and the
+chosen language, and puts both back afterwards. Only public interfaces are used: no argparse
+internals, no parsing of its English. A message argparse adds in a later Python version simply
+stays English until the catalog has it.
+
+The switch is process-wide state (gettext's domain, one environment variable), so it is held
+under a lock; the CLI builds and runs one parser per invocation. English needs no catalog.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import contextlib
+import gettext
+import os
+import shutil
 import sys
 import textwrap
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterator
+from importlib import resources
 from typing import Any, NoReturn
 
 from cli.i18n import Messages
 
-_ERRORS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"^the following arguments are required: (?P<names>.+)$"), "usage.required"),
-    (re.compile(r"^unrecognized arguments: (?P<names>.+)$"), "usage.unrecognized"),
-    (re.compile(r"^argument (?P<name>.+?): invalid choice: (?P<value>.+?) "
-                r"\(choose from (?P<choices>.+)\)$"), "usage.invalid_choice"),
-    (re.compile(r"^argument (?P<name>.+?): expected one argument$"), "usage.expected_one"),
-    (re.compile(r"^argument (?P<name>.+?): not allowed with argument (?P<other>.+)$"),
-     "usage.not_allowed_with"),
-    (re.compile(r"^one of the arguments (?P<names>.+) is required$"), "usage.one_required"),
-    (re.compile(r"^argument (?P<name>.+?): (?P<detail>.+)$"), "usage.argument"),
-)
+DOMAIN = "dihya-argparse"
+LOCALE_DIR = str(resources.files("cli.locales").joinpath("gettext"))
+_LOCK = threading.RLock()
 
 
-def translate_error(message: str, t: Messages) -> str:
-    """argparse's English error message in the user's language (best effort)."""
-    for pattern, key in _ERRORS:
-        match = pattern.match(message)
-        if match:
-            return t(key, **match.groupdict())
-    return t("usage.other", detail=message)
+@contextlib.contextmanager
+def argparse_language(lang: str) -> Iterator[None]:
+    """argparse's own messages in ``lang`` within the block (see the module docstring)."""
+    if lang == "en":
+        yield
+        return
+    with _LOCK:
+        domain = gettext.textdomain()
+        language = os.environ.get("LANGUAGE")
+        gettext.bindtextdomain(DOMAIN, LOCALE_DIR)
+        gettext.textdomain(DOMAIN)
+        os.environ["LANGUAGE"] = lang
+        try:
+            yield
+        finally:
+            gettext.textdomain(domain)
+            if language is None:
+                os.environ.pop("LANGUAGE", None)
+            else:
+                os.environ["LANGUAGE"] = language
 
 
-class Formatter(argparse.HelpFormatter):
-    """Help formatting with a translated ``usage:`` prefix; descriptions and epilogs keep
-    their line breaks (each line is wrapped on its own)."""
+def fill(text: str, width: int | None = None) -> str:
+    """``text`` wrapped line by line (its own line breaks kept), for descriptions and epilogs
+    printed as they are (:class:`argparse.RawDescriptionHelpFormatter`)."""
+    width = width or max(shutil.get_terminal_size().columns - 2, 40)
+    return "\n".join(textwrap.fill(line, width, subsequent_indent="  ") if line.strip() else ""
+                     for line in text.splitlines())
 
-    def __init__(self, prog: str, prefix: str) -> None:
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written (pre-wrapped by :func:`fill`), a wider option
+    column."""
+
+    def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32)
-        self._prefix = prefix
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return "\n".join(
-            textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent + "  ")
-            if line.strip() else "" for line in text.splitlines())
-
-    def add_usage(self, usage: str | None, actions: Iterable[argparse.Action],
-                  groups: Iterable[argparse._MutuallyExclusiveGroup],
-                  prefix: str | None = None) -> None:
-        super().add_usage(usage, actions, groups, prefix if prefix is not None else self._prefix)
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose own words come from the message catalog."""
+    """An ArgumentParser whose usage errors end with a hint to ``--help`` (exit status 2)."""
 
     def __init__(self, *args: Any, messages: Messages, **kwargs: Any) -> None:
-        kwargs.setdefault("add_help", False)
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", Formatter)
+        for key in ("description", "epilog"):
+            if kwargs.get(key):
+                kwargs[key] = fill(kwargs[key])
         super().__init__(*args, **kwargs)
         self.messages = messages
-        self._positionals.title = messages("argparse.positionals")
-        self._optionals.title = messages("argparse.options")
-        self.add_argument("-h", "--help", action="help", default=argparse.SUPPRESS,
-                          help=messages("argparse.help"))
-
-    def _get_formatter(self) -> argparse.HelpFormatter:
-        return Formatter(self.prog, self.messages("argparse.usage"))
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        text = translate_error(message, self.messages)
-        hint = self.messages("usage.see_help", prog=self.prog)
-        self.exit(2, f"{self.prog}: {self.messages('usage.error')}: {text}\n{hint}\n")
-
-    def _print_message(self, message: str, file: Any = None) -> None:
-        if message:
-            (file or sys.stdout).write(message)
+        text = gettext.gettext("%(prog)s: error: %(message)s\n") % {
+            "prog": self.prog, "message": message}
+        self.exit(2, text + self.messages("usage.see_help", prog=self.prog) + "\n")

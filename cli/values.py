@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from shared.schedules import parse_schedule as shared_schedule
+
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DELAY = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_when(value: str, now: datetime | None = None) -> datetime:
@@ -38,23 +39,20 @@ def iso_utc(value: datetime) -> str:
 
 
 def parse_schedule(value: str) -> list[float] | None:
-    """A retry schedule in seconds: ``10,60,600`` or ``10s,1m,10m`` (``ms``/``s``/``m``/``h``);
-    ``none`` (a single attempt, no retry) gives ``[]``; ``default`` (the deployment's
-    schedule) gives None."""
+    """A retry schedule in seconds, as the API takes it: ``10,60,600`` or ``10s,1m,10m``
+    (:func:`shared.schedules.parse_schedule`, a bare number in seconds); ``none`` (a single
+    attempt, no retry) gives ``[]``; ``default`` (the deployment's schedule) gives None."""
     text = value.strip().lower()
     if text == "default":
         return None
     if text in ("none", ""):
         return []
-    delays: list[float] = []
-    for part in text.split(","):
-        match = _DELAY.fullmatch(part.strip())
-        if not match:
-            raise ValueError("expected delays such as 10s,1m,10m (units ms, s, m, h), "
-                             "'none' or 'default'")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
-        delays.append(int(seconds) if seconds.is_integer() else round(seconds, 3))
-    return delays
+    try:
+        delays_ms = shared_schedule(text, bare_unit="s")
+    except ValueError:
+        raise ValueError("expected delays such as 10s,1m,10m (units ms, s, m, h), "
+                         "'none' or 'default'") from None
+    return [ms // 1000 if ms % 1000 == 0 else ms / 1000 for ms in delays_ms]
 
 
 def schedule_text(delays: list[float] | None) -> str | None:

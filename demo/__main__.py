@@ -33,7 +33,7 @@ SAMPLES = [
     ("fr", "Le modèle « Bienvenue » a été créé."),
     ("en", "The template “Welcome” was created."),
     ("ar", "تم إنشاء القالب «مرحبا»."),
-    ("tzm", "ⵢⵜⵜⵓⵙⵏⴼⵍ ⵓⵎⴷⵢⴰ «ⴰⵏⵙⵓⴼ»."),
+    ("tzm", "Yettwarna template amaynut «Ansuf»."),
 ]
 DETAILS = {lang: text for lang, text in SAMPLES}
 

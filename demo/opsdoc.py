@@ -97,8 +97,8 @@ def render_topology() -> str:
 
 def render_retry() -> str:
     """The default retry schedule as wait-queue tiers (from the deliverer's settings)."""
-    from services.deliverer.handlers import parse_schedule
     from services.deliverer.settings import Settings
+    from shared.schedules import parse_schedule
 
     fields = Settings.model_fields
     schedule = str(fields["retry_schedule"].default)

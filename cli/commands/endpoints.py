@@ -11,9 +11,9 @@ from cli.client import Client, seg
 from cli.commands import Commands, confirm, value
 from cli.context import Ctx
 from cli.errors import ApiError, CliError, Exit, UnreachableError, UsageError
-from cli.i18n import LANGS, Messages, catalog
+from cli.i18n import LANGS, TIFINAGH, Messages, catalog
 from cli.values import parse_schedule, schedule_text
-from services.ingest.handlers import matches  # the exact filter semantics ingest applies
+from shared.subscriptions import selects  # the filter contract ingest applies
 
 TEST_EVENT = "dihya.test"
 """The event type ``endpoints test`` publishes. Only endpoints subscribed to it (or to a
@@ -237,24 +237,28 @@ def rotate(ctx: Ctx, args: argparse.Namespace) -> int:
 
 # -- test -----------------------------------------------------------------------------------
 
-def probe_event(event_type: str, endpoint_id: str, lang: str) -> dict[str, Any]:
+def probe_event(event_type: str, endpoint_id: str, t: Messages) -> dict[str, Any]:
     """The event ``endpoints test`` publishes: marked as a test, its ``details`` in the four
-    languages (the receiver shows whichever its user reads)."""
-    return {"event": event_type, "lang": lang,
+    languages (the receiver shows whichever its user reads), Tamazight in the chosen script."""
+    tzm = TIFINAGH if t.tzm_script == "tifinagh" else "tzm"
+    return {"event": event_type, "lang": t.lang,
             "data": {"test": True, "endpoint_id": endpoint_id,
-                     "details": {code: catalog(code)["test.details"] for code in LANGS}}}
+                     "details": {code: catalog(tzm if code == "tzm" else code)["test.details"]
+                                 for code in LANGS}}}
 
 
-def wait_outcome(audit: Client, event_id: str, endpoint_id: str, timeout: float,
-                 sleep: Any = time.sleep, clock: Any = time.monotonic) -> dict[str, Any] | None:
-    """The first audit record that tells what became of the event at this endpoint: its first
-    attempt, or why it was not attempted (held, parked). None after ``timeout`` seconds."""
+def wait_outcome(audit: Client, query: dict[str, str], timeout: float,
+                 attempt: int | None = None, sleep: Any = time.sleep,
+                 clock: Any = time.monotonic) -> dict[str, Any] | None:
+    """The first audit record matching ``query`` (an event and endpoint, or a delivery) that
+    tells what became of it: an attempt (number ``attempt`` when given), or why there was none
+    (held, parked). None after ``timeout`` seconds."""
     deadline = clock() + timeout
     while True:
-        page = audit.get("/v1/audit/records", {"event_id": event_id,
-                                               "endpoint_id": endpoint_id, "limit": "100"})
+        page = audit.get("/v1/audit/records", {**query, "limit": "100"})
         for record in page["records"]:
-            if record["kind"] in OUTCOME_KINDS:
+            if record["kind"] in OUTCOME_KINDS and (
+                    attempt is None or record.get("attempt") in (None, attempt)):
                 return dict(record)
         if clock() >= deadline:
             return None
@@ -269,7 +273,7 @@ def probe(ctx: Ctx, args: argparse.Namespace) -> int:
         raise CliError(t("test.disabled", id=ep["id"]), Exit.API_ERROR)
     event_type = args.event_type or TEST_EVENT
     added = False
-    if not any(matches(p, event_type) for p in ep["events"]):
+    if not selects(ep["events"], event_type):
         if args.event_type:
             raise UsageError(t("test.not_subscribed", id=ep["id"], type=event_type,
                                events=", ".join(ep["events"])))
@@ -278,10 +282,11 @@ def probe(ctx: Ctx, args: argparse.Namespace) -> int:
         ctx.note(t("test.subscription_added", id=ep["id"], type=TEST_EVENT))
     try:
         accepted = ingest.request("POST", "/v1/events",
-                                  body=probe_event(event_type, ep["id"], t.lang)).data
+                                  body=probe_event(event_type, ep["id"], t)).data
         ctx.note(t("test.published", event_id=accepted["id"], type=event_type, url=ep["url"]))
         ctx.note(t("test.waiting", seconds=f"{args.wait:g}"))
-        record = wait_outcome(ctx.audit(), accepted["id"], ep["id"], args.wait)
+        record = wait_outcome(ctx.audit(), {"event_id": accepted["id"],
+                                            "endpoint_id": ep["id"]}, args.wait)
     finally:
         if added and not args.keep_subscription:
             _unsubscribe(ctx, ingest, path, ep["id"])
@@ -289,7 +294,8 @@ def probe(ctx: Ctx, args: argparse.Namespace) -> int:
                      and record.get("outcome") == "delivered")
     result = {"endpoint_id": ep["id"], "event": accepted, "subscription_added": added,
               "delivered": delivered, "record": record}
-    ctx.emit(result, lambda: _show_attempt(ctx, record, accepted["id"], args.wait))
+    timed_out = t("test.timeout", seconds=f"{args.wait:g}", event_id=accepted["id"])
+    ctx.emit(result, lambda: show_attempt(ctx, record, timed_out))
     return Exit.OK if delivered else Exit.CHECK_FAILED
 
 
@@ -305,15 +311,17 @@ def _unsubscribe(ctx: Ctx, ingest: Client, path: str, endpoint_id: str) -> None:
         ctx.note(ctx.t("test.subscription_kept", id=endpoint_id, type=TEST_EVENT))
 
 
-def _show_attempt(ctx: Ctx, record: dict[str, Any] | None, event_id: str,
-                  waited: float) -> None:
+def show_attempt(ctx: Ctx, record: dict[str, Any] | None, timed_out: str) -> None:
+    """An attempt as ``endpoints test`` shows it (``timed_out``: what to say when there was
+    none in time)."""
     t = ctx.t
     if record is None:
-        ctx.say("✘ " + t("test.timeout", seconds=f"{waited:g}", event_id=event_id))
+        ctx.say("✘ " + timed_out)
         return
     if record["kind"] != "delivery.attempted":
         ctx.say("✘ " + t("test.not_attempted", kind=record["kind"],
-                         reason=record.get("reason") or "-", event_id=event_id))
+                         reason=record.get("reason") or "-",
+                         event_id=record.get("event_id") or "-"))
         return
     details = record.get("details") or {}
     duration = record.get("duration_ms")

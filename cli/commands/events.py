@@ -1,4 +1,5 @@
-"""``dihya events publish``: send one event (the guide's payload) to the ingest API."""
+"""``dihya events publish``: send one event (the guide's payload) to the ingest API;
+``dihya events show``: an event's payload as delivered and every attempt per endpoint."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any
 
 import orjson
 
+from cli import output
+from cli.client import seg
 from cli.commands import Commands
+from cli.commands.endpoints import status_text
 from cli.context import Ctx
 from cli.errors import Exit, UsageError
 
@@ -22,6 +26,10 @@ def register(root: Commands) -> None:
     p = cmds.command("publish", "help.events.publish", publish)
     p.add_argument("file", nargs="?", default="-", help=t("help.arg.event_file"))
     p.add_argument("--idempotency-key", metavar="KEY", help=t("help.arg.idempotency_key"))
+
+    p = cmds.command("show", "help.events.show", show)
+    p.add_argument("id", help=t("help.arg.event_id"))
+    p.add_argument("--headers", action="store_true", help=t("help.arg.show_headers"))
 
 
 def read_event(ctx: Ctx, source: str) -> Any:
@@ -62,3 +70,66 @@ def publish(ctx: Ctx, args: argparse.Namespace) -> int:
 
     ctx.emit(accepted, human)
     return Exit.OK
+
+
+SIGNATURE_HEADERS = frozenset({"webhook-signature", "x-dihya-signature"})
+"""Request headers whose values are shortened when shown: enough to compare, not to copy."""
+
+
+def shorten_signature(name: str, value: str) -> str:
+    """A signature header's value cut to its first characters (``v1,g0hM9SsE…``)."""
+    if name.lower() not in SIGNATURE_HEADERS:
+        return value
+    return " ".join(part[:12] + "…" if len(part) > 12 else part for part in value.split())
+
+
+def show(ctx: Ctx, args: argparse.Namespace) -> int:
+    event = ctx.ingest().get(f"/v1/events/{seg(args.id)}")
+    ctx.emit(event, lambda: _show_event(ctx, event, args.headers))
+    return Exit.OK
+
+
+def _show_event(ctx: Ctx, event: dict[str, Any], headers: bool) -> None:
+    t = ctx.t
+    ctx.say(output.pairs([(t("field.id"), event["id"]), (t("field.event"), event["event"]),
+                          (t("field.received_at"), output.short_time(event["received_at"]))]))
+    ctx.say("")
+    ctx.say(t("events.payload"))
+    ctx.say(output.dumps(event.get("payload")))
+    deliveries = event.get("deliveries") or []
+    ctx.say("")
+    if not deliveries:
+        ctx.say(t("events.no_deliveries"))
+        return
+    for d in deliveries:
+        ctx.say(output.pairs([(t("field.delivery_id"), d["id"]),
+                              (t("field.endpoint"), d["endpoint_id"]),
+                              (t("field.url"), d["url"]),
+                              (t("field.status"), status_text(t, d["status"])),
+                              (t("field.next_retry"), output.short_time(d.get("next_retry_at")))]))
+        attempts = d.get("attempts") or []
+        if attempts:
+            ctx.say(output.table(
+                [t("col.attempt"), t("col.time"), t("col.outcome"), t("col.status_code"),
+                 t("col.ms"), t("col.error")],
+                [[a["attempt"], output.short_time(a["at"]), status_text(t, str(a["outcome"])),
+                  a.get("status_code"), a.get("latency_ms"), a.get("error")]
+                 for a in attempts]))
+            last = attempts[-1]
+            if last.get("response_excerpt"):
+                ctx.say(output.pairs([(t("field.response"),
+                                       output.clip(str(last["response_excerpt"]), 200))]))
+            if headers:
+                for a in attempts:
+                    _show_headers(ctx, a)
+        ctx.say("")
+
+
+def _show_headers(ctx: Ctx, attempt: dict[str, Any]) -> None:
+    t = ctx.t
+    ctx.say(t("events.attempt_headers", attempt=attempt["attempt"]))
+    for label, found in ((t("events.request_headers"), attempt.get("request_headers")),
+                         (t("events.response_headers"), attempt.get("response_headers"))):
+        ctx.say(f"  {label}")
+        for name, value in (found or {}).items():
+            ctx.say(f"    {name}: {shorten_signature(name, str(value))}")

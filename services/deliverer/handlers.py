@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -53,30 +52,6 @@ MAX_RETRY_AFTER_MS = 3_600_000
 EXCERPT_CHARS = 256
 ErrorKind = Literal["timeout", "connection_error", "tls_error", "ssrf_blocked", "invalid_url"]
 _PERMANENT_ERRORS = frozenset({"ssrf_blocked", "invalid_url"})
-
-_UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000}
-_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-
-
-def parse_schedule(text: str) -> tuple[int, ...]:
-    """``"5s,5m,30m"`` → ``(5000, 300000, 1800000)`` milliseconds; units ms, s, m, h.
-
-    An empty string means no retry at all (a single attempt).
-    """
-    if not text.strip():
-        return ()
-    delays = []
-    for part in text.split(","):
-        match = _DELAY.match(part)
-        if match is None:
-            raise ValueError(f"bad delay {part.strip()!r}: use a number and a unit "
-                             "(ms, s, m or h), e.g. '5s,5m,30m'")
-        delay = round(float(match.group(1)) * _UNITS[match.group(2)])
-        if delay <= 0:
-            raise ValueError(f"bad delay {part.strip()!r}: must be positive")
-        delays.append(delay)
-    return tuple(delays)
-
 
 @dataclass(frozen=True)
 class Outcome:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.deliverer.handlers import parse_schedule
 from shared import topology
 from shared.egress import EgressSettings
+from shared.schedules import parse_schedule
 from shared.topology import TIER_HEADROOM
 
 

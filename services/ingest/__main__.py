@@ -15,7 +15,7 @@ def main() -> None:
     settings = Settings()
     logging.setup("ingest", fmt=settings.log_format, level=settings.log_level)
     try:  # checked before anything starts: a bad catalog is a configuration error
-        load_catalog(settings.event_catalog)
+        load_catalog(settings.event_catalog, settings.tzm_script)
     except CatalogError as exc:
         print(f"dihya-ingest: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -51,7 +51,8 @@ async def _purge_keys(store: Store, window: int) -> None:
 
 async def start(settings: Settings) -> Stop:
     """Start ingest; return the coroutine function that stops it gracefully."""
-    catalog = load_catalog(settings.event_catalog)  # a bad catalog stops the start, loudly
+    # a bad catalog stops the start, loudly
+    catalog = load_catalog(settings.event_catalog, settings.tzm_script)
     engine = make_engine(settings.database_url)
     await migrate(engine, MIGRATIONS)
     store = Store(engine, endpoint_cache_ttl=settings.endpoint_cache_ttl)

@@ -26,6 +26,13 @@ strings; it never calls :meth:`str.format`, so a template cannot reach anything 
 
 The platform's own event types (:data:`INTERNAL_TYPES`) are always known: an operator's
 catalog that leaves them out gets the bundled entries for them.
+
+Tamazight is written in Latin script by default, as the guide writes it ("Yettwarna template
+amaynut"); a deployment may choose Tifinagh (``DIHYA_TZM_SCRIPT=tifinagh``). A catalog file
+gives each type's ``tzm`` texts in Latin, and may give their Tifinagh form under ``tifinagh``
+(``{"template.created": {"description": "…", "details": "…"}}``, same placeholders); a type
+without one keeps its Latin text. The script only chooses the catalog's texts: a ``tzm`` text a
+publisher wrote is delivered as written, in whichever script.
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ MAX_TEXT = 2000
 """Longest description or template, per language."""
 
 UnknownPolicy = Literal["accept", "refuse"]
+TzmScript = Literal["latin", "tifinagh"]
+"""The script of the catalog's Tamazight texts (``DIHYA_TZM_SCRIPT``)."""
 
 
 class CatalogError(Exception):
@@ -164,13 +173,45 @@ class EventTypeSpec(BaseModel):
         return parse_template(self.details.of(lang))
 
 
+class TifinaghTexts(BaseModel):
+    """A type's ``tzm`` description and ``details`` template in Tifinagh."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    description: str = Field(min_length=1, max_length=MAX_TEXT)
+    details: str = Field(min_length=1, max_length=MAX_TEXT)
+
+
 class CatalogFile(BaseModel):
-    """The file format: ``{"version": 1, "event_types": {"template.created": {...}}}``."""
+    """The file format: ``{"version": 1, "event_types": {"template.created": {...}},
+    "tifinagh": {"template.created": {...}}}`` (``tifinagh`` optional)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: Literal[1]
     event_types: dict[EventType, EventTypeSpec]
+    tifinagh: dict[EventType, TifinaghTexts] = Field(default_factory=dict)
+
+    def in_tifinagh(self) -> dict[str, EventTypeSpec]:
+        """The types with their ``tzm`` texts in Tifinagh where the file gives them (checked
+        like any template: a bad one is refused whichever script is chosen)."""
+        unknown = sorted(set(self.tifinagh) - set(self.event_types))
+        if unknown:
+            raise ValueError(f"tifinagh: types not in event_types: {', '.join(unknown)}")
+        out: dict[str, EventTypeSpec] = {}
+        for name, spec in self.event_types.items():
+            tfng = self.tifinagh.get(name)
+            if tfng is None:
+                out[name] = spec
+                continue
+            try:
+                out[name] = EventTypeSpec.model_validate({
+                    "description": {**spec.description.model_dump(), "tzm": tfng.description},
+                    "details": {**spec.details.model_dump(), "tzm": tfng.details}})
+            except ValidationError as exc:
+                problem = exc.errors(include_url=False, include_input=False)[0]["msg"]
+                raise ValueError(f"tifinagh.{name}: {problem}") from None
+        return out
 
 
 @dataclass(frozen=True)
@@ -195,8 +236,9 @@ class Catalog:
         return self._templates.get(event_type)
 
 
-def parse_catalog(raw: bytes, source: str) -> Catalog:
-    """A catalog from the bytes of a catalog file; :class:`CatalogError` says what is wrong."""
+def parse_catalog(raw: bytes, source: str, tzm_script: TzmScript = "latin") -> Catalog:
+    """A catalog from the bytes of a catalog file, its Tamazight in ``tzm_script``;
+    :class:`CatalogError` says what is wrong."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -208,23 +250,32 @@ def parse_catalog(raw: bytes, source: str) -> Catalog:
             f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}"
             for e in exc.errors(include_url=False, include_input=False))
         raise CatalogError(f"{source}: not a valid event-type catalog: {problems}") from None
-    return Catalog.of(parsed.event_types, source)
+    try:
+        tifinagh = parsed.in_tifinagh()
+    except ValueError as exc:
+        raise CatalogError(f"{source}: not a valid event-type catalog: {exc}") from None
+    return Catalog.of(tifinagh if tzm_script == "tifinagh" else parsed.event_types, source)
+
+
+def bundled(tzm_script: TzmScript = "latin") -> Catalog:
+    """The catalog shipped with ingest (read once per script)."""
+    return _bundled(tzm_script)
 
 
 @functools.cache
-def bundled() -> Catalog:
-    """The catalog shipped with ingest (read once)."""
+def _bundled(tzm_script: TzmScript) -> Catalog:
     raw = resources.files("services.ingest").joinpath(BUNDLED).read_bytes()
-    return parse_catalog(raw, f"services/ingest/{BUNDLED}")
+    return parse_catalog(raw, f"services/ingest/{BUNDLED}", tzm_script)
 
 
-def load_catalog(path: Path | None) -> Catalog:
-    """The catalog at ``path`` (it replaces the bundled one), or the bundled one if ``None``.
+def load_catalog(path: Path | None, tzm_script: TzmScript = "latin") -> Catalog:
+    """The catalog at ``path`` (it replaces the bundled one), or the bundled one if ``None``;
+    its Tamazight texts in ``tzm_script``.
 
     An operator's catalog lacking one of :data:`INTERNAL_TYPES` gets the bundled entry for it,
     so the platform's own events are always known (and always completed).
     """
-    base = bundled()
+    base = bundled(tzm_script)
     if path is None:
         return base
     try:
@@ -232,7 +283,7 @@ def load_catalog(path: Path | None) -> Catalog:
     except OSError as exc:
         raise CatalogError(f"{path}: cannot read the event-type catalog "
                            f"({exc.strerror or exc})") from None
-    own = parse_catalog(raw, str(path))
+    own = parse_catalog(raw, str(path), tzm_script)
     types = dict(own.types)
     for name in INTERNAL_TYPES:
         types.setdefault(name, base.types[name])

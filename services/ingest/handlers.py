@@ -1,5 +1,6 @@
-"""Ingest's pure decisions: topic matching, fan-out planning, decoding and stable ids; what a
-parked delivery is, how a manual retry continues it, and when an endpoint's health disables it.
+"""Ingest's pure decisions: fan-out planning, decoding and stable ids; what a parked delivery
+is, how a manual retry continues it, and when an endpoint's health disables it. Which types a
+subscription selects is a contract, in :mod:`shared.subscriptions`.
 
 Nothing here does I/O, so every rule that decides what gets delivered, held, rejected, resent or
 disabled, and which ids things get, is unit-tested on its own (``tests/unit/test_ingest_*``).
@@ -9,7 +10,6 @@ and :mod:`.http`.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,9 +39,8 @@ from shared.contracts import (
     SignedDelivery,
 )
 from shared.ids import new_id
+from shared.subscriptions import selects
 
-PATTERN_RE = re.compile(r"^(?:[a-z0-9_-]+|\*|#)(?:\.(?:[a-z0-9_-]+|\*|#))*$")
-"""A subscription pattern: dot-separated words of ``[a-z0-9_-]``, ``*`` or ``#``."""
 EVENT_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -53,43 +52,6 @@ RejectReason = Literal["invalid_json", "non_finite_number", "duplicate_key", "bo
 EndpointStatus = Literal["enabled", "disabled"]
 
 _MAX_ERROR = 1000
-
-
-def valid_pattern(pattern: str) -> bool:
-    """True if ``pattern`` is a well-formed subscription pattern (see :func:`matches`)."""
-    return len(pattern) <= 255 and PATTERN_RE.fullmatch(pattern) is not None
-
-
-@functools.lru_cache(maxsize=65_536)
-def matches(pattern: str, event_type: str) -> bool:
-    """Does subscription ``pattern`` select events of type ``event_type``?
-
-    RabbitMQ topic-exchange semantics, applied to dot-separated words:
-
-    * a literal word matches that word only (``template.created``);
-    * ``*`` matches exactly one word (``incident.*`` matches ``incident.security`` but neither
-      ``incident`` nor ``incident.security.high``);
-    * ``#`` matches zero or more words (``incident.#`` matches ``incident``,
-      ``incident.security`` and ``incident.security.high``; ``#`` alone matches everything).
-
-    Endpoints subscribe with the same language platform teams already use to bind queues to the
-    events exchange, so one mental model covers both. Evaluated as a set of reachable positions
-    in the type's words (O(pattern words x type words)): several ``#`` never backtrack
-    exponentially. Memoised: every event is matched against every endpoint's patterns, and the
-    pairs repeat (7 % of ingest's profile at saturation before).
-    """
-    words = event_type.split(".")
-    positions = {0}
-    for part in pattern.split("."):
-        if part == "#":
-            positions = set(range(min(positions), len(words) + 1))
-        elif part == "*":
-            positions = {i + 1 for i in positions if i < len(words)}
-        else:
-            positions = {i + 1 for i in positions if i < len(words) and words[i] == part}
-        if not positions:
-            return False
-    return len(words) in positions
 
 
 @dataclass(frozen=True)
@@ -106,7 +68,7 @@ class Endpoint:
 
     def wants(self, event_type: str) -> bool:
         """Does one of its patterns select ``event_type`` (whatever its status)?"""
-        return any(matches(p, event_type) for p in self.events)
+        return selects(self.events, event_type)
 
     def subscribed(self, event_type: str) -> bool:
         return self.status == "enabled" and self.wants(event_type)

@@ -227,7 +227,7 @@ class IngestApi:
     def __init__(self, settings: Settings, store: Store, publisher: Publisher,
                  catalog: Catalog | None = None) -> None:
         self.settings = settings
-        self.catalog = catalog or load_catalog(settings.event_catalog)
+        self.catalog = catalog or load_catalog(settings.event_catalog, settings.tzm_script)
         self.store = store
         self.publisher = publisher
         self._openapi: bytes | None = None

@@ -26,8 +26,9 @@ from pydantic import (
 )
 
 from services.ingest.catalog import UnknownPolicy
-from services.ingest.handlers import PATTERN_RE, DeliveryStatus, EndpointStatus
+from services.ingest.handlers import DeliveryStatus, EndpointStatus
 from shared.contracts import AttemptRecord, Lang, Role
+from shared.subscriptions import MAX_PATTERN, PATTERN_RE
 
 DEFAULT_SECRET_MIN_LENGTH = 16
 SECRET_MAX_LENGTH = 256
@@ -83,7 +84,7 @@ Url = Annotated[
 ]
 Pattern = Annotated[
     str,
-    Field(min_length=1, max_length=255, pattern=PATTERN_RE.pattern,
+    Field(min_length=1, max_length=MAX_PATTERN, pattern=PATTERN_RE.pattern,
           description="Event-type pattern: dot-separated words of `[a-z0-9_-]`; `*` matches "
           "exactly one word, `#` zero or more (RabbitMQ topic semantics)."),
 ]

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.ingest.catalog import UnknownPolicy
+from services.ingest.catalog import TzmScript, UnknownPolicy
 from shared.egress import EgressSettings
 
 
@@ -57,6 +57,13 @@ class Settings(EgressSettings):
         "`details` templates in fr, en, ar and tzm, used to complete the `details` languages a "
         "publisher left out. The platform's own types (`endpoint.disabled`, `dihya.test`) are "
         "added if missing. Unset: the bundled catalog.",
+    )
+    tzm_script: TzmScript = Field(
+        default="latin", validation_alias="DIHYA_TZM_SCRIPT",
+        description="Script of the catalog's Tamazight (`tzm`) texts that complete an event's "
+        "`details`: `latin`, as the guide writes it (\"Yettwarna template amaynut\"), or "
+        "`tifinagh`. A `tzm` text the publisher wrote is delivered as written. The CLI reads "
+        "the same variable for its own messages.",
     )
     unknown_event_types: UnknownPolicy = Field(
         default="accept",

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -232,7 +235,9 @@ async def test_publish_query_export_verify(dihya: Cli, receiver: Receiver,
 
     verified = await dihya("--lang", "tzm", "audit", "verify")
     assert verified.code == Exit.OK, verified.err
-    assert verified.out.startswith("✔ ⵜⴰⵙⵍⵙⵍⵜ") and "hash" in verified.out
+    assert verified.out.startswith("✔ Aseɣwen") and "hash" in verified.out
+    in_tifinagh = await dihya("--lang", "tzm", "audit", "verify", DIHYA_TZM_SCRIPT="tifinagh")
+    assert in_tifinagh.out.startswith("✔ ⵜⴰⵙⵍⵙⵍⵜ")
 
     subject = tmp_path / "u42.json"
     access = await dihya("audit", "subject-export", "u42", "-o", str(subject))
@@ -288,3 +293,87 @@ def test_the_module_entry_point() -> None:
                           capture_output=True, text=True, cwd=ROOT, timeout=30, check=False)
     assert proc.returncode == Exit.USAGE
     assert "n'est pas un choix valide" in proc.stderr
+
+
+async def _line_with(stream: asyncio.StreamReader, text: str, timeout: float = 60) -> str:
+    async def read() -> str:
+        while True:
+            raw = await stream.readline()
+            if not raw:
+                raise AssertionError(f"the stream ended before a line with {text!r}")
+            if text in raw.decode():
+                return raw.decode()
+    return await asyncio.wait_for(read(), timeout)
+
+
+async def test_listen_prints_a_verified_delivery_and_removes_its_endpoint_on_sigint(
+        dihya: Cli) -> None:
+    """``dihya listen`` as a developer runs it, against the four services: its temporary
+    endpoint gets a real signed delivery, both signatures verify, and Ctrl-C removes it."""
+    env = {**os.environ, **dihya.env, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli", "listen", "--json", "-e", "dihya.listen-check",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=ROOT)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        ready = await _line_with(proc.stderr, "dihya.listen-check")
+        endpoint_id = re.search(r"ep_[0-9a-z]+", ready)
+        assert endpoint_id is not None, ready
+        shown = await dihya("endpoints", "show", endpoint_id.group(0), "--json")
+        assert shown.code == Exit.OK and shown.json["events"] == ["dihya.listen-check"]
+
+        event = {"event": "dihya.listen-check", "lang": "en",
+                 "data": {"details": {"en": "listen check"}}}
+        published = await dihya("events", "publish", "--json", stdin=orjson.dumps(event).decode())
+        assert published.code == Exit.OK, published.err
+        printed = orjson.loads(await _line_with(proc.stdout, published.json["id"]))
+        assert printed["verified"] == {"x_dihya_signature": True, "standard_webhooks": True,
+                                       "timestamp": True}
+        assert printed["event"] == "dihya.listen-check" and printed["attempt"] == 1
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), 60)
+    rest = (await proc.stderr.read()).decode()
+    assert code == Exit.OK, rest
+    assert f"Temporary endpoint {endpoint_id.group(0)} deleted." in rest
+    gone = await dihya("endpoints", "show", endpoint_id.group(0))
+    assert gone.code == Exit.NOT_FOUND
+
+
+async def test_deliveries_list_events_show_and_resend(dihya: Cli, receiver: Receiver) -> None:
+    """Against the ingest API's message log (``GET /v1/deliveries``, ``GET /v1/events/{id}``,
+    ``POST /v1/deliveries/{id}/resend``). Skipped only while that API answers 404 (it is
+    being added beside the console); nothing else skips it."""
+    probe = await dihya("deliveries", "list", "--limit", "1", "--json")
+    if probe.code == Exit.NOT_FOUND:
+        pytest.skip("the ingest API has no GET /v1/deliveries yet")
+    assert probe.code == Exit.OK, probe.err
+    endpoint = await _endpoint(dihya, receiver, "browse", "-e", "browse.check")
+    published = await dihya("events", "publish", "--json",
+                            stdin='{"event": "browse.check", "data": {"n": 1}}')
+    event_id = published.json["id"]
+    await receiver.wait(lambda got: any(d.path == "browse" for d in got))
+
+    async def listed() -> Any:
+        found = await dihya("deliveries", "list", "--event", event_id, "--json")
+        items = found.json["items"] if found.code == Exit.OK else []
+        return items and items[0]["status"] == "delivered" and items
+
+    await wait_for(listed, timeout=30)
+    items = (await dihya("deliveries", "list", "--event", event_id, "--json")).json["items"]
+    assert [(d["endpoint_id"], d["status"]) for d in items] == [(endpoint["id"], "delivered")]
+    by_endpoint = await dihya("deliveries", "list", "--endpoint", endpoint["id"],
+                              "--status", "delivered")
+    assert items[0]["id"] in by_endpoint.out
+
+    shown = await dihya("events", "show", event_id)
+    assert shown.code == Exit.OK, shown.err
+    assert '"n": 1' in shown.out and items[0]["id"] in shown.out and "200" in shown.out
+
+    resent = await dihya("deliveries", "resend", items[0]["id"], "--wait", "30")
+    assert resent.code == Exit.OK, (resent.out, resent.err)
+    assert "✔ Delivered: the receiver answered 200." in resent.out
+    assert len(receiver.received("browse")) == 2
+    ids = {orjson.loads(d.body)["delivery"]["id"] for d in receiver.received("browse")}
+    assert ids == {items[0]["id"]}, "a resend keeps the delivery's id"

@@ -45,3 +45,10 @@ def test_service_imports_no_other_service(service: str) -> None:
 def test_shared_imports_no_service() -> None:
     bad = {n for n in _imports(ROOT / "shared") if n.split(".")[0] in {"services", "demo", "tests"}}
     assert not bad, f"shared imports {sorted(bad)}"
+
+
+def test_cli_imports_no_service() -> None:
+    """The CLI talks to the services over their HTTP APIs; what it shares with them (the
+    subscription-filter contract, say) comes from ``shared/``."""
+    bad = {n for n in _imports(ROOT / "cli") if n.split(".")[0] == "services"}
+    assert not bad, f"cli imports {sorted(bad)}"

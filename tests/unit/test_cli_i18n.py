@@ -11,10 +11,19 @@ import pytest
 
 from cli import i18n
 from cli.commands.audit import FILTERS
-from cli.i18n import LANGS, Messages, catalog, choose, normalize, placeholders
+from cli.i18n import (
+    TIFINAGH,
+    VARIANTS,
+    Messages,
+    catalog,
+    choose,
+    normalize,
+    placeholders,
+    script,
+)
 
 CLI = Path(__file__).resolve().parents[2] / "cli"
-TIFINAGH = re.compile("[\u2d30-\u2d7f]")
+TIFINAGH_RE = re.compile("[\u2d30-\u2d7f]")
 ARABIC = re.compile("[\u0600-\u06ff]")
 KEY = re.compile(r"^[a-z_]+(\.[a-z0-9_]+)+$")
 NOT_KEYS = {"config.toml"}
@@ -23,12 +32,12 @@ NOT_KEYS = {"config.toml"}
 
 def test_every_catalog_has_the_same_keys() -> None:
     english = set(catalog("en"))
-    for lang in LANGS:
+    for lang in VARIANTS:
         keys = set(catalog(lang))
         assert keys == english, (lang, sorted(keys ^ english))
 
 
-@pytest.mark.parametrize("lang", [lang for lang in LANGS if lang != "en"])
+@pytest.mark.parametrize("lang", [lang for lang in VARIANTS if lang != "en"])
 def test_translations_take_the_same_placeholders(lang: str) -> None:
     english = catalog("en")
     wrong = {key: (placeholders(english[key]), placeholders(text))
@@ -37,7 +46,7 @@ def test_translations_take_the_same_placeholders(lang: str) -> None:
     assert not wrong, wrong
 
 
-@pytest.mark.parametrize("lang", LANGS)
+@pytest.mark.parametrize("lang", VARIANTS)
 def test_every_message_formats(lang: str) -> None:
     """A stray brace or a bad conversion would crash at the worst moment (an error path)."""
     for key, text in catalog(lang).items():
@@ -45,9 +54,18 @@ def test_every_message_formats(lang: str) -> None:
         assert text.strip(), key
 
 
-def test_tamazight_is_written_in_tifinagh() -> None:
-    latin_only = [key for key, text in catalog("tzm").items() if not TIFINAGH.search(text)]
-    assert not latin_only
+LATIN_TZM = re.compile("[a-zčḍǧḥɛɣṛṣṭẓ]")
+
+
+def test_tamazight_is_in_latin_script_by_default_and_in_tifinagh_on_request() -> None:
+    """As the guide writes it ("Yettwarna template amaynut"); Tifinagh is the other catalog."""
+    assert not [key for key, text in catalog("tzm").items() if TIFINAGH_RE.search(text)]
+    assert not [key for key, text in catalog(TIFINAGH).items() if not TIFINAGH_RE.search(text)]
+    assert Messages("tzm")("endpoint.deleted", id="ep_1") == "Taneqqit ep_1 tettwakkes."
+    assert Messages("tzm", "tifinagh")("endpoint.deleted", id="ep_1") == "ⵜⴰⵏⵇⵇⵉⵜ ep_1 ⵜⵜⵓⴽⴽⵙ."
+    assert Messages("fr", "tifinagh").variant == "fr"
+    assert script(None, "tfng") == "tifinagh" and script("latin", "tifinagh") == "latin"
+    assert script() == script("nonsense") == "latin"
 
 
 def test_arabic_is_written_in_arabic_script() -> None:
@@ -59,7 +77,7 @@ def test_french_is_not_a_copy_of_english() -> None:
     assert not same
 
 
-@pytest.mark.parametrize("lang", LANGS)
+@pytest.mark.parametrize("lang", VARIANTS)
 def test_help_texts_have_no_percent_sign(lang: str) -> None:
     """argparse %-formats help strings: a bare % would crash `--help`."""
     assert not [k for k, v in catalog(lang).items() if k.startswith("help.") and "%" in v]

@@ -28,13 +28,13 @@ from services.deliverer.handlers import (
     next_job,
     next_step,
     parse_retry_after,
-    parse_schedule,
     parse_signed,
     redact_url,
     schedule_for,
 )
 from services.deliverer.settings import Settings
 from shared.contracts import DeliveryJob, Event, SignedDelivery
+from shared.schedules import parse_schedule
 from shared.topology import DEFAULT_DEFER_DELAYS_MS, TIER_HEADROOM, defer_tiers, tier_ttl
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -46,16 +46,6 @@ def make_job(attempt: int = 1) -> DeliveryJob:
                        url="https://user:pw@r.example/hook?x=1",
                        event=Event(id="evt_1", event="a.b", timestamp=NOW, data={}),
                        attempt=attempt)
-
-
-def test_parse_schedule() -> None:
-    assert DEFAULT == (5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000,
-                       36_000_000)
-    assert parse_schedule("200ms, 400ms,1.5s") == (200, 400, 1500)
-    assert parse_schedule("") == ()
-    for bad in ("5", "5d", "s", "0s", "5s,,5s", "-1s"):
-        with pytest.raises(ValueError, match="bad delay"):
-            parse_schedule(bad)
 
 
 def test_settings_reject_a_bad_schedule_and_expose_delays() -> None:

@@ -53,7 +53,11 @@ def event(data: dict[str, Any], *, kind: str = "template.created", lang: str | N
 # -- the bundled catalog -----------------------------------------------------------------
 
 
+LATIN_TZM = re.compile("[a-zčḍǧḥɛɣṛṣṭẓ]")
+
+
 def test_the_bundled_catalog_describes_every_type_in_all_four_languages() -> None:
+    """Tamazight in Latin script as the guide writes it, each with its Tifinagh form."""
     raw = orjson.loads((Path(__file__).parents[2] / "services/ingest/event_types.json")
                        .read_bytes())
     entries = raw["event_types"]
@@ -66,9 +70,13 @@ def test_the_bundled_catalog_describes_every_type_in_all_four_languages() -> Non
             assert set(texts) == set(LANGS), (name, part)
             assert all(isinstance(t, str) and t.strip() for t in texts.values()), (name, part)
             assert ARABIC.search(texts["ar"]), (name, part, "ar")
-            assert TIFINAGH.search(texts["tzm"]), (name, part, "tzm")
+            assert LATIN_TZM.search(texts["tzm"]), (name, part, "tzm")
+            assert not TIFINAGH.search(texts["tzm"]), (name, part, "tzm")
+            assert TIFINAGH.search(raw["tifinagh"][name][part]), (name, part, "tifinagh")
             assert texts["fr"] != texts["en"], (name, part)
+    assert set(raw["tifinagh"]) == set(entries)
     assert set(bundled().types) == set(entries)  # and it loads (templates safe, consistent)
+    assert set(bundled("tifinagh").types) == set(entries)
 
 
 def test_the_bundled_catalog_is_package_data() -> None:
@@ -85,9 +93,42 @@ def test_the_guides_example_is_completed_in_the_four_languages() -> None:
         "fr": "Mon texte",
         "en": "Template abc123 created by user42.",
         "ar": "أنشأ المستخدم user42 القالب abc123.",
-        "tzm": "ⵉⵙⵏⵓⵍⴼⴰ ⵓⵏⵙⵙⵎⵔⵙ user42 ⴰⵎⴷⵢⴰ abc123.",
+        "tzm": "Template abc123 yettwarna sɣur user42.",
     }
     assert out.data["template_id"] == "abc123" and out.lang == "fr"
+    assert bundled().types["template.created"].description.tzm == "Yettwarna template amaynut."
+
+
+def test_tifinagh_is_a_deployment_choice_and_a_publishers_tzm_is_never_rewritten() -> None:
+    tfng = bundled("tifinagh")
+    out = complete_details(event({"template_id": "abc123", "user_id": "user42"}), tfng)
+    assert out.data["details"]["tzm"] == "ⵉⵙⵏⵓⵍⴼⴰ ⵓⵏⵙⵙⵎⵔⵙ user42 ⴰⵎⴷⵢⴰ abc123."  # type: ignore[index]
+    assert out.data["details"]["en"] == "Template abc123 created by user42."  # type: ignore[index]
+    for catalog in (bundled(), tfng):
+        for own in ("Yettwarna template amaynut", "ⵢⵜⵜⵡⴰⵔⵏⴰ ⵜⵎⵒⵍⴰⵜ"):
+            kept = complete_details(event({"template_id": "t", "user_id": "u",
+                                           "details": {"tzm": own}}), catalog)
+            assert kept.data["details"]["tzm"] == own  # type: ignore[index]
+            as_text = complete_details(event({"template_id": "t", "user_id": "u",
+                                              "details": own}, lang="tzm"), catalog)
+            assert as_text.data["details"]["tzm"] == own  # type: ignore[index]
+
+
+def with_tifinagh(tifinagh: dict[str, Any]) -> bytes:
+    return orjson.dumps({**orjson.loads(catalog_bytes()), "tifinagh": tifinagh})
+
+
+def test_a_tifinagh_form_is_checked_whichever_script_is_chosen() -> None:
+    bad = {"template.created": {"description": "ⴰ", "details": "ⴰ {other}"}}
+    for script in ("latin", "tifinagh"):
+        with pytest.raises(CatalogError, match=r"tifinagh\.template\.created: .*placeholders"):
+            parse_catalog(with_tifinagh(bad), "c.json", script)  # type: ignore[arg-type]
+    stray = {"nope.x": {"description": "ⴰ", "details": "ⴰ"}}
+    with pytest.raises(CatalogError, match=r"not in event_types: nope\.x"):
+        parse_catalog(with_tifinagh(stray), "c.json")
+    without = parse_catalog(catalog_bytes(), "c.json", "tifinagh")
+    assert without.types["template.created"].details.tzm == TEXTS["tzm"], \
+        "a type without a Tifinagh form keeps its text"
 
 
 # -- what completion does with each shape of details --------------------------------------
@@ -257,6 +298,9 @@ def test_an_operators_catalog_replaces_the_bundled_one_but_keeps_internal_types(
 
 def test_settings_read_the_catalog_path_and_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().unknown_event_types == "accept" and Settings().event_catalog is None
+    assert Settings().tzm_script == "latin"
+    monkeypatch.setenv("DIHYA_TZM_SCRIPT", "tifinagh")
+    assert Settings().tzm_script == "tifinagh"
     monkeypatch.setenv("DIHYA_INGEST_UNKNOWN_EVENT_TYPES", "refuse")
     monkeypatch.setenv("DIHYA_INGEST_EVENT_CATALOG", "/etc/dihya/types.json")
     got = Settings()

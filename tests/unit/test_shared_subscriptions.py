@@ -1,4 +1,5 @@
-"""Topic-pattern matching of endpoint subscriptions (RabbitMQ topic semantics)."""
+"""Topic-pattern matching of endpoint subscriptions (RabbitMQ topic semantics), the contract
+in :mod:`shared.subscriptions` that ingest applies and the CLI predicts with."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ingest.handlers import matches, valid_pattern
+from shared.subscriptions import matches, valid_pattern
 
 WORDS = st.sampled_from(["a", "b", "c", "template", "x_y-1"])
 TYPES = st.lists(WORDS, min_size=1, max_size=5)
