@@ -10,13 +10,16 @@ its SQLite databases in that directory. What differs from a reader's terminal, a
 not used), ``HOME`` is the temporary directory (no CLI profile of this machine is read), the
 virtual environment is off the ``PATH`` until the README activates it, and messages are in
 English (``LANG=C.UTF-8``), as the README shows them. The quickstart's fixed ports (8080 to
-8083, 8000) must be free.
+8083, 8000) must be free: they are the machine's, not the test's, so the test holds a
+machine-wide lock while it runs (two test runs on one machine take turns).
 
 ``bin/demo`` runs as the README says, from the repository's directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import queue
 import shutil
@@ -24,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -46,6 +50,10 @@ UNTIL_TIMEOUT = 90.0
 after the failure; the rest is slack for a loaded 2-vCPU machine."""
 UNTIL_PAUSE = 1.0
 """Seconds between two runs of an ``until`` block, as a reader would run the query again."""
+LOCK = Path(tempfile.gettempdir()) / "dihya-readme-quickstart.lock"
+"""Held while the quickstart runs: its ports are fixed, so runs on one machine take turns."""
+LOCK_WAIT = 300.0
+"""Seconds to wait for another run's quickstart to finish."""
 BROKEN = ("command not found", "Traceback (most recent call last)", "No such file or directory",
           "Usage:", "usage:")
 """Output that means a command did not run as written, whatever its exit status."""
@@ -130,6 +138,23 @@ def _busy(port: int) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _machine_lock() -> Iterator[None]:
+    with LOCK.open("a") as handle:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"{LOCK} held for {LOCK_WAIT:g} s"
+                time.sleep(1.0)  # polling a lock another process holds: no event to await
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture
 def own_vhost() -> Iterator[str]:
     """A virtual host of this test's own: no other test's leftover events reach its endpoint."""
@@ -165,6 +190,11 @@ def _check(block: Block, status: int, output: str) -> None:
 
 @pytest.mark.timeout(600)
 def test_the_quickstart_runs_as_written(own_vhost: str, tmp_path: Path) -> None:
+    with _machine_lock():
+        _quickstart(own_vhost, tmp_path)
+
+
+def _quickstart(own_vhost: str, tmp_path: Path) -> None:
     busy = [port for port in PORTS if _busy(port)]
     assert not busy, f"the quickstart needs ports {busy} and something else holds them"
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
