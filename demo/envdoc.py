@@ -1,8 +1,9 @@
 """The configuration reference, generated from each service's settings model.
 
-``python -m demo.envdoc`` rewrites the block between the ``config`` markers in README.md;
-a test fails when the README and the settings models disagree, so the documented variables are
-always the ones the services read.
+``python -m demo.envdoc`` rewrites the block between the ``config`` markers in
+docs/configuration.md, the one page that lists every variable (the README and the runbook link
+to it); a test fails when the page and the settings models disagree, so the documented
+variables are always the ones the services read.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pydantic_settings import BaseSettings
 
 from shared.settings import ServiceSettings
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGURATION = ROOT / "docs" / "configuration.md"
 START, END = "<!-- config:start -->", "<!-- config:end -->"
 SERVICES = ("ingest", "signer", "deliverer", "audit")
 
@@ -72,12 +74,13 @@ def render() -> str:
     return "\n".join(parts)
 
 
-def updated(readme: str) -> str:
-    before, _, rest = readme.partition(START)
+def updated(page: str) -> str:
+    """``page`` with the block between the markers rendered anew."""
+    before, _, rest = page.partition(START)
     _, _, after = rest.partition(END)
     return f"{before}{START}\n{render()}{END}{after}"
 
 
 if __name__ == "__main__":
-    README.write_text(updated(README.read_text()))
-    print(f"updated {README}")
+    CONFIGURATION.write_text(updated(CONFIGURATION.read_text()))
+    print(f"updated {CONFIGURATION}")

@@ -1,11 +1,10 @@
 """The generated parts of the runbook, ``docs/operations.md``.
 
 ``python -m demo.opsdoc`` rewrites each block between ``<!-- ops:NAME:start -->`` and
-``<!-- ops:NAME:end -->`` markers: the configuration reference (the same tables as the
-README's, from :func:`demo.envdoc.render`), the RabbitMQ queues (from
+``<!-- ops:NAME:end -->`` markers: the RabbitMQ queues (from
 :mod:`shared.topology`) and the retry tiers (from the deliverer's default schedule). A test
-fails when the runbook and the code disagree, so operators never read a variable, a queue or
-a delay the services no longer have.
+fails when the runbook and the code disagree, so operators never read a queue or a delay the
+services no longer have.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from collections.abc import Callable
 from demo import envdoc
 from shared import topology
 
-OPERATIONS = envdoc.README.parent / "docs" / "operations.md"
+OPERATIONS = envdoc.ROOT / "docs" / "operations.md"
 
 CONSUMERS: dict[str, str] = {
     topology.INGEST_EVENTS: "ingest",
@@ -133,13 +132,7 @@ def render_retry() -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_config() -> str:
-    """Every variable of every service: the README's tables."""
-    return envdoc.render()
-
-
 BLOCKS: dict[str, Callable[[], str]] = {
-    "config": render_config,
     "topology": render_topology,
     "retry": render_retry,
 }

@@ -1,14 +1,19 @@
 """Storage bootstrap: one async SQLAlchemy engine per service, schema by Alembic migrations.
 
 SQLite is the embedded default (one file per service); a ``postgresql://`` DSN switches a
-service to PostgreSQL (design invariant 7). Each service keeps its migration scripts in its own
-``migrations/`` folder; the Alembic environment that runs them is shared (``shared/alembic``).
+service to PostgreSQL (design invariant 7). A relative SQLite path is resolved once, against the
+working directory at start, and every service logs where its database is (``database_opened``):
+a service started from another directory than before would otherwise create a fresh, empty
+database there without a word, so that case is also a warning (``database_created_relative``).
+Each service keeps its migration scripts in its own ``migrations/`` folder; the Alembic
+environment that runs them is shared (``shared/alembic``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
@@ -24,6 +30,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 _ENV_DIR = Path(__file__).parent / "alembic"
+
+log = structlog.get_logger("dihya.db")
 
 T = TypeVar("T")
 
@@ -36,13 +44,43 @@ def async_url(dsn: str) -> str:
     return url.set(drivername=driver).render_as_string(hide_password=False)
 
 
+def sqlite_file(dsn: str, cwd: Path | None = None) -> tuple[str, Path | None]:
+    """``dsn`` with its SQLite path made absolute (against ``cwd``, default the working
+    directory), and that path; a DSN of another backend, or in memory, as it is and None."""
+    url = make_url(dsn)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return dsn, None
+    path = Path(url.database)
+    path = (path if path.is_absolute() else (cwd or Path.cwd()) / path).resolve()
+    return url.set(database=str(path)).render_as_string(hide_password=False), path
+
+
+def _announce(dsn: str, path: Path | None, created: bool) -> None:
+    """Log where the service's database is: the absolute SQLite file, or the server's host."""
+    url = make_url(dsn)
+    if path is None:
+        log.info("database_opened", backend=url.get_backend_name(), host=url.host,
+                 database=url.database)
+        return
+    log.info("database_opened", backend="sqlite", path=str(path), created=created)
+    given = make_url(dsn).database or ""
+    if created and not Path(given).is_absolute():
+        log.warning("database_created_relative", path=str(path), cwd=os.getcwd(),
+                    hint="a relative SQLite path is resolved against the working directory: "
+                    "if this service kept its data elsewhere before, it was started from "
+                    "another directory; give its DATABASE_URL an absolute path")
+
+
 def make_engine(dsn: str) -> AsyncEngine:
-    """Create the engine; SQLite gets WAL and a busy timeout so readers never block writers."""
-    url = async_url(dsn)
+    """Create the engine (and log where the database is); SQLite gets WAL and a busy timeout
+    so readers never block writers."""
+    absolute, path = sqlite_file(dsn)
+    created = path is not None and not path.exists()
+    _announce(dsn, path, created)
+    url = async_url(absolute)
     if url.startswith("sqlite"):
-        path = make_url(url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")

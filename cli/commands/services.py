@@ -65,7 +65,10 @@ def redact(url: str) -> str:
 
 
 def port_free(port: int) -> bool:
+    """Whether a service could listen on ``port``: bound as servers bind (SO_REUSEADDR), so the
+    connections a previous ``dihya dev`` closed, still in TIME_WAIT for a minute, do not count."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

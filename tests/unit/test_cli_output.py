@@ -40,9 +40,9 @@ def test_exit_code_values_are_the_documented_ones() -> None:
     assert [int(e) for e in Exit] == [0, 1, 2, 3, 4, 5, 6, 130]
 
 
-def test_readme_documents_every_exit_code() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("## CLI", 1)[1]
+def test_the_cli_page_documents_every_exit_code() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    section = page.split("# CLI", 1)[1]
     for code in Exit:
         assert f"| {int(code)} |" in section, code
 

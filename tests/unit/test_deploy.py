@@ -623,8 +623,9 @@ def test_operations_doc_is_current() -> None:
     assert opsdoc.updated(text) == text, "run `python -m demo.opsdoc` to refresh it"
 
 
-def test_operations_doc_lists_every_variable_of_every_service() -> None:
-    text = _operations()
+def test_operations_doc_links_the_page_listing_every_variable() -> None:
+    assert "](configuration.md)" in _operations()
+    text = envdoc.CONFIGURATION.read_text()
     for name in _all_variables():
         assert f"| `{name}` |" in text, name
 
