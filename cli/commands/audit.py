@@ -17,7 +17,7 @@ from cli.commands import Commands, confirm, value
 from cli.context import Ctx
 from cli.errors import Exit, UsageError
 from cli.values import iso_utc, parse_when
-from services.audit import anchor  # the offline verifier: stdlib, orjson and cryptography only
+from shared import anchor  # the offline verifier: stdlib, orjson and cryptography only
 
 FILTERS = ("event_id", "event_type", "endpoint_id", "delivery_id", "kind", "outcome", "subject")
 """The audit API's filter parameters (``--event-id`` … on the command line)."""
@@ -297,7 +297,7 @@ def verify(ctx: Ctx, args: argparse.Namespace) -> int:
 
 def verify_offline(ctx: Ctx, args: argparse.Namespace) -> int:
     """Check an export (a file, or the API's) against the signed heads with the public key
-    alone: nothing the service or its database says is trusted (``services.audit.anchor``)."""
+    alone: nothing the service or its database says is trusted (``shared.anchor``)."""
     t = ctx.t
     if args.heads is None or args.public_key is None:
         raise UsageError(t("verify.needs_heads"))

@@ -2,7 +2,7 @@
 
 Every ``DIHYA_AUDIT_HEADS_INTERVAL`` seconds (and on shutdown, after a retention purge and on
 ``POST /v1/audit/heads``) the service reads the chain's head under the writer lock, signs it
-(:mod:`services.audit.anchor` has the format) and hands it to each sink:
+(:mod:`shared.anchor` has the format) and hands it to each sink:
 
 * :class:`FileSink` appends it as one line to ``DIHYA_AUDIT_HEADS_FILE`` (a file, or a
   directory with one file per UTC day), flushed and fsynced;
@@ -29,10 +29,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from services.audit import anchor, metrics
-from services.audit.anchor import HeadSigner
+from services.audit import metrics
 from services.audit.store import HeadState
-from shared import topology
+from shared import anchor, topology
+from shared.anchor import HeadSigner
 from shared.broker import Publisher
 
 log = structlog.get_logger("dihya.audit.heads")

@@ -32,7 +32,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.audit import checkpoints, direct, handlers, sealing
-from services.audit.anchor import HeadSigner
 from services.audit.checkpoints import Checkpoint, CheckpointSigner
 from services.audit.handlers import (
     AnyFact,
@@ -44,6 +43,7 @@ from services.audit.handlers import (
     StoredToken,
 )
 from services.audit.sealing import Linked, Own, Sealing
+from shared.anchor import HeadSigner
 from shared.contracts import Role, TokenGrant, utcnow
 from shared.db import direct_sqlite
 from shared.ids import new_id

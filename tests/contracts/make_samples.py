@@ -11,7 +11,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.audit.anchor import HeadSigner
+from shared.anchor import HeadSigner
 from shared.contracts import (
     AttemptRecord,
     AuditFact,

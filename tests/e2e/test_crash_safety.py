@@ -26,8 +26,7 @@ import pytest
 
 from demo.launcher import System
 from demo.receiver import Receiver
-from services.audit import anchor
-from shared import topology
+from shared import anchor, topology
 from tests.conftest import drop_connections, wait_for
 from tests.e2e.conftest import Api
 

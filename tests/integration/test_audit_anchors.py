@@ -25,9 +25,10 @@ import pytest
 import sqlalchemy as sa
 
 from cli.main import run as cli_run
-from services.audit import anchor, handlers, openapi, sealing
+from services.audit import handlers, openapi, sealing
 from services.audit.checkpoints import CheckpointSigner
 from services.audit.store import records
+from shared import anchor
 from shared.contracts import utcnow
 from shared.db import make_engine
 from tests.integration.test_audit_gdpr import ADMIN, Api, fact, served

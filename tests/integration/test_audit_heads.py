@@ -22,8 +22,8 @@ import structlog
 from aio_pika.abc import AbstractRobustConnection
 from pydantic import SecretStr
 
-from services.audit import anchor, openapi
-from shared import topology
+from services.audit import openapi
+from shared import anchor, topology
 from shared.broker import Publisher
 from shared.contracts import AuditHead
 from tests.conftest import wait_for

@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from cli.errors import Exit
 from cli.main import run
-from services.audit import anchor, exports, handlers
+from services.audit import exports, handlers
 from services.audit.handlers import LocalFact
+from shared import anchor
 
 SEED = bytes(range(32))
 SIGNER = anchor.HeadSigner(SEED)
@@ -239,11 +240,10 @@ def test_public_keys_are_read_as_base64_or_pem() -> None:
 
 def test_the_verifier_imports_nothing_of_the_service() -> None:
     """It must run where only the standard library, orjson and cryptography are."""
-    code = ("import sys; import services.audit.anchor; "
+    code = ("import sys; import shared.anchor; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "{'shared', 'pydantic', 'sqlalchemy', 'aiohttp', 'aio_pika', 'structlog'} "
-            "or (m.startswith('services.') and m not in "
-            "{'services.audit', 'services.audit.anchor'})); print(bad)")
+            "{'services', 'pydantic', 'sqlalchemy', 'aiohttp', 'aio_pika', 'structlog'} "
+            "or (m.startswith('shared.') and m != 'shared.anchor')); print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from services.audit import anchor, heads
+from services.audit import heads
 from services.audit.heads import FileSink
+from shared import anchor
 
 SIGNER = anchor.HeadSigner(bytes(range(32)))
 

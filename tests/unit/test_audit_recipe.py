@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.audit import anchor
+from shared import anchor
 from tests.unit.test_audit_anchor import SIGNER, Heads, chain
 
 README = Path(__file__).resolve().parents[2] / "services" / "audit" / "README.md"
