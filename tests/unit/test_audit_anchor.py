@@ -1,4 +1,4 @@
-"""The offline verifier and the head format (services/audit/anchor.py), pure: every kind of
+"""The offline verifier and the head format (shared/anchor.py), pure: every kind of
 tampering it must name, on records built by the service's own chaining code."""
 
 from __future__ import annotations
