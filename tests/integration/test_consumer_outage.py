@@ -1,6 +1,7 @@
 """The shared consumer on the real broker: a dependency's failure holds the message, and the
-consumer takes no more than its prefetch (no delivery counted), a message's own failure is requeued (counted), and an
-"infrastructure" error that persists while the probe answers ends up counted too."""
+consumer takes no more than its prefetch (no delivery counted); a message's own failure is
+requeued (counted); and an "infrastructure" error that persists while the probe answers ends
+up counted too."""
 
 from __future__ import annotations
 

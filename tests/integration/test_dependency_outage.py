@@ -67,6 +67,27 @@ class Readiness:
                 and status == 503]
 
 
+@dataclass
+class _Tally:
+    """This run's accepted events and jobs among what the observer saw, read incrementally
+    (the observer's list only grows)."""
+
+    run: str
+    accepted: set[str] = field(default_factory=set)
+    jobs: int = 0
+    _read: int = 0
+
+    def read(self, obs: Observer) -> None:
+        fresh, self._read = obs.messages[self._read:], len(obs.messages)
+        for m in fresh:
+            if m.exchange == topology.WORK_EXCHANGE and m.routing_key == topology.SIGN:
+                self.jobs += str(m.json["event"]["id"]).startswith(self.run)
+            elif m.exchange == topology.AUDIT_EXCHANGE and m.routing_key == "event.accepted":
+                event_id = str(m.json["event_id"])
+                if event_id.startswith(self.run):
+                    self.accepted.add(event_id)
+
+
 async def _publish_steadily(connection: AbstractRobustConnection, run: str, seconds: float,
                             sent: list[str]) -> None:
     """A platform service: events at :data:`RATE`, each confirmed, republished (same ids) on
@@ -156,13 +177,17 @@ async def _outage_run(ingest: Client, connection: AbstractRobustConnection, pg: 
         ready_at = next(at for at, status, _ in readiness.seen if at > up_at and status == 200)
         await publisher
 
-        def accepted() -> set[str]:
-            return {f["event_id"] for f in obs.facts("event.accepted")
-                    if str(f["event_id"]).startswith(run)}
+        tally = _Tally(run)
 
-        # every event accepted, or (the bug: parked) not within the minute: the books say
+        def caught_up() -> bool:
+            """Every event accepted and its jobs seen (a batch of jobs and a batch of facts
+            may reach the observer in either order)."""
+            tally.read(obs)
+            return tally.accepted >= set(sent) and tally.jobs >= len(sent) * ENDPOINTS
+
+        # caught up, or (the bug: parked) not within two minutes: the books say
         with contextlib.suppress(AssertionError):
-            await obs.wait(lambda _: accepted() >= set(sent), timeout=60)
+            await obs.wait(lambda _: caught_up(), timeout=120)
         caught_up_at = time.monotonic()
     finally:
         publisher.cancel()
