@@ -15,7 +15,8 @@ message body on the ``dihya.audit.heads`` exchange)::
      "key_id": "<16 hex digits>", "signature": "<base64>"}
 
 * ``seq`` / ``head_hash``: the newest record of the chain when the head was signed;
-  ``records``: how many records the database held then (after a purge, fewer than ``seq``);
+  ``records``: the records of the chain from its start to ``seq`` (``seq`` minus the
+  checkpoint's ``last_seq``);
   ``time``: when it was signed, in the records' datetime spelling; ``checkpoint``: the newest
   retention checkpoint, once the service checked its signature (the chain may start after it).
 * ``signature``: Ed25519 over the *signed bytes* — the canonical JSON (keys sorted, no

@@ -266,8 +266,8 @@ class AuditHead(Contract):
     type: Literal["dihya.audit.head.v1"] = "dihya.audit.head.v1"
     seq: int = Field(ge=0, description="The newest record of the chain when signed.")
     head_hash: Sha256Hex = Field(description="That record's hash (64 zeros for an empty log).")
-    records: int = Field(ge=0, description="Records the database held (fewer than `seq` "
-                                           "after a retention purge).")
+    records: int = Field(ge=0, description="Records of the chain from its start to `seq`: "
+                                           "`seq` minus the checkpoint's `last_seq`.")
     time: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$",
                       description="When it was signed (UTC, the records' fixed spelling). Every "
                                   "record beyond `seq` was recorded later.")

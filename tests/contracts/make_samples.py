@@ -56,7 +56,7 @@ SAMPLES: dict[str, Contract] = {
                                      issued_at=AT),
     "TokenGrant": TokenGrant(token_id="tok_1", role="auditor", token_hash="0" * 64, issued_at=AT),
     "AuditHead": AuditHead.model_validate(HeadSigner(bytes(range(32))).sign(
-        seq=120, head_hash="ab" * 32, records=120, time="2025-05-20T12:00:00.000000Z",
+        seq=120, head_hash="ab" * 32, records=80, time="2025-05-20T12:00:00.000000Z",
         previous_head_hash="0" * 64, checkpoint={"last_seq": 40, "last_hash": "cd" * 32})),
 }
 

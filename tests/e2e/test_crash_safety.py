@@ -184,11 +184,12 @@ async def test_sigkill_audit_mid_stream_loses_no_record(chaos: tuple[System, Rec
     system = chaos[0]
     _, head = await api.call("POST", "audit", "/v1/audit/heads", system.admin_token,
                              expect=200)
+    # heads first, then the export: a late fact recorded meanwhile is beyond every head read
+    heads = list(anchor.parse_lines(system.heads_file().read_bytes().splitlines()))
     async with api.http.get(system.url("audit") + "/v1/audit/export", headers={
             "Authorization": f"Bearer {system.admin_token}"}) as resp:
         assert resp.status == 200
         export = await resp.read()
-    heads = list(anchor.parse_lines(system.heads_file().read_bytes().splitlines()))
     verdict = anchor.verify(heads, anchor.HeadSigner(system.audit_head_seed).public,
                             anchor.parse_lines(export.splitlines()))
     print(f"[books] kill-audit heads: heads={verdict.heads} torn={len(heads) - verdict.heads} "

@@ -69,6 +69,11 @@ async def test_heads_reach_both_sinks_through_faults(
                        for sink in ("file", "exchange"))
 
         await wait_for(failing, timeout=30)
+
+        async def all_stored() -> bool:  # no record arrives after the export below
+            return await audit.count() >= 40
+
+        await wait_for(all_stored, timeout=30)
         _, text = await audit.get("/metrics")
         failures = {sink: metric(text, "dihya_audit_head_publish_failures_total", sink)
                     for sink in ("file", "exchange")}  # attempts, each retrying the oldest
