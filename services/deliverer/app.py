@@ -7,7 +7,7 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -65,6 +65,8 @@ class Response:
     status: int | None
     retry_after: str | None = None
     excerpt: bytes = b""
+    headers: Mapping[str, str] | None = None
+    """The response headers as a fact shows them (handlers.shown_response_headers)."""
     error: ErrorKind | None = None
     error_text: str | None = None
 
@@ -201,7 +203,8 @@ class Deliverer:
                                                       self._settings.response_excerpt_bytes)
                     except (TimeoutError, aiohttp.ClientError):
                         excerpt = b""  # the status is what counts; the excerpt a courtesy
-                    return Response(resp.status, resp.headers.get("Retry-After"), excerpt)
+                    return Response(resp.status, resp.headers.get("Retry-After"), excerpt,
+                                    handlers.shown_response_headers(resp.headers.items()))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             kind = _error_kind(exc)
             text = (f"timeout after {self._settings.timeout:g}s" if kind == "timeout"
@@ -259,7 +262,10 @@ class Deliverer:
             await self._tiers.ensure(step.tier_ms)
         record = handlers.attempt_record(job.attempt, outcome, at=at,
                                          duration_ms=duration * 1000)
-        attempted = handlers.attempted_fact(job, outcome, record, step, response.excerpt, now)
+        attempted = handlers.attempted_fact(
+            job, outcome, record, step, response.excerpt, now,
+            request_headers=handlers.shown_request_headers(signed.headers),
+            response_headers=response.headers)
         ATTEMPTS.labels(outcome.outcome, outcome.reason,
                         handlers.status_class(outcome.status_code)).inc()
         ATTEMPT_SECONDS.observe(duration)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -16,6 +16,7 @@ from services.ingest.consumer import EventHandler
 from services.ingest.dead_letters import DEAD_LETTER_QUEUES, DeadLetterHandler
 from services.ingest.health import HEALTH_QUEUE, HealthHandler
 from services.ingest.http import IngestApi, build_app
+from services.ingest.message_log import MessageLog
 from services.ingest.settings import Settings
 from services.ingest.store import Store
 from shared import topology
@@ -49,25 +50,52 @@ async def _purge_keys(store: Store, window: int) -> None:
             log.warning("idempotency_purge_failed", error=type(exc).__name__)
 
 
+async def _purge_log(log_store: MessageLog, settings: Settings) -> None:
+    """Forget payloads older than DIHYA_INGEST_PAYLOAD_RETENTION_DAYS and log rows older than
+    DIHYA_INGEST_MESSAGE_LOG_DAYS (payloads are personal data: see services/ingest/messages)."""
+    while True:
+        try:
+            await purge_message_log(log_store, settings, utcnow())
+        except Exception as exc:
+            log.warning("message_log_purge_failed", error=type(exc).__name__)
+        await asyncio.sleep(PURGE_INTERVAL)
+
+
+async def purge_message_log(log_store: MessageLog, settings: Settings, now: datetime
+                            ) -> tuple[int, int]:
+    """One retention sweep of the message log: (payloads forgotten, events deleted)."""
+    payloads = await log_store.purge_payloads(
+        now - timedelta(days=settings.payload_retention_days))
+    events = await log_store.purge_log(now - timedelta(days=settings.message_log_days))
+    if payloads or events:
+        log.info("message_log_purged", payloads=payloads, events=events)
+    return payloads, events
+
+
 async def start(settings: Settings) -> Stop:
     """Start ingest; return the coroutine function that stops it gracefully."""
     catalog = load_catalog(settings.event_catalog)  # a bad catalog stops the start, loudly
     engine = make_engine(settings.database_url)
     await migrate(engine, MIGRATIONS)
     store = Store(engine, endpoint_cache_ttl=settings.endpoint_cache_ttl)
+    message_log = MessageLog(engine)
     connection = await connect(settings.amqp_url.get_secret_value(), service="ingest")
     await declare_topology(connection)
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
     events = EventHandler(store, publisher, max_fanout=settings.max_fanout,
                           window_seconds=settings.idempotency_window,
-                          catalog=catalog, unknown_event_types=settings.unknown_event_types)
+                          catalog=catalog, unknown_event_types=settings.unknown_event_types,
+                          message_log=message_log,
+                          keep_payloads=settings.payload_retention_days > 0)
     events.start()
     consumers = [
         Consumer(connection, topology.INGEST_EVENTS, events, prefetch=settings.prefetch),
-        *(Consumer(connection, queue, DeadLetterHandler(store, publisher, queue),
+        *(Consumer(connection, queue,
+                   DeadLetterHandler(store, publisher, queue, message_log),
                    prefetch=SIDE_PREFETCH) for queue in DEAD_LETTER_QUEUES),
         Consumer(connection, HEALTH_QUEUE,
-                 HealthHandler(store, publisher, disable_after=settings.disable_after),
+                 HealthHandler(store, publisher, disable_after=settings.disable_after,
+                               message_log=message_log),
                  prefetch=SIDE_PREFETCH),
     ]
     for consumer in consumers:
@@ -76,11 +104,12 @@ async def start(settings: Settings) -> Stop:
     async def broker_ready() -> bool:
         return not connection.is_closed
 
-    api = IngestApi(settings, store, publisher, catalog)
+    api = IngestApi(settings, store, publisher, catalog, message_log)
     app = build_app(api, {"broker": broker_ready, "storage": store.ping})
     console.mount(app, settings)  # the web console at /console/ (unless turned off)
     runner = await serve(app, settings.host, settings.port)
     purger = asyncio.create_task(_purge_keys(store, settings.idempotency_window))
+    log_purger = asyncio.create_task(_purge_log(message_log, settings))
     log.info("ingest_started", host=settings.host, port=settings.port,
              console=f"http://{settings.host}:{settings.port}{console.PREFIX}/"
              if settings.console_enabled else None)
@@ -88,9 +117,10 @@ async def start(settings: Settings) -> Stop:
     async def stop() -> None:
         # HTTP first (it publishes events), then the consumer finishes or hands back its
         # in-flight events, then the connections close.
-        purger.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purger
+        for task in (purger, log_purger):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await runner.cleanup()
         await api.close()
         await asyncio.gather(*(c.stop(settings.shutdown_grace) for c in consumers))
