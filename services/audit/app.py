@@ -197,6 +197,8 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
         export_page=settings.export_page,
         retention_days=settings.retention_days,
         cors_origins=settings.origins,
+        announce_erasure=lambda notice: publisher.send(
+            topology.CONTROL_EXCHANGE, "subject.erase", notice),
     )
     runner = await serve(app, settings.host, settings.port)
     stack.push_async_callback(runner.cleanup)

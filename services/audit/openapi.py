@@ -368,7 +368,9 @@ def document(page_limit: int) -> dict[str, Any]:
                         "`personal` fields as `[erased]`. The erasure itself is recorded "
                         "(kind `subject.erased`, with the pseudonym, never the id). "
                         "Idempotent: erasing again, or an unknown subject, erases nothing "
-                        "and is recorded too."),
+                        "and is recorded too. Then the other services are told "
+                        "(`subject.erase` on the control exchange): ingest removes the "
+                        "subject's payloads from its message log."),
                     "security": [{"bearer": []}],
                     "parameters": [_SUBJECT_PARAM],
                     "responses": {
@@ -377,6 +379,8 @@ def document(page_limit: int) -> dict[str, Any]:
                                 "$ref": "#/components/schemas/Erasure"}}}},
                         **admin_errors,
                         "422": _error_response("The subject id is invalid."),
+                        "503": _error_response("Erased here, but the other services could "
+                                               "not be told: erase again."),
                     },
                 }
             },

@@ -13,6 +13,7 @@ import structlog
 from services.ingest import console
 from services.ingest.catalog import load_catalog
 from services.ingest.consumer import EventHandler
+from services.ingest.control import ControlHandler
 from services.ingest.dead_letters import DEAD_LETTER_QUEUES, DeadLetterHandler
 from services.ingest.health import HEALTH_QUEUE, HealthHandler
 from services.ingest.http import IngestApi, build_app
@@ -93,6 +94,8 @@ async def start(settings: Settings) -> Stop:
         *(Consumer(connection, queue,
                    DeadLetterHandler(store, publisher, queue, message_log),
                    prefetch=SIDE_PREFETCH) for queue in DEAD_LETTER_QUEUES),
+        Consumer(connection, topology.INGEST_CONTROL, ControlHandler(message_log, publisher),
+                 prefetch=SIDE_PREFETCH),
         Consumer(connection, HEALTH_QUEUE,
                  HealthHandler(store, publisher, disable_after=settings.disable_after,
                                message_log=message_log),

@@ -19,6 +19,7 @@ from shared.contracts import (
     EndpointSecret,
     Event,
     SignedDelivery,
+    SubjectErasure,
     TokenGrant,
 )
 
@@ -53,6 +54,7 @@ SAMPLES: dict[str, Contract] = {
                                      secret="whsec_c2FtcGxlLW5vdC1hLXJlYWwtc2VjcmV0",  # type: ignore[arg-type]
                                      issued_at=AT),
     "TokenGrant": TokenGrant(token_id="tok_1", role="auditor", token_hash="0" * 64, issued_at=AT),
+    "SubjectErasure": SubjectErasure(subject="user42", requested_by="tok_1", requested_at=AT),
 }
 
 HERE = Path(__file__).parent / "samples"

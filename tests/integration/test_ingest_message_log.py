@@ -290,3 +290,64 @@ async def test_no_payload_is_stored_when_retention_is_zero(
         export = (await ingest.call("GET", "/v1/subjects/carol/export")).body
         assert export["events"] == [{"id": event_id, "event": "order.paid",
                                      "received_at": detail["received_at"], "payload": None}]
+
+
+async def test_erasing_a_subject_in_the_audit_log_erases_its_payloads_in_ingest(
+    amqp_url: str, tmp_path: Path, broker: AbstractRobustConnection, publisher: Publisher
+) -> None:
+    """GDPR Art. 17 across services: the audit service's erasure (its HTTP API) announces
+    ``subject.erase`` on the control exchange; ingest's message log drops the payloads. A bad
+    control message is parked, and the consumer goes on."""
+    from urllib.parse import quote
+
+    import aiohttp
+    from pydantic import SecretStr
+
+    from services.audit.app import start as start_audit
+    from services.audit.settings import AuditSettings
+    from tests.conftest import free_port
+    from tests.integration.test_ingest_api import ADMIN
+
+    subject = f"dora-{uuid.uuid4().hex[:8]}@example.com"
+    audit = AuditSettings(host="127.0.0.1", port=free_port(),
+                          database_url=f"sqlite:///{tmp_path}/audit.db",
+                          amqp_url=SecretStr(amqp_url), admin_token=SecretStr(ADMIN),
+                          shutdown_grace=1.0)
+    stop_audit = await start_audit(audit)
+    try:
+        async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/ingest.db") as ingest:
+            await ingest.endpoint(["order.*"])
+            mine = await publish(ingest, "order.paid", {"order": 1, "user_id": subject})
+            kept = await publish(ingest, "order.paid", {"order": 2, "user_id": "someone-else"})
+            await logged(ingest, mine, kept)
+            # a control message that is no erasure request: parked, not retried
+            await publisher.publish(topology.CONTROL_EXCHANGE, "subject.erase", b"{}")
+
+            async with aiohttp.ClientSession() as http, http.post(
+                    f"http://127.0.0.1:{audit.port}/v1/audit/subjects/"
+                    f"{quote(subject, safe='')}/erasure",
+                    headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+                assert resp.status == 200, await resp.text()
+
+            async def erased() -> bool:
+                reply = await ingest.call("GET", f"/v1/events/{mine}")
+                return bool(reply.body["payload"] is None)
+
+            await wait_for(erased, timeout=15)
+            export = await ingest.call("GET", f"/v1/subjects/{quote(subject, safe='')}/export")
+            assert export.body["events"] == []
+            other = await ingest.call("GET", f"/v1/events/{kept}")
+            assert other.body["payload"]["data"]["user_id"] == "someone-else"
+
+            async def parked() -> bool:
+                async with broker.channel() as channel:
+                    queue = await channel.declare_queue(
+                        topology.dead_queue(topology.INGEST_CONTROL), passive=True)
+                    return (queue.declaration_result.message_count or 0) >= 1
+
+            await wait_for(parked, timeout=15)
+            async with broker.channel() as channel:
+                await (await channel.get_queue(
+                    topology.dead_queue(topology.INGEST_CONTROL))).purge()
+    finally:
+        await stop_audit()
