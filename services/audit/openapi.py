@@ -145,6 +145,9 @@ def document(page_limit: int) -> dict[str, Any]:
                "Records per page."),
         _param("cursor", {"type": "string"},
                "`next_cursor` of the previous page. Send the same filters again with it."),
+        _param("order", {"type": "string", "enum": ["asc", "desc"], "default": "asc"},
+               "`asc`: oldest first (chain order); `desc`: newest first. Send it again with "
+               "the cursor."),
     ]
     auth_errors = {
         "401": _error_response("No token, or an unknown or revoked one."),

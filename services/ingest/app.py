@@ -80,25 +80,26 @@ async def start(settings: Settings) -> Stop:
     await migrate(engine, MIGRATIONS)
     store = Store(engine, endpoint_cache_ttl=settings.endpoint_cache_ttl)
     message_log = MessageLog(engine)
+    recorder = message_log if settings.message_log else None
     connection = await connect(settings.amqp_url.get_secret_value(), service="ingest")
     await declare_topology(connection)
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
     events = EventHandler(store, publisher, max_fanout=settings.max_fanout,
                           window_seconds=settings.idempotency_window,
                           catalog=catalog, unknown_event_types=settings.unknown_event_types,
-                          message_log=message_log,
+                          message_log=recorder,
                           keep_payloads=settings.payload_retention_days > 0)
     events.start()
     consumers = [
         Consumer(connection, topology.INGEST_EVENTS, events, prefetch=settings.prefetch),
         *(Consumer(connection, queue,
-                   DeadLetterHandler(store, publisher, queue, message_log),
+                   DeadLetterHandler(store, publisher, queue, recorder),
                    prefetch=SIDE_PREFETCH) for queue in DEAD_LETTER_QUEUES),
         Consumer(connection, topology.INGEST_CONTROL, ControlHandler(message_log, publisher),
                  prefetch=SIDE_PREFETCH),
         Consumer(connection, HEALTH_QUEUE,
                  HealthHandler(store, publisher, disable_after=settings.disable_after,
-                               message_log=message_log),
+                               message_log=recorder),
                  prefetch=SIDE_PREFETCH),
     ]
     for consumer in consumers:

@@ -189,43 +189,74 @@ class MessageLog:
     async def record_attempts(self, attempts: Sequence[LogAttempt], now: datetime) -> None:
         """Record attempts (once each: a redelivered fact changes nothing) and move their
         deliveries' status (:func:`~services.ingest.messages.status_after`). A delivery the
-        log never saw fanned out (older than the log) gets a row of its own."""
-        if not attempts:
+        log never saw fanned out (older than the log) gets a row of its own.
+
+        Set-based, a handful of statements per batch whatever its size (one statement per
+        attempt cost ~0.9 ms each on SQLite — slower than the deliverer makes them)."""
+        unique = list({(a.delivery_id, a.attempt): a for a in attempts}.values())
+        if not unique:
             return
         a, d = log_attempts.c, log_deliveries.c
+        ids = sorted({x.delivery_id for x in unique})
         async with self.engine.begin() as conn:
-            for item in attempts:
-                result = await conn.execute(
-                    _insert(conn, log_attempts).values(
-                        delivery_id=item.delivery_id, attempt=item.attempt,
-                        endpoint_id=item.endpoint_id, at=item.at, outcome=item.outcome,
-                        status_code=item.status_code, latency_ms=item.latency_ms,
-                        request_headers=item.request_headers,
-                        response_headers=item.response_headers,
-                        response_excerpt=item.response_excerpt, error=item.error,
-                    ).on_conflict_do_nothing(index_elements=[a.delivery_id, a.attempt]))
-                if cast(sa.CursorResult[Any], result).rowcount != 1:
-                    continue  # seen before
-                row = (await conn.execute(
-                    sa.select(d.status, d.last_attempt, d.attempts_count)
-                    .where(d.id == item.delivery_id))).first()
+            seen = {(r.delivery_id, r.attempt) for r in await conn.execute(
+                sa.select(a.delivery_id, a.attempt).where(a.delivery_id.in_(ids)))}
+            new = [x for x in unique if (x.delivery_id, x.attempt) not in seen]
+            if not new:
+                return
+            await conn.execute(_insert(conn, log_attempts).on_conflict_do_nothing(
+                index_elements=[a.delivery_id, a.attempt]), [
+                {"delivery_id": x.delivery_id, "attempt": x.attempt,
+                 "endpoint_id": x.endpoint_id, "at": x.at, "outcome": x.outcome,
+                 "status_code": x.status_code, "latency_ms": x.latency_ms,
+                 "request_headers": x.request_headers,
+                 "response_headers": x.response_headers,
+                 "response_excerpt": x.response_excerpt, "error": x.error} for x in new])
+            rows = {r.id: r for r in await conn.execute(
+                sa.select(d.id, d.status, d.last_attempt, d.attempts_count)
+                .where(d.id.in_(sorted({x.delivery_id for x in new}))))}
+            state: dict[str, dict[str, Any]] = {
+                key: {"status": r.status, "last_attempt": r.last_attempt,
+                      "attempts_count": r.attempts_count, "last_attempt_at": None,
+                      "next_retry_at": None, "moved": False}
+                for key, r in rows.items()}
+            missing: dict[str, dict[str, Any]] = {}
+            for item in sorted(new, key=lambda x: x.attempt):
+                row = state.get(item.delivery_id)
                 if row is None:
-                    await conn.execute(_insert(conn, log_deliveries).values(
-                        id=item.delivery_id, event_id=item.event_id,
-                        endpoint_id=item.endpoint_id, url=item.url,
-                        status=status_after("pending", 0, item), created_at=item.at,
-                        updated_at=now, attempts_count=1, last_attempt=item.attempt,
-                        last_attempt_at=item.at, next_retry_at=item.next_retry_at,
-                    ).on_conflict_do_nothing(index_elements=[d.id]))
-                    continue
-                values: dict[str, Any] = {"attempts_count": row.attempts_count + 1,
-                                          "updated_at": now}
-                if item.attempt >= row.last_attempt:
-                    values.update(status=status_after(row.status, row.last_attempt, item),
-                                  last_attempt=item.attempt, last_attempt_at=item.at,
-                                  next_retry_at=item.next_retry_at)
-                await conn.execute(log_deliveries.update().where(d.id == item.delivery_id)
-                                   .values(**values))
+                    row = missing.setdefault(item.delivery_id, {
+                        "id": item.delivery_id, "event_id": item.event_id,
+                        "endpoint_id": item.endpoint_id, "url": item.url, "status": "pending",
+                        "created_at": item.at, "updated_at": now, "attempts_count": 0,
+                        "last_attempt": 0, "last_attempt_at": None, "next_retry_at": None})
+                row["attempts_count"] += 1
+                if item.attempt >= row["last_attempt"]:
+                    row.update(status=status_after(row["status"], row["last_attempt"], item),
+                               last_attempt=item.attempt, last_attempt_at=item.at,
+                               next_retry_at=item.next_retry_at, moved=True)
+            if missing:
+                await conn.execute(_insert(conn, log_deliveries).on_conflict_do_nothing(
+                    index_elements=[d.id]),
+                    [{k: v for k, v in row.items() if k != "moved"}
+                     for row in missing.values()])
+            updates = [{"key": key, **{k: v for k, v in row.items() if k != "moved"}}
+                       for key, row in state.items() if row["moved"]]
+            if updates:
+                await conn.execute(
+                    log_deliveries.update().where(d.id == sa.bindparam("key")).values(
+                        status=sa.bindparam("status"),
+                        last_attempt=sa.bindparam("last_attempt"),
+                        attempts_count=sa.bindparam("attempts_count"),
+                        last_attempt_at=sa.bindparam("last_attempt_at"),
+                        next_retry_at=sa.bindparam("next_retry_at"), updated_at=now),
+                    updates)
+            counted = [{"key": key, "attempts_count": row["attempts_count"]}
+                       for key, row in state.items() if not row["moved"]]
+            if counted:  # older attempts seen late: counted, the status unchanged
+                await conn.execute(
+                    log_deliveries.update().where(d.id == sa.bindparam("key")).values(
+                        attempts_count=sa.bindparam("attempts_count"), updated_at=now),
+                    counted)
 
     async def mark(self, delivery_ids: Sequence[str], status: LogStatus, now: datetime,
                    conn: AsyncConnection | None = None) -> None:

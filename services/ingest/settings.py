@@ -73,6 +73,13 @@ class Settings(EgressSettings):
         "delivered at all: it is parked with reason `fanout_limit` and audited, so an operator "
         "decides (raise the limit, then move it back from the parking queue).",
     )
+    message_log: bool = Field(
+        default=True,
+        description="Record every event, delivery and attempt for the console's message log "
+        "and `GET /v1/events` (measured on SQLite: about 0.25 ms of ingest time per event "
+        "fanned out, in batches). `false`: nothing is recorded (the log stays empty; failed "
+        "and held deliveries are still stored for retry).",
+    )
     payload_retention_days: float = Field(
         default=30, ge=0, le=3650,
         description="Days the message log keeps each event's payload (personal data, its "

@@ -380,6 +380,11 @@ async def test_an_auditor_browses_verifies_and_exports_the_audit_log(
     await expect(kind_cells.filter(has_not_text="endpoint.created")).to_have_count(0)
     kinds = await kind_cells.all_inner_texts()
     assert kinds and set(kinds) == {"endpoint.created"}
+    shown = [int(x) for x in await page.locator("#audit-table tbody th").all_inner_texts()]
+    assert shown == sorted(shown, reverse=True)  # newest first
+    # details read as names and values, not a JSON blob
+    await expect(page.locator("#audit-table tbody tr").first.locator("dl.details")).to_contain_text(
+        "events")
 
     await page.click("#audit-verify")
     await expect(page.locator("#audit-verdict")).to_contain_text("The chain is intact")
@@ -615,7 +620,7 @@ async def test_the_message_log_shows_an_event_its_attempts_and_resends_it(
     first, second = await cols.nth(0).bounding_box(), await cols.nth(1).bounding_box()
     assert first and second and first["x"] > second["x"]
     latency = panel.locator("tr[data-attempt='1'] bdi.measure").last
-    assert await latency.evaluate("(e) => getComputedStyle(e).direction") == "ltr"
+    await expect(latency).to_have_css("direction", "ltr")
     assert (await latency.text_content() or "").endswith(" ms")
     await shot(page, "event-ar")
     await page.click("#nav-messages")
@@ -776,7 +781,7 @@ async def test_small_screens_banners_languages_and_errors(
         assert wide <= 390, (lang, wide)
     # the comma list stays in order in Arabic: one left-to-right isolate
     lists = page.locator("#endpoint-facts bdi.list")
-    assert await lists.first.evaluate("(e) => getComputedStyle(e).direction") == "ltr"
+    await expect(lists.first).to_have_css("direction", "ltr")
     await page.set_viewport_size({"width": 1280, "height": 860})
 
     # "Language changed" only when it changed; banners do not follow to the next page

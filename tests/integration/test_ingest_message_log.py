@@ -351,3 +351,48 @@ async def test_erasing_a_subject_in_the_audit_log_erases_its_payloads_in_ingest(
                     topology.dead_queue(topology.INGEST_CONTROL))).purge()
     finally:
         await stop_audit()
+
+
+async def test_attempts_in_one_batch_out_of_order_and_repeated(database_url: str) -> None:
+    """The set-based attempt writer: one batch with a delivery the log never saw fanned out,
+    attempts out of order and a repeated one; then a late, older attempt alone."""
+    from datetime import UTC, datetime
+
+    from services.ingest.app import MIGRATIONS
+    from services.ingest.messages import LogAttempt, LogDelivery
+    from shared.db import migrate
+
+    at = datetime(2026, 12, 6, 12, tzinfo=UTC)
+
+    def attempt(delivery: str, n: int, outcome: str, retry: bool = False) -> LogAttempt:
+        return LogAttempt(delivery_id=delivery, endpoint_id="ep_1", event_id="evt_1",
+                          url="https://r.example/h", attempt=n, at=at + timedelta(seconds=n),
+                          outcome=outcome,  # type: ignore[arg-type]  # a literal
+                          status_code=200 if outcome == "delivered" else 500, latency_ms=1.0,
+                          next_retry_at=at + timedelta(minutes=n) if retry else None)
+
+    engine = make_engine(database_url)
+    try:
+        await migrate(engine, MIGRATIONS)
+        log_store = MessageLog(engine)
+        await log_store.record([], [LogDelivery("dlv_known", "evt_1", "ep_1", "u", "pending",
+                                                at)])
+        await log_store.record_attempts([
+            attempt("dlv_known", 2, "delivered"), attempt("dlv_known", 1, "failed", True),
+            attempt("dlv_known", 2, "delivered"), attempt("dlv_new", 1, "failed", True),
+        ], at)
+        known = await log_store.get_delivery("dlv_known")
+        new = await log_store.get_delivery("dlv_new")
+        assert known is not None and new is not None
+        assert (known.status, known.attempts_count, known.last_attempt) == ("delivered", 2, 2)
+        assert known.next_retry_at is None
+        assert (new.status, new.attempts_count, new.next_retry_at) == (
+            "pending", 1, at + timedelta(minutes=1))
+        # a late fact of an older attempt: counted, the status stays
+        await log_store.record_attempts([attempt("dlv_new", 3, "delivered")], at)
+        await log_store.record_attempts([attempt("dlv_new", 2, "failed", True)], at)
+        new = await log_store.get_delivery("dlv_new")
+        assert new is not None
+        assert (new.status, new.attempts_count, new.last_attempt) == ("delivered", 3, 3)
+    finally:
+        await engine.dispose()

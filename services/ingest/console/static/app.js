@@ -292,10 +292,11 @@ function percent(rate) {
   return rate == null ? dash : measure(`${formatNumber(rate * 100)} %`);
 }
 
-function chartOf(hours, label) {
+function chartOf(hours, label, size = {}) {
   const total = hours.reduce((n, x) => n + x.delivered + x.failed, 0);
   const failed = hours.reduce((n, x) => n + x.failed, 0);
   return hourlyBars(hours, {
+    ...size,
     label: t("health.chart_label", { what: label, n: formatNumber(total, 0), failed: formatNumber(failed, 0) }),
     titles: (x) => t("health.hour", { time: formatTime(x.hour), delivered: formatNumber(x.delivered, 0), failed: formatNumber(x.failed, 0) }),
   });
@@ -318,7 +319,7 @@ function renderEndpoints() {
     h("td", { class: "chart" }, ep.health ? chartOf(ep.health.hours, ep.url) : dash),
     h("td", { text: ep.description || dash })));
   const overall = addHours(state.endpoints.map((ep) => ep.health?.hours));
-  $("endpoints-chart").replaceChildren(overall.length ? chartOf(overall, t("health.all")) : dash);
+  $("endpoints-chart").replaceChildren(overall.length ? chartOf(overall, t("health.all"), { width: 720, height: 72 }) : dash);
   setHidden($("endpoints-overall"), state.endpoints.length === 0);
   $("endpoints-table").tBodies[0].replaceChildren(...rows);
   setHidden($("endpoints-none"), state.endpoints.length > 0);
@@ -481,7 +482,7 @@ function renderHealth() {
       t("health.split", { delivered: formatNumber(health.delivered, 0), failed: formatNumber(health.failed, 0) }))],
     [t("field.last_delivery"), formatTime(health.last_delivery_at)],
   ]);
-  $("health-chart").replaceChildren(chartOf(health.hours, state.endpoint.url));
+  $("health-chart").replaceChildren(chartOf(health.hours, state.endpoint.url, { width: 720, height: 72 }));
 }
 
 async function retryFailed(button) {
@@ -750,7 +751,7 @@ async function showAudit() {
 async function searchAudit(more = false) {
   if (!more) { state.auditQuery = auditQuery(); state.audit = []; state.auditCursor = null; }
   const page = await call(audit(), "GET", "/v1/audit/records", {
-    query: { ...state.auditQuery, limit: 100, cursor: more ? state.auditCursor : undefined },
+    query: { ...state.auditQuery, order: "desc", limit: 100, cursor: more ? state.auditCursor : undefined },
   });
   state.audit.push(...page.records);
   state.auditCursor = page.next_cursor;
