@@ -47,6 +47,9 @@ from services.ingest.catalog import (
 from services.ingest.handlers import (
     ID_RE,
     DeliveryStatus,
+    Rejection,
+    accepted_fact,
+    delivery_id,
     disabled_fact,
     enabled_fact,
     last_attempt,
@@ -55,12 +58,15 @@ from services.ingest.handlers import (
     retry_fact,
     schedule_ms,
     schedule_seconds,
+    screen,
 )
 from services.ingest.message_log import DeliveryRow, EventFilter, MessageLog
 from services.ingest.messages import (
     CursorError,
     decode_cursor,
     encode_cursor,
+    log_delivery,
+    log_event,
     summarize,
 )
 from services.ingest.models import (
@@ -78,6 +84,7 @@ from services.ingest.models import (
     EndpointListItem,
     EndpointOut,
     EndpointPatched,
+    EndpointTest,
     EndpointUpdate,
     EventAccepted,
     EventDetail,
@@ -100,6 +107,7 @@ from services.ingest.models import (
     SubjectErased,
     SubjectEvent,
     SubjectExport,
+    TestSent,
     TokenCreate,
     TokenCreated,
     TokenList,
@@ -791,6 +799,43 @@ class IngestApi:
                  actor=principal.token_id)
         return _body(RetryFailedAccepted(retried=sent), 202)
 
+    async def test_endpoint(self, request: web.Request) -> web.Response:
+        """A test event of a catalog type to this one endpoint (not to the type's other
+        subscribers): ingest makes its one job itself and hands it to the signer."""
+        principal = await authorize(request, "admin")
+        endpoint_id = _ident(request, "endpoint")
+        body: EndpointTest = _validate(EndpointTest, await self._json(request))
+        endpoint = await self._sendable(endpoint_id, missing=404)
+        spec = self.catalog.types.get(body.event)
+        data: dict[str, JsonValue] = {name: f"example-{name}"
+                                      for name in (spec.placeholders if spec else [])}
+        data["test"] = True
+        now = utcnow()
+        event = Event(id=new_id("evt"), event=body.event, timestamp=now, lang=body.lang,
+                      data=data)
+        screened = screen(event, self.catalog, self.settings.unknown_event_types)
+        if isinstance(screened, Rejection):
+            raise error(422, "unknown_event_type", screened.error,
+                        [{"field": "event", "message": "not in the event-type catalog"}])
+        event = screened
+        assert event.id is not None
+        job = DeliveryJob(delivery_id=delivery_id(event.id, endpoint.id),
+                          endpoint_id=endpoint.id, url=endpoint.url, event=event,
+                          retry_schedule_ms=endpoint.retry_schedule_ms)
+        if self.log is not None and self.settings.message_log:
+            await self.log.record(
+                [log_event(event, now, keep_payload=self.settings.payload_retention_days > 0)],
+                [log_delivery(job, now)])
+        await self._announce(topology.WORK_EXCHANGE, topology.SIGN, job)
+        fact = accepted_fact(event, [job], now)
+        await self.audit(fact.model_copy(update={
+            "actor": principal.token_id, "endpoint_id": endpoint.id,
+            "details": {**fact.details, "test": True}}))
+        log.info("endpoint_tested", endpoint_id=endpoint.id, event_id=event.id,
+                 event_type=event.event, actor=principal.token_id)
+        return _body(TestSent(id=event.id, event=event.event, delivery_id=job.delivery_id),
+                     202)
+
     async def subject_export(self, request: web.Request) -> web.Response:
         """GDPR Art. 15: the retained payloads about one data subject."""
         principal = await authorize(request, "admin", "auditor")
@@ -994,6 +1039,12 @@ ROUTES: tuple[Route, ...] = (
           "One endpoint's last 24 hours: success rate, attempts, last delivery, state "
           "(enabled, failing, disabled) and attempts by outcome per hour.",
           ("admin", "viewer"), responses={200: EndpointHealthOut}, errors=(*_AUTH, 404)),
+    Route("POST", "/v1/endpoints/{id}/test", "test_endpoint",
+          "Send a test event of a type (default `dihya.test`) to this endpoint only: the "
+          "catalog's example data with `test: true`; it shows in the message log and the "
+          "audit log like any event.",
+          ("admin",), body=EndpointTest, responses={202: TestSent},
+          errors=(*_AUTH, 404, 409, *_BODY, 503)),
     Route("POST", "/v1/endpoints/{id}/retry-failed", "retry_failed",
           "Send every failed delivery of the endpoint again (bulk retry); each is audited "
           "with who asked.",

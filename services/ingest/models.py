@@ -205,6 +205,17 @@ class RecoverRequest(Request):
             raise ValueError("is out of range") from None
 
 
+class EndpointTest(Request):
+    """Send a test event of a type to this one endpoint."""
+
+    event: str = Field(
+        default="dihya.test", min_length=1, max_length=128,
+        pattern=r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$",
+        description="The event type; its `data` is the catalog's example (each placeholder "
+        "`example-<name>`) with `test: true`, its `details` completed from the catalog.")
+    lang: Lang | None = None
+
+
 class Response(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -481,6 +492,14 @@ class ResendAccepted(Response):
 
     delivery_id: str
     attempt: int = Field(description="The attempt number the new attempt carries.")
+
+
+class TestSent(Response):
+    """The test event's one delivery was handed to the signer (confirmed by the broker)."""
+
+    id: str = Field(description="The test event's id (see `GET /v1/events/{id}`).")
+    event: str
+    delivery_id: str
 
 
 class RetryFailedAccepted(Response):

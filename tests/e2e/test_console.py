@@ -727,19 +727,23 @@ async def test_tokens_and_event_types_pages(tab: Tab, api: Api, receiver: Receiv
     status, _ = await api.call("GET", "ingest", "/v1/me", token)
     assert status == 401
 
-    # the catalog: the four templates, an example, and a test of the type
-    await api.endpoint(receiver, "console-types", ["template.created"])
+    # the catalog: the four templates, an example, and a test of the type to one endpoint
+    # (not to the type's other subscriber)
+    target = await api.endpoint(receiver, "console-types", ["other.thing"])
+    await api.endpoint(receiver, "console-types-other", ["template.created"])
     await page.click("#nav-event-types")
     section = page.locator("#types-list section[data-type='template.created']")
     await expect(section.locator("blockquote")).to_have_count(4)
     await expect(section.locator("blockquote[lang='tzm']")).not_to_be_empty()
-    await expect(section).to_contain_text("1 endpoints subscribed")
+    await section.locator("select").select_option(target["id"])
     await section.get_by_role("button", name="Send a test event of type template.created").click()
-    await expect(page.locator("#status")).to_contain_text("published")
+    await expect(page.locator("#status")).to_contain_text(f"sent to {target['url']}")
     await receiver.wait(lambda ds: any(d.path == "console-types" for d in ds))
     got = one(receiver.received("console-types"), lambda d: True)
     assert got.json["event"] == "template.created" and got.json["data"]["test"] is True
     assert set(got.json["data"]["details"]) == {"fr", "en", "ar", "tzm"}
+    assert got.guide_ok
+    assert receiver.received("console-types-other") == []
     await shot(page, "event-types-en")
 
     # the endpoint form offers the catalog's types (free text still allowed)

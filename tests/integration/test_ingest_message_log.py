@@ -396,3 +396,41 @@ async def test_attempts_in_one_batch_out_of_order_and_repeated(database_url: str
         assert (new.status, new.attempts_count, new.last_attempt) == ("delivered", 3, 3)
     finally:
         await engine.dispose()
+
+
+async def test_a_test_event_of_a_type_goes_to_one_endpoint_only(
+    amqp_url: str, database_url: str, broker: AbstractRobustConnection
+) -> None:
+    obs = await Observer.start(broker, ((topology.WORK_EXCHANGE, topology.SIGN),
+                                        (topology.AUDIT_EXCHANGE, "event.accepted")))
+    async with running_ingest(amqp_url, database_url) as ingest:
+        target = await ingest.endpoint(["order.*"], url="https://target.example.com/h")
+        other = await ingest.endpoint(["template.#"], url="https://other.example.com/h")
+        reply = await ingest.call("POST", f"/v1/endpoints/{target['id']}/test",
+                                  json={"event": "template.created", "lang": "fr"})
+        assert reply.status == 202, reply.text
+        event_id = reply.body["id"]
+        assert reply.body["delivery_id"] == delivery_id(event_id, target["id"])
+        await obs.wait(lambda _: bool(obs.jobs(event_id))
+                       and bool(obs.facts("event.accepted", event_id=event_id)))
+        [job] = obs.jobs(event_id)  # the endpoint subscribed to the type gets nothing
+        assert job["endpoint_id"] == target["id"] and job["url"] == target["url"]
+        data = job["event"]["data"]
+        assert data["test"] is True and data["template_id"] == "example-template_id"
+        assert set(data["details"]) == {"fr", "en", "ar", "tzm"}  # completed from the catalog
+        [fact] = obs.facts("event.accepted", event_id=event_id)
+        assert fact["actor"] == "tok_bootstrap_admin" and fact["details"]["test"] is True
+        detail = (await ingest.call("GET", f"/v1/events/{event_id}")).body
+        assert [d["endpoint_id"] for d in detail["deliveries"]] == [target["id"]]
+        assert other["id"] not in reply.text
+
+        default = await ingest.call("POST", f"/v1/endpoints/{target['id']}/test", json={})
+        assert default.status == 202 and default.body["event"] == "dihya.test"
+        missing = await ingest.call("POST", "/v1/endpoints/ep_nope/test", json={})
+        assert missing.status == 404
+        await ingest.call("PATCH", f"/v1/endpoints/{target['id']}", json={"status": "disabled"})
+        off = await ingest.call("POST", f"/v1/endpoints/{target['id']}/test", json={})
+        assert off.status == 409 and off.body["error"]["code"] == "endpoint_disabled"
+        bad = await ingest.call("POST", f"/v1/endpoints/{other['id']}/test",
+                                json={"event": "Not A Type"})
+        assert bad.status == 422

@@ -988,7 +988,10 @@ function shortLang() {
 async function showEventTypes() {
   show("event-types");
   await guard(() => loadCatalog());
-  if (canWrite() && !state.endpoints.length) await guard(() => loadEndpoints(null));
+  if (canWrite()) { // the endpoints a test can go to, as they are now
+    state.endpoints = []; state.endpointsNext = null;
+    await guard(() => loadEndpoints(null));
+  }
   renderEventTypes();
 }
 
@@ -998,7 +1001,6 @@ function renderEventTypes() {
   $("types-policy").textContent = t(`types.policy_${catalog.unknown_event_types}`);
   $("types-list").replaceChildren(...catalog.items.map((type) => {
     const lang = shortLang();
-    const subscribed = state.endpoints.filter((ep) => ep.events.some((p) => matches(p, type.event)));
     return h("section", { class: "panel type", "data-type": type.event },
       h("h2", {}, code(type.event), type.internal ? [" ", h("small", { text: t("types.internal") })] : null),
       h("p", { text: type.description[lang] || type.description.en }),
@@ -1006,18 +1008,28 @@ function renderEventTypes() {
         h("figcaption", {}, code(l)), h("blockquote", { lang: l, dir, text: type.details[l] || dash })))),
       h("details", {}, h("summary", { text: t("types.example") }),
         h("pre", { dir: "ltr", text: JSON.stringify(examplePayload(type), null, 2) })),
-      canWrite() && !type.internal ? h("p", { class: "line" },
-        h("button", { type: "button", class: "send-test", "aria-label": t("types.send_label", { type: type.event }),
-          text: t("types.send"), onclick: (ev) => sendTypeTest(type, ev.currentTarget) }), " ",
-        h("small", { text: subscribed.length ? t("types.goes_to", { n: formatNumber(subscribed.length, 0) }) : t("types.nobody") }))
-        : null);
+      canWrite() ? sendTestForm(type) : null);
   }));
 }
 
-async function sendTypeTest(type, button) {
-  const out = await guard(() => call("", "POST", "/v1/events", { body: examplePayload(type) }), { button });
+/** "Send a test of this type" to one endpoint (POST /v1/endpoints/{id}/test: ingest makes
+ * that endpoint's delivery only, whoever else subscribes to the type). */
+function sendTestForm(type) {
+  const enabled = state.endpoints.filter((ep) => ep.status === "enabled");
+  if (!enabled.length) return h("p", { class: "hint", text: t("types.no_endpoint") });
+  const id = `type-ep-${type.event.replace(/[^a-z0-9]/g, "-")}`;
+  const select = h("select", { id, name: "endpoint" }, enabled.map((ep) => h("option", { value: ep.id, text: ep.url })));
+  return h("form", { class: "inline send-test", onsubmit: (ev) => { ev.preventDefault(); sendTypeTest(type, select.value, ev.submitter); } },
+    h("div", { class: "field" }, h("label", { for: id, text: t("types.endpoint") }), select),
+    h("button", { type: "submit", "aria-label": t("types.send_label", { type: type.event }), text: t("types.send") }));
+}
+
+async function sendTypeTest(type, endpointId, button) {
+  const out = await guard(() => call("", "POST", `/v1/endpoints/${encodeURIComponent(endpointId)}/test`,
+    { body: { event: type.event, lang: shortLang() } }), { button });
   if (!out) return;
-  announce(t("types.sent", { id: out.id }));
+  const ep = state.endpoints.find((x) => x.id === endpointId);
+  announce(t("types.sent", { id: out.id, url: ep ? ep.url : endpointId }));
   state.messages = []; // the log shows it next time
 }
 
