@@ -24,6 +24,7 @@ CONSUMERS: dict[str, str] = {
     topology.AUDIT_FACTS: "audit",
     topology.AUDIT_CONTROL: "audit",
     topology.INGEST_HEALTH: "ingest (endpoint health)",
+    topology.INGEST_CONTROL: "ingest (GDPR erasure of stored payloads)",
     topology.dead_queue(topology.SIGNER_JOBS): "ingest (into its dead-letter store)",
     topology.dead_queue(topology.DELIVERER_JOBS): "ingest (into its dead-letter store)",
     topology.AUDIT_HEADS: "auditors, SIEMs (the newest signed heads; bind a queue of your own "

@@ -23,6 +23,7 @@ from shared.contracts import (
     EndpointSecret,
     Event,
     SignedDelivery,
+    SubjectErasure,
     TokenGrant,
 )
 
@@ -64,6 +65,9 @@ _CHANNELS: list[tuple[str, str, str, tuple[type[Contract], ...], str]] = [
      "Ingest → signer (`dihya.signer.control`): the only message that carries a secret."),
     ("tokens", topology.CONTROL_EXCHANGE, "token.{action}", (TokenGrant,),
      "Ingest → audit (`dihya.audit.control`): API token hashes and roles."),
+    ("subjects", topology.CONTROL_EXCHANGE, "subject.erase", (SubjectErasure,),
+     "Audit → ingest (`dihya.ingest.control`): a data subject was erased (GDPR Art. 17); "
+     "ingest removes the subject's payloads from its message log."),
 ]
 
 

@@ -281,6 +281,24 @@ class AuditHead(Contract):
                            description="Ed25519 signature, base64 (standard, padded).")
 
 
+class SubjectErasure(Contract):
+    """Asks every service keeping personal data of a data subject to erase it (audit → ingest,
+    on the control exchange, routing key ``subject.erase``).
+
+    The audit service publishes it once it has crypto-shredded the subject's records (GDPR
+    Art. 17); ingest then removes the subject's payloads from its message log. It names the
+    subject in clear — the only way another service can find its data — so no service stores
+    or logs it: the audit service does not consume it (its control queue takes ``token.#``).
+    Idempotent: erasing twice removes nothing more.
+    """
+
+    type: Literal["dihya.subject_erasure.v1"] = "dihya.subject_erasure.v1"
+    subject: str = Field(min_length=1, max_length=512,
+                         description="The data subject's id (an event's `data.user_id`).")
+    requested_by: str | None = Field(default=None, description="Token id of who asked.")
+    requested_at: AwareDatetime
+
+
 CONTRACTS: tuple[type[Contract], ...] = (
     Event,
     AttemptRecord,
@@ -292,6 +310,7 @@ CONTRACTS: tuple[type[Contract], ...] = (
     EndpointSecret,
     TokenGrant,
     AuditHead,
+    SubjectErasure,
 )
 
 

@@ -48,6 +48,7 @@ DELIVERER_JOBS = "dihya.deliverer.jobs"
 AUDIT_FACTS = "dihya.audit.facts"
 AUDIT_CONTROL = "dihya.audit.control"
 INGEST_HEALTH = "dihya.ingest.health"
+INGEST_CONTROL = "dihya.ingest.control"
 """Ingest's copy of the delivery outcomes (``delivery.attempted`` facts) for endpoint health."""
 
 DEFAULT_RETRY_DELAYS_MS = (5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000)
@@ -153,6 +154,7 @@ WORK_QUEUES = (
     _work_queue(AUDIT_FACTS, (AUDIT_EXCHANGE, "#")),
     _work_queue(AUDIT_CONTROL, (CONTROL_EXCHANGE, "token.#")),
     _work_queue(INGEST_HEALTH, (AUDIT_EXCHANGE, "delivery.attempted")),
+    _work_queue(INGEST_CONTROL, (CONTROL_EXCHANGE, "subject.#")),
 )
 
 

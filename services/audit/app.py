@@ -226,6 +226,8 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
         retention_days=settings.retention_days,
         cors_origins=settings.origins,
         heads=heads,
+        announce_erasure=lambda notice: publisher.send(
+            topology.CONTROL_EXCHANGE, "subject.erase", notice),
     )
     runner = await serve(app, settings.host, settings.port)
     stack.push_async_callback(runner.cleanup)

@@ -507,7 +507,7 @@ def record_from_row(row: Mapping[Any, Any]) -> Record:
 FILTER_PARAMS: tuple[str, ...] = (
     "event_id", "event_type", "endpoint_id", "delivery_id", "kind", "outcome", "subject",
 )
-QUERY_PARAMS: tuple[str, ...] = (*FILTER_PARAMS, "since", "until", "limit", "cursor")
+QUERY_PARAMS: tuple[str, ...] = (*FILTER_PARAMS, "since", "until", "limit", "cursor", "order")
 DEFAULT_LIMIT = 100
 MAX_FILTER_LENGTH = 512
 
@@ -533,6 +533,9 @@ class RecordQuery:
     """Exclusive upper bound on ``occurred_at``."""
     limit: int = DEFAULT_LIMIT
     after_seq: int = 0
+    """The cursor: records after this seq (oldest first) or before it (newest first); 0 is
+    the start either way."""
+    newest_first: bool = False
 
 
 def encode_cursor(seq: int) -> str:
@@ -616,9 +619,14 @@ def parse_query(pairs: Iterable[tuple[str, str]], page_limit: int) -> RecordQuer
         except ValueError as exc:
             bad("cursor", str(exc))
 
+    order = values.get("order", "asc")
+    if order not in ("asc", "desc"):
+        bad("order", "must be asc (oldest first, the default) or desc (newest first)")
+
     if problems:
         raise QueryError(problems)
-    return RecordQuery(filters, bounds.get("since"), bounds.get("until"), limit, after_seq)
+    return RecordQuery(filters, bounds.get("since"), bounds.get("until"), limit, after_seq,
+                       newest_first=order == "desc")
 
 
 def encodable(value: str) -> bool:

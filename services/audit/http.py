@@ -7,7 +7,7 @@ cannot be undone): erase a data subject (Art. 17) and run a retention purge.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 
 import aiohttp_cors
@@ -20,7 +20,7 @@ from services.audit.exports import Format
 from services.audit.handlers import RecordQuery
 from services.audit.heads import Heads
 from services.audit.store import AuditStore
-from shared.contracts import Role, utcnow
+from shared.contracts import Role, SubjectErasure, utcnow
 from shared.web import (
     REFUSAL_HOOK,
     TOKEN_LOOKUP,
@@ -42,6 +42,8 @@ EXPORT_PAGE: web.AppKey[int] = web.AppKey("audit_export_page")
 RETENTION_DAYS: web.AppKey[int] = web.AppKey("audit_retention_days")
 OPENAPI: web.AppKey[bytes] = web.AppKey("audit_openapi")
 HEADS: web.AppKey[Heads | None] = web.AppKey("audit_heads")
+ErasureNotice = Callable[[SubjectErasure], Awaitable[None]]
+ANNOUNCE_ERASURE: web.AppKey[ErasureNotice | None] = web.AppKey("audit_announce_erasure")
 
 READERS: tuple[Role, ...] = ("auditor", "admin")
 ERASERS: tuple[Role, ...] = ("admin",)
@@ -154,6 +156,18 @@ async def erase_subject(request: web.Request) -> web.Response:
     erasure = await request.app[STORE].erase(subject, actor=principal.token_id)
     log.info("subject_erased", subject_ref=erasure.subject_ref, records=erasure.records,
              record_seq=erasure.record_seq, actor=principal.token_id)
+    announce = request.app[ANNOUNCE_ERASURE]
+    if announce is not None:  # the other services' copies: ingest's stored payloads
+        try:
+            await announce(SubjectErasure(subject=subject, requested_by=principal.token_id,
+                                          requested_at=utcnow()))
+        except Exception as exc:
+            log.error("erasure_not_announced", subject_ref=erasure.subject_ref,
+                      error=type(exc).__name__)
+            raise error(503, "broker_unavailable",
+                        "The audit log erased the subject, but the other services (ingest's "
+                        "stored payloads) could not be told: erase again (a second erasure "
+                        "removes nothing more).") from None
     return json_response(erasure.as_json())
 
 
@@ -220,8 +234,10 @@ def make_app(
     retention_days: int = 0,
     cors_origins: Sequence[str] = (),
     heads: Heads | None = None,
+    announce_erasure: ErasureNotice | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[errors_middleware])
+    app[ANNOUNCE_ERASURE] = announce_erasure
     app[STORE] = store
     app[PAGE_LIMIT] = page_limit
     app[EXPORT_PAGE] = export_page

@@ -170,6 +170,9 @@ def document(page_limit: int) -> dict[str, Any]:
                "Records per page."),
         _param("cursor", {"type": "string"},
                "`next_cursor` of the previous page. Send the same filters again with it."),
+        _param("order", {"type": "string", "enum": ["asc", "desc"], "default": "asc"},
+               "`asc`: oldest first (chain order); `desc`: newest first. Send it again with "
+               "the cursor."),
     ]
     auth_errors = {
         "401": _error_response("No token, or an unknown or revoked one."),
@@ -413,7 +416,9 @@ def document(page_limit: int) -> dict[str, Any]:
                         "`personal` fields as `[erased]`. The erasure itself is recorded "
                         "(kind `subject.erased`, with the pseudonym, never the id). "
                         "Idempotent: erasing again, or an unknown subject, erases nothing "
-                        "and is recorded too."),
+                        "and is recorded too. Then the other services are told "
+                        "(`subject.erase` on the control exchange): ingest removes the "
+                        "subject's payloads from its message log."),
                     "security": [{"bearer": []}],
                     "parameters": [_SUBJECT_PARAM],
                     "responses": {
@@ -422,6 +427,8 @@ def document(page_limit: int) -> dict[str, Any]:
                                 "$ref": "#/components/schemas/Erasure"}}}},
                         **admin_errors,
                         "422": _error_response("The subject id is invalid."),
+                        "503": _error_response("Erased here, but the other services could "
+                                               "not be told: erase again."),
                     },
                 }
             },

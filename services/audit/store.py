@@ -480,9 +480,10 @@ class AuditStore:
         )).scalar_one_or_none()
 
     async def _read(self, conn: AsyncConnection, where: Sequence[sa.ColumnElement[bool]],
-                    limit: int) -> list[Record]:
+                    limit: int, *, newest_first: bool = False) -> list[Record]:
+        order = records.c.seq.desc() if newest_first else records.c.seq
         rows = (await conn.execute(
-            sa.select(*_RAW_COLUMNS).where(*where).order_by(records.c.seq).limit(limit)
+            sa.select(*_RAW_COLUMNS).where(*where).order_by(order).limit(limit)
         )).mappings().all()
         found = [handlers.record_from_row(row) for row in rows]
         keys = await self._keys_for_refs(
@@ -492,11 +493,18 @@ class AuditStore:
         return found
 
     async def page(self, query: RecordQuery) -> tuple[list[Record], bool]:
-        """One page of records matching ``query`` in ``seq`` order, and whether more follow.
-        Each record carries ``personal``: its sealed fields opened (or ``[erased]``)."""
+        """One page of records matching ``query`` in ``seq`` order (newest first if asked),
+        and whether more follow. Each record carries ``personal``: its sealed fields opened
+        (or ``[erased]``)."""
         async with self.engine.connect() as conn:
-            where = [records.c.seq > query.after_seq, *await self._where(conn, query)]
-            found = await self._read(conn, where, query.limit + 1)
+            where = await self._where(conn, query)
+            if query.newest_first:
+                if query.after_seq:
+                    where = [records.c.seq < query.after_seq, *where]
+            else:
+                where = [records.c.seq > query.after_seq, *where]
+            found = await self._read(conn, where, query.limit + 1,
+                                     newest_first=query.newest_first)
         return found[: query.limit], len(found) > query.limit
 
     async def pages(self, query: RecordQuery, page_size: int, *, upto: int | None = None

@@ -8,7 +8,7 @@ import functools
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine, Iterable
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -70,6 +70,8 @@ class Response:
     status: int | None
     retry_after: str | None = None
     excerpt: bytes = b""
+    headers: Mapping[str, str] | None = None
+    """The response headers as a fact shows them (handlers.shown_response_headers)."""
     error: ErrorKind | None = None
     error_text: str | None = None
 
@@ -221,7 +223,8 @@ class Deliverer:
                                                       self._settings.response_excerpt_bytes)
                     except (TimeoutError, aiohttp.ClientError):
                         excerpt = b""  # the status is what counts; the excerpt a courtesy
-                    return Response(resp.status, resp.headers.get("Retry-After"), excerpt)
+                    return Response(resp.status, resp.headers.get("Retry-After"), excerpt,
+                                    handlers.shown_response_headers(resp.headers.items()))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             kind = _error_kind(exc)
             blocked = _blocked(exc)
@@ -251,8 +254,10 @@ class Deliverer:
                                   self._settings.retry_jitter)
         record = handlers.attempt_record(job.attempt, outcome, at=at,
                                          duration_ms=duration * 1000)
-        attempted = handlers.attempted_fact(job, outcome, record, step, response.excerpt, now,
-                                            post=post)
+        attempted = handlers.attempted_fact(
+            job, outcome, record, step, response.excerpt, now, post=post,
+            request_headers=handlers.shown_request_headers(signed.headers),
+            response_headers=response.headers)
         ATTEMPTS.labels(outcome.outcome, outcome.reason,
                         handlers.status_class(outcome.status_code)).inc()
         ATTEMPT_SECONDS.observe(duration)

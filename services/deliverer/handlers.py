@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 from yarl import URL
 
 from shared import topology
@@ -50,6 +50,15 @@ from shared.contracts import AttemptRecord, AuditFact, DeliveryJob, SignedDelive
 
 MAX_RETRY_AFTER_MS = 3_600_000
 EXCERPT_CHARS = 256
+MAX_SHOWN_HEADERS = 30
+"""Most response headers kept in a ``delivery.attempted`` fact (the first ones, in order)."""
+HEADER_VALUE_CHARS = 200
+"""Longest header value kept in a fact; longer ones are cut."""
+SIGNATURE_HEADERS = frozenset({"x-dihya-signature", "webhook-signature"})
+"""Request headers whose values are signatures: shown shortened, never whole."""
+WITHHELD_RESPONSE_HEADERS = frozenset({"set-cookie", "set-cookie2", "authorization",
+                                       "proxy-authenticate", "www-authenticate"})
+"""Response headers a receiver may put credentials in: never kept."""
 ErrorKind = Literal["timeout", "connection_error", "tls_error", "ssrf_blocked", "invalid_url"]
 _PERMANENT_ERRORS = frozenset({"ssrf_blocked", "invalid_url"})
 
@@ -251,11 +260,60 @@ def _step_details(step: Step) -> dict[str, str | int | None]:
     return {"next": "done"}
 
 
+def shorten_signature(value: str) -> str:
+    """A signature header value with each signature cut to its scheme and first 8 characters
+    (``v1,K5oZfzN9…``): enough to tell two apart in the console, useless to forge or replay."""
+    return " ".join(part[:part.find(",") + 1 + 8] + "…" if "," in part else part[:8] + "…"
+                    for part in value.split())
+
+
+def shown_request_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The request headers of an attempt as the message log shows them: signatures
+    shortened (:func:`shorten_signature`), values bounded. The signed request carries no
+    secret (only signatures), so nothing else needs hiding."""
+    shown: dict[str, str] = {}
+    for name, value in list(headers.items())[:MAX_SHOWN_HEADERS]:
+        if name.lower() in SIGNATURE_HEADERS:
+            value = shorten_signature(value)
+        shown[name] = value[:HEADER_VALUE_CHARS]
+    return shown
+
+
+def shown_response_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The receiver's response headers as the message log shows them: at most
+    :data:`MAX_SHOWN_HEADERS`, values bounded, cookies and authentication headers left out
+    (a repeated header keeps its values joined by ``, ``)."""
+    shown: dict[str, str] = {}
+    for name, value in headers:
+        if name.lower() in WITHHELD_RESPONSE_HEADERS:
+            continue
+        if name not in shown and len(shown) >= MAX_SHOWN_HEADERS:
+            continue
+        joined = f"{shown[name]}, {value}" if name in shown else value
+        shown[name] = joined[:HEADER_VALUE_CHARS]
+    return shown
+
+
 def attempted_fact(job: DeliveryJob, outcome: Outcome, record: AttemptRecord, step: Step,
-                   excerpt: bytes, now: datetime, *, post: str) -> AuditFact:
+                   excerpt: bytes, now: datetime, *, post: str,
+                   request_headers: Mapping[str, str] | None = None,
+                   response_headers: Mapping[str, str] | None = None) -> AuditFact:
     """``delivery.attempted``: one HTTP POST and what it gave. ``post`` is an id drawn for
     that POST (before it is sent): every POST is audited, a repeat of an attempt included —
-    audit marks it ``details.repeat`` — while a redelivered copy of this fact stays one."""
+    audit marks it ``details.repeat`` — while a redelivered copy of this fact stays one.
+
+    ``details`` holds the response excerpt, what follows (retry or dead letter) and, for
+    ingest's message log, the request headers (signatures shortened) and response headers
+    (see :func:`shown_request_headers`, :func:`shown_response_headers`). They travel in
+    ``details`` rather than as new contract fields: an older consumer of ``AuditFact``
+    (``extra="forbid"``) would refuse a fact with fields it does not know."""
+    details: dict[str, JsonValue] = {
+        "response_excerpt": excerpt.decode("utf-8", "replace")[:EXCERPT_CHARS],
+        **_step_details(step)}
+    if request_headers is not None:
+        details["request_headers"] = dict(request_headers)
+    if response_headers is not None:
+        details["response_headers"] = dict(response_headers)
     return AuditFact(
         id=fact_id(job.delivery_id, job.attempt, "delivery.attempted", post),
         kind="delivery.attempted",
@@ -272,8 +330,7 @@ def attempted_fact(job: DeliveryJob, outcome: Outcome, record: AttemptRecord, st
         duration_ms=record.duration_ms,
         error=outcome.error,
         reason=outcome.reason,
-        details={"response_excerpt": excerpt.decode("utf-8", "replace")[:EXCERPT_CHARS],
-                 **_step_details(step)},
+        details=details,
     )
 
 

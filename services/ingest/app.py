@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -13,9 +13,11 @@ import structlog
 from services.ingest import console
 from services.ingest.catalog import load_catalog
 from services.ingest.consumer import EventHandler
+from services.ingest.control import ControlHandler
 from services.ingest.dead_letters import DEAD_LETTER_QUEUES, DeadLetterHandler
 from services.ingest.health import HEALTH_QUEUE, HealthHandler
 from services.ingest.http import IngestApi, build_app
+from services.ingest.message_log import MessageLog
 from services.ingest.settings import Settings
 from services.ingest.store import Store
 from shared import topology
@@ -49,6 +51,28 @@ async def _purge_keys(store: Store, window: int) -> None:
             log.warning("idempotency_purge_failed", error=type(exc).__name__)
 
 
+async def _purge_log(log_store: MessageLog, settings: Settings) -> None:
+    """Forget payloads older than DIHYA_INGEST_PAYLOAD_RETENTION_DAYS and log rows older than
+    DIHYA_INGEST_MESSAGE_LOG_DAYS (payloads are personal data: see services/ingest/messages)."""
+    while True:
+        try:
+            await purge_message_log(log_store, settings, utcnow())
+        except Exception as exc:
+            log.warning("message_log_purge_failed", error=type(exc).__name__)
+        await asyncio.sleep(PURGE_INTERVAL)
+
+
+async def purge_message_log(log_store: MessageLog, settings: Settings, now: datetime
+                            ) -> tuple[int, int]:
+    """One retention sweep of the message log: (payloads forgotten, events deleted)."""
+    payloads = await log_store.purge_payloads(
+        now - timedelta(days=settings.payload_retention_days))
+    events = await log_store.purge_log(now - timedelta(days=settings.message_log_days))
+    if payloads or events:
+        log.info("message_log_purged", payloads=payloads, events=events)
+    return payloads, events
+
+
 async def start(settings: Settings) -> Stop:
     """Start ingest; return the coroutine function that stops it gracefully."""
     # a bad catalog stops the start, loudly
@@ -56,6 +80,8 @@ async def start(settings: Settings) -> Stop:
     engine = make_engine(settings.database_url)
     await migrate(engine, MIGRATIONS)
     store = Store(engine, endpoint_cache_ttl=settings.endpoint_cache_ttl)
+    message_log = MessageLog(engine)
+    recorder = message_log if settings.message_log else None
     connection = await connect(settings.amqp_url.get_secret_value(), service="ingest",
                                heartbeat=settings.amqp_heartbeat)
     await declare_topology(connection)
@@ -63,16 +89,21 @@ async def start(settings: Settings) -> Stop:
     events = EventHandler(store, publisher, max_fanout=settings.max_fanout,
                           max_bytes=settings.max_body_bytes,
                           window_seconds=settings.idempotency_window,
-                          catalog=catalog, unknown_event_types=settings.unknown_event_types)
+                          catalog=catalog, unknown_event_types=settings.unknown_event_types,
+                          message_log=recorder,
+                          keep_payloads=settings.payload_retention_days > 0)
     events.start()
     # an outage of the database pauses each of them until it answers again (store.ping)
     consumers = [
         Consumer(connection, topology.INGEST_EVENTS, events, prefetch=settings.prefetch,
                  probe=store.ping),
-        *(Consumer(connection, queue, DeadLetterHandler(store, publisher, queue),
+        *(Consumer(connection, queue, DeadLetterHandler(store, publisher, queue, recorder),
                    prefetch=SIDE_PREFETCH, probe=store.ping) for queue in DEAD_LETTER_QUEUES),
+        Consumer(connection, topology.INGEST_CONTROL, ControlHandler(message_log, publisher),
+                 prefetch=SIDE_PREFETCH, probe=store.ping),
         Consumer(connection, HEALTH_QUEUE,
-                 HealthHandler(store, publisher, disable_after=settings.disable_after),
+                 HealthHandler(store, publisher, disable_after=settings.disable_after,
+                               message_log=recorder),
                  prefetch=SIDE_PREFETCH, probe=store.ping),
     ]
     for consumer in consumers:
@@ -81,7 +112,8 @@ async def start(settings: Settings) -> Stop:
     async def broker_ready() -> bool:
         return not connection.is_closed
 
-    api = IngestApi(settings, store, publisher, catalog)
+    api = IngestApi(settings, store, publisher, catalog, message_log)
+
     async def consuming() -> bool:  # false while an outage pauses a consumer
         return all(c.ready for c in consumers)
 
@@ -90,6 +122,7 @@ async def start(settings: Settings) -> Stop:
     console.mount(app, settings)  # the web console at /console/ (unless turned off)
     runner = await serve(app, settings.host, settings.port)
     purger = asyncio.create_task(_purge_keys(store, settings.idempotency_window))
+    log_purger = asyncio.create_task(_purge_log(message_log, settings))
     log.info("ingest_started", host=settings.host, port=settings.port,
              console=f"http://{settings.host}:{settings.port}{console.PREFIX}/"
              if settings.console_enabled else None)
@@ -97,9 +130,10 @@ async def start(settings: Settings) -> Stop:
     async def stop() -> None:
         # HTTP first (it publishes events), then the consumer finishes or hands back its
         # in-flight events, then the connections close.
-        purger.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purger
+        for task in (purger, log_purger):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await runner.cleanup()
         await api.close()
         await asyncio.gather(*(c.stop(settings.shutdown_grace) for c in consumers))

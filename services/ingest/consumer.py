@@ -37,6 +37,11 @@ so the guarantees above are unchanged.
 The jobs go the same way (:class:`JobPublisher`): the jobs of the events in flight leave as
 one :class:`~shared.contracts.DeliveryJobBatch` while the previous batch awaits its confirm,
 and each event is acked only once the batch holding its jobs is confirmed.
+
+The message log (:mod:`.message_log`) records each accepted event and its deliveries — in
+batches too, alongside the confirms. It is a view, not a guarantee: a failed log write is
+logged and the event still acked (its deliveries are on their way; their attempts will give
+the log rows of their own).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from services.ingest import metrics
 from services.ingest.catalog import Catalog, UnknownPolicy, bundled
 from services.ingest.handlers import (
     ROUTED_AS_HEADER,
+    HeldJob,
     Rejection,
     accepted_fact,
     complete,
@@ -65,11 +71,19 @@ from services.ingest.handlers import (
     screen,
     seen_recently,
 )
+from services.ingest.message_log import MessageLog
+from services.ingest.messages import LogDelivery, LogEvent, log_delivery, log_event
 from services.ingest.store import Store
 from shared import telemetry, topology
 from shared.batching import Batcher
 from shared.broker import Delivery, FactPublisher, Publisher, confirm_all
-from shared.contracts import MAX_JOBS_PER_BATCH, DeliveryJob, DeliveryJobBatch, utcnow
+from shared.contracts import (
+    MAX_JOBS_PER_BATCH,
+    DeliveryJob,
+    DeliveryJobBatch,
+    Event,
+    utcnow,
+)
 
 log = structlog.get_logger("dihya.ingest.consumer")
 
@@ -132,7 +146,8 @@ class EventHandler:
 
     def __init__(self, store: Store, publisher: Publisher, *, max_fanout: int,
                  max_bytes: int, window_seconds: int = 0, catalog: Catalog | None = None,
-                 unknown_event_types: UnknownPolicy = "accept") -> None:
+                 unknown_event_types: UnknownPolicy = "accept",
+                 message_log: MessageLog | None = None, keep_payloads: bool = True) -> None:
         self._max_bytes = max_bytes
         self._catalog = catalog or bundled()
         self._unknown: UnknownPolicy = unknown_event_types
@@ -150,17 +165,23 @@ class EventHandler:
         # a second copy of the event would fan out again (tests/integration/test_ingest_dedupe).
         self._records: Batcher[tuple[str, datetime], None] = Batcher(
             self._record, size=BATCH_SIZE, name="seen-event record")
+        self._log = message_log
+        self._keep_payloads = keep_payloads
+        self._log_writes: Batcher[tuple[LogEvent, list[LogDelivery]], None] = Batcher(
+            self._write_log, size=BATCH_SIZE, name="message log")
 
     def start(self) -> None:
         """Start the look-up, record and job writers (before the consumer delivers)."""
         self._lookups.start()
         self._records.start()
+        self._log_writes.start()
         self._jobs.start()
 
     async def close(self, grace: float = 10.0) -> None:
         """Finish pending look-ups, records, jobs and facts (after the consumer stopped)."""
         await asyncio.gather(self._lookups.stop(grace), self._records.stop(grace),
-                             self._jobs.close(grace), self._facts.close(grace))
+                             self._log_writes.stop(grace), self._jobs.close(grace),
+                             self._facts.close(grace))
 
     async def _look_up(self, event_ids: Sequence[str]) -> list[datetime | None]:
         seen = await self._store.seen_many(set(event_ids))
@@ -169,6 +190,25 @@ class EventHandler:
     async def _record(self, items: Sequence[tuple[str, datetime]]) -> None:
         await self._store.remember_events([event_id for event_id, _ in items],
                                           max(now for _, now in items))
+
+    async def _write_log(self, items: Sequence[tuple[LogEvent, list[LogDelivery]]]) -> None:
+        assert self._log is not None
+        await self._log.record([event for event, _ in items],
+                               [d for _, deliveries in items for d in deliveries])
+
+    async def _log_accepted(self, event: Event, jobs: Sequence[DeliveryJob],
+                            held: Sequence[HeldJob], now: datetime) -> None:
+        """Record the event in the message log; a failure is logged, never raised."""
+        if self._log is None:
+            return
+        deliveries = ([log_delivery(job, now) for job in jobs]
+                      + [log_delivery(item.job, now, held=True) for item in held])
+        try:
+            await self._log_writes.submit(
+                (log_event(event, now, keep_payload=self._keep_payloads), deliveries))
+        except Exception as exc:
+            log.warning("message_log_write_failed", event_id=event.id,
+                        error=type(exc).__name__)
 
     async def __call__(self, message: Delivery) -> None:
         decoded = decode(message.body, message.type, max_bytes=self._max_bytes)
@@ -213,6 +253,7 @@ class EventHandler:
             [self._jobs.send(job) for job in jobs]
             + [self._facts.send(fact)]
             + [self._facts.send(held_fact(item, now)) for item in held]
+            + [self._log_accepted(event, jobs, held, now)]
         )
         await self._remember(event.id, now)
         metrics.accepted(event.event, len(jobs))

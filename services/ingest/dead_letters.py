@@ -32,6 +32,7 @@ from services.ingest.handlers import (
     parked_message_id,
     read_dead_letters,
 )
+from services.ingest.message_log import MessageLog
 from services.ingest.store import ParkedRecord, Store
 from shared import topology
 from shared.broker import Delivery, Publisher, confirm_all
@@ -51,8 +52,10 @@ into a busy redelivery loop."""
 class DeadLetterHandler:
     """``Consumer`` handler of one parking queue."""
 
-    def __init__(self, store: Store, publisher: Publisher, queue: str) -> None:
+    def __init__(self, store: Store, publisher: Publisher, queue: str,
+                 message_log: MessageLog | None = None) -> None:
         self._store = store
+        self._log = message_log
         self._publisher = publisher
         self._queue = queue
 
@@ -64,6 +67,8 @@ class DeadLetterHandler:
             if isinstance(dead, list):
                 kept = [await self._store.record_failure(one, queue=self._queue, now=now)
                         for one in dead]
+                if self._log is not None:  # the message log shows them failed too
+                    await self._log.mark([job.delivery_id for job in kept], "failed", now)
             else:
                 ident = parked_message_id(self._queue, message.message_id, message.body)
                 safe = json_safe(headers)

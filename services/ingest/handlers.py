@@ -497,8 +497,8 @@ def held_fact(held: HeldJob, now: datetime) -> AuditFact:
                      details={"disabled_reason": held.disabled_reason})
 
 
-def retry_fact(job: DeliveryJob, *, actor: str, via: Literal["retry", "recover"],
-               previous: DeliveryStatus, reason: str | None, now: datetime) -> AuditFact:
+def retry_fact(job: DeliveryJob, *, actor: str, via: Literal["retry", "recover", "resend"],
+               previous: str, reason: str | None, now: datetime) -> AuditFact:
     """``delivery.retry_requested``: who sent a stored delivery again, and how."""
     return AuditFact(id=new_id("fct"), kind="delivery.retry_requested", occurred_at=now,
                      service="ingest", actor=actor, event_id=job.event.id,

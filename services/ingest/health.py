@@ -11,6 +11,9 @@ endpoint off. That one, inside the same transaction, publishes the ``endpoint.di
 fact and the operational ``endpoint.disabled`` event (routed like any event: an admin endpoint
 subscribed to it is notified); the row is committed only after both are confirmed. So a disable
 is announced once — or, after a crash between confirm and commit, once more with the same ids.
+
+The same facts feed the message log (:mod:`.message_log`): each attempt is recorded (once per
+delivery and attempt number) before health is judged.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from services.ingest.handlers import (
     disabled_event,
     disabled_fact,
 )
+from services.ingest.message_log import MessageLog
+from services.ingest.messages import attempt_from_fact
 from services.ingest.store import Store
 from shared import topology
 from shared.broker import Delivery, Publisher, confirm_all
@@ -43,8 +48,10 @@ MAX_CONTENTION = 20
 class HealthHandler:
     """``Consumer`` handler of :data:`HEALTH_QUEUE`."""
 
-    def __init__(self, store: Store, publisher: Publisher, *, disable_after: int) -> None:
+    def __init__(self, store: Store, publisher: Publisher, *, disable_after: int,
+                 message_log: MessageLog | None = None) -> None:
         self._store = store
+        self._log = message_log
         self._publisher = publisher
         self._disable_after = timedelta(seconds=disable_after)
         self._healthy: dict[str, datetime] = {}
@@ -58,6 +65,9 @@ class HealthHandler:
             metrics.HEALTH_FACTS.labels(result="ignored").inc()
             log.warning("health_fact_unreadable", error=str(exc)[:300])
             return
+        if self._log is not None:
+            attempts = [a for a in map(attempt_from_fact, facts) if a is not None]
+            await self._log.record_attempts(attempts, utcnow())
         for fact in facts:  # in order: a batch holds one deliverer's attempts as they came
             await self.judge(fact)
 

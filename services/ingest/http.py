@@ -16,15 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import orjson
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SecretStr,
+    ValidationError,
+)
 from sqlalchemy.exc import DBAPIError
 
 from services.ingest import metrics
@@ -38,6 +47,9 @@ from services.ingest.catalog import (
 from services.ingest.handlers import (
     ID_RE,
     DeliveryStatus,
+    Rejection,
+    accepted_fact,
+    delivery_id,
     disabled_fact,
     enabled_fact,
     last_attempt,
@@ -46,28 +58,58 @@ from services.ingest.handlers import (
     retry_fact,
     schedule_ms,
     schedule_seconds,
+    screen,
+)
+from services.ingest.message_log import DeliveryRow, EventFilter, MessageLog
+from services.ingest.messages import (
+    CursorError,
+    decode_cursor,
+    encode_cursor,
+    log_delivery,
+    log_event,
+    summarize,
 )
 from services.ingest.models import (
+    AttemptOut,
+    DeliveryCounts,
     DeliveryList,
     DeliveryOut,
+    DeliveryPage,
+    DeliverySummary,
     EndpointCreate,
     EndpointCreated,
+    EndpointHealth,
+    EndpointHealthOut,
     EndpointList,
+    EndpointListItem,
     EndpointOut,
     EndpointPatched,
+    EndpointTest,
     EndpointUpdate,
     ErrorBody,
     ErrorDetail,
     EventAccepted,
+    EventDetail,
+    EventPage,
+    EventSummary,
     EventTypeList,
     EventTypeOut,
+    HourOut,
+    LogDeliveryOut,
+    LogStatusField,
     ParkedList,
     ParkedOut,
     RecoverAccepted,
     RecoverRequest,
+    ResendAccepted,
     RetryAccepted,
+    RetryFailedAccepted,
     SecretRotate,
     SecretRotated,
+    SubjectErased,
+    SubjectEvent,
+    SubjectExport,
+    TestSent,
     TokenCreate,
     TokenCreated,
     TokenList,
@@ -159,6 +201,52 @@ class DeliveryQuery(ListQuery):
         default="failed", description="`failed` (default), `held` or `retried`.")
 
 
+class EndpointListQuery(ListQuery):
+    """Query parameters of the endpoint list."""
+
+    include: Literal["health"] | None = Field(
+        default=None, description="`health`: add each endpoint's last 24 hours (success "
+        "rate, attempts, last delivery, state, attempts per hour by outcome).")
+
+
+_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+
+class PageQuery(BaseModel):
+    """Cursor paging of the message log (newest first)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    cursor: str | None = Field(default=None, max_length=512, pattern=r"^[A-Za-z0-9_-]*$",
+                               description="The `next_cursor` of the previous page.")
+    limit: int = Field(default=50, ge=1, le=200, description="Items per page.")
+
+
+class EventQuery(PageQuery):
+    """Filters of the message log."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    type_: str | None = Field(default=None, alias="type", max_length=128,
+                              pattern=r"^[a-z0-9][a-z0-9_.-]*$",
+                              description="Only events of this type (exact).")
+    status: LogStatusField | None = Field(
+        default=None, description="Only events having a delivery with this status.")
+    endpoint: str | None = Field(default=None, pattern=_ID_PATTERN,
+                                 description="Only events with a delivery to this endpoint.")
+    since: AwareDatetime | None = Field(default=None, description="Received at or after "
+                                        "(ISO-8601 with an offset).")
+    until: AwareDatetime | None = Field(default=None, description="Received before.")
+
+
+class LogDeliveryQuery(PageQuery):
+    """Filters of the delivery list."""
+
+    status: LogStatusField | None = None
+    endpoint: str | None = Field(default=None, pattern=_ID_PATTERN)
+    event: str | None = Field(default=None, pattern=_ID_PATTERN, description="An event id.")
+
+
 RESEND_BATCH = 100
 """Deliveries resent per transaction (their confirms pipelined) by a recover."""
 
@@ -225,10 +313,14 @@ class IngestApi:
     """Request handlers; state is the store and the publisher shared with the consumer."""
 
     def __init__(self, settings: Settings, store: Store, publisher: Publisher,
-                 catalog: Catalog | None = None) -> None:
+                 catalog: Catalog | None = None, message_log: MessageLog | None = None
+                 ) -> None:
         self.settings = settings
         self.catalog = catalog or load_catalog(settings.event_catalog, settings.tzm_script)
         self.store = store
+        self.log: MessageLog | None = (
+            message_log if message_log is not None
+            else MessageLog(store.engine) if store is not None else None)
         self.publisher = publisher
         self._openapi: bytes | None = None
         # Requests in flight at once share one token query (no cache: a revocation holds at
@@ -342,11 +434,43 @@ class IngestApi:
 
     async def list_endpoints(self, request: web.Request) -> web.Response:
         await authorize(request, "admin", "viewer")
-        query: ListQuery = _validate(ListQuery, dict(request.query))
+        query: EndpointListQuery = _validate(EndpointListQuery, dict(request.query))
         records = await self.store.list_endpoints(limit=query.limit + 1, after=query.after)
         page = records[: query.limit]
         nxt = page[-1].id if len(records) > query.limit else None
-        return _body(EndpointList(items=[_endpoint_out(r) for r in page], next=nxt))
+        health = await self._health(page) if query.include == "health" else {}
+        items = [EndpointListItem(**_endpoint_out(r).model_dump(), health=health.get(r.id))
+                 for r in page]
+        return _body(EndpointList(items=items, next=nxt))
+
+    async def _health(self, records: Sequence[EndpointRecord]) -> dict[str, EndpointHealth]:
+        log_store = self._message_log()
+        ids = [r.id for r in records]
+        now = utcnow()
+        hourly = await log_store.hourly(ids, now)
+        last = await log_store.last_delivered(ids)
+        out: dict[str, EndpointHealth] = {}
+        for record in records:
+            summary = summarize(hourly.get(record.id, []), now, status=record.status,
+                                failing_since=record.failing_since,
+                                last_delivery_at=last.get(record.id,
+                                                          record.last_delivered_at))
+            out[record.id] = EndpointHealth(
+                state=summary.state, attempts=summary.attempts, delivered=summary.delivered,
+                failed=summary.failed, success_rate=summary.success_rate,
+                last_delivery_at=summary.last_delivery_at,
+                hours=[HourOut(hour=h.hour, delivered=h.delivered, failed=h.failed)
+                       for h in summary.hours])
+        return out
+
+    async def endpoint_health(self, request: web.Request) -> web.Response:
+        await authorize(request, "admin", "viewer")
+        endpoint_id = _ident(request, "endpoint")
+        record = await self.store.get_endpoint(endpoint_id)
+        if record is None:
+            raise _not_found("endpoint", endpoint_id)
+        health = (await self._health([record]))[endpoint_id]
+        return _body(EndpointHealthOut(endpoint_id=endpoint_id, **health.model_dump()))
 
     async def get_endpoint(self, request: web.Request) -> web.Response:
         await authorize(request, "admin", "viewer")
@@ -514,7 +638,8 @@ class IngestApi:
         return endpoint
 
     async def _resend(self, records: Sequence[DeliveryRecord], endpoint: EndpointRecord,
-                      actor: str, via: Literal["retry", "recover"]) -> list[DeliveryJob]:
+                      actor: str, via: Literal["retry", "recover", "resend"]
+                      ) -> list[DeliveryJob]:
         """Send stored deliveries to the signer again and mark them ``retried``.
 
         Per batch, in one transaction: mark the rows (only those still failed/held: two
@@ -533,6 +658,9 @@ class IngestApi:
                                                      was=record.status, actor=actor, now=now):
                         batch.append((record, resend(record.job, endpoint.url,
                                                      endpoint.retry_schedule_ms)))
+                if batch and self.log is not None:
+                    await self.log.mark([job.delivery_id for _, job in batch], "retried",
+                                        now, conn)
                 try:
                     await confirm_all([
                         self.publisher.send(topology.WORK_EXCHANGE, topology.SIGN, job,
@@ -554,6 +682,199 @@ class IngestApi:
                 for record, job in batch))
             sent += [job for _, job in batch]
         return sent
+
+    # -- message log ----------------------------------------------------------------------
+
+    def _message_log(self) -> MessageLog:
+        assert self.log is not None, "the API runs with a store"
+        return self.log
+
+    async def list_events(self, request: web.Request) -> web.Response:
+        await authorize(request, "admin", "viewer")
+        query: EventQuery = _validate(EventQuery, dict(request.query))
+        after = _cursor(query.cursor)
+        rows = await self._message_log().list_events(
+            EventFilter(event_type=query.type_, status=query.status,
+                        endpoint_id=query.endpoint, since=query.since, until=query.until),
+            limit=query.limit + 1, after=after)
+        page = rows[: query.limit]
+        nxt = (encode_cursor(page[-1].received_at, page[-1].id)
+               if len(rows) > query.limit else None)
+        items = []
+        for row in page:
+            c = row.counts
+            items.append(EventSummary(
+                id=row.id, event=row.event_type, received_at=row.received_at,
+                lang=row.lang if row.lang in ("fr", "en", "ar", "tzm") else None,
+                deliveries=DeliveryCounts(
+                    total=sum(c.values()), delivered=c.get("delivered", 0),
+                    failed=c.get("failed", 0),
+                    pending=c.get("pending", 0) + c.get("retried", 0),
+                    held=c.get("held", 0))))
+        return _body(EventPage(items=items, next_cursor=nxt))
+
+    async def get_event(self, request: web.Request) -> web.Response:
+        await authorize(request, "admin", "viewer")
+        event_id = _ident(request, "event", pattern=_EVENT_ID_RE)
+        found = await self._message_log().get_event(event_id)
+        if found is None:
+            raise _not_found("event", event_id)
+        event, deliveries = found
+        return _body(EventDetail(
+            id=event.id, event=event.event_type, received_at=event.received_at,
+            payload=event.payload,
+            deliveries=[LogDeliveryOut(
+                id=d.id, endpoint_id=d.endpoint_id, url=d.url, status=d.status,
+                next_retry_at=d.next_retry_at,
+                attempts=[AttemptOut(**vars(a)) for a in attempts])
+                for d, attempts in deliveries]))
+
+    async def list_log_deliveries(self, request: web.Request) -> web.Response:
+        await authorize(request, "admin", "viewer")
+        query: LogDeliveryQuery = _validate(LogDeliveryQuery, dict(request.query))
+        after = _cursor(query.cursor)
+        rows = await self._message_log().list_deliveries(
+            status=query.status, endpoint_id=query.endpoint, event_id=query.event,
+            limit=query.limit + 1, after=after)
+        page = rows[: query.limit]
+        nxt = (encode_cursor(page[-1].created_at, page[-1].id)
+               if len(rows) > query.limit else None)
+        return _body(DeliveryPage(items=[_summary(r) for r in page], next_cursor=nxt))
+
+    async def resend_delivery(self, request: web.Request) -> web.Response:
+        """Send any delivery again — delivered ones too — as its next attempt."""
+        principal = await authorize(request, "admin")
+        delivery_id = _ident(request, "delivery")
+        row = await self._message_log().get_delivery(delivery_id)
+        stored = await self.store.get_delivery(delivery_id)
+        if row is None and stored is None:
+            raise _not_found("delivery", delivery_id)
+        endpoint = await self._sendable(row.endpoint_id if row is not None
+                                        else stored.endpoint_id if stored is not None else "")
+        if stored is not None and stored.status in ("failed", "held"):
+            sent = await self._resend([stored], endpoint, principal.token_id, "resend")
+            if sent:
+                return _body(ResendAccepted(delivery_id=delivery_id,
+                                            attempt=sent[0].attempt), 202)
+            stored = await self.store.get_delivery(delivery_id)  # resent meanwhile
+        if row is None or row.status in ("pending", "retried"):
+            raise error(409, "delivery_in_flight",
+                        f"Delivery {delivery_id!r} is on its way (or awaiting its next "
+                        "automatic attempt); resend it once it is delivered or failed.")
+        job = await self._job_from_log(row, endpoint, stored)
+        now = utcnow()
+        async with self.store.transaction() as conn:
+            await self._message_log().mark([delivery_id], "retried", now, conn)
+            await self._announce(topology.WORK_EXCHANGE, topology.SIGN, job)
+        metrics.DELIVERIES_RESENT.labels(via="resend").inc()
+        log.info("delivery_resent", delivery_id=delivery_id, endpoint_id=job.endpoint_id,
+                 event_id=job.event.id, attempt=job.attempt, via="resend",
+                 actor=principal.token_id)
+        await self.audit(retry_fact(job, actor=principal.token_id, via="resend",
+                                    previous=row.status, reason=None, now=now))
+        return _body(ResendAccepted(delivery_id=delivery_id, attempt=job.attempt), 202)
+
+    async def _job_from_log(self, row: DeliveryRow, endpoint: EndpointRecord,
+                            stored: DeliveryRecord | None) -> DeliveryJob:
+        """The job that sends a logged delivery again: its event as delivered (the retained
+        payload, or the dead-letter store's copy), the endpoint's current URL and schedule,
+        the attempt after the last one seen."""
+        if stored is not None:
+            job = resend(stored.job, endpoint.url, endpoint.retry_schedule_ms)
+        else:
+            found = await self._message_log().get_event(row.event_id)
+            payload = None if found is None else found[0].payload
+            if payload is None:
+                raise error(409, "payload_not_retained",
+                            f"The payload of delivery {row.id!r} is no longer kept "
+                            "(DIHYA_INGEST_PAYLOAD_RETENTION_DAYS or an erasure): it cannot "
+                            "be sent again.")
+            job = DeliveryJob(delivery_id=row.id, endpoint_id=endpoint.id, url=endpoint.url,
+                              event=Event.model_validate(payload),
+                              retry_schedule_ms=endpoint.retry_schedule_ms)
+        # a new attempt number: the deliverer's fact ids (and audit's de-duplication) rely on it
+        return job.model_copy(update={"attempt": max(job.attempt, row.last_attempt + 1)})
+
+    async def retry_failed(self, request: web.Request) -> web.Response:
+        """Send every failed delivery of the endpoint again (bulk retry)."""
+        principal = await authorize(request, "admin")
+        endpoint_id = _ident(request, "endpoint")
+        endpoint = await self._sendable(endpoint_id, missing=404)
+        sent = 0
+        after: str | None = None
+        while True:
+            page = await self.store.list_deliveries(endpoint_id, status="failed",
+                                                    limit=RESEND_BATCH, after=after)
+            if not page:
+                break
+            try:
+                sent += len(await self._resend(page, endpoint, principal.token_id, "retry"))
+            except BrokerUnavailableError:
+                if not sent:
+                    raise
+                raise error(503, "broker_unavailable",
+                            f"{sent} deliveries were sent before the broker stopped "
+                            "confirming; retry again to send the rest (those sent are not "
+                            "sent twice).") from None
+            after = page[-1].delivery_id
+        log.info("endpoint_failed_retried", endpoint_id=endpoint_id, count=sent,
+                 actor=principal.token_id)
+        return _body(RetryFailedAccepted(retried=sent), 202)
+
+    async def test_endpoint(self, request: web.Request) -> web.Response:
+        """A test event of a catalog type to this one endpoint (not to the type's other
+        subscribers): ingest makes its one job itself and hands it to the signer."""
+        principal = await authorize(request, "admin")
+        endpoint_id = _ident(request, "endpoint")
+        body: EndpointTest = _validate(EndpointTest, await self._json(request))
+        endpoint = await self._sendable(endpoint_id, missing=404)
+        spec = self.catalog.types.get(body.event)
+        data: dict[str, JsonValue] = {name: f"example-{name}"
+                                      for name in (spec.placeholders if spec else [])}
+        data["test"] = True
+        now = utcnow()
+        event = Event(id=new_id("evt"), event=body.event, timestamp=now, lang=body.lang,
+                      data=data)
+        screened = screen(event, self.catalog, self.settings.unknown_event_types)
+        if isinstance(screened, Rejection):
+            raise error(422, "unknown_event_type", screened.error,
+                        [{"field": "event", "message": "not in the event-type catalog"}])
+        event = screened
+        assert event.id is not None
+        job = DeliveryJob(delivery_id=delivery_id(event.id, endpoint.id),
+                          endpoint_id=endpoint.id, url=endpoint.url, event=event,
+                          retry_schedule_ms=endpoint.retry_schedule_ms)
+        if self.log is not None and self.settings.message_log:
+            await self.log.record(
+                [log_event(event, now, keep_payload=self.settings.payload_retention_days > 0)],
+                [log_delivery(job, now)])
+        await self._announce(topology.WORK_EXCHANGE, topology.SIGN, job)
+        fact = accepted_fact(event, [job], now)
+        await self.audit(fact.model_copy(update={
+            "actor": principal.token_id, "endpoint_id": endpoint.id,
+            "details": {**fact.details, "test": True}}))
+        log.info("endpoint_tested", endpoint_id=endpoint.id, event_id=event.id,
+                 event_type=event.event, actor=principal.token_id)
+        return _body(TestSent(id=event.id, event=event.event, delivery_id=job.delivery_id),
+                     202)
+
+    async def subject_export(self, request: web.Request) -> web.Response:
+        """GDPR Art. 15: the retained payloads about one data subject."""
+        principal = await authorize(request, "admin", "auditor")
+        subject = _subject(request)
+        events = await self._message_log().subject_events(subject)
+        log.info("subject_exported", events=len(events), actor=principal.token_id)
+        return _body(SubjectExport(subject=subject, events=[
+            SubjectEvent(id=e.id, event=e.event_type, received_at=e.received_at,
+                         payload=e.payload) for e in events]))
+
+    async def subject_erasure(self, request: web.Request) -> web.Response:
+        """GDPR Art. 17: remove the subject's payloads from the message log."""
+        principal = await authorize(request, "admin")
+        subject = _subject(request)
+        count = await self._message_log().erase_subject(subject)
+        log.info("subject_payloads_erased", events=count, actor=principal.token_id)
+        return _body(SubjectErased(subject_events=count))
 
     # -- events ---------------------------------------------------------------------------
 
@@ -700,13 +1021,45 @@ def _not_found(kind: str, ident: str) -> web.HTTPException:
     return error(404, "not_found", f"No {kind} with id {ident[:64]!r}.")
 
 
-def _ident(request: web.Request, kind: str) -> str:
+def _ident(request: web.Request, kind: str, pattern: re.Pattern[str] = ID_RE) -> str:
     """The ``{id}`` of the path. Ids are ``ep_…``, ``dlv_…``, ``tok_…``: anything else cannot
     exist, so it is a 404 before it reaches the database (PostgreSQL refuses NUL bytes)."""
     value = request.match_info["id"]
-    if not ID_RE.fullmatch(value):
+    if not pattern.fullmatch(value):
         raise _not_found(kind, value)
     return value
+
+
+_EVENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+"""An event id (the contract's ``ExternalId``: publishers choose them, up to 128)."""
+_SUBJECT_MAX = 512
+
+
+def _subject(request: web.Request) -> str:
+    subject = request.match_info["subject"]
+    if not 0 < len(subject) <= _SUBJECT_MAX or "\x00" in subject:
+        raise error(422, "invalid_subject", "The subject id is not one the log can hold.",
+                    [{"field": "subject", "message": "1 to 512 characters, no NUL"}])
+    return subject
+
+
+def _cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    if not cursor:
+        return None
+    try:
+        return decode_cursor(cursor)
+    except CursorError:
+        raise error(422, "validation_failed", "The cursor is not valid.",
+                    [{"field": "cursor", "message": "pass a next_cursor of this list"}]
+                    ) from None
+
+
+def _summary(row: DeliveryRow) -> DeliverySummary:
+    return DeliverySummary(id=row.id, endpoint_id=row.endpoint_id, url=row.url,
+                           status=row.status, next_retry_at=row.next_retry_at,
+                           event_id=row.event_id, event=row.event_type,
+                           attempts_count=row.attempts_count,
+                           last_attempt_at=row.last_attempt_at)
 
 
 def _already_retried(record: DeliveryRecord) -> web.HTTPException:
@@ -726,9 +1079,25 @@ ROUTES: tuple[Route, ...] = (
           "`retry_schedule` (seconds) overrides the deployment's retry schedule for it.",
           ("admin",), body=EndpointCreate, responses={201: EndpointCreated},
           errors=(*_AUTH, *_BODY, 503)),
-    Route("GET", "/v1/endpoints", "list_endpoints", "List endpoints (never their secrets).",
-          ("admin", "viewer"), query=ListQuery, responses={200: EndpointList},
+    Route("GET", "/v1/endpoints", "list_endpoints",
+          "List endpoints (never their secrets); `include=health` adds each one's last 24 "
+          "hours: success rate, attempts, last delivery, state and attempts per hour.",
+          ("admin", "viewer"), query=EndpointListQuery, responses={200: EndpointList},
           errors=(*_AUTH, 422)),
+    Route("GET", "/v1/endpoints/{id}/health", "endpoint_health",
+          "One endpoint's last 24 hours: success rate, attempts, last delivery, state "
+          "(enabled, failing, disabled) and attempts by outcome per hour.",
+          ("admin", "viewer"), responses={200: EndpointHealthOut}, errors=(*_AUTH, 404)),
+    Route("POST", "/v1/endpoints/{id}/test", "test_endpoint",
+          "Send a test event of a type (default `dihya.test`) to this endpoint only: the "
+          "catalog's example data with `test: true`; it shows in the message log and the "
+          "audit log like any event.",
+          ("admin",), body=EndpointTest, responses={202: TestSent},
+          errors=(*_AUTH, 404, 409, *_BODY, 503)),
+    Route("POST", "/v1/endpoints/{id}/retry-failed", "retry_failed",
+          "Send every failed delivery of the endpoint again (bulk retry); each is audited "
+          "with who asked.",
+          ("admin",), responses={202: RetryFailedAccepted}, errors=(*_AUTH, 404, 409, 503)),
     Route("GET", "/v1/endpoints/{id}", "get_endpoint", "Read one endpoint.",
           ("admin", "viewer"), responses={200: EndpointOut}, errors=(*_AUTH, 404)),
     Route("PATCH", "/v1/endpoints/{id}", "update_endpoint",
@@ -759,6 +1128,34 @@ ROUTES: tuple[Route, ...] = (
           "every held one; each is audited with who asked.",
           ("admin",), body=RecoverRequest, responses={202: RecoverAccepted},
           errors=(*_AUTH, 404, 409, *_BODY, 503)),
+    Route("GET", "/v1/events", "list_events",
+          "The message log: accepted events, newest first, with their deliveries by status; "
+          "filter by type, delivery status, endpoint and reception time; cursor-paged.",
+          ("admin", "viewer"), query=EventQuery, responses={200: EventPage},
+          errors=(*_AUTH, 422)),
+    Route("GET", "/v1/events/{id}", "get_event",
+          "One event: its payload as delivered (while retained) and, per endpoint, every "
+          "attempt (request headers with shortened signatures, response status, headers and "
+          "excerpt, latency) and the next retry.",
+          ("admin", "viewer"), responses={200: EventDetail}, errors=(*_AUTH, 404)),
+    Route("GET", "/v1/deliveries", "list_log_deliveries",
+          "Deliveries of every endpoint, newest first; filter by status, endpoint and event; "
+          "cursor-paged.",
+          ("admin", "viewer"), query=LogDeliveryQuery, responses={200: DeliveryPage},
+          errors=(*_AUTH, 422)),
+    Route("POST", "/v1/deliveries/{id}/resend", "resend_delivery",
+          "Send a delivery again as its next attempt — delivered ones too; audited with who "
+          "asked. 409 while it is on its way, when its endpoint is disabled or deleted, or "
+          "when its payload is no longer retained.",
+          ("admin",), responses={202: ResendAccepted}, errors=(*_AUTH, 404, 409, 503)),
+    Route("GET", "/v1/subjects/{subject}/export", "subject_export",
+          "GDPR Art. 15: the retained payloads of the events about a data subject (their "
+          "`data.user_id`); the audit service's subject export holds the rest.",
+          ("admin", "auditor"), responses={200: SubjectExport}, errors=(*_AUTH, 422)),
+    Route("POST", "/v1/subjects/{subject}/erasure", "subject_erasure",
+          "GDPR Art. 17: remove a data subject's payloads from the message log (the audit "
+          "service erases its records; its erasure also asks ingest to do this).",
+          ("admin",), responses={200: SubjectErased}, errors=(*_AUTH, 422)),
     Route("GET", "/v1/parked-messages", "list_parked",
           "List unreadable messages taken from the signer's and deliverer's parking queues "
           "(not delivery jobs: kept verbatim with their reason and headers).",

@@ -84,7 +84,7 @@ DEAD_LETTERS = Counter(
 )
 DELIVERIES_RESENT = Counter(
     "dihya_ingest_deliveries_resent",
-    "Stored deliveries sent again by an administrator, by route (retry, recover).",
+    "Stored deliveries sent again by an administrator, by route (retry, recover, resend).",
     ["via"],
 )
 ENDPOINTS_DISABLED = Counter(

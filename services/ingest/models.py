@@ -8,7 +8,7 @@ validation context: ``model_validate(data, context={"secret_min_length": n})``.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -206,6 +206,17 @@ class RecoverRequest(Request):
             raise ValueError("is out of range") from None
 
 
+class EndpointTest(Request):
+    """Send a test event of a type to this one endpoint."""
+
+    event: str = Field(
+        default="dihya.test", min_length=1, max_length=128,
+        pattern=r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$",
+        description="The event type; its `data` is the catalog's example (each placeholder "
+        "`example-<name>`) with `test: true`, its `details` completed from the catalog.")
+    lang: Lang | None = None
+
+
 class Response(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -241,7 +252,7 @@ class EndpointCreated(EndpointOut):
 
 
 class EndpointList(Response):
-    items: list[EndpointOut]
+    items: list[EndpointListItem]
     next: str | None = Field(description="Pass as `after` to get the next page; null at the end.")
 
 
@@ -379,3 +390,179 @@ class ErrorDetail(Response):
 
 class ErrorBody(Response):
     error: ErrorDetail
+
+
+# -- the message log ------------------------------------------------------------------------
+
+LogStatusField = Literal["pending", "delivered", "failed", "held", "retried"]
+
+
+class DeliveryCounts(Response):
+    """An event's deliveries by status (`retried` ones count as `pending`: sent again, their
+    next attempt not yet seen)."""
+
+    total: int
+    delivered: int
+    failed: int
+    pending: int
+    held: int
+
+
+class EventSummary(Response):
+    id: str
+    event: str = Field(description="The event type.")
+    received_at: datetime = Field(description="When ingest accepted and fanned it out.")
+    lang: Lang | None
+    deliveries: DeliveryCounts
+
+
+class EventPage(Response):
+    """Events, newest first."""
+
+    items: list[EventSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; "
+                                    "null at the end.")
+
+
+class AttemptOut(Response):
+    """One HTTP attempt of a delivery."""
+
+    attempt: int
+    at: datetime = Field(description="When the request started.")
+    outcome: Literal["delivered", "failed"]
+    status_code: int | None = Field(description="The receiver's HTTP status; null when no "
+                                    "response came (see `error`).")
+    latency_ms: float | None
+    request_headers: dict[str, str] = Field(
+        description="The headers sent, signature values shortened (`v1,K5oZfzN9…`).")
+    response_headers: dict[str, str] = Field(
+        description="The receiver's response headers (at most 30; cookies and "
+        "authentication headers left out).")
+    response_excerpt: str | None = Field(description="The start of the response body.")
+    error: str | None
+
+
+class LogDeliveryOut(Response):
+    """One delivery of an event to one endpoint, with every attempt."""
+
+    id: str
+    endpoint_id: str
+    url: str
+    status: LogStatusField = Field(
+        description="`pending` (on its way or awaiting a retry), `delivered`, `failed` (given "
+        "up; retry or resend it), `held` (kept while the endpoint was disabled) or `retried` "
+        "(sent again by an administrator, its next attempt not yet seen).")
+    next_retry_at: datetime | None = Field(description="When the next automatic attempt is "
+                                           "due; null when none is scheduled.")
+    attempts: list[AttemptOut]
+
+
+class EventDetail(Response):
+    """An event as delivered, and every delivery and attempt of it."""
+
+    id: str
+    event: str
+    received_at: datetime
+    payload: dict[str, JsonValue] | None = Field(
+        description="The payload as delivered (its `details` completed); null once no longer "
+        "retained (DIHYA_INGEST_PAYLOAD_RETENTION_DAYS) or erased with its data subject.")
+    deliveries: list[LogDeliveryOut]
+
+
+class DeliverySummary(Response):
+    """A delivery in the message log (its attempts: `GET /v1/events/{event_id}`)."""
+
+    id: str
+    endpoint_id: str
+    url: str
+    status: LogStatusField
+    next_retry_at: datetime | None
+    event_id: str
+    event: str | None = Field(description="The event type (null if the event is no longer "
+                              "in the log).")
+    attempts_count: int
+    last_attempt_at: datetime | None
+
+
+class DeliveryPage(Response):
+    """Deliveries, newest first."""
+
+    items: list[DeliverySummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; "
+                                    "null at the end.")
+
+
+class ResendAccepted(Response):
+    """The delivery was handed to the signer again (confirmed by the broker)."""
+
+    delivery_id: str
+    attempt: int = Field(description="The attempt number the new attempt carries.")
+
+
+class TestSent(Response):
+    """The test event's one delivery was handed to the signer (confirmed by the broker)."""
+
+    id: str = Field(description="The test event's id (see `GET /v1/events/{id}`).")
+    event: str
+    delivery_id: str
+
+
+class RetryFailedAccepted(Response):
+    """The endpoint's failed deliveries were handed to the signer again."""
+
+    retried: int
+
+
+class HourOut(Response):
+    hour: datetime = Field(description="Start of the hour (UTC).")
+    delivered: int
+    failed: int
+
+
+class EndpointHealth(Response):
+    """An endpoint's delivery health over the last 24 hours (from the message log)."""
+
+    state: Literal["enabled", "failing", "disabled"] = Field(
+        description="`failing`: enabled, but its attempts fail since `failing_since`.")
+    attempts: int
+    delivered: int
+    failed: int
+    success_rate: float | None = Field(description="delivered / attempts (0 to 1); null "
+                                       "without attempts.")
+    last_delivery_at: datetime | None = Field(description="Its last delivered attempt.")
+    hours: list[HourOut] = Field(description="Attempts by outcome per hour, 24 hours, oldest "
+                                 "first, the current hour last.")
+
+
+class EndpointHealthOut(EndpointHealth):
+    endpoint_id: str
+
+
+class EndpointListItem(EndpointOut):
+    health: EndpointHealth | None = Field(
+        default=None, description="With `include=health`: its last 24 hours; else null.")
+
+
+class SubjectEvent(Response):
+    id: str
+    event: str
+    received_at: datetime
+    payload: dict[str, JsonValue] | None
+
+
+class SubjectExport(Response):
+    """What ingest's message log holds about one data subject (GDPR Art. 15): the retained
+    payloads of the events whose `data.user_id` is the subject."""
+
+    subject: str
+    events: list[SubjectEvent]
+
+
+class SubjectErased(Response):
+    """The subject's payloads are gone from the message log (GDPR Art. 17)."""
+
+    subject_events: int = Field(description="Events whose payload and subject link were "
+                                "removed.")
+
+
+EndpointList.model_rebuild()  # its items are declared further down

@@ -21,6 +21,7 @@ from shared.contracts import (
     EndpointSecret,
     Event,
     SignedDelivery,
+    SubjectErasure,
     TokenGrant,
 )
 
@@ -58,6 +59,7 @@ SAMPLES: dict[str, Contract] = {
     "AuditHead": AuditHead.model_validate(HeadSigner(bytes(range(32))).sign(
         seq=120, head_hash="ab" * 32, records=80, time="2025-05-20T12:00:00.000000Z",
         previous_head_hash="0" * 64, checkpoint={"last_seq": 40, "last_hash": "cd" * 32})),
+    "SubjectErasure": SubjectErasure(subject="user42", requested_by="tok_1", requested_at=AT),
 }
 
 HERE = Path(__file__).parent / "samples"

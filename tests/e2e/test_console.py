@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -337,10 +339,13 @@ async def test_arabic_is_right_to_left_and_every_language_is_chosen_by_the_user(
     await page.reload()
     await expect(html).to_have_attribute("dir", "rtl")
     await expect(page.locator("#signout")).to_have_text("تسجيل الخروج")
-    for lang, title, direction in (("tzm", "ⵜⵉⵏⵇⵇⵉⵜⵉⵏ ⵏ ⵓⵎⵥⴰⵥ", "ltr"),  # noqa: RUF001
-                                   ("fr", "Points de terminaison", "ltr")):
+    # Tamazight: Latin script by default (as the guide writes it), Tifinagh on request
+    for lang, tag, title, direction in (
+            ("tzm", "tzm-Latn", "Tinqqitin n umẓaẓ", "ltr"),
+            ("tzm-Tfng", "tzm-Tfng", "ⵜⵉⵏⵇⵇⵉⵜⵉⵏ ⵏ ⵓⵎⵥⴰⵥ", "ltr"),  # noqa: RUF001
+            ("fr", "fr", "Points de terminaison", "ltr")):
         await page.select_option("#lang", lang)
-        await expect(html).to_have_attribute("lang", lang)
+        await expect(html).to_have_attribute("lang", tag)
         await expect(html).to_have_attribute("dir", direction)
         await expect(page.locator("#nav-endpoints")).to_have_text(title)
     await page.click("#nav-endpoints")
@@ -375,6 +380,11 @@ async def test_an_auditor_browses_verifies_and_exports_the_audit_log(
     await expect(kind_cells.filter(has_not_text="endpoint.created")).to_have_count(0)
     kinds = await kind_cells.all_inner_texts()
     assert kinds and set(kinds) == {"endpoint.created"}
+    shown = [int(x) for x in await page.locator("#audit-table tbody th").all_inner_texts()]
+    assert shown == sorted(shown, reverse=True)  # newest first
+    # details read as names and values, not a JSON blob
+    await expect(page.locator("#audit-table tbody tr").first.locator("dl.details")).to_contain_text(
+        "events")
 
     await page.click("#audit-verify")
     await expect(page.locator("#audit-verdict")).to_contain_text("The chain is intact")
@@ -503,6 +513,304 @@ async def test_an_api_error_is_shown_with_its_code(tab: Tab) -> None:
     await expect(alert.locator("code")).to_have_text("unauthorized")
     await expect(page.locator("#view-signin")).to_be_visible()
     assert await page.evaluate("sessionStorage.length") == 0
+
+
+async def logged_event(api: Api, event_id: str, attempts: int) -> dict[str, Any]:
+    """Wait until the message log shows ``attempts`` attempts of the event's one delivery."""
+    found: dict[str, Any] = {}
+
+    async def done() -> bool:
+        status, body = await api.call("GET", "ingest", f"/v1/events/{event_id}",
+                                      api.system.admin_token)
+        if status != 200 or not body["deliveries"]:
+            return False
+        found.update(body)
+        return len(body["deliveries"][0]["attempts"]) >= attempts
+
+    await wait_for(done, timeout=20)
+    return found
+
+
+async def left_of(page: Page, first: str, second: str) -> bool:
+    a = await page.locator(first).first.bounding_box()
+    b = await page.locator(second).first.bounding_box()
+    assert a and b
+    return bool(a["x"] < b["x"])
+
+
+async def test_the_message_log_shows_an_event_its_attempts_and_resends_it(
+    tab: Tab, api: Api, receiver: Receiver
+) -> None:
+    from playwright.async_api import expect
+
+    page, admin = tab.page, api.system.admin_token
+    await api.endpoint(receiver, "console-log", ["console.logged"])
+    details = {"fr": "Commande 7 payée", "en": "Order 7 paid", "ar": "دُفع الطلب 7",
+               "tzm": "Tettwaxelleṣ tladist 7"}
+    event_id = await api.publish({"event": "console.logged", "lang": "fr",
+                                  "data": {"order": 7, "details": details}})
+    await receiver.wait(lambda ds: any(d.path == "console-log" for d in ds))
+    sent = one(receiver.received("console-log"), lambda d: True)
+    logged = await logged_event(api, event_id, 1)
+    delivery = logged["deliveries"][0]
+
+    await sign_in(page, admin)
+    await page.click("#nav-messages")
+    row = page.locator(f"#messages-table tr[data-event='{event_id}']")
+    await expect(row).to_contain_text("console.logged")
+    await expect(row).to_contain_text("1 delivered")
+    # filters: by status and type, and an event id opens its page
+    await page.select_option("#messages-status", "failed")
+    await page.click("#messages-form button[type=submit]")
+    await expect(row).to_be_hidden()
+    await page.select_option("#messages-status", "delivered")
+    await page.fill("#messages-type", "console.logged")
+    await page.click("#messages-form button[type=submit]")
+    await expect(row).to_be_visible()
+    await shot(page, "messages-en")
+    await page.fill("#messages-id", event_id)
+    await page.click("#messages-form button[type=submit]")
+
+    await expect(page.locator("#event-title")).to_contain_text(event_id)
+    for lang, text in details.items():
+        quote = page.locator(f"#event-details blockquote[lang='{lang}']")
+        await expect(quote).to_have_text(text)
+    await expect(page.locator("#event-details blockquote[lang='ar']")).to_have_attribute(
+        "dir", "rtl")
+    payload = json.loads(await page.locator("#event-payload").text_content() or "")
+    # what the receiver got: the same event (plus the delivery's own block; the signer writes
+    # the timestamp to the millisecond)
+    body = sent.json
+    assert {k: payload[k] for k in ("id", "event", "lang", "data")} == {
+        k: body[k] for k in ("id", "event", "lang", "data")}
+    stamps = [datetime.fromisoformat(x["timestamp"]) for x in (payload, body)]
+    assert abs((stamps[0] - stamps[1]).total_seconds()) < 0.001
+    assert payload["id"] == event_id and payload["data"]["details"] == details
+    panel = page.locator(f"#event-deliveries section[data-delivery='{delivery['id']}']")
+    await expect(panel).to_contain_text("Delivered")
+    attempt = panel.locator("tr[data-attempt='1']")
+    await expect(attempt).to_contain_text("200")
+    await attempt.locator("details").first.locator("summary").click()
+    headers = attempt.locator("dl.headers").first
+    await expect(headers).to_contain_text("webhook-signature")
+    shown = await headers.text_content() or ""
+    whole = sent.headers["webhook-signature"]
+    assert whole[:11] in shown and whole not in shown  # shortened, never whole
+    assert sent.headers["X-Dihya-Signature"] not in shown
+    await shot(page, "event-en")
+
+    # resend a delivered delivery: the receiver gets it again, same id, next attempt
+    await panel.get_by_role("button", name=f"Resend delivery {delivery['id']}").click()
+    await expect(page.locator("#status")).to_have_text(
+        f"Delivery {delivery['id']} sent again as attempt 2.")
+    await receiver.wait(lambda ds: sum(d.path == "console-log" for d in ds) == 2)
+    again = receiver.received("console-log")[-1]
+    assert again.headers["webhook-id"] == sent.headers["webhook-id"]
+    assert again.headers["X-Dihya-Attempt"] == "2" and again.guide_ok
+    await logged_event(api, event_id, 2)
+    await page.reload()
+    await expect(panel.locator("tr[data-attempt='2']")).to_contain_text("200")
+
+    # Arabic: right to left, the numbers with units and the lists kept left to right
+    await page.select_option("#lang", "ar")
+    await expect(page.locator("html")).to_have_attribute("dir", "rtl")
+    await expect(page.locator("#event-deliveries-title")).to_have_text("التسليمات")
+    assert not await left_of(page, "#event-title", "#event-facts dd")  # the title starts right
+    cols = panel.locator("table.attempts thead th")
+    first, second = await cols.nth(0).bounding_box(), await cols.nth(1).bounding_box()
+    assert first and second and first["x"] > second["x"]
+    latency = panel.locator("tr[data-attempt='1'] bdi.measure").last
+    await expect(latency).to_have_css("direction", "ltr")
+    assert (await latency.text_content() or "").endswith(" ms")
+    await shot(page, "event-ar")
+    await page.click("#nav-messages")
+    await expect(page.locator("#messages-title")).to_have_text("الرسائل")
+    await shot(page, "messages-ar")
+    tab.assert_private(api_secret(receiver, "console-log"))
+
+
+def api_secret(receiver: Receiver, name: str) -> str:
+    return str(receiver.secrets[name])
+
+
+async def test_endpoint_health_charts_recover_and_bulk_retry(
+    tab: Tab, api: Api, receiver: Receiver
+) -> None:
+    from playwright.async_api import expect
+
+    page, admin = tab.page, api.system.admin_token
+    receiver.statuses["console-health"] = [503, 503]
+    _, ep = await api.call("POST", "ingest", "/v1/endpoints", admin, {
+        "url": receiver.url("console-health"), "events": ["console.health"],
+        "retry_schedule": []}, expect=201)
+    receiver.secrets["console-health"] = ep["secret"]
+    ids = [await api.publish({"event": "console.health", "data": {"n": n}}) for n in range(3)]
+    await receiver.wait(lambda ds: sum(d.path == "console-health" for d in ds) == 3)
+
+    async def failed() -> int:
+        _, body = await api.call("GET", "ingest", f"/v1/endpoints/{ep['id']}/deliveries",
+                                 admin, expect=200)
+        return len(body["items"])
+
+    async def two_failed() -> bool:
+        return await failed() == 2
+
+    await wait_for(two_failed, timeout=20)
+    for event_id in ids:
+        await logged_event(api, event_id, 1)
+
+    await sign_in(page, admin)
+    row = page.locator(f"#endpoints-table tr[data-id='{ep['id']}']")
+    await expect(row).to_contain_text("33.3 %")
+    await expect(row).to_contain_text("3 attempts")
+    bars = row.locator("svg.bars")
+    await expect(bars).to_have_attribute("role", "img")
+    label = await bars.get_attribute("aria-label") or ""
+    assert "3 attempts, 2 failed" in label
+    hours = bars.locator("g[data-hour]")
+    assert await hours.count() == 24
+    last = hours.last
+    assert (await last.get_attribute("data-failed"), await last.get_attribute("data-delivered")
+            ) in (("2", "1"), ("0", "0"))  # the hour may have turned since
+    await expect(page.locator("#endpoints-chart svg.bars")).to_be_visible()
+    await shot(page, "health-en")
+
+    await row.locator("a").click()
+    await expect(page.locator("#health-facts")).to_contain_text("33.3 %")
+    await expect(page.locator("#health-chart svg.bars")).to_be_visible()
+    # recover since an hour ago: the two failed deliveries go again (and are delivered)
+    await page.fill("#recover-since", "2000-01-01T00:00:00")
+    await page.click("#recover-form button[type=submit]")
+    await expect(page.locator("#status")).to_have_text("2 deliveries sent again.")
+    await receiver.wait(lambda ds: sum(d.path == "console-health" for d in ds) == 5)
+    # nothing failed any more: the bulk retry sends nothing
+    await page.click("#endpoint-retry-failed")
+    await page.click("#confirm-yes")
+    await expect(page.locator("#status")).to_have_text("0 failed deliveries sent again.")
+
+    await page.select_option("#lang", "ar")
+    await page.click("#nav-endpoints")
+    await expect(row).to_be_visible()  # the list is drawn again
+    headers = page.locator("#endpoints-table thead th")
+    first, second = await headers.nth(0).bounding_box(), await headers.nth(1).bounding_box()
+    assert first and second and first["x"] > second["x"]
+    assert await bars.get_attribute("dir") == "ltr"  # time runs left to right in any language
+    await shot(page, "health-ar")
+    tab.assert_private(ep["secret"])
+
+
+async def test_tokens_and_event_types_pages(tab: Tab, api: Api, receiver: Receiver) -> None:
+    from playwright.async_api import expect
+
+    page, admin = tab.page, api.system.admin_token
+    await sign_in(page, admin)
+    await page.click("#nav-tokens")
+    await page.select_option("#token-role", "viewer")
+    await page.fill("#token-description", "made in the console")
+    await page.click("#token-form button[type=submit]")
+    dialog = page.locator("#secret-dialog")
+    await expect(dialog).to_be_visible()
+    await expect(page.locator("#secret-title")).to_have_text("API token")
+    token = await page.input_value("#secret-value")
+    assert token.startswith("dihya_")
+    await page.click("#secret-done")
+    assert await page.input_value("#secret-value") == ""
+    status, me = await api.call("GET", "ingest", "/v1/me", token)
+    assert status == 200 and me["role"] == "viewer"
+    row = page.locator(f"#tokens-table tr[data-token='{me['token_id']}']")
+    await expect(row).to_contain_text("made in the console")
+    await shot(page, "tokens-en")
+    await row.get_by_role("button", name=f"Revoke token {me['token_id']}").click()
+    await page.click("#confirm-yes")
+    await expect(page.locator("#status")).to_have_text(f"Token {me['token_id']} revoked.")
+    await expect(row.locator("button")).to_have_count(0)
+    status, _ = await api.call("GET", "ingest", "/v1/me", token)
+    assert status == 401
+
+    # the catalog: the four templates, an example, and a test of the type to one endpoint
+    # (not to the type's other subscriber)
+    target = await api.endpoint(receiver, "console-types", ["other.thing"])
+    await api.endpoint(receiver, "console-types-other", ["template.created"])
+    await page.click("#nav-event-types")
+    section = page.locator("#types-list section[data-type='template.created']")
+    await expect(section.locator("blockquote")).to_have_count(4)
+    await expect(section.locator("blockquote[lang='tzm']")).not_to_be_empty()
+    await section.locator("select").select_option(target["id"])
+    await section.get_by_role("button", name="Send a test event of type template.created").click()
+    await expect(page.locator("#status")).to_contain_text(f"sent to {target['url']}")
+    await receiver.wait(lambda ds: any(d.path == "console-types" for d in ds))
+    got = one(receiver.received("console-types"), lambda d: True)
+    assert got.json["event"] == "template.created" and got.json["data"]["test"] is True
+    assert set(got.json["data"]["details"]) == {"fr", "en", "ar", "tzm"}
+    assert got.guide_ok
+    assert receiver.received("console-types-other") == []
+    await shot(page, "event-types-en")
+
+    # the endpoint form offers the catalog's types (free text still allowed)
+    await page.click("#nav-endpoints")
+    await page.click("#endpoint-new")
+    await page.fill("#ep-events", "my.own.*")
+    await page.locator("#ep-catalog-list input[value='template.created']").check()
+    await expect(page.locator("#ep-events")).to_have_value("my.own.*, template.created")
+    await page.click("#endpoint-form .cancel")
+
+    await page.select_option("#lang", "ar")
+    await page.click("#nav-tokens")
+    await expect(page.locator("#tokens-title")).to_have_text("رموز الواجهة البرمجية")
+    await expect(row).to_be_visible()
+    cols = page.locator("#tokens-table thead th")
+    first, second = await cols.nth(0).bounding_box(), await cols.nth(1).bounding_box()
+    assert first and second and first["x"] > second["x"]
+    await shot(page, "tokens-ar")
+    await page.click("#nav-event-types")
+    await expect(section.locator("blockquote[lang='ar']")).to_have_attribute("dir", "rtl")
+    await shot(page, "event-types-ar")
+    tab.assert_private(token)
+
+
+async def test_small_screens_banners_languages_and_errors(
+    tab: Tab, api: Api, receiver: Receiver
+) -> None:
+    from playwright.async_api import expect
+
+    page, admin = tab.page, api.system.admin_token
+    ep = await api.endpoint(receiver, "console-narrow", ["narrow.one", "narrow.two", "narrow.#"])
+    await sign_in(page, admin)
+    await page.set_viewport_size({"width": 390, "height": 844})
+    for lang in ("en", "ar"):
+        await page.select_option("#lang", lang)
+        await page.goto(f"{api.system.console_url()}#/endpoints/{ep['id']}")
+        await expect(page.locator("#endpoint-facts")).to_contain_text("narrow.one")
+        wide = await page.evaluate("document.documentElement.scrollWidth")
+        assert wide <= 390, (lang, wide)
+    # the comma list stays in order in Arabic: one left-to-right isolate
+    lists = page.locator("#endpoint-facts bdi.list")
+    await expect(lists.first).to_have_css("direction", "ltr")
+    await page.set_viewport_size({"width": 1280, "height": 860})
+
+    # "Language changed" only when it changed; banners do not follow to the next page
+    await page.select_option("#lang", "en")
+    await expect(page.locator("#status")).to_have_text("Language changed to English.")
+    await page.click("#nav-messages")
+    status = page.locator("#status")
+    await expect(status).to_have_text(re.compile(r"^\d+\+? events\.$"))  # this page's own
+    found = await status.text_content()
+    await page.evaluate("""() => { const s = document.getElementById('lang');
+        s.value = 'en'; s.dispatchEvent(new Event('change')); }""")
+    # nothing to await for an absence: give the handler (a cached catalog, a 30 ms timer)
+    # ten times what it needs before looking
+    await page.wait_for_timeout(300)
+    await expect(status).to_have_text(found or "")
+
+    # an API error in Arabic: localized, the server's English folded away
+    await page.select_option("#lang", "ar")
+    await page.goto(f"{api.system.console_url()}#/events/evt_does_not_exist")
+    alert = page.locator("#alert")
+    await expect(alert.locator("strong")).to_have_text("غير موجود (أو لم يعد موجودًا).")
+    assert not await alert.locator("details").evaluate("(e) => e.open")
+    await page.click("#nav-endpoints")
+    await expect(alert).to_be_hidden()
+    tab.assert_private(ep["secret"])
 
 
 def _png_size(path: Path) -> tuple[int, int]:

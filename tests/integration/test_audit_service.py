@@ -192,6 +192,12 @@ async def test_facts_are_recorded_filtered_and_paginated(audit: Audit, broker: B
     seqs = [r["seq"] for r in walked]
     assert seqs == list(range(1, len(walked) + 1))
     assert ids(walked) >= {f.id for f in facts}
+    # newest first (what the console shows): the same records, walked backwards, with filters
+    backwards = await audit.records(limit="37", order="desc")
+    assert [r["seq"] for r in backwards] == seqs[::-1]
+    forward = await audit.records(limit="7", **window(0, 20))
+    newest = await audit.records(limit="7", order="desc", **window(0, 20))
+    assert len(newest) == 20 and [r["id"] for r in newest] == [r["id"] for r in forward][::-1]
 
     by_id = {r["id"]: r for r in walked}
     sample = facts[13]

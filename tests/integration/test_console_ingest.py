@@ -14,7 +14,8 @@ async def test_ingest_serves_the_console(ingest_sqlite: Client) -> None:
     assert page.status == 200 and "<main" in page.text
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
     config = await ingest_sqlite.call("GET", "/console/config.json", token=None)
-    assert config.body == {"audit_url": None, "languages": ["en", "fr", "ar", "tzm"]}
+    assert config.body == {"audit_url": None,
+                           "languages": ["en", "fr", "ar", "tzm", "tzm-Tfng"]}
 
 
 async def test_me_names_the_token_and_its_role(ingest_sqlite: Client) -> None:

@@ -90,11 +90,18 @@ def test_datetime_without_offset_is_utc() -> None:
     ([("outcome", "x" * 513)], "outcome"),
     ([("event", "evt_1")], "event"),
     ([("event_id", "a"), ("event_id", "b")], "event_id"),
+    ([("order", "newest")], "order"),
 ])
 def test_bad_parameters_are_named(pairs: list[tuple[str, str]], bad: str) -> None:
     with pytest.raises(QueryError) as exc:
         parse_query(pairs, page_limit=500)
     assert list(fields_of(exc)) == [bad]
+
+
+def test_order_is_oldest_first_unless_asked() -> None:
+    assert not parse_query([], page_limit=500).newest_first
+    assert not parse_query([("order", "asc")], page_limit=500).newest_first
+    assert parse_query([("order", "desc")], page_limit=500).newest_first
 
 
 def test_all_bad_parameters_are_named_at_once() -> None:

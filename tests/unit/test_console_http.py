@@ -87,7 +87,8 @@ async def test_config_names_the_audit_api(
     served: TestClient[web.Request, web.Application],
 ) -> None:
     reply = await served.get("/console/config.json")
-    assert await reply.json() == {"audit_url": AUDIT, "languages": ["en", "fr", "ar", "tzm"]}
+    assert await reply.json() == {"audit_url": AUDIT, "languages": ["en", "fr", "ar", "tzm",
+                                                                 "tzm-Tfng"]}
 
 
 async def test_without_an_audit_url_the_page_may_connect_to_its_own_origin_only() -> None:

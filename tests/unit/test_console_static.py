@@ -44,14 +44,21 @@ def test_every_catalog_has_the_english_keys_and_placeholders(lang: str) -> None:
 
 def test_the_catalogs_are_in_their_own_script() -> None:
     """A catalog copied from English by mistake would pass the key check: the Arabic one is
-    written in Arabic letters and the Tamazight one in Tifinagh."""
+    written in Arabic letters, the Tifinagh one in Tifinagh, and the Latin Tamazight one in
+    Latin letters with Tamazight's own (gamma, epsilon, the dotted emphatics) — not a copy
+    of English."""
     def share(lang: str, lo: int, hi: int) -> float:
         text = "".join(catalog(lang).values())
         letters = [c for c in text if c.isalpha()]
         return sum(lo <= ord(c) <= hi for c in letters) / len(letters)
 
     assert share("ar", 0x0600, 0x06FF) > 0.7
-    assert share("tzm", 0x2D30, 0x2D7F) > 0.7
+    assert share("tzm-Tfng", 0x2D30, 0x2D7F) > 0.7
+    latin = "".join(catalog("tzm").values())
+    assert share("tzm", 0x0041, 0x024F) + share("tzm", 0x1E00, 0x1EFF) > 0.95
+    assert sum(latin.count(c) for c in "ɣɛḍṛṣṭẓḥ") > 100
+    english = catalog("en")
+    assert sum(catalog("tzm")[k] == v for k, v in english.items()) < 10
 
 
 def used_keys() -> set[str]:
@@ -74,12 +81,19 @@ def test_keys_built_at_run_time_exist() -> None:
     """Keys the page builds from API values (a role, a status, an outcome, an error code)."""
     english = catalog("en")
     built = [f"role.{r}" for r in ("admin", "viewer", "auditor", "publisher")]
-    built += [f"estatus.{s}" for s in ("enabled", "disabled")]
+    built += [f"estatus.{s}" for s in ("enabled", "disabled", "failing")]
+    built += [f"lstatus.{s}" for s in ("pending", "delivered", "failed", "held", "retried")]
+    built += [f"lcount.{s}" for s in ("pending", "delivered", "failed", "held")]
+    built += [f"{kind}.{part}" for kind in ("secret", "token")
+              for part in ("title", "once", "label")]
+    built += [f"types.policy_{p}" for p in ("accept", "refuse")]
     built += [f"reason.{r}" for r in ("manual", "gone", "failing")]
     built += [f"outcome.{o}" for o in ("delivered", "failed", "dead_lettered")]
     built += [f"error.{c}" for c in ("unauthorized", "forbidden", "not_found",
                                      "validation_failed", "invalid_query", "broker_unavailable",
-                                     "endpoint_disabled", "already_retried")]
+                                     "endpoint_disabled", "already_retried",
+                                     "delivery_in_flight", "payload_not_retained",
+                                     "invalid_subject")]
     assert [k for k in built if k not in english] == []
     assert "test.details" in english  # the test event's details, in every language
 
@@ -98,6 +112,8 @@ def test_no_static_file_loads_anything_from_elsewhere() -> None:
         text = asset.body.decode("utf-8")
         if name.endswith(".svg"):  # the XML namespace is a name, not a fetch
             text = text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+        if name == "charts.js":  # createElementNS names the SVG namespace, fetching nothing
+            text = text.replace('const SVG = "http://www.w3.org/2000/svg";', "")
         if name.endswith(".json"):
             continue  # messages, loaded as data; they mention no URL either (checked below)
         hits = [m.group(0) for m in URL.finditer(text)]
@@ -144,3 +160,30 @@ def test_a_non_editable_install_ships_every_static_file() -> None:
     missing = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
     assert missing == []
     assert {Path(f).suffix for f in files} <= set(CONTENT_TYPES)
+
+
+def _luminance(hex_colour: str) -> float:
+    r, g, b = (int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+
+    def lin(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
+
+
+def _contrast(a: str, b: str) -> float:
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_the_focus_ring_stands_out_three_to_one() -> None:
+    """WCAG 1.4.11 (non-text contrast): the focus ring against white, the page and the cards,
+    in the light and the dark theme (the amber it had was 2.2:1 on white)."""
+    css = (STATIC / "style.css").read_text()
+    light, dark = (dict(re.findall(r"--([a-z-]+):\s*(#[0-9a-f]{6})", block))
+                   for block in re.findall(r":root \{(.*?)\n\s*\}", css, re.S)[:2])
+    assert _contrast(light["focus"], "#ffffff") >= 3
+    for background in ("bg", "card"):
+        assert _contrast(light["focus"], light[background]) >= 3, background
+        assert _contrast(dark["focus"], dark[background]) >= 3, background
+    assert _contrast("#f59e0b", "#ffffff") < 3  # the old amber: what this test guards against

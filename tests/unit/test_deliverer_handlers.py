@@ -31,6 +31,8 @@ from services.deliverer.handlers import (
     parse_signed,
     redact_url,
     schedule_for,
+    shown_request_headers,
+    shown_response_headers,
 )
 from services.deliverer.settings import Settings
 from shared.contracts import DeliveryJob, Event, SignedDelivery
@@ -219,6 +221,28 @@ def test_attempted_fact() -> None:
     again = attempted_fact(job, out, record, Retry(5000, 4500), b"x" * 2000, NOW, post="p1")
     repeat = attempted_fact(job, out, record, Retry(5000, 4500), b"x" * 2000, NOW, post="p2")
     assert again.id == fact.id and repeat.id != fact.id
+
+
+def test_attempted_fact_shows_headers_without_whole_signatures_or_cookies() -> None:
+    job = make_job()
+    out = classify(200, now=NOW)
+    record = attempt_record(1, out, at=NOW, duration_ms=1.0)
+    signature = "v1," + "A" * 43 + "= v1," + "B" * 43 + "="
+    request = shown_request_headers({"webhook-id": "dlv_1", "webhook-signature": signature,
+                                     "X-Dihya-Signature": "f" * 64, "X-Long": "y" * 500})
+    assert request["webhook-signature"] == "v1,AAAAAAAA… v1,BBBBBBBB…"
+    assert request["X-Dihya-Signature"] == "ffffffff…"
+    assert request["webhook-id"] == "dlv_1" and len(request["X-Long"]) == 200
+    response = shown_response_headers([("Content-Type", "text/plain"), ("Set-Cookie", "s=1"),
+                                       ("Via", "a"), ("Via", "b"),
+                                       *((f"X-{i}", "v") for i in range(50))])
+    assert "Set-Cookie" not in response and response["Via"] == "a, b"
+    assert len(response) == 30
+    fact = attempted_fact(job, out, record, Done(), b"ok", NOW, post="p1", request_headers=request,
+                          response_headers=response)
+    assert fact.details["request_headers"] == request
+    assert fact.details["response_headers"] == response
+    assert "A" * 20 not in fact.model_dump_json() and "f" * 20 not in fact.model_dump_json()
 
 
 def test_dead_lettered_fact() -> None:

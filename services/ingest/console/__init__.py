@@ -29,7 +29,9 @@ from shared.web import json_response
 
 PREFIX = "/console"
 STATIC = Path(__file__).parent / "static"
-LANGUAGES = ("en", "fr", "ar", "tzm")
+LANGUAGES = ("en", "fr", "ar", "tzm", "tzm-Tfng")
+"""The console's languages: Tamazight in Latin script (``tzm``, as the integration guide
+writes it) and in Tifinagh (``tzm-Tfng``); each has its catalog in ``static/locales/``."""
 CONTENT_TYPES = {
     ".html": "text/html",
     ".js": "text/javascript",

@@ -6,6 +6,7 @@ import {
   ApiError, call, download, forgetToken, keepToken, matches, parseSchedule, sleep,
   splitPatterns, storedToken,
 } from "./api.js";
+import { addHours, hourlyBars } from "./charts.js";
 import {
   everyLanguage, formatNumber, formatTime, initialLanguage, language, t, use,
 } from "./i18n.js";
@@ -36,6 +37,10 @@ const state = {
   failed: [], failedNext: null,
   test: null,
   audit: [], auditCursor: null, auditQuery: {}, verdict: null,
+  messages: [], messagesCursor: null, messagesQuery: {},
+  event: null,
+  tokens: [], tokensNext: null,
+  catalog: null,
 };
 
 // -- small DOM helpers ------------------------------------------------------------------------
@@ -58,6 +63,10 @@ function h(tag, attrs = {}, ...children) {
 /** Machine text (ids, URLs, codes) kept left-to-right inside right-to-left pages. */
 const code = (text, cls = null) => h("code", { dir: "ltr", class: cls }, text ?? "—");
 const dash = "—";
+/** A number with its unit ("7.2 ms", "3 s"), or a list of them, isolated left-to-right: in
+ * Arabic, a bare "7.2 ms" would be laid out as "ms 7.2" by the bidi algorithm. */
+const measure = (text) => h("bdi", { dir: "ltr", class: "measure", text });
+const ms = (value) => (value == null ? dash : measure(`${formatNumber(value)} ms`));
 
 function clip(text, n) {
   const s = String(text ?? "");
@@ -86,6 +95,22 @@ function announce(message) {
   hideError();
 }
 
+let keepBanners = false;
+
+/** Navigate as the result of an action: what the action announces stays on the next page. */
+function go(hash) {
+  keepBanners = location.hash !== hash; // the same hash fires no hashchange
+  location.hash = hash;
+}
+
+/** Leave nothing of the previous page's messages behind (on navigation). */
+function clearBanners() {
+  if (keepBanners) { keepBanners = false; return; }
+  clearTimeout(announceTimer);
+  $("status").textContent = "";
+  hideError();
+}
+
 function hideError() {
   const box = $("alert");
   box.hidden = true;
@@ -96,12 +121,15 @@ function describeError(err) {
   if (err instanceof ApiError) {
     const key = `error.${err.code}`;
     const human = t(key) !== key ? t(key) : t("error.generic", { status: err.status });
-    const parts = [h("p", {}, h("strong", { text: human }), " ", code(err.code), ` (HTTP ${err.status})`)];
-    if (err.message) parts.push(h("p", { class: "detail" }, h("span", { lang: "en", dir: "ltr", text: err.message })));
+    const parts = [h("p", {}, h("strong", { text: human }))];
     if (err.fields.length) {
-      parts.push(h("ul", {}, err.fields.map((f) =>
-        h("li", {}, code(f.field), " ", h("span", { lang: "en", dir: "ltr", text: f.message })))));
+      parts.push(h("ul", {}, err.fields.map((f) => h("li", { text: t("error.field", { field: f.field }) }))));
     }
+    // the server's own words are English: offered, folded, for whoever needs them
+    parts.push(h("details", { class: "detail" }, h("summary", { text: t("error.technical") }),
+      h("p", {}, code(err.code), " ", measure(`HTTP ${err.status}`)),
+      err.message ? h("p", { lang: "en", dir: "ltr", text: err.message }) : null,
+      err.fields.length ? h("ul", { lang: "en", dir: "ltr" }, err.fields.map((f) => h("li", {}, code(f.field), " ", f.message))) : null));
     return parts;
   }
   if (err && err.code === "unreachable") return [h("p", {}, h("strong", { text: t("error.unreachable") }), " ", code(err.message))];
@@ -139,6 +167,7 @@ const canWrite = () => role() === "admin";
 const canReadEndpoints = () => role() === "admin" || role() === "viewer";
 const canReadAudit = () => (role() === "admin" || role() === "auditor") && Boolean(state.config.audit_url);
 const audit = () => state.config.audit_url;
+const canReadTypes = () => role() !== undefined;
 
 // -- views and routing ------------------------------------------------------------------------
 
@@ -148,7 +177,8 @@ function show(view, { focus = true } = {}) {
     section.hidden = section.id !== `view-${view}`;
   }
   for (const link of document.querySelectorAll("#nav a")) {
-    if (link.getAttribute("href") === `#/${view === "endpoint" ? "endpoints" : view}`) link.setAttribute("aria-current", "page");
+    const parent = { endpoint: "endpoints", event: "messages" }[view] || view;
+    if (link.getAttribute("href") === `#/${parent}`) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
   if (focus) $(`view-${view}`).querySelector("h1")?.focus();
@@ -166,6 +196,10 @@ async function route() {
   if (section === "endpoints" && canReadEndpoints()) {
     return id ? showEndpoint(decodeURIComponent(id)) : showEndpoints();
   }
+  if (section === "messages" && canReadEndpoints()) return showMessages();
+  if (section === "events" && id && canReadEndpoints()) return showEvent(decodeURIComponent(id));
+  if (section === "tokens" && canWrite()) return showTokens();
+  if (section === "event-types" && canReadEndpoints()) return showEventTypes();
   if (section === "audit" && canReadAudit()) return showAudit();
   if (section === "none" || defaultRoute() === "#/none") return showEmpty();
   history.replaceState(null, "", defaultRoute());
@@ -180,6 +214,9 @@ function renderChrome() {
   if (!signedIn) return;
   $("whoami").textContent = t("signin.as", { role: t(`role.${role()}`), id: state.me.token_id });
   setHidden($("nav-endpoints").parentElement, !canReadEndpoints());
+  setHidden($("nav-messages").parentElement, !canReadEndpoints());
+  setHidden($("nav-event-types").parentElement, !canReadEndpoints());
+  setHidden($("nav-tokens").parentElement, !canWrite());
   setHidden($("nav-audit").parentElement, !canReadAudit());
   for (const el of document.querySelectorAll(".admin-only")) setHidden(el, !canWrite());
   setHidden($("endpoints-readonly"), canWrite());
@@ -215,6 +252,7 @@ function signOut() {
   state.me = null;
   state.endpoints = []; state.endpoint = null; state.attempts = []; state.failed = [];
   state.audit = []; state.test = null; state.verdict = null;
+  state.messages = []; state.event = null; state.tokens = [];
   for (const tbody of document.querySelectorAll("main tbody")) tbody.replaceChildren();
   $("token").value = "";
   history.replaceState(null, "", location.pathname);
@@ -230,7 +268,9 @@ function statusText(ep) {
 }
 
 function patternList(events) {
-  return events.flatMap((e, i) => (i ? [", ", code(e)] : [code(e)]));
+  // one left-to-right isolate for the whole list: in Arabic the commas stay between the
+  // patterns ("a.b, c.*", not "c.* ,a.b")
+  return h("bdi", { dir: "ltr", class: "list" }, events.flatMap((e, i) => (i ? [", ", code(e)] : [code(e)])));
 }
 
 async function showEndpoints() {
@@ -242,10 +282,29 @@ async function showEndpoints() {
 }
 
 async function loadEndpoints(after) {
-  const page = await call("", "GET", "/v1/endpoints", { query: { limit: PAGE, after } });
+  const page = await call("", "GET", "/v1/endpoints", { query: { limit: PAGE, after, include: "health" } });
   state.endpoints.push(...page.items);
   state.endpointsNext = page.next;
   renderEndpoints();
+}
+
+function percent(rate) {
+  return rate == null ? dash : measure(`${formatNumber(rate * 100)} %`);
+}
+
+function chartOf(hours, label, size = {}) {
+  const total = hours.reduce((n, x) => n + x.delivered + x.failed, 0);
+  const failed = hours.reduce((n, x) => n + x.failed, 0);
+  return hourlyBars(hours, {
+    ...size,
+    label: t("health.chart_label", { what: label, n: formatNumber(total, 0), failed: formatNumber(failed, 0) }),
+    titles: (x) => t("health.hour", { time: formatTime(x.hour), delivered: formatNumber(x.delivered, 0), failed: formatNumber(x.failed, 0) }),
+  });
+}
+
+function stateBadge(ep) {
+  const s = ep.health?.state || ep.status;
+  return h("span", { class: `badge ${s}`, text: s === "failing" ? t("estatus.failing") : statusText(ep) });
 }
 
 function renderEndpoints() {
@@ -253,8 +312,15 @@ function renderEndpoints() {
     h("th", { scope: "row" }, h("a", { href: `#/endpoints/${encodeURIComponent(ep.id)}` },
       h("bdi", { dir: "ltr", text: ep.url }))),
     h("td", {}, patternList(ep.events)),
-    h("td", {}, h("span", { class: `badge ${ep.status}`, text: statusText(ep) })),
+    h("td", {}, stateBadge(ep)),
+    h("td", { class: "num" }, ep.health ? [percent(ep.health.success_rate), h("br"),
+      h("small", { text: t("health.attempts", { n: formatNumber(ep.health.attempts, 0) }) })] : dash),
+    h("td", { text: formatTime(ep.health?.last_delivery_at) }),
+    h("td", { class: "chart" }, ep.health ? chartOf(ep.health.hours, ep.url) : dash),
     h("td", { text: ep.description || dash })));
+  const overall = addHours(state.endpoints.map((ep) => ep.health?.hours));
+  $("endpoints-chart").replaceChildren(overall.length ? chartOf(overall, t("health.all"), { width: 720, height: 72 }) : dash);
+  setHidden($("endpoints-overall"), state.endpoints.length === 0);
   $("endpoints-table").tBodies[0].replaceChildren(...rows);
   setHidden($("endpoints-none"), state.endpoints.length > 0);
   setHidden($("endpoints-table"), state.endpoints.length === 0);
@@ -273,6 +339,7 @@ function openEndpointForm(ep) {
   $("ep-description").value = ep?.description || "";
   $("ep-schedule").value = ep?.retry_schedule ? (ep.retry_schedule.length ? ep.retry_schedule.join(", ") : "none") : "";
   $("endpoint-form-error").hidden = true;
+  renderCatalogChoices();
   $("endpoint-dialog").showModal();
   $("ep-url").focus();
 }
@@ -306,7 +373,7 @@ async function submitEndpointForm(event) {
     if (!created) return;
     $("endpoint-dialog").close();
     announce(t("endpoint.created", { id: created.id }));
-    location.hash = `#/endpoints/${encodeURIComponent(created.id)}`;
+    go(`#/endpoints/${encodeURIComponent(created.id)}`);
     showSecret(created.secret, null);
     return;
   }
@@ -327,8 +394,11 @@ async function submitEndpointForm(event) {
 
 // -- the secret, shown once -------------------------------------------------------------------
 
-function showSecret(secret, previousValidUntil) {
+function showSecret(secret, previousValidUntil, kind = "secret") {
   const dialog = $("secret-dialog");
+  $("secret-title").textContent = t(`${kind}.title`);
+  $("secret-warning").textContent = t(`${kind}.once`);
+  $("secret-label").textContent = t(`${kind}.label`);
   $("secret-value").value = secret;
   const valid = $("secret-valid");
   valid.textContent = previousValidUntil ? t("secret.previous_valid", { time: formatTime(previousValidUntil) }) : "";
@@ -393,13 +463,54 @@ async function showEndpoint(id) {
   state.endpoint = ep;
   renderEndpoint();
   $("endpoint-title").focus();
-  await Promise.all([guard(() => loadAttempts()), guard(() => loadFailed())]);
+  await Promise.all([guard(() => loadAttempts()), guard(() => loadFailed()), guard(() => loadHealth())]);
+}
+
+async function loadHealth() {
+  if (!state.endpoint) return;
+  state.endpoint.health = await call("", "GET", `/v1/endpoints/${encodeURIComponent(state.endpoint.id)}/health`);
+  renderHealth();
+}
+
+function renderHealth() {
+  const health = state.endpoint?.health;
+  if (!health) { $("health-facts").replaceChildren(); $("health-chart").replaceChildren(); return; }
+  facts($("health-facts"), [
+    [t("field.state"), h("span", { class: `badge ${health.state}`, text: t(`estatus.${health.state}`) })],
+    [t("field.success_rate"), percent(health.success_rate)],
+    [t("field.attempts"), h("span", {}, measure(formatNumber(health.attempts, 0)), " ",
+      t("health.split", { delivered: formatNumber(health.delivered, 0), failed: formatNumber(health.failed, 0) }))],
+    [t("field.last_delivery"), formatTime(health.last_delivery_at)],
+  ]);
+  $("health-chart").replaceChildren(chartOf(health.hours, state.endpoint.url, { width: 720, height: 72 }));
+}
+
+async function retryFailed(button) {
+  const ep = state.endpoint;
+  if (!await confirmAction(t("retry_failed.confirm"), t("endpoint.retry_failed"))) return;
+  const out = await guard(() => call("", "POST", `/v1/endpoints/${encodeURIComponent(ep.id)}/retry-failed`), { button });
+  if (!out) return;
+  announce(t("retry_failed.done", { n: formatNumber(out.retried, 0) }));
+  await guard(() => loadFailed());
+}
+
+async function recoverSince(event) {
+  event.preventDefault();
+  const ep = state.endpoint;
+  const value = $("recover-since").value;
+  if (!value) { $("recover-since").focus(); return; }
+  const since = new Date(value).toISOString(); // the browser's local time
+  const out = await guard(() => call("", "POST", `/v1/endpoints/${encodeURIComponent(ep.id)}/recover`, { body: { since } }),
+    { button: event.submitter });
+  if (!out) return;
+  announce(t("recover.done", { n: formatNumber(out.count, 0) }));
+  await guard(() => loadFailed());
 }
 
 function scheduleText(schedule) {
   if (schedule === null || schedule === undefined) return t("endpoint.schedule_default");
   if (!schedule.length) return t("endpoint.schedule_single");
-  return schedule.map((s) => `${formatNumber(s)} s`).join(", ");
+  return measure(schedule.map((s) => `${formatNumber(s)} s`).join(", "));
 }
 
 function renderEndpoint() {
@@ -454,7 +565,7 @@ async function deleteEndpoint(button) {
   }, { button });
   if (!done) return;
   state.endpoint = null;
-  location.hash = "#/endpoints";
+  go("#/endpoints");
   announce(t("delete.done", { id: ep.id }));
 }
 
@@ -508,7 +619,7 @@ async function sendTest(button) {
 
 function nextText(details) {
   if (!details) return dash;
-  if (details.next === "retry") return t("next.retry", { seconds: formatNumber((details.retry_in_ms || 0) / 1000, 2) });
+  if (details.next === "retry") return h("span", { text: t("next.retry", { seconds: formatNumber((details.retry_in_ms || 0) / 1000, 2) }) });
   if (details.next === "dead_letter") return t("next.dead_letter", { reason: details.dead_letter_reason || dash });
   if (details.next === "done") return t("next.done");
   return dash;
@@ -538,7 +649,7 @@ function renderTest() {
     [t("field.delivery_id"), code(rec.delivery_id)],
     [t("field.attempt"), rec.attempt],
     [t("field.status_code"), rec.status_code ?? dash],
-    [t("field.latency"), rec.duration_ms == null ? dash : `${formatNumber(rec.duration_ms)} ms`],
+    [t("field.latency"), ms(rec.duration_ms)],
     [t("field.outcome"), t(`outcome.${rec.outcome}`)],
     rec.error && [t("field.error"), code(rec.error)],
     d.response_excerpt && [t("field.response"), code(clip(d.response_excerpt, 300))],
@@ -568,9 +679,9 @@ function renderAttempts() {
     h("td", { text: formatTime(r.occurred_at) }),
     h("td", {}, h("span", { class: `badge ${r.outcome}`, text: t(`outcome.${r.outcome}`) })),
     h("td", { class: "num", text: r.status_code ?? dash }),
-    h("td", { class: "num", text: r.duration_ms == null ? dash : `${formatNumber(r.duration_ms)} ms` }),
+    h("td", { class: "num" }, ms(r.duration_ms)),
     h("td", {}, r.details?.response_excerpt ? code(clip(r.details.response_excerpt, 160)) : (r.error ? code(r.error) : dash)),
-    h("td", { text: nextText(r.details) })));
+    h("td", {}, nextText(r.details))));
   $("attempts-table").tBodies[0].replaceChildren(...rows);
   setHidden($("attempts-none"), state.attempts.length > 0);
   setHidden($("attempts-table"), state.attempts.length === 0);
@@ -595,7 +706,7 @@ function renderFailed() {
     h("td", {}, code(d.reason), d.error ? [h("br"), h("small", {}, code(clip(d.error, 120)))] : null),
     h("td", { text: formatTime(d.failed_at) }),
     h("td", {}, h("ol", { class: "attempts" }, d.attempts.map((a) => h("li", { value: a.attempt },
-      `${t(`outcome.${a.outcome}`)} · ${a.status_code ?? dash} · ${a.duration_ms == null ? dash : `${formatNumber(a.duration_ms)} ms`}`)))),
+      `${t(`outcome.${a.outcome}`)} · `, measure(String(a.status_code ?? dash)), " · ", ms(a.duration_ms))))),
     h("td", {}, canWrite() && d.status !== "retried"
       ? h("button", { type: "button", class: "retry", "data-delivery": d.delivery_id,
         "aria-label": t("failed.retry_label", { id: d.delivery_id }), text: t("failed.retry"),
@@ -640,7 +751,7 @@ async function showAudit() {
 async function searchAudit(more = false) {
   if (!more) { state.auditQuery = auditQuery(); state.audit = []; state.auditCursor = null; }
   const page = await call(audit(), "GET", "/v1/audit/records", {
-    query: { ...state.auditQuery, limit: 100, cursor: more ? state.auditCursor : undefined },
+    query: { ...state.auditQuery, order: "desc", limit: 100, cursor: more ? state.auditCursor : undefined },
   });
   state.audit.push(...page.records);
   state.auditCursor = page.next_cursor;
@@ -661,12 +772,27 @@ function renderAudit() {
     h("td", { text: r.service }),
     h("td", {}, idsOf(r)),
     h("td", {}, r.outcome ? code(r.outcome) : dash, r.status_code ? ` ${r.status_code}` : "", r.reason ? [h("br"), h("small", {}, code(r.reason))] : null),
-    h("td", {}, Object.keys(r.details || {}).length ? code(clip(JSON.stringify(r.details), 240)) : dash)));
+    h("td", {}, detailList(r.details))));
   $("audit-table").tBodies[0].replaceChildren(...rows);
   setHidden($("audit-none"), state.audit.length > 0);
   setHidden($("audit-table"), state.audit.length === 0);
   setHidden($("audit-more"), !state.auditCursor);
   renderVerdict();
+}
+
+/** An audit record's details as a short list of names and values, not a JSON blob. */
+function detailList(details) {
+  const names = Object.keys(details || {});
+  if (!names.length) return dash;
+  return h("dl", { class: "details" }, names.slice(0, 12).flatMap((n) => {
+    const v = details[n];
+    let shown;
+    if (Array.isArray(v) && v.every((x) => typeof x !== "object")) shown = h("bdi", { dir: "ltr", class: "list" }, v.flatMap((x, i) => (i ? [", ", code(String(x))] : [code(String(x))])));
+    else if (v !== null && typeof v === "object") shown = code(clip(JSON.stringify(v), 160));
+    else if (typeof v === "number") shown = measure(formatNumber(v, 3));
+    else shown = code(clip(String(v), 160));
+    return [h("dt", {}, code(n)), h("dd", {}, shown)];
+  }));
 }
 
 async function verifyChain(button) {
@@ -702,6 +828,282 @@ async function exportAudit(format, button) {
   }, { button });
 }
 
+// -- message log ------------------------------------------------------------------------------
+
+const LOG_STATUSES = ["delivered", "failed", "pending", "held"];
+
+function messagesQuery() {
+  const form = $("messages-form");
+  const query = {};
+  for (const name of ["type", "status", "endpoint"]) {
+    const value = form.elements[name].value.trim();
+    if (value) query[name] = value;
+  }
+  for (const name of ["since", "until"]) {
+    const value = form.elements[name].value;
+    if (value) query[name] = new Date(value).toISOString(); // the browser's local time
+  }
+  return query;
+}
+
+async function showMessages() {
+  show("messages");
+  await guard(() => loadCatalog());
+  if (!state.messages.length) await guard(() => searchMessages());
+}
+
+async function searchMessages(more = false) {
+  const id = $("messages-id").value.trim();
+  if (!more && id) { location.hash = `#/events/${encodeURIComponent(id)}`; return; }
+  if (!more) { state.messagesQuery = messagesQuery(); state.messages = []; state.messagesCursor = null; }
+  const page = await call("", "GET", "/v1/events", {
+    query: { ...state.messagesQuery, limit: PAGE, cursor: more ? state.messagesCursor : undefined },
+  });
+  state.messages.push(...page.items);
+  state.messagesCursor = page.next_cursor;
+  renderMessages();
+  if (!more) announce(t("messages.found", { n: formatNumber(state.messages.length, 0), more: state.messagesCursor ? "+" : "" }));
+}
+
+function countBadges(counts) {
+  const parts = LOG_STATUSES.filter((s) => counts[s]).map((s) =>
+    h("span", { class: `badge ${s}`, text: t(`lcount.${s}`, { n: formatNumber(counts[s], 0) }) }));
+  return parts.length ? h("span", { class: "badges" }, parts) : t("messages.no_delivery");
+}
+
+function renderMessages() {
+  const rows = state.messages.map((e) => h("tr", { "data-event": e.id },
+    h("th", { scope: "row" }, h("a", { href: `#/events/${encodeURIComponent(e.id)}` }, code(e.id))),
+    h("td", {}, code(e.event)),
+    h("td", { text: formatTime(e.received_at) }),
+    h("td", {}, countBadges(e.deliveries))));
+  $("messages-table").tBodies[0].replaceChildren(...rows);
+  setHidden($("messages-none"), state.messages.length > 0);
+  setHidden($("messages-table"), state.messages.length === 0);
+  setHidden($("messages-more"), !state.messagesCursor);
+}
+
+async function showEvent(id) {
+  show("event", { focus: false });
+  if (state.event?.id !== id) {
+    state.event = null;
+    $("event-title").textContent = t("app.loading");
+    for (const box of ["event-facts", "event-details", "event-payload", "event-deliveries"]) $(box).replaceChildren();
+  }
+  const event = await guard(() => call("", "GET", `/v1/events/${encodeURIComponent(id)}`));
+  if (!event) return;
+  state.event = event;
+  renderEvent();
+  $("event-title").focus();
+}
+
+const DETAIL_LANGS = [["fr", "ltr"], ["en", "ltr"], ["ar", "rtl"], ["tzm", "auto"]];
+
+function renderEvent() {
+  const e = state.event;
+  if (!e) return;
+  $("event-title").replaceChildren(t("event.title"), " ", code(e.id));
+  facts($("event-facts"), [
+    [t("field.event_type"), code(e.event)],
+    [t("field.received_at"), formatTime(e.received_at)],
+    e.payload?.lang && [t("field.lang"), code(e.payload.lang)],
+    e.payload?.timestamp && [t("field.timestamp"), formatTime(e.payload.timestamp)],
+  ]);
+  const details = e.payload?.data?.details;
+  $("event-details").replaceChildren(...(details && typeof details === "object"
+    ? DETAIL_LANGS.map(([lang, dir]) => h("figure", { class: "language" },
+      h("figcaption", {}, code(lang)),
+      h("blockquote", { lang, dir, text: typeof details[lang] === "string" ? details[lang] : dash })))
+    : [h("p", { class: "hint", text: t("event.no_details") })]));
+  setHidden($("event-payload-gone"), e.payload !== null);
+  setHidden($("event-payload"), e.payload === null);
+  $("event-payload").textContent = e.payload === null ? "" : JSON.stringify(e.payload, null, 2);
+  setHidden($("event-deliveries-none"), e.deliveries.length > 0);
+  $("event-deliveries").replaceChildren(...e.deliveries.map(deliveryPanel));
+}
+
+function headerList(headers) {
+  const names = Object.keys(headers || {});
+  if (!names.length) return dash;
+  return h("dl", { class: "headers", dir: "ltr" }, names.flatMap((n) => [h("dt", {}, code(n)), h("dd", {}, code(headers[n]))]));
+}
+
+function deliveryPanel(d) {
+  const resend = canWrite() && !["pending", "retried"].includes(d.status)
+    ? h("button", { type: "button", class: "resend", "data-delivery": d.id,
+      "aria-label": t("event.resend_label", { id: d.id }), text: t("event.resend"),
+      onclick: (ev) => resendDelivery(d, ev.currentTarget) })
+    : null;
+  const rows = d.attempts.map((a) => h("tr", { "data-attempt": a.attempt },
+    h("th", { scope: "row", class: "num", text: a.attempt }),
+    h("td", { text: formatTime(a.at) }),
+    h("td", {}, h("span", { class: `badge ${a.outcome}`, text: t(`outcome.${a.outcome}`) }),
+      a.error ? [h("br"), h("small", {}, code(clip(a.error, 200)))] : null),
+    h("td", { class: "num" }, a.status_code == null ? dash : measure(String(a.status_code))),
+    h("td", { class: "num" }, ms(a.latency_ms)),
+    h("td", {}, h("details", {}, h("summary", { text: t("event.headers_sent", { n: Object.keys(a.request_headers).length }) }),
+      headerList(a.request_headers))),
+    h("td", {}, h("details", {}, h("summary", { text: t("event.headers_received", { n: Object.keys(a.response_headers).length }) }),
+      headerList(a.response_headers)), a.response_excerpt ? h("pre", { dir: "ltr", class: "excerpt", text: clip(a.response_excerpt, 600) }) : null)));
+  return h("section", { class: "delivery panel", "data-delivery": d.id, "data-endpoint": d.endpoint_id },
+    h("h3", {}, h("a", { href: `#/endpoints/${encodeURIComponent(d.endpoint_id)}` }, h("bdi", { dir: "ltr", text: d.url }))),
+    h("p", { class: "line" }, h("span", { class: `badge ${d.status}`, text: t(`lstatus.${d.status}`) }), " ",
+      h("small", { text: `${t("field.delivery_id")} ` }), code(d.id),
+      d.next_retry_at ? [" ", h("small", { text: t("event.next_retry", { time: formatTime(d.next_retry_at) }) })] : null,
+      resend ? [" ", resend] : null),
+    d.attempts.length ? h("table", { class: "attempts" },
+      h("caption", { class: "visually-hidden", text: t("event.attempts_of", { url: d.url }) }),
+      h("thead", {}, h("tr", {}, ["field.attempt", "field.time", "field.outcome", "field.status_code", "field.latency",
+        "field.request_headers", "field.response"].map((k) => h("th", { scope: "col", text: t(k) })))),
+      h("tbody", {}, rows)) : h("p", { class: "hint", text: t("event.no_attempt") }));
+}
+
+async function resendDelivery(delivery, button) {
+  const out = await guard(() => call("", "POST", `/v1/deliveries/${encodeURIComponent(delivery.id)}/resend`), { button });
+  if (!out) return;
+  announce(t("event.resent", { id: out.delivery_id, attempt: out.attempt }));
+  const event = await guard(() => call("", "GET", `/v1/events/${encodeURIComponent(state.event.id)}`));
+  if (event) { state.event = event; renderEvent(); }
+}
+
+// -- event types (the catalog) ----------------------------------------------------------------
+
+async function loadCatalog() {
+  if (state.catalog) return;
+  state.catalog = await call("", "GET", "/v1/event-types");
+  $("catalog-types").replaceChildren(...state.catalog.items.map((x) => h("option", { value: x.event })));
+}
+
+function examplePayload(type) {
+  const data = { test: true };
+  for (const name of type.placeholders) data[name] = `example-${name}`;
+  return { event: type.event, lang: shortLang(), data };
+}
+
+/** The catalog's language of the page ("tzm" for both Tamazight scripts). */
+function shortLang() {
+  return language().split("-")[0];
+}
+
+async function showEventTypes() {
+  show("event-types");
+  await guard(() => loadCatalog());
+  if (canWrite()) { // the endpoints a test can go to, as they are now
+    state.endpoints = []; state.endpointsNext = null;
+    await guard(() => loadEndpoints(null));
+  }
+  renderEventTypes();
+}
+
+function renderEventTypes() {
+  const catalog = state.catalog;
+  if (!catalog) return;
+  $("types-policy").textContent = t(`types.policy_${catalog.unknown_event_types}`);
+  $("types-list").replaceChildren(...catalog.items.map((type) => {
+    const lang = shortLang();
+    return h("section", { class: "panel type", "data-type": type.event },
+      h("h2", {}, code(type.event), type.internal ? [" ", h("small", { text: t("types.internal") })] : null),
+      h("p", { text: type.description[lang] || type.description.en }),
+      h("div", { class: "languages" }, DETAIL_LANGS.map(([l, dir]) => h("figure", { class: "language" },
+        h("figcaption", {}, code(l)), h("blockquote", { lang: l, dir, text: type.details[l] || dash })))),
+      h("details", {}, h("summary", { text: t("types.example") }),
+        h("pre", { dir: "ltr", text: JSON.stringify(examplePayload(type), null, 2) })),
+      canWrite() ? sendTestForm(type) : null);
+  }));
+}
+
+/** "Send a test of this type" to one endpoint (POST /v1/endpoints/{id}/test: ingest makes
+ * that endpoint's delivery only, whoever else subscribes to the type). */
+function sendTestForm(type) {
+  const enabled = state.endpoints.filter((ep) => ep.status === "enabled");
+  if (!enabled.length) return h("p", { class: "hint", text: t("types.no_endpoint") });
+  const id = `type-ep-${type.event.replace(/[^a-z0-9]/g, "-")}`;
+  const select = h("select", { id, name: "endpoint" }, enabled.map((ep) => h("option", { value: ep.id, text: ep.url })));
+  return h("form", { class: "inline send-test", onsubmit: (ev) => { ev.preventDefault(); sendTypeTest(type, select.value, ev.submitter); } },
+    h("div", { class: "field" }, h("label", { for: id, text: t("types.endpoint") }), select),
+    h("button", { type: "submit", "aria-label": t("types.send_label", { type: type.event }), text: t("types.send") }));
+}
+
+async function sendTypeTest(type, endpointId, button) {
+  const out = await guard(() => call("", "POST", `/v1/endpoints/${encodeURIComponent(endpointId)}/test`,
+    { body: { event: type.event, lang: shortLang() } }), { button });
+  if (!out) return;
+  const ep = state.endpoints.find((x) => x.id === endpointId);
+  announce(t("types.sent", { id: out.id, url: ep ? ep.url : endpointId }));
+  state.messages = []; // the log shows it next time
+}
+
+// -- tokens -----------------------------------------------------------------------------------
+
+async function showTokens() {
+  show("tokens");
+  state.tokens = []; state.tokensNext = null;
+  await guard(() => loadTokens(null));
+}
+
+async function loadTokens(after) {
+  const page = await call("", "GET", "/v1/tokens", { query: { limit: PAGE, after } });
+  state.tokens.push(...page.items);
+  state.tokensNext = page.next;
+  renderTokens();
+}
+
+function renderTokens() {
+  const rows = state.tokens.map((tok) => h("tr", { "data-token": tok.id },
+    h("th", { scope: "row" }, code(tok.id)),
+    h("td", { text: t(`role.${tok.role}`) }),
+    h("td", { text: tok.description || dash }),
+    h("td", { text: formatTime(tok.created_at) }),
+    h("td", { text: tok.revoked_at ? formatTime(tok.revoked_at) : dash }),
+    h("td", {}, tok.revoked_at || tok.id === state.me?.token_id ? dash
+      : h("button", { type: "button", class: "danger revoke", "aria-label": t("tokens.revoke_label", { id: tok.id }),
+        text: t("tokens.revoke"), onclick: (ev) => revokeToken(tok, ev.currentTarget) }))));
+  $("tokens-table").tBodies[0].replaceChildren(...rows);
+  setHidden($("tokens-more"), !state.tokensNext);
+}
+
+async function createToken(event) {
+  event.preventDefault();
+  const roleName = $("token-role").value;
+  const description = $("token-description").value.trim();
+  const out = await guard(() => call("", "POST", "/v1/tokens", { body: { role: roleName, ...(description ? { description } : {}) } }),
+    { button: event.submitter });
+  if (!out) return;
+  $("token-description").value = "";
+  announce(t("tokens.created", { id: out.id }));
+  showSecret(out.token, null, "token");
+  state.tokens = []; state.tokensNext = null;
+  await guard(() => loadTokens(null));
+}
+
+async function revokeToken(tok, button) {
+  if (!await confirmAction(t("tokens.revoke_confirm", { id: tok.id }), t("tokens.revoke"))) return;
+  const done = await guard(async () => { await call("", "DELETE", `/v1/tokens/${encodeURIComponent(tok.id)}`); return true; }, { button });
+  if (!done) return;
+  announce(t("tokens.revoked", { id: tok.id }));
+  state.tokens = []; state.tokensNext = null;
+  await guard(() => loadTokens(null));
+}
+
+// -- endpoint form: event filters picked from the catalog ------------------------------------
+
+function renderCatalogChoices() {
+  const box = $("ep-catalog-list");
+  const chosen = new Set(splitPatterns($("ep-events").value));
+  const types = (state.catalog?.items || []).filter((x) => x.event !== TEST_EVENT);
+  setHidden($("ep-catalog"), types.length === 0);
+  box.replaceChildren(...types.map((x, i) => h("div", { class: "check" },
+    h("input", { type: "checkbox", id: `ep-type-${i}`, value: x.event, checked: chosen.has(x.event),
+      onchange: (ev) => pickType(x.event, ev.currentTarget.checked) }),
+    h("label", { for: `ep-type-${i}` }, code(x.event), " ", h("small", { text: x.description[shortLang()] || x.description.en })))));
+}
+
+function pickType(type, on) {
+  const current = splitPatterns($("ep-events").value).filter((p) => p !== type);
+  if (on) current.push(type);
+  $("ep-events").value = current.join(", ");
+}
+
 // -- wiring -----------------------------------------------------------------------------------
 
 function rerender() {
@@ -714,14 +1116,20 @@ function rerender() {
   renderAttempts();
   renderFailed();
   renderAudit();
+  renderHealth();
+  renderMessages();
+  renderEvent();
+  renderTokens();
+  renderEventTypes();
   if (state.view === "endpoint" && !state.endpoint) $("endpoint-title").textContent = t("app.loading");
 }
 
 function wire() {
   $("lang").addEventListener("change", async (e) => {
+    const before = language();
     await use(e.target.value);
     rerender();
-    announce(t("lang.changed"));
+    if (language() !== before) announce(t("lang.changed"));
   });
   $("signin-form").addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -736,14 +1144,21 @@ function wire() {
     await guard(async () => { await signIn(token); $("token").value = ""; }, { button });
   });
   $("signout").addEventListener("click", signOut);
-  window.addEventListener("hashchange", () => { hideError(); route(); });
+  window.addEventListener("hashchange", () => { clearBanners(); route(); });
 
-  $("endpoint-new").addEventListener("click", () => openEndpointForm(null));
+  $("endpoint-new").addEventListener("click", async () => { await guard(() => loadCatalog()); openEndpointForm(null); });
+  $("ep-events").addEventListener("input", () => renderCatalogChoices());
+  $("messages-form").addEventListener("submit", (e) => { e.preventDefault(); guard(() => searchMessages(), { button: e.submitter }); });
+  $("messages-more").addEventListener("click", (e) => guard(() => searchMessages(true), { button: e.currentTarget }));
+  $("token-form").addEventListener("submit", createToken);
+  $("tokens-more").addEventListener("click", (e) => guard(() => loadTokens(state.tokensNext), { button: e.currentTarget }));
+  $("endpoint-retry-failed").addEventListener("click", (e) => retryFailed(e.currentTarget));
+  $("recover-form").addEventListener("submit", recoverSince);
   $("endpoints-more").addEventListener("click", (e) => guard(() => loadEndpoints(state.endpointsNext), { button: e.currentTarget }));
   $("endpoint-form").addEventListener("submit", submitEndpointForm);
   $("endpoint-form").querySelector(".cancel").addEventListener("click", () => $("endpoint-dialog").close());
 
-  $("endpoint-edit").addEventListener("click", () => openEndpointForm(state.endpoint));
+  $("endpoint-edit").addEventListener("click", async () => { await guard(() => loadCatalog()); openEndpointForm(state.endpoint); });
   $("endpoint-toggle").addEventListener("click", (e) => toggleEndpoint(e.currentTarget));
   $("endpoint-rotate").addEventListener("click", (e) => rotateSecret(e.currentTarget));
   $("endpoint-delete").addEventListener("click", (e) => deleteEndpoint(e.currentTarget));

@@ -1,11 +1,16 @@
-// The console's messages in en, fr, ar and tzm: one flat JSON catalog per language in
+// The console's messages in en, fr, ar and Tamazight: one flat JSON catalog per language in
 // locales/, the same keys in each (a test checks it). A key missing from a catalog falls back
 // to English, then to the key itself, so a gap shows rather than breaks the page.
+// Tamazight comes in two scripts: Latin ("tzm", the default, as the integration guide writes
+// it: "Yettwarna template amaynut") and Tifinagh ("tzm-Tfng", Morocco's standard).
 
-export const LANGS = ["en", "fr", "ar", "tzm"];
+export const LANGS = ["en", "fr", "ar", "tzm", "tzm-Tfng"];
 const RTL = new Set(["ar"]);
 const STORE_KEY = "dihya.console.lang";
-const ALIASES = { zgh: "tzm", ber: "tzm" };
+const ALIASES = { zgh: "tzm-Tfng", ber: "tzm", kab: "tzm", shy: "tzm" };
+/** The BCP 47 tag of each choice, for <html lang> (the script said, as screen readers and
+ * fonts need). */
+const TAGS = { tzm: "tzm-Latn", "tzm-Tfng": "tzm-Tfng" };
 
 const catalogs = new Map();
 let current = "en";
@@ -24,7 +29,9 @@ export function initialLanguage() {
   const saved = localStorage.getItem(STORE_KEY);
   if (LANGS.includes(saved)) return saved;
   for (const tag of navigator.languages || []) {
-    const base = tag.toLowerCase().split("-")[0];
+    const parts = tag.toLowerCase().split("-");
+    const base = parts[0];
+    if ((base === "tzm" || base === "zgh") && parts.includes("tfng")) return "tzm-Tfng";
     const lang = ALIASES[base] || base;
     if (LANGS.includes(lang)) return lang;
   }
@@ -41,7 +48,7 @@ export async function use(lang) {
   await Promise.all([load("en"), load(lang)]);
   current = lang;
   localStorage.setItem(STORE_KEY, lang);
-  document.documentElement.lang = lang;
+  document.documentElement.lang = TAGS[lang] || lang;
   document.documentElement.dir = RTL.has(lang) ? "rtl" : "ltr";
   translate(document);
 }
@@ -56,10 +63,14 @@ export function t(key, params = {}) {
     Object.hasOwn(params, name) ? `${open}${params[name]}${close}` : whole);
 }
 
-/** ``key`` in every language (the test event carries its details in all four). */
+/** ``key`` in every language of an event's ``details`` (fr, en, ar, tzm); the Tamazight one
+ * in the script the page uses (Latin unless Tifinagh was chosen). */
 export async function everyLanguage(key) {
   const out = {};
-  for (const lang of LANGS) out[lang] = (await load(lang))[key] ?? (await load("en"))[key];
+  for (const lang of ["fr", "en", "ar", "tzm"]) {
+    const source = lang === "tzm" && current === "tzm-Tfng" ? "tzm-Tfng" : lang;
+    out[lang] = (await load(source))[key] ?? (await load("en"))[key];
+  }
   return out;
 }
 
@@ -71,9 +82,12 @@ export function translate(root) {
   }
 }
 
-/** Intl formatting: Latin digits for Arabic (as in Morocco); unknown tags fall back. */
+/** Intl formatting: Latin digits for Arabic (as in Morocco). Tamazight has no date and
+ * number formats of its own in the browser's data: it used to fall back to the US format
+ * (month first, AM/PM); it now takes Morocco's French formats (day first, 24 hours), whose
+ * short forms are numeric. */
 function locale() {
-  return { ar: "ar-MA-u-nu-latn", tzm: "tzm" }[current] || current;
+  return { ar: "ar-MA-u-nu-latn", tzm: "fr-MA", "tzm-Tfng": "fr-MA" }[current] || current;
 }
 
 export function formatTime(iso) {

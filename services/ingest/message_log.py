@@ -1,0 +1,480 @@
+"""The message log's storage (SQLAlchemy Core, async): every accepted event (its payload while
+retained), every delivery of it, every attempt — what the console's message log, event page
+and endpoint health read, and what ``GET /v1/events`` and ``GET /v1/deliveries`` answer.
+
+Tables are created by ``migrations/ingest_0005_message_log.py``; the decisions (statuses,
+cursors, health) are :mod:`services.ingest.messages`. Timestamps are UTC; SQLite keeps them
+without an offset, so rows read back are normalised (:func:`_utc`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from pydantic import JsonValue
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.ingest.messages import (
+    HEALTH_WINDOW,
+    LOG_STATUSES,
+    LogAttempt,
+    LogDelivery,
+    LogEvent,
+    LogStatus,
+    status_after,
+)
+from services.ingest.store import metadata
+
+log_events = sa.Table(
+    "log_events",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("event_type", sa.String(128), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("lang", sa.String(8), nullable=True),
+    sa.Column("subject", sa.String(512), nullable=True),
+    sa.Column("payload", sa.JSON(none_as_null=True), nullable=True),
+    sa.Index("ix_log_events_received_at", "received_at", "id"),
+    sa.Index("ix_log_events_type_received_at", "event_type", "received_at"),
+    sa.Index("ix_log_events_subject", "subject"),
+)
+
+log_deliveries = sa.Table(
+    "log_deliveries",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("event_id", sa.String(128), nullable=False),
+    sa.Column("endpoint_id", sa.String(64), nullable=False),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("attempts_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_attempt_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("next_retry_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("ix_log_deliveries_event", "event_id"),
+    sa.Index("ix_log_deliveries_endpoint_created", "endpoint_id", "created_at"),
+    sa.Index("ix_log_deliveries_status_created", "status", "created_at"),
+    sa.Index("ix_log_deliveries_created", "created_at", "id"),
+)
+
+log_attempts = sa.Table(
+    "log_attempts",
+    metadata,
+    sa.Column("delivery_id", sa.String(64), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("endpoint_id", sa.String(64), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.Column("request_headers", sa.JSON, nullable=False),
+    sa.Column("response_headers", sa.JSON, nullable=False),
+    sa.Column("response_excerpt", sa.Text, nullable=True),
+    sa.Column("error", sa.String(1000), nullable=True),
+    sa.Index("ix_log_attempts_endpoint_at", "endpoint_id", "at"),
+    sa.Index("ix_log_attempts_at", "at"),
+)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)
+
+
+def _insert(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    event_type: str | None = None
+    status: LogStatus | None = None
+    endpoint_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: str
+    event_type: str
+    received_at: datetime
+    lang: str | None
+    payload: dict[str, JsonValue] | None
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    attempt: int
+    at: datetime
+    outcome: str
+    status_code: int | None
+    latency_ms: float | None
+    request_headers: dict[str, str]
+    response_headers: dict[str, str]
+    response_excerpt: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    id: str
+    event_id: str
+    event_type: str | None
+    endpoint_id: str
+    url: str
+    status: LogStatus
+    created_at: datetime
+    attempts_count: int
+    last_attempt: int
+    """The highest attempt number seen (0: none)."""
+    last_attempt_at: datetime | None
+    next_retry_at: datetime | None
+
+    @classmethod
+    def of(cls, row: sa.Row[Any]) -> DeliveryRow:
+        m = row._mapping
+        return cls(id=m["id"], event_id=m["event_id"], event_type=m.get("event_type"),
+                   endpoint_id=m["endpoint_id"], url=m["url"], status=m["status"],
+                   created_at=_utc(m["created_at"]), attempts_count=m["attempts_count"],
+                   last_attempt=m["last_attempt"],
+                   last_attempt_at=_utc_or_none(m["last_attempt_at"]),
+                   next_retry_at=_utc_or_none(m["next_retry_at"]))
+
+
+class MessageLog:
+    """Queries of the message log over one engine (ingest's own database)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def record(self, events: Sequence[LogEvent], deliveries: Sequence[LogDelivery]
+                     ) -> None:
+        """Record accepted events and their deliveries (one transaction; a redelivered event
+        changes nothing: rows are inserted once)."""
+        if not events and not deliveries:
+            return
+        async with self.engine.begin() as conn:
+            if events:
+                stmt = _insert(conn, log_events)
+                await conn.execute(stmt.on_conflict_do_nothing(
+                    index_elements=[log_events.c.id]),
+                    [{"id": e.id, "event_type": e.event_type, "received_at": e.received_at,
+                      "lang": e.lang, "subject": e.subject, "payload": e.payload}
+                     for e in events])
+            if deliveries:
+                stmt2 = _insert(conn, log_deliveries)
+                await conn.execute(stmt2.on_conflict_do_nothing(
+                    index_elements=[log_deliveries.c.id]),
+                    [{"id": d.id, "event_id": d.event_id, "endpoint_id": d.endpoint_id,
+                      "url": d.url, "status": d.status, "created_at": d.created_at,
+                      "updated_at": d.created_at, "attempts_count": 0, "last_attempt": 0}
+                     for d in deliveries])
+
+    async def record_attempts(self, attempts: Sequence[LogAttempt], now: datetime) -> None:
+        """Record attempts (once each: a redelivered fact changes nothing) and move their
+        deliveries' status (:func:`~services.ingest.messages.status_after`). A delivery the
+        log never saw fanned out (older than the log) gets a row of its own.
+
+        Set-based, a handful of statements per batch whatever its size (one statement per
+        attempt cost ~0.9 ms each on SQLite — slower than the deliverer makes them)."""
+        unique = list({(a.delivery_id, a.attempt): a for a in attempts}.values())
+        if not unique:
+            return
+        a, d = log_attempts.c, log_deliveries.c
+        ids = sorted({x.delivery_id for x in unique})
+        async with self.engine.begin() as conn:
+            seen = {(r.delivery_id, r.attempt) for r in await conn.execute(
+                sa.select(a.delivery_id, a.attempt).where(a.delivery_id.in_(ids)))}
+            new = [x for x in unique if (x.delivery_id, x.attempt) not in seen]
+            if not new:
+                return
+            await conn.execute(_insert(conn, log_attempts).on_conflict_do_nothing(
+                index_elements=[a.delivery_id, a.attempt]), [
+                {"delivery_id": x.delivery_id, "attempt": x.attempt,
+                 "endpoint_id": x.endpoint_id, "at": x.at, "outcome": x.outcome,
+                 "status_code": x.status_code, "latency_ms": x.latency_ms,
+                 "request_headers": x.request_headers,
+                 "response_headers": x.response_headers,
+                 "response_excerpt": x.response_excerpt, "error": x.error} for x in new])
+            rows = {r.id: r for r in await conn.execute(
+                sa.select(d.id, d.status, d.last_attempt, d.attempts_count)
+                .where(d.id.in_(sorted({x.delivery_id for x in new}))))}
+            state: dict[str, dict[str, Any]] = {
+                key: {"status": r.status, "last_attempt": r.last_attempt,
+                      "attempts_count": r.attempts_count, "last_attempt_at": None,
+                      "next_retry_at": None, "moved": False}
+                for key, r in rows.items()}
+            missing: dict[str, dict[str, Any]] = {}
+            for item in sorted(new, key=lambda x: x.attempt):
+                row = state.get(item.delivery_id)
+                if row is None:
+                    row = missing.setdefault(item.delivery_id, {
+                        "id": item.delivery_id, "event_id": item.event_id,
+                        "endpoint_id": item.endpoint_id, "url": item.url, "status": "pending",
+                        "created_at": item.at, "updated_at": now, "attempts_count": 0,
+                        "last_attempt": 0, "last_attempt_at": None, "next_retry_at": None})
+                row["attempts_count"] += 1
+                if item.attempt >= row["last_attempt"]:
+                    row.update(status=status_after(row["status"], row["last_attempt"], item),
+                               last_attempt=item.attempt, last_attempt_at=item.at,
+                               next_retry_at=item.next_retry_at, moved=True)
+            if missing:
+                await conn.execute(_insert(conn, log_deliveries).on_conflict_do_nothing(
+                    index_elements=[d.id]),
+                    [{k: v for k, v in row.items() if k != "moved"}
+                     for row in missing.values()])
+            updates = [{"key": key, **{k: v for k, v in row.items() if k != "moved"}}
+                       for key, row in state.items() if row["moved"]]
+            if updates:
+                await conn.execute(
+                    log_deliveries.update().where(d.id == sa.bindparam("key")).values(
+                        status=sa.bindparam("status"),
+                        last_attempt=sa.bindparam("last_attempt"),
+                        attempts_count=sa.bindparam("attempts_count"),
+                        last_attempt_at=sa.bindparam("last_attempt_at"),
+                        next_retry_at=sa.bindparam("next_retry_at"), updated_at=now),
+                    updates)
+            counted = [{"key": key, "attempts_count": row["attempts_count"]}
+                       for key, row in state.items() if not row["moved"]]
+            if counted:  # older attempts seen late: counted, the status unchanged
+                await conn.execute(
+                    log_deliveries.update().where(d.id == sa.bindparam("key")).values(
+                        attempts_count=sa.bindparam("attempts_count"), updated_at=now),
+                    counted)
+
+    async def mark(self, delivery_ids: Sequence[str], status: LogStatus, now: datetime,
+                   conn: AsyncConnection | None = None) -> None:
+        """Set deliveries' status (``failed`` from the dead-letter store, ``retried`` on a
+        resend); no next retry is due for either."""
+        if not delivery_ids:
+            return
+        d = log_deliveries.c
+        stmt = (log_deliveries.update().where(d.id.in_(list(delivery_ids)))
+                .values(status=status, updated_at=now, next_retry_at=None))
+        if conn is not None:
+            await conn.execute(stmt)
+            return
+        async with self.engine.begin() as own:
+            await own.execute(stmt)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def list_events(self, where: EventFilter, *, limit: int,
+                          after: tuple[datetime, str] | None) -> list[EventRow]:
+        """Events newest first (by reception, then id), with their delivery counts."""
+        e, d = log_events.c, log_deliveries.c
+        query = sa.select(e.id, e.event_type, e.received_at, e.lang)
+        if where.event_type:
+            query = query.where(e.event_type == where.event_type)
+        if where.since is not None:
+            query = query.where(e.received_at >= _utc(where.since))
+        if where.until is not None:
+            query = query.where(e.received_at < _utc(where.until))
+        if where.status is not None or where.endpoint_id is not None:
+            cond = d.event_id == e.id
+            if where.status is not None:
+                cond = cond & (d.status == where.status)
+            if where.endpoint_id is not None:
+                cond = cond & (d.endpoint_id == where.endpoint_id)
+            query = query.where(sa.exists(sa.select(d.id).where(cond)))
+        if after is not None:
+            at, ident = after
+            query = query.where((e.received_at < at)
+                                | ((e.received_at == at) & (e.id < ident)))
+        query = query.order_by(e.received_at.desc(), e.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+            counts = await self._counts(conn, [r.id for r in rows])
+        return [EventRow(id=r.id, event_type=r.event_type, received_at=_utc(r.received_at),
+                         lang=r.lang, payload=None, counts=counts.get(r.id, {}))
+                for r in rows]
+
+    async def _counts(self, conn: AsyncConnection, event_ids: list[str]
+                      ) -> dict[str, dict[str, int]]:
+        if not event_ids:
+            return {}
+        d = log_deliveries.c
+        rows = await conn.execute(
+            sa.select(d.event_id, d.status, sa.func.count())
+            .where(d.event_id.in_(event_ids)).group_by(d.event_id, d.status))
+        out: dict[str, dict[str, int]] = {}
+        for event_id, status, count in rows:
+            out.setdefault(event_id, {})[status] = int(count)
+        return out
+
+    async def get_event(self, event_id: str
+                        ) -> tuple[EventRow, list[tuple[DeliveryRow, list[AttemptRow]]]] | None:
+        """One event with each of its deliveries and their attempts (oldest first)."""
+        e, d, a = log_events.c, log_deliveries.c, log_attempts.c
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(log_events.select().where(e.id == event_id))).first()
+            if row is None:
+                return None
+            deliveries = [DeliveryRow.of(r) for r in await conn.execute(
+                sa.select(log_deliveries, e.event_type).select_from(
+                    log_deliveries.outerjoin(log_events, e.id == d.event_id))
+                .where(d.event_id == event_id).order_by(d.endpoint_id, d.id))]
+            attempts: dict[str, list[AttemptRow]] = {}
+            if deliveries:
+                for r in await conn.execute(
+                        log_attempts.select()
+                        .where(a.delivery_id.in_([x.id for x in deliveries]))
+                        .order_by(a.delivery_id, a.attempt)):
+                    attempts.setdefault(r.delivery_id, []).append(_attempt(r))
+        m = row._mapping
+        event = EventRow(id=m["id"], event_type=m["event_type"],
+                         received_at=_utc(m["received_at"]), lang=m["lang"],
+                         payload=m["payload"], counts={})
+        return event, [(x, attempts.get(x.id, [])) for x in deliveries]
+
+    async def list_deliveries(self, *, status: LogStatus | None, endpoint_id: str | None,
+                              event_id: str | None, limit: int,
+                              after: tuple[datetime, str] | None) -> list[DeliveryRow]:
+        """Deliveries newest first (by creation, then id), with their event's type."""
+        e, d = log_events.c, log_deliveries.c
+        query = sa.select(log_deliveries, e.event_type).select_from(
+            log_deliveries.outerjoin(log_events, e.id == d.event_id))
+        if status is not None:
+            query = query.where(d.status == status)
+        if endpoint_id is not None:
+            query = query.where(d.endpoint_id == endpoint_id)
+        if event_id is not None:
+            query = query.where(d.event_id == event_id)
+        if after is not None:
+            at, ident = after
+            query = query.where((d.created_at < at) | ((d.created_at == at) & (d.id < ident)))
+        query = query.order_by(d.created_at.desc(), d.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [DeliveryRow.of(r) for r in await conn.execute(query)]
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRow | None:
+        e, d = log_events.c, log_deliveries.c
+        query = sa.select(log_deliveries, e.event_type).select_from(
+            log_deliveries.outerjoin(log_events, e.id == d.event_id)).where(d.id == delivery_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else DeliveryRow.of(row)
+
+    async def failed_of(self, endpoint_id: str, *, limit: int, after: str | None
+                        ) -> list[str]:
+        """Ids of the endpoint's deliveries whose status is ``failed``, by id."""
+        d = log_deliveries.c
+        query = (sa.select(d.id).where((d.endpoint_id == endpoint_id) & (d.status == "failed"))
+                 .order_by(d.id).limit(limit))
+        if after is not None:
+            query = query.where(d.id > after)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).scalars())
+
+    async def hourly(self, endpoint_ids: Sequence[str], now: datetime
+                     ) -> dict[str, list[tuple[datetime, str, int]]]:
+        """Attempts of the last 24 hours per endpoint, counted by hour and outcome."""
+        if not endpoint_ids:
+            return {}
+        a = log_attempts.c
+        async with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                hour: Any = sa.func.date_trunc("hour", a.at)
+            else:
+                hour = sa.func.strftime("%Y-%m-%d %H:00:00", a.at)
+            rows = await conn.execute(
+                sa.select(a.endpoint_id, hour.label("hour"), a.outcome, sa.func.count())
+                .where(a.endpoint_id.in_(list(endpoint_ids))
+                       & (a.at >= _utc(now - HEALTH_WINDOW)))
+                .group_by(a.endpoint_id, hour, a.outcome))
+            out: dict[str, list[tuple[datetime, str, int]]] = {}
+            for endpoint_id, at, outcome, count in rows:
+                when = at if isinstance(at, datetime) else datetime.fromisoformat(at)
+                out.setdefault(endpoint_id, []).append((_utc(when), outcome, int(count)))
+        return out
+
+    async def last_delivered(self, endpoint_ids: Sequence[str]) -> dict[str, datetime]:
+        """When each endpoint last had a delivered attempt (in the log)."""
+        if not endpoint_ids:
+            return {}
+        a = log_attempts.c
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(a.endpoint_id, sa.func.max(a.at))
+                .where(a.endpoint_id.in_(list(endpoint_ids)) & (a.outcome == "delivered"))
+                .group_by(a.endpoint_id))
+            return {endpoint_id: _utc(at) for endpoint_id, at in rows if at is not None}
+
+    # -- retention and personal data --------------------------------------------------------
+
+    async def purge_payloads(self, older_than: datetime) -> int:
+        """Forget the payloads of events received before ``older_than`` (the log rows stay)."""
+        e = log_events.c
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                log_events.update()
+                .where((e.received_at < _utc(older_than)) & e.payload.is_not(None))
+                .values(payload=None))
+        return cast(sa.CursorResult[Any], result).rowcount
+
+    async def purge_log(self, older_than: datetime) -> int:
+        """Delete events, deliveries and attempts older than ``older_than``; events removed."""
+        e, d, a = log_events.c, log_deliveries.c, log_attempts.c
+        cutoff = _utc(older_than)
+        async with self.engine.begin() as conn:
+            await conn.execute(log_attempts.delete().where(a.at < cutoff))
+            await conn.execute(log_deliveries.delete().where(d.updated_at < cutoff))
+            result = await conn.execute(log_events.delete().where(e.received_at < cutoff))
+        return cast(sa.CursorResult[Any], result).rowcount
+
+    async def subject_events(self, subject: str) -> list[EventRow]:
+        """The retained events about ``subject`` (GDPR Art. 15), oldest first."""
+        e = log_events.c
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                log_events.select().where(e.subject == subject)
+                .order_by(e.received_at, e.id))).all()
+        return [EventRow(id=r.id, event_type=r.event_type, received_at=_utc(r.received_at),
+                         lang=r.lang, payload=r.payload, counts={}) for r in rows]
+
+    async def erase_subject(self, subject: str) -> int:
+        """GDPR Art. 17: drop the payloads of the subject's events and the link to it (the
+        event ids, types and delivery outcomes stay: they name no one). Events erased."""
+        e = log_events.c
+        async with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":  # overwrite the freed pages, not just unlink
+                await conn.exec_driver_sql("PRAGMA secure_delete = ON")
+            result = await conn.execute(
+                log_events.update().where(e.subject == subject)
+                .values(payload=None, subject=None))
+        return cast(sa.CursorResult[Any], result).rowcount
+
+
+def _attempt(row: sa.Row[Any]) -> AttemptRow:
+    m = row._mapping
+    return AttemptRow(attempt=m["attempt"], at=_utc(m["at"]), outcome=m["outcome"],
+                      status_code=m["status_code"], latency_ms=m["latency_ms"],
+                      request_headers=dict(m["request_headers"] or {}),
+                      response_headers=dict(m["response_headers"] or {}),
+                      response_excerpt=m["response_excerpt"], error=m["error"])
+
+
+__all__ = [
+    "LOG_STATUSES",
+    "AttemptRow",
+    "DeliveryRow",
+    "EventFilter",
+    "EventRow",
+    "MessageLog",
+]
