@@ -312,7 +312,7 @@ async def test_erasing_a_subject_in_the_audit_log_erases_its_payloads_in_ingest(
     audit = AuditSettings(host="127.0.0.1", port=free_port(),
                           database_url=f"sqlite:///{tmp_path}/audit.db",
                           amqp_url=SecretStr(amqp_url), admin_token=SecretStr(ADMIN),
-                          shutdown_grace=1.0)
+                          shutdown_grace=1.0, mode="development")  # keys generated in its DB
     stop_audit = await start_audit(audit)
     try:
         async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/ingest.db") as ingest:
