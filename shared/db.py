@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -158,16 +158,40 @@ def direct_sqlite(engine: AsyncEngine) -> DirectSQLite | None:
     return DirectSQLite(Path(url.database))
 
 
+MIGRATION_LOCK_KEY = 0x64696879616D6967  # "dihyamig"
+"""PostgreSQL advisory lock held around a schema upgrade (see :func:`migrate`). One key for
+every service: services never share a database, and replicas of one service must take turns."""
+
+
 async def migrate(engine: AsyncEngine, versions: Path) -> None:
-    """Bring the schema to the newest revision found in ``versions`` (idempotent)."""
+    """Bring the schema to the newest revision found in ``versions`` (idempotent).
+
+    On PostgreSQL the upgrade runs under a transaction-scoped advisory lock
+    (:data:`MIGRATION_LOCK_KEY`), so replicas started together on a fresh database take turns:
+    the first creates the schema and commits, which releases the lock; the next then finds
+    ``alembic_version`` at head and has nothing to do. Alembic has no lock of its own, and
+    without this one replicas race on ``CREATE TABLE alembic_version`` (``UniqueViolation``)
+    or on the first revision's tables (``relation … already exists``). SQLite needs none: its
+    one writer at a time is enforced by the file lock.
+    """
 
     def _upgrade(connection: Connection) -> None:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(_ENV_DIR))
-        cfg.set_main_option("version_locations", str(versions))
-        cfg.set_main_option("path_separator", "os")
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+        if connection.dialect.name == "postgresql":
+            # released at the commit of this transaction, or when its connection dies
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": MIGRATION_LOCK_KEY})
+        upgrade(connection, versions)
 
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade)
+
+
+def upgrade(connection: Connection, versions: Path) -> None:
+    """Alembic's ``upgrade head`` on ``connection``, with no lock: :func:`migrate` is the
+    entry point (this is public only so a test can show the race the lock prevents)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_ENV_DIR))
+    cfg.set_main_option("version_locations", str(versions))
+    cfg.set_main_option("path_separator", "os")
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")

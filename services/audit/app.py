@@ -189,11 +189,16 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     async def storage_ready() -> bool:
         return await asyncio.wait_for(store.ping(), timeout=2.0)
 
+    consumers: list[Consumer] = []
+
+    async def consuming() -> bool:  # false while an outage pauses a consumer
+        return all(c.ready for c in consumers)
+
     app = make_app(
         store,
         lookup=bootstrap_lookup(admin, store.lookup),
         on_refusal=on_refusal,
-        checks={"broker": broker_ready, "storage": storage_ready},
+        checks={"broker": broker_ready, "storage": storage_ready, "consuming": consuming},
         page_limit=settings.page_limit,
         export_page=settings.export_page,
         retention_days=settings.retention_days,
@@ -208,8 +213,13 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
             name="audit-retention")
         stack.push_async_callback(_cancel, purger)
 
-    control = Consumer(connection, topology.AUDIT_CONTROL, on_control, prefetch=CONTROL_PREFETCH)
-    facts = Consumer(connection, topology.AUDIT_FACTS, on_fact, prefetch=settings.prefetch)
+    # a fact is held while the database is away (submit_retrying); an outage of what else a
+    # handler needs (the broker path of a parking) pauses the consumer until it answers
+    control = Consumer(connection, topology.AUDIT_CONTROL, on_control, prefetch=CONTROL_PREFETCH,
+                       probe=storage_ready)
+    facts = Consumer(connection, topology.AUDIT_FACTS, on_fact, prefetch=settings.prefetch,
+                     probe=storage_ready)
+    consumers.extend((control, facts))
 
     async def stop_consumers() -> None:
         await asyncio.gather(facts.stop(grace), control.stop(grace))

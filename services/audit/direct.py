@@ -45,8 +45,10 @@ def append(conn: sqlite3.Connection, facts: Sequence[AnyFact], now: datetime, *,
     fresh = handlers.fresh_facts(facts, existing)
     seals = _seals(conn, fresh, now, index_key, paths) if fresh else {}
     head_seq, head_hash = _head(conn)
+    attempts = _attempts_recorded(conn, fresh)
     result = handlers.append(facts, existing_ids=existing, head_seq=head_seq,
-                             head_hash=head_hash, recorded_at=now, seals=seals, paths=paths)
+                             head_hash=head_hash, recorded_at=now, seals=seals, paths=paths,
+                             attempts_recorded=attempts)
     if result.records:
         conn.executemany(_INSERT, [_row(r) for r in result.records])
     return result
@@ -73,6 +75,18 @@ def _select_in(conn: sqlite3.Connection, sql: str, values: Iterable[str]
 def _existing_ids(conn: sqlite3.Connection, ids: set[str]) -> set[str]:
     return {row[0] for row in _select_in(
         conn, "SELECT fact_id FROM records WHERE fact_id IN ({})", ids)}
+
+
+def _attempts_recorded(conn: sqlite3.Connection, fresh: Sequence[AnyFact]
+                       ) -> set[handlers.AttemptKey]:
+    """As :meth:`AuditStore._attempts_recorded`: the attempts of ``fresh`` already stored."""
+    wanted = {key for key in map(handlers.attempt_key, fresh) if key is not None}
+    if not wanted:
+        return set()
+    rows = _select_in(conn, "SELECT delivery_id, attempt FROM records "
+                      "WHERE kind = 'delivery.attempted' AND delivery_id IN ({})",
+                      {delivery for delivery, _ in wanted})
+    return {(row[0], row[1]) for row in rows} & wanted
 
 
 def _head(conn: sqlite3.Connection) -> tuple[int, str]:

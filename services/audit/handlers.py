@@ -301,6 +301,21 @@ def fresh_facts(facts: Iterable[AnyFact], existing_ids: set[str]) -> list[AnyFac
     return fresh
 
 
+AttemptKey = tuple[str, int]
+"""``(delivery_id, attempt)``: which attempt of which delivery a ``delivery.attempted`` is."""
+
+REPEAT_KEY = "repeat"
+"""``details`` key set to true on the record of a POST that repeated an attempt already
+recorded (the deliverer's job redelivered after its POST): every POST has its own record."""
+
+
+def attempt_key(fact: AnyFact) -> AttemptKey | None:
+    """The attempt a ``delivery.attempted`` fact reports; None for any other fact."""
+    if fact.kind != "delivery.attempted" or fact.delivery_id is None or fact.attempt is None:
+        return None
+    return fact.delivery_id, fact.attempt
+
+
 def append(
     facts: Iterable[AnyFact],
     *,
@@ -310,6 +325,7 @@ def append(
     recorded_at: datetime,
     seals: Mapping[str, Sealing] | None = None,
     paths: tuple[sealing.Path, ...] = DEFAULT_PATHS,
+    attempts_recorded: set[AttemptKey] | frozenset[AttemptKey] = frozenset(),
 ) -> Appended:
     """Chain ``facts`` after the head ``(head_seq, head_hash)``, skipping known fact ids.
 
@@ -317,9 +333,16 @@ def append(
     hole in the chain. ``seq`` values follow the head without gaps: the writer assigns them
     (instead of the database sequence) so that seq order and chain order are one and the same.
     A fact whose id is in ``seals`` has its personal fields sealed before it is hashed.
+
+    Two ideas of "the same": a fact id already stored is a redelivered *fact* (skipped: one
+    record); a ``delivery.attempted`` with a new id for an attempt already recorded
+    (``attempts_recorded``, or earlier in ``facts``) is another *POST* of that attempt — the
+    deliverer's job was redelivered after it had posted — and is recorded too, with
+    ``details["repeat"] = true``.
     """
     seals = seals or {}
     seen = set(existing_ids)
+    attempts = set(attempts_recorded)
     records: list[Record] = []
     duplicates = 0
     seq, prev = head_seq, head_hash
@@ -330,6 +353,11 @@ def append(
         seen.add(fact.id)
         seq += 1
         record = new_record(fact, seq, recorded_at, paths)
+        key = attempt_key(fact)
+        if key is not None:
+            if key in attempts:
+                record["details"][REPEAT_KEY] = True
+            attempts.add(key)
         if fact.id in seals:
             sealing.seal_record(record, seals[fact.id])
         record["prev_hash"] = prev

@@ -293,13 +293,27 @@ class AuditStore:
         fresh = handlers.fresh_facts(facts, existing)
         seals = await self._seals(conn, fresh, now) if fresh else {}
         head_seq, head_hash = await self._head(conn)
+        attempts = await self._attempts_recorded(conn, fresh)
         result = handlers.append(
             facts, existing_ids=existing, head_seq=head_seq, head_hash=head_hash,
-            recorded_at=now, seals=seals, paths=self.paths,
+            recorded_at=now, seals=seals, paths=self.paths, attempts_recorded=attempts,
         )
         if result.records:
             await conn.execute(records.insert(), [_to_row(r) for r in result.records])
         return result
+
+    async def _attempts_recorded(self, conn: AsyncConnection, fresh: Sequence[AnyFact]
+                                 ) -> set[handlers.AttemptKey]:
+        """Which attempts of ``fresh``'s ``delivery.attempted`` facts are recorded already
+        (their new POSTs are repeats: see :func:`handlers.append`)."""
+        wanted = {key for key in map(handlers.attempt_key, fresh) if key is not None}
+        found: set[handlers.AttemptKey] = set()
+        for chunk in _chunks(sorted({delivery for delivery, _ in wanted})):
+            rows = await conn.execute(
+                sa.select(records.c.delivery_id, records.c.attempt).where(
+                    records.c.kind == "delivery.attempted", records.c.delivery_id.in_(chunk)))
+            found.update((row.delivery_id, row.attempt) for row in rows)
+        return found & wanted
 
     async def _head(self, conn: AsyncConnection) -> tuple[int, str]:
         """Seq and hash of the newest record — or of the checkpoint, if a purge took them all."""

@@ -7,8 +7,11 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import Awaitable, Iterable
+import uuid
+from collections.abc import Awaitable, Coroutine, Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -29,11 +32,12 @@ from shared.broker import (
     Delivery,
     FactPublisher,
     Publisher,
+    confirm_all,
     connect,
     declare_queue,
     declare_topology,
 )
-from shared.contracts import SignedDelivery, encode, utcnow
+from shared.contracts import AttemptRecord, SignedDelivery, encode, utcnow
 from shared.egress import BlockedAddressError, check_url
 from shared.runtime import Stop
 from shared.web import add_ops_routes, errors_middleware, serve
@@ -94,6 +98,12 @@ def _error_kind(exc: BaseException) -> ErrorKind:
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return "tls_error"
     return "connection_error"
+
+
+_Posted = tuple[handlers.Outcome, handlers.Step, AttemptRecord, datetime, "asyncio.Task[None]"]
+"""What a POST gave: its outcome, the next step, its record, when, and its fact's publishing."""
+
+T = TypeVar("T")
 
 
 class WaitTiers:
@@ -178,6 +188,7 @@ class Deliverer:
         self._slots = EndpointSlots(settings.max_in_flight_per_endpoint,
                                     settings.max_waiting_per_endpoint,
                                     settings.max_local_wait)
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def post(self, signed: SignedDelivery) -> Response:
         """One POST, no redirect followed, at most the excerpt of the response read."""
@@ -207,6 +218,52 @@ class Deliverer:
             text = (f"timeout after {self._settings.timeout:g}s" if kind == "timeout"
                     else f"{kind}: {exc.__class__.__name__}: {exc}")
             return Response(None, error=kind, error_text=text[:500])
+
+    async def _post_and_audit(self, signed: SignedDelivery) -> _Posted:
+        """POST, judge the outcome, and start publishing its fact (until confirmed)."""
+        job = signed.job
+        post = uuid.uuid4().hex  # this POST's own: its audit record is its own too
+        async with self._slots.slot(job.endpoint_id):
+            at = utcnow()
+            started = time.perf_counter()
+            response = await self.post(signed)
+            duration = time.perf_counter() - started
+        now = utcnow()
+        outcome = handlers.classify(response.status, error=response.error,
+                                    error_text=response.error_text,
+                                    retry_after=response.retry_after, now=now)
+        schedule = handlers.schedule_for(job, self._schedule)
+        step = handlers.next_step(outcome, job.attempt, schedule, self._rng,
+                                  self._settings.retry_jitter)
+        record = handlers.attempt_record(job.attempt, outcome, at=at,
+                                         duration_ms=duration * 1000)
+        attempted = handlers.attempted_fact(job, outcome, record, step, response.excerpt, now,
+                                            post=post)
+        ATTEMPTS.labels(outcome.outcome, outcome.reason,
+                        handlers.status_class(outcome.status_code)).inc()
+        ATTEMPT_SECONDS.observe(duration)
+        # batched; published even if this job's ack is lost with its channel
+        attempt = self._background(self._facts.send_until_confirmed(attempted))
+        return outcome, step, record, now, attempt
+
+    def _background(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task that outlives a cancelled handler; :meth:`drain` waits for it at stop."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def drain(self, grace: float) -> None:
+        """Let POSTs under way, and the publishing of their facts, finish (within ``grace``
+        seconds) once the consumer has stopped; what is left then is cancelled and logged."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("unfinished_at_stop", tasks=len(pending))
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def on_job(self, message: Delivery) -> None:
         try:
@@ -243,28 +300,16 @@ class Deliverer:
             DEFERRED.inc()
             log.debug("deferred", waiting_or_in_flight=self._slots.users(endpoint), **ids)
             return
-        async with self._slots.slot(endpoint):
-            at = utcnow()
-            started = time.perf_counter()
-            response = await self.post(signed)
-            duration = time.perf_counter() - started
-        now = utcnow()
-        outcome = handlers.classify(response.status, error=response.error,
-                                    error_text=response.error_text,
-                                    retry_after=response.retry_after, now=now)
-        schedule = handlers.schedule_for(job, self._schedule)
-        step = handlers.next_step(outcome, job.attempt, schedule, self._rng,
-                                  self._settings.retry_jitter)
+        # The POST and the publishing of its fact run in tasks of their own, shielded: when
+        # this handler is cancelled meanwhile (aiormq cancels the handlers of a channel that
+        # closes, e.g. a dropped connection), the receiver may have the POST already — so its
+        # outcome is still read and audited, while the job comes back from the broker and is
+        # POSTed again (a record of its own: every POST is audited).
+        posted = await asyncio.shield(self._background(self._post_and_audit(signed)))
+        outcome, step, record, now, attempt = posted
         if isinstance(step, Retry):  # an endpoint's own schedule may name a new tier
             await self._tiers.ensure(step.tier_ms)
-        record = handlers.attempt_record(job.attempt, outcome, at=at,
-                                         duration_ms=duration * 1000)
-        attempted = handlers.attempted_fact(job, outcome, record, step, response.excerpt, now)
-        ATTEMPTS.labels(outcome.outcome, outcome.reason,
-                        handlers.status_class(outcome.status_code)).inc()
-        ATTEMPT_SECONDS.observe(duration)
-        attempt = asyncio.ensure_future(self._facts.send(attempted))  # batched
-        publishes: list[Awaitable[None]] = [attempt]
+        publishes: list[Awaitable[None]] = [asyncio.shield(attempt)]
         if isinstance(step, Retry):
             following = handlers.next_job(job, record)
             publishes.append(self._publisher.send(
@@ -281,9 +326,9 @@ class Deliverer:
                          topology.SOURCE_HEADER: topology.DELIVERER_JOBS},
                 type=parked.type))
             # the giving up follows its attempt's (batched) fact in the audit log
-            publishes.append(self._facts.send_after(attempt, dead))
+            publishes.append(self._facts.send_after(asyncio.shield(attempt), dead))
             DEAD.labels(step.reason).inc()
-        await asyncio.gather(*publishes)
+        await confirm_all(publishes)  # all settled (the fact above included), then any error
         # A success is logged at debug: the audit log holds every attempt and the metrics
         # count them; a line per delivery at info cost ~30 µs of CPU each (log volume aside).
         (log.debug if outcome.outcome == "delivered" else log.info)(
@@ -335,15 +380,23 @@ async def start(settings: Settings) -> Stop:
         async def broker_ready() -> bool:
             return _broker_ready(connection)
 
-        add_ops_routes(app, {"broker": broker_ready})
+        consumers: list[Consumer] = []
+
+        async def consuming() -> bool:  # false while an outage pauses the consumer
+            return all(c.ready for c in consumers)
+
+        add_ops_routes(app, {"broker": broker_ready, "consuming": consuming})
         runner = await serve(app, settings.host, settings.port)
         stack.push_async_callback(runner.cleanup)
 
         tiers = WaitTiers(connection, settings.retry_delays_ms,
                           timeout=settings.publish_timeout)
         deliverer = Deliverer(settings, session, publisher, tiers, facts)
+        # the broker path is its one dependency (the consumer's default probe)
+        stack.push_async_callback(deliverer.drain, settings.shutdown_grace)
         consumer = Consumer(connection, topology.DELIVERER_JOBS, deliverer.on_job,
                             prefetch=settings.prefetch)
+        consumers.append(consumer)
         stack.push_async_callback(consumer.stop, settings.shutdown_grace)
         await consumer.start()
     except BaseException:

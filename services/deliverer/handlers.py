@@ -246,9 +246,16 @@ def deferred(signed: SignedDelivery, tiers_ms: tuple[int, ...]) -> tuple[SignedD
     return signed.model_copy(update={"job": later}), delay
 
 
-def fact_id(delivery_id: str, attempt: int, kind: str) -> str:
-    """Deterministic ``fct_`` id: a redelivered job yields the same ids, which audit de-dups."""
-    digest = hashlib.sha256(f"{delivery_id}\x1f{attempt}\x1f{kind}".encode()).hexdigest()
+def fact_id(delivery_id: str, attempt: int, kind: str, post: str | None = None) -> str:
+    """Deterministic ``fct_`` id of a delivery's fact.
+
+    Without ``post``: a redelivered job yields the same id, which audit de-dups (one giving
+    up per delivery). With ``post`` (the id drawn for one POST, see :func:`attempted_fact`):
+    one id per POST, so a job redelivered after its POST — which POSTs again — gets a record
+    of its own, while the same fact delivered twice to audit still makes one record.
+    """
+    parts = [delivery_id, str(attempt), kind, *([post] if post is not None else [])]
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
     return "fct_" + digest[:32]
 
 
@@ -270,10 +277,12 @@ def _step_details(step: Step) -> dict[str, str | int | None]:
 
 
 def attempted_fact(job: DeliveryJob, outcome: Outcome, record: AttemptRecord, step: Step,
-                   excerpt: bytes, now: datetime) -> AuditFact:
-    """``delivery.attempted``: one HTTP attempt and what it gave."""
+                   excerpt: bytes, now: datetime, *, post: str) -> AuditFact:
+    """``delivery.attempted``: one HTTP POST and what it gave. ``post`` is an id drawn for
+    that POST (before it is sent): every POST is audited, a repeat of an attempt included —
+    audit marks it ``details.repeat`` — while a redelivered copy of this fact stays one."""
     return AuditFact(
-        id=fact_id(job.delivery_id, job.attempt, "delivery.attempted"),
+        id=fact_id(job.delivery_id, job.attempt, "delivery.attempted", post),
         kind="delivery.attempted",
         occurred_at=now,
         service="deliverer",

@@ -63,13 +63,15 @@ async def start(settings: Settings) -> Stop:
                           window_seconds=settings.idempotency_window,
                           catalog=catalog, unknown_event_types=settings.unknown_event_types)
     events.start()
+    # an outage of the database pauses each of them until it answers again (store.ping)
     consumers = [
-        Consumer(connection, topology.INGEST_EVENTS, events, prefetch=settings.prefetch),
+        Consumer(connection, topology.INGEST_EVENTS, events, prefetch=settings.prefetch,
+                 probe=store.ping),
         *(Consumer(connection, queue, DeadLetterHandler(store, publisher, queue),
-                   prefetch=SIDE_PREFETCH) for queue in DEAD_LETTER_QUEUES),
+                   prefetch=SIDE_PREFETCH, probe=store.ping) for queue in DEAD_LETTER_QUEUES),
         Consumer(connection, HEALTH_QUEUE,
                  HealthHandler(store, publisher, disable_after=settings.disable_after),
-                 prefetch=SIDE_PREFETCH),
+                 prefetch=SIDE_PREFETCH, probe=store.ping),
     ]
     for consumer in consumers:
         await consumer.start()
@@ -78,7 +80,11 @@ async def start(settings: Settings) -> Stop:
         return not connection.is_closed
 
     api = IngestApi(settings, store, publisher, catalog)
-    app = build_app(api, {"broker": broker_ready, "storage": store.ping})
+    async def consuming() -> bool:  # false while an outage pauses a consumer
+        return all(c.ready for c in consumers)
+
+    app = build_app(api, {"broker": broker_ready, "storage": store.ping,
+                          "consuming": consuming})
     console.mount(app, settings)  # the web console at /console/ (unless turned off)
     runner = await serve(app, settings.host, settings.port)
     purger = asyncio.create_task(_purge_keys(store, settings.idempotency_window))

@@ -7,7 +7,6 @@ import contextlib
 import secrets
 import time
 import weakref
-from collections.abc import Sequence
 
 import structlog
 from aio_pika.abc import AbstractRobustConnection
@@ -257,17 +256,24 @@ async def start(settings: Settings) -> Stop:
         async def broker_ready() -> bool:
             return _broker_ready(connection)
 
-        add_ops_routes(app, {"broker": broker_ready, "storage": keystore.ping})
+        consumers: list[Consumer] = []
+
+        async def consuming() -> bool:  # false while an outage pauses a consumer
+            return all(c.ready for c in consumers)
+
+        add_ops_routes(app, {"broker": broker_ready, "storage": keystore.ping,
+                             "consuming": consuming})
         runner = await serve(app, settings.host, settings.port)
         stack.push_async_callback(runner.cleanup)
 
         signer = Signer(settings, keystore, SecretCache(keystore, settings.cache_ttl), publisher)
-        consumers: Sequence[Consumer] = (
+        # an outage of the keystore's database pauses them until it answers again
+        consumers.extend((
             Consumer(connection, topology.SIGNER_CONTROL, signer.on_control,
-                     prefetch=settings.prefetch),
+                     prefetch=settings.prefetch, probe=keystore.ping),
             Consumer(connection, topology.SIGNER_JOBS, signer.on_job,
-                     prefetch=settings.prefetch),
-        )
+                     prefetch=settings.prefetch, probe=keystore.ping),
+        ))
 
         async def stop_consumers() -> None:
             await asyncio.gather(*(c.stop(settings.shutdown_grace) for c in consumers))

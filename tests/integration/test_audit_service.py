@@ -264,7 +264,8 @@ async def test_ops_routes(audit: Audit, broker: Broker) -> None:
     status, body = await audit.get("/healthz", token=None)
     assert (status, body) == (200, {"status": "ok"})
     status, body = await audit.get("/readyz", token=None)
-    assert status == 200 and body == {"ready": True, "checks": {"broker": True, "storage": True}}
+    assert status == 200 and body == {"ready": True, "checks": {"broker": True, "storage": True,
+                                                        "consuming": True}}
     await broker.send_facts(make_facts(3, uuid.uuid4().hex[:8]))
     await wait_for(lambda: audit.count(**window(0, 3)), timeout=20)
     status, text = await audit.get("/metrics", token=None)

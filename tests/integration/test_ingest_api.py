@@ -393,7 +393,8 @@ async def test_openapi_health_readiness_and_metrics(amqp_url: str, tmp_path: Pat
         assert health.status == 200
         ready = await ingest.call("GET", "/readyz", token=None)
         assert ready.status == 200
-        assert ready.body == {"ready": True, "checks": {"broker": True, "storage": True}}
+        assert ready.body == {"ready": True, "checks": {"broker": True, "storage": True,
+                                                         "consuming": True}}
         metrics = await ingest.call("GET", "/metrics", token=None)
         assert metrics.status == 200
         for name in ("dihya_ingest_events_accepted", "dihya_ingest_events_rejected",

@@ -161,7 +161,8 @@ async def test_signs_a_job_once_its_secret_is_stored(
             base = f"http://{settings.host}:{settings.port}"
             async with http.get(f"{base}/readyz") as resp:
                 assert resp.status == 200
-                assert (await resp.json())["checks"] == {"broker": True, "storage": True}
+                assert (await resp.json())["checks"] == {"broker": True, "storage": True,
+                                                              "consuming": True}
             async with http.get(f"{base}/metrics") as resp:
                 assert "dihya_signer_jobs_total" in await resp.text()
 

@@ -212,7 +212,7 @@ def test_attempted_fact() -> None:
     job = make_job()
     out = classify(500, now=NOW)
     record = attempt_record(1, out, at=NOW, duration_ms=3.0)
-    fact = attempted_fact(job, out, record, Retry(5000, 4500), b"x" * 2000, NOW)
+    fact = attempted_fact(job, out, record, Retry(5000, 4500), b"x" * 2000, NOW, post="p1")
     assert fact.kind == "delivery.attempted" and fact.service == "deliverer"
     assert (fact.event_id, fact.event_type, fact.endpoint_id, fact.delivery_id, fact.attempt) == (
         "evt_1", "a.b", "ep_1", "dlv_1", 1)
@@ -221,9 +221,14 @@ def test_attempted_fact() -> None:
         "failed", 500, 3.0, "HTTP 500")
     assert fact.details["response_excerpt"] == "x" * EXCERPT_CHARS
     assert fact.details["next"] == "retry" and fact.details["retry_in_ms"] == 4500
-    assert fact.id == fact_id("dlv_1", 1, "delivery.attempted")
-    assert fact.id != fact_id("dlv_1", 2, "delivery.attempted")
+    assert fact.id == fact_id("dlv_1", 1, "delivery.attempted", "p1")
+    assert fact.id != fact_id("dlv_1", 2, "delivery.attempted", "p1")
     assert fact.id.startswith("fct_")
+    # the same POST's fact again (a redelivered fact): the same id, which audit keeps once;
+    # another POST of the same attempt (a redelivered job): an id, and a record, of its own
+    again = attempted_fact(job, out, record, Retry(5000, 4500), b"x" * 2000, NOW, post="p1")
+    repeat = attempted_fact(job, out, record, Retry(5000, 4500), b"x" * 2000, NOW, post="p2")
+    assert again.id == fact.id and repeat.id != fact.id
 
 
 def test_dead_lettered_fact() -> None:
