@@ -178,7 +178,14 @@ async def connect(url: str, *, service: str,
         node_list.url, transport=transport, reconnect_interval=RECONNECT_INTERVAL,
         client_properties={"connection_name": f"dihya-{service}"})
     await connection.connect(timeout=CONNECT_TIMEOUT)
+    connection.reconnect_callbacks.add(_restored)
     return connection
+
+
+def _restored(connection: Any) -> None:
+    """Log a reconnection once every channel and consumer is back (the node was logged by the
+    transport): the time between the two is the broker-side restore."""
+    log.info("broker_reconnected")
 
 
 class CorkedWriter(asyncio.StreamWriter):

@@ -31,6 +31,25 @@ SCHEDULE = "300ms,600ms,1s,2s,3s,5s,8s,13s"
 be in flight when its node goes)."""
 
 
+BOOKS: list[Books] = []
+"""Every scenario's books, printed at the end of the run (in CI's log, captured or not)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cluster: starts a RabbitMQ cluster of its own")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not BOOKS:
+        return
+    terminalreporter.section("books of the cluster fault suite")
+    terminalreporter.write_line("3 RabbitMQ nodes, 2 replicas of every service, PostgreSQL; "
+                                "dup=id: same webhook-id, dup≠id: a new id")
+    terminalreporter.write_line(Books.HEADER)
+    for entry in BOOKS:
+        terminalreporter.write_line(entry.row())
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/cluster/" in str(item.fspath):
@@ -110,13 +129,7 @@ async def rig(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
                     system.spawn(name, replica)
                     await system.wait_ready(name, timeout=120)
             http = await stack.enter_async_context(aiohttp.ClientSession())
-            books: list[Books] = []
-            yield Rig(cluster, system, receiver, http, books)
-            print("\n[books] cluster fault suite (3 RabbitMQ nodes, 2 replicas of every "
-                  "service, PostgreSQL)")
-            print(f"[books] {Books.HEADER}")
-            for entry in books:
-                print(f"[books] {entry.row()}")
+            yield Rig(cluster, system, receiver, http, BOOKS)
         finally:
             await system.stop(timeout=20)
             if os.environ.get("DIHYA_CLUSTER_KEEP_LOGS"):
