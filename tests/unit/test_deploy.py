@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -141,7 +142,6 @@ def _env_instruction(text: str) -> dict[str, str]:
 
 def test_dockerfile_has_one_target_per_service_running_its_module() -> None:
     stages = _dockerfile()
-    assert "python:3.11-slim" in (DEPLOY / "Dockerfile").read_text()
     for service in SERVICES:
         assert service in stages, f"no `--target {service}`"
         assert stages[service][0] == ("FROM", "runtime")
@@ -169,14 +169,33 @@ def test_dockerfile_health_checks_probe_healthz_on_the_service_port() -> None:
         assert f"'DIHYA_{service.upper()}_PORT', '{_default_port(service)}'" in code
 
 
+def test_dockerfile_base_is_pinned() -> None:
+    """A rebuild does not move Python or Debian under the image: a patch release and a Debian
+    release in the tag (a digest may follow), never a floating ``python:3.11-slim``."""
+    (arg,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", (DEPLOY / "Dockerfile").read_text(),
+                        re.MULTILINE)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-(bookworm|trixie)(@sha256:[0-9a-f]{64})?", arg)
+    for stage in ("build", "runtime"):
+        assert _dockerfile()[stage][0] == ("FROM", "${PYTHON_IMAGE}")
+
+
 def test_images_run_as_an_unprivileged_user_with_the_project_installed() -> None:
     (user,) = _instruction("runtime", "USER")
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) >= 1000, "a numeric non-root uid (runAsNonRoot checks it)"
     for service in SERVICES:
         assert not _instruction(service, "USER"), f"{service} must keep the runtime user"
-    runs = " ".join(_instruction("build", "RUN"))
-    assert "pip install ." in runs
+    runs = _instruction("build", "RUN")
+    # the dependencies from the lock, every hash checked; then the project alone, built by the
+    # lock's setuptools: nothing resolved at build time
+    assert "pip install --require-hashes --no-deps -r locks/runtime.txt" in runs[1]
+    assert "pip install --no-deps --no-build-isolation ." in runs[2]
+    assert "cli.main" in runs[2] and "dihya --help" in runs[2], "the CLI is in the image"
+    copied = {text.split()[0] for text in _instruction("build", "COPY")}
+    assert {"locks/runtime.txt", "cli"} <= copied
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for pattern in packages["packages"]["find"]["include"]:
+        assert pattern.rstrip("*") in copied, f"the package includes {pattern}: COPY it"
     assert ("COPY", "--from=build /opt/dihya /opt/dihya") in _dockerfile()["runtime"]
 
 
