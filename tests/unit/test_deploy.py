@@ -33,7 +33,8 @@ from shared.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-K8S = DEPLOY / "k8s"
+K8S = DEPLOY / "k8s" / "base"
+PRODUCTION = DEPLOY / "k8s" / "production"
 PROMETHEUS = DEPLOY / "prometheus"
 SERVICES = envdoc.SERVICES
 STATEFUL = ("ingest", "signer", "audit")
@@ -374,7 +375,19 @@ def _k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def _generated(kind: str) -> dict[str, dict[str, Any]]:
+    """The base's ConfigMaps; the production overlay's Secrets (tests/unit/test_k8s.py renders
+    every overlay and checks dev's Secrets too)."""
+    if kind == "secretGenerator":
+        production = _yaml(PRODUCTION / "kustomization.yaml")
+        return {g["name"]: g for g in production[kind]}
     return {g["name"]: g for g in _kustomization()[kind]}
+
+
+def _production_env(service: str) -> set[str]:
+    """The variables the production overlay's patch adds (from the operators' Secrets)."""
+    patch = _yaml(PRODUCTION / "patches" / f"{service}.yaml")
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    return {e["name"] for e in container["env"]}
 
 
 def _container(service: str) -> dict[str, Any]:
@@ -389,7 +402,7 @@ def test_kustomization_files_exist() -> None:
         assert (K8S / resource).is_file()
     for generator in _generated("secretGenerator").values():
         for entry in [*generator.get("envs", []), *generator.get("files", [])]:
-            path = K8S / entry.split("=")[-1]
+            path = PRODUCTION / entry.split("=")[-1]
             assert path.parent.name == "secrets", "secret files live in the git-ignored secrets/"
             assert path.with_name(path.name + ".example").is_file(), f"{path}.example"
     literals = [lit.split("=", 1)[0] for g in _generated("configMapGenerator").values()
@@ -452,9 +465,10 @@ def test_k8s_environment_is_read_by_the_service() -> None:
             else:
                 generator = secrets[source["secretRef"]["name"]]
                 for path in generator["envs"]:
-                    example = _env_file(K8S / f"{path}.example")
-                    _check_service_env(service, example, f"k8s/{path}.example")
+                    example = _env_file(PRODUCTION / f"{path}.example")
+                    _check_service_env(service, example, f"k8s/production/{path}.example")
                     names |= set(example)
+        names |= _production_env(service)
         _check_service_env(service, names, f"k8s/{service}.yaml")
         assert "DIHYA_AMQP_URL" in names
         for generator in configmaps.values():
@@ -650,7 +664,7 @@ def test_operations_doc_lists_every_variable_of_every_service() -> None:
 
 def test_every_variable_named_in_deploy_files_and_runbook_exists() -> None:
     files = [opsdoc.OPERATIONS, DEPLOY / "Dockerfile", DEPLOY / ".env.example",
-             *DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml"), *K8S.rglob("*.example")]
+             *DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.example")]
     for path in files:
         named = set(re.findall(r"\bDIHYA_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
         unknown = sorted(named - _all_variables())
