@@ -31,8 +31,10 @@ ensure_venv() {
     # the lock (added to what another lock installed: bin/demo after bin/test keeps the test
     # tools; the locks agree on every version they share), then the project itself, built by
     # the lock's setuptools (no build isolation: no unhashed download)
+    # --compile-bytecode: uv does not write .pyc files by default (pip does), and with
+    # PYTHONDONTWRITEBYTECODE set every process would compile its imports again at each start
     if ! { UV_LINK_MODE=copy .venv/bin/uv pip install --python .venv/bin/python --require-hashes \
-             -r "$lock" &&
+             --compile-bytecode -r "$lock" &&
            UV_LINK_MODE=copy .venv/bin/uv pip install --python .venv/bin/python --no-deps \
              --no-build-isolation -e . -e sdk/python
          } >.venv/install.log 2>&1; then
