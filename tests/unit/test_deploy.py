@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -32,7 +33,8 @@ from shared.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-K8S = DEPLOY / "k8s"
+K8S = DEPLOY / "k8s" / "base"
+PRODUCTION = DEPLOY / "k8s" / "production"
 PROMETHEUS = DEPLOY / "prometheus"
 SERVICES = envdoc.SERVICES
 STATEFUL = ("ingest", "signer", "audit")
@@ -141,7 +143,6 @@ def _env_instruction(text: str) -> dict[str, str]:
 
 def test_dockerfile_has_one_target_per_service_running_its_module() -> None:
     stages = _dockerfile()
-    assert "python:3.11-slim" in (DEPLOY / "Dockerfile").read_text()
     for service in SERVICES:
         assert service in stages, f"no `--target {service}`"
         assert stages[service][0] == ("FROM", "runtime")
@@ -169,14 +170,33 @@ def test_dockerfile_health_checks_probe_healthz_on_the_service_port() -> None:
         assert f"'DIHYA_{service.upper()}_PORT', '{_default_port(service)}'" in code
 
 
+def test_dockerfile_base_is_pinned() -> None:
+    """A rebuild does not move Python or Debian under the image: a patch release and a Debian
+    release in the tag (a digest may follow), never a floating ``python:3.11-slim``."""
+    (arg,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", (DEPLOY / "Dockerfile").read_text(),
+                        re.MULTILINE)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-(bookworm|trixie)(@sha256:[0-9a-f]{64})?", arg)
+    for stage in ("build", "runtime"):
+        assert _dockerfile()[stage][0] == ("FROM", "${PYTHON_IMAGE}")
+
+
 def test_images_run_as_an_unprivileged_user_with_the_project_installed() -> None:
     (user,) = _instruction("runtime", "USER")
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) >= 1000, "a numeric non-root uid (runAsNonRoot checks it)"
     for service in SERVICES:
         assert not _instruction(service, "USER"), f"{service} must keep the runtime user"
-    runs = " ".join(_instruction("build", "RUN"))
-    assert "pip install ." in runs
+    runs = _instruction("build", "RUN")
+    # the dependencies from the lock, every hash checked; then the project alone, built by the
+    # lock's setuptools: nothing resolved at build time
+    assert "pip install --require-hashes --no-deps -r locks/runtime.txt" in runs[1]
+    assert "pip install --no-deps --no-build-isolation ." in runs[2]
+    assert "cli.main" in runs[2] and "dihya --help" in runs[2], "the CLI is in the image"
+    copied = {text.split()[0] for text in _instruction("build", "COPY")}
+    assert {"locks/runtime.txt", "cli"} <= copied
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for pattern in packages["packages"]["find"]["include"]:
+        assert pattern.rstrip("*") in copied, f"the package includes {pattern}: COPY it"
     assert ("COPY", "--from=build /opt/dihya /opt/dihya") in _dockerfile()["runtime"]
 
 
@@ -355,7 +375,19 @@ def _k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def _generated(kind: str) -> dict[str, dict[str, Any]]:
+    """The base's ConfigMaps; the production overlay's Secrets (tests/unit/test_k8s.py renders
+    every overlay and checks dev's Secrets too)."""
+    if kind == "secretGenerator":
+        production = _yaml(PRODUCTION / "kustomization.yaml")
+        return {g["name"]: g for g in production[kind]}
     return {g["name"]: g for g in _kustomization()[kind]}
+
+
+def _production_env(service: str) -> set[str]:
+    """The variables the production overlay's patch adds (from the operators' Secrets)."""
+    patch = _yaml(PRODUCTION / "patches" / f"{service}.yaml")
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    return {e["name"] for e in container["env"]}
 
 
 def _container(service: str) -> dict[str, Any]:
@@ -370,7 +402,7 @@ def test_kustomization_files_exist() -> None:
         assert (K8S / resource).is_file()
     for generator in _generated("secretGenerator").values():
         for entry in [*generator.get("envs", []), *generator.get("files", [])]:
-            path = K8S / entry.split("=")[-1]
+            path = PRODUCTION / entry.split("=")[-1]
             assert path.parent.name == "secrets", "secret files live in the git-ignored secrets/"
             assert path.with_name(path.name + ".example").is_file(), f"{path}.example"
     literals = [lit.split("=", 1)[0] for g in _generated("configMapGenerator").values()
@@ -433,9 +465,10 @@ def test_k8s_environment_is_read_by_the_service() -> None:
             else:
                 generator = secrets[source["secretRef"]["name"]]
                 for path in generator["envs"]:
-                    example = _env_file(K8S / f"{path}.example")
-                    _check_service_env(service, example, f"k8s/{path}.example")
+                    example = _env_file(PRODUCTION / f"{path}.example")
+                    _check_service_env(service, example, f"k8s/production/{path}.example")
                     names |= set(example)
+        names |= _production_env(service)
         _check_service_env(service, names, f"k8s/{service}.yaml")
         assert "DIHYA_AMQP_URL" in names
         for generator in configmaps.values():
@@ -632,7 +665,7 @@ def test_operations_doc_links_the_page_listing_every_variable() -> None:
 
 def test_every_variable_named_in_deploy_files_and_runbook_exists() -> None:
     files = [opsdoc.OPERATIONS, DEPLOY / "Dockerfile", DEPLOY / ".env.example",
-             *DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml"), *K8S.rglob("*.example")]
+             *DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.example")]
     for path in files:
         named = set(re.findall(r"\bDIHYA_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
         unknown = sorted(named - _all_variables())
