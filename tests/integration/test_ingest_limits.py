@@ -44,10 +44,24 @@ pytestmark = pytest.mark.integration
 LIMIT = 262_144  # DIHYA_INGEST_MAX_BODY_BYTES's default, which these ingests run with
 
 
+async def drop_leftovers(amqp_url: str) -> None:
+    """Empty the signer's and the deliverer's queues: earlier modules that ran ingest alone
+    left jobs there (for endpoints no signer here knows). This module's signer would otherwise
+    work through them — each waits for a secret, and is retried or parked — and hand the
+    backlog, reshuffled, to the modules that follow (test_signer_service waits 10 s for a job
+    of its own behind it)."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in (topology.SIGNER_JOBS, topology.DELIVERER_JOBS):
+            await (await channel.get_queue(name, ensure=False)).purge()
+
+
 @pytest.fixture(scope="module")
 async def receiver(amqp_url: str, tmp_path_factory: pytest.TempPathFactory
                    ) -> AsyncIterator[Receiver]:
     """The receiver, with a signer and a deliverer behind whichever ingest a test starts."""
+    await drop_leftovers(amqp_url)
     workdir = tmp_path_factory.mktemp("limits")
     signer = SignerSettings.model_validate({
         "amqp_url": amqp_url, "port": free_port(), "master_key": Fernet.generate_key().decode(),
@@ -64,6 +78,7 @@ async def receiver(amqp_url: str, tmp_path_factory: pytest.TempPathFactory
         for stop in reversed(stops):
             await stop()
         await rec.stop()
+        await drop_leftovers(amqp_url)
 
 
 def bad_events(run: str) -> dict[str, tuple[str, bytes]]:
