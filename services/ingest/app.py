@@ -93,7 +93,8 @@ async def start(settings: Settings) -> Stop:
                           message_log=recorder,
                           keep_payloads=settings.payload_retention_days > 0)
     events.start()
-    # an outage of the database pauses each of them until it answers again (store.ping)
+    health = HealthHandler(store, publisher, disable_after=settings.disable_after,
+                           message_log=recorder)
     consumers = [
         Consumer(connection, topology.INGEST_EVENTS, events, prefetch=settings.prefetch,
                  probe=store.ping),
@@ -101,10 +102,7 @@ async def start(settings: Settings) -> Stop:
                    prefetch=SIDE_PREFETCH, probe=store.ping) for queue in DEAD_LETTER_QUEUES),
         Consumer(connection, topology.INGEST_CONTROL, ControlHandler(message_log, publisher),
                  prefetch=SIDE_PREFETCH, probe=store.ping),
-        Consumer(connection, HEALTH_QUEUE,
-                 HealthHandler(store, publisher, disable_after=settings.disable_after,
-                               message_log=recorder),
-                 prefetch=SIDE_PREFETCH, probe=store.ping),
+        Consumer(connection, HEALTH_QUEUE, health, prefetch=SIDE_PREFETCH, probe=store.ping),
     ]
     for consumer in consumers:
         await consumer.start()
@@ -138,6 +136,7 @@ async def start(settings: Settings) -> Stop:
         await api.close()
         await asyncio.gather(*(c.stop(settings.shutdown_grace) for c in consumers))
         await events.close(settings.shutdown_grace)
+        await health.close(settings.shutdown_grace)
         with contextlib.suppress(Exception):
             await publisher.close()
         with contextlib.suppress(Exception):

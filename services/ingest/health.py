@@ -13,11 +13,16 @@ subscribed to it is notified); the row is committed only after both are confirme
 is announced once — or, after a crash between confirm and commit, once more with the same ids.
 
 The same facts feed the message log (:mod:`.message_log`): each attempt is recorded (once per
-delivery and attempt number) before health is judged.
+delivery and attempt number) before health is judged — through one writer (a
+:class:`~shared.batching.Batcher`), so the consumer's many concurrent messages make one
+transaction at a time rather than one each (on SQLite those waited for each other's locks and
+emptied the connection pool the event path needs). A failed log write is logged, not raised:
+the log is a view, and a requeue would only add load where the database is already struggling.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import structlog
@@ -32,15 +37,18 @@ from services.ingest.handlers import (
     disabled_fact,
 )
 from services.ingest.message_log import MessageLog
-from services.ingest.messages import attempt_from_fact
+from services.ingest.messages import LogAttempt, attempt_from_fact
 from services.ingest.store import Store
 from shared import topology
+from shared.batching import Batcher
 from shared.broker import Delivery, Publisher, confirm_all
 from shared.contracts import AuditFact, decode_facts, utcnow
 
 log = structlog.get_logger("dihya.ingest.health")
 
 HEALTH_QUEUE = topology.INGEST_HEALTH
+ATTEMPT_BATCH = 500
+"""Most attempts written to the message log in one transaction."""
 MAX_CONTENTION = 20
 """Compare-and-set rounds before giving the fact back (requeued) under heavy contention."""
 
@@ -52,6 +60,10 @@ class HealthHandler:
                  message_log: MessageLog | None = None) -> None:
         self._store = store
         self._log = message_log
+        self._attempts: Batcher[LogAttempt, None] | None = None
+        if message_log is not None:
+            self._attempts = Batcher(self._write_attempts, size=ATTEMPT_BATCH,
+                                     name="message log attempts")
         self._publisher = publisher
         self._disable_after = timedelta(seconds=disable_after)
         self._healthy: dict[str, datetime] = {}
@@ -65,11 +77,29 @@ class HealthHandler:
             metrics.HEALTH_FACTS.labels(result="ignored").inc()
             log.warning("health_fact_unreadable", error=str(exc)[:300])
             return
-        if self._log is not None:
-            attempts = [a for a in map(attempt_from_fact, facts) if a is not None]
-            await self._log.record_attempts(attempts, utcnow())
+        await self._record([a for a in map(attempt_from_fact, facts) if a is not None])
         for fact in facts:  # in order: a batch holds one deliverer's attempts as they came
             await self.judge(fact)
+
+    async def _record(self, attempts: list[LogAttempt]) -> None:
+        """Add the attempts to the message log (one writer); a failure is logged only."""
+        if self._attempts is None or not attempts:
+            return
+        self._attempts.start()  # idempotent; here because it needs the running loop
+        try:
+            await confirm_all(self._attempts.submit(a) for a in attempts)
+        except Exception as exc:
+            log.warning("message_log_attempts_failed", attempts=len(attempts),
+                        error=type(exc).__name__)
+
+    async def _write_attempts(self, items: Sequence[LogAttempt]) -> None:
+        assert self._log is not None
+        await self._log.record_attempts(items, utcnow())
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Finish the pending message-log writes (after the consumer stopped)."""
+        if self._attempts is not None:
+            await self._attempts.stop(grace)
 
     async def judge(self, fact: AuditFact) -> None:
         """Apply one ``delivery.attempted`` fact to its endpoint's health."""
