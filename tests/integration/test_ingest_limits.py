@@ -29,6 +29,7 @@ from services.ingest.handlers import ROUTED_AS_HEADER
 from services.signer.app import start as start_signer
 from services.signer.settings import Settings as SignerSettings
 from shared import topology
+from shared.broker import declare
 from tests.conftest import free_port
 from tests.integration.test_ingest_api import Observer
 from tests.integration.test_ingest_event_catalog import (
@@ -53,6 +54,7 @@ async def drop_leftovers(amqp_url: str) -> None:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
+        await declare(channel)  # run alone, this module is the first to use the vhost
         for name in (topology.SIGNER_JOBS, topology.DELIVERER_JOBS):
             await (await channel.get_queue(name, ensure=False)).purge()
 
