@@ -8,7 +8,7 @@ validation context: ``model_validate(data, context={"secret_min_length": n})``.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -123,6 +123,24 @@ Secret = Annotated[
 ]
 
 
+SignatureScheme = Literal["hmac-sha256", "ed25519"]
+SCHEME_DESCRIPTION = (
+    "`hmac-sha256` (default): a shared secret signs `webhook-signature: v1,…` and "
+    "`X-Dihya-Signature`. `ed25519`: Standard Webhooks `v1a` — Dihya keeps the `whsk_` "
+    "signing key, the receiver verifies `webhook-signature: v1a,…` with the endpoint's `whpk_` "
+    "public key (`public_keys`); no `X-Dihya-Signature`. Fixed at creation.")
+
+
+class PublicKeyOut(BaseModel):
+    """An ed25519 public key receivers verify `v1a` signatures with."""
+
+    model_config = ConfigDict(frozen=True)
+    key: str = Field(description="`whpk_` + base64 of the 32-byte ed25519 public key.")
+    valid_until: datetime | None = Field(
+        description="null: the current key; else a previous key, still signing until then "
+        "(rotation overlap).")
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -135,11 +153,20 @@ class EndpointCreate(Request):
     description: Description | None = None
     secret: Secret | None = None
     retry_schedule: RetrySchedule | None = None
+    signature_scheme: SignatureScheme = Field(default="hmac-sha256",
+                                              description=SCHEME_DESCRIPTION)
 
     @field_validator("secret")
     @classmethod
     def _secret(cls, value: str | None, info: ValidationInfo) -> str | None:
         return _check_secret(value, info)
+
+    @model_validator(mode="after")
+    def _generated_key(self) -> EndpointCreate:
+        if self.signature_scheme == "ed25519" and self.secret is not None:
+            raise ValueError("secret: leave it out with signature_scheme ed25519 (Dihya "
+                             "generates the signing key and shows you the public key)")
+        return self
 
 
 class EndpointUpdate(Request):
@@ -228,6 +255,11 @@ class EndpointOut(Response):
     retry_schedule: list[Seconds] | None = Field(
         default=None, description="Its own retry delays in seconds (`[]`: a single attempt); "
         "null: the deployment's schedule.")
+    signature_scheme: SignatureScheme = Field(default="hmac-sha256",
+                                              description=SCHEME_DESCRIPTION)
+    public_keys: list[PublicKeyOut] | None = Field(
+        default=None, description="`ed25519` endpoints: the public keys that sign its "
+        "deliveries, current first (two during a rotation overlap); null for `hmac-sha256`.")
 
 
 class EndpointPatched(EndpointOut):
@@ -237,7 +269,8 @@ class EndpointPatched(EndpointOut):
 
 
 class EndpointCreated(EndpointOut):
-    secret: str = Field(description="The signing secret. Shown this once; store it now.")
+    secret: str | None = Field(description="The signing secret. Shown this once; store it "
+                               "now. Null for `ed25519`: verify with `public_keys`.")
 
 
 class EndpointList(Response):
@@ -247,7 +280,11 @@ class EndpointList(Response):
 
 class SecretRotated(Response):
     id: str
-    secret: str = Field(description="The new signing secret. Shown this once.")
+    secret: str | None = Field(description="The new signing secret. Shown this once. Null "
+                               "for `ed25519`: the new key is `public_key`.")
+    public_key: str | None = Field(default=None, description="`ed25519`: the new current "
+                                   "`whpk_` public key (the previous one stays valid for "
+                                   "the overlap); null for `hmac-sha256`.")
     previous_valid_until: datetime
 
 

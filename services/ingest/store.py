@@ -63,6 +63,11 @@ endpoints = sa.Table(
     sa.Column("health_reset_at", sa.DateTime(timezone=True), nullable=True),
     # the endpoint's own retry delays in ms (JSON array, [] = one attempt); NULL = default
     sa.Column("retry_schedule_ms", sa.JSON(none_as_null=True), nullable=True),
+    # delivery controls (#22): how deliveries are signed; ed25519 public keys shown to the owner
+    sa.Column("signature_scheme", sa.String(16), nullable=False,
+              server_default="hmac-sha256"),
+    # JSON [[whpk_, valid_until ISO or null], …], current first; NULL for hmac-sha256
+    sa.Column("public_keys", sa.JSON(none_as_null=True), nullable=True),
     sa.Index("ix_endpoints_status", "status"),
 )
 
@@ -157,6 +162,19 @@ def _insert(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlit
     return sqlite.insert(table)
 
 
+def _public_keys(raw: Any) -> tuple[tuple[str, datetime | None], ...] | None:
+    if raw is None:
+        return None
+    return tuple((str(key), None if until is None else datetime.fromisoformat(until))
+                 for key, until in raw)
+
+
+def _public_keys_column(keys: tuple[tuple[str, datetime | None], ...] | None) -> Any:
+    if keys is None:
+        return None
+    return [[key, None if until is None else until.isoformat()] for key, until in keys]
+
+
 @dataclass(frozen=True)
 class EndpointRecord:
     id: str
@@ -173,6 +191,9 @@ class EndpointRecord:
     health_reset_at: datetime | None = None
     retry_schedule_ms: tuple[int, ...] | None = None
     """Its own retry delays in milliseconds (``()``: one attempt); ``None``: the default."""
+    signature_scheme: str = "hmac-sha256"
+    public_keys: tuple[tuple[str, datetime | None], ...] | None = None
+    """ed25519: ``(whpk_, valid_until)`` pairs, current (``None``) first."""
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> EndpointRecord:
@@ -185,7 +206,9 @@ class EndpointRecord:
                    disabled_reason=m["disabled_reason"],
                    disabled_at=_utc_or_none(m["disabled_at"]),
                    health_reset_at=_utc_or_none(m["health_reset_at"]),
-                   retry_schedule_ms=_schedule(m["retry_schedule_ms"]))
+                   retry_schedule_ms=_schedule(m["retry_schedule_ms"]),
+                   signature_scheme=m["signature_scheme"],
+                   public_keys=_public_keys(m["public_keys"]))
 
     def target(self) -> Endpoint:
         return Endpoint(id=self.id, url=self.url, events=self.events, status=self.status,
@@ -325,7 +348,9 @@ class Store:
             id=record.id, url=record.url, events=list(record.events),
             description=record.description, status=record.status,
             created_at=record.created_at, updated_at=record.updated_at,
-            retry_schedule_ms=_schedule_column(record.retry_schedule_ms)))
+            retry_schedule_ms=_schedule_column(record.retry_schedule_ms),
+            signature_scheme=record.signature_scheme,
+            public_keys=_public_keys_column(record.public_keys)))
 
     async def get_endpoint(self, endpoint_id: str, conn: AsyncConnection | None = None
                            ) -> EndpointRecord | None:
@@ -351,6 +376,8 @@ class Store:
             values["events"] = list(values["events"])
         if "retry_schedule_ms" in values:
             values["retry_schedule_ms"] = _schedule_column(values["retry_schedule_ms"])
+        if "public_keys" in values:
+            values["public_keys"] = _public_keys_column(values["public_keys"])
         conn.info[_ENDPOINTS_CHANGED] = True
         result = await conn.execute(
             endpoints.update().where(endpoints.c.id == endpoint_id).values(**values))

@@ -17,12 +17,18 @@ What a receiver gets for one attempt of one job:
   "{id}.{timestamp}.{body}")>``, one per valid secret, current first, space-separated — so a
   receiver verifies during a rotation whichever secret it holds.
 
+  An ``ed25519`` endpoint's keystore holds ``whsk_`` signing keys instead of HMAC secrets
+  (:mod:`shared.signing_keys`): each signs a ``v1a,<base64 ed25519 signature>`` over the same
+  ``"{id}.{timestamp}.{body}"``, current key first, and the receiver checks it with the
+  endpoint's ``whpk_`` public key.
+
   The HMAC key: a ``whsec_<base64>`` secret is used as Standard Webhooks defines it (the decoded
   bytes). Any other, free-form secret is used as its UTF-8 bytes; a Standard Webhooks library must
   then be given :func:`standard_webhooks_secret` of it, i.e. ``"whsec_" + base64(secret)``.
 * ``X-Dihya-Signature`` — hex HMAC-SHA256 of the raw body keyed with the *current* secret string's
   UTF-8 bytes, exactly as the administrator received it: what the guide's Flask, Express and
-  Django receivers compute, so they work unchanged.
+  Django receivers compute, so they work unchanged. Sent only while the current secret is an
+  HMAC secret: an ``ed25519`` endpoint has no shared secret to compute it with.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import orjson
 from pydantic import ValidationError
 
 from shared.contracts import AuditFact, DeliveryJob, EndpointSecret, SignedDelivery, decode_jobs
+from shared.signing_keys import InvalidKeyError, is_signing_key, load_signing_key, sign_v1a
 
 WHSEC_PREFIX = "whsec_"
 USER_AGENT = "Dihya-Webhooks/0.1"
@@ -104,6 +111,18 @@ def standard_signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> 
     return "v1," + base64.b64encode(mac).decode()
 
 
+def signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` entry of one secret: ``v1a`` for a ``whsk_`` signing key,
+    ``v1`` (HMAC) for anything else."""
+    if not is_signing_key(secret):
+        return standard_signature(hmac_key(secret), msg_id, timestamp, body)
+    try:
+        key = load_signing_key(secret)
+    except InvalidKeyError as exc:  # the message never repeats the key
+        raise UnsignableJobError(f"the endpoint's signing key is unusable: {exc}") from None
+    return sign_v1a(key, msg_id, timestamp, body)
+
+
 def dihya_signature(secret: str, body: bytes) -> str:
     """``X-Dihya-Signature``: what the guide's receivers compute over the raw body."""
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -145,19 +164,19 @@ def sign(job: DeliveryJob, secrets: Sequence[str], *, nonce: str, now: datetime
     body = render_body(job, nonce=nonce, timestamp=timestamp)
     msg_id = job.event.id
     assert msg_id is not None  # render_body checked it
-    signatures = " ".join(standard_signature(hmac_key(s), msg_id, timestamp, body)
-                          for s in secrets)
+    signatures = " ".join(signature(s, msg_id, timestamp, body) for s in secrets)
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signatures,
-        "X-Dihya-Signature": dihya_signature(secrets[0], body),
         "X-Dihya-Event": job.event.event,
         "X-Dihya-Delivery": job.delivery_id,
         "X-Dihya-Attempt": str(job.attempt),
     }
+    if not is_signing_key(secrets[0]):
+        headers["X-Dihya-Signature"] = dihya_signature(secrets[0], body)
     return SignedDelivery(job=job, body=body.decode(), headers=headers, signed_at=now)
 
 

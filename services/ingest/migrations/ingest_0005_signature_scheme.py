@@ -1,0 +1,34 @@
+"""Ingest: per-endpoint signature scheme and ed25519 public keys (delivery controls, #22).
+
+Revision ID: ingest_0005
+Revises: ingest_0004
+Create Date: 2026-12-06
+
+``signature_scheme`` is ``hmac-sha256`` (every existing endpoint keeps it) or ``ed25519``;
+``public_keys`` holds an ed25519 endpoint's ``whpk_`` public keys with their overlap deadlines
+(JSON, NULL for HMAC endpoints). Public keys are not secret: the signing keys stay in the
+signer's keystore.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "ingest_0005"
+down_revision: str | None = "ingest_0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("endpoints") as batch:
+        batch.add_column(sa.Column("signature_scheme", sa.String(16), nullable=False,
+                                   server_default="hmac-sha256"))
+        batch.add_column(sa.Column("public_keys", sa.JSON(none_as_null=True), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("endpoints") as batch:
+        batch.drop_column("public_keys")
+        batch.drop_column("signature_scheme")
