@@ -27,7 +27,7 @@ from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
 from services.deliverer.settings import Settings
 from services.deliverer.slots import EndpointSlots
 from services.deliverer.ssrf import VettingResolver
-from shared import telemetry, topology
+from shared import custom_headers, telemetry, topology
 from shared.broker import (
     Consumer,
     Delivery,
@@ -187,6 +187,7 @@ class Deliverer:
         self._tiers = tiers
         self._rng = rng or random.Random()
         self._schedule = settings.retry_delays_ms
+        self._headers_cipher = settings.headers_cipher()
         # check_url is a pure function of the URL here (allowed networks and https_only are
         # fixed): vetted once per URL, not per attempt (5-9 µs of CPU each, parsing the URL
         # and an IP literal again). A refused URL raises, and lru_cache keeps no exception.
@@ -208,7 +209,8 @@ class Deliverer:
                 "POST", kind=SpanKind.CLIENT,
                 attributes={"http.request.method": "POST", "url.full": url},
             ) as span:
-                headers = dict(signed.headers)
+                headers = self._custom_headers(signed)
+                headers.update(signed.headers)  # Dihya's own win (ingest refuses clashes)
                 telemetry.inject(headers)  # the receiver can join the event's trace
                 async with self._session.post(
                     url, data=signed.body.encode(), headers=headers,
@@ -222,6 +224,8 @@ class Deliverer:
                     except (TimeoutError, aiohttp.ClientError):
                         excerpt = b""  # the status is what counts; the excerpt a courtesy
                     return Response(resp.status, resp.headers.get("Retry-After"), excerpt)
+        except custom_headers.HeadersKeyError as exc:  # before any byte is sent
+            return Response(None, error="headers_key", error_text=str(exc))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             kind = _error_kind(exc)
             blocked = _blocked(exc)
@@ -232,6 +236,17 @@ class Deliverer:
             else:
                 text = f"{kind}: {exc.__class__.__name__}: {exc}"
             return Response(None, error=kind, error_text=text[:500])
+
+    def _custom_headers(self, signed: SignedDelivery) -> dict[str, str]:
+        """The endpoint's custom headers, opened; :class:`HeadersKeyError` if they cannot be."""
+        if signed.sealed_headers is None:
+            return {}
+        if self._headers_cipher is None:
+            raise custom_headers.HeadersKeyError(
+                "the delivery carries custom headers but DIHYA_HEADERS_KEY is not set on the "
+                "deliverer")
+        return custom_headers.unseal(signed.sealed_headers, signed.job.delivery_id,
+                                     self._headers_cipher)
 
     async def _post_and_audit(self, signed: SignedDelivery) -> _Posted:
         """POST, judge the outcome, and start publishing its fact (until confirmed)."""

@@ -19,6 +19,8 @@ connection refused/reset…   failed     yes         ``connection_error``
 TLS failure                 failed     yes         ``tls_error``
 address refused (SSRF)      failed     **no**      ``ssrf_blocked``
 unusable URL                failed     **no**      ``invalid_url``
+sealed headers don't open   failed     yes         ``headers_key`` (DIHYA_HEADERS_KEY differs
+                                                   from the signer's; nothing is sent)
 ==========================  =========  ==========  ====================
 
 Retries (:func:`next_step`): the schedule lists the delay after each failed attempt, so a
@@ -50,7 +52,8 @@ from shared.contracts import AttemptRecord, AuditFact, DeliveryJob, SignedDelive
 
 MAX_RETRY_AFTER_MS = 3_600_000
 EXCERPT_CHARS = 256
-ErrorKind = Literal["timeout", "connection_error", "tls_error", "ssrf_blocked", "invalid_url"]
+ErrorKind = Literal["timeout", "connection_error", "tls_error", "ssrf_blocked", "invalid_url",
+                    "headers_key"]
 _PERMANENT_ERRORS = frozenset({"ssrf_blocked", "invalid_url"})
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from cryptography.fernet import MultiFernet
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared import topology
+from shared import custom_headers, topology
 from shared.egress import EgressSettings
 from shared.schedules import parse_schedule
 from shared.topology import TIER_HEADROOM
@@ -87,6 +88,26 @@ class Settings(EgressSettings):
         "signer instead of being POSTed (receivers refuse old timestamps; default tolerance "
         "5 min). 0 disables.",
     )
+
+    headers_key: SecretStr | None = Field(
+        default=None, validation_alias="DIHYA_HEADERS_KEY",
+        description="The signer's DIHYA_HEADERS_KEY (same value): opens the endpoints' custom "
+        "headers the signer sealed into each delivery. Without it, a delivery carrying "
+        "custom headers is not sent (attempt error `headers_key`, retried).",
+    )
+
+    @field_validator("headers_key")
+    @classmethod
+    def _check_headers_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            custom_headers.cipher(value.get_secret_value())  # malformed: refuse to start
+        return value
+
+    def headers_cipher(self) -> MultiFernet | None:
+        """The cipher opening sealed custom headers; ``None`` when DIHYA_HEADERS_KEY is unset."""
+        if self.headers_key is None:
+            return None
+        return custom_headers.cipher(self.headers_key.get_secret_value())
 
     @field_validator("retry_schedule")
     @classmethod

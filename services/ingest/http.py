@@ -18,7 +18,7 @@ import asyncio
 import base64
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -48,6 +48,7 @@ from services.ingest.handlers import (
     schedule_seconds,
 )
 from services.ingest.models import (
+    MASK,
     DeliveryList,
     DeliveryOut,
     EndpointCreate,
@@ -190,7 +191,15 @@ def _endpoint_out(record: EndpointRecord) -> EndpointOut:
                        failing_since=record.failing_since,
                        retry_schedule=schedule_seconds(record.retry_schedule_ms),
                        signature_scheme=record.signature_scheme,
-                       public_keys=_public_keys_out(record))
+                       public_keys=_public_keys_out(record),
+                       headers=dict.fromkeys(record.header_names, MASK))
+
+
+def _headers_handover(endpoint_id: str, headers: Mapping[str, str], now: datetime
+                      ) -> EndpointSecret:
+    """The control message handing an endpoint's custom headers to the signer."""
+    return EndpointSecret(endpoint_id=endpoint_id, action="headers", issued_at=now,
+                          headers={k: SecretStr(v) for k, v in headers.items()})
 
 
 def _public_keys_out(record: EndpointRecord) -> list[PublicKeyOut] | None:
@@ -314,7 +323,8 @@ class IngestApi:
                                 retry_schedule_ms=schedule_ms(body.retry_schedule),
                                 signature_scheme=body.signature_scheme,
                                 public_keys=((public_key_of(secret), None),) if ed25519
-                                else None)
+                                else None,
+                                header_names=tuple(body.headers or {}))
         handover = EndpointSecret(endpoint_id=record.id, action="set",
                                   secret=SecretStr(secret), issued_at=now)
         published = False
@@ -323,6 +333,9 @@ class IngestApi:
                 await self.store.insert_endpoint(conn, record)
                 await self._announce(topology.CONTROL_EXCHANGE, "secret.set", handover)
                 published = True
+                if body.headers:
+                    await self._announce(topology.CONTROL_EXCHANGE, "secret.headers",
+                                         _headers_handover(record.id, body.headers, now))
         except Exception:
             if published:  # the commit failed after the signer got the secret: take it back
                 await self._withdraw_secret(record.id)
@@ -332,7 +345,8 @@ class IngestApi:
                                     endpoint_id=record.id, url=record.url,
                                     details={"events": list(record.events),
                                              "retry_schedule": _shown(record),
-                                             "signature_scheme": record.signature_scheme}))
+                                             "signature_scheme": record.signature_scheme,
+                                             "header_names": list(record.header_names)}))
         out = EndpointCreated(**_endpoint_out(record).model_dump(),
                               secret=None if ed25519 else secret)
         return _body(out, 201)
@@ -389,6 +403,11 @@ class IngestApi:
             values = {**changes, "updated_at": now}
             if "retry_schedule" in values:  # seconds in the API, milliseconds in the store
                 values["retry_schedule_ms"] = schedule_ms(values.pop("retry_schedule"))
+            if "headers" in values:  # names here, values only in the signer's keystore
+                headers = values.pop("headers") or {}
+                values["header_names"] = tuple(headers)
+                await self._announce(topology.CONTROL_EXCHANGE, "secret.headers",
+                                     _headers_handover(endpoint_id, headers, now))
             enabling = changes.get("status") == "enabled" and before.status != "enabled"
             disabling = changes.get("status") == "disabled" and before.status != "disabled"
             if enabling:  # a fresh start: the old failing run no longer counts
@@ -406,6 +425,8 @@ class IngestApi:
                                          "status": record.status}
         if "retry_schedule" in changes:
             details["retry_schedule"] = _shown(record)
+        if "headers" in changes:
+            details["header_names"] = list(record.header_names)
         facts = [self._fact("endpoint.updated", principal.token_id,
                             endpoint_id=endpoint_id, url=record.url, details=details)]
         if enabling:

@@ -27,6 +27,7 @@ from pydantic import (
 
 from services.ingest.catalog import UnknownPolicy
 from services.ingest.handlers import DeliveryStatus, EndpointStatus
+from shared import custom_headers
 from shared.contracts import AttemptRecord, Lang, Role
 from shared.subscriptions import MAX_PATTERN, PATTERN_RE
 
@@ -141,6 +142,34 @@ class PublicKeyOut(BaseModel):
         "(rotation overlap).")
 
 
+def _check_headers(value: dict[str, str] | None) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if len(value) > custom_headers.MAX_HEADERS:
+        raise ValueError(f"at most {custom_headers.MAX_HEADERS} headers")
+    seen: set[str] = set()
+    for name, header in value.items():
+        why = custom_headers.refusal(name, header)
+        if why is not None:
+            raise ValueError(f"{name[:64]!r} {why}")
+        if name.lower() in seen:
+            raise ValueError(f"{name[:64]!r} is given twice (names are case-insensitive)")
+        seen.add(name.lower())
+    return value
+
+
+CustomHeaders = Annotated[
+    dict[str, str],
+    Field(description="Static headers added to every delivery (e.g. an API-gateway key), "
+          "at most 20. Stored encrypted in the signer's keystore like the secret, shown masked, "
+          "never logged or audited. Refused: `Content-Type`, `Content-Length`, `Host`, "
+          "`User-Agent`, hop-by-hop headers, `traceparent`, and any `webhook-*` or "
+          "`X-Dihya-*` name.", examples=[{"X-Api-Key": "gw-key-…"}]),
+    AfterValidator(_check_headers),
+]
+MASK = "********"
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -155,6 +184,7 @@ class EndpointCreate(Request):
     retry_schedule: RetrySchedule | None = None
     signature_scheme: SignatureScheme = Field(default="hmac-sha256",
                                               description=SCHEME_DESCRIPTION)
+    headers: CustomHeaders | None = None
 
     @field_validator("secret")
     @classmethod
@@ -178,6 +208,8 @@ class EndpointUpdate(Request):
     description: Description | None = None
     status: EndpointStatus | None = None
     retry_schedule: RetrySchedule | None = None
+    headers: CustomHeaders | None = Field(
+        default=None, description="Replaces all its custom headers (`{}` or null: none).")
 
     @field_validator("url", "events", "status", mode="before")
     @classmethod
@@ -190,7 +222,7 @@ class EndpointUpdate(Request):
     def _not_empty(self) -> EndpointUpdate:
         if not self.model_fields_set:
             raise ValueError("send at least one of: url, events, description, status, "
-                             "retry_schedule")
+                             "retry_schedule, headers")
         return self
 
 
@@ -260,6 +292,8 @@ class EndpointOut(Response):
     public_keys: list[PublicKeyOut] | None = Field(
         default=None, description="`ed25519` endpoints: the public keys that sign its "
         "deliveries, current first (two during a rotation overlap); null for `hmac-sha256`.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Its custom headers, values masked (`********`).")
 
 
 class EndpointPatched(EndpointOut):

@@ -68,6 +68,8 @@ endpoints = sa.Table(
               server_default="hmac-sha256"),
     # JSON [[whpk_, valid_until ISO or null], …], current first; NULL for hmac-sha256
     sa.Column("public_keys", sa.JSON(none_as_null=True), nullable=True),
+    # names of its custom headers (values only in the signer's keystore); NULL: none
+    sa.Column("header_names", sa.JSON(none_as_null=True), nullable=True),
     sa.Index("ix_endpoints_status", "status"),
 )
 
@@ -194,6 +196,7 @@ class EndpointRecord:
     signature_scheme: str = "hmac-sha256"
     public_keys: tuple[tuple[str, datetime | None], ...] | None = None
     """ed25519: ``(whpk_, valid_until)`` pairs, current (``None``) first."""
+    header_names: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> EndpointRecord:
@@ -208,7 +211,8 @@ class EndpointRecord:
                    health_reset_at=_utc_or_none(m["health_reset_at"]),
                    retry_schedule_ms=_schedule(m["retry_schedule_ms"]),
                    signature_scheme=m["signature_scheme"],
-                   public_keys=_public_keys(m["public_keys"]))
+                   public_keys=_public_keys(m["public_keys"]),
+                   header_names=tuple(m["header_names"] or ()))
 
     def target(self) -> Endpoint:
         return Endpoint(id=self.id, url=self.url, events=self.events, status=self.status,
@@ -350,7 +354,8 @@ class Store:
             created_at=record.created_at, updated_at=record.updated_at,
             retry_schedule_ms=_schedule_column(record.retry_schedule_ms),
             signature_scheme=record.signature_scheme,
-            public_keys=_public_keys_column(record.public_keys)))
+            public_keys=_public_keys_column(record.public_keys),
+            header_names=list(record.header_names) or None))
 
     async def get_endpoint(self, endpoint_id: str, conn: AsyncConnection | None = None
                            ) -> EndpointRecord | None:
@@ -376,6 +381,8 @@ class Store:
             values["events"] = list(values["events"])
         if "retry_schedule_ms" in values:
             values["retry_schedule_ms"] = _schedule_column(values["retry_schedule_ms"])
+        if "header_names" in values:
+            values["header_names"] = list(values["header_names"]) or None
         if "public_keys" in values:
             values["public_keys"] = _public_keys_column(values["public_keys"])
         conn.info[_ENDPOINTS_CHANGED] = True

@@ -46,6 +46,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from shared import custom_headers
 from shared.contracts import AuditFact, DeliveryJob, EndpointSecret, SignedDelivery, decode_jobs
 from shared.signing_keys import InvalidKeyError, is_signing_key, load_signing_key, sign_v1a
 
@@ -153,9 +154,10 @@ def render_body(job: DeliveryJob, *, nonce: str, timestamp: int) -> bytes:
         raise UnsignableJobError(f"the event data cannot be encoded as JSON: {exc}") from None
 
 
-def sign(job: DeliveryJob, secrets: Sequence[str], *, nonce: str, now: datetime
-         ) -> SignedDelivery:
-    """Sign one attempt of ``job`` with ``secrets`` (current first)."""
+def sign(job: DeliveryJob, secrets: Sequence[str], *, nonce: str, now: datetime,
+         sealed_headers: str | None = None) -> SignedDelivery:
+    """Sign one attempt of ``job`` with ``secrets`` (current first); ``sealed_headers``: the
+    endpoint's custom headers as :func:`shared.custom_headers.seal` made them."""
     if not secrets:
         raise UnsignableJobError("no secret to sign with")
     if not _NONCE.match(nonce):
@@ -177,7 +179,8 @@ def sign(job: DeliveryJob, secrets: Sequence[str], *, nonce: str, now: datetime
     }
     if not is_signing_key(secrets[0]):
         headers["X-Dihya-Signature"] = dihya_signature(secrets[0], body)
-    return SignedDelivery(job=job, body=body.decode(), headers=headers, signed_at=now)
+    return SignedDelivery(job=job, body=body.decode(), headers=headers, signed_at=now,
+                          sealed_headers=sealed_headers)
 
 
 # --- control messages and audit facts -------------------------------------------------------
@@ -200,6 +203,13 @@ def parse_control(body: bytes) -> EndpointSecret:
         raise ValueError(describe(exc)) from None
     if msg.action == "set" and (msg.secret is None or not msg.secret.get_secret_value()):
         raise ValueError("secret: required (non-empty) when action is 'set'")
+    if msg.action == "headers":
+        if msg.headers is None:
+            raise ValueError("headers: required when action is 'headers'")
+        for name, value in msg.headers.items():
+            why = custom_headers.refusal(name, value.get_secret_value())
+            if why is not None:  # the name is not secret; the value never shown
+                raise ValueError(f"headers.{name[:64]}: {why}")
     return msg
 
 
@@ -233,6 +243,8 @@ def secret_fact(msg: EndpointSecret, *, applied: bool, now: datetime) -> AuditFa
             "issued_at": iso_z(msg.issued_at),
             "previous_valid_until": (None if msg.previous_valid_until is None
                                      else iso_z(msg.previous_valid_until)),
+            # names only: a header's value is a secret
+            **({"header_names": sorted(msg.headers)} if msg.headers is not None else {}),
         },
     )
 

@@ -268,6 +268,60 @@ async def test_ed25519_endpoint_is_signed_v1a_verified_by_public_key_and_rotates
                nonce_store=InMemoryNonceStore())
 
 
+GATEWAY_KEY = "gw-key-7c1d0e5a-never-in-a-log"
+ROTATED_GATEWAY_KEY = "gw-key-2-b94f1a2c-never-in-a-log"
+
+
+async def test_custom_headers_reach_the_receiver_masked_in_the_api_and_refused_if_reserved(
+    api: Api, receiver: Receiver, system: System
+) -> None:
+    token = system.admin_token
+    url = receiver.url("custom-headers")
+    for reserved in ("Content-Type", "host", "webhook-id", "X-Dihya-Signature",
+                     "Transfer-Encoding", "Connection"):
+        status, refused = await api.call("POST", "ingest", "/v1/endpoints", token, {
+            "url": url, "events": ["incident.*"], "headers": {reserved: "x"}})
+        assert status == 422, (reserved, refused)
+    status, refused = await api.call("POST", "ingest", "/v1/endpoints", token, {
+        "url": url, "events": ["incident.*"], "headers": {"X-Api-Key": "a\r\nInjected: 1"}})
+    assert status == 422 and "Injected" not in orjson.dumps(refused).decode()
+
+    _, ep = await api.call("POST", "ingest", "/v1/endpoints", token, {
+        "url": url, "events": ["incident.*"], "headers": {"X-Api-Key": GATEWAY_KEY}},
+        expect=201)
+    receiver.secrets["custom-headers"] = ep["secret"]
+    assert ep["headers"] == {"X-Api-Key": "********"}
+    _, shown = await api.call("GET", "ingest", f"/v1/endpoints/{ep['id']}", token, expect=200)
+    assert shown["headers"] == {"X-Api-Key": "********"}
+
+    first = await api.publish({"event": "incident.security", "data": {"n": 1}})
+    [got] = [d for d in await receiver.wait(lambda ds: any(
+        d.path == "custom-headers" and d.json["id"] == first for d in ds))
+        if d.path == "custom-headers" and d.json["id"] == first]
+    assert got.headers["X-Api-Key"] == GATEWAY_KEY
+    assert got.guide_ok and got.standard_ok  # Dihya's own headers are untouched
+
+    _, patched = await api.call("PATCH", "ingest", f"/v1/endpoints/{ep['id']}", token,
+                                {"headers": {"X-Api-Key": ROTATED_GATEWAY_KEY,
+                                             "X-Tenant": "t-1"}}, expect=200)
+    assert patched["headers"] == {"X-Api-Key": "********", "X-Tenant": "********"}
+    second = await api.publish({"event": "incident.security", "data": {"n": 2}})
+    [again] = [d for d in await receiver.wait(lambda ds: any(
+        d.path == "custom-headers" and d.json["id"] == second for d in ds))
+        if d.path == "custom-headers" and d.json["id"] == second]
+    assert again.headers["X-Api-Key"] == ROTATED_GATEWAY_KEY
+    assert again.headers["X-Tenant"] == "t-1"
+
+    _, cleared = await api.call("PATCH", "ingest", f"/v1/endpoints/{ep['id']}", token,
+                                {"headers": {}}, expect=200)
+    assert cleared["headers"] == {}
+    third = await api.publish({"event": "incident.security", "data": {"n": 3}})
+    [last] = [d for d in await receiver.wait(lambda ds: any(
+        d.path == "custom-headers" and d.json["id"] == third for d in ds))
+        if d.path == "custom-headers" and d.json["id"] == third]
+    assert "X-Api-Key" not in last.headers and "X-Tenant" not in last.headers
+
+
 async def test_no_secret_in_any_log_line_audit_record_error_or_broker_message(
     api: Api, system: System, amqp_url: str, receiver: Receiver, tap: Tap
 ) -> None:
@@ -302,6 +356,9 @@ async def test_no_secret_in_any_log_line_audit_record_error_or_broker_message(
     assert signing_keys, "the ed25519 endpoint's signing keys were handed to the signer"
     for key in signing_keys:
         assert key not in blob, "an ed25519 signing key leaked"
+    for value in (GATEWAY_KEY, ROTATED_GATEWAY_KEY):  # custom header values, likewise
+        assert value.encode() in handovers, "the custom headers were handed to the signer"
+        assert value.encode() not in blob, "a custom header value leaked"
     for secret in issued:
         assert secret.encode() in handovers, "each secret was handed to the signer"
         assert secret.encode() not in blob, "a webhook secret leaked"

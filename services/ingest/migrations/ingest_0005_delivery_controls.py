@@ -1,4 +1,5 @@
-"""Ingest: per-endpoint signature scheme and ed25519 public keys (delivery controls, #22).
+"""Ingest: per-endpoint signature scheme, ed25519 public keys and custom header names
+(delivery controls, #22).
 
 Revision ID: ingest_0005
 Revises: ingest_0004
@@ -7,7 +8,8 @@ Create Date: 2026-12-06
 ``signature_scheme`` is ``hmac-sha256`` (every existing endpoint keeps it) or ``ed25519``;
 ``public_keys`` holds an ed25519 endpoint's ``whpk_`` public keys with their overlap deadlines
 (JSON, NULL for HMAC endpoints). Public keys are not secret: the signing keys stay in the
-signer's keystore.
+signer's keystore. ``header_names`` lists the names of the endpoint's custom headers (JSON,
+NULL: none) so the API can show them masked; their values live only in the signer's keystore.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ def upgrade() -> None:
         batch.add_column(sa.Column("signature_scheme", sa.String(16), nullable=False,
                                    server_default="hmac-sha256"))
         batch.add_column(sa.Column("public_keys", sa.JSON(none_as_null=True), nullable=True))
+        batch.add_column(sa.Column("header_names", sa.JSON(none_as_null=True), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("endpoints") as batch:
+        batch.drop_column("header_names")
         batch.drop_column("public_keys")
         batch.drop_column("signature_scheme")
