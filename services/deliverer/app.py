@@ -24,6 +24,7 @@ from yarl import URL
 
 from services.deliverer import handlers
 from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
+from services.deliverer.proxy import ProxyRouter
 from services.deliverer.settings import Settings
 from services.deliverer.slots import EndpointSlots
 from services.deliverer.ssrf import VettingResolver
@@ -102,10 +103,11 @@ def _error_kind(exc: BaseException) -> ErrorKind:
         return "timeout"
     if _blocked(exc) is not None:
         return "ssrf_blocked"
-    if isinstance(exc, aiohttp.InvalidURL | ValueError):
-        return "invalid_url"
+    # before ValueError: a certificate error is one too (ssl.SSLCertVerificationError)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return "tls_error"
+    if isinstance(exc, aiohttp.InvalidURL | ValueError):
+        return "invalid_url"
     return "connection_error"
 
 
@@ -179,7 +181,8 @@ class Deliverer:
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession,
                  publisher: Publisher, tiers: WaitTiers, facts: FactPublisher,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 resolver: AbstractResolver | None = None) -> None:
         self._settings = settings
         self._session = session
         self._publisher = publisher
@@ -188,6 +191,8 @@ class Deliverer:
         self._rng = rng or random.Random()
         self._schedule = settings.retry_delays_ms
         self._headers_cipher = settings.headers_cipher()
+        self._router = None if settings.proxy_url is None else ProxyRouter(
+            settings.proxy_url.get_secret_value(), VettingResolver(settings.allowed, resolver))
         # check_url is a pure function of the URL here (allowed networks and https_only are
         # fixed): vetted once per URL, not per attempt (5-9 µs of CPU each, parsing the URL
         # and an IP literal again). A refused URL raises, and lru_cache keeps no exception.
@@ -212,9 +217,15 @@ class Deliverer:
                 headers = self._custom_headers(signed)
                 headers.update(signed.headers)  # Dihya's own win (ingest refuses clashes)
                 telemetry.inject(headers)  # the receiver can join the event's trace
+                target: str | URL = url
+                options: dict[str, Any] = {}
+                if self._router is not None:  # to the vetted address, through the proxy
+                    route = await self._router.route(url)
+                    target, options = route.url, route.options
+                    headers.update(route.headers)
                 async with self._session.post(
-                    url, data=signed.body.encode(), headers=headers,
-                    allow_redirects=False, timeout=self._timeout,
+                    target, data=signed.body.encode(), headers=headers,
+                    allow_redirects=False, timeout=self._timeout, **options,
                 ) as resp:
                     if span is not None:
                         span.set_attribute("http.response.status_code", resp.status)
@@ -373,11 +384,14 @@ def make_session(settings: Settings, resolver: AbstractResolver | None = None
     """The one HTTP client: pooled, capped per host, SSRF-vetting, cookie-less, no env proxy.
 
     ``resolver`` answers the name look-ups the SSRF guard vets (aiohttp's default resolver
-    unless given: the tests give one whose answer changes, as a rebound name's does)."""
+    unless given: the tests give one whose answer changes, as a rebound name's does). With
+    DIHYA_DELIVERER_PROXY_URL the pool only connects to the proxy, which is not vetted: the
+    endpoint's name is vetted by the :class:`~services.deliverer.proxy.ProxyRouter` instead."""
     connector = aiohttp.TCPConnector(
         limit=settings.prefetch,
         limit_per_host=settings.max_per_host,
-        resolver=VettingResolver(settings.allowed, resolver),
+        resolver=(None if settings.proxy_url is not None
+                  else VettingResolver(settings.allowed, resolver)),
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -425,7 +439,7 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
 
         tiers = WaitTiers(connection, settings.retry_delays_ms,
                           timeout=settings.publish_timeout)
-        deliverer = Deliverer(settings, session, publisher, tiers, facts)
+        deliverer = Deliverer(settings, session, publisher, tiers, facts, resolver=resolver)
         # the broker path is its one dependency (the consumer's default probe)
         stack.push_async_callback(deliverer.drain, settings.shutdown_grace)
         consumer = Consumer(connection, topology.DELIVERER_JOBS, deliverer.on_job,

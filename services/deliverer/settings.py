@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from cryptography.fernet import MultiFernet
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -95,6 +97,30 @@ class Settings(EgressSettings):
         "headers the signer sealed into each delivery. Without it, a delivery carrying "
         "custom headers is not sent (attempt error `headers_key`, retried).",
     )
+
+    proxy_url: SecretStr | None = Field(
+        default=None,
+        description="HTTP proxy every delivery leaves through (`http://host:port`, "
+        "credentials as `http://user:password@host:port`), e.g. smokescreen, Squid or "
+        "tinyproxy: receivers then allow-list the proxy's addresses. The deliverer still "
+        "resolves and vets each endpoint's name and asks the proxy for the vetted address "
+        "(`CONNECT <IP>:443`, TLS keeping the name); the proxy's own address is trusted.",
+    )
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _check_proxy(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        parts = urlsplit(value.get_secret_value())
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme != "http" or not parts.hostname or port is None or parts.path not in (
+                "", "/"):
+            raise ValueError("must be http://host:port (an HTTP proxy)")
+        return value
 
     @field_validator("headers_key")
     @classmethod
