@@ -72,7 +72,8 @@ async def start(settings: Settings) -> Stop:
         *(Consumer(connection, queue, DeadLetterHandler(store, publisher, queue),
                    prefetch=SIDE_PREFETCH, probe=store.ping) for queue in DEAD_LETTER_QUEUES),
         Consumer(connection, HEALTH_QUEUE,
-                 HealthHandler(store, publisher, disable_after=settings.disable_after),
+                 HealthHandler(store, publisher, disable_after=settings.disable_after,
+                               failing_after=settings.failing_after),
                  prefetch=SIDE_PREFETCH, probe=store.ping),
     ]
     for consumer in consumers:

@@ -412,7 +412,7 @@ class IngestApi:
             disabling = changes.get("status") == "disabled" and before.status != "disabled"
             if enabling:  # a fresh start: the old failing run no longer counts
                 values.update(failing_since=None, disabled_reason=None, disabled_at=None,
-                              health_reset_at=now)
+                              health_reset_at=now, consecutive_failures=0)
             if disabling:
                 values.update(disabled_reason="manual", disabled_at=now)
             record = await self.store.update_endpoint(conn, endpoint_id, values)

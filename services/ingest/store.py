@@ -70,6 +70,8 @@ endpoints = sa.Table(
     sa.Column("public_keys", sa.JSON(none_as_null=True), nullable=True),
     # names of its custom headers (values only in the signer's keystore); NULL: none
     sa.Column("header_names", sa.JSON(none_as_null=True), nullable=True),
+    # failed attempts since the last delivered one (endpoint.failing / endpoint.recovered)
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_endpoints_status", "status"),
 )
 
@@ -197,6 +199,7 @@ class EndpointRecord:
     public_keys: tuple[tuple[str, datetime | None], ...] | None = None
     """ed25519: ``(whpk_, valid_until)`` pairs, current (``None``) first."""
     header_names: tuple[str, ...] = ()
+    consecutive_failures: int = 0
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> EndpointRecord:
@@ -212,7 +215,8 @@ class EndpointRecord:
                    retry_schedule_ms=_schedule(m["retry_schedule_ms"]),
                    signature_scheme=m["signature_scheme"],
                    public_keys=_public_keys(m["public_keys"]),
-                   header_names=tuple(m["header_names"] or ()))
+                   header_names=tuple(m["header_names"] or ()),
+                   consecutive_failures=m["consecutive_failures"])
 
     def target(self) -> Endpoint:
         return Endpoint(id=self.id, url=self.url, events=self.events, status=self.status,
@@ -222,7 +226,7 @@ class EndpointRecord:
     @property
     def health(self) -> Health:
         return Health(self.status, self.failing_since, self.last_delivered_at,
-                      self.health_reset_at)
+                      self.health_reset_at, self.consecutive_failures)
 
 
 @dataclass(frozen=True)
@@ -443,7 +447,8 @@ class Store:
         c = endpoints.c
         values: dict[str, Any] = {"status": new.status,
                                   "failing_since": _utc_or_none(new.failing_since),
-                                  "last_delivered_at": _utc_or_none(new.last_delivered_at)}
+                                  "last_delivered_at": _utc_or_none(new.last_delivered_at),
+                                  "consecutive_failures": new.failures}
         if new.status == "disabled" and old.status != "disabled":
             values.update(disabled_reason=disabled_reason, disabled_at=now, updated_at=now)
         if new.status != old.status:
@@ -452,7 +457,8 @@ class Store:
             endpoints.update()
             .where((c.id == endpoint_id) & (c.status == old.status)
                    & c.failing_since.is_not_distinct_from(old.failing_since)
-                   & c.last_delivered_at.is_not_distinct_from(old.last_delivered_at))
+                   & c.last_delivered_at.is_not_distinct_from(old.last_delivered_at)
+                   & (c.consecutive_failures == old.failures))
             .values(**values))
         return cast(sa.CursorResult[Any], result).rowcount == 1
 

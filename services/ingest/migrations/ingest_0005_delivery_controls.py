@@ -10,6 +10,8 @@ Create Date: 2026-12-06
 (JSON, NULL for HMAC endpoints). Public keys are not secret: the signing keys stay in the
 signer's keystore. ``header_names`` lists the names of the endpoint's custom headers (JSON,
 NULL: none) so the API can show them masked; their values live only in the signer's keystore.
+``consecutive_failures`` counts failed attempts since the last delivered one (the operational
+events ``endpoint.failing`` / ``endpoint.recovered``).
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ def upgrade() -> None:
                                    server_default="hmac-sha256"))
         batch.add_column(sa.Column("public_keys", sa.JSON(none_as_null=True), nullable=True))
         batch.add_column(sa.Column("header_names", sa.JSON(none_as_null=True), nullable=True))
+        batch.add_column(sa.Column("consecutive_failures", sa.Integer, nullable=False,
+                                   server_default="0"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("endpoints") as batch:
+        batch.drop_column("consecutive_failures")
         batch.drop_column("header_names")
         batch.drop_column("public_keys")
         batch.drop_column("signature_scheme")
