@@ -228,7 +228,8 @@ class EndpointSecret(Contract):
     headers: dict[str, SecretStr] | None = Field(
         default=None,
         description="`headers`: the endpoint's custom headers, replacing the previous ones "
-        "(empty: none). Versioned apart from the secret by `issued_at`.")
+        "(empty: none), versioned apart from the secret by `issued_at`. `set` may carry them "
+        "too (an endpoint created with headers).")
     previous_valid_until: AwareDatetime | None = Field(
         default=None,
         description="On rotation: the secret it replaces keeps signing until then (overlap).",

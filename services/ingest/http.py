@@ -325,17 +325,17 @@ class IngestApi:
                                 public_keys=((public_key_of(secret), None),) if ed25519
                                 else None,
                                 header_names=tuple(body.headers or {}))
-        handover = EndpointSecret(endpoint_id=record.id, action="set",
-                                  secret=SecretStr(secret), issued_at=now)
+        # custom headers ride with the secret: the first job finds both in the keystore
+        handover = EndpointSecret(
+            endpoint_id=record.id, action="set", secret=SecretStr(secret), issued_at=now,
+            headers={k: SecretStr(v) for k, v in body.headers.items()} if body.headers
+            else None)
         published = False
         try:
             async with self.store.transaction() as conn:
                 await self.store.insert_endpoint(conn, record)
                 await self._announce(topology.CONTROL_EXCHANGE, "secret.set", handover)
                 published = True
-                if body.headers:
-                    await self._announce(topology.CONTROL_EXCHANGE, "secret.headers",
-                                         _headers_handover(record.id, body.headers, now))
         except Exception:
             if published:  # the commit failed after the signer got the secret: take it back
                 await self._withdraw_secret(record.id)

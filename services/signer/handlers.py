@@ -203,9 +203,9 @@ def parse_control(body: bytes) -> EndpointSecret:
         raise ValueError(describe(exc)) from None
     if msg.action == "set" and (msg.secret is None or not msg.secret.get_secret_value()):
         raise ValueError("secret: required (non-empty) when action is 'set'")
-    if msg.action == "headers":
-        if msg.headers is None:
-            raise ValueError("headers: required when action is 'headers'")
+    if msg.action == "headers" and msg.headers is None:
+        raise ValueError("headers: required when action is 'headers'")
+    if msg.headers is not None:
         for name, value in msg.headers.items():
             why = custom_headers.refusal(name, value.get_secret_value())
             if why is not None:  # the name is not secret; the value never shown

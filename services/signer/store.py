@@ -44,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.signer.handlers import StoredSecret
 from shared.contracts import EndpointSecret
@@ -130,20 +130,24 @@ class Keystore:
         return str(plain["secret"])
 
     async def _apply_headers(self, msg: EndpointSecret) -> bool:
+        async with self._engine.begin() as conn:
+            return await self._upsert_headers(conn, msg)
+
+    async def _upsert_headers(self, conn: AsyncConnection, msg: EndpointSecret) -> bool:
+        """Store ``msg.headers`` unless a newer set is stored (``False`` then)."""
         assert msg.headers is not None
         plain = {k: v.get_secret_value() for k, v in msg.headers.items()}
         values = {"endpoint_id": msg.endpoint_id, "issued_at": msg.issued_at,
                   "ciphertext": self._encrypt(msg.endpoint_id, orjson.dumps(plain).decode())}
-        async with self._engine.begin() as conn:
-            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            upsert = insert(headers_table).values(**values)
-            stmt = upsert.on_conflict_do_update(
-                index_elements=[headers_table.c.endpoint_id],
-                set_={"issued_at": upsert.excluded.issued_at,
-                      "ciphertext": upsert.excluded.ciphertext},
-                where=headers_table.c.issued_at < upsert.excluded.issued_at,
-            ).returning(headers_table.c.endpoint_id)
-            return (await conn.execute(stmt)).first() is not None
+        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        upsert = insert(headers_table).values(**values)
+        stmt = upsert.on_conflict_do_update(
+            index_elements=[headers_table.c.endpoint_id],
+            set_={"issued_at": upsert.excluded.issued_at,
+                  "ciphertext": upsert.excluded.ciphertext},
+            where=headers_table.c.issued_at < upsert.excluded.issued_at,
+        ).returning(headers_table.c.endpoint_id)
+        return (await conn.execute(stmt)).first() is not None
 
     async def load_headers(self, endpoint_id: str) -> dict[str, str]:
         """The endpoint's custom headers, decrypted (empty if it has none)."""
@@ -159,7 +163,8 @@ class Keystore:
     async def apply(self, msg: EndpointSecret, now: datetime) -> bool:
         """Apply a control message; ``False`` if a newer one was already applied (ignored).
 
-        ``headers``: the endpoint's custom headers are replaced (versioned on their own).
+        ``headers``: the endpoint's custom headers are replaced (versioned on their own); a
+        ``set`` may carry them too (an endpoint created with headers gets both at once).
         ``set``: the new secret becomes current. If ``previous_valid_until`` is in the future,
         the secret that was current keeps signing until then; otherwise it is dropped. Previous
         secrets whose overlap is over are cleaned up. ``delete``: every secret goes.
@@ -204,6 +209,8 @@ class Keystore:
                 created_at=now,
                 valid_until=None,
             ))
+            if msg.headers is not None:  # an endpoint created with headers: both at once
+                await self._upsert_headers(conn, msg)
             return True
 
     async def load(self, endpoint_id: str, now: datetime) -> list[StoredSecret]:

@@ -220,6 +220,16 @@ async def test_roles_are_enforced(api: Api) -> None:
     await api.publish({"event": "roles.ok", "data": {}}, token=pub["token"])
 
 
+async def signer_applied(api: Api, endpoint_id: str, done: Any) -> None:
+    """Wait until the signer applied a control message for ``endpoint_id`` matching ``done``
+    (its ``secret.set`` audit fact): the control queue and the job queue are separate, so a
+    job published right after a change could otherwise be signed before the change lands."""
+    async def applied() -> bool:
+        return any(r["service"] == "signer" and done(r["details"])
+                   for r in await api.records(kind="secret.set", endpoint_id=endpoint_id))
+    await wait_for(applied, timeout=30)
+
+
 async def test_ed25519_endpoint_is_signed_v1a_verified_by_public_key_and_rotates(
     api: Api, receiver: Receiver, system: System
 ) -> None:
@@ -251,6 +261,7 @@ async def test_ed25519_endpoint_is_signed_v1a_verified_by_public_key_and_rotates
     assert status == 422, refused
     _, rotated = await api.call("POST", "ingest", f"/v1/endpoints/{ep['id']}/secret/rotate",
                                 token, {"overlap_seconds": 3600}, expect=200)
+    await signer_applied(api, ep["id"], lambda d: d.get("previous_valid_until") is not None)
     assert rotated["secret"] is None and rotated["public_key"] != first["key"]
     _, shown = await api.call("GET", "ingest", f"/v1/endpoints/{ep['id']}", token, expect=200)
     assert [k["key"] for k in shown["public_keys"]] == [rotated["public_key"], first["key"]]
@@ -305,6 +316,8 @@ async def test_custom_headers_reach_the_receiver_masked_in_the_api_and_refused_i
                                 {"headers": {"X-Api-Key": ROTATED_GATEWAY_KEY,
                                              "X-Tenant": "t-1"}}, expect=200)
     assert patched["headers"] == {"X-Api-Key": "********", "X-Tenant": "********"}
+    await signer_applied(api, ep["id"], lambda d: d.get("header_names") == ["X-Api-Key",
+                                                                              "X-Tenant"])
     second = await api.publish({"event": "incident.security", "data": {"n": 2}})
     [again] = [d for d in await receiver.wait(lambda ds: any(
         d.path == "custom-headers" and d.json["id"] == second for d in ds))
@@ -315,6 +328,7 @@ async def test_custom_headers_reach_the_receiver_masked_in_the_api_and_refused_i
     _, cleared = await api.call("PATCH", "ingest", f"/v1/endpoints/{ep['id']}", token,
                                 {"headers": {}}, expect=200)
     assert cleared["headers"] == {}
+    await signer_applied(api, ep["id"], lambda d: d.get("header_names") == [])
     third = await api.publish({"event": "incident.security", "data": {"n": 3}})
     [last] = [d for d in await receiver.wait(lambda ds: any(
         d.path == "custom-headers" and d.json["id"] == third for d in ds))

@@ -157,3 +157,12 @@ async def test_custom_headers_encrypted_versioned_apart_from_secrets_and_deleted
     assert await store.load_headers("ep_h") == {}
 
 
+
+
+async def test_a_secret_set_may_carry_the_headers_of_a_new_endpoint(engine: AsyncEngine) -> None:
+    store = Keystore(engine, MultiFernet([Fernet(KEY)]))
+    msg = EndpointSecret(endpoint_id="ep_new", action="set", secret=SecretStr(FREE),
+                         headers={"X-Api-Key": SecretStr("k")}, issued_at=utcnow())
+    assert await store.apply(msg, utcnow())
+    assert await current(store, "ep_new") == (FREE,)
+    assert await store.load_headers("ep_new") == {"X-Api-Key": "k"}
