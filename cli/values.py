@@ -70,3 +70,11 @@ def schedule_text(delays: list[float] | None) -> str | None:
         else:
             out.append(f"{seconds:g}s")
     return ", ".join(out)
+
+
+def parse_header(value: str) -> tuple[str, str]:
+    """``NAME=VALUE`` of ``--header`` (the API checks which names are allowed)."""
+    name, sep, text = value.partition("=")
+    if not sep or not name.strip():
+        raise ValueError("expected NAME=VALUE, e.g. X-Api-Key=abc123")
+    return name.strip(), text

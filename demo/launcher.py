@@ -74,6 +74,7 @@ class System:
         self.ports = {name: ports[0] for name, ports in self.replica_ports.items()}
         self.replica_procs = {name: [None] * self.count(name) for name in SERVICES}
         self._master_key = fernet_key()
+        self._headers_key = fernet_key()  # seals custom headers from signer to deliverer
         # the audit log's signing keys, from outside its database as production mode wants
         self.audit_head_seed = os.urandom(32)
         self._audit_checkpoint_key = base64.b64encode(os.urandom(32)).decode()
@@ -110,6 +111,7 @@ class System:
                 "DIHYA_ADMIN_TOKEN": self.admin_token,
                 "DIHYA_LOG_FORMAT": "json",
                 "DIHYA_SIGNER_MASTER_KEY": self._master_key,
+                "DIHYA_HEADERS_KEY": self._headers_key,
                 # local receivers (demo, tests) live on loopback, which production refuses
                 "DIHYA_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
                 _PORT_VARS[service]: str(self.replica_ports[service][replica]),

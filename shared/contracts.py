@@ -122,6 +122,11 @@ class SignedDelivery(Contract):
     body: str = Field(description="The exact UTF-8 JSON body the signatures cover.")
     headers: dict[str, str]
     signed_at: AwareDatetime
+    sealed_headers: str | None = Field(
+        default=None,
+        description="The endpoint's custom headers, sealed (Fernet under DIHYA_HEADERS_KEY, "
+        "bound to the delivery id): only the deliverer opens them, just before the POST. "
+        "Null when the endpoint has none.")
 
 
 FactKind = Literal[
@@ -218,8 +223,13 @@ class EndpointSecret(Contract):
 
     type: Literal["dihya.endpoint_secret.v1"] = "dihya.endpoint_secret.v1"
     endpoint_id: str
-    action: Literal["set", "delete"]
+    action: Literal["set", "delete", "headers"]
     secret: SecretStr | None = None
+    headers: dict[str, SecretStr] | None = Field(
+        default=None,
+        description="`headers`: the endpoint's custom headers, replacing the previous ones "
+        "(empty: none), versioned apart from the secret by `issued_at`. `set` may carry them "
+        "too (an endpoint created with headers).")
     previous_valid_until: AwareDatetime | None = Field(
         default=None,
         description="On rotation: the secret it replaces keeps signing until then (overlap).",
@@ -229,6 +239,10 @@ class EndpointSecret(Contract):
     @field_serializer("secret", when_used="json")
     def _reveal(self, value: SecretStr | None) -> str | None:
         return None if value is None else value.get_secret_value()
+
+    @field_serializer("headers", when_used="json")
+    def _reveal_headers(self, value: dict[str, SecretStr] | None) -> dict[str, str] | None:
+        return None if value is None else {k: v.get_secret_value() for k, v in value.items()}
 
 
 class TokenGrant(Contract):

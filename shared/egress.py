@@ -115,6 +115,12 @@ def _literal(host: str) -> Address | None:
     return None
 
 
+def ip_literal(host: str) -> Address | None:
+    """The address an IP-literal host means (numeric IPv4 forms included); ``None`` for a
+    name."""
+    return _literal(host.strip("[]"))
+
+
 def check_url(url: str, allowed: Sequence[Network] = (), *, https_only: bool = False) -> str:
     """Vet what can be vetted without DNS; return the host to resolve.
 

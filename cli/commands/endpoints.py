@@ -12,7 +12,7 @@ from cli.commands import Commands, confirm, value
 from cli.context import Ctx
 from cli.errors import ApiError, CliError, Exit, UnreachableError, UsageError
 from cli.i18n import LANGS, TIFINAGH, Messages, catalog
-from cli.values import parse_schedule, schedule_text
+from cli.values import parse_header, parse_schedule, schedule_text
 from shared.subscriptions import selects  # the filter contract ingest applies
 
 TEST_EVENT = "dihya.test"
@@ -29,6 +29,7 @@ def register(root: Commands) -> None:
     t = root.t
     cmds = root.group("endpoints", "help.endpoints")
     schedule = value(t, parse_schedule, "hint.schedule")
+    header = value(t, parse_header, "hint.header")
 
     p = cmds.command("create", "help.endpoints.create", create)
     p.add_argument("url", help=t("help.arg.url"))
@@ -38,6 +39,10 @@ def register(root: Commands) -> None:
     p.add_argument("--secret", help=t("help.arg.secret"))
     p.add_argument("--retry-schedule", type=schedule, metavar="DELAYS",
                    help=t("help.arg.retry_schedule"))
+    p.add_argument("--signature-scheme", choices=("hmac-sha256", "ed25519"),
+                   help=t("help.arg.signature_scheme"))
+    p.add_argument("--header", dest="headers", action="append", type=header,
+                   metavar="NAME=VALUE", help=t("help.arg.header"))
 
     p = cmds.command("list", "help.endpoints.list", list_)
     _paging(p, t)
@@ -61,6 +66,10 @@ def register(root: Commands) -> None:
                        help=t("help.arg.disable"))
     p.add_argument("--retry-schedule", type=schedule, default=argparse.SUPPRESS,
                    metavar="DELAYS", help=t("help.arg.retry_schedule_update"))
+    heads = p.add_mutually_exclusive_group()
+    heads.add_argument("--header", dest="headers", action="append", type=header,
+                       metavar="NAME=VALUE", help=t("help.arg.header_update"))
+    heads.add_argument("--no-headers", action="store_true", help=t("help.arg.no_headers"))
 
     p = cmds.command("delete", "help.endpoints.delete", delete)
     p.add_argument("id", help=t("help.arg.endpoint_id"))
@@ -127,6 +136,11 @@ def describe(t: Messages, ep: dict[str, Any]) -> list[tuple[str, Any]]:
         (t("field.created_at"), output.short_time(ep.get("created_at"))),
         (t("field.updated_at"), output.short_time(ep.get("updated_at"))),
     ]
+    rows.append((t("field.signature_scheme"), ep.get("signature_scheme", "hmac-sha256")))
+    if ep.get("public_keys"):
+        rows.append((t("field.public_keys"), [k["key"] for k in ep["public_keys"]]))
+    if ep.get("headers"):
+        rows.append((t("field.headers"), [f"{n}: {v}" for n, v in ep["headers"].items()]))
     if ep.get("disabled_reason"):
         rows.append((t("field.disabled_reason"), ep["disabled_reason"]))
     if ep.get("failing_since"):
@@ -142,11 +156,19 @@ def create(ctx: Ctx, args: argparse.Namespace) -> int:
         body["secret"] = args.secret
     if args.retry_schedule is not None:
         body["retry_schedule"] = args.retry_schedule
+    if args.signature_scheme is not None:
+        body["signature_scheme"] = args.signature_scheme
+    if args.headers:
+        body["headers"] = dict(args.headers)
     ep = ctx.ingest().request("POST", "/v1/endpoints", body=body).data
 
     def human() -> None:
         t = ctx.t
         ctx.say(t("endpoint.created", id=ep["id"]))
+        if ep.get("secret") is None:  # ed25519: nothing secret to show
+            ctx.say(output.pairs(describe(t, ep)))
+            ctx.note(t("key.public_only"))
+            return
         ctx.say(output.pairs([*describe(t, ep), (t("field.secret"), ep["secret"])]))
         ctx.note(t("secret.once"))
 
@@ -192,6 +214,10 @@ def update(ctx: Ctx, args: argparse.Namespace) -> int:
         body["status"] = args.status
     if "retry_schedule" in args:
         body["retry_schedule"] = args.retry_schedule
+    if args.headers:
+        body["headers"] = dict(args.headers)
+    elif args.no_headers:
+        body["headers"] = {}
     if not body:
         raise UsageError(ctx.t("endpoint.nothing_to_update"))
     ep = ctx.ingest().request("PATCH", f"/v1/endpoints/{seg(args.id)}", body=body).data
@@ -226,6 +252,11 @@ def rotate(ctx: Ctx, args: argparse.Namespace) -> int:
     def human() -> None:
         t = ctx.t
         ctx.say(t("secret.rotated", id=out["id"]))
+        if out.get("secret") is None:  # ed25519: the new public key
+            ctx.say(output.pairs([(t("field.public_key"), out.get("public_key")),
+                                  (t("field.previous_valid_until"),
+                                   output.short_time(out["previous_valid_until"]))]))
+            return
         ctx.say(output.pairs([(t("field.secret"), out["secret"]),
                               (t("field.previous_valid_until"),
                                output.short_time(out["previous_valid_until"]))]))

@@ -24,10 +24,11 @@ from yarl import URL
 
 from services.deliverer import handlers
 from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
+from services.deliverer.proxy import ProxyRouter
 from services.deliverer.settings import Settings
 from services.deliverer.slots import EndpointSlots
 from services.deliverer.ssrf import VettingResolver
-from shared import telemetry, topology
+from shared import custom_headers, telemetry, topology
 from shared.broker import (
     Consumer,
     Delivery,
@@ -104,10 +105,11 @@ def _error_kind(exc: BaseException) -> ErrorKind:
         return "timeout"
     if _blocked(exc) is not None:
         return "ssrf_blocked"
-    if isinstance(exc, aiohttp.InvalidURL | ValueError):
-        return "invalid_url"
+    # before ValueError: a certificate error is one too (ssl.SSLCertVerificationError)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return "tls_error"
+    if isinstance(exc, aiohttp.InvalidURL | ValueError):
+        return "invalid_url"
     return "connection_error"
 
 
@@ -181,7 +183,8 @@ class Deliverer:
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession,
                  publisher: Publisher, tiers: WaitTiers, facts: FactPublisher,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 resolver: AbstractResolver | None = None) -> None:
         self._settings = settings
         self._session = session
         self._publisher = publisher
@@ -189,6 +192,9 @@ class Deliverer:
         self._tiers = tiers
         self._rng = rng or random.Random()
         self._schedule = settings.retry_delays_ms
+        self._headers_cipher = settings.headers_cipher()
+        self._router = None if settings.proxy_url is None else ProxyRouter(
+            settings.proxy_url.get_secret_value(), VettingResolver(settings.allowed, resolver))
         # check_url is a pure function of the URL here (allowed networks and https_only are
         # fixed): vetted once per URL, not per attempt (5-9 µs of CPU each, parsing the URL
         # and an IP literal again). A refused URL raises, and lru_cache keeps no exception.
@@ -210,11 +216,18 @@ class Deliverer:
                 "POST", kind=SpanKind.CLIENT,
                 attributes={"http.request.method": "POST", "url.full": url},
             ) as span:
-                headers = dict(signed.headers)
+                headers = self._custom_headers(signed)
+                headers.update(signed.headers)  # Dihya's own win (ingest refuses clashes)
                 telemetry.inject(headers)  # the receiver can join the event's trace
+                target: str | URL = url
+                options: dict[str, Any] = {}
+                if self._router is not None:  # to the vetted address, through the proxy
+                    route = await self._router.route(url)
+                    target, options = route.url, route.options
+                    headers.update(route.headers)
                 async with self._session.post(
-                    url, data=signed.body.encode(), headers=headers,
-                    allow_redirects=False, timeout=self._timeout,
+                    target, data=signed.body.encode(), headers=headers,
+                    allow_redirects=False, timeout=self._timeout, **options,
                 ) as resp:
                     if span is not None:
                         span.set_attribute("http.response.status_code", resp.status)
@@ -225,6 +238,8 @@ class Deliverer:
                         excerpt = b""  # the status is what counts; the excerpt a courtesy
                     return Response(resp.status, resp.headers.get("Retry-After"), excerpt,
                                     handlers.shown_response_headers(resp.headers.items()))
+        except custom_headers.HeadersKeyError as exc:  # before any byte is sent
+            return Response(None, error="headers_key", error_text=str(exc))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             kind = _error_kind(exc)
             blocked = _blocked(exc)
@@ -235,6 +250,17 @@ class Deliverer:
             else:
                 text = f"{kind}: {exc.__class__.__name__}: {exc}"
             return Response(None, error=kind, error_text=text[:500])
+
+    def _custom_headers(self, signed: SignedDelivery) -> dict[str, str]:
+        """The endpoint's custom headers, opened; :class:`HeadersKeyError` if they cannot be."""
+        if signed.sealed_headers is None:
+            return {}
+        if self._headers_cipher is None:
+            raise custom_headers.HeadersKeyError(
+                "the delivery carries custom headers but DIHYA_HEADERS_KEY is not set on the "
+                "deliverer")
+        return custom_headers.unseal(signed.sealed_headers, signed.job.delivery_id,
+                                     self._headers_cipher)
 
     async def _post_and_audit(self, signed: SignedDelivery) -> _Posted:
         """POST, judge the outcome, and start publishing its fact (until confirmed)."""
@@ -363,11 +389,14 @@ def make_session(settings: Settings, resolver: AbstractResolver | None = None
     """The one HTTP client: pooled, capped per host, SSRF-vetting, cookie-less, no env proxy.
 
     ``resolver`` answers the name look-ups the SSRF guard vets (aiohttp's default resolver
-    unless given: the tests give one whose answer changes, as a rebound name's does)."""
+    unless given: the tests give one whose answer changes, as a rebound name's does). With
+    DIHYA_DELIVERER_PROXY_URL the pool only connects to the proxy, which is not vetted: the
+    endpoint's name is vetted by the :class:`~services.deliverer.proxy.ProxyRouter` instead."""
     connector = aiohttp.TCPConnector(
         limit=settings.prefetch,
         limit_per_host=settings.max_per_host,
-        resolver=VettingResolver(settings.allowed, resolver),
+        resolver=(None if settings.proxy_url is not None
+                  else VettingResolver(settings.allowed, resolver)),
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -415,7 +444,7 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
 
         tiers = WaitTiers(connection, settings.retry_delays_ms,
                           timeout=settings.publish_timeout)
-        deliverer = Deliverer(settings, session, publisher, tiers, facts)
+        deliverer = Deliverer(settings, session, publisher, tiers, facts, resolver=resolver)
         # the broker path is its one dependency (the consumer's default probe)
         stack.push_async_callback(deliverer.drain, settings.shutdown_grace)
         consumer = Consumer(connection, topology.DELIVERER_JOBS, deliverer.on_job,

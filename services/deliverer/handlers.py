@@ -19,6 +19,8 @@ connection refused/reset…   failed     yes         ``connection_error``
 TLS failure                 failed     yes         ``tls_error``
 address refused (SSRF)      failed     **no**      ``ssrf_blocked``
 unusable URL                failed     **no**      ``invalid_url``
+sealed headers don't open   failed     yes         ``headers_key`` (DIHYA_HEADERS_KEY differs
+                                                   from the signer's; nothing is sent)
 ==========================  =========  ==========  ====================
 
 Retries (:func:`next_step`): the schedule lists the delay after each failed attempt, so a
@@ -59,7 +61,8 @@ SIGNATURE_HEADERS = frozenset({"x-dihya-signature", "webhook-signature"})
 WITHHELD_RESPONSE_HEADERS = frozenset({"set-cookie", "set-cookie2", "authorization",
                                        "proxy-authenticate", "www-authenticate"})
 """Response headers a receiver may put credentials in: never kept."""
-ErrorKind = Literal["timeout", "connection_error", "tls_error", "ssrf_blocked", "invalid_url"]
+ErrorKind = Literal["timeout", "connection_error", "tls_error", "ssrf_blocked", "invalid_url",
+                    "headers_key"]
 _PERMANENT_ERRORS = frozenset({"ssrf_blocked", "invalid_url"})
 
 @dataclass(frozen=True)

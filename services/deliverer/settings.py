@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from urllib.parse import urlsplit
+
+from cryptography.fernet import MultiFernet
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared import topology
+from shared import custom_headers, topology
 from shared.egress import EgressSettings
 from shared.schedules import parse_schedule
 from shared.topology import TIER_HEADROOM
@@ -87,6 +90,50 @@ class Settings(EgressSettings):
         "signer instead of being POSTed (receivers refuse old timestamps; default tolerance "
         "5 min). 0 disables.",
     )
+
+    headers_key: SecretStr | None = Field(
+        default=None, validation_alias="DIHYA_HEADERS_KEY",
+        description="The signer's DIHYA_HEADERS_KEY (same value): opens the endpoints' custom "
+        "headers the signer sealed into each delivery. Without it, a delivery carrying "
+        "custom headers is not sent (attempt error `headers_key`, retried).",
+    )
+
+    proxy_url: SecretStr | None = Field(
+        default=None,
+        description="HTTP proxy every delivery leaves through (`http://host:port`, "
+        "credentials as `http://user:password@host:port`), e.g. smokescreen, Squid or "
+        "tinyproxy: receivers then allow-list the proxy's addresses. The deliverer still "
+        "resolves and vets each endpoint's name and asks the proxy for the vetted address "
+        "(`CONNECT <IP>:443`, TLS keeping the name); the proxy's own address is trusted.",
+    )
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _check_proxy(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        parts = urlsplit(value.get_secret_value())
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme != "http" or not parts.hostname or port is None or parts.path not in (
+                "", "/"):
+            raise ValueError("must be http://host:port (an HTTP proxy)")
+        return value
+
+    @field_validator("headers_key")
+    @classmethod
+    def _check_headers_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            custom_headers.cipher(value.get_secret_value())  # malformed: refuse to start
+        return value
+
+    def headers_cipher(self) -> MultiFernet | None:
+        """The cipher opening sealed custom headers; ``None`` when DIHYA_HEADERS_KEY is unset."""
+        if self.headers_key is None:
+            return None
+        return custom_headers.cipher(self.headers_key.get_secret_value())
 
     @field_validator("retry_schedule")
     @classmethod

@@ -94,7 +94,7 @@ async def start(settings: Settings) -> Stop:
                           keep_payloads=settings.payload_retention_days > 0)
     events.start()
     health = HealthHandler(store, publisher, disable_after=settings.disable_after,
-                           message_log=recorder)
+                           message_log=recorder, failing_after=settings.failing_after)
     consumers = [
         Consumer(connection, topology.INGEST_EVENTS, events, prefetch=settings.prefetch,
                  probe=store.ping),

@@ -52,8 +52,10 @@ from shared.contracts import Event, EventType, Lang
 
 LANGS: tuple[Lang, ...] = get_args(Lang)
 """The four languages, in the contract's order (fr, en, ar, tzm)."""
-INTERNAL_TYPES: tuple[str, ...] = ("endpoint.disabled", "dihya.test")
-"""Types the platform emits itself (endpoint health; ``dihya endpoints test``)."""
+INTERNAL_TYPES: tuple[str, ...] = ("endpoint.disabled", "endpoint.failing",
+                                   "endpoint.recovered", "delivery.exhausted", "dihya.test")
+"""Types the platform emits itself (endpoint health, given-up deliveries — the operational
+events; ``dihya endpoints test``)."""
 BUNDLED = "event_types.json"
 """The catalog shipped with ingest (package data of :mod:`services.ingest`)."""
 MAX_VALUE = 1024

@@ -16,7 +16,9 @@ them (``POST /v1/deliveries/{id}/retry``, ``POST /v1/endpoints/{id}/recover``).
 The message is acked only after its row is committed (:class:`shared.broker.Consumer` acks when
 the handler returns). What the broker parked on its own was audited by nobody, so ingest
 publishes a ``delivery.parked`` fact for it (id derived from the body: a redelivery repeats it,
-audit keeps one).
+audit keeps one). Each stored delivery is also announced as the operational event
+``delivery.exhausted`` (reason and attempt summary; id derived from the delivery, so a
+redelivery repeats it) — except deliveries of operational events themselves.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import structlog
 from services.ingest import metrics
 from services.ingest.handlers import (
     broker_parked_fact,
+    exhausted_event,
     json_safe,
     parked_message_id,
     read_dead_letters,
@@ -89,7 +92,10 @@ class DeadLetterHandler:
                                         of_batch=len(dead) > 1) for one in dead]
             await confirm_all(self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
                               for fact in facts)
-        if isinstance(dead, list):
+        if isinstance(dead, list):  # the operational event delivery.exhausted, per delivery
+            events = [e for e in (exhausted_event(one, now) for one in dead) if e is not None]
+            await confirm_all(self._publisher.send(topology.EVENTS_EXCHANGE, e.event, e)
+                              for e in events)
             for one, job in zip(dead, kept, strict=True):
                 metrics.DEAD_LETTERS.labels(queue=self._queue, kind="delivery").inc()
                 log.warning("delivery_dead_lettered", queue=self._queue,

@@ -537,6 +537,15 @@ class Health:
     last_delivered_at: datetime | None = None
     reset_at: datetime | None = None
     """When an administrator last re-enabled it: attempts made before do not count."""
+    failures: int = 0
+    """Failed attempts since the last delivered one (as the facts arrived: concurrent
+    deliveries' facts come in any order, so "consecutive" is as the health consumer saw them)."""
+
+
+Announcement = Literal["failing", "recovered"]
+OPERATIONAL_TYPES: tuple[str, ...] = ("endpoint.disabled", "endpoint.failing",
+                                      "endpoint.recovered", "delivery.exhausted")
+"""The operational events the platform publishes about endpoints and deliveries."""
 
 
 @dataclass(frozen=True)
@@ -552,6 +561,9 @@ class Attempt:
 class Verdict:
     health: Health
     disable: DisableReason | None = None
+    announce: Announcement | None = None
+    """``failing``: the run of failures reached ``failing_after``; ``recovered``: a delivered
+    attempt ended a run that had been announced."""
 
 
 def attempt_of(fact: AuditFact) -> Attempt | None:
@@ -570,7 +582,8 @@ DELIVERED_RESOLUTION = timedelta(minutes=1)
 successes of a healthy endpoint changes nothing to write (one read per fact, no write)."""
 
 
-def assess(health: Health, attempt: Attempt, disable_after: timedelta) -> Verdict:
+def assess(health: Health, attempt: Attempt, disable_after: timedelta,
+           failing_after: int = 0) -> Verdict:
     """The endpoint's health after ``attempt``, and whether it must now be disabled.
 
     * A delivered attempt clears ``failing_since`` (unless the failing began after it: facts
@@ -596,15 +609,25 @@ def assess(health: Health, attempt: Attempt, disable_after: timedelta) -> Verdic
         last = health.last_delivered_at
         if last is None or failing != health.failing_since or at - last >= DELIVERED_RESOLUTION:
             last = at if last is None else max(last, at)
-        return Verdict(replace(health, failing_since=failing, last_delivered_at=last))
+        recovered = (failing is None and failing_after > 0
+                     and health.failures >= failing_after)
+        return Verdict(replace(health, failing_since=failing, last_delivered_at=last,
+                               failures=health.failures if failing is not None else 0),
+                       announce="recovered" if recovered else None)
     if health.last_delivered_at is not None and at <= health.last_delivered_at:
         return Verdict(health)
     failing = at if health.failing_since is None else min(health.failing_since, at)
+    failures = health.failures + 1
+    announce: Announcement | None = (
+        "failing" if failing_after > 0 and health.failures < failing_after <= failures
+        else None)
     if attempt.status_code == 410:
-        return Verdict(replace(health, status="disabled", failing_since=failing), "gone")
+        return Verdict(replace(health, status="disabled", failing_since=failing,
+                               failures=failures), "gone", announce)
     if at - failing >= disable_after:
-        return Verdict(replace(health, status="disabled", failing_since=failing), "failing")
-    return Verdict(replace(health, failing_since=failing))
+        return Verdict(replace(health, status="disabled", failing_since=failing,
+                               failures=failures), "failing", announce)
+    return Verdict(replace(health, failing_since=failing, failures=failures), None, announce)
 
 
 def disabled_fact(endpoint_id: str, url: str, reason: str, *, trigger: str | None,
@@ -628,6 +651,41 @@ def disabled_event(endpoint_id: str, url: str, reason: str, *, trigger: str, now
     return Event(id="evt_" + _digest(f"endpoint.disabled:{trigger}"), event="endpoint.disabled",
                  timestamp=now,
                  data={"endpoint_id": endpoint_id, "url": url, "reason": reason})
+
+
+def health_event(announce: Announcement, endpoint_id: str, url: str, *, trigger: str,
+                 failures: int, failing_since: datetime | None, now: datetime) -> Event:
+    """``endpoint.failing`` / ``endpoint.recovered``; the id derives from the triggering
+    fact, like :func:`disabled_event`'s."""
+    data: dict[str, JsonValue] = {"endpoint_id": endpoint_id, "url": url}
+    if announce == "failing":
+        data.update(failures=failures,
+                    failing_since=None if failing_since is None else failing_since.isoformat())
+    return Event(id="evt_" + _digest(f"endpoint.{announce}:{trigger}"),
+                 event=f"endpoint.{announce}", timestamp=now, data=data)
+
+
+def exhausted_event(dead: DeadLetter, now: datetime) -> Event | None:
+    """``delivery.exhausted``: a delivery Dihya gave up (dead-lettered), with the reason and a
+    summary of its attempts. ``None`` for a delivery of an operational event itself (no loop
+    of events about undeliverable events). The id derives from the delivery and its attempt:
+    a redelivered dead letter announces the same event."""
+    job = dead.job
+    if job.event.event in OPERATIONAL_TYPES:
+        return None
+    history = job.history
+    last = history[-1] if history else None
+    data: dict[str, JsonValue] = {
+        "endpoint_id": job.endpoint_id, "delivery_id": job.delivery_id,
+        "event_id": job.event.id, "event_type": job.event.event, "reason": dead.reason,
+        "attempts": len(history),
+        "first_attempt_at": history[0].at.isoformat() if history else None,
+        "last_attempt_at": last.at.isoformat() if last else None,
+        "last_status_code": last.status_code if last else None,
+        "last_error": (last.error or "")[:200] or None if last else None,
+    }
+    return Event(id="evt_" + _digest(f"delivery.exhausted:{job.delivery_id}:{job.attempt}"),
+                 event="delivery.exhausted", timestamp=now, data=data)
 
 
 def enabled_fact(endpoint_id: str, url: str, *, actor: str, held: int, now: datetime

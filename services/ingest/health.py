@@ -9,7 +9,10 @@ The decision is :func:`services.ingest.handlers.assess`. Applying it is a compar
 the endpoint row, so several consumers and replicas may judge at once and exactly one turns an
 endpoint off. That one, inside the same transaction, publishes the ``endpoint.disabled`` audit
 fact and the operational ``endpoint.disabled`` event (routed like any event: an admin endpoint
-subscribed to it is notified); the row is committed only after both are confirmed. So a disable
+subscribed to it is notified); the row is committed only after both are confirmed. The same
+compare-and-set counts consecutive failed attempts and, crossing
+``DIHYA_INGEST_FAILING_AFTER``, publishes ``endpoint.failing`` — and ``endpoint.recovered`` at
+the next delivered attempt. So a disable
 is announced once — or, after a crash between confirm and commit, once more with the same ids.
 
 The same facts feed the message log (:mod:`.message_log`): each attempt is recorded (once per
@@ -35,6 +38,7 @@ from services.ingest.handlers import (
     attempt_of,
     disabled_event,
     disabled_fact,
+    health_event,
 )
 from services.ingest.message_log import MessageLog
 from services.ingest.messages import LogAttempt, attempt_from_fact
@@ -57,7 +61,7 @@ class HealthHandler:
     """``Consumer`` handler of :data:`HEALTH_QUEUE`."""
 
     def __init__(self, store: Store, publisher: Publisher, *, disable_after: int,
-                 message_log: MessageLog | None = None) -> None:
+                 message_log: MessageLog | None = None, failing_after: int = 0) -> None:
         self._store = store
         self._log = message_log
         self._attempts: Batcher[LogAttempt, None] | None = None
@@ -66,6 +70,7 @@ class HealthHandler:
                                      name="message log attempts")
         self._publisher = publisher
         self._disable_after = timedelta(seconds=disable_after)
+        self._failing_after = failing_after
         self._healthy: dict[str, datetime] = {}
         """Endpoints last seen enabled and not failing → their stored ``last_delivered_at``."""
 
@@ -122,7 +127,7 @@ class HealthHandler:
             if record is None:  # deleted since: nothing to judge
                 metrics.HEALTH_FACTS.labels(result="ignored").inc()
                 return
-            verdict = assess(record.health, attempt, self._disable_after)
+            verdict = assess(record.health, attempt, self._disable_after, self._failing_after)
             if verdict.health == record.health:
                 self._note(endpoint_id, record.health)
                 metrics.HEALTH_FACTS.labels(result="unchanged").inc()
@@ -133,6 +138,13 @@ class HealthHandler:
                                                     verdict.health,
                                                     disabled_reason=verdict.disable, now=now):
                     continue  # changed meanwhile: judge again on the fresh row
+                if verdict.announce is not None:  # endpoint.failing / endpoint.recovered
+                    announced = health_event(
+                        verdict.announce, endpoint_id, record.url, trigger=fact.id,
+                        failures=verdict.health.failures,
+                        failing_since=verdict.health.failing_since, now=now)
+                    await self._publisher.send(topology.EVENTS_EXCHANGE, announced.event,
+                                               announced)
                 if verdict.disable is not None:
                     audit = disabled_fact(endpoint_id, record.url, verdict.disable,
                                           trigger=fact.id, actor=None,

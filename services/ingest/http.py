@@ -70,6 +70,7 @@ from services.ingest.messages import (
     summarize,
 )
 from services.ingest.models import (
+    MASK,
     AttemptOut,
     DeliveryCounts,
     DeliveryList,
@@ -99,6 +100,7 @@ from services.ingest.models import (
     LogStatusField,
     ParkedList,
     ParkedOut,
+    PublicKeyOut,
     RecoverAccepted,
     RecoverRequest,
     ResendAccepted,
@@ -141,6 +143,7 @@ from shared.contracts import (
 )
 from shared.egress import ALLOW_HINT, BlockedAddressError, check_destination
 from shared.ids import new_id
+from shared.signing_keys import generate_signing_key, public_key_of
 from shared.web import (
     REFUSAL_HOOK,
     TOKEN_LOOKUP,
@@ -274,7 +277,25 @@ def _endpoint_out(record: EndpointRecord) -> EndpointOut:
                        created_at=record.created_at, updated_at=record.updated_at,
                        disabled_reason=record.disabled_reason, disabled_at=record.disabled_at,
                        failing_since=record.failing_since,
-                       retry_schedule=schedule_seconds(record.retry_schedule_ms))
+                       retry_schedule=schedule_seconds(record.retry_schedule_ms),
+                       signature_scheme=record.signature_scheme,
+                       public_keys=_public_keys_out(record),
+                       headers=dict.fromkeys(record.header_names, MASK))
+
+
+def _headers_handover(endpoint_id: str, headers: Mapping[str, str], now: datetime
+                      ) -> EndpointSecret:
+    """The control message handing an endpoint's custom headers to the signer."""
+    return EndpointSecret(endpoint_id=endpoint_id, action="headers", issued_at=now,
+                          headers={k: SecretStr(v) for k, v in headers.items()})
+
+
+def _public_keys_out(record: EndpointRecord) -> list[PublicKeyOut] | None:
+    if record.public_keys is None:
+        return None
+    now = utcnow()
+    return [PublicKeyOut(key=key, valid_until=until) for key, until in record.public_keys
+            if until is None or until > now]
 
 
 def _shown(record: EndpointRecord) -> list[JsonValue] | None:
@@ -385,14 +406,22 @@ class IngestApi:
         body: EndpointCreate = _validate(EndpointCreate, await self._json(request),
                                          self._limits())
         await self._check_destination(body.url)
-        secret = body.secret or generate_secret()
+        ed25519 = body.signature_scheme == "ed25519"
+        secret = generate_signing_key() if ed25519 else body.secret or generate_secret()
         now = utcnow()
         record = EndpointRecord(id=new_id("ep"), url=body.url, events=tuple(body.events),
                                 description=body.description, status="enabled",
                                 created_at=now, updated_at=now,
-                                retry_schedule_ms=schedule_ms(body.retry_schedule))
-        handover = EndpointSecret(endpoint_id=record.id, action="set",
-                                  secret=SecretStr(secret), issued_at=now)
+                                retry_schedule_ms=schedule_ms(body.retry_schedule),
+                                signature_scheme=body.signature_scheme,
+                                public_keys=((public_key_of(secret), None),) if ed25519
+                                else None,
+                                header_names=tuple(body.headers or {}))
+        # custom headers ride with the secret: the first job finds both in the keystore
+        handover = EndpointSecret(
+            endpoint_id=record.id, action="set", secret=SecretStr(secret), issued_at=now,
+            headers={k: SecretStr(v) for k, v in body.headers.items()} if body.headers
+            else None)
         published = False
         try:
             async with self.store.transaction() as conn:
@@ -407,8 +436,11 @@ class IngestApi:
         await self.audit(self._fact("endpoint.created", principal.token_id,
                                     endpoint_id=record.id, url=record.url,
                                     details={"events": list(record.events),
-                                             "retry_schedule": _shown(record)}))
-        out = EndpointCreated(**_endpoint_out(record).model_dump(), secret=secret)
+                                             "retry_schedule": _shown(record),
+                                             "signature_scheme": record.signature_scheme,
+                                             "header_names": list(record.header_names)}))
+        out = EndpointCreated(**_endpoint_out(record).model_dump(),
+                              secret=None if ed25519 else secret)
         return _body(out, 201)
 
     async def _check_destination(self, url: str) -> None:
@@ -495,11 +527,16 @@ class IngestApi:
             values = {**changes, "updated_at": now}
             if "retry_schedule" in values:  # seconds in the API, milliseconds in the store
                 values["retry_schedule_ms"] = schedule_ms(values.pop("retry_schedule"))
+            if "headers" in values:  # names here, values only in the signer's keystore
+                headers = values.pop("headers") or {}
+                values["header_names"] = tuple(headers)
+                await self._announce(topology.CONTROL_EXCHANGE, "secret.headers",
+                                     _headers_handover(endpoint_id, headers, now))
             enabling = changes.get("status") == "enabled" and before.status != "enabled"
             disabling = changes.get("status") == "disabled" and before.status != "disabled"
             if enabling:  # a fresh start: the old failing run no longer counts
                 values.update(failing_since=None, disabled_reason=None, disabled_at=None,
-                              health_reset_at=now)
+                              health_reset_at=now, consecutive_failures=0)
             if disabling:
                 values.update(disabled_reason="manual", disabled_at=now)
             record = await self.store.update_endpoint(conn, endpoint_id, values)
@@ -512,6 +549,8 @@ class IngestApi:
                                          "status": record.status}
         if "retry_schedule" in changes:
             details["retry_schedule"] = _shown(record)
+        if "headers" in changes:
+            details["header_names"] = list(record.header_names)
         facts = [self._fact("endpoint.updated", principal.token_id,
                             endpoint_id=endpoint_id, url=record.url, details=details)]
         if enabling:
@@ -543,19 +582,39 @@ class IngestApi:
         principal = await authorize(request, "admin")
         endpoint_id = _ident(request, "endpoint")
         body: SecretRotate = _validate(SecretRotate, await self._json(request), self._limits())
-        secret = body.secret or generate_secret()
         now = utcnow()
         until = now + timedelta(seconds=body.overlap_seconds)
+        public: str | None = None
         async with self.store.transaction() as conn:
-            if await self.store.update_endpoint(conn, endpoint_id, {"updated_at": now}) is None:
+            before = await self.store.get_endpoint(endpoint_id, conn)
+            if before is None:
                 raise _not_found("endpoint", endpoint_id)
+            values: dict[str, Any] = {"updated_at": now}
+            if before.signature_scheme == "ed25519":
+                if body.secret is not None:
+                    raise error(422, "validation_failed", "The request body is not valid.",
+                                [{"field": "secret", "message": "leave it out for an ed25519 "
+                                  "endpoint: Dihya generates the signing key"}])
+                secret = generate_signing_key()
+                public = public_key_of(secret)
+                # as the keystore does: the current key signs on until the overlap ends,
+                # previous keys until their own deadline
+                previous = [(key, until if valid is None else valid)
+                            for key, valid in before.public_keys or ()
+                            if (valid is None and until > now)
+                            or (valid is not None and valid > now)]
+                values["public_keys"] = ((public, None), *previous)
+            else:
+                secret = body.secret or generate_secret()
+            await self.store.update_endpoint(conn, endpoint_id, values)
             await self._announce(topology.CONTROL_EXCHANGE, "secret.set", EndpointSecret(
                 endpoint_id=endpoint_id, action="set", secret=SecretStr(secret),
                 previous_valid_until=until, issued_at=now))
         log.info("secret_rotated", endpoint_id=endpoint_id)
         await self.audit(self._fact("secret.set", principal.token_id, endpoint_id=endpoint_id,
                                     details={"overlap_seconds": body.overlap_seconds}))
-        return _body(SecretRotated(id=endpoint_id, secret=secret, previous_valid_until=until))
+        return _body(SecretRotated(id=endpoint_id, secret=None if public else secret,
+                                   public_key=public, previous_valid_until=until))
 
     # -- dead-letter store ------------------------------------------------------------------
 

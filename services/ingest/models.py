@@ -27,6 +27,7 @@ from pydantic import (
 
 from services.ingest.catalog import UnknownPolicy
 from services.ingest.handlers import DeliveryStatus, EndpointStatus
+from shared import custom_headers
 from shared.contracts import AttemptRecord, Lang, Role
 from shared.subscriptions import MAX_PATTERN, PATTERN_RE
 
@@ -123,6 +124,52 @@ Secret = Annotated[
 ]
 
 
+SignatureScheme = Literal["hmac-sha256", "ed25519"]
+SCHEME_DESCRIPTION = (
+    "`hmac-sha256` (default): a shared secret signs `webhook-signature: v1,…` and "
+    "`X-Dihya-Signature`. `ed25519`: Standard Webhooks `v1a` — Dihya keeps the `whsk_` "
+    "signing key, the receiver verifies `webhook-signature: v1a,…` with the endpoint's `whpk_` "
+    "public key (`public_keys`); no `X-Dihya-Signature`. Fixed at creation.")
+
+
+class PublicKeyOut(BaseModel):
+    """An ed25519 public key receivers verify `v1a` signatures with."""
+
+    model_config = ConfigDict(frozen=True)
+    key: str = Field(description="`whpk_` + base64 of the 32-byte ed25519 public key.")
+    valid_until: datetime | None = Field(
+        description="null: the current key; else a previous key, still signing until then "
+        "(rotation overlap).")
+
+
+def _check_headers(value: dict[str, str] | None) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if len(value) > custom_headers.MAX_HEADERS:
+        raise ValueError(f"at most {custom_headers.MAX_HEADERS} headers")
+    seen: set[str] = set()
+    for name, header in value.items():
+        why = custom_headers.refusal(name, header)
+        if why is not None:
+            raise ValueError(f"{name[:64]!r} {why}")
+        if name.lower() in seen:
+            raise ValueError(f"{name[:64]!r} is given twice (names are case-insensitive)")
+        seen.add(name.lower())
+    return value
+
+
+CustomHeaders = Annotated[
+    dict[str, str],
+    Field(description="Static headers added to every delivery (e.g. an API-gateway key), "
+          "at most 20. Stored encrypted in the signer's keystore like the secret, shown masked, "
+          "never logged or audited. Refused: `Content-Type`, `Content-Length`, `Host`, "
+          "`User-Agent`, hop-by-hop headers, `traceparent`, and any `webhook-*` or "
+          "`X-Dihya-*` name.", examples=[{"X-Api-Key": "gw-key-…"}]),
+    AfterValidator(_check_headers),
+]
+MASK = "********"
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -135,11 +182,21 @@ class EndpointCreate(Request):
     description: Description | None = None
     secret: Secret | None = None
     retry_schedule: RetrySchedule | None = None
+    signature_scheme: SignatureScheme = Field(default="hmac-sha256",
+                                              description=SCHEME_DESCRIPTION)
+    headers: CustomHeaders | None = None
 
     @field_validator("secret")
     @classmethod
     def _secret(cls, value: str | None, info: ValidationInfo) -> str | None:
         return _check_secret(value, info)
+
+    @model_validator(mode="after")
+    def _generated_key(self) -> EndpointCreate:
+        if self.signature_scheme == "ed25519" and self.secret is not None:
+            raise ValueError("secret: leave it out with signature_scheme ed25519 (Dihya "
+                             "generates the signing key and shows you the public key)")
+        return self
 
 
 class EndpointUpdate(Request):
@@ -151,6 +208,8 @@ class EndpointUpdate(Request):
     description: Description | None = None
     status: EndpointStatus | None = None
     retry_schedule: RetrySchedule | None = None
+    headers: CustomHeaders | None = Field(
+        default=None, description="Replaces all its custom headers (`{}` or null: none).")
 
     @field_validator("url", "events", "status", mode="before")
     @classmethod
@@ -163,7 +222,7 @@ class EndpointUpdate(Request):
     def _not_empty(self) -> EndpointUpdate:
         if not self.model_fields_set:
             raise ValueError("send at least one of: url, events, description, status, "
-                             "retry_schedule")
+                             "retry_schedule, headers")
         return self
 
 
@@ -239,6 +298,13 @@ class EndpointOut(Response):
     retry_schedule: list[Seconds] | None = Field(
         default=None, description="Its own retry delays in seconds (`[]`: a single attempt); "
         "null: the deployment's schedule.")
+    signature_scheme: SignatureScheme = Field(default="hmac-sha256",
+                                              description=SCHEME_DESCRIPTION)
+    public_keys: list[PublicKeyOut] | None = Field(
+        default=None, description="`ed25519` endpoints: the public keys that sign its "
+        "deliveries, current first (two during a rotation overlap); null for `hmac-sha256`.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Its custom headers, values masked (`********`).")
 
 
 class EndpointPatched(EndpointOut):
@@ -248,7 +314,8 @@ class EndpointPatched(EndpointOut):
 
 
 class EndpointCreated(EndpointOut):
-    secret: str = Field(description="The signing secret. Shown this once; store it now.")
+    secret: str | None = Field(description="The signing secret. Shown this once; store it "
+                               "now. Null for `ed25519`: verify with `public_keys`.")
 
 
 class EndpointList(Response):
@@ -258,7 +325,11 @@ class EndpointList(Response):
 
 class SecretRotated(Response):
     id: str
-    secret: str = Field(description="The new signing secret. Shown this once.")
+    secret: str | None = Field(description="The new signing secret. Shown this once. Null "
+                               "for `ed25519`: the new key is `public_key`.")
+    public_key: str | None = Field(default=None, description="`ed25519`: the new current "
+                                   "`whpk_` public key (the previous one stays valid for "
+                                   "the overlap); null for `hmac-sha256`.")
     previous_valid_until: datetime
 
 

@@ -46,6 +46,12 @@ class Settings(EgressSettings):
         description="Seconds an endpoint may keep failing (no delivered attempt in between) "
         "before it is disabled; a 410 Gone disables it at once.",
     )
+    failing_after: int = Field(
+        default=5, ge=0,
+        description="Consecutive failed attempts after which the operational event "
+        "`endpoint.failing` is published (once per run of failures; `endpoint.recovered` "
+        "follows the next delivered attempt). 0: never.",
+    )
     prefetch: int = Field(
         default=200, ge=1, le=2000,
         description="Unacked events the consumer works on at once (quorum queues cap it at 2000).",
@@ -55,8 +61,9 @@ class Settings(EgressSettings):
         description="JSON event-type catalog to use instead of the bundled one "
         "(`services/ingest/event_types.json`, same format): each known type's description and "
         "`details` templates in fr, en, ar and tzm, used to complete the `details` languages a "
-        "publisher left out. The platform's own types (`endpoint.disabled`, `dihya.test`) are "
-        "added if missing. Unset: the bundled catalog.",
+        "publisher left out. The platform's own types (the operational events "
+        "`endpoint.disabled`, `endpoint.failing`, `endpoint.recovered`, `delivery.exhausted`, "
+        "and `dihya.test`) are added if missing. Unset: the bundled catalog.",
     )
     tzm_script: TzmScript = Field(
         default="latin", validation_alias="DIHYA_TZM_SCRIPT",

@@ -63,6 +63,15 @@ endpoints = sa.Table(
     sa.Column("health_reset_at", sa.DateTime(timezone=True), nullable=True),
     # the endpoint's own retry delays in ms (JSON array, [] = one attempt); NULL = default
     sa.Column("retry_schedule_ms", sa.JSON(none_as_null=True), nullable=True),
+    # delivery controls (#22): how deliveries are signed; ed25519 public keys shown to the owner
+    sa.Column("signature_scheme", sa.String(16), nullable=False,
+              server_default="hmac-sha256"),
+    # JSON [[whpk_, valid_until ISO or null], …], current first; NULL for hmac-sha256
+    sa.Column("public_keys", sa.JSON(none_as_null=True), nullable=True),
+    # names of its custom headers (values only in the signer's keystore); NULL: none
+    sa.Column("header_names", sa.JSON(none_as_null=True), nullable=True),
+    # failed attempts since the last delivered one (endpoint.failing / endpoint.recovered)
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_endpoints_status", "status"),
 )
 
@@ -157,6 +166,19 @@ def _insert(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlit
     return sqlite.insert(table)
 
 
+def _public_keys(raw: Any) -> tuple[tuple[str, datetime | None], ...] | None:
+    if raw is None:
+        return None
+    return tuple((str(key), None if until is None else datetime.fromisoformat(until))
+                 for key, until in raw)
+
+
+def _public_keys_column(keys: tuple[tuple[str, datetime | None], ...] | None) -> Any:
+    if keys is None:
+        return None
+    return [[key, None if until is None else until.isoformat()] for key, until in keys]
+
+
 @dataclass(frozen=True)
 class EndpointRecord:
     id: str
@@ -173,6 +195,11 @@ class EndpointRecord:
     health_reset_at: datetime | None = None
     retry_schedule_ms: tuple[int, ...] | None = None
     """Its own retry delays in milliseconds (``()``: one attempt); ``None``: the default."""
+    signature_scheme: str = "hmac-sha256"
+    public_keys: tuple[tuple[str, datetime | None], ...] | None = None
+    """ed25519: ``(whpk_, valid_until)`` pairs, current (``None``) first."""
+    header_names: tuple[str, ...] = ()
+    consecutive_failures: int = 0
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> EndpointRecord:
@@ -185,7 +212,11 @@ class EndpointRecord:
                    disabled_reason=m["disabled_reason"],
                    disabled_at=_utc_or_none(m["disabled_at"]),
                    health_reset_at=_utc_or_none(m["health_reset_at"]),
-                   retry_schedule_ms=_schedule(m["retry_schedule_ms"]))
+                   retry_schedule_ms=_schedule(m["retry_schedule_ms"]),
+                   signature_scheme=m["signature_scheme"],
+                   public_keys=_public_keys(m["public_keys"]),
+                   header_names=tuple(m["header_names"] or ()),
+                   consecutive_failures=m["consecutive_failures"])
 
     def target(self) -> Endpoint:
         return Endpoint(id=self.id, url=self.url, events=self.events, status=self.status,
@@ -195,7 +226,7 @@ class EndpointRecord:
     @property
     def health(self) -> Health:
         return Health(self.status, self.failing_since, self.last_delivered_at,
-                      self.health_reset_at)
+                      self.health_reset_at, self.consecutive_failures)
 
 
 @dataclass(frozen=True)
@@ -325,7 +356,10 @@ class Store:
             id=record.id, url=record.url, events=list(record.events),
             description=record.description, status=record.status,
             created_at=record.created_at, updated_at=record.updated_at,
-            retry_schedule_ms=_schedule_column(record.retry_schedule_ms)))
+            retry_schedule_ms=_schedule_column(record.retry_schedule_ms),
+            signature_scheme=record.signature_scheme,
+            public_keys=_public_keys_column(record.public_keys),
+            header_names=list(record.header_names) or None))
 
     async def get_endpoint(self, endpoint_id: str, conn: AsyncConnection | None = None
                            ) -> EndpointRecord | None:
@@ -351,6 +385,10 @@ class Store:
             values["events"] = list(values["events"])
         if "retry_schedule_ms" in values:
             values["retry_schedule_ms"] = _schedule_column(values["retry_schedule_ms"])
+        if "header_names" in values:
+            values["header_names"] = list(values["header_names"]) or None
+        if "public_keys" in values:
+            values["public_keys"] = _public_keys_column(values["public_keys"])
         conn.info[_ENDPOINTS_CHANGED] = True
         result = await conn.execute(
             endpoints.update().where(endpoints.c.id == endpoint_id).values(**values))
@@ -409,7 +447,8 @@ class Store:
         c = endpoints.c
         values: dict[str, Any] = {"status": new.status,
                                   "failing_since": _utc_or_none(new.failing_since),
-                                  "last_delivered_at": _utc_or_none(new.last_delivered_at)}
+                                  "last_delivered_at": _utc_or_none(new.last_delivered_at),
+                                  "consecutive_failures": new.failures}
         if new.status == "disabled" and old.status != "disabled":
             values.update(disabled_reason=disabled_reason, disabled_at=now, updated_at=now)
         if new.status != old.status:
@@ -418,7 +457,8 @@ class Store:
             endpoints.update()
             .where((c.id == endpoint_id) & (c.status == old.status)
                    & c.failing_since.is_not_distinct_from(old.failing_since)
-                   & c.last_delivered_at.is_not_distinct_from(old.last_delivered_at))
+                   & c.last_delivered_at.is_not_distinct_from(old.last_delivered_at)
+                   & (c.consecutive_failures == old.failures))
             .values(**values))
         return cast(sa.CursorResult[Any], result).rowcount == 1
 

@@ -15,6 +15,7 @@ def main() -> None:
     setup("signer", fmt=settings.log_format, level=settings.log_level)
     try:
         settings.cipher()
+        settings.headers_cipher()
     except ConfigError as exc:
         print(f"dihya-signer: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

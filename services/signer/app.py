@@ -17,7 +17,7 @@ from services.signer import handlers
 from services.signer.handlers import StoredSecret, UnsignableJobError
 from services.signer.settings import Settings
 from services.signer.store import MIGRATIONS, Keystore
-from shared import telemetry, topology
+from shared import custom_headers, telemetry, topology
 from shared.broker import Consumer, Delivery, Publisher, confirm_all, connect, declare_topology
 from shared.contracts import DeliveryJob, encode, utcnow
 from shared.db import make_engine, migrate
@@ -131,6 +131,9 @@ class Signer:
         self._keystore = keystore
         self._cache = cache
         self._publisher = publisher
+        self._headers_cipher = settings.headers_cipher()
+        # custom headers per endpoint: (expires at, headers); invalidated like the secrets
+        self._headers: dict[str, tuple[float, dict[str, str]]] = {}
 
     async def on_control(self, message: Delivery) -> None:
         try:
@@ -140,6 +143,7 @@ class Signer:
             return
         applied = await self._keystore.apply(msg, utcnow())
         self._cache.invalidate(msg.endpoint_id)
+        self._headers.pop(msg.endpoint_id, None)
         CONTROL.labels(msg.action, "applied" if applied else "ignored_stale").inc()
         log.info("secret_control", endpoint_id=msg.endpoint_id, action=msg.action,
                  applied=applied, overlap=msg.previous_valid_until is not None)
@@ -187,7 +191,9 @@ class Signer:
                              f"after {self._settings.secret_wait:g}s", job=job, alone=alone)
             return
         try:
-            signed = handlers.sign(job, found, nonce=new_nonce(), now=utcnow())
+            sealed = await self._sealed_headers(job)
+            signed = handlers.sign(job, found, nonce=new_nonce(), now=utcnow(),
+                                   sealed_headers=sealed)
         except UnsignableJobError as exc:
             await self._park(topology.SIGNER_JOBS, message, "unsignable", str(exc), job=job,
                              alone=alone)
@@ -195,6 +201,25 @@ class Signer:
         await self._publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed)
         SIGNED.inc()
         log.debug("signed", signatures=len(found), **ids)
+
+    async def _sealed_headers(self, job: DeliveryJob) -> str | None:
+        """The endpoint's custom headers sealed for this delivery, ``None`` if it has none."""
+        entry = self._headers.get(job.endpoint_id)
+        if entry is not None and entry[0] > time.monotonic():
+            found = entry[1]
+        else:
+            found = await self._keystore.load_headers(job.endpoint_id)
+            if self._settings.cache_ttl > 0:
+                if len(self._headers) >= MAX_CACHED:
+                    self._headers.clear()
+                self._headers[job.endpoint_id] = (time.monotonic() + self._settings.cache_ttl,
+                                                  found)
+        if not found:
+            return None
+        if self._headers_cipher is None:
+            raise UnsignableJobError("the endpoint has custom headers but DIHYA_HEADERS_KEY "
+                                     "is not set on the signer")
+        return custom_headers.seal(found, job.delivery_id, self._headers_cipher)
 
     async def _park(self, queue: str, message: Delivery, reason: str,
                     error: str, job: DeliveryJob | None = None, *, alone: bool = False) -> None:

@@ -17,12 +17,18 @@ What a receiver gets for one attempt of one job:
   "{id}.{timestamp}.{body}")>``, one per valid secret, current first, space-separated — so a
   receiver verifies during a rotation whichever secret it holds.
 
+  An ``ed25519`` endpoint's keystore holds ``whsk_`` signing keys instead of HMAC secrets
+  (:mod:`shared.signing_keys`): each signs a ``v1a,<base64 ed25519 signature>`` over the same
+  ``"{id}.{timestamp}.{body}"``, current key first, and the receiver checks it with the
+  endpoint's ``whpk_`` public key.
+
   The HMAC key: a ``whsec_<base64>`` secret is used as Standard Webhooks defines it (the decoded
   bytes). Any other, free-form secret is used as its UTF-8 bytes; a Standard Webhooks library must
   then be given :func:`standard_webhooks_secret` of it, i.e. ``"whsec_" + base64(secret)``.
 * ``X-Dihya-Signature`` — hex HMAC-SHA256 of the raw body keyed with the *current* secret string's
   UTF-8 bytes, exactly as the administrator received it: what the guide's Flask, Express and
-  Django receivers compute, so they work unchanged.
+  Django receivers compute, so they work unchanged. Sent only while the current secret is an
+  HMAC secret: an ``ed25519`` endpoint has no shared secret to compute it with.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from shared import custom_headers
 from shared.contracts import AuditFact, DeliveryJob, EndpointSecret, SignedDelivery, decode_jobs
+from shared.signing_keys import InvalidKeyError, is_signing_key, load_signing_key, sign_v1a
 
 WHSEC_PREFIX = "whsec_"
 USER_AGENT = "Dihya-Webhooks/0.1"
@@ -104,6 +112,18 @@ def standard_signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> 
     return "v1," + base64.b64encode(mac).decode()
 
 
+def signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` entry of one secret: ``v1a`` for a ``whsk_`` signing key,
+    ``v1`` (HMAC) for anything else."""
+    if not is_signing_key(secret):
+        return standard_signature(hmac_key(secret), msg_id, timestamp, body)
+    try:
+        key = load_signing_key(secret)
+    except InvalidKeyError as exc:  # the message never repeats the key
+        raise UnsignableJobError(f"the endpoint's signing key is unusable: {exc}") from None
+    return sign_v1a(key, msg_id, timestamp, body)
+
+
 def dihya_signature(secret: str, body: bytes) -> str:
     """``X-Dihya-Signature``: what the guide's receivers compute over the raw body."""
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -134,9 +154,10 @@ def render_body(job: DeliveryJob, *, nonce: str, timestamp: int) -> bytes:
         raise UnsignableJobError(f"the event data cannot be encoded as JSON: {exc}") from None
 
 
-def sign(job: DeliveryJob, secrets: Sequence[str], *, nonce: str, now: datetime
-         ) -> SignedDelivery:
-    """Sign one attempt of ``job`` with ``secrets`` (current first)."""
+def sign(job: DeliveryJob, secrets: Sequence[str], *, nonce: str, now: datetime,
+         sealed_headers: str | None = None) -> SignedDelivery:
+    """Sign one attempt of ``job`` with ``secrets`` (current first); ``sealed_headers``: the
+    endpoint's custom headers as :func:`shared.custom_headers.seal` made them."""
     if not secrets:
         raise UnsignableJobError("no secret to sign with")
     if not _NONCE.match(nonce):
@@ -145,20 +166,21 @@ def sign(job: DeliveryJob, secrets: Sequence[str], *, nonce: str, now: datetime
     body = render_body(job, nonce=nonce, timestamp=timestamp)
     msg_id = job.event.id
     assert msg_id is not None  # render_body checked it
-    signatures = " ".join(standard_signature(hmac_key(s), msg_id, timestamp, body)
-                          for s in secrets)
+    signatures = " ".join(signature(s, msg_id, timestamp, body) for s in secrets)
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signatures,
-        "X-Dihya-Signature": dihya_signature(secrets[0], body),
         "X-Dihya-Event": job.event.event,
         "X-Dihya-Delivery": job.delivery_id,
         "X-Dihya-Attempt": str(job.attempt),
     }
-    return SignedDelivery(job=job, body=body.decode(), headers=headers, signed_at=now)
+    if not is_signing_key(secrets[0]):
+        headers["X-Dihya-Signature"] = dihya_signature(secrets[0], body)
+    return SignedDelivery(job=job, body=body.decode(), headers=headers, signed_at=now,
+                          sealed_headers=sealed_headers)
 
 
 # --- control messages and audit facts -------------------------------------------------------
@@ -181,6 +203,13 @@ def parse_control(body: bytes) -> EndpointSecret:
         raise ValueError(describe(exc)) from None
     if msg.action == "set" and (msg.secret is None or not msg.secret.get_secret_value()):
         raise ValueError("secret: required (non-empty) when action is 'set'")
+    if msg.action == "headers" and msg.headers is None:
+        raise ValueError("headers: required when action is 'headers'")
+    if msg.headers is not None:
+        for name, value in msg.headers.items():
+            why = custom_headers.refusal(name, value.get_secret_value())
+            if why is not None:  # the name is not secret; the value never shown
+                raise ValueError(f"headers.{name[:64]}: {why}")
     return msg
 
 
@@ -214,6 +243,8 @@ def secret_fact(msg: EndpointSecret, *, applied: bool, now: datetime) -> AuditFa
             "issued_at": iso_z(msg.issued_at),
             "previous_valid_until": (None if msg.previous_valid_until is None
                                      else iso_z(msg.previous_valid_until)),
+            # names only: a header's value is a secret
+            **({"header_names": sorted(msg.headers)} if msg.headers is not None else {}),
         },
     )
 

@@ -8,6 +8,7 @@ from cryptography.fernet import Fernet, MultiFernet
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from shared import custom_headers
 from shared.settings import ServiceSettings
 
 KEYGEN_HINT = (
@@ -59,6 +60,23 @@ class Settings(ServiceSettings):
         description="Seconds decrypted secrets stay cached. Bounds how long a replica that did "
         "not receive a rotation keeps signing with the old set; 0 disables the cache.",
     )
+
+    headers_key: SecretStr | None = Field(
+        default=None, validation_alias="DIHYA_HEADERS_KEY",
+        description="Fernet key(s), comma-separated (the first seals), shared by the signer "
+        "and the deliverer only: endpoints' custom headers travel sealed with it from one to "
+        "the other. Needed once an endpoint has custom headers; its deliveries are parked "
+        f"(`unsignable`) without it. Generate one with: {KEYGEN_HINT}",
+    )
+
+    def headers_cipher(self) -> MultiFernet | None:
+        """The cipher sealing custom headers; ``None`` when DIHYA_HEADERS_KEY is unset."""
+        if self.headers_key is None:
+            return None
+        try:
+            return custom_headers.cipher(self.headers_key.get_secret_value())
+        except custom_headers.HeadersKeyError as exc:
+            raise ConfigError(str(exc)) from None
 
     def cipher(self) -> MultiFernet:
         """The keystore cipher, or a :class:`ConfigError` saying how to configure one."""

@@ -12,6 +12,10 @@ Tables (see ``migrations/``):
   newer rotation: it is ignored. The version row is upserted first, which also serialises
   concurrent rotations of one endpoint (the row lock on PostgreSQL, the write lock on SQLite).
 
+* ``endpoint_headers(endpoint_id, ciphertext, issued_at)`` — the endpoint's custom headers
+  (#22), the whole set encrypted together with the endpoint id; versioned by its own
+  ``issued_at`` (a header change and a rotation are independent).
+
 A dump of the database shows ciphertext only; the master key lives in the environment.
 """
 
@@ -40,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.signer.handlers import StoredSecret
 from shared.contracts import EndpointSecret
@@ -90,6 +94,15 @@ versions_table = Table(
 )
 
 
+headers_table = Table(
+    "endpoint_headers",
+    metadata,
+    Column("endpoint_id", String(128), primary_key=True),
+    Column("ciphertext", Text, nullable=False),
+    Column("issued_at", UTCDateTime, nullable=False),
+)
+
+
 class CorruptKeystoreError(Exception):
     """A row that no configured master key decrypts (wrong key, or a tampered row)."""
 
@@ -116,13 +129,48 @@ class Keystore:
             raise CorruptKeystoreError(f"a secret row of {endpoint_id} belongs to another endpoint")
         return str(plain["secret"])
 
+    async def _apply_headers(self, msg: EndpointSecret) -> bool:
+        async with self._engine.begin() as conn:
+            return await self._upsert_headers(conn, msg)
+
+    async def _upsert_headers(self, conn: AsyncConnection, msg: EndpointSecret) -> bool:
+        """Store ``msg.headers`` unless a newer set is stored (``False`` then)."""
+        assert msg.headers is not None
+        plain = {k: v.get_secret_value() for k, v in msg.headers.items()}
+        values = {"endpoint_id": msg.endpoint_id, "issued_at": msg.issued_at,
+                  "ciphertext": self._encrypt(msg.endpoint_id, orjson.dumps(plain).decode())}
+        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        upsert = insert(headers_table).values(**values)
+        stmt = upsert.on_conflict_do_update(
+            index_elements=[headers_table.c.endpoint_id],
+            set_={"issued_at": upsert.excluded.issued_at,
+                  "ciphertext": upsert.excluded.ciphertext},
+            where=headers_table.c.issued_at < upsert.excluded.issued_at,
+        ).returning(headers_table.c.endpoint_id)
+        return (await conn.execute(stmt)).first() is not None
+
+    async def load_headers(self, endpoint_id: str) -> dict[str, str]:
+        """The endpoint's custom headers, decrypted (empty if it has none)."""
+        query = select(headers_table.c.ciphertext).where(
+            headers_table.c.endpoint_id == endpoint_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return {}
+        found = orjson.loads(self._decrypt(endpoint_id, row.ciphertext))
+        return {str(k): str(v) for k, v in found.items()}
+
     async def apply(self, msg: EndpointSecret, now: datetime) -> bool:
         """Apply a control message; ``False`` if a newer one was already applied (ignored).
 
+        ``headers``: the endpoint's custom headers are replaced (versioned on their own); a
+        ``set`` may carry them too (an endpoint created with headers gets both at once).
         ``set``: the new secret becomes current. If ``previous_valid_until`` is in the future,
         the secret that was current keeps signing until then; otherwise it is dropped. Previous
         secrets whose overlap is over are cleaned up. ``delete``: every secret goes.
         """
+        if msg.action == "headers":
+            return await self._apply_headers(msg)
         async with self._engine.begin() as conn:
             values: dict[str, Any] = {"endpoint_id": msg.endpoint_id,
                                       "issued_at": msg.issued_at, "action": msg.action}
@@ -142,6 +190,8 @@ class Keystore:
             mine = rows.endpoint_id == msg.endpoint_id
             if msg.action == "delete":
                 await conn.execute(delete(secrets_table).where(mine))
+                await conn.execute(delete(headers_table).where(
+                    headers_table.c.endpoint_id == msg.endpoint_id))
                 return True
             assert msg.secret is not None
             await conn.execute(delete(secrets_table).where(
@@ -159,6 +209,8 @@ class Keystore:
                 created_at=now,
                 valid_until=None,
             ))
+            if msg.headers is not None:  # an endpoint created with headers: both at once
+                await self._upsert_headers(conn, msg)
             return True
 
     async def load(self, endpoint_id: str, now: datetime) -> list[StoredSecret]:

@@ -6,15 +6,19 @@ the receiver the guide's way and by the official Standard Webhooks library, and 
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
 import aio_pika
 import orjson
+import pytest
+from dihya_receiver import InMemoryNonceStore, InvalidSignature, verify
 
 from demo.launcher import System
 from demo.receiver import Receiver
 from shared import topology
+from shared.signing_keys import generate_signing_key, public_key_of
 from tests.conftest import wait_for
 from tests.e2e.conftest import Api, Tap
 
@@ -216,6 +220,122 @@ async def test_roles_are_enforced(api: Api) -> None:
     await api.publish({"event": "roles.ok", "data": {}}, token=pub["token"])
 
 
+async def signer_applied(api: Api, endpoint_id: str, done: Any) -> None:
+    """Wait until the signer applied a control message for ``endpoint_id`` matching ``done``
+    (its ``secret.set`` audit fact): the control queue and the job queue are separate, so a
+    job published right after a change could otherwise be signed before the change lands."""
+    async def applied() -> bool:
+        return any(r["service"] == "signer" and done(r["details"])
+                   for r in await api.records(kind="secret.set", endpoint_id=endpoint_id))
+    await wait_for(applied, timeout=30)
+
+
+async def test_ed25519_endpoint_is_signed_v1a_verified_by_public_key_and_rotates(
+    api: Api, receiver: Receiver, system: System
+) -> None:
+    token = system.admin_token
+    url = receiver.url("ed25519")
+    status, refused = await api.call("POST", "ingest", "/v1/endpoints", token, {
+        "url": url, "events": ["template.created"], "signature_scheme": "ed25519",
+        "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"})
+    assert status == 422, refused
+    _, ep = await api.call("POST", "ingest", "/v1/endpoints", token, {
+        "url": url, "events": ["template.created"], "signature_scheme": "ed25519"}, expect=201)
+    assert ep["secret"] is None and ep["signature_scheme"] == "ed25519"
+    [first] = ep["public_keys"]
+    assert first["key"].startswith("whpk_") and first["valid_until"] is None
+    _, shown = await api.call("GET", "ingest", f"/v1/endpoints/{ep['id']}", token, expect=200)
+    assert shown["public_keys"] == ep["public_keys"]
+    receiver.statuses["ed25519"] = [200] * 10  # it cannot check X-Dihya-Signature: none is sent
+
+    event_id = await api.publish(template_event("en"))
+    [got] = [d for d in await receiver.wait(lambda ds: any(
+        d.path == "ed25519" and d.json["id"] == event_id for d in ds))
+        if d.path == "ed25519" and d.json["id"] == event_id]
+    assert "X-Dihya-Signature" not in got.headers
+    assert got.headers["webhook-signature"].startswith("v1a,")
+    assert verify(got.body, got.headers, first["key"])["id"] == event_id
+
+    status, refused = await api.call("POST", "ingest", f"/v1/endpoints/{ep['id']}/secret/rotate",
+                                     token, {"secret": "x" * 32})
+    assert status == 422, refused
+    _, rotated = await api.call("POST", "ingest", f"/v1/endpoints/{ep['id']}/secret/rotate",
+                                token, {"overlap_seconds": 3600}, expect=200)
+    await signer_applied(api, ep["id"], lambda d: d.get("previous_valid_until") is not None)
+    assert rotated["secret"] is None and rotated["public_key"] != first["key"]
+    _, shown = await api.call("GET", "ingest", f"/v1/endpoints/{ep['id']}", token, expect=200)
+    assert [k["key"] for k in shown["public_keys"]] == [rotated["public_key"], first["key"]]
+    assert shown["public_keys"][1]["valid_until"] is not None
+
+    second = await api.publish(template_event("fr"))
+    [again] = [d for d in await receiver.wait(lambda ds: any(
+        d.path == "ed25519" and d.json["id"] == second for d in ds))
+        if d.path == "ed25519" and d.json["id"] == second]
+    assert [s.split(",")[0] for s in again.headers["webhook-signature"].split()] == ["v1a"] * 2
+    for key in (rotated["public_key"], first["key"]):  # either key verifies during the overlap
+        verify(again.body, again.headers, key, nonce_store=InMemoryNonceStore())
+    with pytest.raises(InvalidSignature):
+        verify(again.body, again.headers, public_key_of(generate_signing_key()),
+               nonce_store=InMemoryNonceStore())
+
+
+GATEWAY_KEY = "gw-key-7c1d0e5a-never-in-a-log"
+ROTATED_GATEWAY_KEY = "gw-key-2-b94f1a2c-never-in-a-log"
+
+
+async def test_custom_headers_reach_the_receiver_masked_in_the_api_and_refused_if_reserved(
+    api: Api, receiver: Receiver, system: System
+) -> None:
+    token = system.admin_token
+    url = receiver.url("custom-headers")
+    for reserved in ("Content-Type", "host", "webhook-id", "X-Dihya-Signature",
+                     "Transfer-Encoding", "Connection"):
+        status, refused = await api.call("POST", "ingest", "/v1/endpoints", token, {
+            "url": url, "events": ["incident.*"], "headers": {reserved: "x"}})
+        assert status == 422, (reserved, refused)
+    status, refused = await api.call("POST", "ingest", "/v1/endpoints", token, {
+        "url": url, "events": ["incident.*"], "headers": {"X-Api-Key": "a\r\nInjected: 1"}})
+    assert status == 422 and "Injected" not in orjson.dumps(refused).decode()
+
+    _, ep = await api.call("POST", "ingest", "/v1/endpoints", token, {
+        "url": url, "events": ["incident.*"], "headers": {"X-Api-Key": GATEWAY_KEY}},
+        expect=201)
+    receiver.secrets["custom-headers"] = ep["secret"]
+    assert ep["headers"] == {"X-Api-Key": "********"}
+    _, shown = await api.call("GET", "ingest", f"/v1/endpoints/{ep['id']}", token, expect=200)
+    assert shown["headers"] == {"X-Api-Key": "********"}
+
+    first = await api.publish({"event": "incident.security", "data": {"n": 1}})
+    [got] = [d for d in await receiver.wait(lambda ds: any(
+        d.path == "custom-headers" and d.json["id"] == first for d in ds))
+        if d.path == "custom-headers" and d.json["id"] == first]
+    assert got.headers["X-Api-Key"] == GATEWAY_KEY
+    assert got.guide_ok and got.standard_ok  # Dihya's own headers are untouched
+
+    _, patched = await api.call("PATCH", "ingest", f"/v1/endpoints/{ep['id']}", token,
+                                {"headers": {"X-Api-Key": ROTATED_GATEWAY_KEY,
+                                             "X-Tenant": "t-1"}}, expect=200)
+    assert patched["headers"] == {"X-Api-Key": "********", "X-Tenant": "********"}
+    await signer_applied(api, ep["id"], lambda d: d.get("header_names") == ["X-Api-Key",
+                                                                              "X-Tenant"])
+    second = await api.publish({"event": "incident.security", "data": {"n": 2}})
+    [again] = [d for d in await receiver.wait(lambda ds: any(
+        d.path == "custom-headers" and d.json["id"] == second for d in ds))
+        if d.path == "custom-headers" and d.json["id"] == second]
+    assert again.headers["X-Api-Key"] == ROTATED_GATEWAY_KEY
+    assert again.headers["X-Tenant"] == "t-1"
+
+    _, cleared = await api.call("PATCH", "ingest", f"/v1/endpoints/{ep['id']}", token,
+                                {"headers": {}}, expect=200)
+    assert cleared["headers"] == {}
+    await signer_applied(api, ep["id"], lambda d: d.get("header_names") == [])
+    third = await api.publish({"event": "incident.security", "data": {"n": 3}})
+    [last] = [d for d in await receiver.wait(lambda ds: any(
+        d.path == "custom-headers" and d.json["id"] == third for d in ds))
+        if d.path == "custom-headers" and d.json["id"] == third]
+    assert "X-Api-Key" not in last.headers and "X-Tenant" not in last.headers
+
+
 async def test_no_secret_in_any_log_line_audit_record_error_or_broker_message(
     api: Api, system: System, amqp_url: str, receiver: Receiver, tap: Tap
 ) -> None:
@@ -246,6 +366,13 @@ async def test_no_secret_in_any_log_line_audit_record_error_or_broker_message(
         else:
             blob += raw
     assert len(tap.messages) > 50, "the tap saw the traffic"
+    signing_keys = set(re.findall(rb"whsk_[A-Za-z0-9+/=]+", handovers))
+    assert signing_keys, "the ed25519 endpoint's signing keys were handed to the signer"
+    for key in signing_keys:
+        assert key not in blob, "an ed25519 signing key leaked"
+    for value in (GATEWAY_KEY, ROTATED_GATEWAY_KEY):  # custom header values, likewise
+        assert value.encode() in handovers, "the custom headers were handed to the signer"
+        assert value.encode() not in blob, "a custom header value leaked"
     for secret in issued:
         assert secret.encode() in handovers, "each secret was handed to the signer"
         assert secret.encode() not in blob, "a webhook secret leaked"

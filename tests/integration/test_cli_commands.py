@@ -145,6 +145,35 @@ async def test_endpoint_lifecycle_and_a_verified_test_delivery(
     assert gone.code == Exit.NOT_FOUND and "Not found" in gone.err
 
 
+async def test_ed25519_and_custom_headers_from_the_command_line(
+        dihya: Cli, receiver: Receiver) -> None:
+    created = await dihya("endpoints", "create", receiver.url("cli-ed"), "-e", "template.*",
+                          "--signature-scheme", "ed25519", "--header", "X-Api-Key=k-123=x")
+    assert created.code == Exit.OK, created.err
+    assert "whpk_" in created.out and "X-Api-Key: ********" in created.out
+    assert "k-123" not in created.out + created.err
+    assert "verify deliveries with the public key" in created.err
+    endpoint_id = created.out.split()[1]
+    shown = await dihya("endpoints", "show", endpoint_id, "--json")
+    assert shown.json["signature_scheme"] == "ed25519"
+    assert shown.json["headers"] == {"X-Api-Key": "********"}
+
+    updated = await dihya("endpoints", "update", endpoint_id, "--header", "X-A=1",
+                          "--header", "X-B=2", "--json")
+    assert updated.code == Exit.OK, updated.err
+    assert updated.json["headers"] == {"X-A": "********", "X-B": "********"}
+    cleared = await dihya("endpoints", "update", endpoint_id, "--no-headers", "--json")
+    assert cleared.code == Exit.OK and cleared.json["headers"] == {}
+    refused = await dihya("endpoints", "update", endpoint_id, "--header", "Host=evil")
+    assert refused.code == Exit.API_ERROR and "Host" in refused.err
+    malformed = await dihya("endpoints", "update", endpoint_id, "--header", "novalue")
+    assert malformed.code == Exit.USAGE and "NAME=VALUE" in malformed.err
+
+    rotated = await dihya("endpoints", "rotate-secret", endpoint_id)
+    assert rotated.code == Exit.OK and "public key" in rotated.out and "whpk_" in rotated.out
+    assert (await dihya("endpoints", "delete", endpoint_id, "--yes")).code == Exit.OK
+
+
 async def test_a_failing_receiver_then_the_dead_letter_store(
         dihya: Cli, receiver: Receiver) -> None:
     ep = await _endpoint(dihya, receiver, "down", "-e", "dihya.test",

@@ -301,3 +301,44 @@ async def test_a_retry_the_broker_does_not_confirm_changes_nothing(
     assert job.delivery_id in await listed(ingest, ep["id"])  # still failed, not marked
     again = await ingest.call("POST", f"/v1/deliveries/{job.delivery_id}/retry")
     assert again.status == 202 and again.body["attempt"] == 3
+
+
+async def test_a_given_up_delivery_is_announced_as_delivery_exhausted_once(
+    ingest: Client, broker: AbstractRobustConnection
+) -> None:
+    obs = await Observer.start(broker, ((topology.EVENTS_EXCHANGE, "delivery.exhausted"),
+                                        (topology.WORK_EXCHANGE, topology.SIGN)))
+    ep = await ingest.endpoint(["order.*"], url="https://hooks.example.com/exhausted")
+    ops = await ingest.endpoint(["delivery.exhausted"], url="https://ops.example.com/h")
+    job = parked_job(ep, attempts=3)
+    await park_job(broker, job, "exhausted")
+    await park_job(broker, job, "exhausted")  # parked twice (a redelivery): one event id
+    # a given-up delivery *of an operational event* is stored but not announced (no loop)
+    loop = parked_job(ops, attempts=2, event_type="delivery.exhausted")
+    await park_job(broker, loop, "exhausted")
+    await until_listed(ingest, ep["id"], job.delivery_id)
+    await until_listed(ingest, ops["id"], loop.delivery_id)
+
+    def announced() -> list[dict[str, Any]]:
+        return [m.json for m in obs.on(topology.EVENTS_EXCHANGE, "delivery.exhausted")]
+
+    await obs.wait(lambda _: len(announced()) >= 2)
+    assert {e["id"] for e in announced()} == {announced()[0]["id"]}
+    data = announced()[0]["data"]
+    assert data == {
+        "endpoint_id": ep["id"], "delivery_id": job.delivery_id, "event_id": job.event.id,
+        "event_type": "order.paid", "reason": "exhausted", "attempts": 3,
+        "first_attempt_at": job.history[0].at.isoformat(),
+        "last_attempt_at": job.history[-1].at.isoformat(),
+        "last_status_code": 500, "last_error": "HTTP 500"}
+    assert all(e["data"]["delivery_id"] != loop.delivery_id for e in announced())
+
+    # the operator's endpoint receives it, completed in the four languages
+    def to_ops() -> list[dict[str, Any]]:
+        return [m.json for m in obs.on(topology.WORK_EXCHANGE, topology.SIGN)
+                if m.json["endpoint_id"] == ops["id"]]
+    await obs.wait(lambda _: bool(to_ops()))
+    details = to_ops()[0]["event"]["data"]["details"]
+    assert details["en"] == (f"Delivery {job.delivery_id} to {ep['id']} given up (exhausted) "
+                             "after 3 attempts.")
+    assert set(details) == {"fr", "en", "ar", "tzm"}

@@ -7,6 +7,7 @@ instead of sleeping, and can then assert that nothing (more) was announced.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -249,3 +250,60 @@ async def test_ingest_declares_its_health_queue_and_its_parking_queue(
         await channel.close()
     finally:
         await connection.close()
+
+
+async def test_n_consecutive_failures_announce_failing_once_and_a_success_recovered(
+    amqp_url: str, tmp_path: Path, broker: AbstractRobustConnection, publisher: Publisher
+) -> None:
+    watch = ((topology.WORK_EXCHANGE, topology.SIGN),
+             (topology.EVENTS_EXCHANGE, "endpoint.failing"),
+             (topology.EVENTS_EXCHANGE, "endpoint.recovered"))
+    obs = await Observer.start(broker, watch)
+    async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/i.db",
+                              failing_after=3) as ingest:
+        target = await ingest.endpoint(["order.*"], url="https://flaky.example.com/h")
+        ops = await ingest.endpoint(["endpoint.failing", "endpoint.recovered"],
+                                    url="https://ops.example.com/h")
+        t0 = utcnow() - timedelta(minutes=5)
+
+        def events(kind: str) -> list[dict[str, Any]]:
+            return [m.json for m in obs.on(topology.EVENTS_EXCHANGE, kind)
+                    if m.json["data"]["endpoint_id"] == target["id"]]
+
+        for i in range(2):
+            await attempted(publisher, target["id"], status=500, at=t0 + timedelta(seconds=i))
+        assert events("endpoint.failing") == []  # two is not yet three
+        third = await attempted(publisher, target["id"], status=None,
+                                at=t0 + timedelta(seconds=2))
+        await obs.wait(lambda _: bool(events("endpoint.failing")))
+        for i in range(3, 6):  # more failures of the same run announce nothing more
+            await attempted(publisher, target["id"], status=503, at=t0 + timedelta(seconds=i))
+        [failing] = events("endpoint.failing")
+        assert failing["data"]["failures"] == 3 and failing["data"]["url"] == target["url"]
+        assert failing["data"]["failing_since"] == t0.isoformat()
+        # its id derives from the fact that crossed the threshold: a redelivery repeats it
+        assert failing["id"] == "evt_" + hashlib.sha256(
+            f"endpoint.failing:{third.id}".encode()).hexdigest()[:26]
+
+        await attempted(publisher, target["id"], status=200, at=t0 + timedelta(seconds=10))
+        await obs.wait(lambda _: bool(events("endpoint.recovered")))
+        await attempted(publisher, target["id"], status=200, at=t0 + timedelta(seconds=90))
+        assert len(events("endpoint.recovered")) == 1
+
+        # the operator's endpoint gets both, completed in the four languages
+        def jobs() -> list[dict[str, Any]]:
+            return [m.json for m in obs.on(topology.WORK_EXCHANGE, topology.SIGN)
+                    if m.json["endpoint_id"] == ops["id"]]
+        await obs.wait(lambda _: len(jobs()) == 2)
+        kinds = sorted(j["event"]["event"] for j in jobs())
+        assert kinds == ["endpoint.failing", "endpoint.recovered"]
+        for job in jobs():
+            assert set(job["event"]["data"]["details"]) == {"fr", "en", "ar", "tzm"}
+        [fail_job] = [j for j in jobs() if j["event"]["event"] == "endpoint.failing"]
+        assert fail_job["event"]["data"]["details"]["en"] == (
+            f"Endpoint {target['id']} failed 3 times in a row.")
+
+        # a run shorter than the threshold announces nothing, and no recovery either
+        await attempted(publisher, target["id"], status=500, at=t0 + timedelta(seconds=100))
+        await attempted(publisher, target["id"], status=200, at=t0 + timedelta(seconds=101))
+        assert len(events("endpoint.failing")) == 1 and len(events("endpoint.recovered")) == 1

@@ -14,7 +14,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.signer.handlers import valid_secrets
-from services.signer.store import MIGRATIONS, CorruptKeystoreError, Keystore, secrets_table
+from services.signer.store import (
+    MIGRATIONS,
+    CorruptKeystoreError,
+    Keystore,
+    headers_table,
+    secrets_table,
+)
 from shared.contracts import EndpointSecret, utcnow
 from shared.db import make_engine, migrate
 
@@ -116,3 +122,47 @@ async def test_master_key_rotation_keeps_old_rows_readable(engine: AsyncEngine) 
     wrong = Keystore(engine, MultiFernet([Fernet(new_key)]))
     with pytest.raises(CorruptKeystoreError):
         await wrong.load("ep_m", utcnow())
+
+
+def headersmsg(endpoint: str, headers: dict[str, str], *,
+               issued_delta: timedelta = timedelta()) -> EndpointSecret:
+    return EndpointSecret(endpoint_id=endpoint, action="headers",
+                          headers={k: SecretStr(v) for k, v in headers.items()},
+                          issued_at=utcnow() + issued_delta)
+
+
+async def test_custom_headers_encrypted_versioned_apart_from_secrets_and_deleted(
+    engine: AsyncEngine
+) -> None:
+    store = Keystore(engine, MultiFernet([Fernet(KEY)]))
+    value = "gateway-key-that-must-never-be-in-a-dump"
+    assert await store.load_headers("ep_h") == {}
+    assert await store.apply(headersmsg("ep_h", {"X-Api-Key": value}), utcnow())
+    assert await store.load_headers("ep_h") == {"X-Api-Key": value}
+    # a secret rotation issued later does not make a header change stale, nor the reverse
+    assert await store.apply(setmsg("ep_h", FREE, issued_delta=timedelta(seconds=5)), utcnow())
+    assert await store.apply(headersmsg("ep_h", {"X-Api-Key": "v2"},
+                                        issued_delta=timedelta(seconds=1)), utcnow())
+    assert await store.load_headers("ep_h") == {"X-Api-Key": "v2"}
+    # a late, older header message is ignored
+    assert not await store.apply(headersmsg("ep_h", {"X-Api-Key": "old"},
+                                            issued_delta=timedelta(seconds=-60)), utcnow())
+    assert await store.load_headers("ep_h") == {"X-Api-Key": "v2"}
+    async with engine.connect() as conn:
+        dump = repr((await conn.execute(select(headers_table))).all())
+    assert "v2" not in dump and value not in dump and "X-Api-Key" not in dump
+    assert await store.apply(EndpointSecret(endpoint_id="ep_h", action="delete",
+                                            issued_at=utcnow() + timedelta(seconds=10)),
+                             utcnow())
+    assert await store.load_headers("ep_h") == {}
+
+
+
+
+async def test_a_secret_set_may_carry_the_headers_of_a_new_endpoint(engine: AsyncEngine) -> None:
+    store = Keystore(engine, MultiFernet([Fernet(KEY)]))
+    msg = EndpointSecret(endpoint_id="ep_new", action="set", secret=SecretStr(FREE),
+                         headers={"X-Api-Key": SecretStr("k")}, issued_at=utcnow())
+    assert await store.apply(msg, utcnow())
+    assert await current(store, "ep_new") == (FREE,)
+    assert await store.load_headers("ep_new") == {"X-Api-Key": "k"}

@@ -33,7 +33,7 @@ def delivered(at: datetime) -> Attempt:
 
 def test_a_failure_starts_the_failing_run_and_a_success_clears_it() -> None:
     first = assess(ENABLED, failed(T0), FIVE_DAYS)
-    assert first.health == Health("enabled", failing_since=T0) and first.disable is None
+    assert first.health == Health("enabled", failing_since=T0, failures=1) and first.disable is None
     later = assess(first.health, failed(T0 + timedelta(days=1)), FIVE_DAYS)
     assert later.health.failing_since == T0  # the run started at the first failure
     ok = assess(later.health, delivered(T0 + timedelta(days=2)), FIVE_DAYS)
@@ -160,3 +160,40 @@ def test_disable_announcements_derive_their_ids_from_the_trigger() -> None:
 
     enabled = enabled_fact("ep_1", "u", actor="tok_1", held=3, now=T0)
     assert enabled.kind == "endpoint.enabled" and enabled.details == {"held_deliveries": 3}
+
+
+def test_failing_is_announced_once_at_the_threshold_and_recovered_after_it() -> None:
+    health, announced = ENABLED, []
+    for i in range(5):
+        verdict = assess(health, failed(T0 + timedelta(seconds=i)), FIVE_DAYS, 3)
+        health = verdict.health
+        announced.append(verdict.announce)
+    assert announced == [None, None, "failing", None, None] and health.failures == 5
+    ok = assess(health, delivered(T0 + timedelta(seconds=9)), FIVE_DAYS, 3)
+    assert ok.announce == "recovered" and ok.health.failures == 0
+    again = assess(ok.health, delivered(T0 + timedelta(seconds=99)), FIVE_DAYS, 3)
+    assert again.announce is None
+
+
+def test_no_announcement_below_the_threshold_or_when_off() -> None:
+    two = assess(assess(ENABLED, failed(T0), FIVE_DAYS, 3).health,
+                 failed(T0 + timedelta(seconds=1)), FIVE_DAYS, 3)
+    assert two.announce is None
+    assert assess(two.health, delivered(T0 + timedelta(seconds=2)), FIVE_DAYS, 3
+                  ).announce is None
+    off = ENABLED
+    for i in range(10):
+        verdict = assess(off, failed(T0 + timedelta(seconds=i)), FIVE_DAYS, 0)
+        assert verdict.announce is None
+        off = verdict.health
+
+
+def test_a_stale_failure_neither_counts_nor_announces() -> None:
+    ok = assess(ENABLED, delivered(T0), FIVE_DAYS, 1)
+    stale = assess(ok.health, failed(T0 - timedelta(seconds=1)), FIVE_DAYS, 1)
+    assert stale.health == ok.health and stale.announce is None
+
+
+def test_a_410_at_the_threshold_disables_and_announces_failing() -> None:
+    verdict = assess(ENABLED, failed(T0, status=410), FIVE_DAYS, 1)
+    assert verdict.disable == "gone" and verdict.announce == "failing"

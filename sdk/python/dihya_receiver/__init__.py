@@ -10,14 +10,18 @@
 ``verify`` checks, in order:
 
 1. the Standard Webhooks signature (``webhook-signature`` over ``id.timestamp.body``) against
-   each secret you pass — pass the old and the new one during a rotation;
+   each key you pass — pass the old and the new one during a rotation. A ``whsec_`` (or
+   free-form) secret checks ``v1`` HMAC-SHA256 signatures; a ``whpk_`` public key (an endpoint
+   with ``signature_scheme: ed25519``) checks ``v1a`` ed25519 signatures;
 2. the ``webhook-timestamp`` is within ``tolerance`` seconds of now, both ways (default 300);
 3. the signed body's ``delivery.timestamp`` equals that header (both are signed: the body by
    its own bytes, the header by the signed material) and its ``delivery.nonce`` has not been
    seen within the tolerance window (``nonce_store``; in-memory by default — share one store
    between workers, e.g. backed by Redis, in production).
 
-Standard library only, so it drops into any Python receiver (Flask, Django, aiohttp, FastAPI).
+Standard library only for HMAC, so it drops into any Python receiver (Flask, Django, aiohttp,
+FastAPI); ``v1a`` needs ``cryptography`` (``pip install "dihya-receiver[ed25519]"``), imported
+only when a ``whpk_`` key is given.
 """
 
 from __future__ import annotations
@@ -105,6 +109,28 @@ def _standard_key(secret: str) -> bytes:
     return secret.encode()
 
 
+def _ed25519_valid(public: str, signed: bytes, presented: list[str]) -> bool:
+    """Whether any ``v1a`` signature in ``presented`` verifies with the ``whpk_`` key."""
+    try:
+        from cryptography.exceptions import InvalidSignature as _Bad
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise ImportError('v1a (whpk_) keys need cryptography: '
+                          'pip install "dihya-receiver[ed25519]"') from None
+    try:
+        raw = base64.b64decode(public[len("whpk_"):], validate=True)
+        key = Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise ValueError("a whpk_ key must be whpk_ + base64 of 32 bytes") from None
+    for sig in presented:
+        try:
+            key.verify(base64.b64decode(sig, validate=True), signed)
+            return True
+        except (_Bad, ValueError):
+            continue
+    return False
+
+
 def guide_signature(secret: str, body: bytes) -> str:
     """``X-Dihya-Signature`` as the guide computes it: hex HMAC-SHA256 of the raw body."""
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -120,7 +146,7 @@ def _header(headers: Mapping[str, str], name: str) -> str:
 def verify(
     body: Union[bytes, str],
     headers: Mapping[str, str],
-    secret: Union[str, Iterable[str]],
+    secret: Union[str, Iterable[str]],  # whsec_/free-form secrets and/or whpk_ public keys
     *,
     tolerance: int = DEFAULT_TOLERANCE,
     nonce_store: Optional[NonceStore] = None,
@@ -140,13 +166,16 @@ def verify(
         raise MalformedDelivery("webhook-timestamp is not an integer") from None
 
     signed = f"{msg_id}.{stamp}.".encode() + raw
+    publics = [s for s in secrets if s.startswith("whpk_")]
     expected = [
         base64.b64encode(hmac.new(_standard_key(s), signed, hashlib.sha256).digest()).decode()
-        for s in secrets
+        for s in secrets if not s.startswith("whpk_")
     ]
     presented = [sig.split(",", 1)[1] for sig in signatures if sig.startswith("v1,")]
-    if not any(hmac.compare_digest(p, e) for p in presented for e in expected):
-        raise InvalidSignature("no valid v1 signature for the given secret(s)")
+    asymmetric = [sig.split(",", 1)[1] for sig in signatures if sig.startswith("v1a,")]
+    if not (any(hmac.compare_digest(p, e) for p in presented for e in expected)
+            or any(_ed25519_valid(k, signed, asymmetric) for k in publics)):
+        raise InvalidSignature("no valid v1/v1a signature for the given key(s)")
 
     current = time.time() if now is None else now
     if abs(current - ts) > tolerance:

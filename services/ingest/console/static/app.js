@@ -338,10 +338,29 @@ function openEndpointForm(ep) {
   $("ep-events").value = ep ? ep.events.join(", ") : "";
   $("ep-description").value = ep?.description || "";
   $("ep-schedule").value = ep?.retry_schedule ? (ep.retry_schedule.length ? ep.retry_schedule.join(", ") : "none") : "";
+  $("ep-scheme").value = ep?.signature_scheme || "hmac-sha256";
+  $("ep-scheme").disabled = Boolean(ep); // fixed at creation
+  // values are never shown back (masked by the API): empty keeps them when editing
+  $("ep-headers").value = "";
+  $("ep-headers").placeholder = ep && Object.keys(ep.headers || {}).length
+    ? t("form.headers_keep", { names: Object.keys(ep.headers).join(", ") }) : "X-Api-Key: …";
   $("endpoint-form-error").hidden = true;
   renderCatalogChoices();
   $("endpoint-dialog").showModal();
   $("ep-url").focus();
+}
+
+// "Name: value" lines → an object; null when empty (keep / none). The API checks the names.
+function parseHeaders(text) {
+  const lines = text.split("\n").map((l) => l.trim()).filter(Boolean);
+  if (!lines.length) return null;
+  const out = {};
+  for (const line of lines) {
+    const at = line.indexOf(":");
+    if (at < 1) throw new Error(line.slice(0, 40));
+    out[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+  }
+  return out;
 }
 
 function formError(message) {
@@ -365,16 +384,26 @@ async function submitEndpointForm(event) {
     $("ep-schedule").focus();
     return;
   }
+  let headers;
+  try {
+    headers = parseHeaders($("ep-headers").value);
+  } catch (err) {
+    formError(t("form.headers_invalid", { value: err.message }));
+    $("ep-headers").focus();
+    return;
+  }
   const submit = event.submitter || $("endpoint-form").querySelector("[type=submit]");
   const box = $("endpoint-form-error");
   if (!formMode.id) {
-    const body = { url, events, ...(description ? { description } : {}), ...(schedule !== null ? { retry_schedule: schedule } : {}) };
+    const body = { url, events, ...(description ? { description } : {}), ...(schedule !== null ? { retry_schedule: schedule } : {}),
+      signature_scheme: $("ep-scheme").value, ...(headers ? { headers } : {}) };
     const created = await guard(() => call("", "POST", "/v1/endpoints", { body }), { button: submit, box });
     if (!created) return;
     $("endpoint-dialog").close();
     announce(t("endpoint.created", { id: created.id }));
     go(`#/endpoints/${encodeURIComponent(created.id)}`);
-    showSecret(created.secret, null);
+    if (created.secret) showSecret(created.secret, null);
+    else announce(t("form.public_key", { key: created.public_keys?.[0]?.key || "" }));
     return;
   }
   const before = formMode.before;
@@ -383,6 +412,7 @@ async function submitEndpointForm(event) {
   if (events.join("\n") !== before.events.join("\n")) body.events = events;
   if (description !== (before.description || "")) body.description = description || null;
   if (JSON.stringify(schedule) !== JSON.stringify(before.retry_schedule ?? null)) body.retry_schedule = schedule;
+  if (headers) body.headers = headers;
   if (!Object.keys(body).length) { $("endpoint-dialog").close(); announce(t("endpoint.unchanged")); return; }
   const updated = await guard(() => call("", "PATCH", `/v1/endpoints/${encodeURIComponent(before.id)}`, { body }), { button: submit, box });
   if (!updated) return;
