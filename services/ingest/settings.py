@@ -26,7 +26,8 @@ class Settings(EgressSettings):
     )
     max_body_bytes: int = Field(
         default=262144, ge=1024, le=16 * 1024 * 1024,
-        description="Largest accepted HTTP request body; larger bodies get 413.",
+        description="Largest accepted event, over HTTP (413) and over AMQP (parked and audited), "
+                    "and largest HTTP request body.",
     )
     endpoint_cache_ttl: float = Field(
         default=1.0, ge=0,
