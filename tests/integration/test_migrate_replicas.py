@@ -57,8 +57,10 @@ async def _start_together(url: str, go: Path, *, locked: bool) -> list[tuple[int
     ]
     for proc in procs:  # every replica connected and waiting at the line
         assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
-        assert line.strip() == b"ready", line
+        line = b""
+        while line.strip() != b"ready":  # after its log lines (make_engine's database_opened)
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+            assert line, "the replica exited before it was ready"
     await asyncio.to_thread(go.touch)
     results = []
     for proc in procs:
