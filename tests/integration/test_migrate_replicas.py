@@ -55,19 +55,25 @@ async def _start_together(url: str, go: Path, *, locked: bool) -> list[tuple[int
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         for _ in range(REPLICAS)
     ]
-    for proc in procs:  # every replica connected and waiting at the line
-        assert proc.stdout is not None
-        line = b""
-        while line.strip() != b"ready":  # after its log lines (make_engine's database_opened)
-            line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
-            assert line, "the replica exited before it was ready"
-    await asyncio.to_thread(go.touch)
-    results = []
-    for proc in procs:
-        _, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-        assert proc.returncode is not None
-        results.append((proc.returncode, err.decode(errors="replace")))
-    return results
+    try:
+        for proc in procs:  # every replica connected and waiting at the line
+            assert proc.stdout is not None
+            line = b""
+            while line.strip() != b"ready":  # after its log lines (database_opened)
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+                assert line, "the replica exited before it was ready"
+        await asyncio.to_thread(go.touch)
+        results = []
+        for proc in procs:
+            _, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+            assert proc.returncode is not None
+            results.append((proc.returncode, err.decode(errors="replace")))
+        return results
+    finally:  # a replica left waiting at the line (a failed check above) must not outlive us
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
 
 def _error_line(stderr: str) -> str:
