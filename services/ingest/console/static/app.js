@@ -757,10 +757,12 @@ async function retryDelivery(delivery, button) {
 
 // -- audit log --------------------------------------------------------------------------------
 
-function auditQuery() {
-  const form = $("audit-form");
+/** A filter form's query: its non-empty text fields, and its since/until (the browser's local
+ * time) as ISO instants. */
+function formQuery(formId, fields) {
+  const form = $(formId);
   const query = {};
-  for (const name of ["kind", "event_type", "event_id", "endpoint_id", "delivery_id", "outcome"]) {
+  for (const name of fields) {
     const value = form.elements[name].value.trim();
     if (value) query[name] = value;
   }
@@ -769,6 +771,11 @@ function auditQuery() {
     if (value) query[name] = new Date(value).toISOString(); // the browser's local time
   }
   return query;
+}
+
+function auditQuery() {
+  return formQuery("audit-form",
+    ["kind", "event_type", "event_id", "endpoint_id", "delivery_id", "outcome"]);
 }
 
 async function showAudit() {
@@ -863,17 +870,7 @@ async function exportAudit(format, button) {
 const LOG_STATUSES = ["delivered", "failed", "pending", "held"];
 
 function messagesQuery() {
-  const form = $("messages-form");
-  const query = {};
-  for (const name of ["type", "status", "endpoint"]) {
-    const value = form.elements[name].value.trim();
-    if (value) query[name] = value;
-  }
-  for (const name of ["since", "until"]) {
-    const value = form.elements[name].value;
-    if (value) query[name] = new Date(value).toISOString(); // the browser's local time
-  }
-  return query;
+  return formQuery("messages-form", ["type", "status", "endpoint"]);
 }
 
 async function showMessages() {
