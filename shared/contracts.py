@@ -90,6 +90,18 @@ class AttemptRecord(Contract):
     error: str | None = None
 
 
+class RateLimit(Contract):
+    """An endpoint's delivery rate limit: at most ``per_second`` deliveries a second on
+    average, ``burst`` of them back to back after a quiet spell (a GCRA, see
+    ``docs/endpoints.md``)."""
+
+    per_second: float = Field(ge=0.01, le=10_000, allow_inf_nan=False,
+                              description="Deliveries per second (0.01 to 10000).")
+    burst: int = Field(default=1, ge=1, le=1_000,
+                       description="Deliveries that may go back to back after a quiet spell; "
+                       "1: evenly spaced.")
+
+
 class DeliveryJob(Contract):
     """One event to deliver to one endpoint (ingest → signer, and deliverer → signer on retry)."""
 
@@ -111,6 +123,11 @@ class DeliveryJob(Contract):
         description="The endpoint's own retry schedule: the delay in milliseconds after each "
         "failed attempt (n delays = n + 1 attempts; empty = a single attempt). Null: the "
         "deployment's schedule (DIHYA_DELIVERER_RETRY_SCHEDULE).",
+    )
+    rate_limit: RateLimit | None = Field(
+        default=None,
+        description="The endpoint's rate limit; the deliverer paces its deliveries through "
+        "the paced queues (one active consumer each). Null: not limited.",
     )
 
 

@@ -158,6 +158,35 @@ WORK_QUEUES = (
 )
 
 
+PACED_SHARDS = 8
+"""Paced queues: deliveries of rate-limited endpoints, an endpoint always in the same one."""
+
+
+def paced_key(shard: int) -> str:
+    """Routing key (on :data:`WORK_EXCHANGE`) of paced queue number ``shard``."""
+    return f"{DELIVER}.paced.{shard}"
+
+
+def paced_queue(shard: int) -> str:
+    """Name of paced queue number ``shard`` (0 ≤ shard < :data:`PACED_SHARDS`)."""
+    return f"{DELIVERER_JOBS}.paced.{shard}"
+
+
+def _paced_queue(shard: int) -> Queue:
+    """A work queue with one active consumer (``x-single-active-consumer``): every deliverer
+    replica subscribes, RabbitMQ feeds one, and the next takes over when it goes. So one
+    process paces each endpoint, whatever the number of replicas. What it parks (the delivery
+    limit) lands with the deliverer's own parked jobs (:data:`DELIVERER_JOBS`' parking queue),
+    which ingest's dead-letter store reads."""
+    base = _work_queue(paced_queue(shard), (WORK_EXCHANGE, paced_key(shard)))
+    return Queue(base.name, base.bindings,
+                 {**base.arguments, "x-dead-letter-routing-key": DELIVERER_JOBS,
+                  "x-single-active-consumer": True})
+
+
+PACED_QUEUES = tuple(_paced_queue(n) for n in range(PACED_SHARDS))
+
+
 AUDIT_HEADS = "dihya.audit.heads.recent"
 """Keeps the newest signed heads (:data:`HEADS_KEPT`, a week at one a minute) so a head
 published while no auditor's queue is bound is not returned unroutable; read it, or bind
@@ -216,7 +245,8 @@ def queues(retry_delays_ms: tuple[int, ...] = (),
            defer_delays_ms: tuple[int, ...] = ()) -> tuple[Queue, ...]:
     """Every queue of the topology, the retry and defer tiers included when their delays are
     given."""
-    return (WORK_QUEUES + _dead_queues() + (HEADS_QUEUE,) + retry_queues(retry_delays_ms)
+    return (WORK_QUEUES + PACED_QUEUES + _dead_queues() + (HEADS_QUEUE,)
+            + retry_queues(retry_delays_ms)
             + defer_queues(defer_delays_ms))
 
 

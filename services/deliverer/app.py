@@ -24,6 +24,8 @@ from yarl import URL
 
 from services.deliverer import handlers
 from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
+from services.deliverer.paced import PaceGate
+from services.deliverer.pacing import Pacer, shard_of
 from services.deliverer.proxy import ProxyRouter
 from services.deliverer.settings import Settings
 from services.deliverer.slots import EndpointSlots
@@ -60,6 +62,10 @@ RESIGNED = Counter("dihya_deliverer_resigned_total",
 DEFERRED = Counter("dihya_deliverer_deferred_total",
                    "Signed deliveries put back for later (a defer tier) because their endpoint "
                    "had too many in flight.")
+PACED = Counter("dihya_deliverer_paced_total",
+                "Deliveries of rate-limited endpoints, by what the pace gate did: `forwarded` to "
+                "their paced queue, `deferred` (their turn was too far), `posted`.",
+                ["step"])
 TIERS_DECLARED = Counter("dihya_deliverer_tiers_declared_total",
                          "Wait-queue tiers declared on first use (an endpoint's own schedule).")
 
@@ -206,6 +212,8 @@ class Deliverer:
                                     settings.max_waiting_per_endpoint,
                                     settings.max_local_wait)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._pace = PaceGate(Pacer(time.monotonic(), settings.pace_margin),
+                              settings.max_pace_wait)
 
     async def post(self, signed: SignedDelivery) -> Response:
         """One POST, no redirect followed, at most the excerpt of the response read."""
@@ -262,11 +270,17 @@ class Deliverer:
         return custom_headers.unseal(signed.sealed_headers, signed.job.delivery_id,
                                      self._headers_cipher)
 
-    async def _post_and_audit(self, signed: SignedDelivery) -> _Posted:
-        """POST, judge the outcome, and start publishing its fact (until confirmed)."""
+    async def _post_and_audit(self, signed: SignedDelivery) -> _Posted | None:
+        """POST, judge the outcome, and start publishing its fact (until confirmed). ``None``:
+        not POSTed, a rate-limited endpoint's turn is too far off (the caller defers it)."""
         job = signed.job
         post = uuid.uuid4().hex  # this POST's own: its audit record is its own too
         async with self._slots.slot(job.endpoint_id):
+            # paced inside the slot, right before the POST: a wait for a slot after the turn
+            # would let POSTs bunch up
+            if job.rate_limit is not None and not await self._pace.turn(job.endpoint_id,
+                                                                        job.rate_limit):
+                return None
             at = utcnow()
             started = time.perf_counter()
             response = await self.post(signed)
@@ -311,6 +325,32 @@ class Deliverer:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def on_job(self, message: Delivery) -> None:
+        """A signed delivery from the deliverer's queue (a rate-limited endpoint's goes on
+        to its paced queue)."""
+        await self._on_job(message, paced=False)
+
+    async def on_paced_job(self, message: Delivery) -> None:
+        """A signed delivery from a paced queue: POSTed in its endpoint's turn."""
+        await self._on_job(message, paced=True)
+
+    async def _forward(self, signed: SignedDelivery) -> None:
+        """To the paced queue of its endpoint, whose one active consumer paces it."""
+        shard = shard_of(signed.job.endpoint_id, topology.PACED_SHARDS)
+        await self._publisher.send(topology.WORK_EXCHANGE, topology.paced_key(shard), signed)
+        PACED.labels("forwarded").inc()
+
+    async def _defer(self, signed: SignedDelivery, ids: Mapping[str, Any]) -> None:
+        # Holding the job here would tie up a prefetch slot; enough of them and one slow
+        # endpoint stalls every other. Put it back for later instead: same attempt number,
+        # still signed (it comes back here, not through the signer).
+        later, delay = handlers.deferred(signed, self._settings.defer_delays_ms)
+        await self._publisher.send(topology.RETRY_EXCHANGE, topology.defer_queue(delay),
+                                   later, expiration=delay / 1000)
+        DEFERRED.inc()
+        log.debug("deferred", waiting_or_in_flight=self._slots.users(signed.job.endpoint_id),
+                  **ids)
+
+    async def _on_job(self, message: Delivery, *, paced: bool) -> None:
         try:
             signed = handlers.parse_signed(message.body)
         except ValueError as exc:
@@ -325,6 +365,9 @@ class Deliverer:
                         error=str(exc))
             return
         job = signed.job
+        if job.rate_limit is not None and not paced:
+            await self._forward(signed)
+            return
         ids = {"delivery_id": job.delivery_id, "event_id": job.event.id,
                "endpoint_id": job.endpoint_id, "attempt": job.attempt}
 
@@ -335,15 +378,9 @@ class Deliverer:
             return
 
         endpoint = job.endpoint_id
-        if self._slots.full(endpoint):
-            # Holding the job here would tie up a prefetch slot; enough of them and one slow
-            # endpoint stalls every other. Put it back for later instead: same attempt number,
-            # still signed (it comes back here, not through the signer).
-            later, delay = handlers.deferred(signed, self._settings.defer_delays_ms)
-            await self._publisher.send(topology.RETRY_EXCHANGE, topology.defer_queue(delay),
-                                       later, expiration=delay / 1000)
-            DEFERRED.inc()
-            log.debug("deferred", waiting_or_in_flight=self._slots.users(endpoint), **ids)
+        if self._slots.full(endpoint) or (
+                job.rate_limit is not None and self._pace.too_long(endpoint, job.rate_limit)):
+            await self._defer(signed, ids)
             return
         # The POST and the publishing of its fact run in tasks of their own, shielded: when
         # this handler is cancelled meanwhile (aiormq cancels the handlers of a channel that
@@ -351,7 +388,16 @@ class Deliverer:
         # outcome is still read and audited, while the job comes back from the broker and is
         # POSTed again (a record of its own: every POST is audited).
         posted = await asyncio.shield(self._background(self._post_and_audit(signed)))
+        if posted is None:  # its endpoint's turn is too far off (a Retry-After holds it)
+            PACED.labels("deferred").inc()
+            await self._defer(signed, ids)
+            return
         outcome, step, record, now, attempt = posted
+        if job.rate_limit is not None:
+            PACED.labels("posted").inc()
+            if outcome.retry_after_ms:  # the receiver's Retry-After holds the whole endpoint
+                self._pace.hold(endpoint, job.rate_limit,
+                                min(outcome.retry_after_ms, handlers.MAX_RETRY_AFTER_MS) / 1000)
         if isinstance(step, Retry):  # an endpoint's own schedule may name a new tier
             await self._tiers.ensure(step.tier_ms)
         publishes: list[Awaitable[None]] = [asyncio.shield(attempt)]
@@ -452,6 +498,12 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
         consumers.append(consumer)
         stack.push_async_callback(consumer.stop, settings.shutdown_grace)
         await consumer.start()
+        for shard in range(topology.PACED_SHARDS):  # one active consumer each, broker-wide
+            paced = Consumer(connection, topology.paced_queue(shard), deliverer.on_paced_job,
+                             prefetch=settings.paced_prefetch)
+            consumers.append(paced)
+            stack.push_async_callback(paced.stop, settings.shutdown_grace)
+            await paced.start()
     except BaseException:
         await stack.aclose()
         raise

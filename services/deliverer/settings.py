@@ -62,6 +62,23 @@ class Settings(EgressSettings):
         description="Seconds a job may be expected to wait in the deliverer for a slot of its "
         "endpoint (from the endpoint's latency) before it is deferred instead.",
     )
+    paced_prefetch: int = Field(
+        default=50, ge=1, le=2000,
+        description="Deliveries of rate-limited endpoints in flight at once per paced queue "
+        "(each of the 8 paced queues has one active consumer among the replicas).",
+    )
+    max_pace_wait: float = Field(
+        default=2.0, ge=0,
+        description="Seconds a delivery of a rate-limited endpoint may wait in the deliverer "
+        "for its turn; a longer wait is deferred (DEFER_DELAY) instead of holding a prefetch "
+        "slot.",
+    )
+    pace_margin: float = Field(
+        default=0.05, ge=0, le=1,
+        description="Share by which a rate-limited endpoint's deliveries are spaced wider "
+        "than its limit (0.05: a 5/s endpoint gets one every 210 ms), so the receiver, which "
+        "counts arrivals moved by network jitter, never sees more than its limit in a window.",
+    )
     defer_delay: str = Field(
         default="1s",
         description="How long a job deferred by MAX_IN_FLIGHT_PER_ENDPOINT waits the first time "

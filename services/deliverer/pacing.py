@@ -1,0 +1,107 @@
+"""Pure pacing decisions for rate-limited endpoints: which paced queue, and when the next POST.
+
+No I/O and no clock of its own: every time is a ``now`` passed in (monotonic seconds).
+
+Where: a rate-limited endpoint's deliveries all go through one paced queue
+(:func:`shard_of`, a stable hash of the endpoint id over ``topology.PACED_SHARDS`` queues).
+Each paced queue has one active consumer (RabbitMQ's single-active-consumer), so one process
+paces an endpoint however many deliverer replicas run, and a local :class:`Pacer` is enough.
+
+When: a GCRA (generic cell rate algorithm, the "virtual scheduling" form). An endpoint with
+``per_second = r`` and ``burst = b`` gets an emission interval ``T = (1 + margin) / r`` and a
+tolerance ``tau = (b - 1) * T``; its theoretical arrival time ``tat`` says when the next
+POST would be on schedule. A POST may go at ``now`` if ``now >= tat - tau``; then
+``tat = max(tat, now) + T``. So over any span of ``w`` seconds at most ``b + w / T`` POSTs
+go: evenly spaced with ``b = 1``, ``b`` back to back after a quiet spell.
+
+The ``margin`` (``DIHYA_DELIVERER_PACE_MARGIN``, 5 % by default) spaces POSTs a little wider
+than the limit: what a receiver counts is arrivals, and the network and its own event loop
+move them by milliseconds, so POSTs spaced exactly ``1 / r`` apart would now and then show
+``r + 1`` in a one-second window.
+
+A takeover (a new process becomes the active consumer, or this one restarts) knows nothing
+of what the previous one sent just before. After a POST at ``t`` the previous pacer's
+``tat`` is at most ``t + tau + T``, so a pacer that started at ``started`` treats an endpoint
+it has not seen yet as if its ``tat`` were ``started + b * T``: the first POSTs after a
+takeover wait one interval, never exceed the limit, and a pacer that has run longer than
+``b * T`` behaves as a fresh one.
+
+A receiver's ``429``/``503`` with ``Retry-After`` wins: :meth:`Pacer.hold` keeps the whole
+endpoint quiet until then (the failed delivery itself is retried after at least that long).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from shared.contracts import RateLimit
+
+REMEMBERED = 10_000
+"""Endpoints whose schedule is kept; past it, the ones already back on schedule are dropped
+(for them a fresh start is the same)."""
+
+EPSILON = 1e-9
+"""A wait shorter than this is none (floating-point leftovers of ``tat - tau``)."""
+
+
+def shard_of(endpoint_id: str, shards: int) -> int:
+    """The paced queue of ``endpoint_id``: stable across processes and versions (CRC-32,
+    not Python's salted ``hash``)."""
+    return zlib.crc32(endpoint_id.encode()) % shards
+
+
+def interval(limit: RateLimit, margin: float) -> float:
+    """Seconds between two evenly paced POSTs of an endpoint with ``limit``."""
+    return (1.0 + margin) / limit.per_second
+
+
+@dataclass
+class _Schedule:
+    tat: float
+
+
+class Pacer:
+    """The GCRA of every endpoint this process paces (see the module)."""
+
+    def __init__(self, started: float, margin: float = 0.05) -> None:
+        if margin < 0:
+            raise ValueError("the margin must be >= 0")
+        self._started = started
+        self._margin = margin
+        self._schedules: dict[str, _Schedule] = {}
+
+    def _tat(self, endpoint: str, limit: RateLimit, now: float) -> float:
+        known = self._schedules.get(endpoint)
+        if known is not None:
+            return known.tat
+        return max(now, self._started + limit.burst * interval(limit, self._margin))
+
+    def wait(self, endpoint: str, limit: RateLimit, now: float) -> float:
+        """Seconds until ``endpoint`` may have its next POST (0: now). Books nothing."""
+        step = interval(limit, self._margin)
+        tau = (limit.burst - 1) * step
+        wait = self._tat(endpoint, limit, now) - tau - now
+        return wait if wait > EPSILON else 0.0
+
+    def sent(self, endpoint: str, limit: RateLimit, now: float) -> None:
+        """Record a POST of ``endpoint`` at ``now`` (one :meth:`wait` allowed)."""
+        step = interval(limit, self._margin)
+        tat = max(self._tat(endpoint, limit, now), now) + step
+        self._schedules[endpoint] = _Schedule(tat)
+        if len(self._schedules) > REMEMBERED:
+            self._forget(now)
+
+    def hold(self, endpoint: str, limit: RateLimit, until: float) -> None:
+        """No POST of ``endpoint`` before ``until`` (a receiver's ``Retry-After``)."""
+        tau = (limit.burst - 1) * interval(limit, self._margin)
+        tat = max(self._tat(endpoint, limit, until), until + tau)
+        self._schedules[endpoint] = _Schedule(tat)
+
+    def expected_wait(self, endpoint: str, limit: RateLimit, now: float, queued: int) -> float:
+        """How long a new job of ``endpoint`` would wait with ``queued`` jobs ahead of it."""
+        return self.wait(endpoint, limit, now) + queued * interval(limit, self._margin)
+
+    def _forget(self, now: float) -> None:
+        for endpoint in [e for e, s in self._schedules.items() if s.tat <= now]:
+            del self._schedules[endpoint]

@@ -1,0 +1,164 @@
+"""The rate-limit pacer (GCRA) and the paced-queue shard: pure, any arrival pattern."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.deliverer.paced import PaceGate
+from services.deliverer.pacing import Pacer, interval, shard_of
+from shared.contracts import RateLimit
+
+limits = st.builds(RateLimit,
+                   per_second=st.floats(min_value=0.05, max_value=500, allow_nan=False),
+                   burst=st.integers(min_value=1, max_value=20))
+gaps = st.lists(st.floats(min_value=0, max_value=5, allow_nan=False), min_size=1, max_size=120)
+margins = st.sampled_from([0.0, 0.05, 0.2])
+
+
+def simulate(pacer: Pacer, limit: RateLimit, arrivals: list[float]) -> list[float]:
+    """Jobs arriving at ``arrivals`` (sorted), each POSTed as soon as the pacer allows, in
+    order (as :class:`PaceGate` does): the POST times."""
+    posts: list[float] = []
+    clock = 0.0
+    for at in arrivals:
+        clock = max(clock, at)
+        clock += pacer.wait("ep", limit, clock)
+        assert pacer.wait("ep", limit, clock) == pytest.approx(0, abs=1e-9)
+        pacer.sent("ep", limit, clock)
+        posts.append(clock)
+    return posts
+
+
+def most_in_window(posts: list[float], width: float) -> int:
+    """The most POSTs in any closed window ``[t, t + width]``."""
+    best = 0
+    j = 0
+    for i, start in enumerate(posts):
+        j = max(j, i)
+        while j + 1 < len(posts) and posts[j + 1] <= start + width + 1e-9:
+            j += 1
+        best = max(best, j - i + 1)
+    return best
+
+
+def arrivals_of(gap_list: list[float]) -> list[float]:
+    times, t = [], 100.0
+    for g in gap_list:
+        t += g
+        times.append(t)
+    return times
+
+
+@given(limits, gaps, margins, st.floats(min_value=0.01, max_value=30))
+@settings(max_examples=300, deadline=None)
+def test_no_window_holds_more_than_burst_plus_its_share(
+        limit: RateLimit, gap_list: list[float], margin: float, width: float) -> None:
+    posts = simulate(Pacer(started=0.0, margin=margin), limit, arrivals_of(gap_list))
+    step = interval(limit, margin)
+    assert most_in_window(posts, width) <= limit.burst + int(width / step + 1e-9)
+    assert posts == sorted(posts)
+
+
+@given(limits, gaps, margins)
+@settings(max_examples=200, deadline=None)
+def test_a_job_waits_only_for_the_ones_ahead_of_it(
+        limit: RateLimit, gap_list: list[float], margin: float) -> None:
+    """Work-conserving: a POST is late only if the pacer's schedule is full — it waits at most
+    one interval past its arrival or past the POST before it (no needless delay)."""
+    arrivals = arrivals_of(gap_list)
+    posts = simulate(Pacer(started=0.0, margin=margin), limit, arrivals)
+    step = interval(limit, margin)
+    for i, (at, post) in enumerate(zip(arrivals, posts, strict=True)):
+        assert post >= at
+        before = posts[i - 1] if i else at
+        assert post <= max(at, before + step) + 1e-9
+
+
+@given(limits, margins)
+def test_a_burst_goes_back_to_back_after_a_quiet_spell(limit: RateLimit, margin: float
+                                                       ) -> None:
+    pacer = Pacer(started=0.0, margin=margin)
+    quiet = 1_000 + limit.burst * interval(limit, margin)
+    posts = simulate(pacer, limit, [quiet] * (limit.burst + 1))
+    assert posts[:limit.burst] == pytest.approx([quiet] * limit.burst)
+    assert posts[-1] == pytest.approx(quiet + interval(limit, margin))
+
+
+@given(limits, margins, st.floats(min_value=0, max_value=10))
+def test_a_takeover_never_exceeds_what_the_previous_pacer_left(
+        limit: RateLimit, margin: float, previous_ran: float) -> None:
+    """The previous active consumer POSTed at full pace until ``start``; a new pacer started
+    then: the two together still keep every window within the limit."""
+    old = Pacer(started=0.0, margin=margin)
+    start = 50.0 + previous_ran
+    old_posts = simulate(old, limit, [50.0 + i * previous_ran / 40 for i in range(40)])
+    old_posts = [p for p in old_posts if p <= start]
+    new_posts = simulate(Pacer(started=start, margin=margin), limit, [start] * 30)
+    posts = sorted(old_posts + new_posts)
+    step = interval(limit, margin)
+    for width in (step / 2, step, 1.0, 3 * step + 0.01):
+        assert most_in_window(posts, width) <= limit.burst + int(width / step + 1e-9)
+
+
+def test_hold_keeps_the_endpoint_quiet_until_then() -> None:
+    limit = RateLimit(per_second=10, burst=3)
+    pacer = Pacer(started=0.0, margin=0.0)
+    pacer.hold("ep", limit, until=30.0)
+    assert pacer.wait("ep", limit, 10.0) == pytest.approx(20.0)
+    assert pacer.wait("other", limit, 10.0) == 0.0  # other endpoints are not held
+    posts = simulate(pacer, limit, [10.0] * 4)
+    # after the hold it resumes evenly paced, not with a burst at the receiver that asked
+    assert posts == pytest.approx([30.0, 30.1, 30.2, 30.3])
+
+
+def test_expected_wait_counts_the_queue() -> None:
+    limit = RateLimit(per_second=5)
+    pacer = Pacer(started=0.0, margin=0.0)
+    pacer.sent("ep", limit, 10.0)
+    assert pacer.expected_wait("ep", limit, 10.0, queued=0) == pytest.approx(0.2)
+    assert pacer.expected_wait("ep", limit, 10.0, queued=4) == pytest.approx(1.0)
+
+
+def test_the_margin_spaces_posts_wider() -> None:
+    assert interval(RateLimit(per_second=5), 0.05) == pytest.approx(0.21)
+    with pytest.raises(ValueError, match="margin"):
+        Pacer(started=0.0, margin=-0.1)
+
+
+@given(st.text(min_size=1, max_size=40), st.integers(min_value=1, max_value=64))
+def test_shard_is_stable_and_in_range(endpoint: str, shards: int) -> None:
+    assert 0 <= shard_of(endpoint, shards) < shards
+    assert shard_of(endpoint, shards) == shard_of(str(endpoint), shards)
+
+
+def test_shard_is_pinned() -> None:
+    """CRC-32, not the salted ``hash()``: the same in every process, and a change of it would
+    move endpoints to other paced queues during a rolling upgrade (two pacers at once)."""
+    assert [shard_of(f"ep_{n}", 8) for n in range(8)] == [2, 4, 6, 0, 3, 5, 7, 1]
+
+
+async def test_the_gate_lets_jobs_through_in_order_and_gives_up_past_max_wait() -> None:
+    loop = asyncio.get_running_loop()
+    gate = PaceGate(Pacer(started=0.0, margin=0.0), max_wait=0.5, clock=loop.time)
+    limit = RateLimit(per_second=200)  # one every 5 ms
+    posted: list[tuple[int, float]] = []
+
+    async def job(n: int) -> None:
+        assert await gate.turn("ep", limit)
+        posted.append((n, loop.time()))
+
+    await asyncio.gather(*(job(n) for n in range(6)))
+    assert [n for n, _ in posted] == list(range(6))  # arrival order
+    times = [t for _, t in posted]
+    assert all(b - a >= 0.005 - 0.001 for a, b in itertools.pairwise(times))
+
+    assert not gate.too_long("ep", limit)
+    gate.hold("ep", limit, 10.0)  # a Retry-After of 10 s
+    assert gate.too_long("ep", limit)
+    assert not await gate.turn("ep", limit)  # given up at once, not slept on
+    assert await gate.turn("other", limit)  # another endpoint is not held
