@@ -25,7 +25,7 @@ from yarl import URL
 from services.deliverer import handlers
 from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
 from services.deliverer.paced import PaceGate
-from services.deliverer.pacing import Pacer, shard_of
+from services.deliverer.pacing import Pacer, defer_tier, shard_of
 from services.deliverer.proxy import ProxyRouter
 from services.deliverer.settings import Settings
 from services.deliverer.slots import EndpointSlots
@@ -343,8 +343,14 @@ class Deliverer:
         # Holding the job here would tie up a prefetch slot; enough of them and one slow
         # endpoint stalls every other. Put it back for later instead: same attempt number,
         # still signed (it comes back here, not through the signer).
-        later, delay = handlers.deferred(signed, self._settings.defer_delays_ms)
-        await self._publisher.send(topology.RETRY_EXCHANGE, topology.defer_queue(delay),
+        later, tier = handlers.deferred(signed, self._settings.defer_delays_ms)
+        delay = tier
+        limit = signed.job.rate_limit
+        if limit is not None:  # back about when its turn comes (services.deliverer.pacing)
+            tier, delay = defer_tier(self._pace.promise(signed.job.endpoint_id, limit),
+                                     self._settings.defer_delays_ms)
+            PACED.labels("deferred").inc()
+        await self._publisher.send(topology.RETRY_EXCHANGE, topology.defer_queue(tier),
                                    later, expiration=delay / 1000)
         DEFERRED.inc()
         log.debug("deferred", waiting_or_in_flight=self._slots.users(signed.job.endpoint_id),
@@ -389,7 +395,6 @@ class Deliverer:
         # POSTed again (a record of its own: every POST is audited).
         posted = await asyncio.shield(self._background(self._post_and_audit(signed)))
         if posted is None:  # its endpoint's turn is too far off (a Retry-After holds it)
-            PACED.labels("deferred").inc()
             await self._defer(signed, ids)
             return
         outcome, step, record, now, attempt = posted

@@ -59,6 +59,11 @@ class PaceGate:
                 del self._queued[endpoint]
                 del self._locks[endpoint]
 
+    def promise(self, endpoint: str, limit: RateLimit) -> float:
+        """Seconds a job of ``endpoint`` deferred now should wait (:meth:`Pacer.promise`)."""
+        return self._pacer.promise(endpoint, limit, self._clock(),
+                                   self._queued.get(endpoint, 0))
+
     def hold(self, endpoint: str, limit: RateLimit, seconds: float) -> None:
         """No POST of ``endpoint`` for ``seconds`` (the receiver's ``Retry-After``)."""
         self._pacer.hold(endpoint, limit, self._clock() + seconds)

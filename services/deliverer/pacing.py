@@ -26,13 +26,21 @@ it has not seen yet as if its ``tat`` were ``started + b * T``: the first POSTs 
 takeover wait one interval, never exceed the limit, and a pacer that has run longer than
 ``b * T`` behaves as a fresh one.
 
+A job whose turn is too far off is not held (it would keep a prefetch slot of its paced queue,
+which other endpoints share): it goes back through a defer tier and returns about when its
+turn comes (:meth:`Pacer.promise`). Each deferred job is promised the turn after the one
+deferred before it, so a backlog comes back spread at the endpoint's pace instead of all at
+once (which would defer most of it again, at a fraction of the rate).
+
 A receiver's ``429``/``503`` with ``Retry-After`` wins: :meth:`Pacer.hold` keeps the whole
 endpoint quiet until then (the failed delivery itself is retried after at least that long).
 """
 
 from __future__ import annotations
 
+import math
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from shared.contracts import RateLimit
@@ -56,6 +64,18 @@ def interval(limit: RateLimit, margin: float) -> float:
     return (1.0 + margin) / limit.per_second
 
 
+def defer_tier(wait_s: float, tiers_ms: Iterable[int]) -> tuple[int, int]:
+    """The defer tier (ms) and the message's own delay (ms) for a job to come back in
+    ``wait_s``: the smallest tier that long, or the longest (the job then comes back early and
+    is promised a turn again)."""
+    tiers = sorted(tiers_ms)
+    want = max(1, math.ceil(wait_s * 1000))
+    for tier in tiers:
+        if tier >= want:
+            return tier, want
+    return tiers[-1], tiers[-1]
+
+
 @dataclass
 class _Schedule:
     tat: float
@@ -70,6 +90,7 @@ class Pacer:
         self._started = started
         self._margin = margin
         self._schedules: dict[str, _Schedule] = {}
+        self._promised: dict[str, float] = {}
 
     def _tat(self, endpoint: str, limit: RateLimit, now: float) -> float:
         known = self._schedules.get(endpoint)
@@ -102,6 +123,19 @@ class Pacer:
         """How long a new job of ``endpoint`` would wait with ``queued`` jobs ahead of it."""
         return self.wait(endpoint, limit, now) + queued * interval(limit, self._margin)
 
+    def promise(self, endpoint: str, limit: RateLimit, now: float, queued: int) -> float:
+        """Seconds a job of ``endpoint`` deferred at ``now`` should wait before it comes back:
+        past the ``queued`` jobs waiting here and past every job deferred before it."""
+        step = interval(limit, self._margin)
+        wait = max(self.expected_wait(endpoint, limit, now, queued),
+                   self._promised.get(endpoint, now) - now)
+        self._promised[endpoint] = now + wait + step
+        if len(self._promised) > REMEMBERED:
+            self._forget(now)
+        return wait
+
     def _forget(self, now: float) -> None:
         for endpoint in [e for e, s in self._schedules.items() if s.tat <= now]:
             del self._schedules[endpoint]
+        for endpoint in [e for e, t in self._promised.items() if t <= now]:
+            del self._promised[endpoint]

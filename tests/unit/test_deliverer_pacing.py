@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.deliverer.paced import PaceGate
-from services.deliverer.pacing import Pacer, interval, shard_of
+from services.deliverer.pacing import Pacer, defer_tier, interval, shard_of
 from shared.contracts import RateLimit
 
 limits = st.builds(RateLimit,
@@ -162,3 +162,36 @@ async def test_the_gate_lets_jobs_through_in_order_and_gives_up_past_max_wait() 
     assert gate.too_long("ep", limit)
     assert not await gate.turn("ep", limit)  # given up at once, not slept on
     assert await gate.turn("other", limit)  # another endpoint is not held
+
+
+@given(limits, st.integers(min_value=0, max_value=50), st.integers(min_value=1, max_value=200))
+def test_deferred_jobs_are_promised_turns_one_interval_apart(
+        limit: RateLimit, queued: int, deferred: int) -> None:
+    """A backlog deferred at once comes back spread at the endpoint's pace, after the jobs
+    waiting here: not all together (most would be deferred again)."""
+    pacer = Pacer(started=0.0, margin=0.05)
+    pacer.sent("ep", limit, 100.0)
+    step = interval(limit, 0.05)
+    promised = [pacer.promise("ep", limit, 100.0, queued) for _ in range(deferred)]
+    assert promised[0] == pytest.approx(pacer.expected_wait("ep", limit, 100.0, queued))
+    assert all(b - a == pytest.approx(step) for a, b in itertools.pairwise(promised))
+    assert pacer.promise("other", limit, 100.0, 0) == 0.0
+
+
+def test_promises_start_again_from_the_schedule_once_they_are_past() -> None:
+    limit = RateLimit(per_second=2)
+    pacer = Pacer(started=0.0, margin=0.0)
+    assert [pacer.promise("ep", limit, 10.0, 4) for _ in range(2)] == [2.0, 2.5]
+    assert pacer.promise("ep", limit, 20.0, 0) == 0.0  # long after: nothing ahead of it
+
+
+@given(st.floats(min_value=0, max_value=500, allow_nan=False))
+def test_defer_tier_is_the_smallest_tier_long_enough(wait: float) -> None:
+    tiers = (1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000)
+    tier, delay = defer_tier(wait, tiers)
+    assert tier in tiers and 1 <= delay <= tier
+    if wait * 1000 <= 60_000:
+        assert delay >= wait * 1000 and delay - max(wait * 1000, 1) < 1
+        assert tier == min(t for t in tiers if t >= delay)
+    else:
+        assert (tier, delay) == (60_000, 60_000)  # back early; promised a turn again then
