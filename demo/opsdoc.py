@@ -25,6 +25,8 @@ CONSUMERS: dict[str, str] = {
     topology.AUDIT_CONTROL: "audit",
     topology.INGEST_HEALTH: "ingest (endpoint health)",
     topology.INGEST_CONTROL: "ingest (GDPR erasure of stored payloads)",
+    **{q.name: "deliverer (rate-limited endpoints; one active consumer among the replicas)"
+       for q in topology.PACED_QUEUES},
     topology.dead_queue(topology.SIGNER_JOBS): "ingest (into its dead-letter store)",
     topology.dead_queue(topology.DELIVERER_JOBS): "ingest (into its dead-letter store)",
     topology.AUDIT_HEADS: "auditors, SIEMs (the newest signed heads; bind a queue of your own "
@@ -36,7 +38,9 @@ CONSUMERS: dict[str, str] = {
 _EXCHANGE_PURPOSE = {
     topology.EVENTS_EXCHANGE: "domain events from the platform; routing key = event type",
     topology.WORK_EXCHANGE: f"delivery work: `{topology.SIGN}` → signer, "
-    f"`{topology.DELIVER}` → deliverer",
+    f"`{topology.DELIVER}` → deliverer, `{topology.paced_key(0)}`…"
+    f"`{topology.paced_key(topology.PACED_SHARDS - 1)}` → the paced queues (rate-limited "
+    "endpoints)",
     topology.AUDIT_EXCHANGE: "audit facts; routing key = fact kind",
     topology.AUDIT_HEADS_EXCHANGE: "signed heads of the audit chain, to every bound queue",
     topology.CONTROL_EXCHANGE: "control messages: `secret.*` → signer, `token.*` → audit",

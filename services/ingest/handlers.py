@@ -36,6 +36,7 @@ from shared.contracts import (
     DeliveryJob,
     DeliveryJobBatch,
     Event,
+    RateLimit,
     SignedDelivery,
 )
 from shared.ids import new_id
@@ -65,6 +66,8 @@ class Endpoint:
     disabled_reason: str | None = None
     retry_schedule_ms: tuple[int, ...] | None = None
     """Its own retry delays in ms (``()``: one attempt only); ``None``: the deployment's."""
+    rate_limit: RateLimit | None = None
+    """Its rate limit (the deliverer paces it); ``None``: not limited."""
 
     def wants(self, event_type: str) -> bool:
         """Does one of its patterns select ``event_type`` (whatever its status)?"""
@@ -105,7 +108,8 @@ def plan(event: Event, endpoints: Iterable[Endpoint]) -> list[DeliveryJob]:
         raise ValueError("plan() needs an event whose id and timestamp are set")
     return [
         DeliveryJob(delivery_id=delivery_id(event.id, ep.id), endpoint_id=ep.id, url=ep.url,
-                    event=event, retry_schedule_ms=ep.retry_schedule_ms)
+                    event=event, retry_schedule_ms=ep.retry_schedule_ms,
+                    rate_limit=ep.rate_limit)
         for ep in endpoints
         if ep.subscribed(event.event)
     ]
@@ -130,7 +134,8 @@ def hold(event: Event, endpoints: Iterable[Endpoint]) -> list[HeldJob]:
         raise ValueError("hold() needs an event whose id and timestamp are set")
     return [
         HeldJob(DeliveryJob(delivery_id=delivery_id(event.id, ep.id), endpoint_id=ep.id,
-                            url=ep.url, event=event, retry_schedule_ms=ep.retry_schedule_ms),
+                            url=ep.url, event=event, retry_schedule_ms=ep.retry_schedule_ms,
+                            rate_limit=ep.rate_limit),
                 ep.disabled_reason)
         for ep in endpoints
         if ep.status != "enabled" and ep.wants(event.event)
@@ -469,10 +474,10 @@ def absorb(stored: DeliveryJob | None, parked: DeliveryJob) -> DeliveryJob:
     return parked.model_copy(update={"history": history, "attempt": attempt})
 
 
-def resend(job: DeliveryJob, url: str, retry_schedule_ms: tuple[int, ...] | None = None
-           ) -> DeliveryJob:
+def resend(job: DeliveryJob, url: str, retry_schedule_ms: tuple[int, ...] | None = None,
+           rate_limit: RateLimit | None = None) -> DeliveryJob:
     """The job a manual retry publishes: attempt = last attempt + 1, the history kept, the
-    endpoint's current URL and retry schedule (an administrator may have changed them;
+    endpoint's current URL, retry schedule and rate limit (an administrator may have changed them;
     ``None``: the deployment's schedule). The attempt number moves on so the retry's facts and
     signatures never collide with an earlier attempt's.
 
@@ -480,7 +485,8 @@ def resend(job: DeliveryJob, url: str, retry_schedule_ms: tuple[int, ...] | None
     resent delivery that fails again is retried only while its attempt number is within the
     schedule, else it is dead-lettered (``exhausted``) at once — one manual retry, one try."""
     return job.model_copy(update={"attempt": last_attempt(job) + 1, "url": url,
-                                  "retry_schedule_ms": retry_schedule_ms})
+                                  "retry_schedule_ms": retry_schedule_ms,
+                                  "rate_limit": rate_limit})
 
 
 def _fact_id(*parts: str) -> str:

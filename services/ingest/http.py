@@ -280,7 +280,8 @@ def _endpoint_out(record: EndpointRecord) -> EndpointOut:
                        retry_schedule=schedule_seconds(record.retry_schedule_ms),
                        signature_scheme=record.signature_scheme,
                        public_keys=_public_keys_out(record),
-                       headers=dict.fromkeys(record.header_names, MASK))
+                       headers=dict.fromkeys(record.header_names, MASK),
+                       rate_limit=record.rate_limit)
 
 
 def _headers_handover(endpoint_id: str, headers: Mapping[str, str], now: datetime
@@ -302,6 +303,11 @@ def _shown(record: EndpointRecord) -> list[JsonValue] | None:
     """The endpoint's retry schedule for an audit fact: seconds, as the API shows it."""
     out = _endpoint_out(record).model_dump(mode="json")["retry_schedule"]
     return None if out is None else list(out)
+
+
+def _rate_shown(record: EndpointRecord) -> JsonValue:
+    """The endpoint's rate limit for an audit fact, as the API shows it."""
+    return None if record.rate_limit is None else record.rate_limit.model_dump(mode="json")
 
 
 def _delivery_out(record: DeliveryRecord) -> DeliveryOut:
@@ -416,7 +422,8 @@ class IngestApi:
                                 signature_scheme=body.signature_scheme,
                                 public_keys=((public_key_of(secret), None),) if ed25519
                                 else None,
-                                header_names=tuple(body.headers or {}))
+                                header_names=tuple(body.headers or {}),
+                                rate_limit=body.rate_limit)
         # custom headers ride with the secret: the first job finds both in the keystore
         handover = EndpointSecret(
             endpoint_id=record.id, action="set", secret=SecretStr(secret), issued_at=now,
@@ -438,7 +445,8 @@ class IngestApi:
                                     details={"events": list(record.events),
                                              "retry_schedule": _shown(record),
                                              "signature_scheme": record.signature_scheme,
-                                             "header_names": list(record.header_names)}))
+                                             "header_names": list(record.header_names),
+                                             "rate_limit": _rate_shown(record)}))
         out = EndpointCreated(**_endpoint_out(record).model_dump(),
                               secret=None if ed25519 else secret)
         return _body(out, 201)
@@ -551,6 +559,8 @@ class IngestApi:
             details["retry_schedule"] = _shown(record)
         if "headers" in changes:
             details["header_names"] = list(record.header_names)
+        if "rate_limit" in changes:
+            details["rate_limit"] = _rate_shown(record)
         facts = [self._fact("endpoint.updated", principal.token_id,
                             endpoint_id=endpoint_id, url=record.url, details=details)]
         if enabling:
@@ -716,7 +726,8 @@ class IngestApi:
                     if await self.store.mark_retried(conn, record.delivery_id,
                                                      was=record.status, actor=actor, now=now):
                         batch.append((record, resend(record.job, endpoint.url,
-                                                     endpoint.retry_schedule_ms)))
+                                                     endpoint.retry_schedule_ms,
+                                                     endpoint.rate_limit)))
                 if batch and self.log is not None:
                     await self.log.mark([job.delivery_id for _, job in batch], "retried",
                                         now, conn)
@@ -839,7 +850,8 @@ class IngestApi:
         payload, or the dead-letter store's copy), the endpoint's current URL and schedule,
         the attempt after the last one seen."""
         if stored is not None:
-            job = resend(stored.job, endpoint.url, endpoint.retry_schedule_ms)
+            job = resend(stored.job, endpoint.url, endpoint.retry_schedule_ms,
+                         endpoint.rate_limit)
         else:
             found = await self._message_log().get_event(row.event_id)
             payload = None if found is None else found[0].payload
@@ -850,7 +862,8 @@ class IngestApi:
                             "be sent again.")
             job = DeliveryJob(delivery_id=row.id, endpoint_id=endpoint.id, url=endpoint.url,
                               event=Event.model_validate(payload),
-                              retry_schedule_ms=endpoint.retry_schedule_ms)
+                              retry_schedule_ms=endpoint.retry_schedule_ms,
+                              rate_limit=endpoint.rate_limit)
         # a new attempt number: the deliverer's fact ids (and audit's de-duplication) rely on it
         return job.model_copy(update={"attempt": max(job.attempt, row.last_attempt + 1)})
 
@@ -902,7 +915,8 @@ class IngestApi:
         assert event.id is not None
         job = DeliveryJob(delivery_id=delivery_id(event.id, endpoint.id),
                           endpoint_id=endpoint.id, url=endpoint.url, event=event,
-                          retry_schedule_ms=endpoint.retry_schedule_ms)
+                          retry_schedule_ms=endpoint.retry_schedule_ms,
+                          rate_limit=endpoint.rate_limit)
         if self.log is not None and self.settings.message_log:
             await self.log.record(
                 [log_event(event, now, keep_payload=self.settings.payload_retention_days > 0)],
@@ -1135,7 +1149,8 @@ _BODY = (400, 413, 415, 422)
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/endpoints", "create_endpoint",
           "Register a webhook endpoint; its signing secret is returned this once. "
-          "`retry_schedule` (seconds) overrides the deployment's retry schedule for it.",
+          "`retry_schedule` (seconds) overrides the deployment's retry schedule for it; "
+          "`rate_limit` paces its deliveries.",
           ("admin",), body=EndpointCreate, responses={201: EndpointCreated},
           errors=(*_AUTH, *_BODY, 503)),
     Route("GET", "/v1/endpoints", "list_endpoints",
@@ -1160,8 +1175,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/endpoints/{id}", "get_endpoint", "Read one endpoint.",
           ("admin", "viewer"), responses={200: EndpointOut}, errors=(*_AUTH, 404)),
     Route("PATCH", "/v1/endpoints/{id}", "update_endpoint",
-          "Change an endpoint's url, events, description, status or retry schedule "
-          "(`retry_schedule: null` returns it to the deployment's). Re-enabling a disabled "
+          "Change an endpoint's url, events, description, status, retry schedule, custom "
+          "headers or rate limit (`retry_schedule: null` returns it to the deployment's, "
+          "`rate_limit: null` removes the limit). Re-enabling a disabled "
           "endpoint answers how many deliveries were held meanwhile (`held_deliveries`); "
           "send them with `POST /v1/endpoints/{id}/recover`.",
           ("admin",), body=EndpointUpdate, responses={200: EndpointPatched},

@@ -28,7 +28,7 @@ from pydantic import (
 from services.ingest.catalog import UnknownPolicy
 from services.ingest.handlers import DeliveryStatus, EndpointStatus
 from shared import custom_headers
-from shared.contracts import AttemptRecord, Lang, Role
+from shared.contracts import AttemptRecord, Lang, RateLimit, Role
 from shared.subscriptions import MAX_PATTERN, PATTERN_RE
 
 DEFAULT_SECRET_MIN_LENGTH = 16
@@ -168,6 +168,11 @@ CustomHeaders = Annotated[
     AfterValidator(_check_headers),
 ]
 MASK = "********"
+RATE_LIMIT_DESCRIPTION = (
+    "At most `per_second` deliveries a second (0.01 to 10000), `burst` (default 1) of them "
+    "back to back after a quiet spell; enforced across every deliverer replica. A receiver's "
+    "429/503 `Retry-After` still wins: the endpoint gets nothing until then. Null: not "
+    "limited.")
 
 
 class Request(BaseModel):
@@ -185,6 +190,8 @@ class EndpointCreate(Request):
     signature_scheme: SignatureScheme = Field(default="hmac-sha256",
                                               description=SCHEME_DESCRIPTION)
     headers: CustomHeaders | None = None
+    rate_limit: RateLimit | None = Field(default=None, description=RATE_LIMIT_DESCRIPTION,
+                                         examples=[{"per_second": 5, "burst": 10}])
 
     @field_validator("secret")
     @classmethod
@@ -210,6 +217,8 @@ class EndpointUpdate(Request):
     retry_schedule: RetrySchedule | None = None
     headers: CustomHeaders | None = Field(
         default=None, description="Replaces all its custom headers (`{}` or null: none).")
+    rate_limit: RateLimit | None = Field(
+        default=None, description=RATE_LIMIT_DESCRIPTION + " `null` removes the limit.")
 
     @field_validator("url", "events", "status", mode="before")
     @classmethod
@@ -222,7 +231,7 @@ class EndpointUpdate(Request):
     def _not_empty(self) -> EndpointUpdate:
         if not self.model_fields_set:
             raise ValueError("send at least one of: url, events, description, status, "
-                             "retry_schedule, headers")
+                             "retry_schedule, headers, rate_limit")
         return self
 
 
@@ -305,6 +314,7 @@ class EndpointOut(Response):
         "deliveries, current first (two during a rotation overlap); null for `hmac-sha256`.")
     headers: dict[str, str] = Field(
         default_factory=dict, description="Its custom headers, values masked (`********`).")
+    rate_limit: RateLimit | None = Field(default=None, description=RATE_LIMIT_DESCRIPTION)
 
 
 class EndpointPatched(EndpointOut):

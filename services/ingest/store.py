@@ -38,7 +38,7 @@ from services.ingest.handlers import (
     absorb,
     key_is_fresh,
 )
-from shared.contracts import DeliveryJob, Role
+from shared.contracts import DeliveryJob, RateLimit, Role
 from shared.db import direct_sqlite, sqlite_timestamp
 from shared.web import Principal
 
@@ -72,6 +72,8 @@ endpoints = sa.Table(
     sa.Column("header_names", sa.JSON(none_as_null=True), nullable=True),
     # failed attempts since the last delivered one (endpoint.failing / endpoint.recovered)
     sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    # its rate limit, JSON {"per_second": r, "burst": b}; NULL: not limited
+    sa.Column("rate_limit", sa.JSON(none_as_null=True), nullable=True),
     sa.Index("ix_endpoints_status", "status"),
 )
 
@@ -155,6 +157,14 @@ def _schedule(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(ms) for ms in value)
 
 
+def _rate_limit(value: Any) -> RateLimit | None:
+    return None if value is None else RateLimit.model_validate(value)
+
+
+def _rate_limit_column(value: RateLimit | None) -> dict[str, Any] | None:
+    return None if value is None else value.model_dump(mode="json")
+
+
 def _schedule_column(value: Sequence[int] | None) -> list[int] | None:
     return None if value is None else list(value)
 
@@ -200,6 +210,7 @@ class EndpointRecord:
     """ed25519: ``(whpk_, valid_until)`` pairs, current (``None``) first."""
     header_names: tuple[str, ...] = ()
     consecutive_failures: int = 0
+    rate_limit: RateLimit | None = None
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> EndpointRecord:
@@ -216,12 +227,14 @@ class EndpointRecord:
                    signature_scheme=m["signature_scheme"],
                    public_keys=_public_keys(m["public_keys"]),
                    header_names=tuple(m["header_names"] or ()),
-                   consecutive_failures=m["consecutive_failures"])
+                   consecutive_failures=m["consecutive_failures"],
+                   rate_limit=_rate_limit(m["rate_limit"]))
 
     def target(self) -> Endpoint:
         return Endpoint(id=self.id, url=self.url, events=self.events, status=self.status,
                         disabled_reason=self.disabled_reason,
-                        retry_schedule_ms=self.retry_schedule_ms)
+                        retry_schedule_ms=self.retry_schedule_ms,
+                        rate_limit=self.rate_limit)
 
     @property
     def health(self) -> Health:
@@ -359,7 +372,8 @@ class Store:
             retry_schedule_ms=_schedule_column(record.retry_schedule_ms),
             signature_scheme=record.signature_scheme,
             public_keys=_public_keys_column(record.public_keys),
-            header_names=list(record.header_names) or None))
+            header_names=list(record.header_names) or None,
+            rate_limit=_rate_limit_column(record.rate_limit)))
 
     async def get_endpoint(self, endpoint_id: str, conn: AsyncConnection | None = None
                            ) -> EndpointRecord | None:
@@ -387,6 +401,8 @@ class Store:
             values["retry_schedule_ms"] = _schedule_column(values["retry_schedule_ms"])
         if "header_names" in values:
             values["header_names"] = list(values["header_names"]) or None
+        if "rate_limit" in values:
+            values["rate_limit"] = _rate_limit_column(values["rate_limit"])
         if "public_keys" in values:
             values["public_keys"] = _public_keys_column(values["public_keys"])
         conn.info[_ENDPOINTS_CHANGED] = True
@@ -427,12 +443,13 @@ class Store:
     async def _load_subscribers(self) -> list[Endpoint]:
         query = (sa.select(endpoints.c.id, endpoints.c.url, endpoints.c.events,
                            endpoints.c.status, endpoints.c.disabled_reason,
-                           endpoints.c.retry_schedule_ms)
+                           endpoints.c.retry_schedule_ms, endpoints.c.rate_limit)
                  .order_by(endpoints.c.id))
         async with self.engine.connect() as conn:
             return [Endpoint(id=r.id, url=r.url, events=tuple(r.events), status=r.status,
                              disabled_reason=r.disabled_reason,
-                             retry_schedule_ms=_schedule(r.retry_schedule_ms))
+                             retry_schedule_ms=_schedule(r.retry_schedule_ms),
+                             rate_limit=_rate_limit(r.rate_limit))
                     for r in await conn.execute(query)]
 
     async def enabled_endpoints(self) -> list[Endpoint]:

@@ -20,6 +20,7 @@ from shared.contracts import (
     DeliveryJob,
     EndpointSecret,
     Event,
+    RateLimit,
     SignedDelivery,
     SubjectErasure,
     TokenGrant,
@@ -46,6 +47,8 @@ SAMPLES: dict[str, Contract] = {
     "AttemptRecord": ATTEMPT,
     "DeliveryJob": JOB,
     "DeliveryJob.own_schedule": JOB.model_copy(update={"retry_schedule_ms": (1_000, 60_000)}),
+    "DeliveryJob.rate_limit": JOB.model_copy(
+        update={"rate_limit": RateLimit(per_second=5, burst=10)}),
     "SignedDelivery": SignedDelivery(job=JOB, body='{"id":"evt"}',
                                      headers={"webhook-id": "evt"}, signed_at=AT),
     "AuditFact": AuditFact(id="fct_1", kind="delivery.attempted", occurred_at=AT,
