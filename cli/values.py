@@ -6,6 +6,7 @@ into a translated usage error (exit 2) before anything is sent.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -70,6 +71,33 @@ def schedule_text(delays: list[float] | None) -> str | None:
         else:
             out.append(f"{seconds:g}s")
     return ", ".join(out)
+
+
+def parse_rate_limit(value: str) -> dict[str, float | int] | None:
+    """``--rate-limit`` as the API takes it: ``5`` (deliveries per second) or ``5/10`` (with a
+    burst of 10); ``none`` gives None (no limit). The API checks the ranges."""
+    text = value.strip().lower()
+    if text == "none":
+        return None
+    rate, sep, burst = text.partition("/")
+    try:
+        per_second = float(rate)
+        limit: dict[str, float | int] = {
+            "per_second": int(per_second) if per_second.is_integer() else per_second}
+        if sep:
+            limit["burst"] = int(burst)
+    except ValueError:
+        raise ValueError("expected N or N/BURST, e.g. 5 or 0.5/10, or 'none'") from None
+    if not math.isfinite(per_second) or per_second <= 0 or limit.get("burst", 1) < 1:
+        raise ValueError("expected a rate above 0 and a burst of at least 1")
+    return limit
+
+
+def rate_limit_text(limit: dict[str, float | int] | None) -> tuple[str, str] | None:
+    """A rate limit's parts as they read back (``5``, ``10``); None when not limited."""
+    if not limit:
+        return None
+    return f"{limit['per_second']:g}", str(limit.get("burst", 1))
 
 
 def parse_header(value: str) -> tuple[str, str]:

@@ -12,7 +12,13 @@ from cli.commands import Commands, confirm, value
 from cli.context import Ctx
 from cli.errors import ApiError, CliError, Exit, UnreachableError, UsageError
 from cli.i18n import LANGS, TIFINAGH, Messages, catalog
-from cli.values import parse_header, parse_schedule, schedule_text
+from cli.values import (
+    parse_header,
+    parse_rate_limit,
+    parse_schedule,
+    rate_limit_text,
+    schedule_text,
+)
 from shared.subscriptions import selects  # the filter contract ingest applies
 
 TEST_EVENT = "dihya.test"
@@ -30,6 +36,7 @@ def register(root: Commands) -> None:
     cmds = root.group("endpoints", "help.endpoints")
     schedule = value(t, parse_schedule, "hint.schedule")
     header = value(t, parse_header, "hint.header")
+    rate = value(t, parse_rate_limit, "hint.rate_limit")
 
     p = cmds.command("create", "help.endpoints.create", create)
     p.add_argument("url", help=t("help.arg.url"))
@@ -43,6 +50,8 @@ def register(root: Commands) -> None:
                    help=t("help.arg.signature_scheme"))
     p.add_argument("--header", dest="headers", action="append", type=header,
                    metavar="NAME=VALUE", help=t("help.arg.header"))
+    p.add_argument("--rate-limit", type=rate, metavar="N[/BURST]",
+                   help=t("help.arg.rate_limit"))
 
     p = cmds.command("list", "help.endpoints.list", list_)
     _paging(p, t)
@@ -70,6 +79,8 @@ def register(root: Commands) -> None:
     heads.add_argument("--header", dest="headers", action="append", type=header,
                        metavar="NAME=VALUE", help=t("help.arg.header_update"))
     heads.add_argument("--no-headers", action="store_true", help=t("help.arg.no_headers"))
+    p.add_argument("--rate-limit", type=rate, default=argparse.SUPPRESS, metavar="N[/BURST]",
+                   help=t("help.arg.rate_limit_update"))
 
     p = cmds.command("delete", "help.endpoints.delete", delete)
     p.add_argument("id", help=t("help.arg.endpoint_id"))
@@ -139,6 +150,9 @@ def describe(t: Messages, ep: dict[str, Any]) -> list[tuple[str, Any]]:
     rows.append((t("field.signature_scheme"), ep.get("signature_scheme", "hmac-sha256")))
     if ep.get("public_keys"):
         rows.append((t("field.public_keys"), [k["key"] for k in ep["public_keys"]]))
+    limit = rate_limit_text(ep.get("rate_limit"))
+    rows.append((t("field.rate_limit"), t("endpoint.no_rate_limit") if limit is None
+                 else t("endpoint.rate_limit_text", rate=limit[0], burst=limit[1])))
     if ep.get("headers"):
         rows.append((t("field.headers"), [f"{n}: {v}" for n, v in ep["headers"].items()]))
     if ep.get("disabled_reason"):
@@ -160,6 +174,8 @@ def create(ctx: Ctx, args: argparse.Namespace) -> int:
         body["signature_scheme"] = args.signature_scheme
     if args.headers:
         body["headers"] = dict(args.headers)
+    if args.rate_limit is not None:
+        body["rate_limit"] = args.rate_limit
     ep = ctx.ingest().request("POST", "/v1/endpoints", body=body).data
 
     def human() -> None:
@@ -218,6 +234,8 @@ def update(ctx: Ctx, args: argparse.Namespace) -> int:
         body["headers"] = dict(args.headers)
     elif args.no_headers:
         body["headers"] = {}
+    if "rate_limit" in args:
+        body["rate_limit"] = args.rate_limit
     if not body:
         raise UsageError(ctx.t("endpoint.nothing_to_update"))
     ep = ctx.ingest().request("PATCH", f"/v1/endpoints/{seg(args.id)}", body=body).data
