@@ -122,6 +122,20 @@ export function parseSchedule(text) {
   });
 }
 
+/** Parse "5" into {per_second: 5} and "5/10" into {per_second: 5, burst: 10}; "" or "none"
+ * into null (not limited). Throws on anything else (the API checks the ranges). */
+export function parseRateLimit(text) {
+  const value = text.trim();
+  if (!value || value.toLowerCase() === "none") return null;
+  const [rate, burst, ...rest] = value.split("/").map((part) => part.trim());
+  const perSecond = Number(rate);
+  if (rest.length || !rate || !Number.isFinite(perSecond) || perSecond <= 0) throw new Error(value);
+  if (burst === undefined) return { per_second: perSecond };
+  const n = Number(burst);
+  if (!burst || !Number.isInteger(n) || n < 1) throw new Error(value);
+  return { per_second: perSecond, burst: n };
+}
+
 export function splitPatterns(text) {
   return [...new Set(text.split(/[\s,]+/).map((p) => p.trim()).filter(Boolean))];
 }

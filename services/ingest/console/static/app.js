@@ -3,7 +3,7 @@
 // textContent (never parsed as HTML); the token and secrets never reach a URL or the console.
 
 import {
-  ApiError, call, download, forgetToken, keepToken, matches, parseSchedule, sleep,
+  ApiError, call, download, forgetToken, keepToken, matches, parseRateLimit, parseSchedule, sleep,
   splitPatterns, storedToken,
 } from "./api.js";
 import { addHours, hourlyBars } from "./charts.js";
@@ -338,6 +338,7 @@ function openEndpointForm(ep) {
   $("ep-events").value = ep ? ep.events.join(", ") : "";
   $("ep-description").value = ep?.description || "";
   $("ep-schedule").value = ep?.retry_schedule ? (ep.retry_schedule.length ? ep.retry_schedule.join(", ") : "none") : "";
+  $("ep-rate").value = ep?.rate_limit ? `${ep.rate_limit.per_second}/${ep.rate_limit.burst}` : "";
   $("ep-scheme").value = ep?.signature_scheme || "hmac-sha256";
   $("ep-scheme").disabled = Boolean(ep); // fixed at creation
   // values are never shown back (masked by the API): empty keeps them when editing
@@ -384,6 +385,14 @@ async function submitEndpointForm(event) {
     $("ep-schedule").focus();
     return;
   }
+  let rate;
+  try {
+    rate = parseRateLimit($("ep-rate").value);
+  } catch (err) {
+    formError(t("form.rate_invalid", { value: err.message }));
+    $("ep-rate").focus();
+    return;
+  }
   let headers;
   try {
     headers = parseHeaders($("ep-headers").value);
@@ -396,7 +405,7 @@ async function submitEndpointForm(event) {
   const box = $("endpoint-form-error");
   if (!formMode.id) {
     const body = { url, events, ...(description ? { description } : {}), ...(schedule !== null ? { retry_schedule: schedule } : {}),
-      signature_scheme: $("ep-scheme").value, ...(headers ? { headers } : {}) };
+      signature_scheme: $("ep-scheme").value, ...(headers ? { headers } : {}), ...(rate ? { rate_limit: rate } : {}) };
     const created = await guard(() => call("", "POST", "/v1/endpoints", { body }), { button: submit, box });
     if (!created) return;
     $("endpoint-dialog").close();
@@ -413,6 +422,9 @@ async function submitEndpointForm(event) {
   if (description !== (before.description || "")) body.description = description || null;
   if (JSON.stringify(schedule) !== JSON.stringify(before.retry_schedule ?? null)) body.retry_schedule = schedule;
   if (headers) body.headers = headers;
+  const rateBefore = before.rate_limit ? { per_second: before.rate_limit.per_second, burst: before.rate_limit.burst } : null;
+  const rateAfter = rate ? { burst: 1, ...rate } : null;
+  if (JSON.stringify(rateAfter) !== JSON.stringify(rateBefore)) body.rate_limit = rate;
   if (!Object.keys(body).length) { $("endpoint-dialog").close(); announce(t("endpoint.unchanged")); return; }
   const updated = await guard(() => call("", "PATCH", `/v1/endpoints/${encodeURIComponent(before.id)}`, { body }), { button: submit, box });
   if (!updated) return;
@@ -537,6 +549,11 @@ async function recoverSince(event) {
   await guard(() => loadFailed());
 }
 
+function rateText(limit) {
+  if (!limit) return t("endpoint.rate_none");
+  return measure(t("endpoint.rate_text", { rate: formatNumber(limit.per_second), burst: formatNumber(limit.burst, 0) }));
+}
+
 function scheduleText(schedule) {
   if (schedule === null || schedule === undefined) return t("endpoint.schedule_default");
   if (!schedule.length) return t("endpoint.schedule_single");
@@ -553,6 +570,7 @@ function renderEndpoint() {
     [t("field.events"), patternList(ep.events)],
     [t("field.description"), ep.description || dash],
     [t("field.retry_schedule"), scheduleText(ep.retry_schedule)],
+    [t("field.rate_limit"), rateText(ep.rate_limit)],
     [t("field.created_at"), formatTime(ep.created_at)],
     [t("field.updated_at"), formatTime(ep.updated_at)],
     ep.failing_since && [t("field.failing_since"), formatTime(ep.failing_since)],
