@@ -212,8 +212,8 @@ class Deliverer:
                                     settings.max_waiting_per_endpoint,
                                     settings.max_local_wait)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._pace = PaceGate(Pacer(time.monotonic(), settings.pace_margin),
-                              settings.max_pace_wait)
+        self._pace = PaceGate(Pacer(time.monotonic(), settings.pace_margin,
+                                    topology.PACED_SHARDS), settings.max_pace_wait)
 
     async def post(self, signed: SignedDelivery) -> Response:
         """One POST, no redirect followed, at most the excerpt of the response read."""
@@ -374,6 +374,9 @@ class Deliverer:
         if job.rate_limit is not None and not paced:
             await self._forward(signed)
             return
+        if paced:
+            self._pace.arrived(shard_of(job.endpoint_id, topology.PACED_SHARDS),
+                               message.redelivered)
         ids = {"delivery_id": job.delivery_id, "event_id": job.event.id,
                "endpoint_id": job.endpoint_id, "attempt": job.attempt}
 

@@ -27,6 +27,15 @@ class PaceGate:
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
         self._queued: dict[str, int] = {}
+        self._seen: set[int] = set()
+
+    def arrived(self, shard: int, redelivered: bool) -> None:
+        """A message of paced queue ``shard`` came: its first, or a redelivered one (a
+        takeover hands those over first) may mean this process just became the queue's active
+        consumer (:meth:`Pacer.activate`)."""
+        if redelivered or shard not in self._seen:
+            self._seen.add(shard)
+            self._pacer.activate(shard, self._clock())
 
     def too_long(self, endpoint: str, limit: RateLimit) -> bool:
         """Would a new job of ``endpoint`` wait longer than ``max_wait`` for its turn?"""

@@ -19,12 +19,14 @@ than the limit: what a receiver counts is arrivals, and the network and its own 
 move them by milliseconds, so POSTs spaced exactly ``1 / r`` apart would now and then show
 ``r + 1`` in a one-second window.
 
-A takeover (a new process becomes the active consumer, or this one restarts) knows nothing
-of what the previous one sent just before. After a POST at ``t`` the previous pacer's
-``tat`` is at most ``t + tau + T``, so a pacer that started at ``started`` treats an endpoint
-it has not seen yet as if its ``tat`` were ``started + b * T``: the first POSTs after a
-takeover wait one interval, never exceed the limit, and a pacer that has run longer than
-``b * T`` behaves as a fresh one.
+A takeover (another process becomes a paced queue's active consumer, or this one restarts)
+knows nothing of what the previous one sent just before. After a POST at ``t`` the previous
+pacer's ``tat`` is at most ``t + tau + T``. RabbitMQ does not tell a consumer it has become the
+active one, so the deliverer calls :meth:`Pacer.activate` for a paced queue at its first
+message, and at every redelivered one (a takeover hands over the unacknowledged messages as
+redelivered, first): from then on, no endpoint of that queue has a ``tat`` below
+``activated + b * T`` (what it knew is kept: a ``Retry-After`` hold stays). So the first POSTs after a takeover wait one
+interval and never exceed the limit, and once ``b * T`` has passed an endpoint is as fresh.
 
 A job whose turn is too far off is not held (it would keep a prefetch slot of its paced queue,
 which other endpoints share): it goes back through a defer tier and returns about when its
@@ -84,19 +86,26 @@ class _Schedule:
 class Pacer:
     """The GCRA of every endpoint this process paces (see the module)."""
 
-    def __init__(self, started: float, margin: float = 0.05) -> None:
+    def __init__(self, started: float, margin: float = 0.05, shards: int = 8) -> None:
         if margin < 0:
             raise ValueError("the margin must be >= 0")
         self._started = started
         self._margin = margin
+        self._shards = shards
+        self._active_since: dict[int, float] = {}
         self._schedules: dict[str, _Schedule] = {}
         self._promised: dict[str, float] = {}
 
+    def activate(self, shard: int, now: float) -> None:
+        """This process may have just become the active consumer of paced queue ``shard``:
+        its endpoints start as after a takeover (see the module)."""
+        self._active_since[shard] = now
+
     def _tat(self, endpoint: str, limit: RateLimit, now: float) -> float:
+        since = self._active_since.get(shard_of(endpoint, self._shards), self._started)
+        floor = since + limit.burst * interval(limit, self._margin)
         known = self._schedules.get(endpoint)
-        if known is not None:
-            return known.tat
-        return max(now, self._started + limit.burst * interval(limit, self._margin))
+        return max(now if known is None else known.tat, floor)
 
     def wait(self, endpoint: str, limit: RateLimit, now: float) -> float:
         """Seconds until ``endpoint`` may have its next POST (0: now). Books nothing."""

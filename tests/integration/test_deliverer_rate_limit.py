@@ -24,7 +24,9 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import web
 
+from services.deliverer.app import start
 from services.deliverer.pacing import shard_of
+from services.deliverer.settings import Settings
 from shared import topology
 from shared.broker import Publisher
 from shared.contracts import DeliveryJob, RateLimit, decode_facts
@@ -242,3 +244,41 @@ async def test_a_retry_after_holds_the_whole_paced_endpoint(
     assert min(b - a for a, b in itertools.pairwise(times[1:])) >= 0.05 * 0.9
     assert set(arrivals.ids("busy")) == {j.event.id for j in jobs}
 
+
+
+async def test_a_takeover_keeps_the_limit_and_loses_nothing(
+        amqp_url: str, amqp: AbstractRobustConnection, publisher: Publisher,
+        arrivals: Arrivals) -> None:
+    """The active replica stops mid-run: the other takes over the paced queue (its held
+    deliveries come back redelivered) and the endpoint still gets at most 5 in any second."""
+    limit = RateLimit(per_second=5)
+    endpoint = "ep_paced_takeover"
+    jobs = [limited_job(arrivals.url("takeover"), endpoint, limit) for _ in range(40)]
+    settings = Settings.model_validate({
+        "amqp_url": amqp_url, "port": free_port(), "retry_schedule": "200ms,400ms",
+        "allowed_networks": "127.0.0.0/8", "shutdown_grace": 2.0})
+    stop_first = await start(settings)  # registered first: the active consumer
+    try:
+        async with deliverer(amqp_url):
+            await asyncio.gather(*(hand_over(publisher, signed_for(j)) for j in jobs))
+            await wait_until(lambda: len(arrivals.times("takeover")) >= 12, 60,
+                             arrivals.arrived)
+            stopped_at = asyncio.get_running_loop().time()
+            await stop_first()
+            stop_first = None
+            await wait_until(lambda: set(arrivals.ids("takeover")) >= {j.event.id for j in jobs},
+                             90, arrivals.arrived)
+    finally:
+        if stop_first is not None:
+            await stop_first()
+    times, ids = arrivals.times("takeover"), arrivals.ids("takeover")
+    expected = {j.event.id for j in jobs}
+    worst = most_in_a_second(times)
+    print(f"\nbooks: accepted {len(jobs)}, delivered {len(set(ids) & expected)}, lost "
+          f"{len(expected - set(ids))}, duplicates same id {sum(n - 1 for n in ids.values())}, "
+          f"new id {len(set(ids) - expected)}; before the stop "
+          f"{sum(t <= stopped_at for t in times)}, after {sum(t > stopped_at for t in times)}; "
+          f"at most {worst} in any 1 s window")
+    assert expected == set(ids)
+    assert sum(t > stopped_at for t in times) > 0  # the other replica took over
+    assert worst <= 5

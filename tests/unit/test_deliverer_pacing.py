@@ -20,16 +20,17 @@ gaps = st.lists(st.floats(min_value=0, max_value=5, allow_nan=False), min_size=1
 margins = st.sampled_from([0.0, 0.05, 0.2])
 
 
-def simulate(pacer: Pacer, limit: RateLimit, arrivals: list[float]) -> list[float]:
+def simulate(pacer: Pacer, limit: RateLimit, arrivals: list[float], endpoint: str = "ep"
+             ) -> list[float]:
     """Jobs arriving at ``arrivals`` (sorted), each POSTed as soon as the pacer allows, in
     order (as :class:`PaceGate` does): the POST times."""
     posts: list[float] = []
     clock = 0.0
     for at in arrivals:
         clock = max(clock, at)
-        clock += pacer.wait("ep", limit, clock)
-        assert pacer.wait("ep", limit, clock) == pytest.approx(0, abs=1e-9)
-        pacer.sent("ep", limit, clock)
+        clock += pacer.wait(endpoint, limit, clock)
+        assert pacer.wait(endpoint, limit, clock) == pytest.approx(0, abs=1e-9)
+        pacer.sent(endpoint, limit, clock)
         posts.append(clock)
     return posts
 
@@ -195,3 +196,51 @@ def test_defer_tier_is_the_smallest_tier_long_enough(wait: float) -> None:
         assert tier == min(t for t in tiers if t >= delay)
     else:
         assert (tier, delay) == (60_000, 60_000)  # back early; promised a turn again then
+
+
+@given(limits, margins, st.floats(min_value=0, max_value=10), st.booleans())
+def test_an_activation_keeps_a_takeover_within_the_limit(
+        limit: RateLimit, margin: float, previous_ran: float, seen_before: bool) -> None:
+    """The new active consumer started long before (it was a standby, or it was active once
+    and knew the endpoint): activated at the takeover, it still keeps every window."""
+    endpoint = "ep_takeover"
+    shard = shard_of(endpoint, 8)
+    old = Pacer(started=0.0, margin=margin)
+    start = 50.0 + previous_ran
+    old_posts = [p for p in simulate(old, limit, [50.0 + i * previous_ran / 40
+                                                  for i in range(40)], endpoint) if p <= start]
+    new = Pacer(started=0.0, margin=margin)
+    if seen_before:  # a stale schedule from when it was active before
+        new.sent(endpoint, limit, 10.0)
+    new.activate(shard, start)
+    posts = sorted(old_posts + simulate(new, limit, [start] * 30, endpoint))
+    step = interval(limit, margin)
+    for width in (step / 2, step, 1.0, 3 * step + 0.01):
+        assert most_in_window(posts, width) <= limit.burst + int(width / step + 1e-9)
+
+
+def test_an_activation_keeps_a_hold_and_spares_other_queues() -> None:
+    limit = RateLimit(per_second=10)
+    pacer = Pacer(started=0.0, margin=0.0)
+    pacer.hold("ep_a", limit, until=100.0)
+    pacer.activate(shard_of("ep_a", 8), 50.0)
+    assert pacer.wait("ep_a", limit, 50.0) == pytest.approx(50.0)  # the Retry-After stands
+    other = next(f"ep_{n}" for n in range(100) if shard_of(f"ep_{n}", 8)
+                 != shard_of("ep_a", 8))
+    assert pacer.wait(other, limit, 50.0) == 0.0
+
+
+async def test_the_gate_activates_a_queue_at_its_first_and_redelivered_messages() -> None:
+    now = [1000.0]
+    gate = PaceGate(Pacer(started=0.0, margin=0.0), max_wait=5.0, clock=lambda: now[0])
+    limit = RateLimit(per_second=2)
+    shard = shard_of("ep_g", 8)
+    gate.arrived(shard, redelivered=False)  # its first message: as after a takeover
+    assert gate.too_long("ep_g", limit) is False
+    assert gate.promise("ep_g", limit) == pytest.approx(0.5)
+    now[0] = 1002.0
+    gate.arrived(shard, redelivered=False)  # seen: nothing changes, long past the promise
+    assert gate.promise("ep_g", limit) == 0.0
+    now[0] = 1004.0
+    gate.arrived(shard, redelivered=True)  # a takeover's hand-over: one interval again
+    assert gate.promise("ep_g", limit) == pytest.approx(0.5)
