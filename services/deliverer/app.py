@@ -1,4 +1,5 @@
-"""Deliverer wiring: one shared HTTP client, the jobs consumer and the ops HTTP server."""
+"""Deliverer wiring: one shared HTTP client, the jobs consumer, the paced queues' consumers
+(rate-limited endpoints, one active consumer each among the replicas) and the ops HTTP server."""
 
 from __future__ import annotations
 
