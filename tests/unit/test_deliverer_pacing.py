@@ -81,6 +81,7 @@ def test_a_job_waits_only_for_the_ones_ahead_of_it(
 
 
 @given(limits, margins)
+@settings(deadline=None)  # timing varies on a loaded machine
 def test_a_burst_goes_back_to_back_after_a_quiet_spell(limit: RateLimit, margin: float
                                                        ) -> None:
     pacer = Pacer(started=0.0, margin=margin)
@@ -91,6 +92,7 @@ def test_a_burst_goes_back_to_back_after_a_quiet_spell(limit: RateLimit, margin:
 
 
 @given(limits, margins, st.floats(min_value=0, max_value=10))
+@settings(deadline=None)  # timing varies on a loaded machine
 def test_a_takeover_never_exceeds_what_the_previous_pacer_left(
         limit: RateLimit, margin: float, previous_ran: float) -> None:
     """The previous active consumer POSTed at full pace until ``start``; a new pacer started
@@ -132,6 +134,7 @@ def test_the_margin_spaces_posts_wider() -> None:
 
 
 @given(st.text(min_size=1, max_size=40), st.integers(min_value=1, max_value=64))
+@settings(deadline=None)  # timing varies on a loaded machine
 def test_shard_is_stable_and_in_range(endpoint: str, shards: int) -> None:
     assert 0 <= shard_of(endpoint, shards) < shards
     assert shard_of(endpoint, shards) == shard_of(str(endpoint), shards)
@@ -166,6 +169,7 @@ async def test_the_gate_lets_jobs_through_in_order_and_gives_up_past_max_wait() 
 
 
 @given(limits, st.integers(min_value=0, max_value=50), st.integers(min_value=1, max_value=200))
+@settings(deadline=None)  # timing varies on a loaded machine
 def test_deferred_jobs_are_promised_turns_one_interval_apart(
         limit: RateLimit, queued: int, deferred: int) -> None:
     """A backlog deferred at once comes back spread at the endpoint's pace, after the jobs
@@ -187,6 +191,7 @@ def test_promises_start_again_from_the_schedule_once_they_are_past() -> None:
 
 
 @given(st.floats(min_value=0, max_value=500, allow_nan=False))
+@settings(deadline=None)  # timing varies on a loaded machine
 def test_defer_tier_is_the_smallest_tier_long_enough(wait: float) -> None:
     tiers = (1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000)
     tier, delay = defer_tier(wait, tiers)
@@ -199,6 +204,7 @@ def test_defer_tier_is_the_smallest_tier_long_enough(wait: float) -> None:
 
 
 @given(limits, margins, st.floats(min_value=0, max_value=10), st.booleans())
+@settings(deadline=None)  # timing varies on a loaded machine
 def test_an_activation_keeps_a_takeover_within_the_limit(
         limit: RateLimit, margin: float, previous_ran: float, seen_before: bool) -> None:
     """The new active consumer started long before (it was a standby, or it was active once
