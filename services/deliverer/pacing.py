@@ -25,8 +25,9 @@ pacer's ``tat`` is at most ``t + tau + T``. RabbitMQ does not tell a consumer it
 active one, so the deliverer calls :meth:`Pacer.activate` for a paced queue at its first
 message, and at every redelivered one (a takeover hands over the unacknowledged messages as
 redelivered, first): from then on, no endpoint of that queue has a ``tat`` below
-``activated + b * T`` (what it knew is kept: a ``Retry-After`` hold stays). So the first POSTs after a takeover wait one
-interval and never exceed the limit, and once ``b * T`` has passed an endpoint is as fresh.
+``activated + b * T`` (what it knew is kept: a ``Retry-After`` hold stays). So the first POSTs
+after a takeover wait one interval and never exceed the limit, and once ``b * T`` has passed an
+endpoint is as fresh.
 
 A job whose turn is too far off is not held (it would keep a prefetch slot of its paced queue,
 which other endpoints share): it goes back through a defer tier and returns about when its
