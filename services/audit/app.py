@@ -11,9 +11,9 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from services.audit import handlers, metrics
+from services.audit import decisions, metrics
 from services.audit.batcher import submit_retrying
-from services.audit.handlers import Rejected
+from services.audit.decisions import Rejected
 from services.audit.heads import ExchangeSink, FileSink, Heads, Sink
 from services.audit.http import make_app
 from services.audit.ordering import AcceptanceGate
@@ -149,11 +149,11 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
                     message_id=message.message_id)
 
     async def on_fact(message: Delivery) -> None:
-        facts = handlers.decode_facts(message.body)
+        facts = decisions.decode_facts(message.body)
         if isinstance(facts, Rejected):
             await park(topology.AUDIT_FACTS, message, facts.reason, facts.error)
             return
-        problems = [handlers.storable_problem(fact) for fact in facts]
+        problems = [decisions.storable_problem(fact) for fact in facts]
         if len(facts) == 1 and problems[0]:
             await park(topology.AUDIT_FACTS, message, "schema_invalid", problems[0])
             return
@@ -174,7 +174,7 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
                     error=why, fact_id=fact.id, kind=fact.kind)
 
     async def on_control(message: Delivery) -> None:
-        grant = handlers.decode(message.body, TokenGrant)
+        grant = decisions.decode(message.body, TokenGrant)
         if isinstance(grant, Rejected):
             await park(topology.AUDIT_CONTROL, message, grant.reason, grant.error)
             return

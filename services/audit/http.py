@@ -15,9 +15,9 @@ import orjson
 import structlog
 from aiohttp import web
 
-from services.audit import exports, handlers, openapi, sealing
+from services.audit import decisions, exports, openapi, sealing
+from services.audit.decisions import RecordQuery
 from services.audit.exports import Format
-from services.audit.handlers import RecordQuery
 from services.audit.heads import Heads
 from services.audit.store import AuditStore
 from shared.contracts import Role, SubjectErasure, utcnow
@@ -55,13 +55,13 @@ SUBJECT_ROUTE = openapi.SUBJECT_PATH
 async def list_records(request: web.Request) -> web.Response:
     await authorize(request, *READERS)
     try:
-        query = handlers.parse_query(request.query.items(), request.app[PAGE_LIMIT])
-    except handlers.QueryError as exc:
+        query = decisions.parse_query(request.query.items(), request.app[PAGE_LIMIT])
+    except decisions.QueryError as exc:
         raise error(422, "invalid_query", "A query parameter is invalid.", exc.fields) from None
     found, more = await request.app[STORE].page(query)
     return json_response({
-        "records": [handlers.to_json(r) for r in found],
-        "next_cursor": handlers.encode_cursor(found[-1]["seq"]) if more and found else None,
+        "records": [decisions.to_json(r) for r in found],
+        "next_cursor": decisions.encode_cursor(found[-1]["seq"]) if more and found else None,
     })
 
 
@@ -70,7 +70,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     await authorize(request, *READERS)
     try:
         query, fmt = exports.parse_export(request.query.items())
-    except handlers.QueryError as exc:
+    except decisions.QueryError as exc:
         raise error(422, "invalid_query", "A query parameter is invalid.", exc.fields) from None
     store = request.app[STORE]
     head = await store.head_seq()
@@ -90,7 +90,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     return await _stream(request, response, body(), what="export")
 
 
-def _encode(fmt: Format, page: list[handlers.Record]) -> bytes:
+def _encode(fmt: Format, page: list[decisions.Record]) -> bytes:
     return exports.csv_rows(page) if fmt == "csv" else exports.jsonl(page)
 
 
@@ -118,7 +118,7 @@ async def _stream(request: web.Request, response: web.StreamResponse,
 
 def _subject(request: web.Request) -> str:
     subject = request.match_info["subject"]
-    if not sealing.valid_subject(subject) or not handlers.encodable(subject):
+    if not sealing.valid_subject(subject) or not decisions.encodable(subject):
         raise error(422, "invalid_subject", "The subject id is not one the log can hold.",
                     [{"field": "subject", "message": "1 to 512 characters, no NUL"}])
     return subject
@@ -205,7 +205,7 @@ async def verify(request: web.Request) -> web.Response:
                                  "matches": matches}
         if not matches and report["ok"]:
             report.update(ok=False, first_bad_seq=head["seq"], problem="signed_head_mismatch",
-                          detail=handlers.PROBLEMS["signed_head_mismatch"])
+                          detail=decisions.PROBLEMS["signed_head_mismatch"])
     return json_response(report)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.audit import exports, handlers, sealing
+from services.audit import decisions, exports, sealing
 
 
 def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
@@ -22,7 +22,7 @@ RECORD_PROPERTIES: dict[str, dict[str, Any]] = {
     "seq": {"type": "integer", "minimum": 1,
             "description": "Position in the chain (1, 2, 3… without gaps): the stable order."},
     "id": {"type": "string", "description": "The fact id (`fct_…`); unique."},
-    "kind": {"type": "string", "enum": list(handlers.RECORD_KINDS),
+    "kind": {"type": "string", "enum": list(decisions.RECORD_KINDS),
              "description": "A fact kind, or a kind of the audit service's own records: "
                             "`subject.erased` (a GDPR erasure) and `retention.purged`."},
     "occurred_at": {**_DT, "description": "When it happened, per the emitting service."},
@@ -64,7 +64,7 @@ RECORD_PROPERTIES: dict[str, dict[str, Any]] = {
                                      "canonical JSON of this record without `prev_hash`, "
                                      "`hash` and `personal`: sorted keys, no whitespace."},
 }
-OPTIONAL_RECORD_FIELDS: tuple[str, ...] = (*handlers.SEALED_FIELDS, *handlers.VIEW_FIELDS)
+OPTIONAL_RECORD_FIELDS: tuple[str, ...] = (*decisions.SEALED_FIELDS, *decisions.VIEW_FIELDS)
 
 _FILTER_DESCRIPTIONS = {
     "event_id": "Only records of this event id.",
@@ -92,11 +92,11 @@ def _filter_params() -> list[dict[str, Any]]:
     return [
         *(
             _param(name,
-                   {"type": "string", "enum": list(handlers.RECORD_KINDS)} if name == "kind"
+                   {"type": "string", "enum": list(decisions.RECORD_KINDS)} if name == "kind"
                    else {"type": "string", "minLength": 1,
-                         "maxLength": handlers.MAX_FILTER_LENGTH},
+                         "maxLength": decisions.MAX_FILTER_LENGTH},
                    _FILTER_DESCRIPTIONS[name])
-            for name in handlers.FILTER_PARAMS
+            for name in decisions.FILTER_PARAMS
         ),
         _param("since", {"type": "string", "format": "date-time"},
                "Only records with `occurred_at` at or after this instant (ISO-8601; without "
@@ -166,7 +166,7 @@ def document(page_limit: int) -> dict[str, Any]:
     record_params = [
         *_filter_params(),
         _param("limit", {"type": "integer", "minimum": 1, "maximum": page_limit,
-                         "default": min(handlers.DEFAULT_LIMIT, page_limit)},
+                         "default": min(decisions.DEFAULT_LIMIT, page_limit)},
                "Records per page."),
         _param("cursor", {"type": "string"},
                "`next_cursor` of the previous page. Send the same filters again with it."),
@@ -295,7 +295,7 @@ def document(page_limit: int) -> dict[str, Any]:
                                     "description": "Records walked."},
                         "first_bad_seq": _nullable("integer"),
                         "problem": {"type": ["string", "null"],
-                                    "enum": [*handlers.PROBLEMS, None]},
+                                    "enum": [*decisions.PROBLEMS, None]},
                         "detail": _nullable("string", description="What `problem` means."),
                         "head_hash": {**_HASH, "description": (
                             "Hash of the newest record. Deleting the newest records leaves a "

@@ -22,8 +22,8 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 from yarl import URL
 
-from services.deliverer import handlers
-from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
+from services.deliverer import decisions
+from services.deliverer.decisions import DeadLetter, ErrorKind, Retry
 from services.deliverer.proxy import ProxyRouter
 from services.deliverer.settings import Settings
 from services.deliverer.slots import EndpointSlots
@@ -72,7 +72,7 @@ class Response:
     retry_after: str | None = None
     excerpt: bytes = b""
     headers: Mapping[str, str] | None = None
-    """The response headers as a fact shows them (handlers.shown_response_headers)."""
+    """The response headers as a fact shows them (decisions.shown_response_headers)."""
     error: ErrorKind | None = None
     error_text: str | None = None
 
@@ -113,7 +113,7 @@ def _error_kind(exc: BaseException) -> ErrorKind:
     return "connection_error"
 
 
-_Posted = tuple[handlers.Outcome, handlers.Step, AttemptRecord, datetime, "asyncio.Task[None]"]
+_Posted = tuple[decisions.Outcome, decisions.Step, AttemptRecord, datetime, "asyncio.Task[None]"]
 """What a POST gave: its outcome, the next step, its record, when, and its fact's publishing."""
 
 T = TypeVar("T")
@@ -237,7 +237,7 @@ class Deliverer:
                     except (TimeoutError, aiohttp.ClientError):
                         excerpt = b""  # the status is what counts; the excerpt a courtesy
                     return Response(resp.status, resp.headers.get("Retry-After"), excerpt,
-                                    handlers.shown_response_headers(resp.headers.items()))
+                                    decisions.shown_response_headers(resp.headers.items()))
         except custom_headers.HeadersKeyError as exc:  # before any byte is sent
             return Response(None, error="headers_key", error_text=str(exc))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
@@ -272,20 +272,20 @@ class Deliverer:
             response = await self.post(signed)
             duration = time.perf_counter() - started
         now = utcnow()
-        outcome = handlers.classify(response.status, error=response.error,
+        outcome = decisions.classify(response.status, error=response.error,
                                     error_text=response.error_text,
                                     retry_after=response.retry_after, now=now)
-        schedule = handlers.schedule_for(job, self._schedule)
-        step = handlers.next_step(outcome, job.attempt, schedule, self._rng,
+        schedule = decisions.schedule_for(job, self._schedule)
+        step = decisions.next_step(outcome, job.attempt, schedule, self._rng,
                                   self._settings.retry_jitter)
-        record = handlers.attempt_record(job.attempt, outcome, at=at,
+        record = decisions.attempt_record(job.attempt, outcome, at=at,
                                          duration_ms=duration * 1000)
-        attempted = handlers.attempted_fact(
+        attempted = decisions.attempted_fact(
             job, outcome, record, step, response.excerpt, now, post=post,
-            request_headers=handlers.shown_request_headers(signed.headers),
+            request_headers=decisions.shown_request_headers(signed.headers),
             response_headers=response.headers)
         ATTEMPTS.labels(outcome.outcome, outcome.reason,
-                        handlers.status_class(outcome.status_code)).inc()
+                        decisions.status_class(outcome.status_code)).inc()
         ATTEMPT_SECONDS.observe(duration)
         # batched; published even if this job's ack is lost with its channel
         attempt = self._background(self._facts.send_until_confirmed(attempted))
@@ -312,9 +312,9 @@ class Deliverer:
 
     async def on_job(self, message: Delivery) -> None:
         try:
-            signed = handlers.parse_signed(message.body)
+            signed = decisions.parse_signed(message.body)
         except ValueError as exc:
-            fact = handlers.parked_fact(message.body, str(exc), utcnow())
+            fact = decisions.parked_fact(message.body, str(exc), utcnow())
             await asyncio.gather(
                 self._publisher.park(topology.DELIVERER_JOBS, message,
                                      reason="invalid_message", error=str(exc)),
@@ -328,7 +328,7 @@ class Deliverer:
         ids = {"delivery_id": job.delivery_id, "event_id": job.event.id,
                "endpoint_id": job.endpoint_id, "attempt": job.attempt}
 
-        if handlers.needs_resign(signed.signed_at, utcnow(), self._settings.resign_after):
+        if decisions.needs_resign(signed.signed_at, utcnow(), self._settings.resign_after):
             await self._publisher.send(topology.WORK_EXCHANGE, topology.SIGN, job)
             RESIGNED.inc()
             log.info("resign_stale", signed_at=signed.signed_at.isoformat(), **ids)
@@ -339,7 +339,7 @@ class Deliverer:
             # Holding the job here would tie up a prefetch slot; enough of them and one slow
             # endpoint stalls every other. Put it back for later instead: same attempt number,
             # still signed (it comes back here, not through the signer).
-            later, delay = handlers.deferred(signed, self._settings.defer_delays_ms)
+            later, delay = decisions.deferred(signed, self._settings.defer_delays_ms)
             await self._publisher.send(topology.RETRY_EXCHANGE, topology.defer_queue(delay),
                                        later, expiration=delay / 1000)
             DEFERRED.inc()
@@ -356,14 +356,14 @@ class Deliverer:
             await self._tiers.ensure(step.tier_ms)
         publishes: list[Awaitable[None]] = [asyncio.shield(attempt)]
         if isinstance(step, Retry):
-            following = handlers.next_job(job, record)
+            following = decisions.next_job(job, record)
             publishes.append(self._publisher.send(
                 topology.RETRY_EXCHANGE, topology.retry_queue(step.tier_ms), following,
                 expiration=step.delay_ms / 1000))
             RETRIES.labels(str(step.tier_ms)).inc()
         elif isinstance(step, DeadLetter):
-            parked = handlers.next_job(job, record)
-            dead = handlers.dead_lettered_fact(parked, step.reason, now)
+            parked = decisions.next_job(job, record)
+            dead = decisions.dead_lettered_fact(parked, step.reason, now)
             publishes.append(self._publisher.publish(
                 topology.DEAD_EXCHANGE, topology.DELIVERER_JOBS, encode(parked),
                 headers={topology.REASON_HEADER: step.reason,

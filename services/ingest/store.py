@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.ingest.handlers import (
+from services.ingest.decisions import (
     DeadLetter,
     DeliveryStatus,
     Endpoint,

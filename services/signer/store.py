@@ -46,7 +46,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.signer.handlers import StoredSecret
+from services.signer.decisions import StoredSecret
 from shared.contracts import EndpointSecret
 
 MIGRATIONS = Path(__file__).parent / "migrations"

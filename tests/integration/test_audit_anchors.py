@@ -25,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from cli.main import run as cli_run
-from services.audit import handlers, openapi, sealing
+from services.audit import decisions, openapi, sealing
 from services.audit.checkpoints import CheckpointSigner
 from services.audit.store import records
 from shared import anchor
@@ -136,11 +136,11 @@ async def test_e_an_edit_with_every_later_hash_recomputed_is_caught(
     statements = list(drop_guards(url))
     prev = rows[target - 2]["hash"]
     for row in rows[target - 1:]:
-        record = handlers.record_from_row(row)
+        record = decisions.record_from_row(row)
         if record["seq"] == target:
             record["outcome"] = "refused"
         record["prev_hash"] = prev
-        record["hash"] = prev = handlers.chain_hash(prev, record)
+        record["hash"] = prev = decisions.chain_hash(prev, record)
         statements.append(
             f"UPDATE records SET outcome = '{record['outcome']}', "  # noqa: S608
             f"prev_hash = '{record['prev_hash']}', hash = '{record['hash']}' "
@@ -157,7 +157,7 @@ async def test_f_a_forged_append_with_a_correct_hash_is_caught(
     url = api.database_url
     last = (await stored(url))[-1]
     # A record dated like its neighbours (it claims to have been recorded with them).
-    forged = handlers.append(
+    forged = decisions.append(
         [fact(99, "delivery.attempted", outcome="delivered", status_code=200)],
         existing_ids=set(), head_seq=last["seq"], head_hash=last["hash"],
         recorded_at=last["recorded_at"])

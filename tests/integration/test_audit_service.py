@@ -25,7 +25,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from pydantic import SecretStr
 
 from services.audit.app import start
-from services.audit.handlers import encode_cursor
+from services.audit.decisions import encode_cursor
 from services.audit.settings import AuditSettings
 from shared import topology
 from shared.broker import FactPublisher, Publisher, connect, declare
