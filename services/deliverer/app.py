@@ -19,11 +19,20 @@ from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from opentelemetry.trace import SpanKind
-from prometheus_client import Counter, Histogram
 from yarl import URL
 
 from services.deliverer import decisions
 from services.deliverer.decisions import DeadLetter, ErrorKind, Retry
+from services.deliverer.metrics import (
+    ATTEMPT_SECONDS,
+    ATTEMPTS,
+    DEAD,
+    DEFERRED,
+    PARKED,
+    RESIGNED,
+    RETRIES,
+    TIERS_DECLARED,
+)
 from services.deliverer.proxy import ProxyRouter
 from services.deliverer.settings import Settings
 from services.deliverer.slots import EndpointSlots
@@ -45,24 +54,6 @@ from shared.runtime import Stop
 from shared.web import add_ops_routes, errors_middleware, serve
 
 log = structlog.get_logger("dihya.deliverer")
-
-ATTEMPTS = Counter("dihya_deliverer_attempts_total", "HTTP delivery attempts.",
-                   ["outcome", "reason", "status_class"])
-ATTEMPT_SECONDS = Histogram("dihya_deliverer_attempt_seconds", "Duration of one attempt.",
-                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30))
-RETRIES = Counter("dihya_deliverer_retries_total", "Retries scheduled, by delay tier.",
-                  ["tier"])
-DEAD = Counter("dihya_deliverer_dead_lettered_total", "Deliveries given up, by reason.",
-               ["reason"])
-PARKED = Counter("dihya_deliverer_parked_total", "Unreadable messages set aside.")
-RESIGNED = Counter("dihya_deliverer_resigned_total",
-                   "Deliveries sent back to the signer because their signature was too old.")
-DEFERRED = Counter("dihya_deliverer_deferred_total",
-                   "Signed deliveries put back for later (a defer tier) because their endpoint "
-                   "had too many in flight.")
-TIERS_DECLARED = Counter("dihya_deliverer_tiers_declared_total",
-                         "Wait-queue tiers declared on first use (an endpoint's own schedule).")
-
 
 @dataclass(frozen=True)
 class Response:

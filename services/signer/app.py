@@ -11,10 +11,15 @@ import weakref
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
 from services.signer import decisions
 from services.signer.decisions import StoredSecret, UnsignableJobError
+from services.signer.metrics import (
+    CONTROL,
+    JOBS,
+    SECRET_WAIT,
+    SIGNED,
+)
 from services.signer.settings import Settings
 from services.signer.store import MIGRATIONS, Keystore
 from shared import custom_headers, telemetry, topology
@@ -25,15 +30,6 @@ from shared.runtime import Stop
 from shared.web import add_ops_routes, errors_middleware, serve
 
 log = structlog.get_logger("dihya.signer")
-
-JOBS = Counter("dihya_signer_jobs_total", "Delivery jobs handled by the signer.",
-               ["result", "reason"])
-SIGNED = JOBS.labels("signed", "")
-CONTROL = Counter("dihya_signer_control_total", "Secret control messages handled.",
-                  ["action", "result"])
-SECRET_WAIT = Histogram("dihya_signer_secret_wait_seconds",
-                        "How long jobs waited for their endpoint's secret to arrive.",
-                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 MAX_CACHED = 10_000
 """Cached endpoints before expired entries are swept out."""
