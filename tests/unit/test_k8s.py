@@ -35,7 +35,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from demo import envdoc
+from docgen import envdoc
 from shared.egress import refusal
 
 ROOT = Path(__file__).resolve().parents[2]
