@@ -20,10 +20,12 @@ from services.audit.decisions import RecordQuery
 from services.audit.exports import Format
 from services.audit.heads import Heads
 from services.audit.store import AuditStore
-from shared.contracts import Role, SubjectErasure, utcnow
+from shared.contracts import AuditFact, Role, SubjectErasure, utcnow
+from shared.ids import new_id
 from shared.web import (
     REFUSAL_HOOK,
     TOKEN_LOOKUP,
+    Principal,
     ReadinessCheck,
     RefusalHook,
     TokenLookup,
@@ -221,6 +223,51 @@ async def sign_head(request: web.Request) -> web.Response:
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+MAX_PATH = 2048
+
+
+class RefusalRecorder:
+    """The ``on_refusal`` hook: record a refused access (who, where, why) as an
+    ``access.refused`` fact handed to ``submit`` (the batch writer) — never the token itself."""
+
+    def __init__(self, submit: Callable[[AuditFact], Awaitable[None]]) -> None:
+        self._submit = submit
+
+    async def __call__(self, request: web.Request, principal: Principal | None,
+                       reason: str) -> None:
+        fact = AuditFact(
+            id=new_id("fct"),
+            kind="access.refused",
+            occurred_at=utcnow(),
+            service="audit",
+            actor=principal.token_id if principal else None,
+            reason=reason,
+            details={"path": _route_path(request), "method": request.method,
+                     "role": principal.role if principal else None},
+        )
+        try:
+            await self._submit(fact)
+        except Exception:
+            log.exception("refusal_not_recorded", path=fact.details["path"], reason=reason)
+
+
+def _route_path(request: web.Request) -> str:
+    """The path to record for a refused request: the route's template when it has variables
+    (``/v1/audit/subjects/{subject}/export``), so a subject id never lands in the log in clear,
+    where erasure could not reach it."""
+    resource = request.match_info.route.resource
+    if resource is not None and "{" in resource.canonical:
+        return resource.canonical
+    return _printable(request.rel_url.raw_path)
+
+
+def _printable(text: str) -> str:
+    """ASCII, NUL-free and bounded: a request path may hold anything a client typed."""
+    return text.encode("ascii", "backslashreplace").decode("ascii").replace("\x00", "\\x00")[
+        :MAX_PATH
+    ]
 
 
 def make_app(
