@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -45,7 +44,7 @@ from services.audit.decisions import (
 from services.audit.sealing import Linked, Own, Sealing
 from shared.anchor import HeadSigner
 from shared.contracts import Role, TokenGrant, utcnow
-from shared.db import direct_sqlite
+from shared.db import UTCDateTime, direct_sqlite
 from shared.ids import new_id
 from shared.web import Principal
 
@@ -60,26 +59,6 @@ IN_CHUNK = 500
 """Most values in one ``IN (…)`` list."""
 PURGE_CHUNK = 5000
 """Records deleted per transaction in a purge (short transactions: writers are not starved)."""
-
-
-class UTCDateTime(sa.TypeDecorator[datetime]):
-    """Aware UTC datetimes in and out, on both backends.
-
-    SQLite has no time zone type: SQLAlchemy stores the wall-clock text and drops the offset,
-    so values are converted to UTC first (and text comparison then orders them correctly).
-    """
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = decisions.utc(value)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else decisions.utc(value)
 
 
 metadata = sa.MetaData()
