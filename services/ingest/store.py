@@ -435,10 +435,6 @@ class Store:
                              retry_schedule_ms=_schedule(r.retry_schedule_ms))
                     for r in await conn.execute(query)]
 
-    async def enabled_endpoints(self) -> list[Endpoint]:
-        """Every enabled endpoint."""
-        return [ep for ep in await self.subscribers() if ep.status == "enabled"]
-
     async def set_health(self, conn: AsyncConnection, endpoint_id: str, old: Health,
                          new: Health, *, disabled_reason: str | None, now: datetime) -> bool:
         """Compare-and-set the endpoint's health: write ``new`` only if the row still holds
