@@ -187,3 +187,9 @@ def document(service: Service, routes: Iterable[Route]) -> dict[str, Any]:
                                            "description": service.bearer}},
         },
     }
+
+
+def component(doc: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A self-contained JSON Schema of the component ``name`` of ``doc`` (its ``$ref``s to
+    other components resolve), to validate an answer with a JSON Schema validator."""
+    return {"$ref": _REF.format(model=name), "components": doc["components"]}

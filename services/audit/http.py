@@ -15,13 +15,14 @@ import orjson
 import structlog
 from aiohttp import web
 
-from services.audit import decisions, exports, openapi, sealing
+from services.audit import decisions, exports, models, openapi, sealing
 from services.audit.decisions import RecordQuery
 from services.audit.exports import Format
 from services.audit.heads import Heads
 from services.audit.store import AuditStore
 from shared.contracts import AuditFact, Role, SubjectErasure, utcnow
 from shared.ids import new_id
+from shared.openapi import Media, Route
 from shared.web import (
     REFUSAL_HOOK,
     TOKEN_LOOKUP,
@@ -51,7 +52,7 @@ READERS: tuple[Role, ...] = ("auditor", "admin")
 ERASERS: tuple[Role, ...] = ("admin",)
 """Erasure and purge destroy data for good: admin only (an auditor reads and exports)."""
 
-SUBJECT_ROUTE = openapi.SUBJECT_PATH
+SUBJECT_ROUTE = "/v1/audit/subjects/{subject}"
 
 
 async def list_records(request: web.Request) -> web.Response:
@@ -270,6 +271,88 @@ def _printable(text: str) -> str:
     ]
 
 
+# -- the route table ----------------------------------------------------------------------
+
+_READ_ERRORS = (401, 403, 422)
+_SUBJECT_ERRORS = (401, 403, (422, "The subject id is invalid."))
+
+
+def routes(page_limit: int) -> tuple[Route, ...]:
+    """Every operation of the API (the router and the OpenAPI document both read it), for a
+    service whose largest page is ``page_limit``."""
+    return (
+        Route("GET", "/v1/audit/records", "list_records",
+              "Records matching every given filter, oldest first (by seq).",
+              READERS, query=models.records_query(page_limit),
+              responses={200: models.RecordsPage}, errors=_READ_ERRORS,
+              operation_id="listAuditRecords"),
+        Route("GET", "/v1/audit/export", "export",
+              "Every record matching the filters, streamed (chunked), oldest first; the log "
+              "as of the request (newer records left out).",
+              READERS, query=models.ExportQuery,
+              responses={200: Media("The records.", {
+                  exports.CONTENT_TYPES["jsonl"]: models.AuditRecord,
+                  exports.CONTENT_TYPES["csv"]: None})},
+              errors=_READ_ERRORS, operation_id="exportAuditRecords",
+              description="Memory stays flat whatever the size: records are read a page at a "
+                          "time. If the export fails midway the connection is aborted, so a "
+                          "truncated transfer is never mistaken for a complete file. "
+                          "`X-Dihya-Audit-Head-Seq` gives the head seq at the start."),
+        Route("GET", SUBJECT_ROUTE + "/export", "subject_export",
+              "GDPR Art. 15 / 20: every record about a data subject, as one machine-readable "
+              "JSON document (streamed).",
+              READERS, path_params=models.SubjectPath,
+              responses={200: models.SubjectExport}, errors=_SUBJECT_ERRORS,
+              operation_id="exportSubject",
+              description="After an erasure it holds nothing personal: the subject can no "
+                          "longer be found (its blind-index row is gone)."),
+        Route("POST", SUBJECT_ROUTE + "/erasure", "erase_subject",
+              "GDPR Art. 17: make the subject's personal data unreadable everywhere in the "
+              "log (crypto-shredding; admin only).",
+              ERASERS, path_params=models.SubjectPath, responses={200: models.Erasure},
+              errors=(401, openapi.ADMIN_ONLY, (422, "The subject id is invalid."),
+                      (503, "Erased here, but the other services could not be told: erase "
+                            "again.")),
+              operation_id="eraseSubject",
+              description="Deletes the subject's key and blind-index row; records are not "
+                          "touched, so `/verify` still says ok, and `/records` shows their "
+                          "`personal` fields as `[erased]`. The erasure itself is recorded "
+                          "(kind `subject.erased`, with the pseudonym, never the id). "
+                          "Idempotent: erasing again, or an unknown subject, erases nothing "
+                          "and is recorded too. Then the other services are told "
+                          "(`subject.erase` on the control exchange): ingest removes the "
+                          "subject's payloads from its message log."),
+        Route("POST", "/v1/audit/retention/purge", "purge",
+              "Retention: delete the records older than DIHYA_AUDIT_RETENTION_DAYS behind a "
+              "signed checkpoint (admin only; it also runs periodically).",
+              ERASERS, responses={200: models.Purge},
+              errors=(401, openapi.ADMIN_ONLY,
+                      (409, "Retention is off (0 days): nothing is ever purged.")),
+              operation_id="purgeAuditRecords"),
+        Route("GET", "/v1/audit/verify", "verify",
+              "Walk the hash chain (from the retention checkpoint, if any, whose signature is "
+              "checked too) and report the first bad record.",
+              READERS, responses={200: models.VerifyReport}, errors=(401, 403),
+              operation_id="verifyAuditChain"),
+        Route("POST", "/v1/audit/heads", "sign_head",
+              "Sign the chain's head now and publish it to the heads file and the "
+              "`dihya.audit.heads` exchange (it also happens every DIHYA_AUDIT_HEADS_INTERVAL "
+              "seconds).",
+              READERS, responses={200: models.SignedHead},
+              errors=(401, 403, (409, "This service signs no heads.")),
+              operation_id="signAuditHead"),
+        Route("GET", "/v1/openapi.json", "openapi_json", "This document.",
+              responses={200: None}, operation_id="openapi"),
+    )
+
+
+_HANDLERS: Mapping[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
+    handler.__name__: handler
+    for handler in (list_records, export, subject_export, erase_subject, purge, verify,
+                    sign_head, openapi_json)
+}
+
+
 def make_app(
     store: AuditStore,
     *,
@@ -290,17 +373,15 @@ def make_app(
     app[EXPORT_PAGE] = export_page
     app[RETENTION_DAYS] = retention_days
     app[HEADS] = heads
-    app[OPENAPI] = orjson.dumps(openapi.document(page_limit))
+    table = routes(page_limit)
+    app[OPENAPI] = orjson.dumps(openapi.document(table))
     app[TOKEN_LOOKUP] = lookup
     app[REFUSAL_HOOK] = on_refusal
-    app.router.add_get("/v1/audit/records", list_records)
-    app.router.add_get("/v1/audit/export", export)
-    app.router.add_get("/v1/audit/verify", verify)
-    app.router.add_post("/v1/audit/heads", sign_head)
-    app.router.add_get(SUBJECT_ROUTE + "/export", subject_export)
-    app.router.add_post(SUBJECT_ROUTE + "/erasure", erase_subject)
-    app.router.add_post("/v1/audit/retention/purge", purge)
-    app.router.add_get("/v1/openapi.json", openapi_json)
+    for route in table:
+        if route.method == "GET":  # HEAD too
+            app.router.add_get(route.path, _HANDLERS[route.handler])
+        else:
+            app.router.add_route(route.method, route.path, _HANDLERS[route.handler])
     add_ops_routes(app, checks)
     allow_cors(app, cors_origins)
     return app
