@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from bench.run import Options, run
-from demo.launcher import SERVICES
+from launcher.processes import SERVICES
 
 PRESETS: dict[str, dict[str, object]] = {
     "full": {},

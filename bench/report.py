@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from demo.launcher import SERVICES
+from launcher.processes import SERVICES
 
 RATIO_TARGET = 0.6
 P99_TARGET_MS = 100.0

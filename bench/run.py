@@ -48,7 +48,7 @@ from bench.dihya import AuditFollower, metric, publisher_token, register
 from bench.load import AmqpSender, EventFactory, HttpSender, Send, SendStats, admitted, paced
 from bench.monitor import ProcSampler, QueueSampler, loadavg, rabbitmq_pids
 from bench.report import sustains
-from demo.launcher import SERVICES, System, free_port
+from launcher.processes import SERVICES, System, free_port
 from shared import topology
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,8 +26,8 @@ import aio_pika
 import aiohttp
 import orjson
 
-from demo.launcher import System
 from demo.receiver import Delivery, Receiver
+from launcher.processes import System
 
 SAMPLES = [
     ("fr", "Le modèle « Bienvenue » a été créé."),

@@ -3,7 +3,7 @@
 This module imports only the standard library, ``orjson`` and ``cryptography``: an auditor can
 run it (``dihya audit verify --heads … --public-key …``) trusting neither the audit service
 nor its database. It re-implements the record hash on its own (a unit test checks that it
-agrees with the service's :func:`services.audit.handlers.chain_hash`).
+agrees with the service's :func:`services.audit.decisions.chain_hash`).
 
 **Head** (format ``dihya.audit.head.v1``, one JSON object per line of the heads file and one
 message body on the ``dihya.audit.heads`` exchange)::

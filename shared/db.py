@@ -25,8 +25,8 @@ from urllib.parse import quote
 import structlog
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import DateTime, TypeDecorator, event, text
+from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 _ENV_DIR = Path(__file__).parent / "alembic"
@@ -34,6 +34,30 @@ _ENV_DIR = Path(__file__).parent / "alembic"
 log = structlog.get_logger("dihya.db")
 
 T = TypeVar("T")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on both backends (a naive value is taken to be UTC).
+
+    SQLite has no time zone type: SQLAlchemy stores the wall-clock text and drops the offset,
+    so values are converted to UTC first (and text comparison then orders them correctly).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = _utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else _utc(value)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def async_url(dsn: str) -> str:

@@ -121,7 +121,7 @@ def dev(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 async def _dev(ctx: Ctx, args: argparse.Namespace, data: Path) -> int:
-    from demo.launcher import System
+    from launcher.processes import System
 
     t = ctx.t
     amqp = args.amqp_url or ctx.env.get("DIHYA_AMQP_URL") or DEFAULT_AMQP_URL

@@ -7,7 +7,7 @@ thread costs 60 µs, most of it the hash chain and sealing — and audit stores 
 delivery.
 
 The steps and their order are :meth:`AuditStore._append`'s, with the same pure decisions
-(:func:`handlers.fresh_facts`, :func:`sealing.plan`, :func:`handlers.append`); the rows are
+(:func:`decisions.fresh_facts`, :func:`sealing.plan`, :func:`decisions.append`); the rows are
 written as SQLAlchemy writes them on SQLite (datetimes as UTC wall-clock text, details as
 ``json.dumps``), so the engine reads, verifies and exports them like its own — a test checks
 the two paths store identical rows. PostgreSQL, erasure and purge stay on the engine.
@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from services.audit import handlers, sealing
-from services.audit.handlers import AnyFact, Appended, Record
+from services.audit import decisions, sealing
+from services.audit.decisions import AnyFact, Appended, Record
 from shared.db import sqlite_timestamp
 
 IN_CHUNK = 500
@@ -42,11 +42,11 @@ def append(conn: sqlite3.Connection, facts: Sequence[AnyFact], now: datetime, *,
            index_key: bytes, paths: tuple[sealing.Path, ...]) -> Appended:
     """Store ``facts`` chained after the head, inside the caller's write transaction."""
     existing = _existing_ids(conn, {f.id for f in facts})
-    fresh = handlers.fresh_facts(facts, existing)
+    fresh = decisions.fresh_facts(facts, existing)
     seals = _seals(conn, fresh, now, index_key, paths) if fresh else {}
     head_seq, head_hash = _head(conn)
     attempts = _attempts_recorded(conn, fresh)
-    result = handlers.append(facts, existing_ids=existing, head_seq=head_seq,
+    result = decisions.append(facts, existing_ids=existing, head_seq=head_seq,
                              head_hash=head_hash, recorded_at=now, seals=seals, paths=paths,
                              attempts_recorded=attempts)
     if result.records:
@@ -78,9 +78,9 @@ def _existing_ids(conn: sqlite3.Connection, ids: set[str]) -> set[str]:
 
 
 def _attempts_recorded(conn: sqlite3.Connection, fresh: Sequence[AnyFact]
-                       ) -> set[handlers.AttemptKey]:
+                       ) -> set[decisions.AttemptKey]:
     """As :meth:`AuditStore._attempts_recorded`: the attempts of ``fresh`` already stored."""
-    wanted = {key for key in map(handlers.attempt_key, fresh) if key is not None}
+    wanted = {key for key in map(decisions.attempt_key, fresh) if key is not None}
     if not wanted:
         return set()
     rows = _select_in(conn, "SELECT delivery_id, attempt FROM records "
@@ -96,7 +96,7 @@ def _head(conn: sqlite3.Connection) -> tuple[int, str]:
         row = conn.execute(
             "SELECT last_seq, last_hash FROM checkpoints ORDER BY last_seq DESC LIMIT 1"
         ).fetchone()
-    return (int(row[0]), row[1]) if row is not None else (0, handlers.GENESIS_HASH)
+    return (int(row[0]), row[1]) if row is not None else (0, decisions.GENESIS_HASH)
 
 
 def _seals(conn: sqlite3.Connection, fresh: Sequence[AnyFact], now: datetime,

@@ -2,7 +2,7 @@
 
 * **JSON Lines** (``application/x-ndjson``) is the exact format: one API record per line, the
   same object ``GET /v1/audit/records`` returns, so the hash chain re-verifies from the file
-  alone (see :mod:`services.audit.handlers` for the canonical form).
+  alone (see :mod:`services.audit.decisions` for the canonical form).
 * **CSV** (``text/csv``, RFC 4180 quoting, UTF-8, CRLF) is for spreadsheets: one column per
   record field, ``details`` and ``personal`` as JSON text, null as an empty cell. A text cell
   that starts with ``= + - @`` (or a tab / carriage return) is prefixed with ``'`` so that a
@@ -25,16 +25,16 @@ from typing import Any, Literal
 
 import orjson
 
-from services.audit import handlers
-from services.audit.handlers import QueryError, RecordQuery
+from services.audit import decisions
+from services.audit.decisions import QueryError, RecordQuery
 
 Format = Literal["jsonl", "csv"]
 FORMATS: tuple[Format, ...] = ("jsonl", "csv")
 CONTENT_TYPES: dict[Format, str] = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
 
-EXPORT_PARAMS: tuple[str, ...] = (*handlers.FILTER_PARAMS, "since", "until", "format")
+EXPORT_PARAMS: tuple[str, ...] = (*decisions.FILTER_PARAMS, "since", "until", "format")
 CSV_COLUMNS: tuple[str, ...] = (
-    *handlers.RECORD_FIELDS, *handlers.SEALED_FIELDS, *handlers.VIEW_FIELDS, "prev_hash", "hash",
+    *decisions.RECORD_FIELDS, *decisions.SEALED_FIELDS, *decisions.VIEW_FIELDS, "prev_hash", "hash",
 )
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -60,7 +60,7 @@ def parse_export(pairs: Iterable[tuple[str, str]]) -> tuple[RecordQuery, Format]
     elif fmt not in FORMATS:
         problems.append({"field": "format", "message": f"must be one of: {', '.join(FORMATS)}"})
     try:
-        query = handlers.parse_query(rest, page_limit=1)
+        query = decisions.parse_query(rest, page_limit=1)
     except QueryError as exc:
         problems += exc.fields
     if problems:
@@ -70,7 +70,7 @@ def parse_export(pairs: Iterable[tuple[str, str]]) -> tuple[RecordQuery, Format]
 
 def jsonl(records: Iterable[Mapping[str, Any]]) -> bytes:
     """Records as JSON Lines (each line ends with ``\\n``)."""
-    return b"".join(orjson.dumps(handlers.to_json(r)) + b"\n" for r in records)
+    return b"".join(orjson.dumps(decisions.to_json(r)) + b"\n" for r in records)
 
 
 def csv_header() -> bytes:
@@ -92,7 +92,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return handlers.iso(value)
+        return decisions.iso(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -126,7 +126,7 @@ class SubjectSummary:
         })
         if event["event_type"] is None and record.get("event_type"):
             event["event_type"] = record["event_type"]
-        when = handlers.iso(record["occurred_at"])
+        when = decisions.iso(record["occurred_at"])
         if event["first_recorded_at"] is None or when < event["first_recorded_at"]:
             event["first_recorded_at"] = when
         if record.get("url") and record.get("kind") in ("delivery.attempted",
@@ -149,13 +149,13 @@ class SubjectSummary:
 def subject_head(subject: str, generated_at: datetime) -> bytes:
     """The start of the subject export document, up to the opening of ``records``."""
     head = orjson.dumps({"type": SUBJECT_EXPORT_TYPE, "subject": subject,
-                         "generated_at": handlers.iso(generated_at)})
+                         "generated_at": decisions.iso(generated_at)})
     return head[:-1] + b',"records":['
 
 
 def subject_records(records: Iterable[Mapping[str, Any]], first: bool) -> bytes:
     """Records as the comma-separated items of the ``records`` array."""
-    parts = [orjson.dumps(handlers.to_json(r)) for r in records]
+    parts = [orjson.dumps(decisions.to_json(r)) for r in records]
     if not parts:
         return b""
     return (b"" if first else b",") + b",".join(parts)

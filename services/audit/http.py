@@ -15,15 +15,18 @@ import orjson
 import structlog
 from aiohttp import web
 
-from services.audit import exports, handlers, openapi, sealing
+from services.audit import decisions, exports, models, openapi, sealing
+from services.audit.decisions import RecordQuery
 from services.audit.exports import Format
-from services.audit.handlers import RecordQuery
 from services.audit.heads import Heads
 from services.audit.store import AuditStore
-from shared.contracts import Role, SubjectErasure, utcnow
+from shared.contracts import AuditFact, Role, SubjectErasure, utcnow
+from shared.ids import new_id
+from shared.openapi import Media, Route
 from shared.web import (
     REFUSAL_HOOK,
     TOKEN_LOOKUP,
+    Principal,
     ReadinessCheck,
     RefusalHook,
     TokenLookup,
@@ -49,19 +52,19 @@ READERS: tuple[Role, ...] = ("auditor", "admin")
 ERASERS: tuple[Role, ...] = ("admin",)
 """Erasure and purge destroy data for good: admin only (an auditor reads and exports)."""
 
-SUBJECT_ROUTE = openapi.SUBJECT_PATH
+SUBJECT_ROUTE = "/v1/audit/subjects/{subject}"
 
 
 async def list_records(request: web.Request) -> web.Response:
     await authorize(request, *READERS)
     try:
-        query = handlers.parse_query(request.query.items(), request.app[PAGE_LIMIT])
-    except handlers.QueryError as exc:
+        query = decisions.parse_query(request.query.items(), request.app[PAGE_LIMIT])
+    except decisions.QueryError as exc:
         raise error(422, "invalid_query", "A query parameter is invalid.", exc.fields) from None
     found, more = await request.app[STORE].page(query)
     return json_response({
-        "records": [handlers.to_json(r) for r in found],
-        "next_cursor": handlers.encode_cursor(found[-1]["seq"]) if more and found else None,
+        "records": [decisions.to_json(r) for r in found],
+        "next_cursor": decisions.encode_cursor(found[-1]["seq"]) if more and found else None,
     })
 
 
@@ -70,7 +73,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     await authorize(request, *READERS)
     try:
         query, fmt = exports.parse_export(request.query.items())
-    except handlers.QueryError as exc:
+    except decisions.QueryError as exc:
         raise error(422, "invalid_query", "A query parameter is invalid.", exc.fields) from None
     store = request.app[STORE]
     head = await store.head_seq()
@@ -90,7 +93,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     return await _stream(request, response, body(), what="export")
 
 
-def _encode(fmt: Format, page: list[handlers.Record]) -> bytes:
+def _encode(fmt: Format, page: list[decisions.Record]) -> bytes:
     return exports.csv_rows(page) if fmt == "csv" else exports.jsonl(page)
 
 
@@ -118,7 +121,7 @@ async def _stream(request: web.Request, response: web.StreamResponse,
 
 def _subject(request: web.Request) -> str:
     subject = request.match_info["subject"]
-    if not sealing.valid_subject(subject) or not handlers.encodable(subject):
+    if not sealing.valid_subject(subject) or not decisions.encodable(subject):
         raise error(422, "invalid_subject", "The subject id is not one the log can hold.",
                     [{"field": "subject", "message": "1 to 512 characters, no NUL"}])
     return subject
@@ -205,7 +208,7 @@ async def verify(request: web.Request) -> web.Response:
                                  "matches": matches}
         if not matches and report["ok"]:
             report.update(ok=False, first_bad_seq=head["seq"], problem="signed_head_mismatch",
-                          detail=handlers.PROBLEMS["signed_head_mismatch"])
+                          detail=decisions.PROBLEMS["signed_head_mismatch"])
     return json_response(report)
 
 
@@ -221,6 +224,133 @@ async def sign_head(request: web.Request) -> web.Response:
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+MAX_PATH = 2048
+
+
+class RefusalRecorder:
+    """The ``on_refusal`` hook: record a refused access (who, where, why) as an
+    ``access.refused`` fact handed to ``submit`` (the batch writer) — never the token itself."""
+
+    def __init__(self, submit: Callable[[AuditFact], Awaitable[None]]) -> None:
+        self._submit = submit
+
+    async def __call__(self, request: web.Request, principal: Principal | None,
+                       reason: str) -> None:
+        fact = AuditFact(
+            id=new_id("fct"),
+            kind="access.refused",
+            occurred_at=utcnow(),
+            service="audit",
+            actor=principal.token_id if principal else None,
+            reason=reason,
+            details={"path": _route_path(request), "method": request.method,
+                     "role": principal.role if principal else None},
+        )
+        try:
+            await self._submit(fact)
+        except Exception:
+            log.exception("refusal_not_recorded", path=fact.details["path"], reason=reason)
+
+
+def _route_path(request: web.Request) -> str:
+    """The path to record for a refused request: the route's template when it has variables
+    (``/v1/audit/subjects/{subject}/export``), so a subject id never lands in the log in clear,
+    where erasure could not reach it."""
+    resource = request.match_info.route.resource
+    if resource is not None and "{" in resource.canonical:
+        return resource.canonical
+    return _printable(request.rel_url.raw_path)
+
+
+def _printable(text: str) -> str:
+    """ASCII, NUL-free and bounded: a request path may hold anything a client typed."""
+    return text.encode("ascii", "backslashreplace").decode("ascii").replace("\x00", "\\x00")[
+        :MAX_PATH
+    ]
+
+
+# -- the route table ----------------------------------------------------------------------
+
+_READ_ERRORS = (401, 403, 422)
+_SUBJECT_ERRORS = (401, 403, (422, "The subject id is invalid."))
+
+
+def routes(page_limit: int) -> tuple[Route, ...]:
+    """Every operation of the API (the router and the OpenAPI document both read it), for a
+    service whose largest page is ``page_limit``."""
+    return (
+        Route("GET", "/v1/audit/records", "list_records",
+              "Records matching every given filter, oldest first (by seq).",
+              READERS, query=models.records_query(page_limit),
+              responses={200: models.RecordsPage}, errors=_READ_ERRORS,
+              operation_id="listAuditRecords"),
+        Route("GET", "/v1/audit/export", "export",
+              "Every record matching the filters, streamed (chunked), oldest first; the log "
+              "as of the request (newer records left out).",
+              READERS, query=models.ExportQuery,
+              responses={200: Media("The records.", {
+                  exports.CONTENT_TYPES["jsonl"]: models.AuditRecord,
+                  exports.CONTENT_TYPES["csv"]: None})},
+              errors=_READ_ERRORS, operation_id="exportAuditRecords",
+              description="Memory stays flat whatever the size: records are read a page at a "
+                          "time. If the export fails midway the connection is aborted, so a "
+                          "truncated transfer is never mistaken for a complete file. "
+                          "`X-Dihya-Audit-Head-Seq` gives the head seq at the start."),
+        Route("GET", SUBJECT_ROUTE + "/export", "subject_export",
+              "GDPR Art. 15 / 20: every record about a data subject, as one machine-readable "
+              "JSON document (streamed).",
+              READERS, path_params=models.SubjectPath,
+              responses={200: models.SubjectExport}, errors=_SUBJECT_ERRORS,
+              operation_id="exportSubject",
+              description="After an erasure it holds nothing personal: the subject can no "
+                          "longer be found (its blind-index row is gone)."),
+        Route("POST", SUBJECT_ROUTE + "/erasure", "erase_subject",
+              "GDPR Art. 17: make the subject's personal data unreadable everywhere in the "
+              "log (crypto-shredding; admin only).",
+              ERASERS, path_params=models.SubjectPath, responses={200: models.Erasure},
+              errors=(401, openapi.ADMIN_ONLY, (422, "The subject id is invalid."),
+                      (503, "Erased here, but the other services could not be told: erase "
+                            "again.")),
+              operation_id="eraseSubject",
+              description="Deletes the subject's key and blind-index row; records are not "
+                          "touched, so `/verify` still says ok, and `/records` shows their "
+                          "`personal` fields as `[erased]`. The erasure itself is recorded "
+                          "(kind `subject.erased`, with the pseudonym, never the id). "
+                          "Idempotent: erasing again, or an unknown subject, erases nothing "
+                          "and is recorded too. Then the other services are told "
+                          "(`subject.erase` on the control exchange): ingest removes the "
+                          "subject's payloads from its message log."),
+        Route("POST", "/v1/audit/retention/purge", "purge",
+              "Retention: delete the records older than DIHYA_AUDIT_RETENTION_DAYS behind a "
+              "signed checkpoint (admin only; it also runs periodically).",
+              ERASERS, responses={200: models.Purge},
+              errors=(401, openapi.ADMIN_ONLY,
+                      (409, "Retention is off (0 days): nothing is ever purged.")),
+              operation_id="purgeAuditRecords"),
+        Route("GET", "/v1/audit/verify", "verify",
+              "Walk the hash chain (from the retention checkpoint, if any, whose signature is "
+              "checked too) and report the first bad record.",
+              READERS, responses={200: models.VerifyReport}, errors=(401, 403),
+              operation_id="verifyAuditChain"),
+        Route("POST", "/v1/audit/heads", "sign_head",
+              "Sign the chain's head now and publish it to the heads file and the "
+              "`dihya.audit.heads` exchange (it also happens every DIHYA_AUDIT_HEADS_INTERVAL "
+              "seconds).",
+              READERS, responses={200: models.SignedHead},
+              errors=(401, 403, (409, "This service signs no heads.")),
+              operation_id="signAuditHead"),
+        Route("GET", "/v1/openapi.json", "openapi_json", "This document.",
+              responses={200: None}, operation_id="openapi"),
+    )
+
+
+_HANDLERS: Mapping[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
+    handler.__name__: handler
+    for handler in (list_records, export, subject_export, erase_subject, purge, verify,
+                    sign_head, openapi_json)
+}
 
 
 def make_app(
@@ -243,17 +373,15 @@ def make_app(
     app[EXPORT_PAGE] = export_page
     app[RETENTION_DAYS] = retention_days
     app[HEADS] = heads
-    app[OPENAPI] = orjson.dumps(openapi.document(page_limit))
+    table = routes(page_limit)
+    app[OPENAPI] = orjson.dumps(openapi.document(table))
     app[TOKEN_LOOKUP] = lookup
     app[REFUSAL_HOOK] = on_refusal
-    app.router.add_get("/v1/audit/records", list_records)
-    app.router.add_get("/v1/audit/export", export)
-    app.router.add_get("/v1/audit/verify", verify)
-    app.router.add_post("/v1/audit/heads", sign_head)
-    app.router.add_get(SUBJECT_ROUTE + "/export", subject_export)
-    app.router.add_post(SUBJECT_ROUTE + "/erasure", erase_subject)
-    app.router.add_post("/v1/audit/retention/purge", purge)
-    app.router.add_get("/v1/openapi.json", openapi_json)
+    for route in table:
+        if route.method == "GET":  # HEAD too
+            app.router.add_get(route.path, _HANDLERS[route.handler])
+        else:
+            app.router.add_route(route.method, route.path, _HANDLERS[route.handler])
     add_ops_routes(app, checks)
     allow_cors(app, cors_origins)
     return app

@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.audit import checkpoints, direct, handlers, sealing
+from services.audit import checkpoints, decisions, direct, sealing
 from services.audit.checkpoints import Checkpoint, CheckpointSigner
-from services.audit.handlers import (
+from services.audit.decisions import (
     AnyFact,
     Appended,
     ChainReport,
@@ -45,7 +44,7 @@ from services.audit.handlers import (
 from services.audit.sealing import Linked, Own, Sealing
 from shared.anchor import HeadSigner
 from shared.contracts import Role, TokenGrant, utcnow
-from shared.db import direct_sqlite
+from shared.db import UTCDateTime, direct_sqlite
 from shared.ids import new_id
 from shared.web import Principal
 
@@ -60,26 +59,6 @@ IN_CHUNK = 500
 """Most values in one ``IN (…)`` list."""
 PURGE_CHUNK = 5000
 """Records deleted per transaction in a purge (short transactions: writers are not starved)."""
-
-
-class UTCDateTime(sa.TypeDecorator[datetime]):
-    """Aware UTC datetimes in and out, on both backends.
-
-    SQLite has no time zone type: SQLAlchemy stores the wall-clock text and drops the offset,
-    so values are converted to UTC first (and text comparison then orders them correctly).
-    """
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = handlers.utc(value)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else handlers.utc(value)
 
 
 metadata = sa.MetaData()
@@ -148,7 +127,7 @@ tokens = sa.Table(
 )
 
 # Reads take datetimes and details as stored (text on SQLite) and parse them in
-# handlers.record_from_row: a row tampered into garbage is then reported, not a crash.
+# decisions.record_from_row: a row tampered into garbage is then reported, not a crash.
 _RAW_COLUMNS = [
     sa.type_coerce(c, sa.String()).label(c.name) if c.name in ("occurred_at", "recorded_at")
     else sa.type_coerce(c, sa.Text()).label(c.name) if c.name == "details"
@@ -191,7 +170,7 @@ class Erasure:
     def as_json(self) -> dict[str, Any]:
         return {"subject_ref": self.subject_ref, "records": self.records,
                 "legacy_records": self.legacy_records, "record_seq": self.record_seq,
-                "erased_at": handlers.iso(self.at)}
+                "erased_at": decisions.iso(self.at)}
 
 
 @dataclass(frozen=True)
@@ -206,7 +185,7 @@ class Purge:
 
     def as_json(self) -> dict[str, Any]:
         return {"deleted": self.deleted, "keys_deleted": self.keys_deleted,
-                "cutoff": handlers.iso(self.cutoff),
+                "cutoff": decisions.iso(self.cutoff),
                 "checkpoint": self.checkpoint.as_json() if self.checkpoint else None}
 
 
@@ -328,11 +307,11 @@ class AuditStore:
     async def _append(self, conn: AsyncConnection, facts: Sequence[AnyFact], now: datetime
                       ) -> Appended:
         existing = await self._existing_ids(conn, {f.id for f in facts})
-        fresh = handlers.fresh_facts(facts, existing)
+        fresh = decisions.fresh_facts(facts, existing)
         seals = await self._seals(conn, fresh, now) if fresh else {}
         head_seq, head_hash = await self._head(conn)
         attempts = await self._attempts_recorded(conn, fresh)
-        result = handlers.append(
+        result = decisions.append(
             facts, existing_ids=existing, head_seq=head_seq, head_hash=head_hash,
             recorded_at=now, seals=seals, paths=self.paths, attempts_recorded=attempts,
         )
@@ -341,11 +320,11 @@ class AuditStore:
         return result
 
     async def _attempts_recorded(self, conn: AsyncConnection, fresh: Sequence[AnyFact]
-                                 ) -> set[handlers.AttemptKey]:
+                                 ) -> set[decisions.AttemptKey]:
         """Which attempts of ``fresh``'s ``delivery.attempted`` facts are recorded already
-        (their new POSTs are repeats: see :func:`handlers.append`)."""
-        wanted = {key for key in map(handlers.attempt_key, fresh) if key is not None}
-        found: set[handlers.AttemptKey] = set()
+        (their new POSTs are repeats: see :func:`decisions.append`)."""
+        wanted = {key for key in map(decisions.attempt_key, fresh) if key is not None}
+        found: set[decisions.AttemptKey] = set()
         for chunk in _chunks(sorted({delivery for delivery, _ in wanted})):
             rows = await conn.execute(
                 sa.select(records.c.delivery_id, records.c.attempt).where(
@@ -363,7 +342,7 @@ class AuditStore:
         checkpoint = await _latest_checkpoint(conn)
         if checkpoint is not None:
             return checkpoint.last_seq, checkpoint.last_hash
-        return 0, handlers.GENESIS_HASH
+        return 0, decisions.GENESIS_HASH
 
     async def _seals(self, conn: AsyncConnection, fresh: Sequence[AnyFact], now: datetime
                      ) -> dict[str, Sealing]:
@@ -485,7 +464,7 @@ class AuditStore:
         rows = (await conn.execute(
             sa.select(*_RAW_COLUMNS).where(*where).order_by(order).limit(limit)
         )).mappings().all()
-        found = [handlers.record_from_row(row) for row in rows]
+        found = [decisions.record_from_row(row) for row in rows]
         keys = await self._keys_for_refs(
             conn, {r["subject_ref"] for r in found if r["sealed"] is not None})
         for record in found:
@@ -534,11 +513,11 @@ class AuditStore:
         async with self.engine.connect() as conn:
             checkpoint = await _latest_checkpoint(conn)
         if checkpoint is None:
-            verifier = handlers.ChainVerifier()
+            verifier = decisions.ChainVerifier()
             after = 0
         else:
             intact = checkpoints.signature_ok(checkpoint, self.signer.public)
-            verifier = handlers.ChainVerifier(
+            verifier = decisions.ChainVerifier(
                 checkpoint.last_hash,
                 checkpoint={**checkpoint.as_json(), "signature_ok": intact,
                             "public_key": self.signer.public_b64},
@@ -554,7 +533,7 @@ class AuditStore:
                 )).mappings().all()
             for row in rows:
                 try:
-                    record = handlers.record_from_row(row)
+                    record = decisions.record_from_row(row)
                 except (ValueError, TypeError, KeyError):
                     verifier.feed_unreadable(row["seq"], row["hash"])
                 else:
@@ -652,7 +631,7 @@ class AuditStore:
                     id=new_id("fct"), kind="retention.purged", occurred_at=now,
                     outcome="checkpointed",
                     details={"last_seq": bound, "count": written.count,
-                             "cutoff": handlers.iso(cutoff), "key_id": written.key_id},
+                             "cutoff": decisions.iso(cutoff), "key_id": written.key_id},
                 )], now)
         deleted = await self._delete_covered(max(bound, previous_last))
         async with self._writing() as conn:
@@ -688,7 +667,7 @@ class AuditStore:
         ``recorded_at``, which is what lets a verifier call a record that lies beyond a head
         yet claims an earlier time a forged append."""
         async with self._writing() as conn:
-            time = handlers.iso(utcnow())
+            time = decisions.iso(utcnow())
             seq, head_hash = await self._head(conn)
             checkpoint = await _latest_checkpoint(conn)
         # No count(*): measured 124 ms per head under the writer lock at 1,000,000 records on
@@ -710,7 +689,7 @@ class AuditStore:
                 return bool(stored == head["head_hash"])
             checkpoint = await _latest_checkpoint(conn)
         if head["seq"] == 0:
-            return bool(head["head_hash"] == handlers.GENESIS_HASH)
+            return bool(head["head_hash"] == decisions.GENESIS_HASH)
         return checkpoint is not None and checkpoint.last_seq >= head["seq"] and (
             checkpoint.last_seq != head["seq"] or checkpoint.last_hash == head["head_hash"])
 
@@ -738,7 +717,7 @@ class AuditStore:
             existing = StoredToken(
                 row.token_id, row.role, row.token_hash, row.revoked, row.issued_at
             ) if row else None
-            if not handlers.grant_applies(existing, grant):
+            if not decisions.grant_applies(existing, grant):
                 return "stale"
             clash = (await conn.execute(
                 sa.select(tokens.c.token_id).where(

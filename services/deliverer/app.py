@@ -20,11 +20,21 @@ from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from opentelemetry.trace import SpanKind
-from prometheus_client import Counter, Histogram
 from yarl import URL
 
-from services.deliverer import handlers
-from services.deliverer.handlers import DeadLetter, ErrorKind, Retry
+from services.deliverer import decisions
+from services.deliverer.decisions import DeadLetter, ErrorKind, Retry
+from services.deliverer.metrics import (
+    ATTEMPT_SECONDS,
+    ATTEMPTS,
+    DEAD,
+    DEFERRED,
+    PACED,
+    PARKED,
+    RESIGNED,
+    RETRIES,
+    TIERS_DECLARED,
+)
 from services.deliverer.paced import PaceGate
 from services.deliverer.pacing import Pacer, defer_tier, shard_of
 from services.deliverer.proxy import ProxyRouter
@@ -49,28 +59,6 @@ from shared.web import add_ops_routes, errors_middleware, serve
 
 log = structlog.get_logger("dihya.deliverer")
 
-ATTEMPTS = Counter("dihya_deliverer_attempts_total", "HTTP delivery attempts.",
-                   ["outcome", "reason", "status_class"])
-ATTEMPT_SECONDS = Histogram("dihya_deliverer_attempt_seconds", "Duration of one attempt.",
-                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30))
-RETRIES = Counter("dihya_deliverer_retries_total", "Retries scheduled, by delay tier.",
-                  ["tier"])
-DEAD = Counter("dihya_deliverer_dead_lettered_total", "Deliveries given up, by reason.",
-               ["reason"])
-PARKED = Counter("dihya_deliverer_parked_total", "Unreadable messages set aside.")
-RESIGNED = Counter("dihya_deliverer_resigned_total",
-                   "Deliveries sent back to the signer because their signature was too old.")
-DEFERRED = Counter("dihya_deliverer_deferred_total",
-                   "Signed deliveries put back for later (a defer tier) because their endpoint "
-                   "had too many in flight.")
-PACED = Counter("dihya_deliverer_paced_total",
-                "Deliveries of rate-limited endpoints, by what the pace gate did: `forwarded` to "
-                "their paced queue, `deferred` (their turn was too far), `posted`.",
-                ["step"])
-TIERS_DECLARED = Counter("dihya_deliverer_tiers_declared_total",
-                         "Wait-queue tiers declared on first use (an endpoint's own schedule).")
-
-
 @dataclass(frozen=True)
 class Response:
     """What the HTTP layer saw (``status`` None: no response, ``error`` says why)."""
@@ -79,7 +67,7 @@ class Response:
     retry_after: str | None = None
     excerpt: bytes = b""
     headers: Mapping[str, str] | None = None
-    """The response headers as a fact shows them (handlers.shown_response_headers)."""
+    """The response headers as a fact shows them (decisions.shown_response_headers)."""
     error: ErrorKind | None = None
     error_text: str | None = None
 
@@ -120,7 +108,7 @@ def _error_kind(exc: BaseException) -> ErrorKind:
     return "connection_error"
 
 
-_Posted = tuple[handlers.Outcome, handlers.Step, AttemptRecord, datetime, "asyncio.Task[None]"]
+_Posted = tuple[decisions.Outcome, decisions.Step, AttemptRecord, datetime, "asyncio.Task[None]"]
 """What a POST gave: its outcome, the next step, its record, when, and its fact's publishing."""
 
 T = TypeVar("T")
@@ -246,7 +234,7 @@ class Deliverer:
                     except (TimeoutError, aiohttp.ClientError):
                         excerpt = b""  # the status is what counts; the excerpt a courtesy
                     return Response(resp.status, resp.headers.get("Retry-After"), excerpt,
-                                    handlers.shown_response_headers(resp.headers.items()))
+                                    decisions.shown_response_headers(resp.headers.items()))
         except custom_headers.HeadersKeyError as exc:  # before any byte is sent
             return Response(None, error="headers_key", error_text=str(exc))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
@@ -287,20 +275,20 @@ class Deliverer:
             response = await self.post(signed)
             duration = time.perf_counter() - started
         now = utcnow()
-        outcome = handlers.classify(response.status, error=response.error,
+        outcome = decisions.classify(response.status, error=response.error,
                                     error_text=response.error_text,
                                     retry_after=response.retry_after, now=now)
-        schedule = handlers.schedule_for(job, self._schedule)
-        step = handlers.next_step(outcome, job.attempt, schedule, self._rng,
+        schedule = decisions.schedule_for(job, self._schedule)
+        step = decisions.next_step(outcome, job.attempt, schedule, self._rng,
                                   self._settings.retry_jitter)
-        record = handlers.attempt_record(job.attempt, outcome, at=at,
+        record = decisions.attempt_record(job.attempt, outcome, at=at,
                                          duration_ms=duration * 1000)
-        attempted = handlers.attempted_fact(
+        attempted = decisions.attempted_fact(
             job, outcome, record, step, response.excerpt, now, post=post,
-            request_headers=handlers.shown_request_headers(signed.headers),
+            request_headers=decisions.shown_request_headers(signed.headers),
             response_headers=response.headers)
         ATTEMPTS.labels(outcome.outcome, outcome.reason,
-                        handlers.status_class(outcome.status_code)).inc()
+                        decisions.status_class(outcome.status_code)).inc()
         ATTEMPT_SECONDS.observe(duration)
         # batched; published even if this job's ack is lost with its channel
         attempt = self._background(self._facts.send_until_confirmed(attempted))
@@ -344,7 +332,7 @@ class Deliverer:
         # Holding the job here would tie up a prefetch slot; enough of them and one slow
         # endpoint stalls every other. Put it back for later instead: same attempt number,
         # still signed (it comes back here, not through the signer).
-        later, tier = handlers.deferred(signed, self._settings.defer_delays_ms)
+        later, tier = decisions.deferred(signed, self._settings.defer_delays_ms)
         delay = tier
         limit = signed.job.rate_limit
         if limit is not None:  # back about when its turn comes (services.deliverer.pacing)
@@ -359,9 +347,9 @@ class Deliverer:
 
     async def _on_job(self, message: Delivery, *, paced: bool) -> None:
         try:
-            signed = handlers.parse_signed(message.body)
+            signed = decisions.parse_signed(message.body)
         except ValueError as exc:
-            fact = handlers.parked_fact(message.body, str(exc), utcnow())
+            fact = decisions.parked_fact(message.body, str(exc), utcnow())
             await asyncio.gather(
                 self._publisher.park(topology.DELIVERER_JOBS, message,
                                      reason="invalid_message", error=str(exc)),
@@ -381,7 +369,7 @@ class Deliverer:
         ids = {"delivery_id": job.delivery_id, "event_id": job.event.id,
                "endpoint_id": job.endpoint_id, "attempt": job.attempt}
 
-        if handlers.needs_resign(signed.signed_at, utcnow(), self._settings.resign_after):
+        if decisions.needs_resign(signed.signed_at, utcnow(), self._settings.resign_after):
             await self._publisher.send(topology.WORK_EXCHANGE, topology.SIGN, job)
             RESIGNED.inc()
             log.info("resign_stale", signed_at=signed.signed_at.isoformat(), **ids)
@@ -406,19 +394,19 @@ class Deliverer:
             PACED.labels("posted").inc()
             if outcome.retry_after_ms:  # the receiver's Retry-After holds the whole endpoint
                 self._pace.hold(endpoint, job.rate_limit,
-                                min(outcome.retry_after_ms, handlers.MAX_RETRY_AFTER_MS) / 1000)
+                                min(outcome.retry_after_ms, decisions.MAX_RETRY_AFTER_MS) / 1000)
         if isinstance(step, Retry):  # an endpoint's own schedule may name a new tier
             await self._tiers.ensure(step.tier_ms)
         publishes: list[Awaitable[None]] = [asyncio.shield(attempt)]
         if isinstance(step, Retry):
-            following = handlers.next_job(job, record)
+            following = decisions.next_job(job, record)
             publishes.append(self._publisher.send(
                 topology.RETRY_EXCHANGE, topology.retry_queue(step.tier_ms), following,
                 expiration=step.delay_ms / 1000))
             RETRIES.labels(str(step.tier_ms)).inc()
         elif isinstance(step, DeadLetter):
-            parked = handlers.next_job(job, record)
-            dead = handlers.dead_lettered_fact(parked, step.reason, now)
+            parked = decisions.next_job(job, record)
+            dead = decisions.dead_lettered_fact(parked, step.reason, now)
             publishes.append(self._publisher.publish(
                 topology.DEAD_EXCHANGE, topology.DELIVERER_JOBS, encode(parked),
                 headers={topology.REASON_HEADER: step.reason,

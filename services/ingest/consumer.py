@@ -7,15 +7,15 @@ publish fails the handler raises and the event is requeued: a crash at any point
 jobs (with the same delivery ids) but never lose one.
 
 Before fan-out the event is screened against the event-type catalog
-(:func:`~services.ingest.handlers.screen`): the ``details`` languages the publisher left out are
+(:func:`~services.ingest.decisions.screen`): the ``details`` languages the publisher left out are
 completed — here, on the one path, so every delivery carries them whichever way the event came —
 and an unknown type is refused when ``DIHYA_INGEST_UNKNOWN_EVENT_TYPES`` is ``refuse``.
 
 A message that cannot be an event, or whose type is refused, is parked in
 ``dihya.ingest.events.dead`` with its reason and audited, then acked: a bad message never stops
 the consumer nor blocks the ones behind it. The same limits as over HTTP hold
-(:func:`~services.ingest.handlers.decode`: ``DIHYA_INGEST_MAX_BODY_BYTES`` and the JSON rule),
-and an event's routing key must be its type (:func:`~services.ingest.handlers.route_refusal`).
+(:func:`~services.ingest.decisions.decode`: ``DIHYA_INGEST_MAX_BODY_BYTES`` and the JSON rule),
+and an event's routing key must be its type (:func:`~services.ingest.decisions.route_refusal`).
 
 Endpoints that are disabled but subscribed get a *held* delivery instead of a job: stored
 (committed before anything is published) and audited as ``delivery.held``, so re-enabling the
@@ -55,7 +55,7 @@ import structlog
 
 from services.ingest import metrics
 from services.ingest.catalog import Catalog, UnknownPolicy, bundled
-from services.ingest.handlers import (
+from services.ingest.decisions import (
     ROUTED_AS_HEADER,
     HeldJob,
     Rejection,

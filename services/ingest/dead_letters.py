@@ -28,7 +28,7 @@ import asyncio
 import structlog
 
 from services.ingest import metrics
-from services.ingest.handlers import (
+from services.ingest.decisions import (
     broker_parked_fact,
     exhausted_event,
     json_safe,

@@ -5,7 +5,7 @@ bound to the audit exchange with the routing key ``delivery.attempted``: it sees
 without the deliverer knowing about it, and without reading the audit service's database
 (services share contracts, nothing else).
 
-The decision is :func:`services.ingest.handlers.assess`. Applying it is a compare-and-set on
+The decision is :func:`services.ingest.decisions.assess`. Applying it is a compare-and-set on
 the endpoint row, so several consumers and replicas may judge at once and exactly one turns an
 endpoint off. That one, inside the same transaction, publishes the ``endpoint.disabled`` audit
 fact and the operational ``endpoint.disabled`` event (routed like any event: an admin endpoint
@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from services.ingest import metrics
-from services.ingest.handlers import (
+from services.ingest.decisions import (
     DELIVERED_RESOLUTION,
     Health,
     assess,

@@ -44,7 +44,7 @@ from services.ingest.catalog import (
     load_catalog,
     unknown_message,
 )
-from services.ingest.handlers import (
+from services.ingest.decisions import (
     ID_RE,
     DeliveryStatus,
     Rejection,

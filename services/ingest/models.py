@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from services.ingest.catalog import UnknownPolicy
-from services.ingest.handlers import DeliveryStatus, EndpointStatus
+from services.ingest.decisions import DeliveryStatus, EndpointStatus
 from shared import custom_headers
 from shared.contracts import AttemptRecord, Lang, RateLimit, Role
 from shared.subscriptions import MAX_PATTERN, PATTERN_RE

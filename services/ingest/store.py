@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.ingest.handlers import (
+from services.ingest.decisions import (
     DeadLetter,
     DeliveryStatus,
     Endpoint,
@@ -451,10 +451,6 @@ class Store:
                              retry_schedule_ms=_schedule(r.retry_schedule_ms),
                              rate_limit=_rate_limit(r.rate_limit))
                     for r in await conn.execute(query)]
-
-    async def enabled_endpoints(self) -> list[Endpoint]:
-        """Every enabled endpoint."""
-        return [ep for ep in await self.subscribers() if ep.status == "enabled"]
 
     async def set_health(self, conn: AsyncConnection, endpoint_id: str, old: Health,
                          new: Health, *, disabled_reason: str | None, now: datetime) -> bool:

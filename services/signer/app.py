@@ -11,10 +11,15 @@ import weakref
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
-from services.signer import handlers
-from services.signer.handlers import StoredSecret, UnsignableJobError
+from services.signer import decisions
+from services.signer.decisions import StoredSecret, UnsignableJobError
+from services.signer.metrics import (
+    CONTROL,
+    JOBS,
+    SECRET_WAIT,
+    SIGNED,
+)
 from services.signer.settings import Settings
 from services.signer.store import MIGRATIONS, Keystore
 from shared import custom_headers, telemetry, topology
@@ -25,15 +30,6 @@ from shared.runtime import Stop
 from shared.web import add_ops_routes, errors_middleware, serve
 
 log = structlog.get_logger("dihya.signer")
-
-JOBS = Counter("dihya_signer_jobs_total", "Delivery jobs handled by the signer.",
-               ["result", "reason"])
-SIGNED = JOBS.labels("signed", "")
-CONTROL = Counter("dihya_signer_control_total", "Secret control messages handled.",
-                  ["action", "result"])
-SECRET_WAIT = Histogram("dihya_signer_secret_wait_seconds",
-                        "How long jobs waited for their endpoint's secret to arrive.",
-                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 MAX_CACHED = 10_000
 """Cached endpoints before expired entries are swept out."""
@@ -74,14 +70,14 @@ class SecretCache:
         """The secrets that may sign for ``endpoint_id`` now (current first); may be empty."""
         entry = self._entries.get(endpoint_id)
         if entry is not None and entry[0] > time.monotonic():
-            found = handlers.valid_secrets(entry[1], utcnow())
+            found = decisions.valid_secrets(entry[1], utcnow())
             if found:
                 return found
         task = self._loading.get(endpoint_id)
         if task is None:
             task = asyncio.create_task(self._fetch(endpoint_id))
             self._loading[endpoint_id] = task
-        return handlers.valid_secrets(await asyncio.shield(task), utcnow())
+        return decisions.valid_secrets(await asyncio.shield(task), utcnow())
 
     async def _fetch(self, endpoint_id: str) -> list[StoredSecret]:
         epoch = self._epoch
@@ -137,7 +133,7 @@ class Signer:
 
     async def on_control(self, message: Delivery) -> None:
         try:
-            msg = handlers.parse_control(message.body)
+            msg = decisions.parse_control(message.body)
         except ValueError as exc:
             await self._park(topology.SIGNER_CONTROL, message, "invalid_message", str(exc))
             return
@@ -147,7 +143,7 @@ class Signer:
         CONTROL.labels(msg.action, "applied" if applied else "ignored_stale").inc()
         log.info("secret_control", endpoint_id=msg.endpoint_id, action=msg.action,
                  applied=applied, overlap=msg.previous_valid_until is not None)
-        fact = handlers.secret_fact(msg, applied=applied, now=utcnow())
+        fact = decisions.secret_fact(msg, applied=applied, now=utcnow())
         await self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
 
     async def on_job(self, message: Delivery) -> None:
@@ -155,7 +151,7 @@ class Signer:
         message is acked once every one is confirmed — if one fails, the whole message is
         requeued, and the jobs already forwarded go again with the same delivery ids."""
         try:
-            jobs = handlers.parse_jobs(message.body)
+            jobs = decisions.parse_jobs(message.body)
         except ValueError as exc:
             await self._park(topology.SIGNER_JOBS, message, "invalid_message", str(exc))
             return
@@ -192,7 +188,7 @@ class Signer:
             return
         try:
             sealed = await self._sealed_headers(job)
-            signed = handlers.sign(job, found, nonce=new_nonce(), now=utcnow(),
+            signed = decisions.sign(job, found, nonce=new_nonce(), now=utcnow(),
                                    sealed_headers=sealed)
         except UnsignableJobError as exc:
             await self._park(topology.SIGNER_JOBS, message, "unsignable", str(exc), job=job,
@@ -235,7 +231,7 @@ class Signer:
         else:
             body = message.body
             parked = self._publisher.park(queue, message, reason=reason, error=error)
-        fact = handlers.parked_fact(queue=queue, reason=reason, error=error, body=body,
+        fact = decisions.parked_fact(queue=queue, reason=reason, error=error, body=body,
                                     now=utcnow(), job=job)
         await asyncio.gather(
             parked,

@@ -21,7 +21,7 @@ A dump of the database shows ciphertext only; the master key lives in the enviro
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,11 @@ import orjson
 from cryptography.fernet import InvalidToken, MultiFernet
 from sqlalchemy import (
     Column,
-    DateTime,
     Integer,
     MetaData,
     String,
     Table,
     Text,
-    TypeDecorator,
     delete,
     select,
     text,
@@ -43,34 +41,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.signer.handlers import StoredSecret
+from services.signer.decisions import StoredSecret
 from shared.contracts import EndpointSecret
+from shared.db import UTCDateTime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on both backends (SQLite keeps no offset of its own)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect
-                             ) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 metadata = MetaData()

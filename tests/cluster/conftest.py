@@ -19,8 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from demo.launcher import SERVICES, System
 from demo.receiver import Receiver
+from launcher.processes import SERVICES, System
 from shared import topology
 from tests.cluster.books import Books
 from tests.cluster.rabbit import SBIN, Cluster, Node

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from demo.launcher import SERVICES
+from launcher.processes import SERVICES
 from shared.nodes import DEFAULT_HEARTBEAT
 from tests.cluster.books import Books, keep
 from tests.cluster.conftest import Rig

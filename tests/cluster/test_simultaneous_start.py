@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.launcher import SERVICES, System
+from launcher.processes import SERVICES, System
 from tests.conftest import _fresh_pg_database
 
 

@@ -10,8 +10,8 @@ import aio_pika
 import aiohttp
 import pytest
 
-from demo.launcher import System
 from demo.receiver import Receiver
+from launcher.processes import System
 from shared import topology
 
 FAST_RETRIES = "150ms,300ms"

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 
-from demo.launcher import System
+from launcher.processes import System
 
 EXAMPLES = int(os.environ.get("DIHYA_FUZZ_EXAMPLES", "15"))
 

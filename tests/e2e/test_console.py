@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from demo.launcher import System
 from demo.receiver import Receiver
+from launcher.processes import System
 from tests.conftest import wait_for
 from tests.e2e.conftest import Api
 

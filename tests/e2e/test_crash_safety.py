@@ -24,8 +24,8 @@ import aiohttp
 import orjson
 import pytest
 
-from demo.launcher import System
 from demo.receiver import Receiver
+from launcher.processes import System
 from shared import anchor, topology
 from tests.conftest import drop_connections, wait_for
 from tests.e2e.conftest import Api

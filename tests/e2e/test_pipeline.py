@@ -15,8 +15,8 @@ import orjson
 import pytest
 from dihya_receiver import InMemoryNonceStore, InvalidSignature, verify
 
-from demo.launcher import System
 from demo.receiver import Receiver
+from launcher.processes import System
 from shared import topology
 from shared.signing_keys import generate_signing_key, public_key_of
 from tests.conftest import wait_for

@@ -9,8 +9,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from demo.launcher import System
 from demo.receiver import Receiver
+from launcher.processes import System
 from tests.conftest import _fresh_pg_database, wait_for
 from tests.e2e.conftest import Api
 

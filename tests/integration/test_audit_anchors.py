@@ -25,12 +25,14 @@ import pytest
 import sqlalchemy as sa
 
 from cli.main import run as cli_run
-from services.audit import handlers, openapi, sealing
+from services.audit import decisions, openapi, sealing
 from services.audit.checkpoints import CheckpointSigner
+from services.audit.http import routes
 from services.audit.store import records
 from shared import anchor
 from shared.contracts import utcnow
 from shared.db import make_engine
+from shared.openapi import component
 from tests.integration.test_audit_gdpr import ADMIN, Api, fact, served
 from tests.integration.test_audit_retention import drop_guards, insert_checkpoint, sql
 
@@ -112,7 +114,7 @@ async def test_an_untouched_log_verifies(api: Api, tmp_path: Path) -> None:
     assert (verdict.ok, verdict.records, verdict.heads) == (True, RECORDS, RECORDS)
     report = await api.verify()
     assert report["ok"] and report["signed_head"]["matches"] is True
-    jsonschema.validate(report, openapi.document(500)["components"]["schemas"]["VerifyReport"])
+    jsonschema.validate(report, component(openapi.document(routes(500)), "VerifyReport"))
     assert report["signed_head"]["seq"] == RECORDS
     assert report["heads"]["public_key"] == base64.b64encode(public_key(api)).decode()
 
@@ -126,7 +128,7 @@ async def test_d_deleting_the_newest_ten_is_caught(api: Api, tmp_path: Path) -> 
     report = await api.verify()
     assert (report["ok"], report["problem"], report["signed_head"]["matches"]) == (
         False, "signed_head_mismatch", False)
-    jsonschema.validate(report, openapi.document(500)["components"]["schemas"]["VerifyReport"])
+    jsonschema.validate(report, component(openapi.document(routes(500)), "VerifyReport"))
 
 
 async def test_e_an_edit_with_every_later_hash_recomputed_is_caught(
@@ -136,11 +138,11 @@ async def test_e_an_edit_with_every_later_hash_recomputed_is_caught(
     statements = list(drop_guards(url))
     prev = rows[target - 2]["hash"]
     for row in rows[target - 1:]:
-        record = handlers.record_from_row(row)
+        record = decisions.record_from_row(row)
         if record["seq"] == target:
             record["outcome"] = "refused"
         record["prev_hash"] = prev
-        record["hash"] = prev = handlers.chain_hash(prev, record)
+        record["hash"] = prev = decisions.chain_hash(prev, record)
         statements.append(
             f"UPDATE records SET outcome = '{record['outcome']}', "  # noqa: S608
             f"prev_hash = '{record['prev_hash']}', hash = '{record['hash']}' "
@@ -157,7 +159,7 @@ async def test_f_a_forged_append_with_a_correct_hash_is_caught(
     url = api.database_url
     last = (await stored(url))[-1]
     # A record dated like its neighbours (it claims to have been recorded with them).
-    forged = handlers.append(
+    forged = decisions.append(
         [fact(99, "delivery.attempted", outcome="delivered", status_code=200)],
         existing_ids=set(), head_seq=last["seq"], head_hash=last["hash"],
         recorded_at=last["recorded_at"])

@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from services.audit import sealing
 from services.audit.app import start
-from services.audit.handlers import GENESIS_HASH
+from services.audit.decisions import GENESIS_HASH
 from services.audit.heads import FileSink, Heads
 from services.audit.http import make_app
 from services.audit.settings import AuditSettings

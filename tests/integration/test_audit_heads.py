@@ -23,9 +23,11 @@ from aio_pika.abc import AbstractRobustConnection
 from pydantic import SecretStr
 
 from services.audit import openapi
+from services.audit.http import routes
 from shared import anchor, topology
 from shared.broker import Publisher
 from shared.contracts import AuditHead
+from shared.openapi import component
 from tests.conftest import wait_for
 from tests.integration.test_audit_retention import drop_guards, sql
 from tests.integration.test_audit_service import (
@@ -94,7 +96,7 @@ async def test_heads_reach_both_sinks_through_faults(
         await wait_for(caught_up, timeout=60)
         status, signed = await audit_post(audit, "/v1/audit/heads")
         assert status == 200 and signed["unpublished"] == {"file": 0, "exchange": 0}
-        jsonschema.validate(signed, openapi.document(500)["components"]["schemas"]["SignedHead"])
+        jsonschema.validate(signed, component(openapi.document(routes(500)), "SignedHead"))
         export = await audit_export(audit)
         status, report = await audit.get("/v1/audit/verify")
         assert report["ok"] and report["signed_head"]["matches"], report

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg  # type: ignore[import-untyped]
+import jsonschema
 import orjson
 import pytest
 import sqlalchemy as sa
@@ -25,12 +26,13 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from pydantic import SecretStr
 
 from services.audit.app import start
-from services.audit.handlers import encode_cursor
+from services.audit.decisions import encode_cursor
 from services.audit.settings import AuditSettings
 from shared import topology
 from shared.broker import FactPublisher, Publisher, connect, declare
 from shared.contracts import AuditFact, AuditFactBatch, TokenGrant, decode_facts, utcnow
 from shared.db import make_engine
+from shared.openapi import component
 from shared.runtime import Stop
 from shared.web import hash_token
 from tests.conftest import free_port, wait_for
@@ -249,6 +251,10 @@ async def test_facts_are_recorded_filtered_and_paginated(audit: Audit, broker: B
     status, doc = await audit.get("/v1/openapi.json", token=None)
     assert status == 200 and doc["openapi"] == "3.1.0"
     assert set(doc["components"]["schemas"]["AuditRecord"]["properties"]) == set(record)
+    # ... and every record served (sealed ones too), and the verify report, validate against it
+    for each in walked:
+        jsonschema.validate(each, component(doc, "AuditRecord"))
+    jsonschema.validate(body, component(doc, "VerifyReport"))
 
 
 async def test_bad_queries_get_422_naming_the_parameter(audit: Audit) -> None:

@@ -24,9 +24,9 @@ import pytest
 
 from cli.errors import Exit
 from cli.main import run
-from demo.launcher import System
 from demo.receiver import Receiver
-from services.audit.handlers import GENESIS_HASH, chain_hash
+from launcher.processes import System
+from services.audit.decisions import GENESIS_HASH, chain_hash
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration

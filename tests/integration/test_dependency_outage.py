@@ -31,7 +31,7 @@ import pytest
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
-from services.ingest.handlers import delivery_id
+from services.ingest.decisions import delivery_id
 from shared import topology
 from tests.conftest import ready_messages, wait_for
 from tests.integration.test_ingest_api import Client, Observer, running_ingest

@@ -20,7 +20,7 @@ import aio_pika
 import pytest
 from aiohttp import web
 
-from services.audit.handlers import REPEAT_KEY
+from services.audit.decisions import REPEAT_KEY
 from shared import topology
 from shared.broker import Publisher
 from shared.contracts import AuditFact, AuditFactBatch, DeliveryJob

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from services.ingest.handlers import event_id_for
+from services.ingest.decisions import event_id_for
 from shared.contracts import Event
 from tests.conftest import wait_for
 from tests.integration.test_ingest_api import Observer, running_ingest

@@ -27,7 +27,7 @@ from demo.receiver import Delivery, Receiver
 from services.deliverer.app import start as start_deliverer
 from services.deliverer.settings import Settings as DelivererSettings
 from services.ingest.catalog import bundled
-from services.ingest.handlers import event_id_for
+from services.ingest.decisions import event_id_for
 from services.signer.app import start as start_signer
 from services.signer.settings import Settings as SignerSettings
 from shared import topology

@@ -19,7 +19,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from prometheus_client import REGISTRY
 
-from services.ingest.handlers import accepted_fact_id, delivery_id, event_id_for
+from services.ingest.decisions import accepted_fact_id, delivery_id, event_id_for
 from shared import topology
 from shared.contracts import MAX_JOBS_PER_BATCH, Event
 from tests.conftest import wait_for

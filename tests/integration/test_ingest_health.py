@@ -19,7 +19,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import REGISTRY
 
-from services.ingest.handlers import delivery_id
+from services.ingest.decisions import delivery_id
 from services.ingest.health import HEALTH_QUEUE
 from shared import topology
 from shared.broker import Publisher, declare

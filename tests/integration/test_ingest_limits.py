@@ -25,7 +25,7 @@ from cryptography.fernet import Fernet
 from demo.receiver import Receiver
 from services.deliverer.app import start as start_deliverer
 from services.deliverer.settings import Settings as DelivererSettings
-from services.ingest.handlers import ROUTED_AS_HEADER
+from services.ingest.decisions import ROUTED_AS_HEADER
 from services.signer.app import start as start_signer
 from services.signer.settings import Settings as SignerSettings
 from shared import topology

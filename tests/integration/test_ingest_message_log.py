@@ -18,7 +18,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from services.ingest.app import purge_message_log
-from services.ingest.handlers import delivery_id
+from services.ingest.decisions import delivery_id
 from services.ingest.health import HEALTH_QUEUE
 from services.ingest.message_log import MessageLog
 from services.ingest.settings import Settings

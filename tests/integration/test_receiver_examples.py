@@ -43,7 +43,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from services.signer.handlers import sign
+from services.signer.decisions import sign
 from shared.contracts import DeliveryJob, Event
 from shared.ids import new_id
 from tests.conftest import free_port, wait_for

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.signer.handlers import valid_secrets
+from services.signer.decisions import valid_secrets
 from services.signer.store import (
     MIGRATIONS,
     CorruptKeystoreError,

@@ -21,7 +21,7 @@ from standardwebhooks.webhooks import Webhook
 
 from services.signer import app as signer_app
 from services.signer.app import start
-from services.signer.handlers import standard_webhooks_secret
+from services.signer.decisions import standard_webhooks_secret
 from services.signer.settings import ConfigError, Settings
 from services.signer.store import Keystore
 from shared import topology

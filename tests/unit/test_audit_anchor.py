@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from cli.errors import Exit
 from cli.main import run
-from services.audit import exports, handlers
-from services.audit.handlers import LocalFact
+from services.audit import decisions, exports
+from services.audit.decisions import LocalFact
 from shared import anchor
 
 SEED = bytes(range(32))
@@ -30,7 +30,7 @@ SIGNER = anchor.HeadSigner(SEED)
 T0 = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
 
-def chain(n: int, *, start: int = 0, prev: str = handlers.GENESIS_HASH,
+def chain(n: int, *, start: int = 0, prev: str = decisions.GENESIS_HASH,
           at: datetime = T0) -> list[dict[str, Any]]:
     """``n`` records as the export shows them (JSON Lines, parsed), one second apart."""
     out: list[dict[str, Any]] = []
@@ -38,7 +38,7 @@ def chain(n: int, *, start: int = 0, prev: str = handlers.GENESIS_HASH,
         fact = LocalFact(id=f"fct_{start + i}", kind="subject.erased",
                          occurred_at=at + timedelta(seconds=start + i),
                          details={"n": start + i, "text": "é\u2028", "ratio": 0.1 * i})
-        appended = handlers.append([fact], existing_ids=set(), head_seq=start + i,
+        appended = decisions.append([fact], existing_ids=set(), head_seq=start + i,
                                    head_hash=prev,
                                    recorded_at=at + timedelta(seconds=start + i))
         prev = appended.records[0]["hash"]
@@ -56,7 +56,7 @@ class Heads:
     def sign(self, records: Sequence[dict[str, Any]], seq: int, *,
              checkpoint: dict[str, Any] | None = None, after: float = 0.5) -> dict[str, Any]:
         record = next(r for r in records if r["seq"] == seq)
-        time = handlers.iso(datetime.fromisoformat(record["recorded_at"])
+        time = decisions.iso(datetime.fromisoformat(record["recorded_at"])
                             + timedelta(seconds=after))
         previous = anchor.head_digest(self.heads[-1]) if self.heads else anchor.GENESIS_HASH
         head = self.signer.sign(seq=seq, head_hash=record["hash"], records=seq, time=time,
@@ -103,8 +103,8 @@ def test_record_hash_agrees_with_the_service_on_any_content(
     fact = LocalFact(id="fct_x", kind="subject.erased", occurred_at=T0, details=details,
                      error=error, duration_ms=duration)
     try:
-        record = handlers.append([fact], existing_ids=set(), head_seq=0,
-                                 head_hash=handlers.GENESIS_HASH, recorded_at=T0).records[0]
+        record = decisions.append([fact], existing_ids=set(), head_seq=0,
+                                 head_hash=decisions.GENESIS_HASH, recorded_at=T0).records[0]
         exported = orjson.loads(exports.jsonl([record]))
     except orjson.JSONEncodeError:  # a surrogate: the service refuses such a fact
         return

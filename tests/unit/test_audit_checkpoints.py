@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.audit import checkpoints, handlers
+from services.audit import checkpoints, decisions
 from services.audit.checkpoints import CheckpointSigner
-from services.audit.handlers import GENESIS_HASH
+from services.audit.decisions import GENESIS_HASH
 from shared.contracts import AuditFact
 
 T0 = datetime(2025, 5, 20, 12, 0, tzinfo=UTC)
@@ -66,10 +66,10 @@ def test_purge_bound_deletes_only_an_old_prefix_and_never_goes_back(
         assert bound == first_kept - 1
 
 
-def chain(n: int) -> list[handlers.Record]:
+def chain(n: int) -> list[decisions.Record]:
     facts = [AuditFact(id=f"fct_{i}", kind="event.accepted", service="ingest",
                        occurred_at=T0 + timedelta(seconds=i)) for i in range(n)]
-    return handlers.append(facts, existing_ids=set(), head_seq=0, head_hash=GENESIS_HASH,
+    return decisions.append(facts, existing_ids=set(), head_seq=0, head_hash=GENESIS_HASH,
                            recorded_at=T0).records
 
 
@@ -77,24 +77,24 @@ def chain(n: int) -> list[handlers.Record]:
 def test_a_purged_chain_verifies_from_its_checkpoint_only(kept_from: int) -> None:
     records = chain(10)
     remaining = records[kept_from:]
-    assert handlers.verify_chain(remaining, start_hash=records[kept_from - 1]["hash"]).ok
-    report = handlers.verify_chain(remaining)
+    assert decisions.verify_chain(remaining, start_hash=records[kept_from - 1]["hash"]).ok
+    report = decisions.verify_chain(remaining)
     assert (report.ok, report.first_bad_seq, report.problem) == (False, kept_from + 1,
                                                                  "broken_link")
     # Deleting one more record than the checkpoint covers is caught.
     if kept_from < 9:
-        report = handlers.verify_chain(records[kept_from + 1:],
+        report = decisions.verify_chain(records[kept_from + 1:],
                                        start_hash=records[kept_from - 1]["hash"])
         assert (report.first_bad_seq, report.problem) == (kept_from + 2, "broken_link")
 
 
 def test_a_bad_checkpoint_is_the_first_problem_reported() -> None:
     records = chain(4)
-    verifier = handlers.ChainVerifier(records[1]["hash"], checkpoint={"last_seq": 2})
+    verifier = decisions.ChainVerifier(records[1]["hash"], checkpoint={"last_seq": 2})
     verifier.bad_checkpoint(2)
     for record in records[2:]:
         verifier.feed(record)
     report = verifier.report()
     assert (report.ok, report.first_bad_seq, report.problem) == (False, 2, "bad_checkpoint")
     assert report.as_json()["checkpoint"] == {"last_seq": 2}
-    assert report.as_json()["detail"] == handlers.PROBLEMS["bad_checkpoint"]
+    assert report.as_json()["detail"] == decisions.PROBLEMS["bad_checkpoint"]

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.audit import exports, handlers
-from services.audit.handlers import GENESIS_HASH, QueryError
+from services.audit import decisions, exports
+from services.audit.decisions import GENESIS_HASH, QueryError
 from shared.contracts import AuditFact
 
 T0 = datetime(2025, 5, 20, 12, 0, tzinfo=UTC)
@@ -50,7 +50,7 @@ def test_bad_export_parameters_are_named(pairs: list[tuple[str, str]], bad: list
 def record(**values: Any) -> dict[str, Any]:
     fact = AuditFact(id="fct_1", kind="delivery.attempted", service="deliverer",
                      occurred_at=T0, **values)
-    return handlers.append([fact], existing_ids=set(), head_seq=0, head_hash=GENESIS_HASH,
+    return decisions.append([fact], existing_ids=set(), head_seq=0, head_hash=GENESIS_HASH,
                            recorded_at=T0).records[0]
 
 
@@ -58,7 +58,7 @@ def test_jsonl_is_one_api_record_per_line() -> None:
     records = [record(error="a\nb"), record(url="https://x.example/?a=1,2")]
     lines = exports.jsonl(records).split(b"\n")
     assert lines[-1] == b"" and len(lines) == 3
-    assert [orjson.loads(line) for line in lines[:2]] == [handlers.to_json(r) for r in records]
+    assert [orjson.loads(line) for line in lines[:2]] == [decisions.to_json(r) for r in records]
 
 
 def parse_csv(data: bytes) -> list[list[str]]:

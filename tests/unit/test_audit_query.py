@@ -9,25 +9,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.audit import exports, handlers, openapi
-from services.audit.handlers import QueryError, RecordQuery, parse_query
+from services.audit import decisions, exports, openapi
+from services.audit.decisions import QueryError, RecordQuery, parse_query
+from services.audit.http import routes
 from services.audit.store import Erasure, Purge
 
 
 @given(st.integers(0, 2**63 - 1))
 def test_cursor_round_trips(seq: int) -> None:
-    cursor = handlers.encode_cursor(seq)
+    cursor = decisions.encode_cursor(seq)
     assert "=" not in cursor
-    assert handlers.decode_cursor(cursor) == seq
+    assert decisions.decode_cursor(cursor) == seq
 
 
 @given(st.text(max_size=40))
 def test_decode_cursor_accepts_only_issued_cursors(text: str) -> None:
     try:
-        seq = handlers.decode_cursor(text)
+        seq = decisions.decode_cursor(text)
     except ValueError:
         return
-    assert handlers.encode_cursor(seq) == text
+    assert decisions.encode_cursor(seq) == text
 
 
 def b64(raw: bytes) -> str:
@@ -41,7 +42,7 @@ def b64(raw: bytes) -> str:
 ])
 def test_bad_cursors_are_refused(cursor: str) -> None:
     with pytest.raises(ValueError, match="cursor"):
-        handlers.decode_cursor(cursor)
+        decisions.decode_cursor(cursor)
 
 
 def fields_of(exc: pytest.ExceptionInfo[QueryError]) -> dict[str, str]:
@@ -58,7 +59,7 @@ def test_every_filter_parses() -> None:
         [("event_id", "evt_1"), ("endpoint_id", "ep_1"), ("delivery_id", "dlv_1"),
          ("kind", "delivery.attempted"), ("outcome", "failed"), ("subject", "user42"),
          ("since", "2025-05-20T12:00:00Z"), ("until", "2025-05-20T14:00:00+02:00"),
-         ("limit", "7"), ("cursor", handlers.encode_cursor(41))],
+         ("limit", "7"), ("cursor", decisions.encode_cursor(41))],
         page_limit=500,
     )
     assert query.filters == {
@@ -110,7 +111,7 @@ def test_all_bad_parameters_are_named_at_once() -> None:
     assert set(fields_of(exc)) == {"since", "limit", "nope"}
 
 
-@given(st.lists(st.tuples(st.sampled_from([*handlers.QUERY_PARAMS, "x"]), st.text(max_size=30)),
+@given(st.lists(st.tuples(st.sampled_from([*decisions.QUERY_PARAMS, "x"]), st.text(max_size=30)),
                 max_size=6))
 def test_parse_query_never_fails_other_than_with_query_error(
     pairs: list[tuple[str, str]]
@@ -126,28 +127,28 @@ def test_parse_query_never_fails_other_than_with_query_error(
 
 
 def test_openapi_document_matches_the_parser_and_records() -> None:
-    doc = openapi.document(page_limit=123)
+    doc = openapi.document(routes(123))
     assert doc["openapi"] == "3.1.0"
     op = doc["paths"]["/v1/audit/records"]["get"]
     params = {p["name"]: p for p in op["parameters"]}
-    assert tuple(params) == handlers.QUERY_PARAMS
+    assert tuple(params) == decisions.QUERY_PARAMS
     assert params["limit"]["schema"]["maximum"] == 123
-    assert params["kind"]["schema"]["enum"] == list(handlers.RECORD_KINDS)
-    assert set(handlers.FACT_KINDS) < set(handlers.RECORD_KINDS)
+    assert params["kind"]["schema"]["enum"] == list(decisions.RECORD_KINDS)
+    assert set(decisions.FACT_KINDS) < set(decisions.RECORD_KINDS)
     record = doc["components"]["schemas"]["AuditRecord"]
-    assert set(record["properties"]) == {*handlers.RECORD_FIELDS, *handlers.SEALED_FIELDS,
-                                         *handlers.VIEW_FIELDS, "prev_hash", "hash"}
-    assert set(record["required"]) == {*handlers.RECORD_FIELDS, "prev_hash", "hash"}
+    assert set(record["properties"]) == {*decisions.RECORD_FIELDS, *decisions.SEALED_FIELDS,
+                                         *decisions.VIEW_FIELDS, "prev_hash", "hash"}
+    assert set(record["required"]) == {*decisions.RECORD_FIELDS, "prev_hash", "hash"}
     report = doc["components"]["schemas"]["VerifyReport"]
     # the chain walk's report, plus what the HTTP layer adds about signed heads
-    assert set(report["properties"]) == {*handlers.verify_chain([]).as_json(), "heads",
+    assert set(report["properties"]) == {*decisions.verify_chain([]).as_json(), "heads",
                                          "signed_head"}
     assert set(doc["paths"]) >= {"/v1/audit/records", "/v1/audit/verify", "/v1/openapi.json",
                                  "/healthz", "/readyz", "/metrics"}
 
 
 def test_openapi_document_describes_exports_erasure_and_retention() -> None:
-    doc = openapi.document(page_limit=50)
+    doc = openapi.document(routes(50))
     paths = doc["paths"]
     export = paths["/v1/audit/export"]["get"]
     names = [p["name"] for p in export["parameters"]]
@@ -165,6 +166,8 @@ def test_openapi_document_describes_exports_erasure_and_retention() -> None:
     assert set(schemas["Erasure"]["properties"]) == set(erased)
     purged = Purge(0, None, 0, datetime(2025, 1, 1, tzinfo=UTC)).as_json()
     assert set(schemas["Purge"]["properties"]) == set(purged)
-    checkpoint = schemas["VerifyReport"]["properties"]["checkpoint"]
+    checkpoint = schemas["Checkpoint"]  # VerifyReport's and Purge's `checkpoint` (or null)
+    assert {"$ref": "#/components/schemas/Checkpoint"} in (
+        schemas["VerifyReport"]["properties"]["checkpoint"]["anyOf"])
     assert set(checkpoint["required"]) == {"last_seq", "last_hash", "count", "at", "key_id",
                                            "signature", "signature_ok", "public_key"}

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.audit import handlers
-from services.audit.handlers import GENESIS_HASH, REPEAT_KEY
+from services.audit import decisions
+from services.audit.decisions import GENESIS_HASH, REPEAT_KEY
 from shared.contracts import AuditFact
 
 T0 = datetime(2025, 5, 20, 12, 0, tzinfo=UTC)
@@ -22,8 +22,8 @@ def post(fact_id: str, delivery: str = "dlv_1", attempt: int = 1,
 
 
 def appended(facts: list[AuditFact], existing: set[str] | None = None,
-             recorded: set[tuple[str, int]] | None = None) -> handlers.Appended:
-    return handlers.append(facts, existing_ids=existing or set(), head_seq=0,
+             recorded: set[tuple[str, int]] | None = None) -> decisions.Appended:
+    return decisions.append(facts, existing_ids=existing or set(), head_seq=0,
                            head_hash=GENESIS_HASH, recorded_at=T0,
                            attempts_recorded=recorded or set())
 
@@ -58,7 +58,7 @@ def test_the_mark_is_hashed_into_the_chain() -> None:
     first = appended([post("fct_b")]).records[0]
     marked = appended([post("fct_b")], recorded={("dlv_1", 1)}).records[0]
     assert first["hash"] != marked["hash"]
-    verifier = handlers.ChainVerifier()
+    verifier = decisions.ChainVerifier()
     verifier.feed(marked)
     assert verifier.first_bad_seq is None
 

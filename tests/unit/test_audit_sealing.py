@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.audit import handlers, sealing
-from services.audit.handlers import GENESIS_HASH, Record
+from services.audit import decisions, sealing
+from services.audit.decisions import GENESIS_HASH, Record
 from services.audit.sealing import ERASED, UNREADABLE, Linked, Own, Sealing
 from shared.contracts import AuditFact
 
@@ -159,18 +159,18 @@ def sealed_chain(n: int) -> list[Record]:
         f.id: Sealing("sbj_" + "a" * 32, KEY, "alice" if i % 3 == 0 else None)
         for i, f in enumerate(facts) if i % 3 != 2
     }
-    return handlers.append(facts, existing_ids=set(), head_seq=0, head_hash=GENESIS_HASH,
+    return decisions.append(facts, existing_ids=set(), head_seq=0, head_hash=GENESIS_HASH,
                            recorded_at=T0, seals=seals).records
 
 
 def test_sealed_records_keep_nothing_personal_in_clear_and_verify() -> None:
     records = sealed_chain(6)
-    assert handlers.verify_chain(records).ok
+    assert decisions.verify_chain(records).ok
     for record in records[0], records[1]:
         assert record["subject"] is None and record["details"] == {}
         assert record["subject_ref"] == "sbj_" + "a" * 32
-        assert "alice" not in orjson.dumps(handlers.to_json(record)).decode()
-        canonical = orjson.loads(handlers.canonical(record))
+        assert "alice" not in orjson.dumps(decisions.to_json(record)).decode()
+        canonical = orjson.loads(decisions.canonical(record))
         assert canonical["sealed"] == record["sealed"]
     assert sealing.personal_view(records[0], KEY) == {
         "subject": "alice", "details": {"subject": "alice", "lang": "fr"}}
@@ -178,7 +178,7 @@ def test_sealed_records_keep_nothing_personal_in_clear_and_verify() -> None:
         "subject": None, "details": {"response_excerpt": "hi alice"}}
     plain = records[2]
     assert plain["details"] == {"next": "done"} and sealing.personal_view(plain, KEY) is None
-    assert set(orjson.loads(handlers.canonical(plain))) == set(handlers.RECORD_FIELDS)
+    assert set(orjson.loads(decisions.canonical(plain))) == set(decisions.RECORD_FIELDS)
 
 
 def reverify_exported(exported: list[dict[str, Any]]) -> bool:
@@ -199,7 +199,7 @@ def test_exported_records_reverify_whether_readable_or_erased(key: bytes | None)
     exported = []
     for record in sealed_chain(9):
         shown = {**record, "personal": sealing.personal_view(record, key)}
-        exported.append(orjson.loads(orjson.dumps(handlers.to_json(shown))))
+        exported.append(orjson.loads(orjson.dumps(decisions.to_json(shown))))
     assert reverify_exported(exported)
     sealed = [r for r in exported if "sealed" in r]
     assert len(sealed) == 6
@@ -215,7 +215,7 @@ def test_tampering_with_a_sealed_field_is_caught(victim: int, name: str) -> None
     records = sealed_chain(6)
     index = [0, 1, 3, 4][victim % 4]
     records[index] = {**records[index], name: records[index][name][:-1] + "x"}
-    report = handlers.verify_chain(records)
+    report = decisions.verify_chain(records)
     assert (report.ok, report.first_bad_seq, report.problem) == (False, index + 1,
                                                                  "hash_mismatch")
 
@@ -223,7 +223,7 @@ def test_tampering_with_a_sealed_field_is_caught(victim: int, name: str) -> None
 def test_dropping_the_seal_to_restore_clear_text_is_caught() -> None:
     records = sealed_chain(3)
     forged = {**records[0], "subject": "mallory", "subject_ref": None, "sealed": None}
-    report = handlers.verify_chain([forged, *records[1:]])
+    report = decisions.verify_chain([forged, *records[1:]])
     assert (report.first_bad_seq, report.problem) == (1, "hash_mismatch")
 
 

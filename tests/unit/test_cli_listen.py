@@ -22,7 +22,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from services.signer.handlers import dihya_signature, hmac_key, standard_signature
+from services.signer.decisions import dihya_signature, hmac_key, standard_signature
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec_" + "c2VjcmV0IGtleSBmb3IgZGloeWEgbGlzdGVu"  # base64 of a 24-byte key

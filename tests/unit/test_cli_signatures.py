@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
 from cli.signatures import verify
-from services.signer.handlers import (
+from services.signer.decisions import (
     dihya_signature,
     hmac_key,
     standard_signature,

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from services.audit.handlers import RECORD_KINDS
+from services.audit.decisions import RECORD_KINDS
 from services.ingest.console import CONTENT_TYPES, LANGUAGES, STATIC, load_assets
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.deliverer.handlers import (
+from services.deliverer.decisions import (
     EXCERPT_CHARS,
     MAX_RETRY_AFTER_MS,
     DeadLetter,

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from demo import envdoc, opsdoc
+from docgen import envdoc, opsdoc
 from shared import topology
 from shared.settings import ServiceSettings
 
@@ -653,7 +653,7 @@ def test_operations_doc_is_current() -> None:
     for name in opsdoc.BLOCKS:
         start, end = opsdoc.markers(name)
         assert start in text and end in text, f"docs/operations.md lacks the {name} block"
-    assert opsdoc.updated(text) == text, "run `python -m demo.opsdoc` to refresh it"
+    assert opsdoc.updated(text) == text, "run `python -m docgen.opsdoc` to refresh it"
 
 
 def test_operations_doc_links_the_page_listing_every_variable() -> None:

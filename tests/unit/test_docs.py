@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from demo import envdoc
+from docgen import envdoc
 from tests import readme_blocks
 from tests.unit.test_i18n_docs import _LINK as LINK
 from tests.unit.test_i18n_docs import _anchors as anchors
@@ -20,7 +20,7 @@ from tests.unit.test_i18n_docs import _prose as prose
 def test_configuration_page_matches_the_settings_models() -> None:
     page = envdoc.CONFIGURATION.read_text()
     assert envdoc.START in page and envdoc.END in page
-    assert envdoc.updated(page) == page, "run `python -m demo.envdoc` to refresh it"
+    assert envdoc.updated(page) == page, "run `python -m docgen.envdoc` to refresh it"
 
 
 def test_configuration_page_lists_every_variable_of_every_service() -> None:

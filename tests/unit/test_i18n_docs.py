@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from demo import envdoc
+from docgen import envdoc
 
 ROOT = Path(__file__).resolve().parents[2]
 I18N = ROOT / "docs" / "i18n"

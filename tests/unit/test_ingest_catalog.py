@@ -24,7 +24,7 @@ from services.ingest.catalog import (
     parse_catalog,
     parse_template,
 )
-from services.ingest.handlers import Rejection, screen
+from services.ingest.decisions import Rejection, screen
 from services.ingest.settings import Settings
 from shared.contracts import Event
 

@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ingest.handlers import (
+from services.ingest.decisions import (
     DeadLetter,
     Endpoint,
     Unreadable,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ingest.handlers import (
+from services.ingest.decisions import (
     Attempt,
     Health,
     assess,

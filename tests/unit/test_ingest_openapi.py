@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import schemathesis
 from pydantic import BaseModel, SecretStr
 
 from services.ingest.http import ROUTES, IngestApi, build_app
@@ -63,3 +64,7 @@ def test_operations_declare_auth_and_error_bodies() -> None:
     events = doc["paths"]["/v1/events"]["post"]
     assert {p["name"] for p in events["parameters"]} == {"Idempotency-Key"}
     assert doc["paths"]["/v1/openapi.json"]["get"]["security"] == []
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    schemathesis.openapi.from_dict(document(ROUTES)).validate()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ingest.handlers import (
+from services.ingest.decisions import (
     ROUTED_AS_HEADER,
     Endpoint,
     Rejection,

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from services.ingest.handlers import schedule_ms, schedule_seconds
+from services.ingest.decisions import schedule_ms, schedule_seconds
 from services.ingest.http import ListQuery, generate_secret, generate_token
 from services.ingest.models import (
     EndpointCreate,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.signer.handlers import parse_jobs
+from services.signer.decisions import parse_jobs
 from shared.contracts import (
     MAX_JOBS_PER_BATCH,
     AuditFact,

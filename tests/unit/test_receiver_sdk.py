@@ -19,7 +19,7 @@ from dihya_receiver import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.signer.handlers import sign
+from services.signer.decisions import sign
 from shared.contracts import DeliveryJob, Event
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

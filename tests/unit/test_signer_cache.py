@@ -10,7 +10,7 @@ import pytest
 
 from services.signer import app as signer_app
 from services.signer.app import SecretCache
-from services.signer.handlers import StoredSecret
+from services.signer.decisions import StoredSecret
 from services.signer.store import Keystore
 from shared.contracts import utcnow
 

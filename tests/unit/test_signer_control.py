@@ -9,7 +9,7 @@ import orjson
 import pytest
 from cryptography.fernet import Fernet
 
-from services.signer.handlers import (
+from services.signer.decisions import (
     parked_fact,
     parse_control,
     parse_jobs,

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.signer.app import new_nonce
-from services.signer.handlers import (
+from services.signer.decisions import (
     USER_AGENT,
     StoredSecret,
     UnsignableJobError,

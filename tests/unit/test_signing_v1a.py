@@ -15,7 +15,7 @@ from dihya_receiver import InvalidSignature, MalformedDelivery, verify
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.signer.handlers import UnsignableJobError, sign
+from services.signer.decisions import UnsignableJobError, sign
 from shared.signing_keys import (
     InvalidKeyError,
     generate_signing_key,

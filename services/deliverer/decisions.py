@@ -36,7 +36,6 @@ happened together do not retry together. ``Retry-After`` is honoured within
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from typing import Literal
 from pydantic import JsonValue, ValidationError
 from yarl import URL
 
-from shared import topology
+from shared import ids, topology
 from shared.contracts import AttemptRecord, AuditFact, DeliveryJob, SignedDelivery
 
 MAX_RETRY_AFTER_MS = 3_600_000
@@ -241,9 +240,7 @@ def fact_id(delivery_id: str, attempt: int, kind: str, post: str | None = None) 
     one id per POST, so a job redelivered after its POST — which POSTs again — gets a record
     of its own, while the same fact delivered twice to audit still makes one record.
     """
-    parts = [delivery_id, str(attempt), kind, *([post] if post is not None else [])]
-    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
-    return "fct_" + digest[:32]
+    return ids.fact_id(delivery_id, str(attempt), kind, *([post] if post is not None else []))
 
 
 def redact_url(url: str) -> str:
@@ -362,7 +359,7 @@ def dead_lettered_fact(parked: DeliveryJob, reason: str, now: datetime) -> Audit
 def parked_fact(body: bytes, error: str, now: datetime) -> AuditFact:
     """``delivery.parked``: a message the deliverer could not read, set aside with why."""
     return AuditFact(
-        id="fct_" + hashlib.sha256(b"deliverer.parked\x1f" + body).hexdigest()[:32],
+        id=ids.fact_id("deliverer.parked", body),
         kind="delivery.parked",
         occurred_at=now,
         service="deliverer",

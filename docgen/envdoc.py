@@ -1,6 +1,6 @@
 """The configuration reference, generated from each service's settings model.
 
-``python -m demo.envdoc`` rewrites the block between the ``config`` markers in
+``python -m docgen.envdoc`` rewrites the block between the ``config`` markers in
 docs/configuration.md, the one page that lists every variable (the README and the runbook link
 to it); a test fails when the page and the settings models disagree, so the documented
 variables are always the ones the services read.

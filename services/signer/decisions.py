@@ -48,6 +48,7 @@ from pydantic import ValidationError
 
 from shared import custom_headers
 from shared.contracts import AuditFact, DeliveryJob, EndpointSecret, SignedDelivery, decode_jobs
+from shared.ids import fact_id
 from shared.signing_keys import InvalidKeyError, is_signing_key, load_signing_key, sign_v1a
 
 WHSEC_PREFIX = "whsec_"
@@ -221,12 +222,6 @@ def parse_jobs(body: bytes) -> list[DeliveryJob]:
         return decode_jobs(body)
     except ValidationError as exc:
         raise ValueError(describe(exc)) from None
-
-
-def fact_id(*parts: str) -> str:
-    """A deterministic ``fct_`` id: a redelivered message yields the same fact, which the audit
-    store then drops as a duplicate."""
-    return "fct_" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
 def secret_fact(msg: EndpointSecret, *, applied: bool, now: datetime) -> AuditFact:

@@ -1,6 +1,6 @@
 """The generated parts of the runbook, ``docs/operations.md``.
 
-``python -m demo.opsdoc`` rewrites each block between ``<!-- ops:NAME:start -->`` and
+``python -m docgen.opsdoc`` rewrites each block between ``<!-- ops:NAME:start -->`` and
 ``<!-- ops:NAME:end -->`` markers: the RabbitMQ queues (from
 :mod:`shared.topology`) and the retry tiers (from the deliverer's default schedule). A test
 fails when the runbook and the code disagree, so operators never read a queue or a delay the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from demo import envdoc
+from docgen import envdoc
 from shared import topology
 
 OPERATIONS = envdoc.ROOT / "docs" / "operations.md"

@@ -39,7 +39,7 @@ from shared.contracts import (
     RateLimit,
     SignedDelivery,
 )
-from shared.ids import new_id
+from shared.ids import fact_id, new_id
 from shared.subscriptions import selects
 
 EVENT_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
@@ -277,7 +277,7 @@ def route_refusal(event: Event, *, exchange: str | None, routing_key: str | None
 def accepted_fact_id(event_id: str) -> str:
     """The id of an event's ``event.accepted`` fact: derived from the event id, so a redelivered
     event produces the same fact and the audit store keeps it once."""
-    return "fct_" + _digest(f"event.accepted:{event_id}")
+    return fact_id("event.accepted", event_id)
 
 
 def accepted_fact(event: Event, jobs: Sequence[DeliveryJob], now: datetime) -> AuditFact:
@@ -489,14 +489,10 @@ def resend(job: DeliveryJob, url: str, retry_schedule_ms: tuple[int, ...] | None
                                   "rate_limit": rate_limit})
 
 
-def _fact_id(*parts: str) -> str:
-    return "fct_" + _digest("\x1f".join(parts))
-
-
 def held_fact(held: HeldJob, now: datetime) -> AuditFact:
     """``delivery.held``: a delivery kept for a disabled endpoint (id stable per delivery)."""
     job = held.job
-    return AuditFact(id=_fact_id("delivery.held", job.delivery_id), kind="delivery.held",
+    return AuditFact(id=fact_id("delivery.held", job.delivery_id), kind="delivery.held",
                      occurred_at=now, service="ingest", event_id=job.event.id,
                      event_type=job.event.event, endpoint_id=job.endpoint_id,
                      delivery_id=job.delivery_id, url=job.url, reason=HELD_REASON,
@@ -520,7 +516,7 @@ def broker_parked_fact(queue: str, dead: DeadLetter | Unreadable, body: bytes,
     job = dead.job if isinstance(dead, DeadLetter) else None
     item = (job.delivery_id,) if of_batch and job is not None else ()
     return AuditFact(
-        id=_fact_id("delivery.parked", queue, hashlib.sha256(body).hexdigest(), *item),
+        id=fact_id("delivery.parked", queue, hashlib.sha256(body).hexdigest(), *item),
         kind="delivery.parked", occurred_at=now, service="ingest",
         event_id=None if job is None else job.event.id,
         event_type=None if job is None else job.event.event,
@@ -641,7 +637,7 @@ def disabled_fact(endpoint_id: str, url: str, reason: str, *, trigger: str | Non
                   ) -> AuditFact:
     """``endpoint.disabled``. Automatic disables take their id from the triggering fact, so
     a redelivered trigger yields the same fact (audit keeps one)."""
-    ident = _fact_id("endpoint.disabled", trigger) if trigger else new_id("fct")
+    ident = fact_id("endpoint.disabled", trigger) if trigger else new_id("fct")
     return AuditFact(id=ident, kind="endpoint.disabled", occurred_at=now, service="ingest",
                      actor=actor, endpoint_id=endpoint_id, url=url, reason=reason,
                      details={"trigger": trigger,

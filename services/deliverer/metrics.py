@@ -1,0 +1,26 @@
+"""Prometheus metrics of the deliverer (served on ``/metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+ATTEMPTS = Counter("dihya_deliverer_attempts_total", "HTTP delivery attempts.",
+                   ["outcome", "reason", "status_class"])
+ATTEMPT_SECONDS = Histogram("dihya_deliverer_attempt_seconds", "Duration of one attempt.",
+                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30))
+RETRIES = Counter("dihya_deliverer_retries_total", "Retries scheduled, by delay tier.",
+                  ["tier"])
+DEAD = Counter("dihya_deliverer_dead_lettered_total", "Deliveries given up, by reason.",
+               ["reason"])
+PARKED = Counter("dihya_deliverer_parked_total", "Unreadable messages set aside.")
+RESIGNED = Counter("dihya_deliverer_resigned_total",
+                   "Deliveries sent back to the signer because their signature was too old.")
+DEFERRED = Counter("dihya_deliverer_deferred_total",
+                   "Signed deliveries put back for later (a defer tier) because their endpoint "
+                   "had too many in flight.")
+PACED = Counter("dihya_deliverer_paced_total",
+                "Deliveries of rate-limited endpoints, by what the pace gate did: `forwarded` to "
+                "their paced queue, `deferred` (their turn was too far), `posted`.",
+                ["step"])
+TIERS_DECLARED = Counter("dihya_deliverer_tiers_declared_total",
+                         "Wait-queue tiers declared on first use (an endpoint's own schedule).")
