@@ -89,6 +89,8 @@ def prescan_lang(argv: Sequence[str]) -> str | None:
 
 def explain(t: Messages, exc: ApiError, settings: Settings | None) -> str:
     """What an API error means and what to do about it, in the user's language."""
+    if exc.advice:
+        return exc.advice
     if exc.status == 401:
         if settings is None or not settings.token:
             path = settings.config if settings else "~/.config/dihya/config.toml"
