@@ -1049,7 +1049,8 @@ class IngestApi:
         await authorize(request, "admin", "publisher", "viewer", "auditor")
         items = [EventTypeOut(event=name, description=spec.description.model_dump(),
                               details=spec.details.model_dump(),
-                              placeholders=spec.placeholders, internal=name in INTERNAL_TYPES)
+                              placeholders=spec.placeholders, internal=name in INTERNAL_TYPES,
+                              awaiting_native_review=list(spec.unreviewed))
                  for name, spec in self.catalog.types.items()]
         return _body(EventTypeList(items=items,
                                    unknown_event_types=self.settings.unknown_event_types))
