@@ -858,6 +858,11 @@ async def test_french_and_tamazight_views_show_their_content_and_tifinagh_render
         m = console_messages(lang)
         await page.select_option("#lang", lang)
         await expect(page.locator("html")).to_have_attribute("lang", tag)
+        # a translation awaiting a native speaker's review says so beside the picker
+        if lang == "fr":
+            await expect(page.locator("#lang-review")).to_be_hidden()
+        else:
+            await expect(page.locator("#lang-review")).to_have_text(m["lang.unreviewed"])
         checked = 0
 
         # the message log: the row's counts in this language, its time day first
@@ -918,6 +923,7 @@ async def test_french_and_tamazight_views_show_their_content_and_tifinagh_render
     ar = console_messages("ar")
     await page.select_option("#lang", "ar")
     await expect(page.locator("#event-deliveries-title")).to_have_text(ar["event.deliveries"])
+    await expect(page.locator("#lang-review")).to_have_text(ar["lang.unreviewed"])
     await page.goto(f"{console}#/event-types")
     await expect(page.locator("#view-event-types")).to_be_visible()
     await expect(page.locator("html")).to_have_attribute("dir", "rtl")
