@@ -937,6 +937,14 @@ async def test_french_and_tamazight_views_show_their_content_and_tifinagh_render
         return [all.left, all.right, fr.left, fr.right]; }""")
     assert abs(fr_right - right) < 2 and fr_left > left + 2, (left, right, fr_left, fr_right)
     await shot(page, "event-types-ar-review")
+
+    # and the message log's columns: the first one is the rightmost
+    await page.goto(f"{console}#/messages")
+    await expect(page.locator(f"#messages-table tr[data-event='{event_id}']")).to_contain_text(
+        ar["lcount.delivered"].replace("{n}", "\u20681\u2069"))  # isolated, as t() does
+    cols = page.locator("#messages-table thead th")
+    first_col, second_col = await cols.nth(0).bounding_box(), await cols.nth(1).bounding_box()
+    assert first_col and second_col and first_col["x"] > second_col["x"]
     tab.assert_private(ep["secret"])
 
 
