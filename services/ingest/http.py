@@ -695,7 +695,8 @@ class IngestApi:
                 raise error(503, "broker_unavailable",
                             f"{len(sent)} deliveries were sent before the broker stopped "
                             "confirming; recover again to send the rest (those sent are "
-                            "not sent twice).") from None
+                            "not sent twice; one of the unconfirmed batch may arrive twice, "
+                            "with its webhook-id).") from None
             after = page[-1].delivery_id
         log.info("endpoint_recovered", endpoint_id=endpoint_id, count=len(sent),
                  since=body.since.isoformat(), actor=principal.token_id)
@@ -733,7 +734,8 @@ class IngestApi:
         Per batch, in one transaction: mark the rows (only those still failed/held: two
         concurrent requests send each delivery once), publish their jobs and await every
         confirm, then commit. A failed publish rolls the batch back (503; nothing of it was
-        marked). Audited afterwards, one ``delivery.retry_requested`` fact per delivery.
+        marked, though a job whose confirm was lost may still arrive). Audited afterwards,
+        one ``delivery.retry_requested`` fact per delivery.
         """
         sent: list[DeliveryJob] = []
         for start in range(0, len(records), RESEND_BATCH):
@@ -910,7 +912,8 @@ class IngestApi:
                 raise error(503, "broker_unavailable",
                             f"{sent} deliveries were sent before the broker stopped "
                             "confirming; retry again to send the rest (those sent are not "
-                            "sent twice).") from None
+                            "sent twice; one of the unconfirmed batch may arrive twice, with "
+                            "its webhook-id).") from None
             after = page[-1].delivery_id
         log.info("endpoint_failed_retried", endpoint_id=endpoint_id, count=sent,
                  actor=principal.token_id)
