@@ -17,7 +17,7 @@ from cli import output
 from cli.client import Client, seg
 from cli.commands import Commands, confirm, value
 from cli.context import Ctx
-from cli.errors import Exit, UsageError
+from cli.errors import Exit, UnreachableError, UsageError
 from cli.values import iso_utc, parse_when
 from shared import anchor  # the offline verifier: stdlib, orjson and cryptography only
 
@@ -235,11 +235,15 @@ def subject_export(ctx: Ctx, args: argparse.Namespace) -> int:
     failure there writes no file)."""
     payloads = ctx.ingest().get(f"/v1/subjects/{seg(args.subject)}/export")["events"]
     done = 0
-    with _target(ctx, args.output) as fh, \
-            ctx.audit().stream(f"/v1/audit/subjects/{seg(args.subject)}/export") as (_, body):
-        for chunk in with_payloads(body, payloads):
-            fh.write(chunk)
-            done += len(chunk)
+    audit = ctx.audit()
+    try:
+        with _target(ctx, args.output) as fh, \
+                audit.stream(f"/v1/audit/subjects/{seg(args.subject)}/export") as (_, body):
+            for chunk in with_payloads(body, payloads):
+                fh.write(chunk)
+                done += len(chunk)
+    except ValueError as exc:  # not the document audit sends: as if cut short, no file kept
+        raise UnreachableError("audit", audit.base_url, str(exc), cut=True) from None
     ctx.emit({"path": args.output, "bytes": done, "payloads": len(payloads)},
              lambda: ctx.note(ctx.t("export.subject_done", size=output.human_bytes(done),
                                     path=args.output)))

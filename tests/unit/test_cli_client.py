@@ -216,3 +216,30 @@ async def test_an_unconfirmed_publish_says_it_may_have_been_accepted_and_how_to_
     fr_code, _, fr_err = await dihya("--lang", "fr", "--ingest-url", url, "events", "publish",
                                      str(path), *key)
     assert fr_code == Exit.UNAVAILABLE and "peut-être été accepté" in fr_err
+
+
+@pytest.mark.parametrize("broken", ["ingest", "audit"])
+async def test_a_subject_export_missing_a_part_writes_no_file(
+        server: Serve, tmp_path: Path, broken: str) -> None:
+    """The subject export is one file of two parts (audit's records, ingest's payloads): when
+    either part cannot be had whole, the command fails and leaves no file."""
+    async def payloads(request: web.Request) -> web.Response:
+        if broken == "ingest":
+            return web.json_response({"error": {"code": "storage_unavailable", "fields": [],
+                                                "message": "The database is unavailable."}},
+                                     status=503)
+        return web.json_response({"subject": "u42", "events": []})
+
+    async def records(request: web.Request) -> web.Response:
+        body = b'{"type":"x","records":[' if broken == "audit" else b'{"records":[]}'
+        return web.Response(body=body, content_type="application/json")
+
+    url = await server(("GET", "/v1/subjects/u42/export", payloads),
+                       ("GET", "/v1/audit/subjects/u42/export", records))
+    target = tmp_path / "u42.json"
+    code, _, err = await dihya("--ingest-url", url, "--audit-url", url, "audit",
+                               "subject-export", "u42", "-o", str(target))
+    assert code == Exit.UNAVAILABLE, err
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
+    if broken == "audit":
+        assert "not one JSON object" in err and "no file was kept" in err
