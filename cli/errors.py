@@ -74,10 +74,18 @@ class ApiError(Exception):
         self.message = message
         self.fields = list(fields)
         self.body = body
+        self.advice: str | None = None
+        """What the command that got this answer tells the user instead of the generic
+        explanation (it knows what was asked: a key, a file)."""
 
     @property
     def exit(self) -> Exit:
         return exit_code(self.status)
+
+    def detail(self, name: str) -> object:
+        """A member of the body's ``error`` object (``event_id`` …), None if absent."""
+        error = self.body.get("error") if isinstance(self.body, dict) else None
+        return error.get(name) if isinstance(error, dict) else None
 
 
 class UnreachableError(Exception):

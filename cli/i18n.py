@@ -28,6 +28,8 @@ import orjson
 LANGS: tuple[str, ...] = ("en", "fr", "ar", "tzm")
 DEFAULT = "en"
 RTL: frozenset[str] = frozenset({"ar"})
+UNREVIEWED: frozenset[str] = frozenset({"ar", "tzm"})
+"""Languages whose messages await a native speaker's review (``--help`` says so in them)."""
 
 SCRIPTS: tuple[str, ...] = ("latin", "tifinagh")
 TIFINAGH = "tzm@tifinagh"

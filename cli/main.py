@@ -35,7 +35,7 @@ from cli.commands import (
 from cli.config import Profile, Settings, config_path, read_profile, resolve
 from cli.context import Ctx
 from cli.errors import ApiError, CliError, Exit, UnreachableError
-from cli.i18n import LANGS, Messages, choose, normalize, script
+from cli.i18n import LANGS, UNREVIEWED, Messages, choose, normalize, script
 from cli.parser import Parser, argparse_language
 
 MODULES = (endpoints, events, event_types, deliveries, listen, audit, tokens, login, services,
@@ -61,8 +61,10 @@ def add_globals(parser: argparse.ArgumentParser, t: Messages, *, suppress: bool)
 def build_parser(t: Messages) -> Parser:
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     add_globals(common, t, suppress=True)
-    root = Parser(prog="dihya", messages=t, description=t("help.dihya"),
-                  epilog=t("help.epilog"))
+    epilog = t("help.epilog")
+    if t.lang in UNREVIEWED:  # the translation says it is one, in its own words
+        epilog += " " + t("help.unreviewed")
+    root = Parser(prog="dihya", messages=t, description=t("help.dihya"), epilog=epilog)
     add_globals(root, t, suppress=False)
     root.add_argument("--version", action="version", version=f"dihya {__version__}",
                       help=t("help.version"))
@@ -89,6 +91,8 @@ def prescan_lang(argv: Sequence[str]) -> str | None:
 
 def explain(t: Messages, exc: ApiError, settings: Settings | None) -> str:
     """What an API error means and what to do about it, in the user's language."""
+    if exc.advice:
+        return exc.advice
     if exc.status == 401:
         if settings is None or not settings.token:
             path = settings.config if settings else "~/.config/dihya/config.toml"

@@ -11,11 +11,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from cli import output
 from cli.client import Client, seg
 from cli.commands import Commands, confirm, value
 from cli.context import Ctx
-from cli.errors import Exit, UsageError
+from cli.errors import Exit, UnreachableError, UsageError
 from cli.values import iso_utc, parse_when
 from shared import anchor  # the offline verifier: stdlib, orjson and cryptography only
 
@@ -228,16 +230,42 @@ def _head(headers: Mapping[str, str]) -> int | None:
 
 
 def subject_export(ctx: Ctx, args: argparse.Namespace) -> int:
+    """One document with all Dihya holds about the subject: the audit service's export, and in
+    it ``payloads``, the event payloads ingest's message log still retains (asked first, so a
+    failure there writes no file)."""
+    payloads = ctx.ingest().get(f"/v1/subjects/{seg(args.subject)}/export")["events"]
     done = 0
-    with _target(ctx, args.output) as fh, \
-            ctx.audit().stream(f"/v1/audit/subjects/{seg(args.subject)}/export") as (_, body):
-        for chunk in body:
-            fh.write(chunk)
-            done += len(chunk)
-    ctx.emit({"path": args.output, "bytes": done},
+    audit = ctx.audit()
+    try:
+        with _target(ctx, args.output) as fh, \
+                audit.stream(f"/v1/audit/subjects/{seg(args.subject)}/export") as (_, body):
+            for chunk in with_payloads(body, payloads):
+                fh.write(chunk)
+                done += len(chunk)
+    except ValueError as exc:  # not the document audit sends: as if cut short, no file kept
+        raise UnreachableError("audit", audit.base_url, str(exc), cut=True) from None
+    ctx.emit({"path": args.output, "bytes": done, "payloads": len(payloads)},
              lambda: ctx.note(ctx.t("export.subject_done", size=output.human_bytes(done),
                                     path=args.output)))
     return Exit.OK
+
+
+def with_payloads(chunks: Iterable[bytes], payloads: list[Any]) -> Iterator[bytes]:
+    """The audit service's subject export (one JSON object, streamed) with a ``payloads``
+    member added before its closing brace: the chunks pass through, holding back only their
+    last bytes. A document that does not end with ``}`` is refused (``ValueError``)."""
+    held = b""  # from the last chunk with more than white space on
+    for chunk in chunks:
+        if chunk.strip():
+            if held:
+                yield held
+            held = chunk
+        else:
+            held += chunk
+    body = held.rstrip()
+    if not body.endswith(b"}"):
+        raise ValueError("the audit service's subject export is not one JSON object")
+    yield body[:-1] + b',"payloads":' + orjson.dumps(payloads) + b"}"
 
 
 def erase(ctx: Ctx, args: argparse.Namespace) -> int:

@@ -24,6 +24,11 @@ def described(item: dict[str, Any], lang: str) -> str:
     return str(texts.get(lang) or texts.get(DEFAULT) or "")
 
 
+def unreviewed(item: dict[str, Any], lang: str) -> bool:
+    """Do the type's texts in ``lang`` await a native speaker's review (the catalog says)?"""
+    return lang in (item.get("awaiting_native_review") or ())
+
+
 def list_(ctx: Ctx, args: argparse.Namespace) -> int:
     catalog = ctx.ingest().get("/v1/event-types")
 
@@ -36,9 +41,12 @@ def list_(ctx: Ctx, args: argparse.Namespace) -> int:
             ctx.say(output.table(
                 [t("col.type"), t("col.description"), t("col.placeholders"),
                  t("col.emitted_by")],
-                [[i["event"], described(i, t.lang), i["placeholders"],
+                [[i["event"], described(i, t.lang) + (" *" if unreviewed(i, t.lang) else ""),
+                  i["placeholders"],
                   t("event_types.by_dihya") if i["internal"] else t("event_types.by_platform")]
                  for i in items]))
+            if any(unreviewed(i, t.lang) for i in items):
+                ctx.note(t("event_types.unreviewed"))
         policy = catalog["unknown_event_types"]
         ctx.note(t("event_types.unknown_refuse" if policy == "refuse"
                    else "event_types.unknown_accept"))

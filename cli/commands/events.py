@@ -14,7 +14,7 @@ from cli.client import seg
 from cli.commands import Commands
 from cli.commands.endpoints import status_text
 from cli.context import Ctx
-from cli.errors import Exit, UsageError
+from cli.errors import ApiError, Exit, UsageError
 
 MAX_INPUT = 16 * 1024 * 1024
 """Bytes read from the file or stdin at most (the API refuses far less: 256 KiB by default)."""
@@ -26,6 +26,7 @@ def register(root: Commands) -> None:
     p = cmds.command("publish", "help.events.publish", publish)
     p.add_argument("file", nargs="?", default="-", help=t("help.arg.event_file"))
     p.add_argument("--idempotency-key", metavar="KEY", help=t("help.arg.idempotency_key"))
+    p.add_argument("--id", metavar="EVENT_ID", help=t("help.arg.publish_id"))
 
     p = cmds.command("show", "help.events.show", show)
     p.add_argument("id", help=t("help.arg.event_id"))
@@ -58,8 +59,15 @@ def read_event(ctx: Ctx, source: str) -> Any:
 
 def publish(ctx: Ctx, args: argparse.Namespace) -> int:
     event = read_event(ctx, args.file)
+    if args.id is not None and isinstance(event, dict):
+        event["id"] = args.id
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
-    resp = ctx.ingest().request("POST", "/v1/events", body=event, headers=headers)
+    try:
+        resp = ctx.ingest().request("POST", "/v1/events", body=event, headers=headers)
+    except ApiError as exc:
+        if exc.code == "broker_unconfirmed":
+            exc.advice = unconfirmed_advice(ctx, exc, args)
+        raise
     accepted = resp.data
     replayed = resp.headers.get("idempotent-replayed") == "true"
 
@@ -70,6 +78,16 @@ def publish(ctx: Ctx, args: argparse.Namespace) -> int:
 
     ctx.emit(accepted, human)
     return Exit.OK
+
+
+def unconfirmed_advice(ctx: Ctx, exc: ApiError, args: argparse.Namespace) -> str:
+    """What to do after a ``broker_unconfirmed`` 503: the event may or may not have been
+    accepted; the retry must carry the same key, or else the same id (never a new event)."""
+    event_id = str(exc.detail("event_id") or "?")
+    if args.idempotency_key:
+        return ctx.t("events.unconfirmed_keyed", id=event_id,
+                     idempotency_key=args.idempotency_key)
+    return ctx.t("events.unconfirmed", id=event_id, source=args.file)
 
 
 SIGNATURE_HEADERS = frozenset({"webhook-signature", "x-dihya-signature"})

@@ -33,6 +33,11 @@ gives each type's ``tzm`` texts in Latin, and may give their Tifinagh form under
 (``{"template.created": {"description": "…", "details": "…"}}``, same placeholders); a type
 without one keeps its Latin text. The script only chooses the catalog's texts: a ``tzm`` text a
 publisher wrote is delivered as written, in whichever script.
+
+A catalog says which languages' texts still await a native speaker's review:
+``"awaiting_native_review": ["ar", "tzm"]`` at the top of the file covers every type (``tzm``
+covers both scripts), and a type may say otherwise with its own list. ``GET /v1/event-types``,
+the console and the CLI show it beside those texts.
 """
 
 from __future__ import annotations
@@ -131,6 +136,13 @@ def parse_template(text: str) -> Template:
     return Template(tuple(parts))
 
 
+def once_each(langs: tuple[Lang, ...]) -> tuple[Lang, ...]:
+    """``langs`` if no language is listed twice (a catalog's ``awaiting_native_review``)."""
+    if len(set(langs)) != len(langs):
+        raise ValueError("each language at most once")
+    return langs
+
+
 class Texts(BaseModel):
     """One text per language; all four are required."""
 
@@ -152,6 +164,19 @@ class EventTypeSpec(BaseModel):
 
     description: Texts
     details: Texts
+    awaiting_native_review: tuple[Lang, ...] | None = None
+    """Languages whose texts await a native speaker's review; None: as the file says."""
+
+    @field_validator("awaiting_native_review")
+    @classmethod
+    def _once_each(cls, value: tuple[Lang, ...] | None) -> tuple[Lang, ...] | None:
+        return None if value is None else once_each(value)
+
+    @property
+    def unreviewed(self) -> tuple[Lang, ...]:
+        """The languages awaiting review, in the contract's order."""
+        pending = self.awaiting_native_review or ()
+        return tuple(lang for lang in LANGS if lang in pending)
 
     @field_validator("details")
     @classmethod
@@ -185,14 +210,30 @@ class TifinaghTexts(BaseModel):
 
 
 class CatalogFile(BaseModel):
-    """The file format: ``{"version": 1, "event_types": {"template.created": {...}},
-    "tifinagh": {"template.created": {...}}}`` (``tifinagh`` optional)."""
+    """The file format: ``{"version": 1, "awaiting_native_review": ["ar", "tzm"],
+    "event_types": {"template.created": {...}}, "tifinagh": {"template.created": {...}}}``
+    (``awaiting_native_review`` and ``tifinagh`` optional)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: Literal[1]
+    awaiting_native_review: tuple[Lang, ...] = ()
     event_types: dict[EventType, EventTypeSpec]
     tifinagh: dict[EventType, TifinaghTexts] = Field(default_factory=dict)
+
+    @field_validator("awaiting_native_review")
+    @classmethod
+    def _once_each(cls, value: tuple[Lang, ...]) -> tuple[Lang, ...]:
+        return once_each(value)
+
+    def in_latin(self) -> dict[str, EventTypeSpec]:
+        """The types as written, each with its languages awaiting review settled."""
+        return {name: self._settled(spec) for name, spec in self.event_types.items()}
+
+    def _settled(self, spec: EventTypeSpec) -> EventTypeSpec:
+        if spec.awaiting_native_review is not None:
+            return spec
+        return spec.model_copy(update={"awaiting_native_review": self.awaiting_native_review})
 
     def in_tifinagh(self) -> dict[str, EventTypeSpec]:
         """The types with their ``tzm`` texts in Tifinagh where the file gives them (checked
@@ -201,7 +242,7 @@ class CatalogFile(BaseModel):
         if unknown:
             raise ValueError(f"tifinagh: types not in event_types: {', '.join(unknown)}")
         out: dict[str, EventTypeSpec] = {}
-        for name, spec in self.event_types.items():
+        for name, spec in self.in_latin().items():
             tfng = self.tifinagh.get(name)
             if tfng is None:
                 out[name] = spec
@@ -209,7 +250,8 @@ class CatalogFile(BaseModel):
             try:
                 out[name] = EventTypeSpec.model_validate({
                     "description": {**spec.description.model_dump(), "tzm": tfng.description},
-                    "details": {**spec.details.model_dump(), "tzm": tfng.details}})
+                    "details": {**spec.details.model_dump(), "tzm": tfng.details},
+                    "awaiting_native_review": spec.awaiting_native_review})
             except ValidationError as exc:
                 problem = exc.errors(include_url=False, include_input=False)[0]["msg"]
                 raise ValueError(f"tifinagh.{name}: {problem}") from None
@@ -256,7 +298,7 @@ def parse_catalog(raw: bytes, source: str, tzm_script: TzmScript = "latin") -> C
         tifinagh = parsed.in_tifinagh()
     except ValueError as exc:
         raise CatalogError(f"{source}: not a valid event-type catalog: {exc}") from None
-    return Catalog.of(tifinagh if tzm_script == "tifinagh" else parsed.event_types, source)
+    return Catalog.of(tifinagh if tzm_script == "tifinagh" else parsed.in_latin(), source)
 
 
 def bundled(tzm_script: TzmScript = "latin") -> Catalog:

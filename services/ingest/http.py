@@ -172,8 +172,19 @@ SETTLE_POLL = 0.05
 """Seconds between looks at an idempotency key whose event's publish is still in flight."""
 
 
+UNCONFIRMED = "The message broker did not confirm; the request may be incomplete. Retry."
+"""The 503's text when the caller gave none (each call site says what did or did not
+happen: a lost confirm may hide a message that did arrive)."""
+
+
 class BrokerUnavailableError(Exception):
-    """A publish the request depends on was not confirmed: the caller should retry (503)."""
+    """A publish the request depends on was not confirmed: the caller should retry (503).
+    ``outcome`` is the 503's message: what was and was not done, true whether or not the
+    unconfirmed message arrived."""
+
+    def __init__(self, routing_key: str, outcome: str = UNCONFIRMED) -> None:
+        super().__init__(routing_key)
+        self.outcome = outcome
 
 
 class EventUnconfirmedError(BrokerUnavailableError):
@@ -361,14 +372,16 @@ class IngestApi:
 
     # -- broker helpers -------------------------------------------------------------------
 
-    async def _announce(self, exchange: str, routing_key: str, model: Contract) -> None:
-        """Publish a message the request cannot succeed without (confirm awaited)."""
+    async def _announce(self, exchange: str, routing_key: str, model: Contract, *,
+                        outcome: str = UNCONFIRMED) -> None:
+        """Publish a message the request cannot succeed without (confirm awaited); unconfirmed,
+        the 503 says ``outcome``."""
         try:
             await self.publisher.send(exchange, routing_key, model)
         except Exception as exc:
             log.error("publish_failed", exchange=exchange, routing_key=routing_key,
                       error=type(exc).__name__)
-            raise BrokerUnavailableError(routing_key) from exc
+            raise BrokerUnavailableError(routing_key, outcome) from exc
 
     async def audit(self, fact: AuditFact) -> None:
         """Publish an audit fact about something already done; a failure is logged, not
@@ -433,7 +446,11 @@ class IngestApi:
         try:
             async with self.store.transaction() as conn:
                 await self.store.insert_endpoint(conn, record)
-                await self._announce(topology.CONTROL_EXCHANGE, "secret.set", handover)
+                await self._announce(
+                    topology.CONTROL_EXCHANGE, "secret.set", handover,
+                    outcome="The message broker did not confirm the endpoint's secret: no "
+                    "endpoint was created (the signer may keep a secret no endpoint uses). "
+                    "Retry.")
                 published = True
         except Exception:
             if published:  # the commit failed after the signer got the secret: take it back
@@ -538,8 +555,12 @@ class IngestApi:
             if "headers" in values:  # names here, values only in the signer's keystore
                 headers = values.pop("headers") or {}
                 values["header_names"] = tuple(headers)
-                await self._announce(topology.CONTROL_EXCHANGE, "secret.headers",
-                                     _headers_handover(endpoint_id, headers, now))
+                await self._announce(
+                    topology.CONTROL_EXCHANGE, "secret.headers",
+                    _headers_handover(endpoint_id, headers, now),
+                    outcome="The message broker did not confirm the new headers: the "
+                    "endpoint was not changed, but the signer may already send them. Retry "
+                    "the same update.")
             enabling = changes.get("status") == "enabled" and before.status != "enabled"
             disabling = changes.get("status") == "disabled" and before.status != "disabled"
             if enabling:  # a fresh start: the old failing run no longer counts
@@ -581,8 +602,12 @@ class IngestApi:
             record = await self.store.get_endpoint(endpoint_id, conn)
             if record is None or not await self.store.delete_endpoint(conn, endpoint_id):
                 raise _not_found("endpoint", endpoint_id)
-            await self._announce(topology.CONTROL_EXCHANGE, "secret.delete", EndpointSecret(
-                endpoint_id=endpoint_id, action="delete", issued_at=utcnow()))
+            await self._announce(
+                topology.CONTROL_EXCHANGE, "secret.delete", EndpointSecret(
+                    endpoint_id=endpoint_id, action="delete", issued_at=utcnow()),
+                outcome="The message broker did not confirm: the endpoint was not deleted, "
+                "but the signer may already have dropped its secret (its deliveries then "
+                "fail to sign). Retry the delete.")
         log.info("endpoint_deleted", endpoint_id=endpoint_id)
         await self.audit(self._fact("endpoint.deleted", principal.token_id,
                                     endpoint_id=endpoint_id, url=record.url))
@@ -617,9 +642,13 @@ class IngestApi:
             else:
                 secret = body.secret or generate_secret()
             await self.store.update_endpoint(conn, endpoint_id, values)
-            await self._announce(topology.CONTROL_EXCHANGE, "secret.set", EndpointSecret(
-                endpoint_id=endpoint_id, action="set", secret=SecretStr(secret),
-                previous_valid_until=until, issued_at=now))
+            await self._announce(
+                topology.CONTROL_EXCHANGE, "secret.set", EndpointSecret(
+                    endpoint_id=endpoint_id, action="set", secret=SecretStr(secret),
+                    previous_valid_until=until, issued_at=now),
+                outcome="The message broker did not confirm the new secret: the rotation was "
+                "not saved, but the signer may already sign with a secret you were not shown "
+                "(the previous one stays valid for the overlap). Retry the rotation.")
         log.info("secret_rotated", endpoint_id=endpoint_id)
         await self.audit(self._fact("secret.set", principal.token_id, endpoint_id=endpoint_id,
                                     details={"overlap_seconds": body.overlap_seconds}))
@@ -676,7 +705,8 @@ class IngestApi:
                 raise error(503, "broker_unavailable",
                             f"{len(sent)} deliveries were sent before the broker stopped "
                             "confirming; recover again to send the rest (those sent are "
-                            "not sent twice).") from None
+                            "not sent twice; one of the unconfirmed batch may arrive twice, "
+                            "with its webhook-id).") from None
             after = page[-1].delivery_id
         log.info("endpoint_recovered", endpoint_id=endpoint_id, count=len(sent),
                  since=body.since.isoformat(), actor=principal.token_id)
@@ -714,7 +744,8 @@ class IngestApi:
         Per batch, in one transaction: mark the rows (only those still failed/held: two
         concurrent requests send each delivery once), publish their jobs and await every
         confirm, then commit. A failed publish rolls the batch back (503; nothing of it was
-        marked). Audited afterwards, one ``delivery.retry_requested`` fact per delivery.
+        marked, though a job whose confirm was lost may still arrive). Audited afterwards,
+        one ``delivery.retry_requested`` fact per delivery.
         """
         sent: list[DeliveryJob] = []
         for start in range(0, len(records), RESEND_BATCH):
@@ -740,7 +771,10 @@ class IngestApi:
                 except Exception as exc:
                     log.error("resend_failed", endpoint_id=endpoint.id, via=via,
                               error=type(exc).__name__)
-                    raise BrokerUnavailableError(topology.SIGN) from exc
+                    raise BrokerUnavailableError(
+                        topology.SIGN, "The message broker did not confirm: the deliveries "
+                        "were not marked as sent again, but some may have been sent (each "
+                        "with its webhook-id). Retry.") from exc
             metrics.DELIVERIES_RESENT.labels(via=via).inc(len(batch))
             for _, job in batch:
                 log.info("delivery_resent", delivery_id=job.delivery_id,
@@ -835,7 +869,11 @@ class IngestApi:
         now = utcnow()
         async with self.store.transaction() as conn:
             await self._message_log().mark([delivery_id], "retried", now, conn)
-            await self._announce(topology.WORK_EXCHANGE, topology.SIGN, job)
+            await self._announce(
+                topology.WORK_EXCHANGE, topology.SIGN, job,
+                outcome=f"The message broker did not confirm: delivery {delivery_id} may or "
+                "may not have been sent again (with its webhook-id, as attempt "
+                f"{job.attempt}). Resend it if it does not arrive.")
         metrics.DELIVERIES_RESENT.labels(via="resend").inc()
         log.info("delivery_resent", delivery_id=delivery_id, endpoint_id=job.endpoint_id,
                  event_id=job.event.id, attempt=job.attempt, via="resend",
@@ -887,7 +925,8 @@ class IngestApi:
                 raise error(503, "broker_unavailable",
                             f"{sent} deliveries were sent before the broker stopped "
                             "confirming; retry again to send the rest (those sent are not "
-                            "sent twice).") from None
+                            "sent twice; one of the unconfirmed batch may arrive twice, with "
+                            "its webhook-id).") from None
             after = page[-1].delivery_id
         log.info("endpoint_failed_retried", endpoint_id=endpoint_id, count=sent,
                  actor=principal.token_id)
@@ -921,7 +960,10 @@ class IngestApi:
             await self.log.record(
                 [log_event(event, now, keep_payload=self.settings.payload_retention_days > 0)],
                 [log_delivery(job, now)])
-        await self._announce(topology.WORK_EXCHANGE, topology.SIGN, job)
+        await self._announce(
+            topology.WORK_EXCHANGE, topology.SIGN, job,
+            outcome=f"The message broker did not confirm: test event {event.id} may or may "
+            "not have been sent (the message log lists it). Test again if it does not arrive.")
         fact = accepted_fact(event, [job], now)
         await self.audit(fact.model_copy(update={
             "actor": principal.token_id, "endpoint_id": endpoint.id,
@@ -1024,7 +1066,8 @@ class IngestApi:
         await authorize(request, "admin", "publisher", "viewer", "auditor")
         items = [EventTypeOut(event=name, description=spec.description.model_dump(),
                               details=spec.details.model_dump(),
-                              placeholders=spec.placeholders, internal=name in INTERNAL_TYPES)
+                              placeholders=spec.placeholders, internal=name in INTERNAL_TYPES,
+                              awaiting_native_review=list(spec.unreviewed))
                  for name, spec in self.catalog.types.items()]
         return _body(EventTypeList(items=items,
                                    unknown_event_types=self.settings.unknown_event_types))
@@ -1040,9 +1083,13 @@ class IngestApi:
                              token_hash=hash_token(token), created_at=now, revoked_at=None)
         async with self.store.transaction() as conn:
             await self.store.insert_token(conn, record)
-            await self._announce(topology.CONTROL_EXCHANGE, "token.created", TokenGrant(
-                token_id=record.id, role=record.role, token_hash=record.token_hash,
-                issued_at=now))
+            await self._announce(
+                topology.CONTROL_EXCHANGE, "token.created", TokenGrant(
+                    token_id=record.id, role=record.role, token_hash=record.token_hash,
+                    issued_at=now),
+                outcome="The message broker did not confirm: no token was created (the audit "
+                "service may have its grant, but the token was never shown, so no one can "
+                "use it). Retry.")
         log.info("token_created", token_id=record.id, role=record.role)
         await self.audit(self._fact("token.created", principal.token_id,
                                     details={"token_id": record.id, "role": record.role}))
@@ -1065,9 +1112,12 @@ class IngestApi:
             record = await self.store.revoke_token(conn, token_id, now)
             if record is None:
                 raise _not_found("token", token_id)
-            await self._announce(topology.CONTROL_EXCHANGE, "token.revoked", TokenGrant(
-                token_id=record.id, role=record.role, token_hash=record.token_hash,
-                revoked=True, issued_at=now))
+            await self._announce(
+                topology.CONTROL_EXCHANGE, "token.revoked", TokenGrant(
+                    token_id=record.id, role=record.role, token_hash=record.token_hash,
+                    revoked=True, issued_at=now),
+                outcome=f"The message broker did not confirm: token {token_id} is not "
+                "revoked (the audit service may already refuse it). Retry the revocation.")
         log.info("token_revoked", token_id=token_id)
         await self.audit(self._fact("token.revoked", principal.token_id,
                                     details={"token_id": record.id, "role": record.role}))
@@ -1284,9 +1334,8 @@ async def failures_middleware(
         raise
     except EventUnconfirmedError as exc:
         raise _unconfirmed(exc) from None
-    except BrokerUnavailableError:
-        raise error(503, "broker_unavailable",
-                    "The message broker did not confirm; nothing was changed. Retry.") from None
+    except BrokerUnavailableError as exc:
+        raise error(503, "broker_unavailable", exc.outcome) from None
     except (DBAPIError, OSError) as exc:
         log.error("storage_failed", path=request.path, error=type(exc).__name__)
         raise error(503, "storage_unavailable", "The database is unavailable. Retry.") from None

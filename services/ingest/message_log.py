@@ -419,13 +419,15 @@ class MessageLog:
     # -- retention and personal data --------------------------------------------------------
 
     async def purge_payloads(self, older_than: datetime) -> int:
-        """Forget the payloads of events received before ``older_than`` (the log rows stay)."""
+        """Forget the payloads of events received before ``older_than``, and with them the
+        link to their data subject (the log rows stay, naming no one). Rows changed."""
         e = log_events.c
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 log_events.update()
-                .where((e.received_at < _utc(older_than)) & e.payload.is_not(None))
-                .values(payload=None))
+                .where((e.received_at < _utc(older_than))
+                       & (e.payload.is_not(None) | e.subject.is_not(None)))
+                .values(payload=None, subject=None))
         return cast(sa.CursorResult[Any], result).rowcount
 
     async def purge_log(self, older_than: datetime) -> int:

@@ -90,9 +90,11 @@ def subject_of(event: Event) -> str | None:
 
 
 def log_event(event: Event, now: datetime, *, keep_payload: bool) -> LogEvent:
-    """What the log keeps of an accepted, completed event (``id`` set)."""
+    """What the log keeps of an accepted, completed event (``id`` set). The subject is kept
+    only with the payload: without it, a row linking a person to an event is personal data
+    the log has no use for."""
     return LogEvent(id=event.id or "", event_type=event.event, received_at=now,
-                    lang=event.lang, subject=subject_of(event),
+                    lang=event.lang, subject=subject_of(event) if keep_payload else None,
                     payload=event.model_dump(mode="json") if keep_payload else None)
 
 

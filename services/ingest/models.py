@@ -360,6 +360,10 @@ class EventTypeOut(Response):
         description="The `data` keys the templates use: without them (or when one is not a "
         "string or number) the language is not completed.")
     internal: bool = Field(description="Emitted by Dihya itself; always known.")
+    awaiting_native_review: list[Lang] = Field(
+        default_factory=list,
+        description="Languages whose description and template await a native speaker's "
+        "review (the catalog's `awaiting_native_review`); shown beside those texts.")
 
 
 class EventTypeList(Response):

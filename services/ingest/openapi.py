@@ -27,8 +27,10 @@ _ERRORS = {
     413: "The body exceeds DIHYA_INGEST_MAX_BODY_BYTES.",
     415: "The body is not application/json.",
     422: "The body (or a parameter) is not valid; `fields` names each problem.",
-    503: "The broker or the database is unavailable; nothing was changed. Retry. Except "
-         "`broker_unconfirmed` (publishing an event): the event may or may not have been "
+    503: "The broker or the database is unavailable; `message` says what was and was not "
+         "done (a lost confirm can hide a message that did arrive, e.g. a secret the signer "
+         "already holds). Retry. `broker_unconfirmed` (publishing an event): the event may "
+         "or may not have been "
          "accepted; retry with the same Idempotency-Key, or with `error.event_id` as the "
          "body's `id`, and it is delivered once.",
 }

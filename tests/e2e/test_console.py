@@ -768,6 +768,186 @@ async def test_tokens_and_event_types_pages(tab: Tab, api: Api, receiver: Receiv
     tab.assert_private(token)
 
 
+LOCALES = ROOT / "services" / "ingest" / "console" / "static" / "locales"
+TIFINAGH_CHARS = re.compile("[\u2d30-\u2d7f]")
+DAY_FIRST = re.compile(r"\b\d{2}/\d{2}/\d{4}\b")
+"""A short date as Morocco's French writes it (day first), which tzm and fr pages use."""
+
+
+def console_messages(lang: str) -> dict[str, str]:
+    return dict(json.loads((LOCALES / f"{lang}.json").read_text("utf-8")))
+
+
+async def texts_are_translated(page: Page, view: str, messages: dict[str, str]) -> int:
+    """Every visible ``[data-i18n]`` element of ``#view-<view>`` shows its text in the page's
+    language (the catalog's, not English); how many were checked."""
+    shown = await page.locator(f"#view-{view} [data-i18n]").evaluate_all(
+        "(els) => els.filter((e) => e.getClientRects().length)"
+        ".map((e) => [e.dataset.i18n, e.textContent])")
+    wrong = {key: text for key, text in shown if text != messages[key]}
+    assert not wrong, (view, wrong)
+    assert shown, view
+    return len(shown)
+
+
+TOFU_PROBE = """(el) => {
+  // each distinct Tifinagh letter of the element, drawn in the element's own font, against
+  // characters no font has (they draw the same .notdef box): a letter drawn like them is tofu
+  const font = getComputedStyle(el).fontFamily;
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 64;
+  const ctx = canvas.getContext("2d");
+  const draw = (ch) => {
+    ctx.clearRect(0, 0, 64, 64);
+    ctx.font = `40px ${font}`;
+    ctx.fillText(ch, 4, 48);
+    const data = ctx.getImageData(0, 0, 64, 64).data;
+    let hash = 0, ink = 0;
+    for (let i = 3; i < data.length; i += 4) {
+      hash = (hash * 31 + data[i]) >>> 0;
+      if (data[i]) ink++;
+    }
+    return { hash, ink, width: ctx.measureText(ch).width };
+  };
+  const letters = [...new Set([...el.textContent].filter((c) => /[\\u2d30-\\u2d7f]/.test(c)))];
+  const tofu = [draw("\\ue000"), draw("\\u{10fffd}")];
+  return { tofu, letters: letters.map((c) => [c, draw(c)]) };
+}"""
+
+
+async def tifinagh_renders(page: Page, selector: str) -> None:
+    """The element's Tifinagh letters are drawn with real glyphs: ink, width, each its own
+    shape, none the box of a missing glyph (a machine without a Tifinagh font fails here)."""
+    found = await page.locator(selector).first.evaluate(TOFU_PROBE)
+    tofu = {probe["hash"] for probe in found["tofu"]}
+    assert len(tofu) == 1, found["tofu"]  # the probe itself works: both missing, one box
+    letters = found["letters"]
+    assert len(letters) >= 3, letters
+    boxes = [c for c, drawn in letters if drawn["hash"] in tofu or not drawn["ink"]
+             or not drawn["width"]]
+    assert not boxes, (f"Tifinagh drawn as boxes: {''.join(boxes)} — install a font with "
+                       "Tifinagh glyphs (Debian: fonts-noto-core, as .ci/run does)")
+    assert len({drawn["hash"] for _, drawn in letters}) == len(letters)
+
+
+async def test_french_and_tamazight_views_show_their_content_and_tifinagh_renders(
+    tab: Tab, api: Api, receiver: Receiver
+) -> None:
+    """The dashboard's views in fr, tzm (Latin, the default) and Tifinagh: every label of
+    each view, and its content — counts, statuses, day-first dates, the catalog's texts in
+    that language and the "awaits a native speaker's review" note on the Arabic and Tamazight
+    ones. Then Arabic's event-types page by positions."""
+    from playwright.async_api import expect
+
+    page, admin = tab.page, api.system.admin_token
+    ep = await api.endpoint(receiver, "console-langs", ["console.langs", "template.created"])
+    details = {"fr": "Commande 9 payée", "en": "Order 9 paid", "ar": "دُفع الطلب 9",
+               "tzm": "ⵉⵜⵜⵓⵅⵍⵚ ⵓⵙⵓⵜⵔ 9"}  # a publisher's Tifinagh, as written
+    event_id = await api.publish({"event": "console.langs", "lang": "tzm",
+                                  "data": {"order": 9, "details": details}})
+    logged = await logged_event(api, event_id, 1)
+    delivery = logged["deliveries"][0]
+    _, catalog = await api.call("GET", "ingest", "/v1/event-types", admin, expect=200)
+    created = next(i for i in catalog["items"] if i["event"] == "template.created")
+    assert created["awaiting_native_review"] == ["ar", "tzm"]
+    console = api.system.console_url()
+    viewer = await new_token(api, "viewer")
+
+    await sign_in(page, admin)
+    for lang, tag in (("fr", "fr"), ("tzm", "tzm-Latn"), ("tzm-Tfng", "tzm-Tfng")):
+        m = console_messages(lang)
+        await page.select_option("#lang", lang)
+        await expect(page.locator("html")).to_have_attribute("lang", tag)
+        # a translation awaiting a native speaker's review says so beside the picker
+        if lang == "fr":
+            await expect(page.locator("#lang-review")).to_be_hidden()
+        else:
+            await expect(page.locator("#lang-review")).to_have_text(m["lang.unreviewed"])
+        checked = 0
+
+        # the message log: the row's counts in this language, its time day first
+        await page.goto(f"{console}#/messages")
+        row = page.locator(f"#messages-table tr[data-event='{event_id}']")
+        await expect(row).to_contain_text(m["lcount.delivered"].replace("{n}", "1"))
+        cells = await row.inner_text()  # cells apart (text_content runs them together)
+        assert DAY_FIRST.search(cells), (lang, cells)
+        checked += await texts_are_translated(page, "messages", m)
+        await shot(page, f"messages-{lang}")
+
+        # an event: the publisher's four texts as written, the delivery's status translated
+        await page.goto(f"{console}#/events/{event_id}")
+        await expect(page.locator("#event-details blockquote[lang='tzm']")).to_have_text(
+            details["tzm"])
+        panel = page.locator(f"#event-deliveries section[data-delivery='{delivery['id']}']")
+        await expect(panel).to_contain_text(m["lstatus.delivered"])
+        checked += await texts_are_translated(page, "event", m)
+        await shot(page, f"event-{lang}")
+
+        # endpoints with their health, in this language's words and numbers
+        await page.goto(f"{console}#/endpoints")
+        ep_row = page.locator(f"#endpoints-table tr[data-id='{ep['id']}']")
+        await expect(ep_row).to_contain_text(m["health.attempts"].replace("{n}", "1"))
+        checked += await texts_are_translated(page, "endpoints", m)
+
+        await page.goto(f"{console}#/tokens")
+        await expect(page.locator(f"#tokens-table tr[data-token='{viewer['id']}']")
+                     ).to_contain_text(m["role.viewer"])
+        checked += await texts_are_translated(page, "tokens", m)
+
+        # the catalog: its text in this language, and which translations await review
+        await page.goto(f"{console}#/event-types")
+        section = page.locator("#types-list section[data-type='template.created']")
+        await expect(section.locator("p > span").first).to_have_text(
+            created["description"][lang.split("-")[0]])
+        for shown_lang in ("fr", "en", "ar", "tzm"):
+            note = section.locator(f"figure[data-lang='{shown_lang}'] small.review")
+            if shown_lang in ("ar", "tzm"):
+                await expect(note).to_have_text(m["types.unreviewed"])
+            else:
+                await expect(note).to_have_count(0)
+        own = section.locator("p small.review")
+        await expect(own).to_have_count(0 if lang == "fr" else 1)
+        checked += await texts_are_translated(page, "event-types", m)
+        await shot(page, f"event-types-{lang}")
+        assert checked >= 15, (lang, checked)
+
+    # Tifinagh: the nav, a title and the publisher's text are drawn with real glyphs
+    await expect(page.locator("#nav-endpoints")).to_have_text(
+        console_messages("tzm-Tfng")["nav.endpoints"])
+    await tifinagh_renders(page, "#nav-endpoints")
+    await tifinagh_renders(page, "#types-title")
+    await page.goto(f"{console}#/events/{event_id}")
+    await tifinagh_renders(page, "#event-details blockquote[lang='tzm']")
+
+    # Arabic: the catalog's languages run right to left (the first, fr, starts at the right)
+    ar = console_messages("ar")
+    await page.select_option("#lang", "ar")
+    await expect(page.locator("#event-deliveries-title")).to_have_text(ar["event.deliveries"])
+    await expect(page.locator("#lang-review")).to_have_text(ar["lang.unreviewed"])
+    await page.goto(f"{console}#/event-types")
+    await expect(page.locator("#view-event-types")).to_be_visible()
+    await expect(page.locator("html")).to_have_attribute("dir", "rtl")
+    section = page.locator("#types-list section[data-type='template.created']")
+    await expect(section.locator("figure[data-lang='ar'] small.review")).to_have_text(
+        ar["types.unreviewed"])
+    # read in one go: the list is drawn again when the page's language settles
+    left, right, fr_left, fr_right = await section.evaluate("""(s) => {
+        const all = s.querySelector(".languages").getBoundingClientRect();
+        const fr = s.querySelector("figure[data-lang='fr']").getBoundingClientRect();
+        return [all.left, all.right, fr.left, fr.right]; }""")
+    assert abs(fr_right - right) < 2 and fr_left > left + 2, (left, right, fr_left, fr_right)
+    await shot(page, "event-types-ar-review")
+
+    # and the message log's columns: the first one is the rightmost
+    await page.goto(f"{console}#/messages")
+    await expect(page.locator(f"#messages-table tr[data-event='{event_id}']")).to_contain_text(
+        ar["lcount.delivered"].replace("{n}", "\u20681\u2069"))  # isolated, as t() does
+    cols = page.locator("#messages-table thead th")
+    first_col, second_col = await cols.nth(0).bounding_box(), await cols.nth(1).bounding_box()
+    assert first_col and second_col and first_col["x"] > second_col["x"]
+    tab.assert_private(ep["secret"])
+
+
 async def test_small_screens_banners_languages_and_errors(
     tab: Tab, api: Api, receiver: Receiver
 ) -> None:

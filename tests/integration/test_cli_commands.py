@@ -271,7 +271,11 @@ async def test_publish_query_export_verify(dihya: Cli, receiver: Receiver,
     subject = tmp_path / "u42.json"
     access = await dihya("audit", "subject-export", "u42", "-o", str(subject))
     assert access.code == Exit.OK, access.err
-    assert event_id in {e["event_id"] for e in orjson.loads(subject.read_bytes())["events"]}
+    exported = orjson.loads(subject.read_bytes())
+    assert event_id in {e["event_id"] for e in exported["events"]}
+    # ingest's retained payload rides in the same document (GDPR Art. 15: the data itself)
+    [payload] = [p for p in exported["payloads"] if p["id"] == event_id]
+    assert payload["payload"]["data"]["details"] == {"tzm": "ⵜⴰⴼⴰⴽⵜⵓⵔⵜ"}
 
 
 async def test_tokens_and_what_each_failure_exits_with(dihya: Cli, tmp_path: Path) -> None:

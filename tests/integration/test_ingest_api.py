@@ -313,9 +313,42 @@ async def test_an_endpoint_is_not_created_when_its_secret_cannot_be_handed_over(
         await channel.close()
     assert failed.status == 503, failed.text
     assert failed.body["error"]["code"] == "broker_unavailable"
+    # the text is true whether or not the secret reached the signer (#17: no "nothing changed")
+    assert "no endpoint was created" in failed.body["error"]["message"]
+    assert "nothing was changed" not in failed.text.lower()
     listed = await ingest.call("GET", "/v1/endpoints?limit=1000")
     assert "https://hooks.example.com/rollback" not in [e["url"] for e in listed.body["items"]]
     await ingest.endpoint(["a.b"], url="https://hooks.example.com/rollback")  # recovers
+
+
+async def test_a_token_unannounced_is_neither_created_nor_revoked_and_the_503_says_so(
+    ingest: Client, broker: AbstractRobustConnection
+) -> None:
+    """The grant goes to the audit service; unconfirmed, ingest rolls back and the 503 says
+    what did and did not happen (the grant may have arrived; the token was never shown)."""
+    kept = await ingest.call("POST", "/v1/tokens", json={"role": "viewer"})
+    assert kept.status == 201, kept.text
+    channel = await broker.channel()
+    control = await channel.get_queue(topology.AUDIT_CONTROL, ensure=False)
+    await control.unbind(topology.CONTROL_EXCHANGE, "token.#")
+    try:  # token.* is now unroutable: the mandatory publish comes back and fails
+        created = await ingest.call("POST", "/v1/tokens", json={"role": "viewer",
+                                                                "description": "lost"})
+        revoked = await ingest.call("DELETE", f"/v1/tokens/{kept.body['id']}")
+    finally:
+        await control.bind(topology.CONTROL_EXCHANGE, "token.#")
+        await channel.close()
+    assert created.status == 503 and created.body["error"]["code"] == "broker_unavailable"
+    assert "no token was created" in created.body["error"]["message"]
+    assert "token" not in created.body or created.body.get("token") is None
+    assert revoked.status == 503 and "is not revoked" in revoked.body["error"]["message"]
+    assert "nothing was changed" not in (created.text + revoked.text).lower()
+    listed = (await ingest.call("GET", "/v1/tokens?limit=1000")).body["items"]
+    assert "lost" not in [t["description"] for t in listed]
+    [still] = [t for t in listed if t["id"] == kept.body["id"]]
+    assert still["revoked_at"] is None
+    again = await ingest.call("DELETE", f"/v1/tokens/{kept.body['id']}")
+    assert again.status == 204  # the retry completes it
 
 
 # -- tokens -------------------------------------------------------------------------------

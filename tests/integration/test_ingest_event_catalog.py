@@ -207,6 +207,8 @@ async def test_the_catalog_api_lists_types_in_four_languages_for_every_role(
     assert set(created["description"]) == set(created["details"]) == {"fr", "en", "ar", "tzm"}
     assert created["placeholders"] == ["template_id", "user_id"]
     assert created["internal"] is False and items["endpoint.disabled"]["internal"] is True
+    # every Arabic and Tamazight text still says it awaits a native speaker's review
+    assert {tuple(i["awaiting_native_review"]) for i in items.values()} == {("ar", "tzm")}
 
 
 async def test_the_cli_lists_the_catalog_in_the_users_language(ingest_sqlite: Client) -> None:
@@ -226,9 +228,13 @@ async def test_the_cli_lists_the_catalog_in_the_users_language(ingest_sqlite: Cl
     assert "plateforme" in row
     assert "Dihya" in next(line for line in out.splitlines() if line.startswith("dihya.test "))
     assert "DIHYA_INGEST_UNKNOWN_EVENT_TYPES=accept" in err
+    assert "*" not in out and "relecture" not in err  # French texts need no review
 
-    code, out, _ = await dihya("--lang", "tzm", "event-types", "list")
-    assert code == Exit.OK and "Yettwarna template amaynut." in out
+    code, out, err = await dihya("--lang", "tzm", "event-types", "list")
+    assert code == Exit.OK and "Yettwarna template amaynut. *" in out
+    assert "asenqed n umsawal" in err
+    code, out, err = await dihya("--lang", "ar", "event-types", "list")
+    assert code == Exit.OK and "تم إنشاء قالب. *" in out and "مراجعة متحدث أصلي" in err
 
     code, out, _ = await dihya("event-types", "list", "--json")
     assert code == Exit.OK

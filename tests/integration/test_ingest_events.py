@@ -197,6 +197,49 @@ async def test_an_unroutable_event_gets_a_503_and_the_retry_goes_through(
     assert retried.body["id"] == failed.body["error"]["event_id"]  # the same event, at last
 
 
+async def test_the_cli_says_an_unconfirmed_event_may_exist_and_its_retry_keeps_the_id(
+    ingest: Client, broker: AbstractRobustConnection, tmp_path: Path
+) -> None:
+    """``dihya events publish`` against the real ingest when the broker cannot take the event:
+    it names the id, says the event may or may not have been accepted, and the command it
+    gives (``--id``) publishes that same event once the broker is back."""
+    import io
+    import re
+    import shlex
+
+    from cli.errors import Exit
+    from cli.main import run
+    from tests.integration.test_ingest_api import ADMIN
+
+    env = {"DIHYA_INGEST_URL": ingest.base, "DIHYA_TOKEN": ADMIN, "HOME": "/nonexistent"}
+
+    async def dihya(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = await asyncio.to_thread(run, list(argv), env=env, stdout=out, stderr=err)
+        return code, out.getvalue(), err.getvalue()
+
+    path = tmp_path / "event.json"
+    path.write_bytes(orjson.dumps({"event": "cli.unconfirmed", "data": {"n": 1}}))
+    channel = await broker.channel()
+    events_queue = await channel.get_queue(topology.INGEST_EVENTS, ensure=False)
+    await events_queue.unbind(topology.EVENTS_EXCHANGE, "#")
+    try:  # the events exchange routes nowhere: the mandatory publish is not confirmed
+        code, _, err = await dihya("events", "publish", str(path))
+    finally:
+        await events_queue.bind(topology.EVENTS_EXCHANGE, "#")
+        await channel.close()
+    assert code == Exit.UNAVAILABLE, err
+    assert "may or may not have been accepted" in err and "Nothing was changed" not in err
+    command = re.search(r"`(dihya events publish [^`]+)`", err)
+    assert command, err
+    argv = shlex.split(command.group(1))[1:]
+    event_id = argv[argv.index("--id") + 1]
+    assert event_id.startswith("evt_") and event_id in err.split("`")[0]
+    code, out, err = await dihya(*argv, "--json")
+    assert code == Exit.OK, err
+    assert orjson.loads(out)["id"] == event_id  # the same event, not a new one
+
+
 async def test_an_unconfirmed_event_keeps_its_id_and_is_delivered_once(
     amqp_url: str, broker: AbstractRobustConnection, tmp_path: Path
 ) -> None:

@@ -15,12 +15,13 @@ from typing import Any
 
 import aio_pika
 import pytest
+import sqlalchemy as sa
 from aio_pika.abc import AbstractRobustConnection
 
 from services.ingest.app import purge_message_log
 from services.ingest.decisions import delivery_id
 from services.ingest.health import HEALTH_QUEUE
-from services.ingest.message_log import MessageLog
+from services.ingest.message_log import MessageLog, log_events
 from services.ingest.settings import Settings
 from shared import topology
 from shared.broker import Publisher, declare
@@ -229,10 +230,25 @@ async def _equal(value: Any, expected: Any) -> bool:
     return bool(await value == expected)
 
 
+async def subjects(url: str, *event_ids: str) -> dict[str, str | None]:
+    """The data subject each log row names, read from the table itself (no API shows it)."""
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(log_events.c.id, log_events.c.subject)
+                .where(log_events.c.id.in_(event_ids)))
+            return {row.id: row.subject for row in rows}
+    finally:
+        await engine.dispose()
+
+
 async def test_payloads_expire_and_go_with_their_subject(
-    amqp_url: str, tmp_path: Path, broker: AbstractRobustConnection, publisher: Publisher
+    amqp_url: str, database_url: str, broker: AbstractRobustConnection, publisher: Publisher
 ) -> None:
-    url = f"sqlite:///{tmp_path}/ingest.db"
+    """GDPR on both storages: the export holds the payload, erasure removes it and the
+    subject's link to the row, and so does the retention sweep."""
+    url = database_url
     async with running_ingest(amqp_url, url) as ingest:
         ep = await ingest.endpoint(["order.*"])
         mine = await publish(ingest, "order.paid", {"order": 1, "user_id": "alice@example.com"})
@@ -253,6 +269,7 @@ async def test_payloads_expire_and_go_with_their_subject(
         assert (await ingest.call("GET", f"/v1/events/{mine}")).body["payload"] is None
         again = await ingest.call("GET", "/v1/subjects/alice@example.com/export")
         assert again.body["events"] == []
+        assert await subjects(url, mine, other) == {mine: None, other: "bob"}
         assert (await ingest.call("GET", f"/v1/events/{other}")).body["payload"] is not None
 
         # a delivered delivery whose payload is gone cannot be resent
@@ -270,6 +287,9 @@ async def test_payloads_expire_and_go_with_their_subject(
             log_store, settings, utcnow() + timedelta(days=31)) == (1, 0)
         found = await log_store.get_event(other)
         assert found is not None and found[0].payload is None
+        # the purge forgets who the row was about too: bob's export is empty, his row nameless
+        assert await log_store.subject_events("bob") == []
+        assert await subjects(url, other) == {other: None}
         assert await purge_message_log(
             log_store, settings, utcnow() + timedelta(days=91)) == (0, 2)
         assert await log_store.get_event(other) is None
@@ -287,13 +307,15 @@ async def test_no_payload_is_stored_when_retention_is_zero(
         await logged(ingest, event_id)
         detail = (await ingest.call("GET", f"/v1/events/{event_id}")).body
         assert detail["payload"] is None and len(detail["deliveries"]) == 1
+        # no payload, no link to its subject either: the log names no one
         export = (await ingest.call("GET", "/v1/subjects/carol/export")).body
-        assert export["events"] == [{"id": event_id, "event": "order.paid",
-                                     "received_at": detail["received_at"], "payload": None}]
+        assert export["events"] == []
+        assert await subjects(f"sqlite:///{tmp_path}/ingest.db", event_id) == {event_id: None}
 
 
 async def test_erasing_a_subject_in_the_audit_log_erases_its_payloads_in_ingest(
-    amqp_url: str, tmp_path: Path, broker: AbstractRobustConnection, publisher: Publisher
+    amqp_url: str, database_url: str, tmp_path: Path, broker: AbstractRobustConnection,
+    publisher: Publisher
 ) -> None:
     """GDPR Art. 17 across services: the audit service's erasure (its HTTP API) announces
     ``subject.erase`` on the control exchange; ingest's message log drops the payloads. A bad
@@ -315,7 +337,7 @@ async def test_erasing_a_subject_in_the_audit_log_erases_its_payloads_in_ingest(
                           shutdown_grace=1.0, mode="development")  # keys generated in its DB
     stop_audit = await start_audit(audit)
     try:
-        async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/ingest.db") as ingest:
+        async with running_ingest(amqp_url, database_url) as ingest:
             await ingest.endpoint(["order.*"])
             mine = await publish(ingest, "order.paid", {"order": 1, "user_id": subject})
             kept = await publish(ingest, "order.paid", {"order": 2, "user_id": "someone-else"})
@@ -338,6 +360,8 @@ async def test_erasing_a_subject_in_the_audit_log_erases_its_payloads_in_ingest(
             assert export.body["events"] == []
             other = await ingest.call("GET", f"/v1/events/{kept}")
             assert other.body["payload"]["data"]["user_id"] == "someone-else"
+            assert await subjects(database_url, mine, kept) == {mine: None,
+                                                                kept: "someone-else"}
 
             async def parked() -> bool:
                 async with broker.channel() as channel:

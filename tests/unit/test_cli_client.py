@@ -176,3 +176,70 @@ async def test_endpoint_test_without_an_attempt_exits_6(server: Serve) -> None:
     assert (result["delivered"], result["record"], result["subscription_added"]) == \
         (False, None, False)
     assert patches == [], "`#` already matches dihya.test: nothing to subscribe"
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+async def test_an_unconfirmed_publish_says_it_may_have_been_accepted_and_how_to_retry(
+        server: Serve, tmp_path: Path, keyed: bool) -> None:
+    """Ingest's ``broker_unconfirmed`` 503: the CLI does not say "nothing was changed"; it
+    names the event id and the retry that keeps it one event (the same key, else ``--id``),
+    and ``--id`` sends that id in the body."""
+    bodies: list[dict[str, object]] = []
+
+    async def events(request: web.Request) -> web.Response:
+        body = await request.json()
+        bodies.append(body)
+        if "id" not in body:  # the broker lost every confirm until the id is given
+            return web.json_response({"error": {
+                "code": "broker_unconfirmed", "event_id": "evt_7", "fields": [],
+                "message": "The message broker did not confirm event evt_7: it may or may "
+                           "not have been accepted; retry with `error.event_id` as the "
+                           "body's `id` (or with an Idempotency-Key), and it is delivered "
+                           "once."}}, status=503)
+        return web.json_response({"id": body.get("id"), "event": body["event"]}, status=202)
+
+    url = await server(("POST", "/v1/events", events))
+    path = tmp_path / "e.json"
+    path.write_bytes(orjson.dumps({"event": "order.paid", "data": {}}))
+    key = ("--idempotency-key", "k-1") if keyed else ()
+    code, _, err = await dihya("--ingest-url", url, "events", "publish", str(path), *key)
+    assert code == Exit.UNAVAILABLE
+    assert "evt_7" in err and "may or may not have been accepted" in err
+    assert "Nothing was changed" not in err
+    if keyed:
+        assert "--idempotency-key k-1" in err
+    else:
+        assert f"dihya events publish {path} --id evt_7" in err
+        code, out, _ = await dihya("--ingest-url", url, "events", "publish", str(path),
+                                   "--id", "evt_7")
+        assert code == Exit.OK and "evt_7" in out and bodies[-1]["id"] == "evt_7"
+    fr_code, _, fr_err = await dihya("--lang", "fr", "--ingest-url", url, "events", "publish",
+                                     str(path), *key)
+    assert fr_code == Exit.UNAVAILABLE and "peut-être été accepté" in fr_err
+
+
+@pytest.mark.parametrize("broken", ["ingest", "audit"])
+async def test_a_subject_export_missing_a_part_writes_no_file(
+        server: Serve, tmp_path: Path, broken: str) -> None:
+    """The subject export is one file of two parts (audit's records, ingest's payloads): when
+    either part cannot be had whole, the command fails and leaves no file."""
+    async def payloads(request: web.Request) -> web.Response:
+        if broken == "ingest":
+            return web.json_response({"error": {"code": "storage_unavailable", "fields": [],
+                                                "message": "The database is unavailable."}},
+                                     status=503)
+        return web.json_response({"subject": "u42", "events": []})
+
+    async def records(request: web.Request) -> web.Response:
+        body = b'{"type":"x","records":[' if broken == "audit" else b'{"records":[]}'
+        return web.Response(body=body, content_type="application/json")
+
+    url = await server(("GET", "/v1/subjects/u42/export", payloads),
+                       ("GET", "/v1/audit/subjects/u42/export", records))
+    target = tmp_path / "u42.json"
+    code, _, err = await dihya("--ingest-url", url, "--audit-url", url, "audit",
+                               "subject-export", "u42", "-o", str(target))
+    assert code == Exit.UNAVAILABLE, err
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
+    if broken == "audit":
+        assert "not one JSON object" in err and "no file was kept" in err

@@ -148,3 +148,26 @@ def test_messages_fall_back_to_english_for_a_missing_key(
 def test_an_unknown_language_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown language"):
         catalog("xx")
+
+
+@pytest.mark.parametrize(("argv", "env", "note"), [
+    (["--lang", "ar"], {}, "ar"),
+    (["--lang", "tzm"], {}, "tzm"),
+    (["--lang", "tzm"], {"DIHYA_TZM_SCRIPT": "tifinagh"}, TIFINAGH),
+    (["--lang", "fr"], {}, None),
+    (["--lang", "en"], {}, None),
+])
+def test_help_says_when_its_translation_awaits_a_native_review(
+        argv: list[str], env: dict[str, str], note: str | None) -> None:
+    """Every Arabic and Tamazight catalog says, in its own words, that it awaits review."""
+    import io
+
+    from cli.main import run
+
+    out = io.StringIO()
+    assert run([*argv, "--help"], env={"HOME": "/nonexistent", **env}, stdout=out,
+               stderr=io.StringIO()) == 0
+    shown = " ".join(out.getvalue().split())  # help is wrapped to the terminal
+    for lang in VARIANTS:
+        review = " ".join(catalog(lang)["help.unreviewed"].split())
+        assert (review in shown) == (lang == note), (lang, note)

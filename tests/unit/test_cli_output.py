@@ -82,8 +82,10 @@ def test_422_lists_each_bad_field() -> None:
 
 
 def test_server_errors_say_to_retry() -> None:
-    assert "try again" in explain(EN, ApiError("ingest", 503, "broker_unavailable",
-                                               "Retry."), None)
+    text = explain(EN, ApiError("ingest", 503, "broker_unavailable",
+                                "The endpoint was not deleted, but … Retry."), None)
+    assert "Try again" in text and "not deleted" in text
+    assert "nothing was changed" not in text.lower()  # the server's text says what was
     assert "ingest service's log" in explain(EN, ApiError("ingest", 500, "internal", "x"),
                                              None)
 

@@ -314,3 +314,35 @@ def test_settings_read_the_catalog_path_and_the_policy(monkeypatch: pytest.Monke
 def test_catalog_of_sorts_types() -> None:
     cat = Catalog.of(dict(reversed(list(bundled().types.items()))))
     assert list(cat.types) == sorted(cat.types)
+
+
+# -- which translations await a native speaker's review ------------------------------------
+
+
+def test_every_arabic_and_tamazight_text_of_the_bundled_catalog_awaits_review() -> None:
+    """The issue's rule: every Tamazight and Arabic text still says it awaits a native review —
+    in the file itself, so the API, the console and the CLI can say it too."""
+    raw = orjson.loads(Path("services/ingest/event_types.json").read_bytes())
+    assert raw["awaiting_native_review"] == ["ar", "tzm"]
+    for script in ("latin", "tifinagh"):
+        for name, spec in bundled(script).types.items():  # type: ignore[arg-type]
+            assert {"ar", "tzm"} <= set(spec.unreviewed), (script, name)
+
+
+def test_a_type_may_say_otherwise_and_a_bad_list_is_refused() -> None:
+    reviewed = {"description": DESCRIPTION, "details": TEXTS, "awaiting_native_review": []}
+    doc = {"version": 1, "awaiting_native_review": ["tzm", "ar"],
+           "event_types": {"template.created": {"description": DESCRIPTION, "details": TEXTS},
+                           "invoice.paid": reviewed},
+           "tifinagh": {"invoice.paid": {"description": "ⴰ", "details": TEXTS["tzm"]}}}
+    for script in ("latin", "tifinagh"):
+        cat = parse_catalog(orjson.dumps(doc), "c.json", script)  # type: ignore[arg-type]
+        assert cat.types["template.created"].unreviewed == ("ar", "tzm")  # the file's order
+        assert cat.types["invoice.paid"].unreviewed == ()
+    assert parse_catalog(catalog_bytes(), "c.json").types["template.created"].unreviewed == ()
+    for bad in (["xx"], ["ar", "ar"], "ar"):
+        with pytest.raises(CatalogError, match="awaiting_native_review"):
+            parse_catalog(orjson.dumps({**doc, "awaiting_native_review": bad}), "c.json")
+        with pytest.raises(CatalogError, match="awaiting_native_review"):
+            parse_catalog(orjson.dumps({"version": 1, "event_types": {
+                "a.b": {**reviewed, "awaiting_native_review": bad}}}), "c.json")

@@ -115,5 +115,6 @@ def test_the_payload_is_kept_only_while_retained_and_names_its_subject() -> None
     kept = log_event(event, NOW, keep_payload=True)
     assert kept.payload is not None and kept.payload["data"] == {"user_id": "u42", "x": 1}
     assert kept.subject == "u42" and kept.lang == "fr"
-    assert log_event(event, NOW, keep_payload=False).payload is None
+    bare = log_event(event, NOW, keep_payload=False)
+    assert bare.payload is None and bare.subject is None  # no payload, no link to a person
     assert subject_of(Event(event="a.b", data={"user_id": 42})) is None

@@ -1046,11 +1046,14 @@ function renderEventTypes() {
   $("types-policy").textContent = t(`types.policy_${catalog.unknown_event_types}`);
   $("types-list").replaceChildren(...catalog.items.map((type) => {
     const lang = shortLang();
+    // the catalog says which translations still await a native speaker's review
+    const pending = (l) => (type.awaiting_native_review || []).includes(l)
+      ? [" ", h("small", { class: "review", text: t("types.unreviewed") })] : null;
     return h("section", { class: "panel type", "data-type": type.event },
       h("h2", {}, code(type.event), type.internal ? [" ", h("small", { text: t("types.internal") })] : null),
-      h("p", { text: type.description[lang] || type.description.en }),
-      h("div", { class: "languages" }, DETAIL_LANGS.map(([l, dir]) => h("figure", { class: "language" },
-        h("figcaption", {}, code(l)), h("blockquote", { lang: l, dir, text: type.details[l] || dash })))),
+      h("p", {}, h("span", { text: type.description[lang] || type.description.en }), pending(lang)),
+      h("div", { class: "languages" }, DETAIL_LANGS.map(([l, dir]) => h("figure", { class: "language", "data-lang": l },
+        h("figcaption", {}, code(l), pending(l)), h("blockquote", { lang: l, dir, text: type.details[l] || dash })))),
       h("details", {}, h("summary", { text: t("types.example") }),
         h("pre", { dir: "ltr", text: JSON.stringify(examplePayload(type), null, 2) })),
       canWrite() ? sendTestForm(type) : null);

@@ -6,6 +6,8 @@
 
 export const LANGS = ["en", "fr", "ar", "tzm", "tzm-Tfng"];
 const RTL = new Set(["ar"]);
+/** Languages whose catalogs await a native speaker's review: the page says so beside the picker. */
+const UNREVIEWED = new Set(["ar", "tzm", "tzm-Tfng"]);
 const STORE_KEY = "dihya.console.lang";
 const ALIASES = { zgh: "tzm-Tfng", ber: "tzm", kab: "tzm", shy: "tzm" };
 /** The BCP 47 tag of each choice, for <html lang> (the script said, as screen readers and
@@ -50,6 +52,8 @@ export async function use(lang) {
   localStorage.setItem(STORE_KEY, lang);
   document.documentElement.lang = TAGS[lang] || lang;
   document.documentElement.dir = RTL.has(lang) ? "rtl" : "ltr";
+  const review = document.getElementById("lang-review");
+  if (review) review.hidden = !UNREVIEWED.has(lang);
   translate(document);
 }
 
