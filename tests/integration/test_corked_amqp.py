@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from shared.broker import CorkedWriter, Publisher, connect
+from shared.broker import Publisher, connect
+from shared.broker.fastpath import CorkedWriter
 
 
 async def test_a_burst_of_publishes_leaves_in_few_sends(
