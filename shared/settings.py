@@ -43,13 +43,15 @@ class ServiceSettings(AmqpPathSettings):
         description="RabbitMQ URL (the vhost is its path), or a comma-separated list of "
         "one URL per node of a cluster (same credentials, vhost and options; only host and "
         "port differ): a service starts at a random node of the list and, when its "
-        "connection is lost, tries the next ones in order, without restarting.",
+        "connection is lost, tries the next ones in order, without restarting (on the "
+        "broker fast path, DIHYA_AMQP_FAST_PATH).",
     )
     amqp_heartbeat: int = Field(
         default=DEFAULT_HEARTBEAT, ge=0, le=60, validation_alias="DIHYA_AMQP_HEARTBEAT",
         description="Seconds between AMQP heartbeats (0: off, not advised). A node that "
-        "stops answering (frozen, partitioned) is given up after two silent periods and "
-        "the next node of DIHYA_AMQP_URL is tried. A `heartbeat=` in the URL wins.",
+        "stops answering (frozen, partitioned) is given up after two silent periods (three "
+        "on the plain broker path) and the next node of DIHYA_AMQP_URL is tried. A "
+        "`heartbeat=` in the URL wins.",
     )
 
     @field_validator("amqp_url")
