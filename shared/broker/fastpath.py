@@ -286,8 +286,6 @@ def _keepalive(sock: socket.socket | None) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-
-
 class _FastConnection(aio_pika.RobustConnection):
     """aio-pika's robust connection, whose every (re)connection goes through
     ``transport_factory`` (bypass 3: passed through to aiormq on every reconnection)."""
