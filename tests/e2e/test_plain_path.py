@@ -7,7 +7,8 @@ dropped mid-stream (consumer restore by aio-pika's own ``RobustQueue``). The boo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -16,7 +17,7 @@ import pytest
 
 from demo.launcher import System
 from demo.receiver import Receiver
-from tests.conftest import drop_connections
+from tests.conftest import drop_connections, wait_for
 from tests.e2e import test_pipeline
 from tests.e2e.conftest import Api
 from tests.e2e.test_crash_safety import SCHEDULE, N, restart_after_kill, run_scenario
@@ -54,6 +55,24 @@ def paths_logged(system: System, service: str) -> list[str]:
     return found
 
 
+async def audit_books(api: Api, name: str) -> None:
+    """Every event of the scenario is in the audit log as accepted (printed, then asserted)."""
+    wanted = {f"evt_{name}_{i:05d}" for i in range(EVENTS)}
+
+    async def accepted() -> set[str]:
+        return {r["event_id"] for r in await api.records(kind="event.accepted")} & wanted
+
+    with contextlib.suppress(AssertionError):  # not all within the time: the books say which
+        await wait_for(lambda: _all(accepted, len(wanted)), timeout=60, interval=0.5)
+    found = await accepted()
+    print(f"[books] {name} audit: accepted={len(found)} missing={len(wanted - found)}")
+    assert found == wanted
+
+
+async def _all(accepted: Callable[[], Awaitable[set[str]]], count: int) -> bool:
+    return len(await accepted()) >= count
+
+
 async def test_every_service_took_the_plain_path(system: System) -> None:
     for service in SERVICES:
         assert paths_logged(system, service) == ["plain"], service
@@ -69,6 +88,7 @@ async def test_sigkill_signer_mid_stream(chaos: tuple[System, Receiver, Api],
                                          amqp_url: str) -> None:
     await run_scenario(chaos, amqp_url, "plain-kill-signer", restart_after_kill("signer"),
                        n=EVENTS)
+    await audit_books(chaos[2], "plain-kill-signer")
     assert paths_logged(chaos[0], "signer") == ["plain", "plain"]  # restarted on it too
 
 
@@ -80,5 +100,6 @@ async def test_all_broker_connections_dropped_mid_stream(
         await drop_connections(vhost, "plain path chaos test")
 
     await run_scenario(chaos, amqp_url, "plain-drop-connections", fault, n=EVENTS)
+    await audit_books(chaos[2], "plain-drop-connections")
     for service in SERVICES:  # every service came back, its consumers restored by aio-pika
         await chaos[0].wait_ready(service, timeout=30)
