@@ -111,13 +111,16 @@ def parse(argv: list[str] | None = None) -> Options:
                         help="the sink verifies every n-th delivery (1: all)")
     parser.add_argument("--keep-logs", action="store_true", default=None,
                         help="copy every process's log to <out>/logs/")
+    parser.add_argument("--plain-path", dest="fast_path", action="store_false", default=None,
+                        help="run Dihya with DIHYA_AMQP_FAST_PATH=false (aio-pika's public API "
+                        "alone): the fast path's gain is the difference")
     args = parser.parse_args(argv)
     name = args.preset or "full"
     values: dict[str, object] = {**PRESETS[name], "preset": name}
     for key in ("event_bytes", "window", "duration", "search_steps", "sustained_duration",
                 "admitted_duration", "fractions", "raw_fractions", "http_fractions", "http",
                 "repeats", "profile", "profile_at", "slow", "slow_delay", "slow_duration",
-                "verify_every", "keep_logs", "fixed_rate"):
+                "verify_every", "keep_logs", "fixed_rate", "fast_path"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value

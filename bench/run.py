@@ -117,6 +117,8 @@ class Options:
     audit_timeout: float = 30.0
     verify_every: int = 1
     keep_logs: bool = False
+    fast_path: bool = True
+    """The broker fast path (DIHYA_AMQP_FAST_PATH); ``--plain-path`` turns it off."""
     preset: str = "full"
 
 
@@ -510,7 +512,8 @@ async def run(opts: Options) -> dict[str, Any]:
             database_urls = await stack.enter_async_context(
                 postgres_databases(opts.pg_url, ["ingest", "signer", "audit"]))
         system = System(url, tmp / "dihya", replicas=dict(opts.replicas),
-                        database_urls=database_urls)
+                        database_urls=database_urls,
+                        env={"DIHYA_AMQP_FAST_PATH": "true" if opts.fast_path else "false"})
         exit_codes: dict[str, int | None] = {}
 
         async def stop_system() -> None:
@@ -617,6 +620,7 @@ async def run(opts: Options) -> dict[str, Any]:
     results = {
         "schema": 1,
         "preset": opts.preset,
+        "fast_path": opts.fast_path,
         "started_at": started,
         "finished_at": time.time(),
         "duration_s": round(time.time() - started, 1),

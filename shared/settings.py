@@ -16,10 +16,26 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.nodes import DEFAULT_HEARTBEAT, parse
 
 
-class ServiceSettings(BaseSettings):
+class AmqpPathSettings(BaseSettings):
+    """The broker path setting alone: :func:`shared.broker.connect` reads it from the
+    environment when its caller passes none."""
+
     # hide_input_in_errors: a refused value (a malformed URL list, say) may hold a password
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True,
                                       hide_input_in_errors=True)
+
+    amqp_fast_path: bool = Field(
+        default=True, validation_alias="DIHYA_AMQP_FAST_PATH",
+        description="Use the broker fast path (corked writes, node-list failover with TCP "
+        "keepalive, a 12 s heartbeat grace, messages handed to consumers without aio-pika's "
+        "message class; see docs/dependencies.md). `false`: aio-pika's public API only "
+        "(more CPU per message; the first node of DIHYA_AMQP_URL that answers at start, no "
+        "failover to the others). Taken only with the aio-pika and aiormq versions it was "
+        "tested with: others log `amqp_fast_path_untested` and take the plain path.",
+    )
+
+
+class ServiceSettings(AmqpPathSettings):
 
     amqp_url: SecretStr = Field(
         default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
@@ -27,13 +43,15 @@ class ServiceSettings(BaseSettings):
         description="RabbitMQ URL (the vhost is its path), or a comma-separated list of "
         "one URL per node of a cluster (same credentials, vhost and options; only host and "
         "port differ): a service starts at a random node of the list and, when its "
-        "connection is lost, tries the next ones in order, without restarting.",
+        "connection is lost, tries the next ones in order, without restarting (on the "
+        "broker fast path, DIHYA_AMQP_FAST_PATH).",
     )
     amqp_heartbeat: int = Field(
         default=DEFAULT_HEARTBEAT, ge=0, le=60, validation_alias="DIHYA_AMQP_HEARTBEAT",
         description="Seconds between AMQP heartbeats (0: off, not advised). A node that "
-        "stops answering (frozen, partitioned) is given up after two silent periods and "
-        "the next node of DIHYA_AMQP_URL is tried. A `heartbeat=` in the URL wins.",
+        "stops answering (frozen, partitioned) is given up after two silent periods (three "
+        "on the plain broker path) and the next node of DIHYA_AMQP_URL is tried. A "
+        "`heartbeat=` in the URL wins.",
     )
 
     @field_validator("amqp_url")

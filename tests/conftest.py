@@ -33,6 +33,15 @@ AMQP_BASE = os.environ.get("DIHYA_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:
 PG_BASE = os.environ.get("DIHYA_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+def broker_path_env() -> dict[str, str]:
+    """``DIHYA_AMQP_FAST_PATH`` of this test run, for services started as processes (the
+    launcher passes them no ``DIHYA_*`` of its own): ``DIHYA_AMQP_FAST_PATH=false bin/test
+    tests/integration tests/e2e`` runs the suites on the plain broker path. In-process
+    connections and settings read it from the environment themselves."""
+    value = os.environ.get("DIHYA_AMQP_FAST_PATH")
+    return {} if value is None else {"DIHYA_AMQP_FAST_PATH": value}
+
+
 def _with_path(url: str, path: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))

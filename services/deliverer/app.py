@@ -460,7 +460,8 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
     stack = contextlib.AsyncExitStack()
     try:
         connection = await connect(settings.amqp_url.get_secret_value(), service="deliverer",
-                                   heartbeat=settings.amqp_heartbeat)
+                                   heartbeat=settings.amqp_heartbeat,
+                                   fast_path=settings.amqp_fast_path)
         stack.push_async_callback(connection.close)
         await declare_topology(connection, retry_delays_ms=settings.retry_delays_ms,
                                defer_delays_ms=settings.defer_delays_ms)

@@ -83,7 +83,8 @@ async def start(settings: Settings) -> Stop:
     message_log = MessageLog(engine)
     recorder = message_log if settings.message_log else None
     connection = await connect(settings.amqp_url.get_secret_value(), service="ingest",
-                               heartbeat=settings.amqp_heartbeat)
+                               heartbeat=settings.amqp_heartbeat,
+                               fast_path=settings.amqp_fast_path)
     await declare_topology(connection)
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)
     events = EventHandler(store, publisher, max_fanout=settings.max_fanout,

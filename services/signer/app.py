@@ -266,7 +266,8 @@ async def start(settings: Settings) -> Stop:
         keystore = Keystore(engine, cipher)
 
         connection = await connect(settings.amqp_url.get_secret_value(), service="signer",
-                                   heartbeat=settings.amqp_heartbeat)
+                                   heartbeat=settings.amqp_heartbeat,
+                                   fast_path=settings.amqp_fast_path)
         stack.push_async_callback(connection.close)
         await declare_topology(connection)
         publisher = await Publisher.open(connection, timeout=settings.publish_timeout)

@@ -13,6 +13,7 @@ import pytest
 from demo.receiver import Receiver
 from launcher.processes import System
 from shared import topology
+from tests.conftest import broker_path_env
 
 FAST_RETRIES = "150ms,300ms"
 
@@ -66,7 +67,7 @@ async def system(amqp_url: str, tmp_path_factory: pytest.TempPathFactory
                  ) -> AsyncIterator[System]:
     sys_ = System(amqp_url, Path(tmp_path_factory.mktemp("system")),
                   env={"DIHYA_DELIVERER_RETRY_SCHEDULE": FAST_RETRIES,
-                       "DIHYA_DELIVERER_TIMEOUT": "3"})
+                       "DIHYA_DELIVERER_TIMEOUT": "3", **broker_path_env()})
     await sys_.start()
     yield sys_
     codes = await sys_.stop()

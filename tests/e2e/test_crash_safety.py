@@ -27,7 +27,7 @@ import pytest
 from demo.receiver import Receiver
 from launcher.processes import System
 from shared import anchor, topology
-from tests.conftest import drop_connections, wait_for
+from tests.conftest import broker_path_env, drop_connections, wait_for
 from tests.e2e.conftest import Api
 
 N = int(os.environ.get("DIHYA_CRASH_EVENTS", "1500"))
@@ -59,7 +59,7 @@ async def chaos(amqp_url: str, tmp_path_factory: pytest.TempPathFactory
     system = System(amqp_url, Path(tmp_path_factory.mktemp("chaos")),
                     env={"DIHYA_DELIVERER_RETRY_SCHEDULE": SCHEDULE,
                          "DIHYA_DELIVERER_TIMEOUT": "2", "DIHYA_SHUTDOWN_GRACE": "5",
-                         "DIHYA_AUDIT_HEADS_INTERVAL": "0.5"})
+                         "DIHYA_AUDIT_HEADS_INTERVAL": "0.5", **broker_path_env()})
     receiver = Receiver()
     await receiver.start()
     await system.start()

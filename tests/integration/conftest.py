@@ -56,6 +56,11 @@ async def vhost_url(amqp_base: str) -> AsyncIterator[tuple[str, str]]:
         await asyncio.to_thread(_rabbitmqctl, "delete_vhost", vhost)
 
 
+def is_fast(connection: object) -> bool:
+    """Whether ``connection`` took the broker fast path (see shared/broker/fastpath.py)."""
+    return bool(getattr(connection, "dihya_fast_path", False))
+
+
 def quick(url: str) -> str:
     """Reconnect half a second after a drop (aio-pika's default is five)."""
     return f"{url}?reconnect_interval=0.5"

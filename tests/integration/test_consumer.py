@@ -13,16 +13,19 @@ import pytest
 from shared import topology
 from shared.broker import Consumer, Delivery, Publisher, connect, declare
 from tests.conftest import drop_connections, ready_messages, wait_for
-from tests.integration.conftest import quick
+from tests.integration.conftest import is_fast, quick
 
 pytestmark = pytest.mark.integration
 
 N = 400
 
 
-async def test_every_message_is_acked_once_its_handler_succeeded(amqp_url: str) -> None:
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "plain"])
+async def test_every_message_is_acked_once_its_handler_succeeded(amqp_url: str,
+                                                                 fast_path: bool) -> None:
     name = f"dihya.test.acks.{uuid.uuid4().hex[:8]}"
-    connection = await connect(amqp_url, service="test")
+    connection = await connect(amqp_url, service="test", fast_path=fast_path)
+    assert is_fast(connection) == fast_path
     try:
         channel = await connection.channel()
         await declare(channel)
@@ -61,14 +64,17 @@ async def test_every_message_is_acked_once_its_handler_succeeded(amqp_url: str) 
         await connection.close()
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "plain"])
 async def test_a_consumer_hands_over_the_properties_and_is_restored_after_a_drop(
-        vhost_url: tuple[str, str]) -> None:
+        vhost_url: tuple[str, str], fast_path: bool) -> None:
     """The consumer's messages reach handlers without aio-pika's message class (``Delivery``):
     what they read must be the message's own, and the robust connection must restore the
     consumer after the broker drops it — the message held across the drop comes back (its ack
-    on the old channel is void), and new messages are taken again."""
+    on the old channel is void), and new messages are taken again. On both paths: the fast
+    one's direct consume and the plain one's aio-pika ``Queue.consume``."""
     url, vhost = vhost_url
-    connection = await connect(quick(url), service="test-consumer-restore")
+    connection = await connect(quick(url), service="test-consumer-restore", fast_path=fast_path)
+    assert is_fast(connection) == fast_path
     try:
         channel = await connection.channel()
         name = "dihya.test.restore"

@@ -11,9 +11,11 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
-from shared import broker, topology
+from shared import topology
 from shared.broker import Consumer, Delivery, Publisher, connect, declare
+from shared.broker import consumer as consumer_module
 from tests.conftest import ready_messages, wait_for
+from tests.integration.conftest import is_fast
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +29,14 @@ def _count(message: Delivery) -> int:
     return value if isinstance(value, int) else 0
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "plain"])
 async def test_an_outage_holds_and_pauses_and_counts_nothing(
-        amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker, "OUTAGE_FIRST", 0.05)  # probe often: a quick test
-    monkeypatch.setattr(broker, "OUTAGE_MAX", 0.2)
+        amqp_url: str, monkeypatch: pytest.MonkeyPatch, fast_path: bool) -> None:
+    monkeypatch.setattr(consumer_module, "OUTAGE_FIRST", 0.05)  # probe often: a quick test
+    monkeypatch.setattr(consumer_module, "OUTAGE_MAX", 0.2)
     name = f"dihya.test.outage.{uuid.uuid4().hex[:8]}"
-    connection = await connect(amqp_url, service="test-outage")
+    connection = await connect(amqp_url, service="test-outage", fast_path=fast_path)
+    assert is_fast(connection) == fast_path
     try:
         channel = await connection.channel()
         await declare(channel)
@@ -88,9 +92,9 @@ async def test_an_infrastructure_error_that_persists_while_the_probe_answers_cou
         amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A misread error (the probe says the dependency is fine, the message keeps failing
     "for want of it") is released SUSPECT_AFTER times, then requeued like any failure."""
-    monkeypatch.setattr(broker, "OUTAGE_FIRST", 0.01)
-    monkeypatch.setattr(broker, "OUTAGE_MAX", 0.01)
-    monkeypatch.setattr(broker, "SUSPECT_AFTER", 3)
+    monkeypatch.setattr(consumer_module, "OUTAGE_FIRST", 0.01)
+    monkeypatch.setattr(consumer_module, "OUTAGE_MAX", 0.01)
+    monkeypatch.setattr(consumer_module, "SUSPECT_AFTER", 3)
     name = f"dihya.test.suspect.{uuid.uuid4().hex[:8]}"
     connection = await connect(amqp_url, service="test-suspect")
     try:

@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from shared.broker import CorkedWriter, Publisher, connect
+from shared.broker import Publisher, connect
+from shared.broker.fastpath import CorkedWriter
 
 
 async def test_a_burst_of_publishes_leaves_in_few_sends(
@@ -22,7 +23,7 @@ async def test_a_burst_of_publishes_leaves_in_few_sends(
         flush(self)
 
     monkeypatch.setattr(CorkedWriter, "flush", counting)
-    connection = await connect(amqp_url, service="test-cork")
+    connection = await connect(amqp_url, service="test-cork", fast_path=True)  # its writer
     try:
         channel = await connection.channel()
         queue = await channel.declare_queue(f"cork-{uuid.uuid4().hex}", exclusive=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,17 +22,20 @@ import aiormq
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustChannel
 
+from shared import outages
 from shared.broker import Publisher, connect
 from tests.conftest import drop_connections, wait_for
-from tests.integration.conftest import quick
+from tests.integration.conftest import is_fast, quick
 
 pytestmark = pytest.mark.integration
 
 
 @contextlib.asynccontextmanager
-async def publishing(url: str) -> AsyncIterator[tuple[AbstractChannel, AbstractQueue, Publisher]]:
+async def publishing(url: str, fast_path: bool = True
+                     ) -> AsyncIterator[tuple[AbstractChannel, AbstractQueue, Publisher]]:
     """A connection that reconnects fast, a channel with a fresh durable queue, a publisher."""
-    connection = await connect(quick(url), service="test-reconnect")
+    connection = await connect(quick(url), service="test-reconnect", fast_path=fast_path)
+    assert is_fast(connection) == fast_path
     try:
         channel = await connection.channel()
         queue = await channel.declare_queue(f"reconnect-{uuid.uuid4().hex}", durable=True)
@@ -79,12 +83,15 @@ async def test_a_publish_while_the_channel_is_restored_waits_for_it(
         await channel.queue_delete(queue.name)
 
 
-async def test_publishing_recovers_after_every_drop(vhost_url: tuple[str, str]) -> None:
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "plain"])
+async def test_publishing_recovers_after_every_drop(vhost_url: tuple[str, str],
+                                                    fast_path: bool) -> None:
     """A steady stream of concurrent publishes across three drops: a publish fails only if
     it was lost after being written (the caller's message is then redelivered), never for
-    finding the channel closed, and the publisher works again after each drop."""
+    finding the channel closed (on the plain path, also at its timeout: see below), and the
+    publisher works again after each drop."""
     url, vhost = vhost_url
-    async with publishing(url) as (channel, queue, publisher):
+    async with publishing(url, fast_path) as (channel, queue, publisher):
         failures: list[BaseException] = []
         stop = asyncio.Event()
 
@@ -110,6 +117,14 @@ async def test_publishing_recovers_after_every_drop(vhost_url: tuple[str, str]) 
 
         invalid = [f for f in failures
                    if isinstance(f, aiormq.exceptions.ChannelInvalidStateError)]
+        timeouts = [f for f in failures if isinstance(f, TimeoutError)]
+        print(f"[books] {'fast' if fast_path else 'plain'}: failed publishes by kind "
+              f"{dict(Counter(type(f).__name__ for f in failures))}")
         assert not invalid, invalid[:3]
-        assert not [f for f in failures if isinstance(f, TimeoutError)], failures[:3]
+        # On the plain path aiormq's write queue holds 10 frames (the fast path raises it to
+        # 1024): publishes queued behind a full one when the connection drops wait there for
+        # their timeout instead of failing at once. Still infrastructure failures (the
+        # caller's message is held, then redelivered), never a lost or a wrong publish.
+        assert not timeouts or not fast_path, failures[:3]
+        assert all(outages.is_infrastructure(f) for f in failures), failures[:3]
         await channel.queue_delete(queue.name)

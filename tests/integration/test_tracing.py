@@ -30,7 +30,7 @@ from services.ingest.consumer import JobPublisher
 from services.ingest.settings import Settings as IngestSettings
 from services.signer.app import start as start_signer
 from services.signer.settings import Settings as SignerSettings
-from shared import topology
+from shared import telemetry, topology
 from shared.broker import Publisher
 from shared.contracts import DeliveryJob, EndpointSecret, Event, utcnow
 from shared.ids import new_id
@@ -49,6 +49,7 @@ def provider() -> None:
         current = TracerProvider()
         trace.set_tracer_provider(current)
     current.add_span_processor(SimpleSpanProcessor(EXPORTER))
+    telemetry.refresh()  # a "no provider" answer may be remembered from an earlier test
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from shared.broker import CorkedWriter
+from shared.broker.fastpath import CorkedWriter
 
 
 class RecordingTransport(asyncio.WriteTransport):

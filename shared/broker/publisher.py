@@ -1,0 +1,183 @@
+"""Publishing with publisher confirms: every message persistent, ``mandatory``, confirmed.
+
+Every publish awaits the broker's confirm within a timeout (a reconnection included), an
+unroutable message raises (``on_return_raises``), and every message gets a fresh
+``message_id`` (aiormq matches returns by it); the business id travels in the body or a header.
+Public API of both libraries only (aio-pika's ``get_underlay_channel``, aiormq's
+``basic_publish``): the same on the fast and the plain path (see :mod:`shared.broker.fastpath`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any, cast
+
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
+
+from shared import telemetry, topology
+from shared.broker.consumer import Delivery
+from shared.contracts import Contract, encode
+
+RESTORE_POLL = 0.05
+"""Seconds between looks at a publisher channel that is closed but not yet being restored."""
+
+
+class Publisher:
+    """Publishes persistent messages on one confirming channel, awaiting each confirm.
+
+    Many publishes may be in flight at once (``asyncio.gather``): confirms are pipelined on the
+    channel, which is what makes batching cheap.
+    """
+
+    def __init__(self, channel: AbstractChannel, *, timeout: float = 10.0) -> None:
+        self._channel = channel
+        self._timeout = timeout
+        self._closed = False
+        self._open: aiormq.Channel | None = None
+        """The underlay channel the last publish went out on, while it stays open."""
+
+    @classmethod
+    async def open(
+        cls, connection: AbstractRobustConnection, *, timeout: float = 10.0
+    ) -> Publisher:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return cls(channel, timeout=timeout)
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        type: str | None = None,
+        expiration: float | None = None,
+    ) -> None:
+        """Publish and wait for the broker's confirm; raise if unroutable, nacked or late.
+
+        Straight through aiormq's ``basic_publish`` rather than aio-pika's ``Exchange.publish``
+        for one reason: ``wait=False``. With the default, the channel stays locked until the
+        frame has been written and drained, so publishes from concurrent handlers leave one
+        per loop iteration, each in a ``send`` of its own; without it they queue together and
+        the :class:`CorkedWriter` sends them at once. The confirm is awaited all the same.
+
+        Across a reconnection the publish waits (within the same ``timeout``) for this
+        channel to be restored, rather than failing at once: the robust connection reports
+        itself connected, then restores its channels one by one in no fixed order, so the
+        consumers' channels may deliver again before this one is back — and a handler that
+        fails in that window has its message redelivered at once, again and again, until the
+        queue's delivery limit parks it (see :meth:`_underlay`).
+        """
+        carrier = dict(headers or {})
+        telemetry.inject(carrier)
+        properties = aiormq.spec.Basic.Properties(
+            content_type="application/json",
+            delivery_mode=2,  # persistent
+            message_id=uuid.uuid4().hex,
+            headers=carrier,
+            message_type=type,
+            expiration=None if expiration is None else str(int(expiration * 1000)),
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout  # a reconnection included
+        while True:
+            channel = self._open
+            if channel is None or channel.is_closed:  # first use, or since a reconnection
+                channel = self._open = await self._underlay(deadline)
+            try:
+                # aiormq's own timeout (what is left of ours): the cancellation stays inside
+                # aiormq, which takes back a publish it had not yet queued
+                await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
+                                            properties=properties, mandatory=True, wait=False,
+                                            timeout=max(deadline - loop.time(), 0.001))
+                return
+            except aiormq.exceptions.ChannelInvalidStateError:
+                # Raised only before the frame was queued (the channel was found closed):
+                # the broker never saw this publish, so it goes again on the restored channel.
+                # A publish lost after it was written fails with the connection's error
+                # instead (no retry: the caller's message is redelivered, at least once).
+                if self._closed or loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(RESTORE_POLL)
+
+    async def _underlay(self, deadline: float) -> aiormq.Channel:
+        """The open aiormq channel under the robust one, once restored (or ``TimeoutError``).
+
+        :meth:`publish` keeps it while it is open: every reconnection brings a new one (and
+        a publish that finds the old one closed before its frame is queued goes again on
+        the new one, see :meth:`publish`). ``ready()`` waits for the connection
+        *and* this channel's restore; ``get_underlay_channel()`` alone waits for the connection
+        only, and returns the old, closed channel until the restore reaches this one. Right
+        after a drop, before aio-pika has noticed it, the channel is closed but not yet marked
+        for restore: poll until it is.
+        """
+        async with asyncio.timeout_at(deadline):
+            while True:
+                if self._closed:
+                    raise aiormq.exceptions.ChannelInvalidStateError("the publisher is closed")
+                if isinstance(self._channel, AbstractRobustChannel):
+                    await self._channel.ready()
+                with contextlib.suppress(aiormq.exceptions.ChannelInvalidStateError):
+                    # the concrete channel: ``wait`` is not on aiormq's abstract one
+                    channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+                    if not channel.is_closed:
+                        return channel
+                await asyncio.sleep(RESTORE_POLL)
+
+    async def send(
+        self,
+        exchange: str,
+        routing_key: str,
+        model: Contract,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        expiration: float | None = None,
+    ) -> None:
+        """Publish a contract model (``type`` property = its version tag)."""
+        tag = getattr(model, "type", None) or getattr(model, "TYPE", None)
+        await self.publish(
+            exchange, routing_key, encode(model), headers=headers, type=tag, expiration=expiration
+        )
+
+    async def park(
+        self, queue: str, message: Delivery, *, reason: str, error: str
+    ) -> None:
+        """Move ``message`` to ``queue``'s parking queue with why, before the caller acks it."""
+        await self.park_body(queue, message.body, reason=reason, error=error,
+                             headers=message.headers, type=message.type)
+
+    async def park_body(
+        self, queue: str, body: bytes, *, reason: str, error: str,
+        headers: Mapping[str, Any] | None = None, type: str | None = None,
+    ) -> None:
+        """Park ``body`` as if a message of ``queue`` (one item of a batch, say) with why."""
+        carrier = dict(headers or {})
+        carrier.update(
+            {
+                topology.REASON_HEADER: reason,
+                topology.ERROR_HEADER: error[:2000],
+                topology.SOURCE_HEADER: queue,
+            }
+        )
+        await self.publish(topology.DEAD_EXCHANGE, queue, body, headers=carrier, type=type)
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._channel.close()
+
+
+async def confirm_all(publishes: Iterable[Awaitable[None]]) -> None:
+    """Await every publish (confirms pipelined), then raise the first failure, if any.
+
+    ``gather(return_exceptions=True)`` lets every publish settle first, so no publish is left
+    running unobserved when the handler gives the message back.
+    """
+    results = await asyncio.gather(*publishes, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
