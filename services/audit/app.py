@@ -62,7 +62,8 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     grace = max(settings.shutdown_grace, 1.0)
     store = await _open_store(settings, stack)
     connection = await connect(settings.amqp_url.get_secret_value(), service="audit",
-                               heartbeat=settings.amqp_heartbeat)
+                               heartbeat=settings.amqp_heartbeat,
+                               fast_path=settings.amqp_fast_path)
     stack.push_async_callback(connection.close)
     await declare_topology(connection)
     publisher = await Publisher.open(connection, timeout=settings.publish_timeout)

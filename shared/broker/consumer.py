@@ -67,7 +67,7 @@ class Delivery:
         self.message_id: str | None = properties.message_id
         self.type: str | None = properties.message_type
         # where the publisher sent it ("" is the default exchange): ingest holds an event's
-        # routing key to its type (services/ingest/handlers.py, route_refusal)
+        # routing key to its type (services/ingest/decisions.py, route_refusal)
         self.exchange: str | None = message.exchange
         self.routing_key: str | None = message.routing_key
         self.redelivered: bool = bool(message.redelivered)

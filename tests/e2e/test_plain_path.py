@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 import pytest
 
-from demo.launcher import System
+from launcher.processes import System
 from demo.receiver import Receiver
 from tests.conftest import drop_connections, wait_for
 from tests.e2e import test_pipeline
