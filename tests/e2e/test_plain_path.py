@@ -15,8 +15,8 @@ from urllib.parse import unquote, urlsplit
 import orjson
 import pytest
 
-from launcher.processes import System
 from demo.receiver import Receiver
+from launcher.processes import System
 from tests.conftest import drop_connections, wait_for
 from tests.e2e import test_pipeline
 from tests.e2e.conftest import Api
