@@ -19,7 +19,7 @@ from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from opentelemetry.trace import SpanKind
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from yarl import URL
 
 from services.deliverer import handlers
@@ -60,6 +60,10 @@ RESIGNED = Counter("dihya_deliverer_resigned_total",
 DEFERRED = Counter("dihya_deliverer_deferred_total",
                    "Signed deliveries put back for later (a defer tier) because their endpoint "
                    "had too many in flight.")
+ENDPOINT_CONCURRENCY = Gauge(
+    "dihya_deliverer_endpoint_concurrency",
+    "The highest per-endpoint concurrency limit among the endpoints with deliveries in this "
+    "deliverer now (limits adapt per endpoint; no endpoint label: there may be 100,000s).")
 TIERS_DECLARED = Counter("dihya_deliverer_tiers_declared_total",
                          "Wait-queue tiers declared on first use (an endpoint's own schedule).")
 
@@ -204,7 +208,9 @@ class Deliverer:
                                               sock_connect=settings.connect_timeout)
         self._slots = EndpointSlots(settings.max_in_flight_per_endpoint,
                                     settings.max_waiting_per_endpoint,
-                                    settings.max_local_wait)
+                                    settings.max_local_wait,
+                                    initial=settings.initial_in_flight_per_endpoint)
+        ENDPOINT_CONCURRENCY.set_function(self._slots.highest_limit)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def post(self, signed: SignedDelivery) -> Response:
@@ -266,11 +272,12 @@ class Deliverer:
         """POST, judge the outcome, and start publishing its fact (until confirmed)."""
         job = signed.job
         post = uuid.uuid4().hex  # this POST's own: its audit record is its own too
-        async with self._slots.slot(job.endpoint_id):
+        async with self._slots.slot(job.endpoint_id) as ticket:
             at = utcnow()
             started = time.perf_counter()
             response = await self.post(signed)
             duration = time.perf_counter() - started
+            ticket.answer(response.status, response.error)  # its limit adapts to it
         now = utcnow()
         outcome = handlers.classify(response.status, error=response.error,
                                     error_text=response.error_text,
