@@ -17,9 +17,12 @@ Netflix's ``Gradient2Limit`` added as a second reason to decrease:
 - Some receivers slow down before they fail (a queue builds up behind them). Gradient2's test
   catches that: the recent latency (a short average) against the endpoint's long average,
   with a tolerance of 2x (plus 50 ms). Beyond it the limit is cut by 10 % — once per round trip.
-- A POST hanging far beyond the endpoint's usual latency (4x, and at least 1 s) resets the
-  limit to the minimum at once, as TCP's retransmission time-out resets its window: the
-  POSTs already hanging stay (they end at the deliverer's time-out), no new one joins them.
+- A POST hanging far beyond the endpoint's usual latency (4x, and at least 2 s) halves the
+  limit, and again each such while it keeps hanging: the POSTs already hanging then hold
+  more than the limit, so no new one joins them (they end at the deliverer's time-out, and
+  those time-outs, sent under the old limit, are not counted again). Halving rather than
+  TCP's reset to one, because a deliverer on a loaded machine can itself pause for a second
+  and must not take that for the receiver hanging.
 - It grows by one per successful answer while the endpoint's jobs fill the limit (the window
   doubles each round trip, as TCP's slow start), so a busy endpoint reaches latency x rate in
   a few round trips; with spare slots it does not grow, and it slowly gives back what it does
@@ -50,8 +53,8 @@ SLACK = 0.05
 of milliseconds to what it measures, which is not the receiver's doing."""
 STALL_FACTOR = 4.0
 """A POST running longer than this multiple of the long average latency ..."""
-STALL_FLOOR = 1.0
-"""... and at least this many seconds means the endpoint hangs: the limit drops to MINIMUM."""
+STALL_FLOOR = 2.0
+"""... and at least this many seconds means the endpoint hangs: the limit is halved."""
 RECENT_WEIGHT = 0.2
 """Weight of the newest answer in the recent latency average."""
 LONG_WEIGHT = 0.01
@@ -130,12 +133,11 @@ class AdaptiveLimit:
 
     def stalled(self, age: float, now: float) -> bool:
         """Given the age of the endpoint's oldest running POST: if it hangs (see
-        STALL_FACTOR), drop the limit to the minimum and say so."""
+        STALL_FACTOR), halve the limit — at most once per that long — and say so."""
         threshold = max(STALL_FLOOR, STALL_FACTOR * (self.baseline or 0.0))
-        if age <= threshold or self._limit <= MINIMUM:
+        if age <= threshold or now - self._cut_at < threshold:
             return False
-        self._limit = float(MINIMUM)
-        self._cut_at = now
+        self._cut(BACKOFF, now)
         return True
 
     def _cut(self, factor: float, now: float) -> None:

@@ -7,7 +7,8 @@ adds the defer delay to its latency, and a busy *fast* endpoint is over its in-f
 the time. So a job over the limit waits here, in order, when its expected wait is short:
 ``waiting * latency / limit <= max_wait``, with the endpoint's latency taken as the larger of
 its recent average and the age of its oldest running POST (an endpoint that starts to hang is
-seen as slow at once). With no latency known yet, at most ``waiting`` jobs wait.
+seen as slow at once). With no latency known yet (and no POST running longer than
+``max_wait``), at most ``waiting`` jobs wait.
 
 The limit is each endpoint's own and moves with its answers
 (:class:`~services.deliverer.concurrency.AdaptiveLimit`): up to ``limit`` (the maximum) while
@@ -97,9 +98,9 @@ class EndpointSlots:
         if waiting < 0:
             return False
         known = limiter.recent if limiter is not None else None
-        if known is None:
+        if known is None and age <= self._max_wait:  # no answer yet, none overdue either
             return waiting >= self._waiting
-        latency = max(known, age, 1e-6)
+        latency = max(known or 0.0, age, 1e-6)
         return (waiting + 1) * latency / limit > self._max_wait
 
     @asynccontextmanager

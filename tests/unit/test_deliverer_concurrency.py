@@ -99,16 +99,23 @@ def test_a_latency_growth_shrinks_it(maximum: int, latency: float) -> None:
 
 
 @given(st.integers(2, 200), st.floats(0.001, 2), st.floats(0, 60))
-def test_a_hanging_post_drops_it_to_one_and_its_late_end_says_nothing(
+def test_a_hanging_post_halves_it_each_while_and_its_late_end_says_nothing(
         maximum: int, latency: float, extra: float) -> None:
     limiter = AdaptiveLimit(maximum, maximum)
     limiter.record(started=0.0, finished=latency, failed=False, demand=1)
-    assert not limiter.stalled(max(STALL_FLOOR, 4 * latency), now=1.0)
-    hang = max(STALL_FLOOR, 4 * latency) + 0.001 + extra
-    assert limiter.stalled(hang, now=1.0 + hang)
-    assert limiter.limit == MINIMUM
+    threshold = max(STALL_FLOOR, 4 * latency)
+    assert not limiter.stalled(threshold, now=1.0)
+    hang = threshold + 0.001 + extra
+    now = 1.0 + hang
+    assert limiter.stalled(hang, now)
+    assert limiter.limit == max(MINIMUM, maximum // 2)
+    assert not limiter.stalled(hang + 0.001, now + 0.001)  # not again at once
+    while limiter.limit > MINIMUM:  # it keeps hanging: halved each threshold
+        now += threshold + 0.001
+        hang += threshold + 0.001
+        assert limiter.stalled(hang, now)
     # the POSTs that hung time out later: already counted, no further change
-    limiter.record(started=0.5, finished=2.0 + hang, failed=True, demand=maximum)
+    limiter.record(started=0.5, finished=now, failed=True, demand=maximum)
     assert limiter.limit == MINIMUM
 
 
