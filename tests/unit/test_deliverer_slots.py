@@ -177,3 +177,24 @@ async def test_a_hanging_endpoint_is_held_to_what_it_has_and_the_rest_deferred(
     release.set()
     await asyncio.wait_for(asyncio.gather(*hanging, third), 5)
     assert posted == 3 and slots.users("ep") == 0
+
+
+async def test_a_waiter_cancelled_just_after_its_turn_came_passes_the_slot_on() -> None:
+    slots = EndpointSlots(limit=1, waiting=5, max_wait=10)
+    entered: list[str] = []
+
+    async def job(name: str) -> None:
+        async with slots.slot("ep"):
+            entered.append(name)
+
+    async with slots.slot("ep"):  # held here; two jobs wait for it
+        woken = asyncio.ensure_future(job("woken"))
+        last = asyncio.ensure_future(job("last"))
+        for _ in range(3):
+            await asyncio.sleep(0)
+    # leaving gave the slot to "woken" (nothing awaited since: its task has not run) ...
+    woken.cancel()  # ... and it is cancelled before it does: the slot must go on to "last"
+    await asyncio.gather(woken, return_exceptions=True)
+    await asyncio.wait_for(last, 5)
+    assert woken.cancelled() and entered == ["last"]
+    assert slots.users("ep") == 0
