@@ -82,7 +82,7 @@ class EndpointSlots:
     def highest_limit(self) -> float:
         """The highest limit among the endpoints with jobs here now (the initial limit when
         none has): the ``dihya_deliverer_endpoint_concurrency`` gauge."""
-        return float(max((self._limits[e].limit for e in self._gates if e in self._limits),
+        return float(max((self._limits[e].limit for e in list(self._gates) if e in self._limits),
                          default=self._initial))
 
     def full(self, endpoint: str) -> bool:
