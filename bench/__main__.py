@@ -24,13 +24,15 @@ PRESETS: dict[str, dict[str, object]] = {
         "search_steps": 2, "fractions": (0.5, 1.0),
         "raw_fractions": (0.5, 1.0), "http_fractions": (0.5,), "profile": False,
         "repeats": 0, "slow_duration": 6.0, "warmup_events": 100, "drain_timeout": 15.0,
+        "realistic_duration": 10.0,
         "audit_timeout": 15.0, "settle_timeout": 10.0,
     },
     "smoke": {
         "admitted_duration": 1.5, "duration": 1.5, "search_steps": 0, "window": 100,
         "fractions": (0.5,), "raw_fractions": (0.5,), "http_fractions": (0.5,),
         "fixed_rate": 40.0, "repeats": 1, "profile": False, "slow_duration": 1.5,
-        "slow_delay": 0.5, "warmup_events": 0,
+        "slow_delay": 0.5, "warmup_events": 0, "realistic_duration": 2.0, "hot_rate": 40.0,
+        "real_rate": 20.0,
         "drain_timeout": 15.0, "audit_timeout": 15.0, "settle_timeout": 5.0,
     },
 }
@@ -107,6 +109,10 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--slow-delay", type=float, help="seconds the slow endpoint takes (2)")
     parser.add_argument("--slow-duration", type=float,
                         help="seconds of each of the two slow-endpoint phases (25)")
+    parser.add_argument("--no-realistic", dest="realistic", action="store_false", default=None,
+                        help="skip the realistic-receivers phase")
+    parser.add_argument("--hot-rate", type=float,
+                        help="events/s to the realistic phase's hot endpoint (200)")
     parser.add_argument("--verify-every", type=int,
                         help="the sink verifies every n-th delivery (1: all)")
     parser.add_argument("--keep-logs", action="store_true", default=None,
@@ -120,7 +126,8 @@ def parse(argv: list[str] | None = None) -> Options:
     for key in ("event_bytes", "window", "duration", "search_steps", "sustained_duration",
                 "admitted_duration", "fractions", "raw_fractions", "http_fractions", "http",
                 "repeats", "profile", "profile_at", "slow", "slow_delay", "slow_duration",
-                "verify_every", "keep_logs", "fixed_rate", "fast_path"):
+                "verify_every", "keep_logs", "fixed_rate", "fast_path", "realistic",
+                "hot_rate"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value

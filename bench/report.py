@@ -14,6 +14,8 @@ RATIO_TARGET = 0.6
 P99_TARGET_MS = 100.0
 AUDIT_LAG_TARGET_S = 10.0
 SLOW_DROP_TARGET_PCT = 10.0
+HOT_TARGET = 0.95
+"""The realistic-receivers phase: share of the hot endpoint's offered rate it receives."""
 RSS_TARGET_MIB = 200.0
 GROWTH_SHARE = 0.02
 """A queue "grows without bound" if, once the pipeline has filled (the second half of a paced
@@ -129,6 +131,8 @@ def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float
     at_sustained = sustained["dihya-amqp"]
     rss = {s: results["peak_rss_process_mib"].get(s) for s in SERVICES}
     slow = results.get("slow_endpoint") or {}
+    receivers = results.get("realistic_receivers") or {}
+    hot = receivers.get("hot_delivered_over_offered")
     pairs = saturation_pairs(results)
     ratios = [p["ratio"] for p in pairs if p["ratio"] is not None]
     ratio_median = round(statistics.median(ratios), 3) if ratios else None
@@ -165,6 +169,7 @@ def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float
         "queue_depth_at_load_end_at_saturation_rate": {
             q: v.get("at_load_end") for q, v in full["queues"].items()} if full else {},
         "slow_endpoint_drop_pct": slow.get("fast_throughput_drop_pct"),
+        "realistic_hot_delivered_over_offered": hot,
     }
     half_p99: float | None = ((half or {}).get("latency_ms") or {}).get("p99")
     drop = slow.get("fast_throughput_drop_pct")
@@ -189,6 +194,8 @@ def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float
                 "endpoint, %",
                 f"< {SLOW_DROP_TARGET_PCT:g}", drop,
                 drop is not None and drop < SLOW_DROP_TARGET_PCT),
+        _target("realistic receivers: hot endpoint (200 ms) delivered ÷ offered",
+                f"≥ {HOT_TARGET:g}", hot, hot is not None and hot >= HOT_TARGET),
         _target("peak RSS of a service process, MiB", f"< {RSS_TARGET_MIB:g}", biggest,
                 biggest is not None and biggest < RSS_TARGET_MIB),
     ]

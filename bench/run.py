@@ -14,7 +14,9 @@ Order of a run (each step's figures land in ``results.json``):
 7. **profile**: another saturation run with py-spy attached to every service process (its
    throughput is reported apart: the profiler costs CPU);
 8. **slow endpoint**: events fanned out to 4 fast endpoints and a fifth on another receiver,
-   first answering at once, then in 2 s — throughput to the fast four, both ways.
+   first answering at once, then in 2 s — throughput to the fast four, both ways;
+9. **realistic receivers** (:mod:`bench.realistic`): a hot endpoint answering in 200 ms
+   offered 200 events/s while 4 others answer in 50 ms median, 500 ms p99.
 
 Throughput is counted from the sink's arrival bins over the phase's steady window (from
 ``warm`` seconds after the first publish to the last publish), CPU and RSS over the same window.
@@ -43,7 +45,7 @@ import aio_pika
 import aiohttp
 import orjson
 
-from bench import profile, raw_chain
+from bench import profile, raw_chain, realistic
 from bench.dihya import AuditFollower, metric, publisher_token, register
 from bench.load import AmqpSender, EventFactory, HttpSender, Send, SendStats, admitted, paced
 from bench.monitor import ProcSampler, QueueSampler, loadavg, rabbitmq_pids
@@ -54,6 +56,8 @@ from shared import topology
 ROOT = Path(__file__).resolve().parent.parent
 LOAD_TYPE = "bench.load"
 FANOUT_TYPE = "bench.fanout"
+HOT_TYPE = "bench.hot"
+REAL_TYPE = "bench.real"
 DEFER_TIER_MS = 1000  # the deliverer's default DEFER_DELAY
 HEALTH_QUEUE = "dihya.ingest.health"  # ingest's own copy of delivery.attempted (endpoint health)
 UPWARD_STEP = 0.2
@@ -110,6 +114,13 @@ class Options:
     slow_fraction: float = 0.5
     slow_delay: float = 2.0
     fast_endpoints: int = 4
+    realistic: bool = True
+    realistic_duration: float = 20.0
+    hot_rate: float = 200.0
+    """Events/s offered to the hot endpoint of the realistic-receivers phase."""
+    real_endpoints: int = 4
+    real_rate: float = 100.0
+    """Deliveries/s to the other endpoints of that phase, between them."""
     warmup_events: int = 200
     drain_timeout: float = 30.0
     settle_timeout: float = 30.0
@@ -485,7 +496,8 @@ async def run(opts: Options) -> dict[str, Any]:
         http = await stack.enter_async_context(aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=60)))
 
-        names = ["raw", "main", *(f"fast-{i}" for i in range(opts.fast_endpoints)), "slow-0"]
+        names = ["raw", "main", *(f"fast-{i}" for i in range(opts.fast_endpoints)), "slow-0",
+                 "hot", *(f"real-{i}" for i in range(opts.real_endpoints))]
         keys = {name: make_secret() for name in names}
         (tmp / "secrets.json").write_bytes(orjson.dumps(keys))
         port, slow_port = free_port(), free_port()
@@ -529,7 +541,8 @@ async def run(opts: Options) -> dict[str, Any]:
         ingest, admin = system.url("ingest"), system.admin_token
         await register(http, ingest, admin, sink.url("main"), [LOAD_TYPE], keys["main"])
         for name in names[2:]:
-            await register(http, ingest, admin, sink.url(name), [FANOUT_TYPE], keys[name])
+            kind = {"hot": HOT_TYPE, "real": REAL_TYPE}.get(name.split("-", 1)[0], FANOUT_TYPE)
+            await register(http, ingest, admin, sink.url(name), [kind], keys[name])
         token = await publisher_token(http, ingest, admin)
 
         events = EventFactory(LOAD_TYPE, opts.event_bytes)
@@ -538,7 +551,11 @@ async def run(opts: Options) -> dict[str, Any]:
         fan_send = AmqpSender(url, topology.EVENTS_EXCHANGE, FANOUT_TYPE,
                               EventFactory(FANOUT_TYPE, opts.event_bytes))
         http_send = HttpSender(ingest, token, events)
-        for sender in (raw_send, amqp_send, fan_send, http_send):
+        hot_send = AmqpSender(url, topology.EVENTS_EXCHANGE, HOT_TYPE,
+                              EventFactory(HOT_TYPE, opts.event_bytes))
+        real_send = AmqpSender(url, topology.EVENTS_EXCHANGE, REAL_TYPE,
+                               EventFactory(REAL_TYPE, opts.event_bytes))
+        for sender in (raw_send, amqp_send, fan_send, http_send, hot_send, real_send):
             await sender.open()
             stack.push_async_callback(sender.close)
 
@@ -613,6 +630,11 @@ async def run(opts: Options) -> dict[str, Any]:
             slow = await _slow_scenario(bench, fan, sink, opts, s_dihya)
 
         await sink.slow(0)
+        receivers: dict[str, Any] | None = None
+        if opts.realistic:
+            say("Realistic receivers: a hot endpoint answering in 200 ms, others in 50-500 ms:")
+            receivers = await realistic.scenario(
+                bench, Target("dihya-hot", hot_send, 1, "hot", True), real_send, opts)
         final_queues = await queues.depths()
         peak_rss = procs.peak_rss()
         finished_load = loadavg()
@@ -631,6 +653,7 @@ async def run(opts: Options) -> dict[str, Any]:
         "phases": bench.phases,
         "profile": profiled,
         "slow_endpoint": slow,
+        "realistic_receivers": receivers,
         "queues_at_end": final_queues,
         "peak_rss_process_mib": peak_rss,
         "exit_codes": exit_codes,

@@ -21,8 +21,10 @@ The controller reads them over HTTP on the main port:
 * ``GET /stats/{phase}`` → counts, latency percentiles per endpoint group, arrival bins;
 * ``POST /control`` ``{"slow_delay": seconds}`` → how long the slow port takes to answer.
 
-Endpoint paths are ``/hooks/<name>``; the group of ``fast-3`` is ``fast``. The second port
-("slow") is a different receiver as far as the deliverer's per-host connection pool goes.
+Endpoint paths are ``/hooks/<name>``; the group of ``fast-3`` is ``fast``. ``hot`` and
+``real-*`` answer after a delay, as receivers doing work do (:func:`bench.realistic.delay_for`).
+The second port ("slow") is a different receiver as far as the deliverer's per-host connection
+pool goes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import base64
 import hashlib
 import hmac
 import math
+import random
 import signal
 import time
 from array import array
@@ -43,6 +46,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from bench.realistic import delay_for
 
 BIN = 0.1
 """Width of an arrival-time bin, seconds."""
@@ -131,6 +136,7 @@ class Sink:
         self.phases: dict[str, Phase] = defaultdict(Phase)
         self.slow_delay = 0.0
         self._n = 0
+        self._rng = random.Random()
 
     def verify(self, name: str, body: bytes, headers: Any) -> bool:
         secret = self.secrets.get(name)
@@ -181,6 +187,9 @@ class Sink:
 
     async def hook(self, request: web.Request) -> web.Response:
         body = await request.read()
+        delay = delay_for(request.match_info["name"], self._rng)
+        if delay > 0:
+            await asyncio.sleep(delay)  # the receiver's own work
         status = self.record(request.match_info["name"], body, request.headers)
         return web.Response(status=status, text="ok" if status == 200 else "no")
 

@@ -29,6 +29,7 @@ from services.deliverer.metrics import (
     ATTEMPTS,
     DEAD,
     DEFERRED,
+    ENDPOINT_CONCURRENCY,
     PACED,
     PARKED,
     RESIGNED,
@@ -199,7 +200,9 @@ class Deliverer:
                                               sock_connect=settings.connect_timeout)
         self._slots = EndpointSlots(settings.max_in_flight_per_endpoint,
                                     settings.max_waiting_per_endpoint,
-                                    settings.max_local_wait)
+                                    settings.max_local_wait,
+                                    initial=settings.initial_in_flight_per_endpoint)
+        ENDPOINT_CONCURRENCY.set_function(self._slots.highest_limit)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pace = PaceGate(Pacer(time.monotonic(), settings.pace_margin,
                                     topology.PACED_SHARDS), settings.max_pace_wait)
@@ -264,16 +267,19 @@ class Deliverer:
         not POSTed, a rate-limited endpoint's turn is too far off (the caller defers it)."""
         job = signed.job
         post = uuid.uuid4().hex  # this POST's own: its audit record is its own too
-        async with self._slots.slot(job.endpoint_id):
+        async with self._slots.slot(job.endpoint_id) as ticket:
             # paced inside the slot, right before the POST: a wait for a slot after the turn
             # would let POSTs bunch up
-            if job.rate_limit is not None and not await self._pace.turn(job.endpoint_id,
-                                                                        job.rate_limit):
-                return None
+            if job.rate_limit is not None:
+                if not await self._pace.turn(job.endpoint_id, job.rate_limit):
+                    ticket.skip()
+                    return None
+                ticket.posting()
             at = utcnow()
             started = time.perf_counter()
             response = await self.post(signed)
             duration = time.perf_counter() - started
+            ticket.answer(response.status, response.error)  # its limit adapts to it
         now = utcnow()
         outcome = decisions.classify(response.status, error=response.error,
                                     error_text=response.error_text,

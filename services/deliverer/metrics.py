@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 ATTEMPTS = Counter("dihya_deliverer_attempts_total", "HTTP delivery attempts.",
                    ["outcome", "reason", "status_class"])
@@ -22,5 +22,9 @@ PACED = Counter("dihya_deliverer_paced_total",
                 "Deliveries of rate-limited endpoints, by what the pace gate did: `forwarded` to "
                 "their paced queue, `deferred` (their turn was too far), `posted`.",
                 ["step"])
+ENDPOINT_CONCURRENCY = Gauge(
+    "dihya_deliverer_endpoint_concurrency",
+    "The highest per-endpoint concurrency limit among the endpoints with deliveries in this "
+    "deliverer now (limits adapt per endpoint; no endpoint label: there may be 100,000s).")
 TIERS_DECLARED = Counter("dihya_deliverer_tiers_declared_total",
                          "Wait-queue tiers declared on first use (an endpoint's own schedule).")

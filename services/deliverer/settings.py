@@ -40,14 +40,27 @@ class Settings(EgressSettings):
         default=1024, ge=0, description="At most this much of a response body is read."
     )
     max_per_host: int = Field(
-        default=20, ge=1,
+        default=50, ge=1,
         description="Connections in flight to one host, so one slow receiver cannot take "
-        "every slot.",
+        "every slot. Keep it at least MAX_IN_FLIGHT_PER_ENDPOINT, or a busy endpoint waits "
+        "for connections (and its limit, seeing the wait as latency, shrinks).",
     )
     max_in_flight_per_endpoint: int = Field(
+        default=50, ge=1,
+        description="The most deliveries of one endpoint in flight at once. Each endpoint's "
+        "own limit adapts between 1 and this: it grows while the endpoint answers well and "
+        "its deliveries fill it, and shrinks on errors (429, 5xx, time-outs, refused "
+        "connections), when its latency grows, and to 1 while it hangs (docs/endpoints.md, "
+        "\"Concurrency per endpoint\"). A job beyond an endpoint's limit waits in the "
+        "deliverer for a slot (see MAX_WAITING_PER_ENDPOINT). It used to be a fixed "
+        "limit (default 10); a value set then stays the ceiling.",
+    )
+    initial_in_flight_per_endpoint: int = Field(
         default=10, ge=1,
-        description="Deliveries of one endpoint in flight at once. A job beyond it waits in "
-        "the deliverer for a slot (see MAX_WAITING_PER_ENDPOINT).",
+        description="Where an endpoint's adaptive limit starts (at most "
+        "MAX_IN_FLIGHT_PER_ENDPOINT), and the least it keeps for want of work: a burst after "
+        "a quiet spell starts here. Setting it equal to MAX_IN_FLIGHT_PER_ENDPOINT keeps the "
+        "limit there while the endpoint answers well (it still drops on errors).",
     )
     max_waiting_per_endpoint: int = Field(
         default=10, ge=0,

@@ -1,9 +1,10 @@
 """The benchmark harness works end to end: a tiny run writes every figure.
 
 It runs ``python -m bench --smoke`` (a few hundred events at one fixed rate, the raw chain, AMQP
-and HTTP publishing, the slow-endpoint scenario) against the test broker, on a throw-away vhost
-of its own when ``rabbitmqctl`` is at hand (so nothing it leaves in flight reaches the other
-tests' queues), and checks ``results.json``. It checks that the harness works, not the speed.
+and HTTP publishing, the slow-endpoint scenario, the realistic-receivers phase) against the test
+broker, on a throw-away vhost of its own when ``rabbitmqctl`` is at hand (so nothing it leaves in
+flight reaches the other tests' queues), and checks ``results.json``. It checks that the harness
+works, not the speed.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def test_headline_figures_and_targets(smoke: dict[str, Any]) -> None:
     assert [p["pair"] for p in s["saturation_pairs"]] == [0, 1]
     assert all(p["ratio"] > 0 for p in s["saturation_pairs"])
     assert s["ratio_saturation_median"] > 0
-    assert {t["target"] for t in s["targets"]} and len(s["targets"]) == 6
+    assert {t["target"] for t in s["targets"]} and len(s["targets"]) == 7
     assert all(isinstance(t["met"], bool) for t in s["targets"])
 
 
@@ -122,6 +123,15 @@ def test_slow_endpoint_scenario(smoke: dict[str, Any]) -> None:
     assert slow["fast_dps_baseline"] > 0 and slow["fast_dps_with_slow"] > 0
     assert slow["fast_throughput_drop_pct"] is not None
     assert slow["slow_endpoint_received"] > 0
+
+
+def test_realistic_receivers_phase(smoke: dict[str, Any]) -> None:
+    receivers = smoke["realistic_receivers"]
+    assert receivers["hot_offered_dps"] > 0 and receivers["hot_delivered_dps"] > 0
+    assert receivers["hot_delivered_over_offered"] is not None
+    assert receivers["real_delivered"] > 0 and receivers["real_latency_ms"]["p50"] > 0
+    assert (smoke["summary"]["realistic_hot_delivered_over_offered"]
+            == receivers["hot_delivered_over_offered"])
 
 
 def test_conditions_plot_and_clean_exit(smoke: dict[str, Any]) -> None:

@@ -1,9 +1,13 @@
-"""EndpointSlots: `limit` in flight per endpoint, a short wait for more, the rest deferred."""
+"""EndpointSlots: an adaptive limit in flight per endpoint, a short wait for more, the rest
+deferred."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from services.deliverer import concurrency
 from services.deliverer.slots import EndpointSlots
 
 
@@ -71,7 +75,7 @@ async def test_a_fast_endpoint_may_queue_many_a_slow_one_few() -> None:
     for _ in range(3):  # learn: the fast endpoint answers at once
         async with slots.slot("fast"):
             pass
-    slots._latency["slow"] = 1.0  # learned: one second per POST
+    slots.limiter("slow").record(started=0.0, finished=1.0, failed=False, demand=1)  # 1 s a POST
     release = asyncio.Event()
 
     async def job(endpoint: str) -> None:
@@ -105,3 +109,106 @@ async def test_an_endpoint_that_starts_hanging_is_seen_as_slow_by_its_oldest_pos
     assert slots.full("ep")
     release.set()
     await asyncio.wait_for(hanging, 5)
+
+
+async def test_a_busy_endpoint_answering_well_gets_more_slots_up_to_the_maximum() -> None:
+    slots = EndpointSlots(limit=6, waiting=100, max_wait=10, initial=2)
+    peak = 0
+    running = 0
+
+    async def job() -> None:
+        nonlocal peak, running
+        async with slots.slot("ep"):
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.001)
+            running -= 1
+
+    await asyncio.wait_for(asyncio.gather(*(job() for _ in range(40))), 10)
+    assert peak == 6  # (then, the work done, it gives the unused slots back)
+    assert 2 <= slots.limiter("ep").limit < 6
+    assert slots.highest_limit() == 2  # no job here now: the initial limit
+
+
+async def test_errors_leave_a_failing_endpoint_one_slot() -> None:
+    slots = EndpointSlots(limit=8, waiting=100, max_wait=10)
+    in_flight: list[int] = []
+    running = 0
+
+    async def job() -> None:
+        nonlocal running
+        async with slots.slot("ep") as ticket:
+            running += 1
+            in_flight.append(running)
+            await asyncio.sleep(0.001)
+            ticket.answer(503)
+            running -= 1
+
+    await asyncio.wait_for(asyncio.gather(*(job() for _ in range(40))), 10)
+    assert in_flight[0:8] == list(range(1, 9))  # it started at its limit
+    assert slots.limiter("ep").limit == 1 and in_flight[-5:] == [1] * 5
+
+
+async def test_a_hanging_endpoint_is_held_to_what_it_has_and_the_rest_deferred(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(concurrency, "STALL_FLOOR", 0.05)  # hanging: after 50 ms, not 1 s
+    slots = EndpointSlots(limit=10, waiting=10, max_wait=0.25, initial=4)
+    async with slots.slot("ep"):
+        pass  # a fast answer
+    release = asyncio.Event()
+    posted = 0
+
+    async def job() -> None:
+        nonlocal posted
+        async with slots.slot("ep"):
+            posted += 1
+            await release.wait()
+
+    hanging = [asyncio.ensure_future(job()) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert not slots.full("ep") and posted == 2  # two of four slots used, not hanging yet
+    await asyncio.sleep(0.1)  # time passes: the two POSTs hang
+    slots.full("ep")  # a new job comes: the oldest POST's age is seen
+    assert slots.limiter("ep").limit == 2  # halved: the two hanging POSTs fill it
+    third = asyncio.ensure_future(job())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert posted == 2  # no third POST joins them
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*hanging, third), 5)
+    assert posted == 3 and slots.users("ep") == 0
+
+
+async def test_a_waiter_cancelled_just_after_its_turn_came_passes_the_slot_on() -> None:
+    slots = EndpointSlots(limit=1, waiting=5, max_wait=10)
+    entered: list[str] = []
+
+    async def job(name: str) -> None:
+        async with slots.slot("ep"):
+            entered.append(name)
+
+    async with slots.slot("ep"):  # held here; two jobs wait for it
+        woken = asyncio.ensure_future(job("woken"))
+        last = asyncio.ensure_future(job("last"))
+        for _ in range(3):
+            await asyncio.sleep(0)
+    # leaving gave the slot to "woken" (nothing awaited since: its task has not run) ...
+    woken.cancel()  # ... and it is cancelled before it does: the slot must go on to "last"
+    await asyncio.gather(woken, return_exceptions=True)
+    await asyncio.wait_for(last, 5)
+    assert woken.cancelled() and entered == ["last"]
+    assert slots.users("ep") == 0
+
+
+async def test_a_skipped_slot_teaches_nothing_and_posting_starts_the_clock() -> None:
+    """A rate-limited endpoint's wait for its turn happens inside the slot: it is neither a POST
+    (:meth:`Ticket.skip`) nor part of the endpoint's latency (:meth:`Ticket.posting`)."""
+    slots = EndpointSlots(limit=4, waiting=1, max_wait=0.25)
+    async with slots.slot("ep") as ticket:
+        ticket.skip()
+    assert slots.limiter("ep").recent is None  # nothing recorded
+    async with slots.slot("ep") as ticket:
+        await asyncio.sleep(0.2)  # waiting for its turn, not the receiver
+        ticket.posting()
+    recent = slots.limiter("ep").recent
+    assert recent is not None and recent < 0.1
