@@ -14,10 +14,12 @@ POST would be on schedule. A POST may go at ``now`` if ``now >= tat - tau``; the
 ``tat = max(tat, now) + T``. So over any span of ``w`` seconds at most ``b + w / T`` POSTs
 go: evenly spaced with ``b = 1``, ``b`` back to back after a quiet spell.
 
-The ``margin`` (``DIHYA_DELIVERER_PACE_MARGIN``, 5 % by default) spaces POSTs a little wider
+The ``margin`` (``DIHYA_DELIVERER_PACE_MARGIN``, 10 % by default) spaces POSTs a little wider
 than the limit: what a receiver counts is arrivals, and the network and its own event loop
-move them by milliseconds, so POSTs spaced exactly ``1 / r`` apart would now and then show
-``r + 1`` in a one-second window.
+move them (by tens of milliseconds on a busy host), so POSTs spaced exactly ``1 / r`` apart
+would now and then show ``r + 1`` in a one-second window. 10 %: at 5/s, 100 ms of slack over
+a window (measured: with 5 % — 50 ms — a 5/s endpoint showed 6 in one window in a run on a
+loaded 2-vCPU machine, two deliverers and a test process at 375 deliveries/s).
 
 A takeover (another process becomes a paced queue's active consumer, or this one restarts)
 knows nothing of what the previous one sent just before. After a POST at ``t`` the previous
@@ -87,7 +89,7 @@ class _Schedule:
 class Pacer:
     """The GCRA of every endpoint this process paces (see the module)."""
 
-    def __init__(self, started: float, margin: float = 0.05, shards: int = 8) -> None:
+    def __init__(self, started: float, margin: float = 0.1, shards: int = 8) -> None:
         if margin < 0:
             raise ValueError("the margin must be >= 0")
         self._started = started

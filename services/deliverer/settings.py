@@ -87,10 +87,10 @@ class Settings(EgressSettings):
         "slot.",
     )
     pace_margin: float = Field(
-        default=0.05, ge=0, le=1,
+        default=0.1, ge=0, le=1,
         description="Share by which a rate-limited endpoint's deliveries are spaced wider "
-        "than its limit (0.05: a 5/s endpoint gets one every 210 ms), so the receiver, which "
-        "counts arrivals moved by network jitter, never sees more than its limit in a window.",
+        "than its limit (0.1: a 5/s endpoint gets one every 220 ms), so the receiver, which "
+        "counts arrivals moved by the network and by busy hosts, never sees more than its limit in a window.",
     )
     defer_delay: str = Field(
         default="1s",
