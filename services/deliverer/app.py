@@ -9,9 +9,10 @@ import functools
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import aiohttp
@@ -207,8 +208,11 @@ class Deliverer:
         self._pace = PaceGate(Pacer(time.monotonic(), settings.pace_margin,
                                     topology.PACED_SHARDS), settings.max_pace_wait)
 
-    async def post(self, signed: SignedDelivery) -> Response:
-        """One POST, no redirect followed, at most the excerpt of the response read."""
+    async def post(self, signed: SignedDelivery,
+                   written: Callable[[], None] | None = None) -> Response:
+        """One POST, no redirect followed, at most the excerpt of the response read;
+        ``written`` is called once the request's headers are written (a paced endpoint's
+        :class:`~services.deliverer.paced.Turn`)."""
         url = signed.job.url
         try:
             self._check_url(url)
@@ -225,6 +229,8 @@ class Deliverer:
                     route = await self._router.route(url)
                     target, options = route.url, route.options
                     headers.update(route.headers)
+                if written is not None:
+                    options["trace_request_ctx"] = {WRITTEN: written}
                 async with self._session.post(
                     target, data=signed.body.encode(), headers=headers,
                     allow_redirects=False, timeout=self._timeout, **options,
@@ -270,14 +276,21 @@ class Deliverer:
         async with self._slots.slot(job.endpoint_id) as ticket:
             # paced inside the slot, right before the POST: a wait for a slot after the turn
             # would let POSTs bunch up
+            turn = None
             if job.rate_limit is not None:
-                if not await self._pace.turn(job.endpoint_id, job.rate_limit):
+                turn = await self._pace.turn(job.endpoint_id, job.rate_limit)
+                if turn is None:
                     ticket.skip()
                     return None
                 ticket.posting()
             at = utcnow()
             started = time.perf_counter()
-            response = await self.post(signed)
+            try:
+                response = await self.post(signed, written=None if turn is None
+                                           else turn.written)
+            finally:
+                if turn is not None:
+                    turn.close()
             duration = time.perf_counter() - started
             ticket.answer(response.status, response.error)  # its limit adapts to it
         now = utcnow()
@@ -447,13 +460,28 @@ def make_session(settings: Settings, resolver: AbstractResolver | None = None
         resolver=(None if settings.proxy_url is not None
                   else VettingResolver(settings.allowed, resolver)),
     )
+    written = aiohttp.TraceConfig()
+    written.on_request_headers_sent.append(_call_written)
     return aiohttp.ClientSession(
         connector=connector,
+        trace_configs=[written],
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,  # with no Accept-Encoding sent, the excerpt stays readable
         skip_auto_headers=("Accept-Encoding",),
         trust_env=False,
     )
+
+
+WRITTEN = "written"
+"""Key of the callback in a POST's ``trace_request_ctx`` (see :meth:`Deliverer.post`)."""
+
+
+async def _call_written(session: aiohttp.ClientSession, context: SimpleNamespace,
+                        params: aiohttp.TraceRequestHeadersSentParams) -> None:
+    """aiohttp's ``on_request_headers_sent``: tells a paced POST's turn it has left."""
+    callback = (context.trace_request_ctx or {}).get(WRITTEN)
+    if callback is not None:
+        callback()
 
 
 def _broker_ready(connection: AbstractRobustConnection) -> bool:

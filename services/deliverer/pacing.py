@@ -125,6 +125,14 @@ class Pacer:
         if len(self._schedules) > REMEMBERED:
             self._forget(now)
 
+    def late(self, endpoint: str, granted: float, written: float) -> None:
+        """A POST granted at ``granted`` left only at ``written`` (a busy event loop, a slow
+        connect): the endpoint's schedule moves by the delay, so the next POST keeps its
+        distance from the one that really left, not from its grant."""
+        known = self._schedules.get(endpoint)
+        if known is not None and written > granted:
+            known.tat += written - granted
+
     def hold(self, endpoint: str, limit: RateLimit, until: float) -> None:
         """No POST of ``endpoint`` before ``until`` (a receiver's ``Retry-After``)."""
         tau = (limit.burst - 1) * interval(limit, self._margin)

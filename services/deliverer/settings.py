@@ -90,7 +90,8 @@ class Settings(EgressSettings):
         default=0.1, ge=0, le=1,
         description="Share by which a rate-limited endpoint's deliveries are spaced wider "
         "than its limit (0.1: a 5/s endpoint gets one every 220 ms), so the receiver, which "
-        "counts arrivals moved by the network and by busy hosts, never sees more than its limit in a window.",
+        "counts arrivals moved by the network and by busy hosts, never sees more than its "
+        "limit in a window.",
     )
     defer_delay: str = Field(
         default="1s",

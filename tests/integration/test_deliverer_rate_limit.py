@@ -1,6 +1,7 @@
 # ruff: noqa: F811 - the fixtures imported below are requested by name as parameters
-"""Rate-limited endpoints: two deliverer replicas (in-process, each with its own broker
-connection and consumers) on the real RabbitMQ, real aiohttp receivers on 127.0.0.1.
+"""Rate-limited endpoints: two deliverer replicas on the real RabbitMQ (separate processes for
+the 30 s rate test, as deployed; in-process elsewhere, each with its own broker connection and
+consumers), real receivers on 127.0.0.1.
 
 The rate limit holds across replicas because each paced queue has a single active consumer:
 both replicas subscribe to every paced queue (checked), RabbitMQ feeds one of them, and its
@@ -14,12 +15,19 @@ import bisect
 import contextlib
 import itertools
 import json
+import os
 import subprocess
+import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import web
@@ -42,6 +50,7 @@ from tests.integration.test_deliverer_service import (  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
 LIMITED = 150
 """Jobs of the 5/s endpoint: at its pace (one per 220 ms) a little over 30 s of deliveries."""
 OUTSTANDING = 50
@@ -90,6 +99,89 @@ async def arrivals() -> AsyncIterator[Arrivals]:
     await web.TCPSite(runner, "127.0.0.1", rec.port).start()
     yield rec
     await runner.cleanup()
+
+
+class ThreadReceiver:
+    """A receiver answering 200 on a thread of its own (stdlib ``ThreadingHTTPServer``), noting
+    when each delivery arrived (``time.monotonic()``, the clock of asyncio's ``loop.time()``)
+    and its ``webhook-id``: arrivals are timed as they come, not when a busy test event loop
+    gets to them (that loop also feeds and receives an endpoint at full speed)."""
+
+    def __init__(self, arrived: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[tuple[float, str]] = []
+        self.seen = seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                at = time.monotonic()
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                seen.append((at, self.headers.get("webhook-id", "")))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                loop.call_soon_threadsafe(arrived.set)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/limited"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def times(self) -> list[float]:
+        return sorted(t for t, _ in list(self.seen))
+
+    def ids(self) -> Counter[str]:
+        return Counter(i for _, i in list(self.seen))
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _spawn_deliverer(amqp_url: str, log: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    port = free_port()
+    env = {**os.environ, "DIHYA_AMQP_URL": amqp_url, "DIHYA_DELIVERER_PORT": str(port),
+           "DIHYA_DELIVERER_RETRY_SCHEDULE": "200ms,400ms",
+           "DIHYA_ALLOWED_NETWORKS": "127.0.0.0/8", "DIHYA_SHUTDOWN_GRACE": "2"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "services.deliverer"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    return proc, port, log
+
+
+@contextlib.asynccontextmanager
+async def deliverer_processes(amqp_url: str, count: int, log_dir: Path
+                              ) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
+    """``count`` deliverers as deployed: ``python -m services.deliverer`` each, ready (their
+    ``/readyz`` answered 200) before the body runs; SIGTERMed and awaited after it."""
+    procs: list[tuple[subprocess.Popen[bytes], int, Path]] = []
+    try:
+        for n in range(count):
+            procs.append(_spawn_deliverer(amqp_url, log_dir / f"deliverer-{n}.log"))
+        async with aiohttp.ClientSession() as http:
+            for proc, port, log in procs:
+                async with asyncio.timeout(60):
+                    while True:
+                        assert proc.poll() is None, log.read_text()[-3000:]
+                        with contextlib.suppress(aiohttp.ClientError):
+                            async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                                if resp.status == 200:
+                                    break
+                        await asyncio.sleep(0.1)  # not up yet: nothing to await but a poll
+        yield [proc for proc, _, _ in procs]
+    finally:
+        for proc, _, _ in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, _, _ in procs:
+            try:
+                await asyncio.to_thread(proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def most_in_a_second(times: list[float]) -> int:
@@ -149,14 +241,15 @@ async def facts_of(amqp: AbstractRobustConnection, endpoints: set[str], arrived:
 
 async def test_a_5_per_second_endpoint_gets_at_most_5_in_any_second_across_two_replicas(
         amqp_url: str, amqp: AbstractRobustConnection, publisher: Publisher,
-        arrivals: Arrivals) -> None:
+        arrivals: Arrivals, tmp_path: Path) -> None:
     limit = RateLimit(per_second=5)
     endpoint, fast_endpoint = "ep_paced_five", "ep_full_speed"
-    limited = [limited_job(arrivals.url("limited"), endpoint, limit) for _ in range(LIMITED)]
+    receiver = ThreadReceiver(arrivals.arrived)
+    limited = [limited_job(receiver.url, endpoint, limit) for _ in range(LIMITED)]
     fast_sent: list[str] = []
     loop = asyncio.get_running_loop()
 
-    async with deliverer(amqp_url), deliverer(amqp_url), facts_of(
+    async with deliverer_processes(amqp_url, 2, tmp_path), facts_of(
             amqp, {endpoint, fast_endpoint}, arrivals.arrived) as facts:
         shard = topology.paced_queue(shard_of(endpoint, topology.PACED_SHARDS))
         vhost = urlsplit(amqp_url).path.lstrip("/")
@@ -184,8 +277,7 @@ async def test_a_5_per_second_endpoint_gets_at_most_5_in_any_second_across_two_r
         feeder = asyncio.create_task(full_speed())
         await asyncio.gather(*(hand_over(publisher, signed_for(j)) for j in limited))
         try:
-            await wait_until(lambda: len(arrivals.ids("limited")) >= LIMITED, 150,
-                             arrivals.arrived)
+            await wait_until(lambda: len(receiver.ids()) >= LIMITED, 150, arrivals.arrived)
         finally:
             stop.set()
             await feeder
@@ -193,13 +285,17 @@ async def test_a_5_per_second_endpoint_gets_at_most_5_in_any_second_across_two_r
                          arrivals.arrived)
         await wait_until(lambda: len(facts) >= LIMITED + len(fast_sent), 30, arrivals.arrived)
 
-    slow_times, fast_times = arrivals.times("limited"), arrivals.times("fast")
-    slow_ids, fast_ids = arrivals.ids("limited"), arrivals.ids("fast")
+    receiver.close()
+    slow_times, fast_times = receiver.times(), arrivals.times("fast")
+    slow_ids, fast_ids = receiver.ids(), arrivals.ids("fast")
     span = slow_times[-1] - slow_times[0]
     fast_span = max(fast_times[-1] - fast_times[0], 1e-9)
     expected = {j.event.id for j in limited}
     worst = most_in_a_second(slow_times)
     per_second = Counter(int(t - started) for t in slow_times)
+    gaps = sorted(round((b - a) * 1000) for a, b in itertools.pairwise(slow_times))
+    print(f"\ngaps between the limited endpoint's arrivals (ms): shortest {gaps[:8]}, median "
+          f"{gaps[len(gaps) // 2]}, longest {gaps[-4:]}")
     print(f"\nbooks: limited endpoint (5/s, 2 replicas): accepted {LIMITED}, delivered "
           f"{len(set(slow_ids) & expected)}, lost {len(expected - set(slow_ids))}, duplicates "
           f"same id {sum(n - 1 for n in slow_ids.values())}, new id "

@@ -153,8 +153,10 @@ async def test_the_gate_lets_jobs_through_in_order_and_gives_up_past_max_wait() 
     posted: list[tuple[int, float]] = []
 
     async def job(n: int) -> None:
-        assert await gate.turn("ep", limit)
+        turn = await gate.turn("ep", limit)
+        assert turn is not None
         posted.append((n, loop.time()))
+        turn.written()
 
     await asyncio.gather(*(job(n) for n in range(6)))
     assert [n for n, _ in posted] == list(range(6))  # arrival order
@@ -164,8 +166,38 @@ async def test_the_gate_lets_jobs_through_in_order_and_gives_up_past_max_wait() 
     assert not gate.too_long("ep", limit)
     gate.hold("ep", limit, 10.0)  # a Retry-After of 10 s
     assert gate.too_long("ep", limit)
-    assert not await gate.turn("ep", limit)  # given up at once, not slept on
-    assert await gate.turn("other", limit)  # another endpoint is not held
+    assert await gate.turn("ep", limit) is None  # given up at once, not slept on
+    assert await gate.turn("other", limit) is not None  # another endpoint is not held
+
+
+def test_a_late_request_moves_the_schedule_by_its_delay() -> None:
+    pacer = Pacer(started=-10.0, margin=0.0)
+    limit = RateLimit(per_second=5)  # one every 200 ms
+    pacer.sent("ep", limit, 0.0)
+    assert pacer.wait("ep", limit, 0.2) == 0.0
+    pacer.late("ep", granted=0.0, written=0.15)  # it left 150 ms after its grant
+    assert pacer.wait("ep", limit, 0.2) == pytest.approx(0.15)
+    pacer.late("ep", granted=0.5, written=0.4)  # never moved back
+    assert pacer.wait("ep", limit, 0.2) == pytest.approx(0.15)
+
+
+async def test_the_next_turn_keeps_its_distance_from_the_request_that_really_left() -> None:
+    """Granted, then written 100 ms later (a busy loop): the next turn comes one interval
+    after the write, not after the grant; and it is not given before the write."""
+    loop = asyncio.get_running_loop()
+    gate = PaceGate(Pacer(started=-10.0, margin=0.0), max_wait=5.0, clock=loop.time)
+    limit = RateLimit(per_second=20)  # one every 50 ms
+    first = await gate.turn("ep", limit)
+    assert first is not None
+    second_task = asyncio.ensure_future(gate.turn("ep", limit))
+    await asyncio.sleep(0.1)  # the request is slow to leave: nothing else can be awaited here
+    assert not second_task.done()  # held until the first is written
+    written_at = loop.time()
+    first.written()
+    second = await second_task
+    assert second is not None
+    assert loop.time() - written_at >= 0.05 - 0.002
+    second.close()
 
 
 @given(limits, st.integers(min_value=0, max_value=50), st.integers(min_value=1, max_value=200))
