@@ -48,7 +48,8 @@ ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 RejectReason = Literal["invalid_json", "non_finite_number", "duplicate_key", "body_too_large",
                        "schema_invalid", "unsupported_type", "routing_key_mismatch",
-                       "fanout_limit", "unknown_event_type"]
+                       "fanout_limit", "unknown_event_type", "tenant_missing",
+                       "tenant_conflict", "unknown_tenant", "tenant_rate_limited"]
 EndpointStatus = Literal["enabled", "disabled"]
 
 _MAX_ERROR = 1000
@@ -65,6 +66,9 @@ class Endpoint:
     disabled_reason: str | None = None
     retry_schedule_ms: tuple[int, ...] | None = None
     """Its own retry delays in ms (``()``: one attempt only); ``None``: the deployment's."""
+    tenant_id: str = "ten_default"
+    """The tenant it belongs to (``ten_…``): fan-out narrows by it first
+    (:func:`services.ingest.tenants.in_scope`)."""
 
     def wants(self, event_type: str) -> bool:
         """Does one of its patterns select ``event_type`` (whatever its status)?"""
@@ -105,7 +109,7 @@ def plan(event: Event, endpoints: Iterable[Endpoint]) -> list[DeliveryJob]:
         raise ValueError("plan() needs an event whose id and timestamp are set")
     return [
         DeliveryJob(delivery_id=delivery_id(event.id, ep.id), endpoint_id=ep.id, url=ep.url,
-                    event=event, retry_schedule_ms=ep.retry_schedule_ms)
+                    event=event, retry_schedule_ms=ep.retry_schedule_ms, tenant=ep.tenant_id)
         for ep in endpoints
         if ep.subscribed(event.event)
     ]
@@ -130,7 +134,8 @@ def hold(event: Event, endpoints: Iterable[Endpoint]) -> list[HeldJob]:
         raise ValueError("hold() needs an event whose id and timestamp are set")
     return [
         HeldJob(DeliveryJob(delivery_id=delivery_id(event.id, ep.id), endpoint_id=ep.id,
-                            url=ep.url, event=event, retry_schedule_ms=ep.retry_schedule_ms),
+                            url=ep.url, event=event, retry_schedule_ms=ep.retry_schedule_ms,
+                            tenant=ep.tenant_id),
                 ep.disabled_reason)
         for ep in endpoints
         if ep.status != "enabled" and ep.wants(event.event)
@@ -275,7 +280,8 @@ def accepted_fact_id(event_id: str) -> str:
     return "fct_" + _digest(f"event.accepted:{event_id}")
 
 
-def accepted_fact(event: Event, jobs: Sequence[DeliveryJob], now: datetime) -> AuditFact:
+def accepted_fact(event: Event, jobs: Sequence[DeliveryJob], now: datetime,
+                  tenant: str | None = None) -> AuditFact:
     """The ``event.accepted`` audit fact: how many endpoints, whose data (GDPR subject), lang."""
     assert event.id is not None
     subject = event.data.get("user_id")
@@ -286,15 +292,15 @@ def accepted_fact(event: Event, jobs: Sequence[DeliveryJob], now: datetime) -> A
     }
     return AuditFact(id=accepted_fact_id(event.id), kind="event.accepted", occurred_at=now,
                      service="ingest", event_id=event.id, event_type=event.event,
-                     details=details)
+                     tenant=tenant, details=details)
 
 
-def rejected_fact(rejection: Rejection, now: datetime, *, event_id: str | None = None
-                  ) -> AuditFact:
+def rejected_fact(rejection: Rejection, now: datetime, *, event_id: str | None = None,
+                  tenant: str | None = None) -> AuditFact:
     """The ``event.rejected`` audit fact (reason and field-level error; never the body)."""
     return AuditFact(id=new_id("fct"), kind="event.rejected", occurred_at=now, service="ingest",
                      event_id=event_id, event_type=rejection.event_type,
-                     reason=rejection.reason, error=rejection.error)
+                     reason=rejection.reason, error=rejection.error, tenant=tenant)
 
 
 def key_is_fresh(created_at: datetime, now: datetime, window_seconds: int) -> bool:
@@ -494,7 +500,7 @@ def held_fact(held: HeldJob, now: datetime) -> AuditFact:
                      occurred_at=now, service="ingest", event_id=job.event.id,
                      event_type=job.event.event, endpoint_id=job.endpoint_id,
                      delivery_id=job.delivery_id, url=job.url, reason=HELD_REASON,
-                     details={"disabled_reason": held.disabled_reason})
+                     tenant=job.tenant, details={"disabled_reason": held.disabled_reason})
 
 
 def retry_fact(job: DeliveryJob, *, actor: str, via: Literal["retry", "recover", "resend"],
@@ -504,7 +510,7 @@ def retry_fact(job: DeliveryJob, *, actor: str, via: Literal["retry", "recover",
                      service="ingest", actor=actor, event_id=job.event.id,
                      event_type=job.event.event, endpoint_id=job.endpoint_id,
                      delivery_id=job.delivery_id, attempt=job.attempt, url=job.url,
-                     reason=reason, details={"via": via, "was": previous})
+                     reason=reason, tenant=job.tenant, details={"via": via, "was": previous})
 
 
 def broker_parked_fact(queue: str, dead: DeadLetter | Unreadable, body: bytes,

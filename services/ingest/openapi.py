@@ -50,6 +50,8 @@ _ERRORS = {
     413: "The body exceeds DIHYA_INGEST_MAX_BODY_BYTES.",
     415: "The body is not application/json.",
     422: "The body (or a parameter) is not valid; `fields` names each problem.",
+    429: "Too many requests (`tenant_rate_limited`: the tenant's events per second); retry "
+         "after the `Retry-After` seconds.",
     503: "The broker or the database is unavailable; nothing was changed. Retry. Except "
          "`broker_unconfirmed` (publishing an event): the event may or may not have been "
          "accepted; retry with the same Idempotency-Key, or with `error.event_id` as the "

@@ -126,6 +126,33 @@ class Settings(EgressSettings):
         "attempts and test results, and says why.",
     )
 
+    default_tenant: str | None = Field(
+        default=None, validation_alias="DIHYA_DEFAULT_TENANT",
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+        description="Tenant (id or external id) of an event or endpoint that names none. "
+        "Unset: such an event is refused (HTTP 422 `tenant_missing`; over AMQP parked with "
+        "that reason and audited) and an endpoint must name its tenant. Set it to `default` "
+        "to keep a single-tenant deployment's publishers and scripts working unchanged: the "
+        "upgrade moved every existing endpoint to the tenant `default`.",
+    )
+    tenant_max_endpoints: int = Field(
+        default=1000, ge=0,
+        description="Most endpoints one tenant may have (409 `tenant_quota_exceeded` beyond). "
+        "0: no limit.",
+    )
+    tenant_events_per_second: float = Field(
+        default=0, ge=0,
+        description="Events per second one tenant may publish, per ingest replica (bursts of "
+        "one second's worth). Over it: HTTP 429 `tenant_rate_limited` with `Retry-After`; "
+        "over AMQP the event is parked with reason `tenant_rate_limited` and audited (move it "
+        "back once the burst is over). Platform-wide events are not counted. 0: no limit.",
+    )
+
+    @field_validator("default_tenant", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("console_audit_url")
     @classmethod
     def _check_audit_url(cls, value: str) -> str:

@@ -72,7 +72,10 @@ endpoints = sa.Table(
     sa.Column("header_names", sa.JSON(none_as_null=True), nullable=True),
     # failed attempts since the last delivered one (endpoint.failing / endpoint.recovered)
     sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    # its tenant (#21); the migration moved existing endpoints to the default tenant
+    sa.Column("tenant_id", sa.String(64), nullable=False, server_default="ten_default"),
     sa.Index("ix_endpoints_status", "status"),
+    sa.Index("ix_endpoints_tenant_id", "tenant_id", "id"),
 )
 
 idempotency_keys = sa.Table(
@@ -98,6 +101,8 @@ tokens = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    # the tenant of a tenant_admin / tenant_viewer token; NULL for platform roles
+    sa.Column("tenant_id", sa.String(64), nullable=True),
 )
 
 
@@ -200,6 +205,7 @@ class EndpointRecord:
     """ed25519: ``(whpk_, valid_until)`` pairs, current (``None``) first."""
     header_names: tuple[str, ...] = ()
     consecutive_failures: int = 0
+    tenant_id: str = "ten_default"
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> EndpointRecord:
@@ -216,12 +222,13 @@ class EndpointRecord:
                    signature_scheme=m["signature_scheme"],
                    public_keys=_public_keys(m["public_keys"]),
                    header_names=tuple(m["header_names"] or ()),
-                   consecutive_failures=m["consecutive_failures"])
+                   consecutive_failures=m["consecutive_failures"],
+                   tenant_id=m["tenant_id"])
 
     def target(self) -> Endpoint:
         return Endpoint(id=self.id, url=self.url, events=self.events, status=self.status,
                         disabled_reason=self.disabled_reason,
-                        retry_schedule_ms=self.retry_schedule_ms)
+                        retry_schedule_ms=self.retry_schedule_ms, tenant_id=self.tenant_id)
 
     @property
     def health(self) -> Health:
@@ -277,6 +284,7 @@ class TokenRecord:
     token_hash: str
     created_at: datetime
     revoked_at: datetime | None
+    tenant_id: str | None = None
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> TokenRecord:
@@ -284,7 +292,8 @@ class TokenRecord:
         revoked = m["revoked_at"]
         return cls(id=m["id"], role=m["role"], description=m["description"],
                    token_hash=m["token_hash"], created_at=_utc(m["created_at"]),
-                   revoked_at=None if revoked is None else _utc(revoked))
+                   revoked_at=None if revoked is None else _utc(revoked),
+                   tenant_id=m["tenant_id"])
 
 
 @dataclass(frozen=True)
@@ -299,7 +308,7 @@ class Claim:
     claimed_at: datetime | None = None
 
 
-_ENDPOINTS_CHANGED = "dihya_endpoints_changed"
+ENDPOINTS_CHANGED = "dihya_endpoints_changed"
 """Connection-info flag: this transaction changed endpoints (the fan-out cache is stale)."""
 
 
@@ -339,7 +348,7 @@ class Store:
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.begin() as conn:
             yield conn
-            changed = conn.info.pop(_ENDPOINTS_CHANGED, False)
+            changed = conn.info.pop(ENDPOINTS_CHANGED, False)
         if changed:  # committed: drop the endpoints cached for fan-out
             self._generation += 1
 
@@ -351,7 +360,7 @@ class Store:
     # -- endpoints ------------------------------------------------------------------------
 
     async def insert_endpoint(self, conn: AsyncConnection, record: EndpointRecord) -> None:
-        conn.info[_ENDPOINTS_CHANGED] = True
+        conn.info[ENDPOINTS_CHANGED] = True
         await conn.execute(endpoints.insert().values(
             id=record.id, url=record.url, events=list(record.events),
             description=record.description, status=record.status,
@@ -359,7 +368,7 @@ class Store:
             retry_schedule_ms=_schedule_column(record.retry_schedule_ms),
             signature_scheme=record.signature_scheme,
             public_keys=_public_keys_column(record.public_keys),
-            header_names=list(record.header_names) or None))
+            header_names=list(record.header_names) or None, tenant_id=record.tenant_id))
 
     async def get_endpoint(self, endpoint_id: str, conn: AsyncConnection | None = None
                            ) -> EndpointRecord | None:
@@ -371,10 +380,14 @@ class Store:
                 row = (await own.execute(query)).first()
         return None if row is None else EndpointRecord.of(row)
 
-    async def list_endpoints(self, *, limit: int, after: str | None) -> list[EndpointRecord]:
+    async def list_endpoints(self, *, limit: int, after: str | None,
+                             tenant: str | None = None) -> list[EndpointRecord]:
+        """Endpoints by id; ``tenant``: only that tenant's."""
         query = endpoints.select().order_by(endpoints.c.id).limit(limit)
         if after:
             query = query.where(endpoints.c.id > after)
+        if tenant is not None:
+            query = query.where(endpoints.c.tenant_id == tenant)
         async with self.engine.connect() as conn:
             return [EndpointRecord.of(r) for r in await conn.execute(query)]
 
@@ -389,7 +402,7 @@ class Store:
             values["header_names"] = list(values["header_names"]) or None
         if "public_keys" in values:
             values["public_keys"] = _public_keys_column(values["public_keys"])
-        conn.info[_ENDPOINTS_CHANGED] = True
+        conn.info[ENDPOINTS_CHANGED] = True
         result = await conn.execute(
             endpoints.update().where(endpoints.c.id == endpoint_id).values(**values))
         if cast(sa.CursorResult[Any], result).rowcount == 0:
@@ -397,7 +410,7 @@ class Store:
         return await self.get_endpoint(endpoint_id, conn)
 
     async def delete_endpoint(self, conn: AsyncConnection, endpoint_id: str) -> bool:
-        conn.info[_ENDPOINTS_CHANGED] = True
+        conn.info[ENDPOINTS_CHANGED] = True
         result = await conn.execute(endpoints.delete().where(endpoints.c.id == endpoint_id))
         return cast(sa.CursorResult[Any], result).rowcount > 0
 
@@ -427,12 +440,13 @@ class Store:
     async def _load_subscribers(self) -> list[Endpoint]:
         query = (sa.select(endpoints.c.id, endpoints.c.url, endpoints.c.events,
                            endpoints.c.status, endpoints.c.disabled_reason,
-                           endpoints.c.retry_schedule_ms)
+                           endpoints.c.retry_schedule_ms, endpoints.c.tenant_id)
                  .order_by(endpoints.c.id))
         async with self.engine.connect() as conn:
             return [Endpoint(id=r.id, url=r.url, events=tuple(r.events), status=r.status,
                              disabled_reason=r.disabled_reason,
-                             retry_schedule_ms=_schedule(r.retry_schedule_ms))
+                             retry_schedule_ms=_schedule(r.retry_schedule_ms),
+                             tenant_id=r.tenant_id)
                     for r in await conn.execute(query)]
 
     async def enabled_endpoints(self) -> list[Endpoint]:
@@ -452,7 +466,7 @@ class Store:
         if new.status == "disabled" and old.status != "disabled":
             values.update(disabled_reason=disabled_reason, disabled_at=now, updated_at=now)
         if new.status != old.status:
-            conn.info[_ENDPOINTS_CHANGED] = True
+            conn.info[ENDPOINTS_CHANGED] = True
         result = await conn.execute(
             endpoints.update()
             .where((c.id == endpoint_id) & (c.status == old.status)
@@ -724,12 +738,15 @@ class Store:
         await conn.execute(tokens.insert().values(
             id=record.id, role=record.role, description=record.description,
             token_hash=record.token_hash, created_at=record.created_at,
-            revoked_at=record.revoked_at))
+            revoked_at=record.revoked_at, tenant_id=record.tenant_id))
 
-    async def list_tokens(self, *, limit: int, after: str | None) -> list[TokenRecord]:
+    async def list_tokens(self, *, limit: int, after: str | None,
+                          tenant: str | None = None) -> list[TokenRecord]:
         query = tokens.select().order_by(tokens.c.id).limit(limit)
         if after:
             query = query.where(tokens.c.id > after)
+        if tenant is not None:
+            query = query.where(tokens.c.tenant_id == tenant)
         async with self.engine.connect() as conn:
             return [TokenRecord.of(r) for r in await conn.execute(query)]
 
@@ -747,13 +764,15 @@ class Store:
         if not token_hashes:
             return {}
         hashes = list(token_hashes)
-        direct = self._direct_rows("SELECT id, role, token_hash FROM tokens WHERE token_hash "
-                                   "IN ({}) AND revoked_at IS NULL", hashes)
+        direct = self._direct_rows("SELECT id, role, token_hash, tenant_id FROM tokens WHERE "
+                                   "token_hash IN ({}) AND revoked_at IS NULL", hashes)
         if direct is not None:
-            return {token_hash: Principal(token_id=token_id, role=role)
-                    for token_id, role, token_hash in direct}
-        query = sa.select(tokens.c.id, tokens.c.role, tokens.c.token_hash).where(
+            return {token_hash: Principal(token_id=token_id, role=role, tenant=tenant)
+                    for token_id, role, token_hash, tenant in direct}
+        query = sa.select(tokens.c.id, tokens.c.role, tokens.c.token_hash,
+                          tokens.c.tenant_id).where(
             tokens.c.token_hash.in_(hashes) & tokens.c.revoked_at.is_(None))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return {row.token_hash: Principal(token_id=row.id, role=row.role) for row in rows}
+        return {row.token_hash: Principal(token_id=row.id, role=row.role, tenant=row.tenant_id)
+                for row in rows}

@@ -1,0 +1,179 @@
+"""The tenant API (``/v1/tenants``, platform admins): create, list, read, change, and
+offboard a tenant. Mixed into :class:`services.ingest.http.IngestApi`, whose route table
+(:data:`services.ingest.http.ROUTES`) lists these handlers like every other.
+
+Paths take a tenant's id or its external id. Offboarding (``DELETE``) removes the tenant's
+endpoints (the signer forgets their secrets), their stored deliveries and message-log rows,
+and revokes its tokens, in one transaction committed only once the broker confirmed every
+control message; the audit log keeps its records (its chain stays verifiable) and gets a
+``tenant.deleted`` record naming who did it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.ingest.settings import Settings
+from services.ingest.store import Store
+from services.ingest.tenant_models import (
+    TenantCreate,
+    TenantDeleted,
+    TenantList,
+    TenantOut,
+    TenantUpdate,
+)
+from services.ingest.tenant_store import ExternalIdTakenError, TenantRecord, TenantStore
+from shared.broker import Publisher
+from shared.contracts import AuditFact, Contract, EndpointSecret, TokenGrant, utcnow
+from shared.ids import new_id
+from shared.web import authorize, error, json_response, validation_error
+
+log = structlog.get_logger("dihya.ingest.tenants")
+
+_TENANT_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+"""A tenant id or external id: anything else names no tenant (404 before the database)."""
+
+
+class TenantListQuery(BaseModel):
+    """Query parameters of the tenant list (cursor pagination by id)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    limit: int = Field(default=100, ge=1, le=1000, description="Items per page.")
+    after: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$",
+                              description="The `next` of the previous page.")
+
+
+def _validate(model: type[Any], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _body(model: BaseModel, status: int = 200) -> web.Response:
+    return json_response(model.model_dump(mode="json"), status=status)
+
+
+def tenant_out(record: TenantRecord) -> TenantOut:
+    return TenantOut(id=record.id, name=record.name, external_id=record.external_id,
+                     metadata=record.metadata, created_at=record.created_at,
+                     updated_at=record.updated_at)
+
+
+def _taken(external_id: str | None) -> web.HTTPException:
+    return error(409, "external_id_taken",
+                 f"Another tenant already has the external id {str(external_id)[:128]!r}.")
+
+
+def tenant_not_found(ref: str) -> web.HTTPException:
+    return error(404, "not_found", f"No tenant with id or external id {ref[:128]!r}.")
+
+
+class TenantApi:
+    """The ``/v1/tenants`` handlers (see the module docstring)."""
+
+    settings: Settings
+    store: Store
+    tenants: TenantStore
+    publisher: Publisher
+
+    async def _json(self, request: web.Request) -> Any:
+        raise NotImplementedError
+
+    async def audit(self, fact: AuditFact) -> None:
+        raise NotImplementedError
+
+    def _fact(self, kind: Any, actor: str | None, **fields: Any) -> AuditFact:
+        raise NotImplementedError
+
+    async def _announce_all(self, messages: list[tuple[str, Contract]]) -> None:
+        raise NotImplementedError
+
+    async def _tenant(self, request: web.Request) -> TenantRecord:
+        ref = request.match_info["id"]
+        record = await self.tenants.get(ref) if _TENANT_PATH.fullmatch(ref) else None
+        if record is None:
+            raise tenant_not_found(ref)
+        return record
+
+    async def create_tenant(self, request: web.Request) -> web.Response:
+        principal = await authorize(request, "admin")
+        data: TenantCreate = _validate(TenantCreate, await self._json(request))
+        now = utcnow()
+        record = TenantRecord(id=new_id("ten"), name=data.name, external_id=data.external_id,
+                              metadata=dict(data.metadata), created_at=now, updated_at=now)
+        try:
+            async with self.store.transaction() as conn:
+                await self.tenants.insert(conn, record)
+        except ExternalIdTakenError:
+            raise _taken(data.external_id) from None
+        log.info("tenant_created", tenant=record.id, actor=principal.token_id)
+        await self.audit(self._fact("tenant.created", principal.token_id, tenant=record.id,
+                                    details={"external_id": record.external_id}))
+        return _body(tenant_out(record), 201)
+
+    async def list_tenants(self, request: web.Request) -> web.Response:
+        await authorize(request, "admin")
+        query: TenantListQuery = _validate(TenantListQuery, dict(request.query))
+        records = await self.tenants.list(limit=query.limit + 1, after=query.after)
+        page = records[: query.limit]
+        nxt = page[-1].id if len(records) > query.limit else None
+        return _body(TenantList(items=[tenant_out(r) for r in page], next=nxt))
+
+    async def get_tenant(self, request: web.Request) -> web.Response:
+        await authorize(request, "admin")
+        return _body(tenant_out(await self._tenant(request)))
+
+    async def update_tenant(self, request: web.Request) -> web.Response:
+        principal = await authorize(request, "admin")
+        record = await self._tenant(request)
+        data: TenantUpdate = _validate(TenantUpdate, await self._json(request))
+        changes: dict[str, Any] = {name: getattr(data, name) for name in data.model_fields_set
+                                   if name == "external_id" or getattr(data, name) is not None}
+        try:
+            async with self.store.transaction() as conn:
+                updated = await self.tenants.update(conn, record.id,
+                                                    {**changes, "updated_at": utcnow()})
+        except ExternalIdTakenError:
+            raise _taken(changes.get("external_id")) from None
+        if updated is None:
+            raise tenant_not_found(record.id)
+        await self.audit(self._fact("tenant.updated", principal.token_id, tenant=record.id,
+                                    details={"fields": sorted(changes),
+                                             "external_id": updated.external_id}))
+        return _body(tenant_out(updated))
+
+    async def delete_tenant(self, request: web.Request) -> web.Response:
+        """Offboard a tenant (see the module docstring)."""
+        principal = await authorize(request, "admin")
+        record = await self._tenant(request)
+        now = utcnow()
+        async with self.store.transaction() as conn:
+            gone = await self.tenants.offboard(conn, record.id, now)
+            await self._announce_all(
+                [("secret.delete", EndpointSecret(endpoint_id=ep, action="delete",
+                                                  issued_at=now))
+                 for ep in gone.endpoint_ids]
+                + [("token.revoked", TokenGrant(token_id=tok, role=role,
+                                                token_hash=token_hash, revoked=True,
+                                                issued_at=now, tenant=record.id))
+                   for tok, role, token_hash in gone.token_ids])
+        self.tenants.forget()
+        log.info("tenant_deleted", tenant=record.id, endpoints=len(gone.endpoint_ids),
+                 actor=principal.token_id)
+        await self.audit(self._fact("tenant.deleted", principal.token_id, tenant=record.id,
+                                    details={"external_id": record.external_id,
+                                             "endpoint_ids": list(gone.endpoint_ids),
+                                             "tokens_revoked": [t for t, _, _ in gone.token_ids],
+                                             "stored_deliveries": gone.stored_deliveries,
+                                             "logged_events": gone.logged_events}))
+        return _body(TenantDeleted(id=record.id, endpoints=len(gone.endpoint_ids),
+                                  tokens_revoked=len(gone.token_ids),
+                                  stored_deliveries=gone.stored_deliveries,
+                                  logged_events=gone.logged_events))

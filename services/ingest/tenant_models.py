@@ -1,0 +1,66 @@
+"""Request and response bodies of the tenant API (``/v1/tenants``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, JsonValue
+
+from services.ingest.models import Request, Response
+from shared.contracts import ExternalId
+
+TenantName = Annotated[str, Field(min_length=1, max_length=255,
+                                  description="Shown in the console; need not be unique.")]
+def _not_an_id(value: str) -> str:
+    if value.startswith("ten_"):
+        raise ValueError("must not start with `ten_` (tenant ids do)")
+    return value
+
+
+TenantExternalId = Annotated[ExternalId, Field(
+    description="The platform's own id of this customer: unique, and usable wherever a "
+    "tenant id is (events' `tenant`, endpoints' `tenant`, paths). Cannot start with `ten_`.",
+    examples=["customer-42"]), AfterValidator(_not_an_id)]
+Metadata = Annotated[dict[str, JsonValue], Field(
+    max_length=50, description="Free-form, for the platform's own use (at most 50 keys).")]
+
+
+class TenantCreate(Request):
+    """Create a tenant: one of the platform's customers."""
+
+    name: TenantName
+    external_id: TenantExternalId | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class TenantUpdate(Request):
+    """Change a tenant's name, external id or metadata (fields left out keep their value)."""
+
+    name: TenantName | None = None
+    external_id: TenantExternalId | None = None
+    metadata: Metadata | None = None
+
+
+class TenantOut(Response):
+    id: str = Field(description="`ten_…`")
+    name: str
+    external_id: str | None
+    metadata: dict[str, JsonValue]
+    created_at: datetime
+    updated_at: datetime
+
+
+class TenantList(Response):
+    items: list[TenantOut]
+    next: str | None = Field(description="Pass as `after` to get the next page; null at the end.")
+
+
+class TenantDeleted(Response):
+    """What offboarding the tenant removed (also in its `tenant.deleted` audit record)."""
+
+    id: str
+    endpoints: int
+    tokens_revoked: int
+    stored_deliveries: int
+    logged_events: int

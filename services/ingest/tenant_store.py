@@ -1,0 +1,208 @@
+"""Tenants' storage (SQLAlchemy Core, async): the ``tenants`` table, resolving a reference
+(id or external id) to a tenant, the endpoint count a quota checks, and offboarding (a
+tenant's endpoints, stored deliveries, message-log rows and tokens removed in one transaction).
+
+The schema is created by ``migrations/ingest_0008_tenants.py``; the decisions are
+:mod:`services.ingest.tenants`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from pydantic import JsonValue
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.ingest.message_log import log_attempts, log_deliveries, log_events
+from services.ingest.store import (
+    ENDPOINTS_CHANGED,
+    endpoints,
+    failed_deliveries,
+    metadata,
+    tokens,
+)
+from shared.contracts import Role
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("external_id", sa.String(128), nullable=True),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("external_id", name="uq_tenants_external_id"),
+)
+
+RESOLVE_CACHE = 10_000
+"""Tenant references remembered by one ingest (id or external id → tenant id)."""
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    id: str
+    name: str
+    external_id: str | None
+    metadata: dict[str, JsonValue]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: sa.Row[Any]) -> TenantRecord:
+        m = row._mapping
+        return cls(id=m["id"], name=m["name"], external_id=m["external_id"],
+                   metadata=dict(m["metadata"] or {}), created_at=_utc(m["created_at"]),
+                   updated_at=_utc(m["updated_at"]))
+
+
+@dataclass(frozen=True)
+class Offboarded:
+    """What removing a tenant removed."""
+
+    endpoint_ids: list[str]
+    token_ids: list[tuple[str, Role, str]]
+    """``(token id, role, token hash)`` of the tokens revoked."""
+    stored_deliveries: int
+    logged_events: int
+
+
+class ExternalIdTakenError(Exception):
+    """Another tenant already has this external id."""
+
+
+class TenantStore:
+    """Queries over the tenants table; resolving references is cached for ``ttl`` seconds
+    (a deleted tenant's endpoints are gone at once, so a stale entry reaches nothing)."""
+
+    def __init__(self, engine: AsyncEngine, *, ttl: float = 1.0) -> None:
+        self.engine = engine
+        self._ttl = ttl
+        self._resolved: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+
+    def forget(self) -> None:
+        """Drop the resolution cache (after a change made through this ingest)."""
+        self._resolved.clear()
+
+    @staticmethod
+    def _where(ref: str) -> sa.ColumnElement[bool]:
+        c = tenants.c
+        return (c.id == ref) | (c.external_id == ref)
+
+    async def get(self, ref: str, conn: AsyncConnection | None = None) -> TenantRecord | None:
+        """The tenant with id or external id ``ref`` (an id wins over an external id)."""
+        query = tenants.select().where(self._where(ref))
+        if conn is not None:
+            rows = (await conn.execute(query)).all()
+        else:
+            async with self.engine.connect() as own:
+                rows = (await own.execute(query)).all()
+        if not rows:
+            return None
+        return TenantRecord.of(min(rows, key=lambda r: r.id != ref))
+
+    async def resolve(self, ref: str) -> str | None:
+        """The tenant id ``ref`` names, or ``None`` if none (cached, see the class)."""
+        now = time.monotonic()
+        hit = self._resolved.get(ref)
+        if hit is not None and now - hit[0] < self._ttl:
+            self._resolved.move_to_end(ref)
+            return hit[1]
+        record = await self.get(ref)
+        found = None if record is None else record.id
+        if self._ttl > 0:
+            self._resolved[ref] = (now, found)
+            while len(self._resolved) > RESOLVE_CACHE:
+                self._resolved.popitem(last=False)
+        return found
+
+    async def insert(self, conn: AsyncConnection, record: TenantRecord) -> None:
+        try:
+            async with conn.begin_nested():
+                await conn.execute(tenants.insert().values(
+                    id=record.id, name=record.name, external_id=record.external_id,
+                    metadata=record.metadata, created_at=record.created_at,
+                    updated_at=record.updated_at))
+        except sa.exc.IntegrityError:
+            raise ExternalIdTakenError(record.external_id) from None
+
+    async def update(self, conn: AsyncConnection, tenant_id: str, values: dict[str, Any]
+                     ) -> TenantRecord | None:
+        try:
+            async with conn.begin_nested():
+                await conn.execute(tenants.update().where(tenants.c.id == tenant_id)
+                                   .values(**values))
+        except sa.exc.IntegrityError:
+            raise ExternalIdTakenError(values.get("external_id")) from None
+        self.forget()
+        return await self.get(tenant_id, conn)
+
+    async def list(self, *, limit: int, after: str | None) -> list[TenantRecord]:
+        query = tenants.select().order_by(tenants.c.id).limit(limit)
+        if after:
+            query = query.where(tenants.c.id > after)
+        async with self.engine.connect() as conn:
+            return [TenantRecord.of(r) for r in await conn.execute(query)]
+
+    async def count_endpoints(self, conn: AsyncConnection, tenant_id: str) -> int:
+        query = sa.select(sa.func.count()).select_from(endpoints).where(
+            endpoints.c.tenant_id == tenant_id)
+        return int((await conn.execute(query)).scalar_one())
+
+    async def offboard(self, conn: AsyncConnection, tenant_id: str, now: datetime
+                       ) -> Offboarded:
+        """Remove the tenant and everything of it ingest keeps: endpoints, their stored
+        (failed/held) deliveries, their message-log deliveries and attempts, the logged events
+        left with no delivery (their payloads with them), and its tokens (revoked, kept as
+        revoked so a grant replay cannot revive them). The caller commits."""
+        ep_ids = [r.id for r in await conn.execute(
+            sa.select(endpoints.c.id).where(endpoints.c.tenant_id == tenant_id))]
+        stored = 0
+        events = 0
+        for start in range(0, len(ep_ids), 500):
+            chunk = ep_ids[start:start + 500]
+            event_ids = [r.event_id for r in await conn.execute(
+                sa.select(log_deliveries.c.event_id).distinct()
+                .where(log_deliveries.c.endpoint_id.in_(chunk)))]
+            await conn.execute(log_attempts.delete().where(
+                log_attempts.c.endpoint_id.in_(chunk)))
+            await conn.execute(log_deliveries.delete().where(
+                log_deliveries.c.endpoint_id.in_(chunk)))
+            result = await conn.execute(failed_deliveries.delete().where(
+                failed_deliveries.c.endpoint_id.in_(chunk)))
+            stored += cast(sa.CursorResult[Any], result).rowcount
+            events += await self._drop_orphan_events(conn, event_ids)
+        conn.info[ENDPOINTS_CHANGED] = True
+        await conn.execute(endpoints.delete().where(endpoints.c.tenant_id == tenant_id))
+        live = [(r.id, cast(Role, r.role), r.token_hash) for r in await conn.execute(
+            sa.select(tokens.c.id, tokens.c.role, tokens.c.token_hash).where(
+                (tokens.c.tenant_id == tenant_id) & tokens.c.revoked_at.is_(None)))]
+        await conn.execute(tokens.update().where(
+            (tokens.c.tenant_id == tenant_id) & tokens.c.revoked_at.is_(None))
+            .values(revoked_at=now))
+        await conn.execute(tenants.delete().where(tenants.c.id == tenant_id))
+        self.forget()
+        return Offboarded(endpoint_ids=ep_ids, token_ids=live, stored_deliveries=stored,
+                          logged_events=events)
+
+    @staticmethod
+    async def _drop_orphan_events(conn: AsyncConnection, event_ids: Sequence[str]) -> int:
+        """Delete the logged events among ``event_ids`` no other endpoint's delivery names
+        (a platform-wide event stays for the other tenants)."""
+        if not event_ids:
+            return 0
+        still = sa.select(log_deliveries.c.event_id).where(
+            log_deliveries.c.event_id == log_events.c.id).exists()
+        result = await conn.execute(log_events.delete().where(
+            log_events.c.id.in_(list(event_ids)) & ~still))
+        return cast(sa.CursorResult[Any], result).rowcount
