@@ -84,6 +84,7 @@ async def start(settings: Settings) -> Stop:
     store = Store(engine, endpoint_cache_ttl=settings.endpoint_cache_ttl)
     message_log = MessageLog(engine)
     tenants = TenantStore(engine, ttl=settings.endpoint_cache_ttl)
+    rate = TenantRate(settings.tenant_events_per_second)  # one budget for both doors
     recorder = message_log if settings.message_log else None
     connection = await connect(settings.amqp_url.get_secret_value(), service="ingest",
                                heartbeat=settings.amqp_heartbeat)
@@ -96,7 +97,7 @@ async def start(settings: Settings) -> Stop:
                           message_log=recorder,
                           keep_payloads=settings.payload_retention_days > 0,
                           tenants=tenants, default_tenant=settings.default_tenant,
-                          rate=TenantRate(settings.tenant_events_per_second))
+                          rate=rate)
     events.start()
     health = HealthHandler(store, publisher, disable_after=settings.disable_after,
                            message_log=recorder, failing_after=settings.failing_after)
@@ -115,7 +116,7 @@ async def start(settings: Settings) -> Stop:
     async def broker_ready() -> bool:
         return not connection.is_closed
 
-    api = IngestApi(settings, store, publisher, catalog, message_log, tenants)
+    api = IngestApi(settings, store, publisher, catalog, message_log, tenants, rate)
 
     async def consuming() -> bool:  # false while an outage pauses a consumer
         return all(c.ready for c in consumers)

@@ -64,9 +64,7 @@ from services.ingest.handlers import (
     complete,
     decode,
     held_fact,
-    hold,
     moved_in,
-    plan,
     rejected_fact,
     route_refusal,
     screen,
@@ -81,7 +79,7 @@ from services.ingest.tenants import (
     Scope,
     TenantRate,
     TenantRefusal,
-    in_scope,
+    fan_out,
     requested,
 )
 from shared import telemetry, topology
@@ -265,9 +263,7 @@ class EventHandler:
                 "for this tenant (DIHYA_INGEST_TENANT_EVENTS_PER_SECOND)", event.event),
                 event_id=event.id, tenant=tenant)
             return
-        targets = in_scope(scope, await self._store.subscribers())
-        jobs = plan(event, targets)
-        held = hold(event, targets)
+        jobs, held = fan_out(event, scope, await self._store.subscribers())
         if len(jobs) + len(held) > self._max_fanout:
             await self._reject(message, Rejection(
                 "fanout_limit",

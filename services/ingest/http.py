@@ -363,12 +363,12 @@ class IngestApi(TenantApi):
 
     def __init__(self, settings: Settings, store: Store, publisher: Publisher,
                  catalog: Catalog | None = None, message_log: MessageLog | None = None,
-                 tenants: TenantStore | None = None) -> None:
-        # without a store (building the OpenAPI document) there is no tenant store either
+                 tenants: TenantStore | None = None, rate: TenantRate | None = None) -> None:
         self.settings = settings
         self.tenants = (tenants if tenants is not None or store is None  # None: docs only
                         else TenantStore(store.engine, ttl=settings.endpoint_cache_ttl))
-        self._rate = TenantRate(settings.tenant_events_per_second)
+        # shared with the consumer: one budget per tenant whichever door its events take
+        self._rate = rate or TenantRate(settings.tenant_events_per_second)
         self.catalog = catalog or load_catalog(settings.event_catalog, settings.tzm_script)
         self.store = store
         self.log: MessageLog | None = (

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from services.ingest.handlers import Endpoint
-from shared.contracts import Event, Role
+from services.ingest.handlers import Endpoint, HeldJob, hold, plan
+from shared.contracts import DeliveryJob, Event, Role
 
 DEFAULT_TENANT_ID: Final = "ten_default"
 """The tenant migration ``ingest_0008_tenants`` moves existing endpoints to (external id
@@ -73,6 +73,14 @@ def in_scope(scope: Scope, endpoints: Iterable[Endpoint]) -> list[Endpoint]:
     if isinstance(scope, AllTenants):
         return list(endpoints)
     return [ep for ep in endpoints if ep.tenant_id == scope]
+
+
+def fan_out(event: Event, scope: Scope, endpoints: Iterable[Endpoint]
+            ) -> tuple[list[DeliveryJob], list[HeldJob]]:
+    """The jobs (enabled endpoints) and held deliveries (disabled ones) an event of ``scope``
+    owes: its tenant's endpoints whose patterns select its type — never another tenant's."""
+    mine = in_scope(scope, endpoints)
+    return plan(event, mine), hold(event, mine)
 
 
 def scope_of(role: Role, tenant: str | None) -> str | None:
