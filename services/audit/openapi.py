@@ -51,6 +51,8 @@ RECORD_PROPERTIES: dict[str, dict[str, Any]] = {
         "Only on a record about a data subject: `subject` and `details`, AES-256-GCM "
         "encrypted with the subject's own key (`v1.` + base64url(nonce ‖ ciphertext), the "
         "record id as associated data). Hashed, so erasing the key keeps the chain valid.")},
+    "tenant": {"type": "string", "description": (
+        "Only on a record of one tenant (#21): its `ten_…` id. Hashed when present.")},
     "personal": {"description": (
         "Only on a sealed record, and NOT hashed: `sealed` opened — `{subject, details}` — "
         "or each field `[erased]` once the subject was erased (`[unreadable]` if the "
@@ -75,6 +77,7 @@ _FILTER_DESCRIPTIONS = {
     "outcome": "Only records with this outcome (e.g. `delivered`, `failed`).",
     "subject": "Only records about this data subject (its id, e.g. the event's `user_id`): "
                "found through a keyed blind index, never stored in clear.",
+    "tenant": "Only records of this tenant (its `ten_…` id).",
 }
 
 
