@@ -1428,6 +1428,12 @@ ROUTES: tuple[Route, ...] = (
           "deliveries, message-log rows and retained payloads are removed and its tokens "
           "revoked; audited with who did it (the audit log keeps its records).",
           ("admin",), responses={200: TenantDeleted}, errors=(*_AUTH, 404, 503)),
+    Route("GET", "/v1/tenants/{id}/export", "export_tenant",
+          "The tenant's data as JSON Lines (`application/x-ndjson`, streamed): the tenant, its "
+          "endpoints (never a secret), their stored and logged deliveries, and its logged "
+          "events with their retained payloads; each line has a `type`. Its audit records: "
+          "the audit service's `GET /v1/audit/export?tenant=ten_…`.",
+          ("admin",), responses={200: None}, errors=(*_AUTH, 404)),
     Route("GET", "/v1/openapi.json", "openapi", "This document.",
           responses={200: None}),
 )

@@ -12,12 +12,16 @@ control message; the audit log keeps its records (its chain stays verifiable) an
 from __future__ import annotations
 
 import re
-from typing import Any
+from datetime import datetime
+from typing import Any, get_args
 
+import orjson
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.ingest.handlers import DeliveryStatus
+from services.ingest.message_log import MessageLog
 from services.ingest.settings import Settings
 from services.ingest.store import Store
 from services.ingest.tenant_models import (
@@ -35,6 +39,8 @@ from shared.web import authorize, error, json_response, validation_error
 
 log = structlog.get_logger("dihya.ingest.tenants")
 
+EXPORT_PAGE = 500
+"""Rows read per query while a tenant's export streams."""
 _TENANT_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 """A tenant id or external id: anything else names no tenant (404 before the database)."""
 
@@ -82,6 +88,7 @@ class TenantApi:
     store: Store
     tenants: TenantStore
     publisher: Publisher
+    log: MessageLog | None
 
     async def _json(self, request: web.Request) -> Any:
         raise NotImplementedError
@@ -177,3 +184,70 @@ class TenantApi:
                                   tokens_revoked=len(gone.token_ids),
                                   stored_deliveries=gone.stored_deliveries,
                                   logged_events=gone.logged_events))
+
+    async def export_tenant(self, request: web.Request) -> web.StreamResponse:
+        """The tenant's data as JSON Lines, streamed page by page: the tenant, then per
+        endpoint the endpoint (never a secret), its stored (failed, held, retried) deliveries
+        and its message-log deliveries, then each logged event once with its retained payload.
+        Its audit records: the audit service's export with ``tenant=``."""
+        principal = await authorize(request, "admin")
+        record = await self._tenant(request)
+        response = web.StreamResponse(headers={
+            "Content-Type": "application/x-ndjson",
+            "Content-Disposition": f'attachment; filename="tenant-{record.id}.jsonl"'})
+        await response.prepare(request)
+
+        async def line(kind: str, value: Any) -> None:
+            await response.write(orjson.dumps({"type": kind, **value}) + b"\n")
+
+        await line("tenant", tenant_out(record).model_dump(mode="json"))
+        event_ids: dict[str, None] = {}
+        after: str | None = None
+        while page := await self.store.list_endpoints(limit=EXPORT_PAGE, after=after,
+                                                      tenant=record.id):
+            for endpoint in page:
+                await line("endpoint", orjson.loads(orjson.dumps(endpoint)))
+                for status in get_args(DeliveryStatus):
+                    await self._export_stored(line, endpoint.id, status)
+                for event_id in await self._export_logged(line, endpoint.id):
+                    event_ids[event_id] = None
+            after = page[-1].id
+        for event_id in event_ids:
+            found = None if self.log is None else await self.log.get_event(event_id)
+            if found is not None:
+                event = found[0]
+                await line("event", {"id": event.id, "event": event.event_type,
+                                     "received_at": event.received_at.isoformat(),
+                                     "payload": event.payload})
+        await response.write_eof()
+        log.info("tenant_exported", tenant=record.id, events=len(event_ids),
+                 actor=principal.token_id)
+        return response
+
+    async def _export_stored(self, line: Any, endpoint_id: str, status: DeliveryStatus
+                             ) -> None:
+        after: str | None = None
+        while page := await self.store.list_deliveries(endpoint_id, status=status,
+                                                       limit=EXPORT_PAGE, after=after):
+            for stored in page:
+                await line("stored_delivery", {
+                    "delivery_id": stored.delivery_id, "endpoint_id": stored.endpoint_id,
+                    "event_id": stored.event_id, "status": stored.status,
+                    "reason": stored.reason, "failed_at": stored.failed_at.isoformat(),
+                    "attempts": [a.model_dump(mode="json") for a in stored.job.history]})
+            after = page[-1].delivery_id
+
+    async def _export_logged(self, line: Any, endpoint_id: str) -> list[str]:
+        """Write the endpoint's message-log deliveries; return their event ids."""
+        if self.log is None:
+            return []
+        events: list[str] = []
+        cursor: tuple[datetime, str] | None = None
+        while page := await self.log.list_deliveries(status=None, endpoint_id=endpoint_id,
+                                                     event_id=None, limit=EXPORT_PAGE,
+                                                     after=cursor):
+            for row in page:
+                await line("delivery", orjson.loads(orjson.dumps(row)))
+                events.append(row.event_id)
+            cursor = (page[-1].created_at, page[-1].id)
+        return events

@@ -188,7 +188,7 @@ _BODIES: dict[str, Any] = {
 _PLATFORM_ONLY = {"list_events", "get_event", "list_log_deliveries", "subject_export",
                   "subject_erasure", "list_parked", "publish_event", "create_token",
                   "list_tokens", "revoke_token", "create_tenant", "list_tenants", "get_tenant",
-                  "update_tenant", "delete_tenant"}
+                  "update_tenant", "delete_tenant", "export_tenant"}
 """Routes tenant-scoped tokens may not use at all (403)."""
 _OPEN = {"openapi"}
 _OWN_LISTS = {"list_endpoints", "create_endpoint", "whoami", "list_event_types"}
@@ -326,6 +326,21 @@ async def test_offboarding_removes_the_tenants_data_and_is_audited(
                               json={"event": "o.x", "data": {"user_id": "u1"},
                                     "tenant": "leaving"})
     await obs.wait(lambda _: bool(obs.facts("delivery.held", event_id=event.body["id"])))
+
+    # the tenant's data first, as JSON Lines (what a GDPR export of the customer holds)
+    export = await ingest.call("GET", "/v1/tenants/leaving/export")
+    assert export.status == 200 and export.headers["Content-Type"].startswith(
+        "application/x-ndjson")
+    lines = [orjson.loads(x) for x in export.text.splitlines()]
+    kinds = [x["type"] for x in lines]
+    assert kinds[0] == "tenant" and lines[0]["id"] == gone["id"]
+    assert [x["id"] for x in lines if x["type"] == "endpoint"] == [ep["id"]]
+    held_id = delivery_id(event.body["id"], ep["id"])
+    assert [x["delivery_id"] for x in lines if x["type"] == "stored_delivery"] == [held_id]
+    assert [x["id"] for x in lines if x["type"] == "delivery"] == [held_id]
+    [logged] = [x for x in lines if x["type"] == "event"]
+    assert logged["id"] == event.body["id"] and logged["payload"]["data"]["user_id"] == "u1"
+    assert kept["id"] not in export.text and "whsec_" not in export.text
 
     reply = await ingest.call("DELETE", "/v1/tenants/leaving")
     assert reply.status == 200, reply.text
