@@ -43,9 +43,11 @@ def register(root: Commands) -> None:
                    help=t("help.arg.signature_scheme"))
     p.add_argument("--header", dest="headers", action="append", type=header,
                    metavar="NAME=VALUE", help=t("help.arg.header"))
+    p.add_argument("--tenant", help=t("help.arg.tenant"))
 
     p = cmds.command("list", "help.endpoints.list", list_)
     _paging(p, t)
+    p.add_argument("--tenant", help=t("help.arg.tenant"))
 
     p = cmds.command("show", "help.endpoints.show", show)
     p.add_argument("id", help=t("help.arg.endpoint_id"))
@@ -160,6 +162,8 @@ def create(ctx: Ctx, args: argparse.Namespace) -> int:
         body["signature_scheme"] = args.signature_scheme
     if args.headers:
         body["headers"] = dict(args.headers)
+    if args.tenant is not None:
+        body["tenant"] = args.tenant
     ep = ctx.ingest().request("POST", "/v1/endpoints", body=body).data
 
     def human() -> None:
@@ -177,7 +181,8 @@ def create(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 def list_(ctx: Ctx, args: argparse.Namespace) -> int:
-    page = pages(ctx.ingest(), "/v1/endpoints", args)
+    page = pages(ctx.ingest(), "/v1/endpoints", args,
+                 {"tenant": args.tenant} if args.tenant else None)
 
     def human() -> None:
         t = ctx.t

@@ -26,6 +26,7 @@ def register(root: Commands) -> None:
     p = cmds.command("publish", "help.events.publish", publish)
     p.add_argument("file", nargs="?", default="-", help=t("help.arg.event_file"))
     p.add_argument("--idempotency-key", metavar="KEY", help=t("help.arg.idempotency_key"))
+    p.add_argument("--tenant", help=t("help.arg.tenant"))
 
     p = cmds.command("show", "help.events.show", show)
     p.add_argument("id", help=t("help.arg.event_id"))
@@ -58,6 +59,8 @@ def read_event(ctx: Ctx, source: str) -> Any:
 
 def publish(ctx: Ctx, args: argparse.Namespace) -> int:
     event = read_event(ctx, args.file)
+    if args.tenant is not None and isinstance(event, dict):
+        event["tenant"] = args.tenant  # the option wins over the file's own
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
     resp = ctx.ingest().request("POST", "/v1/events", body=event, headers=headers)
     accepted = resp.data
