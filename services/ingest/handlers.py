@@ -526,7 +526,8 @@ def broker_parked_fact(queue: str, dead: DeadLetter | Unreadable, body: bytes,
         event_type=None if job is None else job.event.event,
         endpoint_id=None if job is None else job.endpoint_id,
         delivery_id=None if job is None else job.delivery_id,
-        reason=dead.reason, error=dead.error, details={"queue": queue})
+        reason=dead.reason, error=dead.error, tenant=None if job is None else job.tenant,
+        details={"queue": queue})
 
 
 # -- endpoint health -----------------------------------------------------------------------
@@ -548,6 +549,9 @@ class Health:
     deliveries' facts come in any order, so "consecutive" is as the health consumer saw them)."""
 
 
+DEFAULT_TENANT = "ten_default"
+"""Where an operational event about something older than tenants goes: the tenant migration
+``ingest_0008`` moved every endpoint of that time there."""
 Announcement = Literal["failing", "recovered"]
 OPERATIONAL_TYPES: tuple[str, ...] = ("endpoint.disabled", "endpoint.failing",
                                       "endpoint.recovered", "delivery.exhausted")
@@ -637,30 +641,31 @@ def assess(health: Health, attempt: Attempt, disable_after: timedelta,
 
 
 def disabled_fact(endpoint_id: str, url: str, reason: str, *, trigger: str | None,
-                  actor: str | None, failing_since: datetime | None, now: datetime
-                  ) -> AuditFact:
+                  actor: str | None, failing_since: datetime | None, now: datetime,
+                  tenant: str | None = None) -> AuditFact:
     """``endpoint.disabled``. Automatic disables take their id from the triggering fact, so
     a redelivered trigger yields the same fact (audit keeps one)."""
     ident = _fact_id("endpoint.disabled", trigger) if trigger else new_id("fct")
     return AuditFact(id=ident, kind="endpoint.disabled", occurred_at=now, service="ingest",
                      actor=actor, endpoint_id=endpoint_id, url=url, reason=reason,
-                     details={"trigger": trigger,
+                     tenant=tenant, details={"trigger": trigger,
                               "failing_since": None if failing_since is None
                               else failing_since.isoformat()})
 
 
-def disabled_event(endpoint_id: str, url: str, reason: str, *, trigger: str, now: datetime
-                   ) -> Event:
+def disabled_event(endpoint_id: str, url: str, reason: str, *, trigger: str, now: datetime,
+                   tenant: str = DEFAULT_TENANT) -> Event:
     """The operational event announcing an automatic disable; subscribe to
     ``endpoint.disabled`` to be told. Its id derives from the trigger: a redelivery of the
     trigger announces the same event, which receivers drop by id."""
     return Event(id="evt_" + _digest(f"endpoint.disabled:{trigger}"), event="endpoint.disabled",
-                 timestamp=now,
+                 timestamp=now, tenant=tenant,
                  data={"endpoint_id": endpoint_id, "url": url, "reason": reason})
 
 
 def health_event(announce: Announcement, endpoint_id: str, url: str, *, trigger: str,
-                 failures: int, failing_since: datetime | None, now: datetime) -> Event:
+                 failures: int, failing_since: datetime | None, now: datetime,
+                 tenant: str = DEFAULT_TENANT) -> Event:
     """``endpoint.failing`` / ``endpoint.recovered``; the id derives from the triggering
     fact, like :func:`disabled_event`'s."""
     data: dict[str, JsonValue] = {"endpoint_id": endpoint_id, "url": url}
@@ -668,7 +673,7 @@ def health_event(announce: Announcement, endpoint_id: str, url: str, *, trigger:
         data.update(failures=failures,
                     failing_since=None if failing_since is None else failing_since.isoformat())
     return Event(id="evt_" + _digest(f"endpoint.{announce}:{trigger}"),
-                 event=f"endpoint.{announce}", timestamp=now, data=data)
+                 event=f"endpoint.{announce}", timestamp=now, tenant=tenant, data=data)
 
 
 def exhausted_event(dead: DeadLetter, now: datetime) -> Event | None:
@@ -691,12 +696,13 @@ def exhausted_event(dead: DeadLetter, now: datetime) -> Event | None:
         "last_error": (last.error or "")[:200] or None if last else None,
     }
     return Event(id="evt_" + _digest(f"delivery.exhausted:{job.delivery_id}:{job.attempt}"),
-                 event="delivery.exhausted", timestamp=now, data=data)
+                 event="delivery.exhausted", timestamp=now,
+                 tenant=job.tenant or DEFAULT_TENANT, data=data)
 
 
-def enabled_fact(endpoint_id: str, url: str, *, actor: str, held: int, now: datetime
-                 ) -> AuditFact:
+def enabled_fact(endpoint_id: str, url: str, *, actor: str, held: int, now: datetime,
+                 tenant: str | None = None) -> AuditFact:
     """``endpoint.enabled``: an administrator turned a disabled endpoint back on."""
     return AuditFact(id=new_id("fct"), kind="endpoint.enabled", occurred_at=now,
                      service="ingest", actor=actor, endpoint_id=endpoint_id, url=url,
-                     details={"held_deliveries": held})
+                     tenant=tenant, details={"held_deliveries": held})

@@ -646,10 +646,11 @@ class IngestApi(TenantApi):
                             endpoint_id=endpoint_id, url=record.url, details=details)]
         if enabling:
             facts.append(enabled_fact(endpoint_id, record.url, actor=principal.token_id,
-                                      held=held, now=now))
+                                      held=held, now=now, tenant=record.tenant_id))
         if disabling:
             facts.append(disabled_fact(endpoint_id, record.url, "manual", trigger=None,
-                                       actor=principal.token_id, failing_since=None, now=now))
+                                       actor=principal.token_id, failing_since=None, now=now,
+                                       tenant=record.tenant_id))
         for fact in facts:
             await self.audit(fact)
         out = EndpointPatched(**_endpoint_out(record).model_dump(), held_deliveries=held)
@@ -716,7 +717,8 @@ class IngestApi(TenantApi):
         principal = await authorize(request, "admin", "viewer", "tenant_admin",
                                     "tenant_viewer")
         endpoint_id = _ident(request, "endpoint")
-        await self._own_endpoint(principal, endpoint_id)
+        if not await self._may_see(principal, endpoint_id):  # platform roles: even deleted
+            raise _not_found("endpoint", endpoint_id)
         query: DeliveryQuery = _validate(DeliveryQuery, dict(request.query))
         records = await self.store.list_deliveries(endpoint_id, status=query.status,
                                                    limit=query.limit + 1, after=query.after)

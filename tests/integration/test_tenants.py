@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ from services.ingest.app import MIGRATIONS
 from services.ingest.handlers import delivery_id
 from services.ingest.http import ROUTES
 from shared import topology
+from shared.broker import Publisher
+from shared.contracts import AuditFact, utcnow
 from shared.db import make_engine, migrate
-from tests.integration.test_ingest_api import Client, Observer, running_ingest
+from tests.integration.test_ingest_api import EVERYTHING, Client, Observer, running_ingest
 from tests.integration.test_ingest_events import _text, publish_raw, take_parked
 
 pytestmark = pytest.mark.integration
@@ -394,3 +397,48 @@ async def test_the_migration_moves_existing_endpoints_to_the_default_tenant(
         assert (owner, tenant) == ("ten_default", "default")
     finally:
         await engine.dispose()
+
+
+# -- operational events -------------------------------------------------------------------
+
+
+async def test_operational_events_reach_the_endpoints_tenant_only(
+    amqp_url: str, tmp_path: Path, broker: AbstractRobustConnection
+) -> None:
+    """``endpoint.disabled`` about tenant A's endpoint goes to A's subscribers, never B's —
+    and needs no DIHYA_DEFAULT_TENANT (ingest names the endpoint's tenant itself)."""
+    obs = await Observer.start(broker, (*EVERYTHING,
+                                        (topology.EVENTS_EXCHANGE, "endpoint.disabled")))
+    async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/o.db",
+                              default_tenant=None) as ingest:
+        await _tenant(ingest, "A", "ops-a")
+        await _tenant(ingest, "B", "ops-b")
+        target = await ingest.endpoint(["order.*"], url="https://gone.example/h", tenant="ops-a")
+        ops_a = await ingest.endpoint(["endpoint.disabled"], url="https://ops-a.example/h",
+                                      tenant="ops-a")
+        ops_b = await ingest.endpoint(["endpoint.disabled"], url="https://ops-b.example/h",
+                                      tenant="ops-b")
+        publisher = await Publisher.open(broker)
+        try:
+            fact = AuditFact(id=f"fct_{uuid.uuid4().hex}", kind="delivery.attempted",
+                             occurred_at=utcnow(), service="deliverer",
+                             endpoint_id=target["id"], delivery_id="dlv_ops_1", attempt=1,
+                             outcome="failed", status_code=410)
+            await publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact)
+        finally:
+            await publisher.close()
+
+        def announced(_: Any) -> bool:
+            return any(m.json["endpoint_id"] == ops_a["id"]
+                       for m in obs.on(topology.WORK_EXCHANGE, topology.SIGN))
+
+        await obs.wait(announced)
+        [event] = obs.on(topology.EVENTS_EXCHANGE, "endpoint.disabled")
+        await obs.wait(lambda _: bool(obs.facts("event.accepted", event_id=event.json["id"])))
+        jobs = obs.jobs(event.json["id"])
+        _books("operational", obs, [event.json["id"]])
+        assert [j["endpoint_id"] for j in jobs] == [ops_a["id"]]
+        assert ops_b["id"] not in {j["endpoint_id"] for j in jobs}
+        assert not obs.facts("event.rejected", event_id=event.json["id"])
+        [disabled] = obs.facts("endpoint.disabled", endpoint_id=target["id"])
+        assert disabled["tenant"] == target["tenant"]
