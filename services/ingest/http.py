@@ -857,12 +857,13 @@ class IngestApi(TenantApi):
         return self.log
 
     async def list_events(self, request: web.Request) -> web.Response:
-        await authorize(request, "admin", "viewer")
+        principal = await authorize(request, *_READ)
         query: EventQuery = _validate(EventQuery, dict(request.query))
         after = _cursor(query.cursor)
         rows = await self._message_log().list_events(
             EventFilter(event_type=query.type_, status=query.status,
-                        endpoint_id=query.endpoint, since=query.since, until=query.until),
+                        endpoint_id=query.endpoint, since=query.since, until=query.until,
+                        tenant=scope_of(principal.role, principal.tenant)),
             limit=query.limit + 1, after=after)
         page = rows[: query.limit]
         nxt = (encode_cursor(page[-1].received_at, page[-1].id)
@@ -881,9 +882,10 @@ class IngestApi(TenantApi):
         return _body(EventPage(items=items, next_cursor=nxt))
 
     async def get_event(self, request: web.Request) -> web.Response:
-        await authorize(request, "admin", "viewer")
+        principal = await authorize(request, *_READ)
         event_id = _ident(request, "event", pattern=_EVENT_ID_RE)
-        found = await self._message_log().get_event(event_id)
+        found = await self._message_log().get_event(
+            event_id, tenant=scope_of(principal.role, principal.tenant))
         if found is None:
             raise _not_found("event", event_id)
         event, deliveries = found
@@ -897,12 +899,13 @@ class IngestApi(TenantApi):
                 for d, attempts in deliveries]))
 
     async def list_log_deliveries(self, request: web.Request) -> web.Response:
-        await authorize(request, "admin", "viewer")
+        principal = await authorize(request, *_READ)
         query: LogDeliveryQuery = _validate(LogDeliveryQuery, dict(request.query))
         after = _cursor(query.cursor)
         rows = await self._message_log().list_deliveries(
             status=query.status, endpoint_id=query.endpoint, event_id=query.event,
-            limit=query.limit + 1, after=after)
+            limit=query.limit + 1, after=after,
+            tenant=scope_of(principal.role, principal.tenant))
         page = rows[: query.limit]
         nxt = (encode_cursor(page[-1].created_at, page[-1].id)
                if len(rows) > query.limit else None)
@@ -1346,17 +1349,17 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/events", "list_events",
           "The message log: accepted events, newest first, with their deliveries by status; "
           "filter by type, delivery status, endpoint and reception time; cursor-paged.",
-          ("admin", "viewer"), query=EventQuery, responses={200: EventPage},
+          _READ, query=EventQuery, responses={200: EventPage},
           errors=(*_AUTH, 422)),
     Route("GET", "/v1/events/{id}", "get_event",
           "One event: its payload as delivered (while retained) and, per endpoint, every "
           "attempt (request headers with shortened signatures, response status, headers and "
           "excerpt, latency) and the next retry.",
-          ("admin", "viewer"), responses={200: EventDetail}, errors=(*_AUTH, 404)),
+          _READ, responses={200: EventDetail}, errors=(*_AUTH, 404)),
     Route("GET", "/v1/deliveries", "list_log_deliveries",
           "Deliveries of every endpoint, newest first; filter by status, endpoint and event; "
           "cursor-paged.",
-          ("admin", "viewer"), query=LogDeliveryQuery, responses={200: DeliveryPage},
+          _READ, query=LogDeliveryQuery, responses={200: DeliveryPage},
           errors=(*_AUTH, 422)),
     Route("POST", "/v1/deliveries/{id}/resend", "resend_delivery",
           "Send a delivery again as its next attempt — delivered ones too; audited with who "

@@ -8,7 +8,6 @@ endpoint must name its tenant. What ingest publishes is watched through the test
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 import uuid
@@ -27,6 +26,7 @@ from shared import topology
 from shared.broker import Publisher
 from shared.contracts import AuditFact, utcnow
 from shared.db import make_engine, migrate
+from tests.conftest import wait_for
 from tests.integration.test_ingest_api import EVERYTHING, Client, Observer, running_ingest
 from tests.integration.test_ingest_events import _text, publish_raw, take_parked
 
@@ -188,13 +188,14 @@ _BODIES: dict[str, Any] = {
     "recover_endpoint": {"since": "2020-01-01T00:00:00Z"},
     "test_endpoint": {},
 }
-_PLATFORM_ONLY = {"list_events", "get_event", "list_log_deliveries", "subject_export",
+_PLATFORM_ONLY = {"subject_export",
                   "subject_erasure", "list_parked", "publish_event", "create_token",
                   "list_tokens", "revoke_token", "create_tenant", "list_tenants", "get_tenant",
                   "update_tenant", "delete_tenant", "export_tenant"}
 """Routes tenant-scoped tokens may not use at all (403)."""
 _OPEN = {"openapi"}
-_OWN_LISTS = {"list_endpoints", "create_endpoint", "whoami", "list_event_types"}
+_OWN_LISTS = {"list_endpoints", "create_endpoint", "whoami", "list_event_types",
+              "list_events", "list_log_deliveries"}
 """Routes without an id, checked below for what they show or accept."""
 
 
@@ -216,13 +217,14 @@ async def test_another_tenants_objects_answer_404_on_every_route(ingest: Client)
     dlv_b = delivery_id(event.body["id"], ep_b["id"])
     tokens = (await ingest.call("GET", "/v1/tokens")).body["items"]
     tok_b = next(t["id"] for t in tokens if t["tenant"] == b["id"])
-    held: list[Any] = []
-    async with asyncio.timeout(15):
-        while not held:  # the consumer stores it; B's own token sees it (the ids are real)
-            held = (await ingest.call("GET", f"/v1/endpoints/{ep_b['id']}/deliveries"
-                                      "?status=held", token=b_admin)).body["items"]
-            await asyncio.sleep(0.05)
-    assert held[0]["delivery_id"] == dlv_b
+
+    async def held() -> list[Any]:  # the consumer stores it; B's own token sees it (real ids)
+        reply = await ingest.call("GET", f"/v1/endpoints/{ep_b['id']}/deliveries?status=held",
+                                  token=b_admin)
+        return list(reply.body["items"])
+
+    await wait_for(held, timeout=15)
+    assert [d["delivery_id"] for d in await held()] == [dlv_b]
     assert (await ingest.call("GET", f"/v1/endpoints/{ep_b['id']}", token=b_admin)).status == 200
 
     ids = {"endpoints": ep_b["id"], "deliveries": dlv_b, "tenants": b["id"], "tokens": tok_b,
@@ -264,6 +266,24 @@ async def test_another_tenants_objects_answer_404_on_every_route(ingest: Client)
     assert (await ingest.call("POST", "/v1/endpoints", token=a_viewer, json={
         "url": "https://a.example/h", "events": ["r.#"]})).status == 403
     assert (await ingest.call("GET", "/v1/event-types", token=a_viewer)).status == 200
+    # the message log: only what reached A's endpoints (B's held event is not A's)
+    ep_a_event = await ingest.call("POST", "/v1/events",
+                                   json={"event": "r.y", "data": {}, "tenant": "route-a"})
+
+    async def logged() -> bool:  # the consumer records the event and its delivery to A
+        reply = await ingest.call("GET", f"/v1/events/{ep_a_event.body['id']}", token=a_viewer)
+        return reply.status == 200
+
+    await wait_for(logged, timeout=15)
+    for token in (a_admin, a_viewer):
+        events = (await ingest.call("GET", "/v1/events", token=token)).body["items"]
+        assert [e["id"] for e in events] == [ep_a_event.body["id"]]
+        deliveries = (await ingest.call("GET", "/v1/deliveries", token=token)).body["items"]
+        assert {d["endpoint_id"] for d in deliveries} == {ep_a["id"]}
+    everything = (await ingest.call("GET", "/v1/events")).body["items"]
+    assert {event.body["id"], ep_a_event.body["id"]} <= {e["id"] for e in everything}
+    b_sees = await ingest.call("GET", f"/v1/events/{event.body['id']}", token=b_admin)
+    assert b_sees.status == 200 and [d["id"] for d in b_sees.body["deliveries"]] == [dlv_b]
     admin_view = await ingest.call("GET", f"/v1/endpoints?tenant={b['id']}")
     assert [e["id"] for e in admin_view.body["items"]] == [ep_b["id"]]
 
