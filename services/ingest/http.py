@@ -133,6 +133,10 @@ from services.ingest.store import (
 )
 from services.ingest.tenant_http import TenantApi, tenant_not_found
 from services.ingest.tenant_models import (
+    PortalExchange,
+    PortalOpened,
+    PortalSession,
+    PortalSessionCreate,
     TenantCreate,
     TenantDeleted,
     TenantList,
@@ -1439,6 +1443,18 @@ ROUTES: tuple[Route, ...] = (
           "events with their retained payloads; each line has a `type`. Its audit records: "
           "the audit service's `GET /v1/audit/export?tenant=ten_…`.",
           ("admin",), responses={200: None}, errors=(*_AUTH, 404)),
+    Route("POST", "/v1/tenants/{id}/portal-sessions", "create_portal_session",
+          "A link that opens the web console for this tenant only (a `tenant_viewer` or "
+          "`tenant_admin` session, default 1 h), to show the customer or embed in an iframe "
+          "(DIHYA_INGEST_PORTAL_FRAME_ANCESTORS). The link's one-time code is in its fragment "
+          "and valid DIHYA_INGEST_PORTAL_CODE_TTL seconds.",
+          ("admin",), body=PortalSessionCreate, responses={201: PortalSession},
+          errors=(*_AUTH, 404, *_BODY)),
+    Route("POST", "/v1/portal/exchange", "exchange_portal_code",
+          "Open a portal session: its link's one-time code, once, for the session's "
+          "tenant-scoped token (the console does this). No token needed; 401 "
+          "`invalid_code` for a code unknown, used or expired.",
+          (), body=PortalExchange, responses={201: PortalOpened}, errors=(401, *_BODY)),
     Route("GET", "/v1/openapi.json", "openapi", "This document.",
           responses={200: None}),
 )

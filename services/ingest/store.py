@@ -103,6 +103,8 @@ tokens = sa.Table(
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
     # the tenant of a tenant_admin / tenant_viewer token; NULL for platform roles
     sa.Column("tenant_id", sa.String(64), nullable=True),
+    # a portal session's end; NULL: never
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 
@@ -285,6 +287,7 @@ class TokenRecord:
     created_at: datetime
     revoked_at: datetime | None
     tenant_id: str | None = None
+    expires_at: datetime | None = None
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> TokenRecord:
@@ -293,7 +296,7 @@ class TokenRecord:
         return cls(id=m["id"], role=m["role"], description=m["description"],
                    token_hash=m["token_hash"], created_at=_utc(m["created_at"]),
                    revoked_at=None if revoked is None else _utc(revoked),
-                   tenant_id=m["tenant_id"])
+                   tenant_id=m["tenant_id"], expires_at=_utc_or_none(m["expires_at"]))
 
 
 @dataclass(frozen=True)
@@ -738,7 +741,8 @@ class Store:
         await conn.execute(tokens.insert().values(
             id=record.id, role=record.role, description=record.description,
             token_hash=record.token_hash, created_at=record.created_at,
-            revoked_at=record.revoked_at, tenant_id=record.tenant_id))
+            revoked_at=record.revoked_at, tenant_id=record.tenant_id,
+            expires_at=record.expires_at))
 
     async def list_tokens(self, *, limit: int, after: str | None,
                           tenant: str | None = None) -> list[TokenRecord]:
@@ -764,15 +768,19 @@ class Store:
         if not token_hashes:
             return {}
         hashes = list(token_hashes)
-        direct = self._direct_rows("SELECT id, role, token_hash, tenant_id FROM tokens WHERE "
-                                   "token_hash IN ({}) AND revoked_at IS NULL", hashes)
+        now = datetime.now(UTC)
+        direct = self._direct_rows("SELECT id, role, token_hash, tenant_id, expires_at FROM "
+                                   "tokens WHERE token_hash IN ({}) AND revoked_at IS NULL",
+                                   hashes)
         if direct is not None:
             return {token_hash: Principal(token_id=token_id, role=role, tenant=tenant)
-                    for token_id, role, token_hash, tenant in direct}
+                    for token_id, role, token_hash, tenant, until in direct
+                    if until is None or _utc(datetime.fromisoformat(until)) > now}
         query = sa.select(tokens.c.id, tokens.c.role, tokens.c.token_hash,
-                          tokens.c.tenant_id).where(
+                          tokens.c.tenant_id, tokens.c.expires_at).where(
             tokens.c.token_hash.in_(hashes) & tokens.c.revoked_at.is_(None))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
+        # a portal session's token ends by itself (expires_at)
         return {row.token_hash: Principal(token_id=row.id, role=row.role, tenant=row.tenant_id)
-                for row in rows}
+                for row in rows if row.expires_at is None or _utc(row.expires_at) > now}

@@ -12,7 +12,8 @@ control message; the audit log keeps its records (its chain stays verifiable) an
 from __future__ import annotations
 
 import re
-from datetime import datetime
+import secrets
+from datetime import datetime, timedelta
 from typing import Any, get_args
 
 import orjson
@@ -23,19 +24,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.ingest.handlers import DeliveryStatus
 from services.ingest.message_log import MessageLog
 from services.ingest.settings import Settings
-from services.ingest.store import Store
+from services.ingest.store import Store, TokenRecord
 from services.ingest.tenant_models import (
+    PortalExchange,
+    PortalOpened,
+    PortalSession,
+    PortalSessionCreate,
     TenantCreate,
     TenantDeleted,
     TenantList,
     TenantOut,
     TenantUpdate,
 )
-from services.ingest.tenant_store import ExternalIdTakenError, TenantRecord, TenantStore
+from services.ingest.tenant_store import (
+    ExternalIdTakenError,
+    PortalCode,
+    TenantRecord,
+    TenantStore,
+)
 from shared.broker import Publisher
 from shared.contracts import AuditFact, Contract, EndpointSecret, TokenGrant, utcnow
 from shared.ids import new_id
-from shared.web import authorize, error, json_response, validation_error
+from shared.web import authorize, error, hash_token, json_response, validation_error
 
 log = structlog.get_logger("dihya.ingest.tenants")
 
@@ -251,3 +261,59 @@ class TenantApi:
                 events.append(row.event_id)
             cursor = (page[-1].created_at, page[-1].id)
         return events
+
+    # -- portal sessions ------------------------------------------------------------------
+
+    async def create_portal_session(self, request: web.Request) -> web.Response:
+        """A link that opens the console for one tenant (see docs/tenants.md): a one-time
+        code in the URL's fragment, exchanged once for a tenant-scoped, expiring token."""
+        principal = await authorize(request, "admin")
+        record = await self._tenant(request)
+        data: PortalSessionCreate = _validate(PortalSessionCreate, await self._json(request))
+        code = "dpc_" + secrets.token_urlsafe(32)
+        now = utcnow()
+        until = now + timedelta(seconds=self.settings.portal_code_ttl)
+        await self.tenants.add_code(PortalCode(
+            code_hash=hash_token(code), tenant_id=record.id, role=data.role, lang=data.lang,
+            session_seconds=data.expires_in, created_by=principal.token_id, created_at=now,
+            expires_at=until))
+        await self.tenants.purge_codes(now - timedelta(days=1))
+        base = self.settings.portal_url.rstrip("/") or str(request.url.origin())
+        log.info("portal_session_created", tenant=record.id, role=data.role,
+                 actor=principal.token_id)
+        return _body(PortalSession(url=f"{base}/console/#portal={code}", code_expires_at=until,
+                                   tenant=record.id, role=data.role,
+                                   expires_in=data.expires_in), 201)
+
+    async def exchange_portal_code(self, request: web.Request) -> web.Response:
+        """Open a portal session: its code (once, while fresh) for its token. No token is
+        needed: the code is the credential. Every failure looks the same (401)."""
+        data: PortalExchange = _validate(PortalExchange, await self._json(request))
+        now = utcnow()
+        token = "dihya_" + secrets.token_urlsafe(32)  # the form of every API token
+        async with self.store.transaction() as conn:
+            code = await self.tenants.use_code(conn, hash_token(data.code), now)
+            if code is None:
+                raise error(401, "invalid_code", "This portal link is unknown, already used "
+                            "or expired; ask for a new one.")
+            tenant = await self.tenants.get(code.tenant_id, conn)
+            assert tenant is not None  # use_code checked it, in this transaction
+            record = TokenRecord(
+                id=new_id("tok"), role=code.role, description="portal session",
+                token_hash=hash_token(token), created_at=now, revoked_at=None,
+                tenant_id=code.tenant_id,
+                expires_at=now + timedelta(seconds=code.session_seconds))
+            await self.store.insert_token(conn, record)
+        log.info("portal_session_opened", tenant=code.tenant_id, token_id=record.id)
+        await self.audit(self._fact("token.created", code.created_by, tenant=code.tenant_id,
+                                    details={"token_id": record.id, "role": record.role,
+                                             "via": "portal_session",
+                                             "expires_at": (record.expires_at or now)
+                                             .isoformat()}))
+        settings = self.settings
+        assert record.expires_at is not None
+        return _body(PortalOpened(
+            token=token, token_id=record.id, tenant=tenant.id, tenant_name=tenant.name,
+            role=record.role, lang=code.lang, expires_at=record.expires_at,
+            platform_name=settings.portal_name or None,
+            accent=settings.portal_accent or None), 201)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, JsonValue
 
 from services.ingest.models import Request, Response
-from shared.contracts import ExternalId
+from shared.contracts import ExternalId, Lang
 
 TenantName = Annotated[str, Field(min_length=1, max_length=255,
                                   description="Shown in the console; need not be unique.")]
@@ -64,3 +64,42 @@ class TenantDeleted(Response):
     tokens_revoked: int
     stored_deliveries: int
     logged_events: int
+
+
+class PortalSessionCreate(Request):
+    """Open the console for one tenant: a link for the platform to show its customer."""
+
+    role: Literal["tenant_admin", "tenant_viewer"] = Field(
+        default="tenant_viewer", description="What the customer may do in the console.")
+    lang: Lang | None = Field(default=None, description="The console's language.")
+    expires_in: int = Field(default=3600, ge=60, le=86400,
+                            description="Seconds the session lasts once opened (1 h).")
+
+
+class PortalSession(Response):
+    url: str = Field(description="Open it (or put it in an iframe) within `code_expires_at`: "
+                     "its one-time code sits in the fragment (never sent to a server, so never "
+                     "in an access log) and is exchanged once for the session.")
+    code_expires_at: datetime
+    tenant: str
+    role: str
+    expires_in: int
+
+
+class PortalExchange(Request):
+    """Exchange a portal link's one-time code for the session's token."""
+
+    code: str = Field(min_length=1, max_length=128)
+
+
+class PortalOpened(Response):
+    token: str = Field(description="The session's bearer token (tenant-scoped, expiring). "
+                       "The console keeps it in this tab's sessionStorage only.")
+    token_id: str
+    tenant: str
+    tenant_name: str
+    role: str
+    lang: str | None
+    expires_at: datetime
+    platform_name: str | None
+    accent: str | None

@@ -41,6 +41,20 @@ tenants = sa.Table(
     sa.UniqueConstraint("external_id", name="uq_tenants_external_id"),
 )
 
+portal_codes = sa.Table(
+    "portal_codes",
+    metadata,
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("lang", sa.String(8), nullable=True),
+    sa.Column("session_seconds", sa.Integer, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+)
+
 RESOLVE_CACHE = 10_000
 """Tenant references remembered by one ingest (id or external id → tenant id)."""
 
@@ -75,6 +89,20 @@ class Offboarded:
     """``(token id, role, token hash)`` of the tokens revoked."""
     stored_deliveries: int
     logged_events: int
+
+
+@dataclass(frozen=True)
+class PortalCode:
+    """A portal session not yet opened: what its one-time code (kept as its SHA-256) opens."""
+
+    code_hash: str
+    tenant_id: str
+    role: Role
+    lang: str | None
+    session_seconds: int
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
 
 
 class ExternalIdTakenError(Exception):
@@ -153,6 +181,38 @@ class TenantStore:
             query = query.where(tenants.c.id > after)
         async with self.engine.connect() as conn:
             return [TenantRecord.of(r) for r in await conn.execute(query)]
+
+    async def add_code(self, code: PortalCode) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(portal_codes.insert().values(
+                code_hash=code.code_hash, tenant_id=code.tenant_id, role=code.role,
+                lang=code.lang, session_seconds=code.session_seconds,
+                created_by=code.created_by, created_at=code.created_at,
+                expires_at=code.expires_at))
+
+    async def use_code(self, conn: AsyncConnection, code_hash: str, now: datetime
+                       ) -> PortalCode | None:
+        """Spend a one-time code: the session it opens, once, while it is fresh and its
+        tenant exists; ``None`` otherwise (unknown, used, expired: the caller cannot tell)."""
+        c = portal_codes.c
+        result = await conn.execute(portal_codes.update().where(
+            (c.code_hash == code_hash) & c.used_at.is_(None) & (c.expires_at > now))
+            .values(used_at=now))
+        if cast(sa.CursorResult[Any], result).rowcount != 1:
+            return None
+        row = (await conn.execute(
+            portal_codes.select().where(c.code_hash == code_hash))).one()
+        if await self.get(row.tenant_id, conn) is None:  # offboarded meanwhile
+            return None
+        return PortalCode(code_hash=row.code_hash, tenant_id=row.tenant_id,
+                          role=cast(Role, row.role), lang=row.lang,
+                          session_seconds=row.session_seconds, created_by=row.created_by,
+                          created_at=_utc(row.created_at), expires_at=_utc(row.expires_at))
+
+    async def purge_codes(self, older_than: datetime) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(portal_codes.delete().where(
+                portal_codes.c.expires_at < older_than))
 
     async def count_endpoints(self, conn: AsyncConnection, tenant_id: str) -> int:
         query = sa.select(sa.func.count()).select_from(endpoints).where(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -191,9 +192,9 @@ _BODIES: dict[str, Any] = {
 _PLATFORM_ONLY = {"subject_export",
                   "subject_erasure", "list_parked", "publish_event", "create_token",
                   "list_tokens", "revoke_token", "create_tenant", "list_tenants", "get_tenant",
-                  "update_tenant", "delete_tenant", "export_tenant"}
+                  "update_tenant", "delete_tenant", "export_tenant", "create_portal_session"}
 """Routes tenant-scoped tokens may not use at all (403)."""
-_OPEN = {"openapi"}
+_OPEN = {"openapi", "exchange_portal_code"}
 _OWN_LISTS = {"list_endpoints", "create_endpoint", "whoami", "list_event_types",
               "list_events", "list_log_deliveries"}
 """Routes without an id, checked below for what they show or accept."""
@@ -462,3 +463,69 @@ async def test_operational_events_reach_the_endpoints_tenant_only(
         assert not obs.facts("event.rejected", event_id=event.json["id"])
         [disabled] = obs.facts("endpoint.disabled", endpoint_id=target["id"])
         assert disabled["tenant"] == target["tenant"]
+
+
+# -- portal sessions ----------------------------------------------------------------------
+
+
+async def test_a_portal_link_opens_one_session_of_one_tenant(
+    amqp_url: str, database_url: str, broker: AbstractRobustConnection
+) -> None:
+    obs = await Observer.start(broker)
+    async with running_ingest(amqp_url, database_url, portal_name="Acme Cloud",
+                              portal_accent="#aa3300") as ingest:
+        tenant = await _tenant(ingest, "Portal", "portal-1")
+        other = await _tenant(ingest, "Other", "portal-2")
+        mine = await ingest.endpoint(["p.#"], tenant="portal-1")
+        await ingest.endpoint(["p.#"], url="https://other.example/h", tenant=other["id"])
+        made = await ingest.call("POST", "/v1/tenants/portal-1/portal-sessions",
+                                 json={"role": "tenant_admin", "lang": "fr"})
+        assert made.status == 201, made.text
+        url = made.body["url"]
+        assert url.startswith(ingest.base + "/console/#portal=dpc_") and "?" not in url
+        code = url.split("#portal=")[1]
+        assert made.body["tenant"] == tenant["id"] and made.body["expires_in"] == 3600
+        viewer = (await ingest.token("viewer"))["token"]
+        assert (await ingest.call("POST", "/v1/tenants/portal-1/portal-sessions", json={},
+                                  token=viewer)).status == 403
+
+        opened = await ingest.call("POST", "/v1/portal/exchange", token=None,
+                                   json={"code": code})
+        assert opened.status == 201, opened.text
+        session = opened.body
+        assert (session["tenant"], session["tenant_name"], session["role"]) == (
+            tenant["id"], "Portal", "tenant_admin")
+        assert (session["lang"], session["platform_name"], session["accent"]) == (
+            "fr", "Acme Cloud", "#aa3300")
+        again = await ingest.call("POST", "/v1/portal/exchange", token=None,
+                                  json={"code": code})
+        assert again.status == 401 and again.body["error"]["code"] == "invalid_code"
+        forged = await ingest.call("POST", "/v1/portal/exchange", token=None,
+                                   json={"code": "dpc_" + "x" * 43})
+        assert forged.status == 401 and forged.text.replace("x", "") == again.text.replace(
+            "x", "")
+
+        token = session["token"]
+        me = await ingest.call("GET", "/v1/me", token=token)
+        assert me.body == {"token_id": session["token_id"], "role": "tenant_admin",
+                           "tenant": tenant["id"]}
+        listed = await ingest.call("GET", "/v1/endpoints", token=token)
+        assert [e["id"] for e in listed.body["items"]] == [mine["id"]]
+        await obs.wait(lambda _: any(f["details"].get("via") == "portal_session"
+                                     for f in obs.facts("token.created")))
+        [fact] = [f for f in obs.facts("token.created")
+                  if f["details"].get("via") == "portal_session"]
+        assert fact["actor"] == "tok_bootstrap_admin" and fact["tenant"] == tenant["id"]
+        assert token not in orjson.dumps(fact).decode() and code not in orjson.dumps(
+            fact).decode()
+
+        # the session ends by itself: past its expiry the token is refused
+        engine = make_engine(database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(sa.text(
+                    "UPDATE tokens SET expires_at = :past WHERE id = :id"),
+                    {"past": utcnow() - timedelta(seconds=1), "id": session["token_id"]})
+        finally:
+            await engine.dispose()
+        assert (await ingest.call("GET", "/v1/me", token=token)).status == 401

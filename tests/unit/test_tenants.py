@@ -9,8 +9,11 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from services.ingest.console import security_headers
 from services.ingest.handlers import Endpoint, complete
+from services.ingest.settings import Settings
 from services.ingest.tenants import (
     ALL_TENANTS,
     TenantRate,
@@ -124,3 +127,21 @@ def test_the_rate_never_admits_more_than_burst_plus_refill(gaps: list[float],
         now += gap
         admitted += rate.take("ten_a", now) == 0.0
     assert admitted <= max(per_second, 1.0) + now * per_second + 1e-9
+
+
+def test_the_console_may_be_framed_only_by_the_configured_origins() -> None:
+    closed = security_headers("")
+    assert "frame-ancestors 'none'" in closed["Content-Security-Policy"]
+    assert closed["X-Frame-Options"] == "DENY"
+    opened = security_headers("", "https://app.example.com https://b.example:8443")
+    assert ("frame-ancestors https://app.example.com https://b.example:8443"
+            in opened["Content-Security-Policy"])
+    assert "X-Frame-Options" not in opened  # it cannot name origins: CSP decides
+    settings = Settings(portal_frame_ancestors="  https://app.example.com  ")
+    assert settings.portal_frame_ancestors == "https://app.example.com"
+    for bad in ("app.example.com", "https://app.example.com/path", "'self' https://x"):
+        with pytest.raises(ValidationError):
+            Settings(portal_frame_ancestors=bad)
+    with pytest.raises(ValidationError):
+        Settings(portal_accent="red")
+    assert Settings(default_tenant="").default_tenant is None  # empty: no default

@@ -8,7 +8,9 @@ Creates ``tenants`` (``ten_…`` id, name, the platform's own ``external_id`` �
 wherever a tenant id is — and free-form ``metadata``) with one row, the *default* tenant
 (``ten_default``, external id ``default``), and moves every existing endpoint to it
 (``endpoints.tenant_id``, NOT NULL). ``tokens.tenant_id`` names the tenant of a
-``tenant_admin`` / ``tenant_viewer`` token (NULL for the platform roles).
+``tenant_admin`` / ``tenant_viewer`` token (NULL for the platform roles); ``tokens.expires_at``
+ends a portal session's token. ``portal_codes`` holds the one-time codes of portal sessions
+(their SHA-256 only), exchanged once for a session token.
 
 Events without a tenant keep reaching the migrated endpoints only if the deployment sets
 ``DIHYA_DEFAULT_TENANT=default``.
@@ -49,10 +51,26 @@ def upgrade() -> None:
         batch.create_index("ix_endpoints_tenant_id", ["tenant_id", "id"])
     with op.batch_alter_table("tokens") as batch:
         batch.add_column(sa.Column("tenant_id", sa.String(64), nullable=True))
+        # portal sessions are tokens that expire; NULL: never
+        batch.add_column(sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
+    op.create_table(
+        "portal_codes",
+        sa.Column("code_hash", sa.String(64), primary_key=True),
+        sa.Column("tenant_id", sa.String(64), nullable=False),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("lang", sa.String(8), nullable=True),
+        sa.Column("session_seconds", sa.Integer, nullable=False),
+        sa.Column("created_by", sa.String(64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("portal_codes")
     with op.batch_alter_table("tokens") as batch:
+        batch.drop_column("expires_at")
         batch.drop_column("tenant_id")
     with op.batch_alter_table("endpoints") as batch:
         batch.drop_index("ix_endpoints_tenant_id")

@@ -22,7 +22,8 @@ export const KINDS = [
   "event.accepted", "event.rejected", "delivery.attempted", "delivery.dead_lettered",
   "delivery.parked", "delivery.held", "delivery.retry_requested", "endpoint.created",
   "endpoint.updated", "endpoint.deleted", "endpoint.disabled", "endpoint.enabled", "secret.set",
-  "token.created", "token.revoked", "access.refused", "subject.erased", "retention.purged",
+  "token.created", "token.revoked", "access.refused", "tenant.created", "tenant.updated",
+  "tenant.deleted", "subject.erased", "retention.purged",
 ];
 
 const $ = (id) => document.getElementById(id);
@@ -163,8 +164,10 @@ async function guard(action, { button = null, box = null } = {}) {
 // -- roles ------------------------------------------------------------------------------------
 
 const role = () => state.me?.role;
-const canWrite = () => role() === "admin";
-const canReadEndpoints = () => role() === "admin" || role() === "viewer";
+// tenant roles see and manage their own tenant's endpoints only (the API narrows every answer)
+const canWrite = () => role() === "admin" || role() === "tenant_admin";
+const canManageTokens = () => role() === "admin";
+const canReadEndpoints = () => ["admin", "viewer", "tenant_admin", "tenant_viewer"].includes(role());
 const canReadAudit = () => (role() === "admin" || role() === "auditor") && Boolean(state.config.audit_url);
 const audit = () => state.config.audit_url;
 const canReadTypes = () => role() !== undefined;
@@ -198,7 +201,7 @@ async function route() {
   }
   if (section === "messages" && canReadEndpoints()) return showMessages();
   if (section === "events" && id && canReadEndpoints()) return showEvent(decodeURIComponent(id));
-  if (section === "tokens" && canWrite()) return showTokens();
+  if (section === "tokens" && canManageTokens()) return showTokens();
   if (section === "event-types" && canReadEndpoints()) return showEventTypes();
   if (section === "audit" && canReadAudit()) return showAudit();
   if (section === "none" || defaultRoute() === "#/none") return showEmpty();
@@ -216,7 +219,7 @@ function renderChrome() {
   setHidden($("nav-endpoints").parentElement, !canReadEndpoints());
   setHidden($("nav-messages").parentElement, !canReadEndpoints());
   setHidden($("nav-event-types").parentElement, !canReadEndpoints());
-  setHidden($("nav-tokens").parentElement, !canWrite());
+  setHidden($("nav-tokens").parentElement, !canManageTokens());
   setHidden($("nav-audit").parentElement, !canReadAudit());
   for (const el of document.querySelectorAll(".admin-only")) setHidden(el, !canWrite());
   setHidden($("endpoints-readonly"), canWrite());
@@ -1208,6 +1211,40 @@ function wire() {
   $("audit-export-csv").addEventListener("click", (e) => exportAudit("csv", e.currentTarget));
 }
 
+// -- portal sessions ----------------------------------------------------------------------------
+// A platform opens the console for one of its customers with a link whose fragment holds a
+// one-time code (#portal=…): exchanged once for a tenant-scoped session token, then removed from
+// the address bar and history. The fragment never reaches a server, so no log holds the code.
+
+const PORTAL_KEY = "dihya.console.portal";
+
+function applyPortal(portal) {
+  document.body.classList.add("portal");
+  if (portal.accent) document.documentElement.style.setProperty("--accent", portal.accent);
+  const brand = document.querySelector(".brand [data-i18n='app.name']");
+  if (brand && portal.platform_name) {
+    brand.removeAttribute("data-i18n");
+    brand.textContent = portal.platform_name;
+  }
+}
+
+async function openPortal() {
+  const match = /^#portal=([A-Za-z0-9_-]{1,128})$/.exec(location.hash);
+  if (match) {
+    history.replaceState(null, "", location.pathname);
+    const opened = await guard(() => call("", "POST", "/v1/portal/exchange",
+                                          { token: "", body: { code: match[1] } }));
+    if (!opened) return;
+    keepToken(opened.token);
+    const portal = { platform_name: opened.platform_name, accent: opened.accent,
+                     tenant_name: opened.tenant_name };
+    sessionStorage.setItem(PORTAL_KEY, JSON.stringify(portal));
+    if (opened.lang) { await use(opened.lang); $("lang").value = language(); }
+  }
+  const kept = sessionStorage.getItem(PORTAL_KEY);
+  if (kept) applyPortal(JSON.parse(kept));
+}
+
 async function start() {
   wire();
   await use(initialLanguage());
@@ -1218,6 +1255,7 @@ async function start() {
   } catch {
     // no config: the audit features stay hidden
   }
+  await openPortal();
   const token = storedToken();
   if (token) {
     const ok = await guard(async () => { await signIn(token); return true; });
