@@ -263,7 +263,7 @@ class EventHandler:
                 "for this tenant (DIHYA_INGEST_TENANT_EVENTS_PER_SECOND)", event.event),
                 event_id=event.id, tenant=tenant)
             return
-        jobs, held = fan_out(event, scope, await self._store.subscribers())
+        jobs, held = fan_out(event, scope, await self._store.subscribers_of(tenant))
         if len(jobs) + len(held) > self._max_fanout:
             await self._reject(message, Rejection(
                 "fanout_limit",
