@@ -1174,7 +1174,11 @@ function wire() {
     await guard(async () => { await signIn(token); $("token").value = ""; }, { button });
   });
   $("signout").addEventListener("click", signOut);
-  window.addEventListener("hashchange", () => { clearBanners(); route(); });
+  window.addEventListener("hashchange", () => {
+    clearBanners();
+    if (location.hash.startsWith("#portal=")) return startPortal(); // a link opened in this tab
+    return route();
+  });
 
   $("endpoint-new").addEventListener("click", async () => { await guard(() => loadCatalog()); openEndpointForm(null); });
   $("ep-events").addEventListener("input", () => renderCatalogChoices());
@@ -1243,6 +1247,12 @@ async function openPortal() {
   }
   const kept = sessionStorage.getItem(PORTAL_KEY);
   if (kept) applyPortal(JSON.parse(kept));
+}
+
+async function startPortal() {
+  await openPortal();
+  const token = storedToken();
+  if (token) await guard(() => signIn(token));
 }
 
 async function start() {
