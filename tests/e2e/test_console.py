@@ -874,3 +874,30 @@ async def test_a_portal_link_shows_one_tenant_only(tab: Tab, api: Api, receiver:
     reused = await api.call("POST", "ingest", "/v1/portal/exchange", None, {"code": code})
     assert reused[0] == 401  # the link opened one session
     tab.assert_private(code, mine["secret"], theirs["secret"])
+
+
+async def test_a_platform_admin_picks_a_tenant(tab: Tab, api: Api, receiver: Receiver) -> None:
+    from playwright.async_api import expect
+
+    page = tab.page
+    admin = api.system.admin_token
+    run = uuid.uuid4().hex[:8]
+    await api.call("POST", "ingest", "/v1/tenants", admin,
+                   {"name": "Picked", "external_id": f"pick-{run}"}, expect=201)
+    _, picked = await api.call("POST", "ingest", "/v1/endpoints", admin, {
+        "url": receiver.url(f"pick-{run}"), "events": ["pick.me"], "tenant": f"pick-{run}"},
+        expect=201)
+    await api.call("POST", "ingest", "/v1/endpoints", admin, {
+        "url": receiver.url(f"other-{run}"), "events": ["pick.other"]}, expect=201)
+    await sign_in(page, admin)
+    await expect(page.locator("#endpoints-table")).to_contain_text("pick.other")
+    await expect(page.locator("#tenant-picker")).to_be_visible()
+    await page.fill("#tenant-pick", f"pick-{run}")
+    await page.click("#tenant-picker button[type=submit]")
+    await expect(page.locator("#endpoints-table")).not_to_contain_text("pick.other")
+    await expect(page.locator("#endpoints-table")).to_contain_text("pick.me")
+    # a new endpoint goes to the picked tenant
+    await page.click("#endpoint-new")
+    await expect(page.locator("#ep-tenant")).to_have_value(f"pick-{run}")
+    await page.keyboard.press("Escape")
+    tab.assert_private(picked["secret"])

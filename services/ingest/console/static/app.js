@@ -167,6 +167,7 @@ const role = () => state.me?.role;
 // tenant roles see and manage their own tenant's endpoints only (the API narrows every answer)
 const canWrite = () => role() === "admin" || role() === "tenant_admin";
 const canManageTokens = () => role() === "admin";
+const canPickTenant = () => role() === "admin"; // tenant roles see their own tenant only
 const canReadEndpoints = () => ["admin", "viewer", "tenant_admin", "tenant_viewer"].includes(role());
 const canReadAudit = () => (role() === "admin" || role() === "auditor") && Boolean(state.config.audit_url);
 const audit = () => state.config.audit_url;
@@ -220,6 +221,8 @@ function renderChrome() {
   setHidden($("nav-messages").parentElement, !canReadEndpoints());
   setHidden($("nav-event-types").parentElement, !canReadEndpoints());
   setHidden($("nav-tokens").parentElement, !canManageTokens());
+  setHidden($("tenant-picker"), !canPickTenant());
+  setHidden($("ep-tenant-field"), !canPickTenant());
   setHidden($("nav-audit").parentElement, !canReadAudit());
   for (const el of document.querySelectorAll(".admin-only")) setHidden(el, !canWrite());
   setHidden($("endpoints-readonly"), canWrite());
@@ -281,11 +284,24 @@ async function showEndpoints() {
   state.endpoints = [];
   state.endpointsNext = null;
   renderEndpoints();
+  $("tenant-pick").value = state.tenant || "";
   await guard(() => loadEndpoints(null));
+  await guard(() => loadTenants());
+}
+
+async function loadTenants() {
+  // the first tenants, as suggestions: any tenant can be typed (there may be 100,000s)
+  if (!canPickTenant() || state.tenantsLoaded) return;
+  state.tenantsLoaded = true;
+  const page = await call("", "GET", "/v1/tenants", { query: { limit: PAGE } });
+  $("tenant-list").replaceChildren(...page.items.flatMap((x) => [
+    h("option", { value: x.external_id || x.id, label: x.name }),
+  ]));
 }
 
 async function loadEndpoints(after) {
-  const page = await call("", "GET", "/v1/endpoints", { query: { limit: PAGE, after, include: "health" } });
+  const tenant = canPickTenant() ? state.tenant : "";
+  const page = await call("", "GET", "/v1/endpoints", { query: { limit: PAGE, after, include: "health", tenant } });
   state.endpoints.push(...page.items);
   state.endpointsNext = page.next;
   renderEndpoints();
@@ -343,6 +359,8 @@ function openEndpointForm(ep) {
   $("ep-schedule").value = ep?.retry_schedule ? (ep.retry_schedule.length ? ep.retry_schedule.join(", ") : "none") : "";
   $("ep-scheme").value = ep?.signature_scheme || "hmac-sha256";
   $("ep-scheme").disabled = Boolean(ep); // fixed at creation
+  $("ep-tenant").value = ep ? ep.tenant || "" : state.tenant || ""; // the picked one by default
+  $("ep-tenant").disabled = Boolean(ep); // an endpoint stays in its tenant
   // values are never shown back (masked by the API): empty keeps them when editing
   $("ep-headers").value = "";
   $("ep-headers").placeholder = ep && Object.keys(ep.headers || {}).length
@@ -400,6 +418,8 @@ async function submitEndpointForm(event) {
   if (!formMode.id) {
     const body = { url, events, ...(description ? { description } : {}), ...(schedule !== null ? { retry_schedule: schedule } : {}),
       signature_scheme: $("ep-scheme").value, ...(headers ? { headers } : {}) };
+    const tenant = canPickTenant() ? $("ep-tenant").value.trim() : "";
+    if (tenant) body.tenant = tenant;
     const created = await guard(() => call("", "POST", "/v1/endpoints", { body }), { button: submit, box });
     if (!created) return;
     $("endpoint-dialog").close();
@@ -1190,6 +1210,11 @@ function wire() {
   $("recover-form").addEventListener("submit", recoverSince);
   $("endpoints-more").addEventListener("click", (e) => guard(() => loadEndpoints(state.endpointsNext), { button: e.currentTarget }));
   $("endpoint-form").addEventListener("submit", submitEndpointForm);
+  $("tenant-picker").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.tenant = $("tenant-pick").value.trim();
+    showEndpoints();
+  });
   $("endpoint-form").querySelector(".cancel").addEventListener("click", () => $("endpoint-dialog").close());
 
   $("endpoint-edit").addEventListener("click", async () => { await guard(() => loadCatalog()); openEndpointForm(state.endpoint); });
