@@ -1078,7 +1078,9 @@ class IngestApi(TenantApi):
             metrics.rejected(event.event, "unknown_event_type")
             raise error(422, "unknown_event_type", unknown_message(event.event),
                         [{"field": "event", "message": "not in the event-type catalog"}])
-        await self._admit_tenant(event)
+        tenant = await self._tenant_of_event(event)
+        if tenant is not None:  # before the idempotency claim: a 429 leaves no claim behind
+            self._check_rate(tenant, event.event)
         event_id = event.id or new_id("evt")
         filled = event.model_copy(update={"id": event_id,
                                           "timestamp": event.timestamp or utcnow()})
@@ -1118,26 +1120,31 @@ class IngestApi(TenantApi):
                  actor=principal.token_id)
         return _body(EventAccepted(id=event_id, event=event.event), 202)
 
-    async def _admit_tenant(self, event: Event) -> None:
-        """422 for an event naming no tenant (or an unknown one, or a tenant and
-        ``all_tenants``); 429 with Retry-After over the tenant's event rate. The consumer
-        resolves the tenant again (the AMQP door's events never pass here)."""
+    async def _tenant_of_event(self, event: Event) -> str | None:
+        """The tenant id an event is for (``None``: every tenant); 422 for an event naming
+        no tenant, an unknown one, or a tenant and ``all_tenants``. The consumer resolves the
+        tenant again (the AMQP door's events never pass here)."""
         ref = requested(event, self.settings.default_tenant)
         if isinstance(ref, TenantRefusal):
             metrics.rejected(event.event, ref.reason)
             raise error(422, ref.reason, "The event names no tenant it may reach.",
                         [{"field": "tenant", "message": ref.error}])
-        if not isinstance(ref, str):  # every tenant: not counted against any one's rate
-            return
+        if not isinstance(ref, str):  # every tenant
+            return None
         tenant = await self.tenants.resolve(ref)
         if tenant is None:
             metrics.rejected(event.event, "unknown_tenant")
             raise error(422, "unknown_tenant", f"No tenant {ref[:128]!r}.",
                         [{"field": "tenant", "message": "no tenant with this id or "
                           "external id"}])
+        return tenant
+
+    def _check_rate(self, tenant: str, event_type: str) -> None:
+        """429 with Retry-After over the tenant's events per second (platform-wide events
+        are not counted against any one tenant)."""
         wait = self._rate.take(tenant, time.monotonic())
         if wait > 0:
-            metrics.rejected(event.event, "tenant_rate_limited")
+            metrics.rejected(event_type, "tenant_rate_limited")
             raise error(429, "tenant_rate_limited",
                         f"The tenant publishes more than {self._rate.per_second:g} events per "
                         "second (DIHYA_INGEST_TENANT_EVENTS_PER_SECOND); retry later.",
