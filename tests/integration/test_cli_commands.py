@@ -438,6 +438,13 @@ async def test_tenants_from_the_cli(dihya: Cli, receiver: Receiver) -> None:
     [delivery] = [d for d in got if d.path == f"tenant-{run_id}"]
     assert delivery.guide_ok and "tenant" not in delivery.json  # not in the delivered body
 
+    async def audited() -> bool:  # the audit log files the tenant's records under it
+        found = await dihya("audit", "query", "--tenant", tenant_id, "--json", "--all")
+        kinds = {r["kind"] for r in found.json["records"]} if found.code == Exit.OK else set()
+        return {"tenant.created", "endpoint.created", "event.accepted",
+                "delivery.attempted"} <= kinds
+
+    await wait_for(audited, timeout=30)
     gone = await dihya("tenants", "delete", f"acme-{run_id}", "--yes")
     assert gone.code == Exit.OK, gone.err
     assert "1 endpoints removed, 1 tokens revoked" in gone.out
