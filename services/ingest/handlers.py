@@ -51,6 +51,9 @@ RejectReason = Literal["invalid_json", "non_finite_number", "duplicate_key", "bo
                        "fanout_limit", "unknown_event_type", "tenant_missing",
                        "tenant_conflict", "unknown_tenant", "tenant_rate_limited"]
 EndpointStatus = Literal["enabled", "disabled"]
+DEFAULT_TENANT = "ten_default"
+"""The tenant migration ``ingest_0008`` moved every endpoint of before tenants to (external id
+``default``); where an operational event about something of that time goes."""
 
 _MAX_ERROR = 1000
 
@@ -66,7 +69,7 @@ class Endpoint:
     disabled_reason: str | None = None
     retry_schedule_ms: tuple[int, ...] | None = None
     """Its own retry delays in ms (``()``: one attempt only); ``None``: the deployment's."""
-    tenant_id: str = "ten_default"
+    tenant_id: str = DEFAULT_TENANT
     """The tenant it belongs to (``ten_…``): fan-out narrows by it first
     (:func:`services.ingest.tenants.in_scope`)."""
 
@@ -549,9 +552,6 @@ class Health:
     deliveries' facts come in any order, so "consecutive" is as the health consumer saw them)."""
 
 
-DEFAULT_TENANT = "ten_default"
-"""Where an operational event about something older than tenants goes: the tenant migration
-``ingest_0008`` moved every endpoint of that time there."""
 Announcement = Literal["failing", "recovered"]
 OPERATIONAL_TYPES: tuple[str, ...] = ("endpoint.disabled", "endpoint.failing",
                                       "endpoint.recovered", "delivery.exhausted")

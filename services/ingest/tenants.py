@@ -16,13 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from services.ingest.handlers import DEFAULT_TENANT, Endpoint, HeldJob, hold, plan
+from services.ingest.handlers import Endpoint, HeldJob, hold, plan
 from shared.contracts import DeliveryJob, Event, Role
 
-DEFAULT_TENANT_ID: Final = DEFAULT_TENANT
-"""The tenant migration ``ingest_0008_tenants`` moves existing endpoints to (external id
-``default``)."""
-DEFAULT_TENANT_EXTERNAL_ID: Final = "default"
 TENANT_ROLES: Final[tuple[Role, ...]] = ("tenant_admin", "tenant_viewer")
 """Roles whose tokens act within one tenant only."""
 
