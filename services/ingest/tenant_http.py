@@ -1,6 +1,7 @@
-"""The tenant API (``/v1/tenants``, platform admins): create, list, read, change, and
-offboard a tenant. Mixed into :class:`services.ingest.http.IngestApi`, whose route table
-(:data:`services.ingest.http.ROUTES`) lists these handlers like every other.
+"""The tenant API (``/v1/tenants``, platform admins): create, list, read, change, export and
+offboard a tenant, and open portal sessions for it. Mixed into
+:class:`services.ingest.http.IngestApi`, whose route table (:data:`services.ingest.http.ROUTES`)
+lists these handlers like every other.
 
 Paths take a tenant's id or its external id. Offboarding (``DELETE``) removes the tenant's
 endpoints (the signer forgets their secrets), their stored deliveries and message-log rows,
@@ -100,6 +101,7 @@ class TenantApi:
     publisher: Publisher
     log: MessageLog | None
 
+    # provided by IngestApi (services/ingest/http.py), like the attributes above
     async def _json(self, request: web.Request) -> Any:
         raise NotImplementedError
 
