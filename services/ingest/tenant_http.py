@@ -132,6 +132,7 @@ class TenantApi:
                 await self.tenants.insert(conn, record)
         except ExternalIdTakenError:
             raise _taken(data.external_id) from None
+        self.tenants.forget()  # a reference that named no tenant until now
         log.info("tenant_created", tenant=record.id, actor=principal.token_id)
         await self.audit(self._fact("tenant.created", principal.token_id, tenant=record.id,
                                     details={"external_id": record.external_id}))

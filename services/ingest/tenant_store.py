@@ -55,8 +55,10 @@ portal_codes = sa.Table(
     sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
 )
 
-RESOLVE_CACHE = 10_000
-"""Tenant references remembered by one ingest (id or external id → tenant id)."""
+RESOLVE_CACHE = 50_000
+"""Tenant references remembered by one ingest (id or external id → tenant id; ~250 bytes
+each)."""
+
 
 
 def _utc(value: datetime) -> datetime:
@@ -111,7 +113,9 @@ class ExternalIdTakenError(Exception):
 
 class TenantStore:
     """Queries over the tenants table; resolving references is cached for ``ttl`` seconds
-    (a deleted tenant's endpoints are gone at once, so a stale entry reaches nothing)."""
+    (DIHYA_INGEST_ENDPOINT_CACHE_TTL, as the endpoints fan-out reads): no longer, because an
+    external id moved to another tenant must not keep reaching the old one. A change made
+    through this ingest clears the cache at once."""
 
     def __init__(self, engine: AsyncEngine, *, ttl: float = 1.0) -> None:
         self.engine = engine
@@ -250,6 +254,7 @@ class TenantStore:
         await conn.execute(tokens.update().where(
             (tokens.c.tenant_id == tenant_id) & tokens.c.revoked_at.is_(None))
             .values(revoked_at=now))
+        await conn.execute(portal_codes.delete().where(portal_codes.c.tenant_id == tenant_id))
         await conn.execute(tenants.delete().where(tenants.c.id == tenant_id))
         self.forget()
         return Offboarded(endpoint_ids=ep_ids, token_ids=live, stored_deliveries=stored,
