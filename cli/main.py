@@ -30,6 +30,7 @@ from cli.commands import (
     listen,
     login,
     services,
+    tenants,
     tokens,
 )
 from cli.config import Profile, Settings, config_path, read_profile, resolve
@@ -38,8 +39,8 @@ from cli.errors import ApiError, CliError, Exit, UnreachableError
 from cli.i18n import LANGS, UNREVIEWED, Messages, choose, normalize, script
 from cli.parser import Parser, argparse_language
 
-MODULES = (endpoints, events, event_types, deliveries, listen, audit, tokens, login, services,
-           completion)
+MODULES = (endpoints, events, event_types, deliveries, listen, audit, tokens, tenants, login,
+           services, completion)
 
 
 def add_globals(parser: argparse.ArgumentParser, t: Messages, *, suppress: bool) -> None:

@@ -110,6 +110,8 @@ class System:
                 "DIHYA_AMQP_URL": self.amqp_url,
                 "DIHYA_ADMIN_TOKEN": self.admin_token,
                 "DIHYA_LOG_FORMAT": "json",
+                # events and endpoints naming no tenant go to the migrated default (#21)
+                "DIHYA_DEFAULT_TENANT": "default",
                 "DIHYA_SIGNER_MASTER_KEY": self._master_key,
                 "DIHYA_HEADERS_KEY": self._headers_key,
                 # local receivers (demo, tests) live on loopback, which production refuses

@@ -50,7 +50,20 @@ ExternalId = Annotated[
     ),
 ]
 Lang = Literal["fr", "en", "ar", "tzm"]
-Role = Literal["admin", "publisher", "auditor", "viewer"]
+Role = Literal["admin", "publisher", "auditor", "viewer", "tenant_admin", "tenant_viewer"]
+"""``admin``, ``publisher``, ``auditor`` and ``viewer`` are platform roles; ``tenant_admin`` and
+``tenant_viewer`` act within one tenant only (their token names it)."""
+TenantRef = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+        description="A tenant: its id (`ten_…`) or its `external_id` (the platform's own "
+        "customer id).",
+        examples=["ten_01hzy5b0c8", "customer-42"],
+    ),
+]
 ServiceName = Literal["ingest", "signer", "deliverer", "audit"]
 
 
@@ -77,6 +90,15 @@ class Event(Contract):
     timestamp: AwareDatetime | None = None
     lang: Lang | None = None
     data: dict[str, JsonValue]
+    tenant: TenantRef | None = Field(
+        default=None,
+        description="The tenant whose endpoints receive the event (id or external id). "
+        "Required unless `all_tenants` is true or the deployment sets DIHYA_DEFAULT_TENANT. "
+        "Not part of the delivered body.")
+    all_tenants: bool = Field(
+        default=False,
+        description="A platform-wide event: fan out to the subscribed endpoints of every "
+        "tenant. Must be asked for explicitly; cannot be combined with `tenant`.")
 
 
 class AttemptRecord(Contract):
@@ -118,6 +140,9 @@ class DeliveryJob(Contract):
         "many deliveries in flight; each deferral waits twice as long as the one before "
         "(DIHYA_DELIVERER_DEFER_DELAY up to DIHYA_DELIVERER_DEFER_MAX). Not an attempt.",
     )
+    tenant: str | None = Field(
+        default=None, description="`ten_…`: the tenant of the endpoint (carried into the "
+        "audit facts of every attempt); null from ingests older than tenants.")
     retry_schedule_ms: tuple[Annotated[int, Field(gt=0)], ...] | None = Field(
         default=None,
         description="The endpoint's own retry schedule: the delay in milliseconds after each "
@@ -163,6 +188,9 @@ FactKind = Literal[
     "token.created",
     "token.revoked",
     "access.refused",
+    "tenant.created",
+    "tenant.updated",
+    "tenant.deleted",
 ]
 
 
@@ -189,6 +217,9 @@ class AuditFact(Contract):
     duration_ms: float | None = None
     error: str | None = None
     reason: str | None = None
+    tenant: str | None = Field(
+        default=None, description="`ten_…`: the tenant the fact is about (null: platform-wide "
+        "or older producers); auditors filter by it.")
     details: dict[str, JsonValue] = Field(default_factory=dict)
 
 
@@ -274,6 +305,9 @@ class TokenGrant(Contract):
     token_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     revoked: bool = False
     issued_at: AwareDatetime
+    tenant: str | None = Field(
+        default=None, description="`ten_…` of a tenant-scoped token (roles `tenant_admin`, "
+        "`tenant_viewer`); null for platform roles.")
 
 
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]

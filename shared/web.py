@@ -97,10 +97,12 @@ def hash_token(token: str) -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who made a request: a token id (safe to log and audit) and its role."""
+    """Who made a request: a token id (safe to log and audit), its role, and the tenant a
+    tenant-scoped token acts for (``None`` for platform roles)."""
 
     token_id: str
     role: Role
+    tenant: str | None = None
 
 
 TokenLookup = Callable[[str], Awaitable[Principal | None]]

@@ -21,7 +21,8 @@ from cli.errors import Exit, UnreachableError, UsageError
 from cli.values import iso_utc, parse_when
 from shared import anchor  # the offline verifier: stdlib, orjson and cryptography only
 
-FILTERS = ("event_id", "event_type", "endpoint_id", "delivery_id", "kind", "outcome", "subject")
+FILTERS = ("event_id", "event_type", "endpoint_id", "delivery_id", "kind", "outcome", "subject",
+           "tenant")
 """The audit API's filter parameters (``--event-id`` … on the command line)."""
 
 

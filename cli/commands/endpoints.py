@@ -52,9 +52,11 @@ def register(root: Commands) -> None:
                    metavar="NAME=VALUE", help=t("help.arg.header"))
     p.add_argument("--rate-limit", type=rate, metavar="N[/BURST]",
                    help=t("help.arg.rate_limit"))
+    p.add_argument("--tenant", help=t("help.arg.tenant"))
 
     p = cmds.command("list", "help.endpoints.list", list_)
     _paging(p, t)
+    p.add_argument("--tenant", help=t("help.arg.tenant"))
 
     p = cmds.command("show", "help.endpoints.show", show)
     p.add_argument("id", help=t("help.arg.endpoint_id"))
@@ -176,6 +178,8 @@ def create(ctx: Ctx, args: argparse.Namespace) -> int:
         body["headers"] = dict(args.headers)
     if args.rate_limit is not None:
         body["rate_limit"] = args.rate_limit
+    if args.tenant is not None:
+        body["tenant"] = args.tenant
     ep = ctx.ingest().request("POST", "/v1/endpoints", body=body).data
 
     def human() -> None:
@@ -193,7 +197,8 @@ def create(ctx: Ctx, args: argparse.Namespace) -> int:
 
 
 def list_(ctx: Ctx, args: argparse.Namespace) -> int:
-    page = pages(ctx.ingest(), "/v1/endpoints", args)
+    page = pages(ctx.ingest(), "/v1/endpoints", args,
+                 {"tenant": args.tenant} if args.tenant else None)
 
     def human() -> None:
         t = ctx.t

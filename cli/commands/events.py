@@ -27,6 +27,7 @@ def register(root: Commands) -> None:
     p.add_argument("file", nargs="?", default="-", help=t("help.arg.event_file"))
     p.add_argument("--idempotency-key", metavar="KEY", help=t("help.arg.idempotency_key"))
     p.add_argument("--id", metavar="EVENT_ID", help=t("help.arg.publish_id"))
+    p.add_argument("--tenant", help=t("help.arg.tenant"))
 
     p = cmds.command("show", "help.events.show", show)
     p.add_argument("id", help=t("help.arg.event_id"))
@@ -61,6 +62,8 @@ def publish(ctx: Ctx, args: argparse.Namespace) -> int:
     event = read_event(ctx, args.file)
     if args.id is not None and isinstance(event, dict):
         event["id"] = args.id
+    if args.tenant is not None and isinstance(event, dict):
+        event["tenant"] = args.tenant  # the option wins over the file's own
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
     try:
         resp = ctx.ingest().request("POST", "/v1/events", body=event, headers=headers)

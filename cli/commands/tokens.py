@@ -11,7 +11,7 @@ from cli.commands.endpoints import more_hint, pages
 from cli.context import Ctx
 from cli.errors import Exit
 
-ROLES = ("admin", "publisher", "auditor", "viewer")
+ROLES = ("admin", "publisher", "auditor", "viewer", "tenant_admin", "tenant_viewer")
 
 
 def register(root: Commands) -> None:
@@ -21,6 +21,7 @@ def register(root: Commands) -> None:
     p = cmds.command("create", "help.tokens.create", create)
     p.add_argument("--role", required=True, choices=ROLES, help=t("help.arg.role"))
     p.add_argument("--description", help=t("help.arg.description"))
+    p.add_argument("--tenant", help=t("help.arg.tenant"))
 
     p = cmds.command("list", "help.tokens.list", list_)
     p.add_argument("--limit", type=int, default=100, help=t("help.arg.limit"))
@@ -35,6 +36,8 @@ def create(ctx: Ctx, args: argparse.Namespace) -> int:
     body = {"role": args.role}
     if args.description is not None:
         body["description"] = args.description
+    if args.tenant is not None:
+        body["tenant"] = args.tenant
     out = ctx.ingest().request("POST", "/v1/tokens", body=body).data
 
     def human() -> None:
@@ -56,10 +59,11 @@ def list_(ctx: Ctx, args: argparse.Namespace) -> int:
             ctx.say(t("tokens.none"))
             return
         ctx.say(output.table(
-            [t("col.id"), t("col.role"), t("col.description"), t("col.created_at"),
-             t("col.revoked_at")],
-            [[k["id"], k["role"], k.get("description"), output.short_time(k["created_at"]),
-              output.short_time(k.get("revoked_at"))] for k in page["items"]]))
+            [t("col.id"), t("col.role"), t("col.tenant"), t("col.description"),
+             t("col.created_at"), t("col.revoked_at")],
+            [[k["id"], k["role"], k.get("tenant"), k.get("description"),
+              output.short_time(k["created_at"]), output.short_time(k.get("revoked_at"))]
+             for k in page["items"]]))
         more_hint(ctx, page)
 
     ctx.emit(page, human)

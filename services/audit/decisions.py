@@ -55,8 +55,9 @@ RECORD_FIELDS: tuple[str, ...] = (
 )
 """The hashed fields of a record, as the API names them (``id`` is the fact id)."""
 
-SEALED_FIELDS: tuple[str, ...] = ("subject_ref", "sealed")
-"""Hashed too, but only when not null: a record about a data subject (see sealing)."""
+SEALED_FIELDS: tuple[str, ...] = ("subject_ref", "sealed", "tenant")
+"""Hashed too, but only when not null: a record about a data subject (see sealing), or of a
+tenant (``tenant``, #21) — so the records written before either existed verify unchanged."""
 
 VIEW_FIELDS: tuple[str, ...] = ("personal",)
 """Shown by the API, never hashed: the opened personal fields of a sealed record."""
@@ -253,6 +254,7 @@ def new_record(fact: AnyFact, seq: int, recorded_at: datetime,
         "details": dict(fact.details),
         "subject_ref": None,
         "sealed": None,
+        "tenant": getattr(fact, "tenant", None),
     }
     for name in FACT_COLUMNS:
         record[name] = getattr(fact, name)
@@ -506,6 +508,7 @@ def record_from_row(row: Mapping[Any, Any]) -> Record:
 
 FILTER_PARAMS: tuple[str, ...] = (
     "event_id", "event_type", "endpoint_id", "delivery_id", "kind", "outcome", "subject",
+    "tenant",
 )
 QUERY_PARAMS: tuple[str, ...] = (*FILTER_PARAMS, "since", "until", "limit", "cursor", "order")
 DEFAULT_LIMIT = 100

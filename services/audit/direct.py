@@ -32,7 +32,7 @@ RECORD_COLUMNS = (
     "seq", "fact_id", "kind", "occurred_at", "recorded_at", "service", "actor", "event_id",
     "event_type", "endpoint_id", "delivery_id", "attempt", "url", "outcome", "status_code",
     "duration_ms", "error", "reason", "subject", "details", "prev_hash", "hash",
-    "subject_ref", "sealed",
+    "subject_ref", "sealed", "tenant",
 )
 _INSERT = (f"INSERT INTO records ({', '.join(RECORD_COLUMNS)}) "  # noqa: S608 (constants)
            f"VALUES ({', '.join('?' * len(RECORD_COLUMNS))})")

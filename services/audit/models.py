@@ -86,6 +86,8 @@ class AuditRecord(Answer):
         "Only on a record about a data subject: `subject` and `details`, AES-256-GCM "
         "encrypted with the subject's own key (`v1.` + base64url(nonce ‖ ciphertext), the "
         "record id as associated data). Hashed, so erasing the key keeps the chain valid."))
+    tenant: str | SkipJsonSchema[None] = Field(default=None, description=(
+        "Only on a record of one tenant: its `ten_…` id. Hashed when present."))
     personal: Personal | SkipJsonSchema[None] = Field(default=None)
     prev_hash: Sha256Hex = Field(description="`hash` of the record before (64 zeros for "
                                              "seq 1).")
@@ -248,6 +250,7 @@ _FILTER_DESCRIPTIONS = {
     "outcome": "Only records with this outcome (e.g. `delivered`, `failed`).",
     "subject": "Only records about this data subject (its id, e.g. the event's `user_id`): "
                "found through a keyed blind index, never stored in clear.",
+    "tenant": "Only records of this tenant (its `ten_…` id).",
 }
 
 

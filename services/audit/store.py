@@ -90,6 +90,7 @@ records = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Column("subject_ref", sa.String()),
     sa.Column("sealed", sa.Text()),
+    sa.Column("tenant", sa.String()),  # audit_0004: hashed when not null
 )
 
 subject_keys = sa.Table(

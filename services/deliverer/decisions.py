@@ -330,6 +330,7 @@ def attempted_fact(job: DeliveryJob, outcome: Outcome, record: AttemptRecord, st
         duration_ms=record.duration_ms,
         error=outcome.error,
         reason=outcome.reason,
+        tenant=job.tenant,
         details=details,
     )
 
@@ -352,6 +353,7 @@ def dead_lettered_fact(parked: DeliveryJob, reason: str, now: datetime) -> Audit
         status_code=None if last is None else last.status_code,
         error=None if last is None else last.error,
         reason=reason,
+        tenant=parked.tenant,
         details={"attempts": len(parked.history)},
     )
 

@@ -20,6 +20,8 @@ from services.ingest.http import IngestApi, build_app
 from services.ingest.message_log import MessageLog
 from services.ingest.settings import Settings
 from services.ingest.store import Store
+from services.ingest.tenant_store import TenantStore
+from services.ingest.tenants import TenantRate
 from shared import topology
 from shared.broker import Consumer, Publisher, connect, declare_topology
 from shared.contracts import utcnow
@@ -81,6 +83,8 @@ async def start(settings: Settings) -> Stop:
     await migrate(engine, MIGRATIONS)
     store = Store(engine, endpoint_cache_ttl=settings.endpoint_cache_ttl)
     message_log = MessageLog(engine)
+    tenants = TenantStore(engine, ttl=settings.endpoint_cache_ttl)
+    rate = TenantRate(settings.tenant_events_per_second)  # one budget for both doors
     recorder = message_log if settings.message_log else None
     connection = await connect(settings.amqp_url.get_secret_value(), service="ingest",
                                heartbeat=settings.amqp_heartbeat,
@@ -92,7 +96,9 @@ async def start(settings: Settings) -> Stop:
                           window_seconds=settings.idempotency_window,
                           catalog=catalog, unknown_event_types=settings.unknown_event_types,
                           message_log=recorder,
-                          keep_payloads=settings.payload_retention_days > 0)
+                          keep_payloads=settings.payload_retention_days > 0,
+                          tenants=tenants, default_tenant=settings.default_tenant,
+                          rate=rate)
     events.start()
     health = HealthHandler(store, publisher, disable_after=settings.disable_after,
                            message_log=recorder, failing_after=settings.failing_after)
@@ -111,7 +117,7 @@ async def start(settings: Settings) -> Stop:
     async def broker_ready() -> bool:
         return not connection.is_closed
 
-    api = IngestApi(settings, store, publisher, catalog, message_log)
+    api = IngestApi(settings, store, publisher, catalog, message_log, tenants, rate)
 
     async def consuming() -> bool:  # false while an outage pauses a consumer
         return all(c.ready for c in consumers)

@@ -47,6 +47,7 @@ the log rows of their own).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -63,9 +64,7 @@ from services.ingest.decisions import (
     complete,
     decode,
     held_fact,
-    hold,
     moved_in,
-    plan,
     rejected_fact,
     route_refusal,
     screen,
@@ -74,6 +73,15 @@ from services.ingest.decisions import (
 from services.ingest.message_log import MessageLog
 from services.ingest.messages import LogDelivery, LogEvent, log_delivery, log_event
 from services.ingest.store import Store
+from services.ingest.tenant_store import TenantStore
+from services.ingest.tenants import (
+    AllTenants,
+    Scope,
+    TenantRate,
+    TenantRefusal,
+    fan_out,
+    requested,
+)
 from shared import telemetry, topology
 from shared.batching import Batcher
 from shared.broker import Delivery, FactPublisher, Publisher, confirm_all
@@ -89,6 +97,9 @@ log = structlog.get_logger("dihya.ingest.consumer")
 
 BATCH_SIZE = 500
 """Most event ids looked up or recorded in one database call."""
+RATE_CHECKED_HEADER = "x-dihya-tenant-rate-checked"
+"""Set by ingest's HTTP door on the events it publishes: their tenant's rate was checked
+there (429), so the consumer does not count them a second time."""
 
 
 class JobPublisher:
@@ -147,8 +158,13 @@ class EventHandler:
     def __init__(self, store: Store, publisher: Publisher, *, max_fanout: int,
                  max_bytes: int, window_seconds: int = 0, catalog: Catalog | None = None,
                  unknown_event_types: UnknownPolicy = "accept",
-                 message_log: MessageLog | None = None, keep_payloads: bool = True) -> None:
+                 message_log: MessageLog | None = None, keep_payloads: bool = True,
+                 tenants: TenantStore | None = None, default_tenant: str | None = None,
+                 rate: TenantRate | None = None) -> None:
         self._max_bytes = max_bytes
+        self._tenants = tenants if tenants is not None else TenantStore(store.engine)
+        self._default_tenant = default_tenant
+        self._rate = rate or TenantRate(0)
         self._catalog = catalog or bundled()
         self._unknown: UnknownPolicy = unknown_event_types
         self._store = store
@@ -228,15 +244,26 @@ class EventHandler:
             return
         event = screened
         assert event.id is not None
+        scope = await self._scope(event)
+        if isinstance(scope, TenantRefusal):
+            await self._reject(message, Rejection(scope.reason, scope.error, event.event),
+                               event_id=event.id)
+            return
         if self._window > 0 and seen_recently(await self._lookups.submit(event.id), now,
                                               self._window):
             metrics.EVENTS_DUPLICATE.inc()
             log.info("event_duplicate", event_id=event.id, event_type=event.event,
                      message_id=message.message_id, redelivered=message.redelivered)
             return
-        targets = await self._store.subscribers()
-        jobs = plan(event, targets)
-        held = hold(event, targets)
+        tenant = None if isinstance(scope, AllTenants) else scope
+        if (tenant is not None and RATE_CHECKED_HEADER not in message.headers
+                and self._rate.take(tenant, time.monotonic()) > 0):
+            await self._reject(message, Rejection(
+                "tenant_rate_limited", f"more than {self._rate.per_second:g} events per second "
+                "for this tenant (DIHYA_INGEST_TENANT_EVENTS_PER_SECOND)", event.event),
+                event_id=event.id, tenant=tenant)
+            return
+        jobs, held = fan_out(event, scope, await self._store.subscribers_of(tenant))
         if len(jobs) + len(held) > self._max_fanout:
             await self._reject(message, Rejection(
                 "fanout_limit",
@@ -246,7 +273,7 @@ class EventHandler:
         # Held deliveries are committed before anything is published: once the event is
         # acked, every delivery it owes is either on its way or in the store.
         await self._store.hold(held, now=now)
-        fact = accepted_fact(event, jobs, now)
+        fact = accepted_fact(event, jobs, now, tenant=tenant)
         # The jobs and the facts go with the other events' in batches (JobPublisher,
         # FactPublisher); both are confirmed before the event is acked, in whichever order.
         await confirm_all(
@@ -263,6 +290,16 @@ class EventHandler:
                   endpoints=len(jobs), held=len(held), redelivered=message.redelivered,
                   delivery_ids=[j.delivery_id for j in jobs][:20])
 
+    async def _scope(self, event: Event) -> Scope | TenantRefusal:
+        """The event's audience: its tenant's id, every tenant, or why it has none."""
+        ref = requested(event, self._default_tenant)
+        if isinstance(ref, TenantRefusal | AllTenants):
+            return ref
+        tenant = await self._tenants.resolve(ref)
+        if tenant is None:
+            return TenantRefusal("unknown_tenant", f"tenant: no tenant {ref[:130]!r}")
+        return tenant
+
     async def _remember(self, event_id: str, now: datetime) -> None:
         """Record the id as fanned out — only now, after every confirm. A failure here is
         logged, not raised: the event is done, and requeueing it would duplicate for sure
@@ -275,8 +312,8 @@ class EventHandler:
             log.warning("event_id_not_recorded", event_id=event_id, error=type(exc).__name__)
 
     async def _reject(self, message: Delivery, rejection: Rejection,
-                      *, event_id: str | None = None) -> None:
-        fact = rejected_fact(rejection, utcnow(), event_id=event_id)
+                      *, event_id: str | None = None, tenant: str | None = None) -> None:
+        fact = rejected_fact(rejection, utcnow(), event_id=event_id, tenant=tenant)
         headers = dict(message.headers)
         if not moved_in(message.exchange, message.routing_key):  # moved back: keep the first
             headers[ROUTED_AS_HEADER] = message.routing_key or ""

@@ -49,8 +49,12 @@ ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 RejectReason = Literal["invalid_json", "non_finite_number", "duplicate_key", "body_too_large",
                        "schema_invalid", "unsupported_type", "routing_key_mismatch",
-                       "fanout_limit", "unknown_event_type"]
+                       "fanout_limit", "unknown_event_type", "tenant_missing",
+                       "tenant_conflict", "unknown_tenant", "tenant_rate_limited"]
 EndpointStatus = Literal["enabled", "disabled"]
+DEFAULT_TENANT = "ten_default"
+"""The tenant migration ``ingest_0008`` moved every endpoint of before tenants to (external id
+``default``); where an operational event about something of that time goes."""
 
 _MAX_ERROR = 1000
 
@@ -68,6 +72,9 @@ class Endpoint:
     """Its own retry delays in ms (``()``: one attempt only); ``None``: the deployment's."""
     rate_limit: RateLimit | None = None
     """Its rate limit (the deliverer paces it); ``None``: not limited."""
+    tenant_id: str = DEFAULT_TENANT
+    """The tenant it belongs to (``ten_…``): fan-out narrows by it first
+    (:func:`services.ingest.tenants.in_scope`)."""
 
     def wants(self, event_type: str) -> bool:
         """Does one of its patterns select ``event_type`` (whatever its status)?"""
@@ -109,7 +116,7 @@ def plan(event: Event, endpoints: Iterable[Endpoint]) -> list[DeliveryJob]:
     return [
         DeliveryJob(delivery_id=delivery_id(event.id, ep.id), endpoint_id=ep.id, url=ep.url,
                     event=event, retry_schedule_ms=ep.retry_schedule_ms,
-                    rate_limit=ep.rate_limit)
+                    rate_limit=ep.rate_limit, tenant=ep.tenant_id)
         for ep in endpoints
         if ep.subscribed(event.event)
     ]
@@ -135,7 +142,7 @@ def hold(event: Event, endpoints: Iterable[Endpoint]) -> list[HeldJob]:
     return [
         HeldJob(DeliveryJob(delivery_id=delivery_id(event.id, ep.id), endpoint_id=ep.id,
                             url=ep.url, event=event, retry_schedule_ms=ep.retry_schedule_ms,
-                            rate_limit=ep.rate_limit),
+                            rate_limit=ep.rate_limit, tenant=ep.tenant_id),
                 ep.disabled_reason)
         for ep in endpoints
         if ep.status != "enabled" and ep.wants(event.event)
@@ -280,7 +287,8 @@ def accepted_fact_id(event_id: str) -> str:
     return fact_id("event.accepted", event_id)
 
 
-def accepted_fact(event: Event, jobs: Sequence[DeliveryJob], now: datetime) -> AuditFact:
+def accepted_fact(event: Event, jobs: Sequence[DeliveryJob], now: datetime,
+                  tenant: str | None = None) -> AuditFact:
     """The ``event.accepted`` audit fact: how many endpoints, whose data (GDPR subject), lang."""
     assert event.id is not None
     subject = event.data.get("user_id")
@@ -291,15 +299,15 @@ def accepted_fact(event: Event, jobs: Sequence[DeliveryJob], now: datetime) -> A
     }
     return AuditFact(id=accepted_fact_id(event.id), kind="event.accepted", occurred_at=now,
                      service="ingest", event_id=event.id, event_type=event.event,
-                     details=details)
+                     tenant=tenant, details=details)
 
 
-def rejected_fact(rejection: Rejection, now: datetime, *, event_id: str | None = None
-                  ) -> AuditFact:
+def rejected_fact(rejection: Rejection, now: datetime, *, event_id: str | None = None,
+                  tenant: str | None = None) -> AuditFact:
     """The ``event.rejected`` audit fact (reason and field-level error; never the body)."""
     return AuditFact(id=new_id("fct"), kind="event.rejected", occurred_at=now, service="ingest",
                      event_id=event_id, event_type=rejection.event_type,
-                     reason=rejection.reason, error=rejection.error)
+                     reason=rejection.reason, error=rejection.error, tenant=tenant)
 
 
 def key_is_fresh(created_at: datetime, now: datetime, window_seconds: int) -> bool:
@@ -496,7 +504,7 @@ def held_fact(held: HeldJob, now: datetime) -> AuditFact:
                      occurred_at=now, service="ingest", event_id=job.event.id,
                      event_type=job.event.event, endpoint_id=job.endpoint_id,
                      delivery_id=job.delivery_id, url=job.url, reason=HELD_REASON,
-                     details={"disabled_reason": held.disabled_reason})
+                     tenant=job.tenant, details={"disabled_reason": held.disabled_reason})
 
 
 def retry_fact(job: DeliveryJob, *, actor: str, via: Literal["retry", "recover", "resend"],
@@ -506,7 +514,7 @@ def retry_fact(job: DeliveryJob, *, actor: str, via: Literal["retry", "recover",
                      service="ingest", actor=actor, event_id=job.event.id,
                      event_type=job.event.event, endpoint_id=job.endpoint_id,
                      delivery_id=job.delivery_id, attempt=job.attempt, url=job.url,
-                     reason=reason, details={"via": via, "was": previous})
+                     reason=reason, tenant=job.tenant, details={"via": via, "was": previous})
 
 
 def broker_parked_fact(queue: str, dead: DeadLetter | Unreadable, body: bytes,
@@ -522,7 +530,8 @@ def broker_parked_fact(queue: str, dead: DeadLetter | Unreadable, body: bytes,
         event_type=None if job is None else job.event.event,
         endpoint_id=None if job is None else job.endpoint_id,
         delivery_id=None if job is None else job.delivery_id,
-        reason=dead.reason, error=dead.error, details={"queue": queue})
+        reason=dead.reason, error=dead.error, tenant=None if job is None else job.tenant,
+        details={"queue": queue})
 
 
 # -- endpoint health -----------------------------------------------------------------------
@@ -633,30 +642,31 @@ def assess(health: Health, attempt: Attempt, disable_after: timedelta,
 
 
 def disabled_fact(endpoint_id: str, url: str, reason: str, *, trigger: str | None,
-                  actor: str | None, failing_since: datetime | None, now: datetime
-                  ) -> AuditFact:
+                  actor: str | None, failing_since: datetime | None, now: datetime,
+                  tenant: str | None = None) -> AuditFact:
     """``endpoint.disabled``. Automatic disables take their id from the triggering fact, so
     a redelivered trigger yields the same fact (audit keeps one)."""
     ident = fact_id("endpoint.disabled", trigger) if trigger else new_id("fct")
     return AuditFact(id=ident, kind="endpoint.disabled", occurred_at=now, service="ingest",
                      actor=actor, endpoint_id=endpoint_id, url=url, reason=reason,
-                     details={"trigger": trigger,
+                     tenant=tenant, details={"trigger": trigger,
                               "failing_since": None if failing_since is None
                               else failing_since.isoformat()})
 
 
-def disabled_event(endpoint_id: str, url: str, reason: str, *, trigger: str, now: datetime
-                   ) -> Event:
+def disabled_event(endpoint_id: str, url: str, reason: str, *, trigger: str, now: datetime,
+                   tenant: str = DEFAULT_TENANT) -> Event:
     """The operational event announcing an automatic disable; subscribe to
     ``endpoint.disabled`` to be told. Its id derives from the trigger: a redelivery of the
     trigger announces the same event, which receivers drop by id."""
     return Event(id="evt_" + _digest(f"endpoint.disabled:{trigger}"), event="endpoint.disabled",
-                 timestamp=now,
+                 timestamp=now, tenant=tenant,
                  data={"endpoint_id": endpoint_id, "url": url, "reason": reason})
 
 
 def health_event(announce: Announcement, endpoint_id: str, url: str, *, trigger: str,
-                 failures: int, failing_since: datetime | None, now: datetime) -> Event:
+                 failures: int, failing_since: datetime | None, now: datetime,
+                 tenant: str = DEFAULT_TENANT) -> Event:
     """``endpoint.failing`` / ``endpoint.recovered``; the id derives from the triggering
     fact, like :func:`disabled_event`'s."""
     data: dict[str, JsonValue] = {"endpoint_id": endpoint_id, "url": url}
@@ -664,7 +674,7 @@ def health_event(announce: Announcement, endpoint_id: str, url: str, *, trigger:
         data.update(failures=failures,
                     failing_since=None if failing_since is None else failing_since.isoformat())
     return Event(id="evt_" + _digest(f"endpoint.{announce}:{trigger}"),
-                 event=f"endpoint.{announce}", timestamp=now, data=data)
+                 event=f"endpoint.{announce}", timestamp=now, tenant=tenant, data=data)
 
 
 def exhausted_event(dead: DeadLetter, now: datetime) -> Event | None:
@@ -687,12 +697,13 @@ def exhausted_event(dead: DeadLetter, now: datetime) -> Event | None:
         "last_error": (last.error or "")[:200] or None if last else None,
     }
     return Event(id="evt_" + _digest(f"delivery.exhausted:{job.delivery_id}:{job.attempt}"),
-                 event="delivery.exhausted", timestamp=now, data=data)
+                 event="delivery.exhausted", timestamp=now,
+                 tenant=job.tenant or DEFAULT_TENANT, data=data)
 
 
-def enabled_fact(endpoint_id: str, url: str, *, actor: str, held: int, now: datetime
-                 ) -> AuditFact:
+def enabled_fact(endpoint_id: str, url: str, *, actor: str, held: int, now: datetime,
+                 tenant: str | None = None) -> AuditFact:
     """``endpoint.enabled``: an administrator turned a disabled endpoint back on."""
     return AuditFact(id=new_id("fct"), kind="endpoint.enabled", occurred_at=now,
                      service="ingest", actor=actor, endpoint_id=endpoint_id, url=url,
-                     details={"held_deliveries": held})
+                     tenant=tenant, details={"held_deliveries": held})

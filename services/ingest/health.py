@@ -142,15 +142,17 @@ class HealthHandler:
                     announced = health_event(
                         verdict.announce, endpoint_id, record.url, trigger=fact.id,
                         failures=verdict.health.failures,
-                        failing_since=verdict.health.failing_since, now=now)
+                        failing_since=verdict.health.failing_since, now=now,
+                        tenant=record.tenant_id)
                     await self._publisher.send(topology.EVENTS_EXCHANGE, announced.event,
                                                announced)
                 if verdict.disable is not None:
                     audit = disabled_fact(endpoint_id, record.url, verdict.disable,
                                           trigger=fact.id, actor=None,
-                                          failing_since=verdict.health.failing_since, now=now)
+                                          failing_since=verdict.health.failing_since, now=now,
+                                          tenant=record.tenant_id)
                     event = disabled_event(endpoint_id, record.url, verdict.disable,
-                                           trigger=fact.id, now=now)
+                                           trigger=fact.id, now=now, tenant=record.tenant_id)
                     await confirm_all([
                         self._publisher.send(topology.AUDIT_EXCHANGE, audit.kind, audit),
                         self._publisher.send(topology.EVENTS_EXCHANGE, event.event, event),

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -35,6 +36,7 @@ from pydantic import (
     ValidationError,
 )
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest import metrics
 from services.ingest.catalog import (
@@ -44,6 +46,7 @@ from services.ingest.catalog import (
     load_catalog,
     unknown_message,
 )
+from services.ingest.consumer import RATE_CHECKED_HEADER
 from services.ingest.decisions import (
     ID_RE,
     DeliveryStatus,
@@ -128,6 +131,27 @@ from services.ingest.store import (
     Store,
     TokenRecord,
 )
+from services.ingest.tenant_http import TenantApi, tenant_not_found
+from services.ingest.tenant_models import (
+    PortalExchange,
+    PortalOpened,
+    PortalSession,
+    PortalSessionCreate,
+    TenantCreate,
+    TenantDeleted,
+    TenantList,
+    TenantOut,
+    TenantUpdate,
+)
+from services.ingest.tenant_store import TenantStore
+from services.ingest.tenants import (
+    TenantRate,
+    TenantRefusal,
+    requested,
+    retry_after,
+    scope_of,
+    visible,
+)
 from shared import topology
 from shared.batching import Batcher
 from shared.broker import Publisher, confirm_all
@@ -137,6 +161,7 @@ from shared.contracts import (
     DeliveryJob,
     EndpointSecret,
     Event,
+    Role,
     TokenGrant,
     encode,
     utcnow,
@@ -218,6 +243,11 @@ class DeliveryQuery(ListQuery):
 class EndpointListQuery(ListQuery):
     """Query parameters of the endpoint list."""
 
+    tenant: str | None = Field(default=None, max_length=128,
+                               pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+                               description="Only this tenant's endpoints (id or external id; "
+                               "a tenant-scoped token sees only its own anyway).")
+
     include: Literal["health"] | None = Field(
         default=None, description="`health`: add each endpoint's last 24 hours (success "
         "rate, attempts, last delivery, state, attempts per hour by outcome).")
@@ -283,7 +313,8 @@ def _validate(model: type[Any], data: Any, context: Mapping[str, Any] | None = N
 
 
 def _endpoint_out(record: EndpointRecord) -> EndpointOut:
-    return EndpointOut(id=record.id, url=record.url, events=list(record.events),
+    return EndpointOut(id=record.id, url=record.url, tenant=record.tenant_id,
+                       events=list(record.events),
                        description=record.description, status=record.status,
                        created_at=record.created_at, updated_at=record.updated_at,
                        disabled_reason=record.disabled_reason, disabled_at=record.disabled_at,
@@ -338,7 +369,8 @@ def _parked_out(record: ParkedRecord) -> ParkedOut:
 
 
 def _token_out(record: TokenRecord) -> TokenOut:
-    return TokenOut(id=record.id, role=record.role, description=record.description,
+    return TokenOut(id=record.id, role=record.role, tenant=record.tenant_id,
+                    description=record.description,
                     created_at=record.created_at, revoked_at=record.revoked_at)
 
 
@@ -347,13 +379,17 @@ def _body(model: BaseModel, status: int = 200, headers: Mapping[str, str] | None
     return json_response(model.model_dump(mode="json"), status=status, headers=headers)
 
 
-class IngestApi:
+class IngestApi(TenantApi):
     """Request handlers; state is the store and the publisher shared with the consumer."""
 
     def __init__(self, settings: Settings, store: Store, publisher: Publisher,
-                 catalog: Catalog | None = None, message_log: MessageLog | None = None
-                 ) -> None:
+                 catalog: Catalog | None = None, message_log: MessageLog | None = None,
+                 tenants: TenantStore | None = None, rate: TenantRate | None = None) -> None:
         self.settings = settings
+        self.tenants = (tenants if tenants is not None or store is None  # None: docs only
+                        else TenantStore(store.engine, ttl=settings.endpoint_cache_ttl))
+        # shared with the consumer: one budget per tenant whichever door its events take
+        self._rate = rate or TenantRate(settings.tenant_events_per_second)
         self.catalog = catalog or load_catalog(settings.event_catalog, settings.tzm_script)
         self.store = store
         self.log: MessageLog | None = (
@@ -372,16 +408,62 @@ class IngestApi:
 
     # -- broker helpers -------------------------------------------------------------------
 
-    async def _announce(self, exchange: str, routing_key: str, model: Contract, *,
+    async def _announce(self, exchange: str, routing_key: str, model: Contract,
+                        headers: Mapping[str, Any] | None = None, *,
                         outcome: str = UNCONFIRMED) -> None:
         """Publish a message the request cannot succeed without (confirm awaited); unconfirmed,
         the 503 says ``outcome``."""
         try:
-            await self.publisher.send(exchange, routing_key, model)
+            await self.publisher.send(exchange, routing_key, model, headers=headers)
         except Exception as exc:
             log.error("publish_failed", exchange=exchange, routing_key=routing_key,
                       error=type(exc).__name__)
             raise BrokerUnavailableError(routing_key, outcome) from exc
+
+    async def _announce_all(self, messages: list[tuple[str, Contract]]) -> None:
+        """Publish control messages a change cannot commit without (confirms pipelined, in
+        chunks); any failure is a :class:`BrokerUnavailableError`."""
+        for start in range(0, len(messages), RESEND_BATCH):
+            chunk = messages[start:start + RESEND_BATCH]
+            try:
+                await confirm_all([self.publisher.send(topology.CONTROL_EXCHANGE, key, model)
+                                   for key, model in chunk])
+            except Exception as exc:
+                log.error("publish_failed", exchange=topology.CONTROL_EXCHANGE,
+                          error=type(exc).__name__)
+                raise BrokerUnavailableError(topology.CONTROL_EXCHANGE) from exc
+
+    # -- tenant scoping -------------------------------------------------------------------
+
+    async def _own_endpoint(self, principal: Principal, endpoint_id: str,
+                            conn: AsyncConnection | None = None) -> EndpointRecord:
+        """The endpoint, if the caller may see it; else 404, as if it did not exist (a
+        tenant-scoped token learns nothing about another tenant's objects)."""
+        record = await self.store.get_endpoint(endpoint_id, conn)
+        if record is None or not visible(scope_of(principal.role, principal.tenant),
+                                         record.tenant_id):
+            raise _not_found("endpoint", endpoint_id)
+        return record
+
+    async def _tenant_of_new(self, principal: Principal, ref: str | None) -> str:
+        """The tenant a new endpoint belongs to: the token's own (a tenant-scoped token may
+        name no other: 404), else ``ref`` or DIHYA_DEFAULT_TENANT (422 when neither)."""
+        confined = scope_of(principal.role, principal.tenant)
+        if confined is not None:
+            if ref is not None and await self.tenants.resolve(ref) != confined:
+                raise tenant_not_found(ref)
+            return confined
+        ref = ref or self.settings.default_tenant
+        if ref is None:
+            raise error(422, "validation_failed", "The request body is not valid.",
+                        [{"field": "tenant", "message": "required: the endpoint's tenant "
+                          "(id or external id); no DIHYA_DEFAULT_TENANT is set"}])
+        tenant = await self.tenants.resolve(ref)
+        if tenant is None:
+            raise error(422, "unknown_tenant", f"No tenant {ref[:128]!r}.",
+                        [{"field": "tenant", "message": "no tenant with this id or "
+                          "external id"}])
+        return tenant
 
     async def audit(self, fact: AuditFact) -> None:
         """Publish an audit fact about something already done; a failure is logged, not
@@ -421,9 +503,10 @@ class IngestApi:
     # -- endpoints ------------------------------------------------------------------------
 
     async def create_endpoint(self, request: web.Request) -> web.Response:
-        principal = await authorize(request, "admin")
+        principal = await authorize(request, "admin", "tenant_admin")
         body: EndpointCreate = _validate(EndpointCreate, await self._json(request),
                                          self._limits())
+        tenant = await self._tenant_of_new(principal, body.tenant)
         await self._check_destination(body.url)
         ed25519 = body.signature_scheme == "ed25519"
         secret = generate_signing_key() if ed25519 else body.secret or generate_secret()
@@ -436,7 +519,7 @@ class IngestApi:
                                 public_keys=((public_key_of(secret), None),) if ed25519
                                 else None,
                                 header_names=tuple(body.headers or {}),
-                                rate_limit=body.rate_limit)
+                                rate_limit=body.rate_limit, tenant_id=tenant)
         # custom headers ride with the secret: the first job finds both in the keystore
         handover = EndpointSecret(
             endpoint_id=record.id, action="set", secret=SecretStr(secret), issued_at=now,
@@ -445,6 +528,11 @@ class IngestApi:
         published = False
         try:
             async with self.store.transaction() as conn:
+                quota = self.settings.tenant_max_endpoints
+                if quota and await self.tenants.count_endpoints(conn, tenant) >= quota:
+                    raise error(409, "tenant_quota_exceeded",
+                                f"The tenant has {quota} endpoints, the most it may have "
+                                "(DIHYA_INGEST_TENANT_MAX_ENDPOINTS).")
                 await self.store.insert_endpoint(conn, record)
                 await self._announce(
                     topology.CONTROL_EXCHANGE, "secret.set", handover,
@@ -458,7 +546,7 @@ class IngestApi:
             raise
         log.info("endpoint_created", endpoint_id=record.id, actor=principal.token_id)
         await self.audit(self._fact("endpoint.created", principal.token_id,
-                                    endpoint_id=record.id, url=record.url,
+                                    endpoint_id=record.id, url=record.url, tenant=tenant,
                                     details={"events": list(record.events),
                                              "retry_schedule": _shown(record),
                                              "signature_scheme": record.signature_scheme,
@@ -490,9 +578,17 @@ class IngestApi:
                       error=type(exc).__name__)
 
     async def list_endpoints(self, request: web.Request) -> web.Response:
-        await authorize(request, "admin", "viewer")
+        principal = await authorize(request, "admin", "viewer", "tenant_admin",
+                                    "tenant_viewer")
         query: EndpointListQuery = _validate(EndpointListQuery, dict(request.query))
-        records = await self.store.list_endpoints(limit=query.limit + 1, after=query.after)
+        tenant = scope_of(principal.role, principal.tenant)
+        if query.tenant is not None:
+            named = await self.tenants.resolve(query.tenant)
+            if named is None or (tenant is not None and named != tenant):
+                raise tenant_not_found(query.tenant)
+            tenant = named
+        records = await self.store.list_endpoints(limit=query.limit + 1, after=query.after,
+                                                  tenant=tenant)
         page = records[: query.limit]
         nxt = page[-1].id if len(records) > query.limit else None
         health = await self._health(page) if query.include == "health" else {}
@@ -521,26 +617,25 @@ class IngestApi:
         return out
 
     async def endpoint_health(self, request: web.Request) -> web.Response:
-        await authorize(request, "admin", "viewer")
+        principal = await authorize(request, "admin", "viewer", "tenant_admin",
+                                    "tenant_viewer")
         endpoint_id = _ident(request, "endpoint")
-        record = await self.store.get_endpoint(endpoint_id)
-        if record is None:
-            raise _not_found("endpoint", endpoint_id)
+        record = await self._own_endpoint(principal, endpoint_id)
         health = (await self._health([record]))[endpoint_id]
         return _body(EndpointHealthOut(endpoint_id=endpoint_id, **health.model_dump()))
 
     async def get_endpoint(self, request: web.Request) -> web.Response:
-        await authorize(request, "admin", "viewer")
+        principal = await authorize(request, "admin", "viewer", "tenant_admin",
+                                    "tenant_viewer")
         endpoint_id = _ident(request, "endpoint")
-        record = await self.store.get_endpoint(endpoint_id)
-        if record is None:
-            raise _not_found("endpoint", endpoint_id)
+        record = await self._own_endpoint(principal, endpoint_id)
         return _body(_endpoint_out(record))
 
     async def update_endpoint(self, request: web.Request) -> web.Response:
-        principal = await authorize(request, "admin")
+        principal = await authorize(request, "admin", "tenant_admin")
         endpoint_id = _ident(request, "endpoint")
         body: EndpointUpdate = _validate(EndpointUpdate, await self._json(request))
+        await self._own_endpoint(principal, endpoint_id)
         if body.url is not None:
             await self._check_destination(body.url)
         changes: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
@@ -582,25 +677,26 @@ class IngestApi:
             details["header_names"] = list(record.header_names)
         if "rate_limit" in changes:
             details["rate_limit"] = _rate_shown(record)
-        facts = [self._fact("endpoint.updated", principal.token_id,
+        facts = [self._fact("endpoint.updated", principal.token_id, tenant=record.tenant_id,
                             endpoint_id=endpoint_id, url=record.url, details=details)]
         if enabling:
             facts.append(enabled_fact(endpoint_id, record.url, actor=principal.token_id,
-                                      held=held, now=now))
+                                      held=held, now=now, tenant=record.tenant_id))
         if disabling:
             facts.append(disabled_fact(endpoint_id, record.url, "manual", trigger=None,
-                                       actor=principal.token_id, failing_since=None, now=now))
+                                       actor=principal.token_id, failing_since=None, now=now,
+                                       tenant=record.tenant_id))
         for fact in facts:
             await self.audit(fact)
         out = EndpointPatched(**_endpoint_out(record).model_dump(), held_deliveries=held)
         return _body(out)
 
     async def delete_endpoint(self, request: web.Request) -> web.Response:
-        principal = await authorize(request, "admin")
+        principal = await authorize(request, "admin", "tenant_admin")
         endpoint_id = _ident(request, "endpoint")
         async with self.store.transaction() as conn:
-            record = await self.store.get_endpoint(endpoint_id, conn)
-            if record is None or not await self.store.delete_endpoint(conn, endpoint_id):
+            record = await self._own_endpoint(principal, endpoint_id, conn)
+            if not await self.store.delete_endpoint(conn, endpoint_id):
                 raise _not_found("endpoint", endpoint_id)
             await self._announce(
                 topology.CONTROL_EXCHANGE, "secret.delete", EndpointSecret(
@@ -610,13 +706,15 @@ class IngestApi:
                 "fail to sign). Retry the delete.")
         log.info("endpoint_deleted", endpoint_id=endpoint_id)
         await self.audit(self._fact("endpoint.deleted", principal.token_id,
-                                    endpoint_id=endpoint_id, url=record.url))
+                                    endpoint_id=endpoint_id, url=record.url,
+                                    tenant=record.tenant_id))
         return web.Response(status=204)
 
     async def rotate_secret(self, request: web.Request) -> web.Response:
-        principal = await authorize(request, "admin")
+        principal = await authorize(request, "admin", "tenant_admin")
         endpoint_id = _ident(request, "endpoint")
         body: SecretRotate = _validate(SecretRotate, await self._json(request), self._limits())
+        owner = (await self._own_endpoint(principal, endpoint_id)).tenant_id
         now = utcnow()
         until = now + timedelta(seconds=body.overlap_seconds)
         public: str | None = None
@@ -651,6 +749,7 @@ class IngestApi:
                 "(the previous one stays valid for the overlap). Retry the rotation.")
         log.info("secret_rotated", endpoint_id=endpoint_id)
         await self.audit(self._fact("secret.set", principal.token_id, endpoint_id=endpoint_id,
+                                    tenant=owner,
                                     details={"overlap_seconds": body.overlap_seconds}))
         return _body(SecretRotated(id=endpoint_id, secret=None if public else secret,
                                    public_key=public, previous_valid_until=until))
@@ -658,8 +757,11 @@ class IngestApi:
     # -- dead-letter store ------------------------------------------------------------------
 
     async def list_deliveries(self, request: web.Request) -> web.Response:
-        await authorize(request, "admin", "viewer")
+        principal = await authorize(request, "admin", "viewer", "tenant_admin",
+                                    "tenant_viewer")
         endpoint_id = _ident(request, "endpoint")
+        if not await self._may_see(principal, endpoint_id):  # platform roles: even deleted
+            raise _not_found("endpoint", endpoint_id)
         query: DeliveryQuery = _validate(DeliveryQuery, dict(request.query))
         records = await self.store.list_deliveries(endpoint_id, status=query.status,
                                                    limit=query.limit + 1, after=query.after)
@@ -670,10 +772,10 @@ class IngestApi:
         return _body(DeliveryList(items=[_delivery_out(r) for r in page], next=nxt))
 
     async def retry_delivery(self, request: web.Request) -> web.Response:
-        principal = await authorize(request, "admin")
+        principal = await authorize(request, "admin", "tenant_admin")
         delivery_id = _ident(request, "delivery")
         record = await self.store.get_delivery(delivery_id)
-        if record is None:
+        if record is None or not await self._may_see(principal, record.endpoint_id):
             raise _not_found("delivery", delivery_id)
         endpoint = await self._sendable(record.endpoint_id)
         if record.status == "retried":
@@ -686,9 +788,10 @@ class IngestApi:
                                    attempt=job.attempt, status="retried"), 202)
 
     async def recover_endpoint(self, request: web.Request) -> web.Response:
-        principal = await authorize(request, "admin")
+        principal = await authorize(request, "admin", "tenant_admin")
         endpoint_id = _ident(request, "endpoint")
         body: RecoverRequest = _validate(RecoverRequest, await self._json(request))
+        await self._own_endpoint(principal, endpoint_id)
         endpoint = await self._sendable(endpoint_id, missing=404)
         sent: list[DeliveryJob] = []
         after: str | None = None
@@ -720,6 +823,15 @@ class IngestApi:
         page = records[: query.limit]
         nxt = page[-1].id if len(records) > query.limit else None
         return _body(ParkedList(items=[_parked_out(r) for r in page], next=nxt))
+
+    async def _may_see(self, principal: Principal, endpoint_id: str) -> bool:
+        """May the caller see objects of this endpoint (a platform role: always; a tenant
+        role: only while the endpoint exists and is its tenant's)?"""
+        confined = scope_of(principal.role, principal.tenant)
+        if confined is None:
+            return True
+        record = await self.store.get_endpoint(endpoint_id)
+        return record is not None and record.tenant_id == confined
 
     async def _sendable(self, endpoint_id: str, *, missing: int = 409) -> EndpointRecord:
         """The endpoint deliveries may be resent to; 404/409 if deleted, 409 if disabled."""
@@ -794,12 +906,13 @@ class IngestApi:
         return self.log
 
     async def list_events(self, request: web.Request) -> web.Response:
-        await authorize(request, "admin", "viewer")
+        principal = await authorize(request, *_READ)
         query: EventQuery = _validate(EventQuery, dict(request.query))
         after = _cursor(query.cursor)
         rows = await self._message_log().list_events(
             EventFilter(event_type=query.type_, status=query.status,
-                        endpoint_id=query.endpoint, since=query.since, until=query.until),
+                        endpoint_id=query.endpoint, since=query.since, until=query.until,
+                        tenant=scope_of(principal.role, principal.tenant)),
             limit=query.limit + 1, after=after)
         page = rows[: query.limit]
         nxt = (encode_cursor(page[-1].received_at, page[-1].id)
@@ -818,9 +931,10 @@ class IngestApi:
         return _body(EventPage(items=items, next_cursor=nxt))
 
     async def get_event(self, request: web.Request) -> web.Response:
-        await authorize(request, "admin", "viewer")
+        principal = await authorize(request, *_READ)
         event_id = _ident(request, "event", pattern=_EVENT_ID_RE)
-        found = await self._message_log().get_event(event_id)
+        found = await self._message_log().get_event(
+            event_id, tenant=scope_of(principal.role, principal.tenant))
         if found is None:
             raise _not_found("event", event_id)
         event, deliveries = found
@@ -834,12 +948,13 @@ class IngestApi:
                 for d, attempts in deliveries]))
 
     async def list_log_deliveries(self, request: web.Request) -> web.Response:
-        await authorize(request, "admin", "viewer")
+        principal = await authorize(request, *_READ)
         query: LogDeliveryQuery = _validate(LogDeliveryQuery, dict(request.query))
         after = _cursor(query.cursor)
         rows = await self._message_log().list_deliveries(
             status=query.status, endpoint_id=query.endpoint, event_id=query.event,
-            limit=query.limit + 1, after=after)
+            limit=query.limit + 1, after=after,
+            tenant=scope_of(principal.role, principal.tenant))
         page = rows[: query.limit]
         nxt = (encode_cursor(page[-1].created_at, page[-1].id)
                if len(rows) > query.limit else None)
@@ -847,11 +962,13 @@ class IngestApi:
 
     async def resend_delivery(self, request: web.Request) -> web.Response:
         """Send any delivery again — delivered ones too — as its next attempt."""
-        principal = await authorize(request, "admin")
+        principal = await authorize(request, "admin", "tenant_admin")
         delivery_id = _ident(request, "delivery")
         row = await self._message_log().get_delivery(delivery_id)
         stored = await self.store.get_delivery(delivery_id)
-        if row is None and stored is None:
+        owner = (row.endpoint_id if row is not None
+                 else stored.endpoint_id if stored is not None else "")
+        if (row is None and stored is None) or not await self._may_see(principal, owner):
             raise _not_found("delivery", delivery_id)
         endpoint = await self._sendable(row.endpoint_id if row is not None
                                         else stored.endpoint_id if stored is not None else "")
@@ -901,14 +1018,15 @@ class IngestApi:
             job = DeliveryJob(delivery_id=row.id, endpoint_id=endpoint.id, url=endpoint.url,
                               event=Event.model_validate(payload),
                               retry_schedule_ms=endpoint.retry_schedule_ms,
-                              rate_limit=endpoint.rate_limit)
+                              rate_limit=endpoint.rate_limit, tenant=endpoint.tenant_id)
         # a new attempt number: the deliverer's fact ids (and audit's de-duplication) rely on it
         return job.model_copy(update={"attempt": max(job.attempt, row.last_attempt + 1)})
 
     async def retry_failed(self, request: web.Request) -> web.Response:
         """Send every failed delivery of the endpoint again (bulk retry)."""
-        principal = await authorize(request, "admin")
+        principal = await authorize(request, "admin", "tenant_admin")
         endpoint_id = _ident(request, "endpoint")
+        await self._own_endpoint(principal, endpoint_id)
         endpoint = await self._sendable(endpoint_id, missing=404)
         sent = 0
         after: str | None = None
@@ -935,9 +1053,10 @@ class IngestApi:
     async def test_endpoint(self, request: web.Request) -> web.Response:
         """A test event of a catalog type to this one endpoint (not to the type's other
         subscribers): ingest makes its one job itself and hands it to the signer."""
-        principal = await authorize(request, "admin")
+        principal = await authorize(request, "admin", "tenant_admin")
         endpoint_id = _ident(request, "endpoint")
         body: EndpointTest = _validate(EndpointTest, await self._json(request))
+        await self._own_endpoint(principal, endpoint_id)
         endpoint = await self._sendable(endpoint_id, missing=404)
         spec = self.catalog.types.get(body.event)
         data: dict[str, JsonValue] = {name: f"example-{name}"
@@ -955,7 +1074,7 @@ class IngestApi:
         job = DeliveryJob(delivery_id=delivery_id(event.id, endpoint.id),
                           endpoint_id=endpoint.id, url=endpoint.url, event=event,
                           retry_schedule_ms=endpoint.retry_schedule_ms,
-                          rate_limit=endpoint.rate_limit)
+                          rate_limit=endpoint.rate_limit, tenant=endpoint.tenant_id)
         if self.log is not None and self.settings.message_log:
             await self.log.record(
                 [log_event(event, now, keep_payload=self.settings.payload_retention_days > 0)],
@@ -964,7 +1083,7 @@ class IngestApi:
             topology.WORK_EXCHANGE, topology.SIGN, job,
             outcome=f"The message broker did not confirm: test event {event.id} may or may "
             "not have been sent (the message log lists it). Test again if it does not arrive.")
-        fact = accepted_fact(event, [job], now)
+        fact = accepted_fact(event, [job], now, tenant=endpoint.tenant_id)
         await self.audit(fact.model_copy(update={
             "actor": principal.token_id, "endpoint_id": endpoint.id,
             "details": {**fact.details, "test": True}}))
@@ -1013,6 +1132,9 @@ class IngestApi:
             metrics.rejected(event.event, "unknown_event_type")
             raise error(422, "unknown_event_type", unknown_message(event.event),
                         [{"field": "event", "message": "not in the event-type catalog"}])
+        tenant = await self._tenant_of_event(event)
+        if tenant is not None:  # before the idempotency claim: a 429 leaves no claim behind
+            self._check_rate(tenant, event.event)
         event_id = event.id or new_id("evt")
         filled = event.model_copy(update={"id": event_id,
                                           "timestamp": event.timestamp or utcnow()})
@@ -1040,7 +1162,8 @@ class IngestApi:
         filled = event.model_copy(update={"id": event_id,
                                           "timestamp": event.timestamp or utcnow()})
         try:
-            await self._announce(topology.EVENTS_EXCHANGE, event.event, filled)
+            await self._announce(topology.EVENTS_EXCHANGE, event.event, filled,
+                                 headers={RATE_CHECKED_HEADER: "1"})
         except BrokerUnavailableError:
             # The event may have reached the broker (a confirm lost with its connection): the
             # key keeps its id, and the 503 names the id a retry without a key should carry.
@@ -1050,6 +1173,36 @@ class IngestApi:
         log.info("event_received", event_id=event_id, event_type=event.event,
                  actor=principal.token_id)
         return _body(EventAccepted(id=event_id, event=event.event), 202)
+
+    async def _tenant_of_event(self, event: Event) -> str | None:
+        """The tenant id an event is for (``None``: every tenant); 422 for an event naming
+        no tenant, an unknown one, or a tenant and ``all_tenants``. The consumer resolves the
+        tenant again (the AMQP door's events never pass here)."""
+        ref = requested(event, self.settings.default_tenant)
+        if isinstance(ref, TenantRefusal):
+            metrics.rejected(event.event, ref.reason)
+            raise error(422, ref.reason, "The event names no tenant it may reach.",
+                        [{"field": "tenant", "message": ref.error}])
+        if not isinstance(ref, str):  # every tenant
+            return None
+        tenant = await self.tenants.resolve(ref)
+        if tenant is None:
+            metrics.rejected(event.event, "unknown_tenant")
+            raise error(422, "unknown_tenant", f"No tenant {ref[:128]!r}.",
+                        [{"field": "tenant", "message": "no tenant with this id or "
+                          "external id"}])
+        return tenant
+
+    def _check_rate(self, tenant: str, event_type: str) -> None:
+        """429 with Retry-After over the tenant's events per second (platform-wide events
+        are not counted against any one tenant)."""
+        wait = self._rate.take(tenant, time.monotonic())
+        if wait > 0:
+            metrics.rejected(event_type, "tenant_rate_limited")
+            raise error(429, "tenant_rate_limited",
+                        f"The tenant publishes more than {self._rate.per_second:g} events per "
+                        "second (DIHYA_INGEST_TENANT_EVENTS_PER_SECOND); retry later.",
+                        headers={"Retry-After": retry_after(wait)})
 
     async def _settled(self, scope: str, key: str, claim: Claim) -> Claim:
         """Wait while the publish of a claimed, unconfirmed event may still be in flight (at
@@ -1063,7 +1216,8 @@ class IngestApi:
         return claim
 
     async def list_event_types(self, request: web.Request) -> web.Response:
-        await authorize(request, "admin", "publisher", "viewer", "auditor")
+        await authorize(request, "admin", "publisher", "viewer", "auditor", "tenant_admin",
+                        "tenant_viewer")
         items = [EventTypeOut(event=name, description=spec.description.model_dump(),
                               details=spec.details.model_dump(),
                               placeholders=spec.placeholders, internal=name in INTERNAL_TYPES,
@@ -1077,21 +1231,29 @@ class IngestApi:
     async def create_token(self, request: web.Request) -> web.Response:
         principal = await authorize(request, "admin")
         body: TokenCreate = _validate(TokenCreate, await self._json(request))
+        tenant: str | None = None
+        if body.tenant is not None:
+            tenant = await self.tenants.resolve(body.tenant)
+            if tenant is None:
+                raise error(422, "unknown_tenant", f"No tenant {body.tenant[:128]!r}.",
+                            [{"field": "tenant", "message": "no tenant with this id or "
+                              "external id"}])
         token = generate_token()
         now = utcnow()
         record = TokenRecord(id=new_id("tok"), role=body.role, description=body.description,
-                             token_hash=hash_token(token), created_at=now, revoked_at=None)
+                             token_hash=hash_token(token), created_at=now, revoked_at=None,
+                             tenant_id=tenant)
         async with self.store.transaction() as conn:
             await self.store.insert_token(conn, record)
             await self._announce(
                 topology.CONTROL_EXCHANGE, "token.created", TokenGrant(
                     token_id=record.id, role=record.role, token_hash=record.token_hash,
-                    issued_at=now),
+                    issued_at=now, tenant=tenant),
                 outcome="The message broker did not confirm: no token was created (the audit "
                 "service may have its grant, but the token was never shown, so no one can "
                 "use it). Retry.")
-        log.info("token_created", token_id=record.id, role=record.role)
-        await self.audit(self._fact("token.created", principal.token_id,
+        log.info("token_created", token_id=record.id, role=record.role, tenant=tenant)
+        await self.audit(self._fact("token.created", principal.token_id, tenant=tenant,
                                     details={"token_id": record.id, "role": record.role}))
         out = TokenCreated(**_token_out(record).model_dump(), token=token)
         return _body(out, 201)
@@ -1115,7 +1277,7 @@ class IngestApi:
             await self._announce(
                 topology.CONTROL_EXCHANGE, "token.revoked", TokenGrant(
                     token_id=record.id, role=record.role, token_hash=record.token_hash,
-                    revoked=True, issued_at=now),
+                    revoked=True, issued_at=now, tenant=record.tenant_id),
                 outcome=f"The message broker did not confirm: token {token_id} is not "
                 "revoked (the audit service may already refuse it). Retry the revocation.")
         log.info("token_revoked", token_id=token_id)
@@ -1124,8 +1286,10 @@ class IngestApi:
         return web.Response(status=204)
 
     async def whoami(self, request: web.Request) -> web.Response:
-        principal = await authorize(request, "admin", "publisher", "auditor", "viewer")
-        return _body(WhoAmI(token_id=principal.token_id, role=principal.role))
+        principal = await authorize(request, "admin", "publisher", "auditor", "viewer",
+                                    "tenant_admin", "tenant_viewer")
+        return _body(WhoAmI(token_id=principal.token_id, role=principal.role,
+                            tenant=principal.tenant))
 
     async def openapi(self, request: web.Request) -> web.Response:
         if self._openapi is None:
@@ -1194,6 +1358,10 @@ def _already_retried(record: DeliveryRecord) -> web.HTTPException:
 # -- the route table ----------------------------------------------------------------------
 
 _AUTH = (401, 403)
+_READ: tuple[Role, ...] = ("admin", "viewer", "tenant_admin", "tenant_viewer")
+"""Who reads endpoints and their deliveries (a tenant role: its tenant's only)."""
+_WRITE: tuple[Role, ...] = ("admin", "tenant_admin")
+"""Who manages endpoints, secrets and deliveries (a tenant role: its tenant's only)."""
 _BODY = (400, 413, 415, 422)
 
 ROUTES: tuple[Route, ...] = (
@@ -1201,78 +1369,78 @@ ROUTES: tuple[Route, ...] = (
           "Register a webhook endpoint; its signing secret is returned this once. "
           "`retry_schedule` (seconds) overrides the deployment's retry schedule for it; "
           "`rate_limit` paces its deliveries.",
-          ("admin",), body=EndpointCreate, responses={201: EndpointCreated},
+          _WRITE, body=EndpointCreate, responses={201: EndpointCreated},
           errors=(*_AUTH, *_BODY, 503)),
     Route("GET", "/v1/endpoints", "list_endpoints",
           "List endpoints (never their secrets); `include=health` adds each one's last 24 "
           "hours: success rate, attempts, last delivery, state and attempts per hour.",
-          ("admin", "viewer"), query=EndpointListQuery, responses={200: EndpointList},
+          _READ, query=EndpointListQuery, responses={200: EndpointList},
           errors=(*_AUTH, 422)),
     Route("GET", "/v1/endpoints/{id}/health", "endpoint_health",
           "One endpoint's last 24 hours: success rate, attempts, last delivery, state "
           "(enabled, failing, disabled) and attempts by outcome per hour.",
-          ("admin", "viewer"), responses={200: EndpointHealthOut}, errors=(*_AUTH, 404)),
+          _READ, responses={200: EndpointHealthOut}, errors=(*_AUTH, 404)),
     Route("POST", "/v1/endpoints/{id}/test", "test_endpoint",
           "Send a test event of a type (default `dihya.test`) to this endpoint only: the "
           "catalog's example data with `test: true`; it shows in the message log and the "
           "audit log like any event.",
-          ("admin",), body=EndpointTest, responses={202: TestSent},
+          _WRITE, body=EndpointTest, responses={202: TestSent},
           errors=(*_AUTH, 404, 409, *_BODY, 503)),
     Route("POST", "/v1/endpoints/{id}/retry-failed", "retry_failed",
           "Send every failed delivery of the endpoint again (bulk retry); each is audited "
           "with who asked.",
-          ("admin",), responses={202: RetryFailedAccepted}, errors=(*_AUTH, 404, 409, 503)),
+          _WRITE, responses={202: RetryFailedAccepted}, errors=(*_AUTH, 404, 409, 503)),
     Route("GET", "/v1/endpoints/{id}", "get_endpoint", "Read one endpoint.",
-          ("admin", "viewer"), responses={200: EndpointOut}, errors=(*_AUTH, 404)),
+          _READ, responses={200: EndpointOut}, errors=(*_AUTH, 404)),
     Route("PATCH", "/v1/endpoints/{id}", "update_endpoint",
           "Change an endpoint's url, events, description, status, retry schedule, custom "
           "headers or rate limit (`retry_schedule: null` returns it to the deployment's, "
           "`rate_limit: null` removes the limit). Re-enabling a disabled "
           "endpoint answers how many deliveries were held meanwhile (`held_deliveries`); "
           "send them with `POST /v1/endpoints/{id}/recover`.",
-          ("admin",), body=EndpointUpdate, responses={200: EndpointPatched},
+          _WRITE, body=EndpointUpdate, responses={200: EndpointPatched},
           errors=(*_AUTH, 404, *_BODY)),
     Route("DELETE", "/v1/endpoints/{id}", "delete_endpoint",
           "Delete an endpoint; the signer forgets its secret.",
-          ("admin",), responses={204: None}, errors=(*_AUTH, 404, 503)),
+          _WRITE, responses={204: None}, errors=(*_AUTH, 404, 503)),
     Route("POST", "/v1/endpoints/{id}/secret/rotate", "rotate_secret",
           "Rotate an endpoint's secret; the previous one stays valid for the overlap.",
-          ("admin",), body=SecretRotate, responses={200: SecretRotated},
+          _WRITE, body=SecretRotate, responses={200: SecretRotated},
           errors=(*_AUTH, 404, *_BODY, 503)),
     Route("GET", "/v1/endpoints/{id}/deliveries", "list_deliveries",
           "List an endpoint's stored deliveries: failed (given up by the pipeline, with "
           "every attempt), held (kept while it was disabled) or retried.",
-          ("admin", "viewer"), query=DeliveryQuery, responses={200: DeliveryList},
+          _READ, query=DeliveryQuery, responses={200: DeliveryList},
           errors=(*_AUTH, 404, 422)),
     Route("POST", "/v1/deliveries/{id}/retry", "retry_delivery",
           "Send a failed or held delivery again (next attempt number, history kept, the "
           "endpoint's current URL); audited with who asked.",
-          ("admin",), responses={202: RetryAccepted}, errors=(*_AUTH, 404, 409, 503)),
+          _WRITE, responses={202: RetryAccepted}, errors=(*_AUTH, 404, 409, 503)),
     Route("POST", "/v1/endpoints/{id}/recover", "recover_endpoint",
           "Send again every delivery of the endpoint that failed at or after `since`, and "
           "every held one; each is audited with who asked.",
-          ("admin",), body=RecoverRequest, responses={202: RecoverAccepted},
+          _WRITE, body=RecoverRequest, responses={202: RecoverAccepted},
           errors=(*_AUTH, 404, 409, *_BODY, 503)),
     Route("GET", "/v1/events", "list_events",
           "The message log: accepted events, newest first, with their deliveries by status; "
           "filter by type, delivery status, endpoint and reception time; cursor-paged.",
-          ("admin", "viewer"), query=EventQuery, responses={200: EventPage},
+          _READ, query=EventQuery, responses={200: EventPage},
           errors=(*_AUTH, 422)),
     Route("GET", "/v1/events/{id}", "get_event",
           "One event: its payload as delivered (while retained) and, per endpoint, every "
           "attempt (request headers with shortened signatures, response status, headers and "
           "excerpt, latency) and the next retry.",
-          ("admin", "viewer"), responses={200: EventDetail}, errors=(*_AUTH, 404)),
+          _READ, responses={200: EventDetail}, errors=(*_AUTH, 404)),
     Route("GET", "/v1/deliveries", "list_log_deliveries",
           "Deliveries of every endpoint, newest first; filter by status, endpoint and event; "
           "cursor-paged.",
-          ("admin", "viewer"), query=LogDeliveryQuery, responses={200: DeliveryPage},
+          _READ, query=LogDeliveryQuery, responses={200: DeliveryPage},
           errors=(*_AUTH, 422)),
     Route("POST", "/v1/deliveries/{id}/resend", "resend_delivery",
           "Send a delivery again as its next attempt — delivered ones too; audited with who "
           "asked. 409 while it is on its way, when its endpoint is disabled or deleted, or "
           "when its payload is no longer retained.",
-          ("admin",), responses={202: ResendAccepted}, errors=(*_AUTH, 404, 409, 503)),
+          _WRITE, responses={202: ResendAccepted}, errors=(*_AUTH, 404, 409, 503)),
     Route("GET", "/v1/subjects/{subject}/export", "subject_export",
           "GDPR Art. 15: the retained payloads of the events about a data subject (their "
           "`data.user_id`); the audit service's subject export holds the rest.",
@@ -1296,7 +1464,7 @@ ROUTES: tuple[Route, ...] = (
           "(400 `non_finite_number`) and without a key twice in one object "
           "(400 `duplicate_key`).",
           ("publisher", "admin"), body=Event, responses={202: EventAccepted},
-          errors=(*_AUTH, *_BODY, 503),
+          errors=(*_AUTH, *_BODY, 429, 503),
           headers={IDEMPOTENCY_HEADER: "Optional, ≤ 255 printable ASCII characters. The same "
                    "key from the same token within DIHYA_INGEST_IDEMPOTENCY_WINDOW seconds "
                    "returns the first event's id (with `Idempotent-Replayed: true`) and "
@@ -1304,7 +1472,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/event-types", "list_event_types",
           "The event-type catalog: each known type's description and `details` templates in "
           "fr, en, ar and tzm, and what ingest does with a type not listed.",
-          ("admin", "publisher", "viewer", "auditor"), responses={200: EventTypeList},
+          ("admin", "publisher", "viewer", "auditor", "tenant_admin",
+           "tenant_viewer"), responses={200: EventTypeList},
           errors=_AUTH),
     Route("POST", "/v1/tokens", "create_token",
           "Issue an API token; the token is returned this once, only its hash is kept.",
@@ -1317,8 +1486,46 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/me", "whoami",
           "Who the token is: its id and role (any valid token; the web console signs in "
           "with it).",
-          ("admin", "publisher", "auditor", "viewer"), responses={200: WhoAmI},
+          ("admin", "publisher", "auditor", "viewer", "tenant_admin",
+           "tenant_viewer"), responses={200: WhoAmI},
           errors=(401,)),
+    Route("POST", "/v1/tenants", "create_tenant",
+          "Create a tenant (one of the platform's customers): `ten_…`; its `external_id` "
+          "(the platform's own customer id, unique) is usable wherever a tenant id is.",
+          ("admin",), body=TenantCreate, responses={201: TenantOut},
+          errors=(*_AUTH, *_BODY, 409)),
+    Route("GET", "/v1/tenants", "list_tenants", "List tenants by id.",
+          ("admin",), query=ListQuery, responses={200: TenantList}, errors=(*_AUTH, 422)),
+    Route("GET", "/v1/tenants/{id}", "get_tenant",
+          "Read one tenant (by id or external id).",
+          ("admin",), responses={200: TenantOut}, errors=(*_AUTH, 404)),
+    Route("PATCH", "/v1/tenants/{id}", "update_tenant",
+          "Change a tenant's name, external id or metadata.",
+          ("admin",), body=TenantUpdate, responses={200: TenantOut},
+          errors=(*_AUTH, 404, *_BODY, 409)),
+    Route("DELETE", "/v1/tenants/{id}", "delete_tenant",
+          "Offboard a tenant: its endpoints (the signer forgets their secrets), their stored "
+          "deliveries, message-log rows and retained payloads are removed and its tokens "
+          "revoked; audited with who did it (the audit log keeps its records).",
+          ("admin",), responses={200: TenantDeleted}, errors=(*_AUTH, 404, 503)),
+    Route("GET", "/v1/tenants/{id}/export", "export_tenant",
+          "The tenant's data as JSON Lines (`application/x-ndjson`, streamed): the tenant, its "
+          "endpoints (never a secret), their stored and logged deliveries, and its logged "
+          "events with their retained payloads; each line has a `type`. Its audit records: "
+          "the audit service's `GET /v1/audit/export?tenant=ten_…`.",
+          ("admin",), responses={200: None}, errors=(*_AUTH, 404)),
+    Route("POST", "/v1/tenants/{id}/portal-sessions", "create_portal_session",
+          "A link that opens the web console for this tenant only (a `tenant_viewer` or "
+          "`tenant_admin` session, default 1 h), to show the customer or embed in an iframe "
+          "(DIHYA_INGEST_PORTAL_FRAME_ANCESTORS). The link's one-time code is in its fragment "
+          "and valid DIHYA_INGEST_PORTAL_CODE_TTL seconds.",
+          ("admin",), body=PortalSessionCreate, responses={201: PortalSession},
+          errors=(*_AUTH, 404, *_BODY)),
+    Route("POST", "/v1/portal/exchange", "exchange_portal_code",
+          "Open a portal session: its link's one-time code, once, for the session's "
+          "tenant-scoped token (the console does this). No token needed; 401 "
+          "`invalid_code` for a code unknown, used or expired.",
+          (), body=PortalExchange, responses={201: PortalOpened}, errors=(401, *_BODY)),
     Route("GET", "/v1/openapi.json", "openapi", "This document.",
           responses={200: None}),
 )

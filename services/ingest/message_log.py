@@ -28,7 +28,7 @@ from services.ingest.messages import (
     LogStatus,
     status_after,
 )
-from services.ingest.store import metadata
+from services.ingest.store import endpoints, metadata
 
 log_events = sa.Table(
     "log_events",
@@ -104,6 +104,14 @@ class EventFilter:
     endpoint_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    tenant: str | None = None
+    """Only events with a delivery to this tenant's endpoints (counting only those)."""
+
+
+def _of_tenant(tenant: str) -> sa.ColumnElement[bool]:
+    """A delivery to one of ``tenant``'s endpoints (a tenant-scoped token sees no other)."""
+    return log_deliveries.c.endpoint_id.in_(
+        sa.select(endpoints.c.id).where(endpoints.c.tenant_id == tenant))
 
 
 @dataclass(frozen=True)
@@ -286,12 +294,14 @@ class MessageLog:
             query = query.where(e.received_at >= _utc(where.since))
         if where.until is not None:
             query = query.where(e.received_at < _utc(where.until))
-        if where.status is not None or where.endpoint_id is not None:
+        if where.status is not None or where.endpoint_id is not None or where.tenant:
             cond = d.event_id == e.id
             if where.status is not None:
                 cond = cond & (d.status == where.status)
             if where.endpoint_id is not None:
                 cond = cond & (d.endpoint_id == where.endpoint_id)
+            if where.tenant is not None:
+                cond = cond & _of_tenant(where.tenant)
             query = query.where(sa.exists(sa.select(d.id).where(cond)))
         if after is not None:
             at, ident = after
@@ -300,36 +310,42 @@ class MessageLog:
         query = query.order_by(e.received_at.desc(), e.id.desc()).limit(limit)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-            counts = await self._counts(conn, [r.id for r in rows])
+            counts = await self._counts(conn, [r.id for r in rows], where.tenant)
         return [EventRow(id=r.id, event_type=r.event_type, received_at=_utc(r.received_at),
                          lang=r.lang, payload=None, counts=counts.get(r.id, {}))
                 for r in rows]
 
-    async def _counts(self, conn: AsyncConnection, event_ids: list[str]
-                      ) -> dict[str, dict[str, int]]:
+    async def _counts(self, conn: AsyncConnection, event_ids: list[str],
+                      tenant: str | None = None) -> dict[str, dict[str, int]]:
         if not event_ids:
             return {}
         d = log_deliveries.c
-        rows = await conn.execute(
-            sa.select(d.event_id, d.status, sa.func.count())
-            .where(d.event_id.in_(event_ids)).group_by(d.event_id, d.status))
+        query = sa.select(d.event_id, d.status, sa.func.count()).where(d.event_id.in_(event_ids))
+        if tenant is not None:
+            query = query.where(_of_tenant(tenant))
+        rows = await conn.execute(query.group_by(d.event_id, d.status))
         out: dict[str, dict[str, int]] = {}
         for event_id, status, count in rows:
             out.setdefault(event_id, {})[status] = int(count)
         return out
 
-    async def get_event(self, event_id: str
+    async def get_event(self, event_id: str, tenant: str | None = None
                         ) -> tuple[EventRow, list[tuple[DeliveryRow, list[AttemptRow]]]] | None:
-        """One event with each of its deliveries and their attempts (oldest first)."""
+        """One event with each of its deliveries and their attempts (oldest first);
+        ``tenant``: only the deliveries to its endpoints, and ``None`` if it has none."""
         e, d, a = log_events.c, log_deliveries.c, log_attempts.c
         async with self.engine.connect() as conn:
             row = (await conn.execute(log_events.select().where(e.id == event_id))).first()
             if row is None:
                 return None
-            deliveries = [DeliveryRow.of(r) for r in await conn.execute(
-                sa.select(log_deliveries, e.event_type).select_from(
-                    log_deliveries.outerjoin(log_events, e.id == d.event_id))
-                .where(d.event_id == event_id).order_by(d.endpoint_id, d.id))]
+            query = (sa.select(log_deliveries, e.event_type).select_from(
+                log_deliveries.outerjoin(log_events, e.id == d.event_id))
+                .where(d.event_id == event_id).order_by(d.endpoint_id, d.id))
+            if tenant is not None:
+                query = query.where(_of_tenant(tenant))
+            deliveries = [DeliveryRow.of(r) for r in await conn.execute(query)]
+            if tenant is not None and not deliveries:
+                return None
             attempts: dict[str, list[AttemptRow]] = {}
             if deliveries:
                 for r in await conn.execute(
@@ -345,11 +361,15 @@ class MessageLog:
 
     async def list_deliveries(self, *, status: LogStatus | None, endpoint_id: str | None,
                               event_id: str | None, limit: int,
-                              after: tuple[datetime, str] | None) -> list[DeliveryRow]:
-        """Deliveries newest first (by creation, then id), with their event's type."""
+                              after: tuple[datetime, str] | None,
+                              tenant: str | None = None) -> list[DeliveryRow]:
+        """Deliveries newest first (by creation, then id), with their event's type;
+        ``tenant``: only those to its endpoints."""
         e, d = log_events.c, log_deliveries.c
         query = sa.select(log_deliveries, e.event_type).select_from(
             log_deliveries.outerjoin(log_events, e.id == d.event_id))
+        if tenant is not None:
+            query = query.where(_of_tenant(tenant))
         if status is not None:
             query = query.where(d.status == status)
         if endpoint_id is not None:

@@ -28,7 +28,7 @@ from pydantic import (
 from services.ingest.catalog import UnknownPolicy
 from services.ingest.decisions import DeliveryStatus, EndpointStatus
 from shared import custom_headers
-from shared.contracts import AttemptRecord, Lang, RateLimit, Role
+from shared.contracts import AttemptRecord, Lang, RateLimit, Role, TenantRef
 from shared.subscriptions import MAX_PATTERN, PATTERN_RE
 
 DEFAULT_SECRET_MIN_LENGTH = 16
@@ -192,6 +192,9 @@ class EndpointCreate(Request):
     headers: CustomHeaders | None = None
     rate_limit: RateLimit | None = Field(default=None, description=RATE_LIMIT_DESCRIPTION,
                                          examples=[{"per_second": 5, "burst": 10}])
+    tenant: TenantRef | None = Field(
+        default=None, description="Its tenant (id or external id). A tenant-scoped token "
+        "implies its own; otherwise required unless the deployment sets DIHYA_DEFAULT_TENANT.")
 
     @field_validator("secret")
     @classmethod
@@ -255,6 +258,19 @@ class TokenCreate(Request):
 
     role: Role
     description: Description | None = None
+    tenant: TenantRef | None = Field(
+        default=None, description="Required with the roles `tenant_admin` and "
+        "`tenant_viewer` (the tenant the token acts for, id or external id); not allowed "
+        "with the platform roles.")
+
+    @model_validator(mode="after")
+    def _tenant_role(self) -> TokenCreate:
+        scoped = self.role in ("tenant_admin", "tenant_viewer")
+        if scoped and self.tenant is None:
+            raise ValueError(f"tenant: required with role {self.role}")
+        if not scoped and self.tenant is not None:
+            raise ValueError(f"tenant: not allowed with the platform role {self.role}")
+        return self
 
 
 class RecoverRequest(Request):
@@ -292,6 +308,7 @@ class Response(BaseModel):
 class EndpointOut(Response):
     id: str
     url: str
+    tenant: str = Field(default="ten_default", description="Its tenant's id (`ten_…`).")
     events: list[str]
     description: str | None
     status: EndpointStatus
@@ -378,6 +395,8 @@ class EventTypeList(Response):
 class TokenOut(Response):
     id: str
     role: Role
+    tenant: str | None = Field(default=None, description="The tenant of a tenant-scoped "
+                               "token (`ten_…`); null for platform roles.")
     description: str | None
     created_at: datetime
     revoked_at: datetime | None
@@ -398,6 +417,8 @@ class WhoAmI(Response):
     token_id: str = Field(description="Id of the token (`tok_bootstrap_admin` for "
                           "DIHYA_ADMIN_TOKEN); safe to show and log.")
     role: Role
+    tenant: str | None = Field(default=None, description="The tenant a tenant-scoped token "
+                               "acts for; null for platform roles.")
 
 
 class DeliveryOut(Response):

@@ -27,6 +27,8 @@ _ERRORS = {
     413: "The body exceeds DIHYA_INGEST_MAX_BODY_BYTES.",
     415: "The body is not application/json.",
     422: "The body (or a parameter) is not valid; `fields` names each problem.",
+    429: "Too many requests (`tenant_rate_limited`: the tenant's events per second); retry "
+         "after the `Retry-After` seconds.",
     503: "The broker or the database is unavailable; `message` says what was and was not "
          "done (a lost confirm can hide a message that did arrive, e.g. a secret the signer "
          "already holds). Retry. `broker_unconfirmed` (publishing an event): the event may "

@@ -126,6 +126,71 @@ class Settings(EgressSettings):
         "attempts and test results, and says why.",
     )
 
+    default_tenant: str | None = Field(
+        default=None, validation_alias="DIHYA_DEFAULT_TENANT",
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+        description="Tenant (id or external id) of an event or endpoint that names none. "
+        "Unset: such an event is refused (HTTP 422 `tenant_missing`; over AMQP parked with "
+        "that reason and audited) and an endpoint must name its tenant. Set it to `default` "
+        "to keep a single-tenant deployment's publishers and scripts working unchanged: the "
+        "upgrade moved every existing endpoint to the tenant `default`.",
+    )
+    tenant_max_endpoints: int = Field(
+        default=1000, ge=0,
+        description="Most endpoints one tenant may have (409 `tenant_quota_exceeded` beyond). "
+        "0: no limit.",
+    )
+    tenant_events_per_second: float = Field(
+        default=0, ge=0,
+        description="Events per second one tenant may publish, per ingest replica (bursts of "
+        "one second's worth). Over it: HTTP 429 `tenant_rate_limited` with `Retry-After`; "
+        "over AMQP the event is parked with reason `tenant_rate_limited` and audited (move it "
+        "back once the burst is over). Platform-wide events are not counted. 0: no limit.",
+    )
+
+    portal_url: str = Field(
+        default="",
+        description="Base URL of the console as the tenants' browsers reach it, for the links "
+        "of portal sessions (e.g. `https://webhooks.example.com`). Empty: the address the "
+        "request creating the session was sent to.",
+    )
+    portal_code_ttl: int = Field(
+        default=300, ge=10, le=3600,
+        description="Seconds the one-time code of a portal session's link stays valid (it is "
+        "exchanged once for the session, which then lasts its own `expires_in`).",
+    )
+    portal_frame_ancestors: str = Field(
+        default="",
+        description="Origins allowed to embed the console in an iframe (the CSP "
+        "`frame-ancestors` of the console's pages), space-separated, e.g. "
+        "`https://app.example.com`. Empty: none — the console cannot be framed.",
+    )
+    portal_name: str = Field(
+        default="", max_length=80,
+        description="The platform's name shown in the console's header during a portal "
+        "session. Empty: Dihya's own.",
+    )
+    portal_accent: str = Field(
+        default="", pattern=r"^(#[0-9a-fA-F]{6})?$",
+        description="The platform's accent colour for portal sessions (`#rrggbb`). Empty: "
+        "the console's own.",
+    )
+
+    @field_validator("portal_frame_ancestors")
+    @classmethod
+    def _check_ancestors(cls, value: str) -> str:
+        for origin in value.split():
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or (
+                    parts.path not in ("", "/")) or parts.query or parts.fragment:
+                raise ValueError(f"{origin!r} is not an origin (https://host[:port])")
+        return " ".join(value.split())
+
+    @field_validator("default_tenant", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("console_audit_url")
     @classmethod
     def _check_audit_url(cls, value: str) -> str:

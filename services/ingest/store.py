@@ -74,7 +74,10 @@ endpoints = sa.Table(
     sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
     # its rate limit, JSON {"per_second": r, "burst": b}; NULL: not limited
     sa.Column("rate_limit", sa.JSON(none_as_null=True), nullable=True),
+    # its tenant (#21); the migration moved existing endpoints to the default tenant
+    sa.Column("tenant_id", sa.String(64), nullable=False, server_default="ten_default"),
     sa.Index("ix_endpoints_status", "status"),
+    sa.Index("ix_endpoints_tenant_id", "tenant_id", "id"),
 )
 
 idempotency_keys = sa.Table(
@@ -100,6 +103,10 @@ tokens = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    # the tenant of a tenant_admin / tenant_viewer token; NULL for platform roles
+    sa.Column("tenant_id", sa.String(64), nullable=True),
+    # a portal session's end; NULL: never
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 
@@ -211,6 +218,7 @@ class EndpointRecord:
     header_names: tuple[str, ...] = ()
     consecutive_failures: int = 0
     rate_limit: RateLimit | None = None
+    tenant_id: str = "ten_default"
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> EndpointRecord:
@@ -228,13 +236,13 @@ class EndpointRecord:
                    public_keys=_public_keys(m["public_keys"]),
                    header_names=tuple(m["header_names"] or ()),
                    consecutive_failures=m["consecutive_failures"],
-                   rate_limit=_rate_limit(m["rate_limit"]))
+                   rate_limit=_rate_limit(m["rate_limit"]), tenant_id=m["tenant_id"])
 
     def target(self) -> Endpoint:
         return Endpoint(id=self.id, url=self.url, events=self.events, status=self.status,
                         disabled_reason=self.disabled_reason,
                         retry_schedule_ms=self.retry_schedule_ms,
-                        rate_limit=self.rate_limit)
+                        rate_limit=self.rate_limit, tenant_id=self.tenant_id)
 
     @property
     def health(self) -> Health:
@@ -290,6 +298,8 @@ class TokenRecord:
     token_hash: str
     created_at: datetime
     revoked_at: datetime | None
+    tenant_id: str | None = None
+    expires_at: datetime | None = None
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> TokenRecord:
@@ -297,7 +307,8 @@ class TokenRecord:
         revoked = m["revoked_at"]
         return cls(id=m["id"], role=m["role"], description=m["description"],
                    token_hash=m["token_hash"], created_at=_utc(m["created_at"]),
-                   revoked_at=None if revoked is None else _utc(revoked))
+                   revoked_at=None if revoked is None else _utc(revoked),
+                   tenant_id=m["tenant_id"], expires_at=_utc_or_none(m["expires_at"]))
 
 
 @dataclass(frozen=True)
@@ -312,7 +323,7 @@ class Claim:
     claimed_at: datetime | None = None
 
 
-_ENDPOINTS_CHANGED = "dihya_endpoints_changed"
+ENDPOINTS_CHANGED = "dihya_endpoints_changed"
 """Connection-info flag: this transaction changed endpoints (the fan-out cache is stale)."""
 
 
@@ -326,6 +337,7 @@ class Store:
         self._cache_ttl = endpoint_cache_ttl
         self._generation = 0
         self._cached: tuple[int, float, list[Endpoint]] | None = None
+        self._by_tenant: tuple[list[Endpoint], dict[str, list[Endpoint]]] | None = None
         self._reload = asyncio.Lock()
         # the per-event statements (seen events, tokens) go to SQLite directly
         self._direct = direct_sqlite(engine)
@@ -352,7 +364,7 @@ class Store:
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.begin() as conn:
             yield conn
-            changed = conn.info.pop(_ENDPOINTS_CHANGED, False)
+            changed = conn.info.pop(ENDPOINTS_CHANGED, False)
         if changed:  # committed: drop the endpoints cached for fan-out
             self._generation += 1
 
@@ -364,7 +376,7 @@ class Store:
     # -- endpoints ------------------------------------------------------------------------
 
     async def insert_endpoint(self, conn: AsyncConnection, record: EndpointRecord) -> None:
-        conn.info[_ENDPOINTS_CHANGED] = True
+        conn.info[ENDPOINTS_CHANGED] = True
         await conn.execute(endpoints.insert().values(
             id=record.id, url=record.url, events=list(record.events),
             description=record.description, status=record.status,
@@ -373,7 +385,7 @@ class Store:
             signature_scheme=record.signature_scheme,
             public_keys=_public_keys_column(record.public_keys),
             header_names=list(record.header_names) or None,
-            rate_limit=_rate_limit_column(record.rate_limit)))
+            rate_limit=_rate_limit_column(record.rate_limit), tenant_id=record.tenant_id))
 
     async def get_endpoint(self, endpoint_id: str, conn: AsyncConnection | None = None
                            ) -> EndpointRecord | None:
@@ -385,10 +397,14 @@ class Store:
                 row = (await own.execute(query)).first()
         return None if row is None else EndpointRecord.of(row)
 
-    async def list_endpoints(self, *, limit: int, after: str | None) -> list[EndpointRecord]:
+    async def list_endpoints(self, *, limit: int, after: str | None,
+                             tenant: str | None = None) -> list[EndpointRecord]:
+        """Endpoints by id; ``tenant``: only that tenant's."""
         query = endpoints.select().order_by(endpoints.c.id).limit(limit)
         if after:
             query = query.where(endpoints.c.id > after)
+        if tenant is not None:
+            query = query.where(endpoints.c.tenant_id == tenant)
         async with self.engine.connect() as conn:
             return [EndpointRecord.of(r) for r in await conn.execute(query)]
 
@@ -405,7 +421,7 @@ class Store:
             values["rate_limit"] = _rate_limit_column(values["rate_limit"])
         if "public_keys" in values:
             values["public_keys"] = _public_keys_column(values["public_keys"])
-        conn.info[_ENDPOINTS_CHANGED] = True
+        conn.info[ENDPOINTS_CHANGED] = True
         result = await conn.execute(
             endpoints.update().where(endpoints.c.id == endpoint_id).values(**values))
         if cast(sa.CursorResult[Any], result).rowcount == 0:
@@ -413,7 +429,7 @@ class Store:
         return await self.get_endpoint(endpoint_id, conn)
 
     async def delete_endpoint(self, conn: AsyncConnection, endpoint_id: str) -> bool:
-        conn.info[_ENDPOINTS_CHANGED] = True
+        conn.info[ENDPOINTS_CHANGED] = True
         result = await conn.execute(endpoints.delete().where(endpoints.c.id == endpoint_id))
         return cast(sa.CursorResult[Any], result).rowcount > 0
 
@@ -443,14 +459,30 @@ class Store:
     async def _load_subscribers(self) -> list[Endpoint]:
         query = (sa.select(endpoints.c.id, endpoints.c.url, endpoints.c.events,
                            endpoints.c.status, endpoints.c.disabled_reason,
-                           endpoints.c.retry_schedule_ms, endpoints.c.rate_limit)
+                           endpoints.c.retry_schedule_ms, endpoints.c.rate_limit,
+                           endpoints.c.tenant_id)
                  .order_by(endpoints.c.id))
         async with self.engine.connect() as conn:
             return [Endpoint(id=r.id, url=r.url, events=tuple(r.events), status=r.status,
                              disabled_reason=r.disabled_reason,
                              retry_schedule_ms=_schedule(r.retry_schedule_ms),
-                             rate_limit=_rate_limit(r.rate_limit))
+                             rate_limit=_rate_limit(r.rate_limit), tenant_id=r.tenant_id)
                     for r in await conn.execute(query)]
+
+    async def subscribers_of(self, tenant: str | None) -> list[Endpoint]:
+        """:meth:`subscribers` of one tenant (``None``: every tenant's), from an index built
+        once per load of the cache: an event's fan-out looks at its own tenant's endpoints
+        only, however many tenants there are."""
+        every = await self.subscribers()
+        if tenant is None:
+            return every
+        index = self._by_tenant
+        if index is None or index[0] is not every:
+            grouped: dict[str, list[Endpoint]] = {}
+            for ep in every:
+                grouped.setdefault(ep.tenant_id, []).append(ep)
+            index = self._by_tenant = (every, grouped)
+        return index[1].get(tenant, [])
 
     async def set_health(self, conn: AsyncConnection, endpoint_id: str, old: Health,
                          new: Health, *, disabled_reason: str | None, now: datetime) -> bool:
@@ -465,7 +497,7 @@ class Store:
         if new.status == "disabled" and old.status != "disabled":
             values.update(disabled_reason=disabled_reason, disabled_at=now, updated_at=now)
         if new.status != old.status:
-            conn.info[_ENDPOINTS_CHANGED] = True
+            conn.info[ENDPOINTS_CHANGED] = True
         result = await conn.execute(
             endpoints.update()
             .where((c.id == endpoint_id) & (c.status == old.status)
@@ -737,12 +769,16 @@ class Store:
         await conn.execute(tokens.insert().values(
             id=record.id, role=record.role, description=record.description,
             token_hash=record.token_hash, created_at=record.created_at,
-            revoked_at=record.revoked_at))
+            revoked_at=record.revoked_at, tenant_id=record.tenant_id,
+            expires_at=record.expires_at))
 
-    async def list_tokens(self, *, limit: int, after: str | None) -> list[TokenRecord]:
+    async def list_tokens(self, *, limit: int, after: str | None,
+                          tenant: str | None = None) -> list[TokenRecord]:
         query = tokens.select().order_by(tokens.c.id).limit(limit)
         if after:
             query = query.where(tokens.c.id > after)
+        if tenant is not None:
+            query = query.where(tokens.c.tenant_id == tenant)
         async with self.engine.connect() as conn:
             return [TokenRecord.of(r) for r in await conn.execute(query)]
 
@@ -760,13 +796,19 @@ class Store:
         if not token_hashes:
             return {}
         hashes = list(token_hashes)
-        direct = self._direct_rows("SELECT id, role, token_hash FROM tokens WHERE token_hash "
-                                   "IN ({}) AND revoked_at IS NULL", hashes)
+        now = datetime.now(UTC)
+        direct = self._direct_rows("SELECT id, role, token_hash, tenant_id, expires_at FROM "
+                                   "tokens WHERE token_hash IN ({}) AND revoked_at IS NULL",
+                                   hashes)
         if direct is not None:
-            return {token_hash: Principal(token_id=token_id, role=role)
-                    for token_id, role, token_hash in direct}
-        query = sa.select(tokens.c.id, tokens.c.role, tokens.c.token_hash).where(
+            return {token_hash: Principal(token_id=token_id, role=role, tenant=tenant)
+                    for token_id, role, token_hash, tenant, until in direct
+                    if until is None or _utc(datetime.fromisoformat(until)) > now}
+        query = sa.select(tokens.c.id, tokens.c.role, tokens.c.token_hash,
+                          tokens.c.tenant_id, tokens.c.expires_at).where(
             tokens.c.token_hash.in_(hashes) & tokens.c.revoked_at.is_(None))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return {row.token_hash: Principal(token_id=row.id, role=row.role) for row in rows}
+        # a portal session's token ends by itself (expires_at)
+        return {row.token_hash: Principal(token_id=row.id, role=row.role, tenant=row.tenant_id)
+                for row in rows if row.expires_at is None or _utc(row.expires_at) > now}

@@ -263,5 +263,6 @@ def parked_fact(*, queue: str, reason: str, error: str, body: bytes, now: dateti
         attempt=None if job is None else job.attempt,
         reason=reason,
         error=error[:500],
+        tenant=None if job is None else job.tenant,
         details={"queue": queue},
     )

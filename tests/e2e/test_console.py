@@ -15,6 +15,7 @@ import os
 import re
 import struct
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -1013,3 +1014,70 @@ def test_the_screenshots_were_written() -> None:
         width, height = _png_size(path)
         assert width >= 1280 and height >= 600, (path, width, height)
 
+
+
+async def test_a_portal_link_shows_one_tenant_only(tab: Tab, api: Api, receiver: Receiver
+                                                   ) -> None:
+    """Issue #21: a platform opens the console for one customer with a one-time link."""
+    from playwright.async_api import expect
+
+    page = tab.page
+    admin = api.system.admin_token
+    run = uuid.uuid4().hex[:8]
+    tenants = {}
+    for name in ("a", "b"):
+        _, made = await api.call("POST", "ingest", "/v1/tenants", admin,
+                                 {"name": f"Portal {name}", "external_id": f"pt-{name}-{run}"},
+                                 expect=201)
+        tenants[name] = made
+    _, mine = await api.call("POST", "ingest", "/v1/endpoints", admin, {
+        "url": receiver.url("portal-a"), "events": ["portal.a"], "tenant": f"pt-a-{run}"},
+        expect=201)
+    _, theirs = await api.call("POST", "ingest", "/v1/endpoints", admin, {
+        "url": receiver.url("portal-b"), "events": ["portal.b"], "tenant": f"pt-b-{run}"},
+        expect=201)
+    _, link = await api.call("POST", "ingest", f"/v1/tenants/pt-a-{run}/portal-sessions",
+                             admin, {"role": "tenant_viewer"}, expect=201)
+    code = link["url"].split("#portal=")[1]
+
+    await page.goto(link["url"])
+    await expect(page.locator("#signout")).to_be_visible()
+    await expect(page.locator("#endpoints-table")).to_contain_text("portal.a")
+    await expect(page.locator("#endpoints-table")).not_to_contain_text("portal.b")
+    await expect(page.locator("#nav-tokens")).to_be_hidden()
+    await expect(page.locator("#nav-audit")).to_be_hidden()
+    await expect(page.locator("#endpoint-new")).to_be_hidden()
+    assert "portal=" not in page.url  # the code left the address bar (and history)
+    await page.goto(f"{api.system.console_url()}#/endpoints/{theirs['id']}")
+    await expect(page.locator("#endpoint-facts")).not_to_contain_text("portal.b")
+    await expect(page.locator("#endpoint-facts")).not_to_contain_text(theirs["url"])
+    reused = await api.call("POST", "ingest", "/v1/portal/exchange", None, {"code": code})
+    assert reused[0] == 401  # the link opened one session
+    tab.assert_private(code, mine["secret"], theirs["secret"])
+
+
+async def test_a_platform_admin_picks_a_tenant(tab: Tab, api: Api, receiver: Receiver) -> None:
+    from playwright.async_api import expect
+
+    page = tab.page
+    admin = api.system.admin_token
+    run = uuid.uuid4().hex[:8]
+    await api.call("POST", "ingest", "/v1/tenants", admin,
+                   {"name": "Picked", "external_id": f"pick-{run}"}, expect=201)
+    _, picked = await api.call("POST", "ingest", "/v1/endpoints", admin, {
+        "url": receiver.url(f"pick-{run}"), "events": ["pick.me"], "tenant": f"pick-{run}"},
+        expect=201)
+    await api.call("POST", "ingest", "/v1/endpoints", admin, {
+        "url": receiver.url(f"other-{run}"), "events": ["pick.other"]}, expect=201)
+    await sign_in(page, admin)
+    await expect(page.locator("#endpoints-table")).to_contain_text("pick.other")
+    await expect(page.locator("#tenant-picker")).to_be_visible()
+    await page.fill("#tenant-pick", f"pick-{run}")
+    await page.click("#tenant-picker button[type=submit]")
+    await expect(page.locator("#endpoints-table")).not_to_contain_text("pick.other")
+    await expect(page.locator("#endpoints-table")).to_contain_text("pick.me")
+    # a new endpoint goes to the picked tenant
+    await page.click("#endpoint-new")
+    await expect(page.locator("#ep-tenant")).to_have_value(f"pick-{run}")
+    await page.keyboard.press("Escape")
+    tab.assert_private(picked["secret"])

@@ -163,6 +163,7 @@ def make_facts(n: int, run: str) -> list[AuditFact]:
             attempt=1 + i % 4, url="https://example.test/hook",
             outcome="delivered" if i % 3 == 0 else "failed", status_code=200 + i % 3,
             duration_ms=10.25 + i, details={"subject": f"user_{run}_{i % 4}"} if i % 2 else {},
+            tenant=f"ten_{run}_{i % 3}" if i % 6 else None,  # every sixth: platform-wide
         )
         for i in range(n)
     ]
@@ -215,7 +216,8 @@ async def test_facts_are_recorded_filtered_and_paginated(audit: Audit, broker: B
     assert "user_" not in record["sealed"]
     plain = by_id[facts[12].id]
     assert plain["details"] == {} and plain["subject"] is None
-    assert not {"subject_ref", "sealed", "personal"} & set(plain)
+    assert not {"subject_ref", "sealed", "personal", "tenant"} & set(plain)
+    assert record["tenant"] == f"ten_{run}_1"  # hashed with the record (verified below)
     assert (record["attempt"], record["status_code"], record["duration_ms"]) == (2, 201, 23.25)
     assert len(record["hash"]) == len(record["prev_hash"]) == 64
 
@@ -235,6 +237,7 @@ async def test_facts_are_recorded_filtered_and_paginated(audit: Audit, broker: B
         ({"subject": f"user_{run}_3"},
          expect(lambda f: f.details.get("subject") == f"user_{run}_3")),
         (window(100, 150), {f.id for f in facts[100:150]}),
+        ({"tenant": f"ten_{run}_2"}, expect(lambda f: f.tenant == f"ten_{run}_2")),
         ({"event_id": f"evt_{run}_1", "kind": "event.accepted"},
          expect(lambda f: f.event_id == f"evt_{run}_1" and f.kind == "event.accepted")),
     ]

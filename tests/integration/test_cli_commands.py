@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -410,3 +411,45 @@ async def test_deliveries_list_events_show_and_resend(dihya: Cli, receiver: Rece
     assert len(receiver.received("browse")) == 2
     ids = {orjson.loads(d.body)["delivery"]["id"] for d in receiver.received("browse")}
     assert ids == {items[0]["id"]}, "a resend keeps the delivery's id"
+
+
+async def test_tenants_from_the_cli(dihya: Cli, receiver: Receiver) -> None:
+    run_id = uuid.uuid4().hex[:8]
+    created = await dihya("tenants", "create", "Acme", "--external-id", f"acme-{run_id}")
+    assert created.code == Exit.OK, created.err
+    tenant_id = created.out.split()[1]
+    assert tenant_id.startswith("ten_") and f"acme-{run_id}" in created.out
+    assert tenant_id in (await dihya("tenants", "list", "--all")).out
+    shown = await dihya("tenants", "show", f"acme-{run_id}", "--json")
+    assert shown.json["id"] == tenant_id
+
+    token = await dihya("tokens", "create", "--role", "tenant_admin", "--tenant",
+                        f"acme-{run_id}", "--json")
+    assert token.code == Exit.OK and token.json["tenant"] == tenant_id
+    ep = await _endpoint(dihya, receiver, f"tenant-{run_id}", "-e", "tenant.cli",
+                         "--tenant", f"acme-{run_id}")
+    assert ep["tenant"] == tenant_id
+    own = await dihya("endpoints", "list", "--json", DIHYA_TOKEN=token.json["token"])
+    assert [e["id"] for e in own.json["items"]] == [ep["id"]]
+    filtered = await dihya("endpoints", "list", "--tenant", tenant_id, "--json")
+    assert [e["id"] for e in filtered.json["items"]] == [ep["id"]]
+    published = await dihya("events", "publish", "--tenant", f"acme-{run_id}", "--json",
+                            stdin='{"event": "tenant.cli", "data": {}}')
+    assert published.code == Exit.OK, published.err
+    got = await receiver.wait(lambda ds: any(d.path == f"tenant-{run_id}"
+                                             and d.json["id"] == published.json["id"]
+                                             for d in ds), 30)
+    [delivery] = [d for d in got if d.path == f"tenant-{run_id}"]
+    assert delivery.guide_ok and "tenant" not in delivery.json  # not in the delivered body
+
+    async def audited() -> bool:  # the audit log files the tenant's records under it
+        found = await dihya("audit", "query", "--tenant", tenant_id, "--json", "--all")
+        kinds = {r["kind"] for r in found.json["records"]} if found.code == Exit.OK else set()
+        return {"tenant.created", "endpoint.created", "event.accepted",
+                "delivery.attempted"} <= kinds
+
+    await wait_for(audited, timeout=30)
+    gone = await dihya("tenants", "delete", f"acme-{run_id}", "--yes")
+    assert gone.code == Exit.OK, gone.err
+    assert "1 endpoints removed, 1 tokens revoked" in gone.out
+    assert (await dihya("tenants", "show", tenant_id)).code == Exit.NOT_FOUND

@@ -21,11 +21,13 @@ async def test_ingest_serves_the_console(ingest_sqlite: Client) -> None:
 async def test_me_names_the_token_and_its_role(ingest_sqlite: Client) -> None:
     admin = await ingest_sqlite.call("GET", "/v1/me")
     assert admin.status == 200
-    assert admin.body == {"token_id": "tok_bootstrap_admin", "role": "admin"}
+    assert admin.body == {"token_id": "tok_bootstrap_admin", "role": "admin",
+                          "tenant": None}
     for role in ("viewer", "auditor", "publisher"):
         issued = await ingest_sqlite.token(role)
         me = await ingest_sqlite.call("GET", "/v1/me", token=issued["token"])
-        assert me.status == 200 and me.body == {"token_id": issued["id"], "role": role}
+        assert me.status == 200 and me.body == {"token_id": issued["id"], "role": role,
+                                                "tenant": None}
     assert (await ingest_sqlite.call("GET", "/v1/me", token=None)).status == 401
     unknown = await ingest_sqlite.call("GET", "/v1/me", token="dihya_nope")
     assert unknown.status == 401 and unknown.body["error"]["code"] == "unauthorized"

@@ -87,7 +87,9 @@ async def running_ingest(amqp_url: str, database_url: str, **overrides: Any
     port = free_port()
     settings = Settings(**{"amqp_url": SecretStr(amqp_url), "admin_token": SecretStr(ADMIN),
                            "database_url": database_url, "host": "127.0.0.1", "port": port,
-                           "shutdown_grace": 5.0, "publish_timeout": 5.0, **overrides})
+                           "shutdown_grace": 5.0, "publish_timeout": 5.0,
+                           # the tests written before tenants publish without one (#21)
+                           "default_tenant": "default", **overrides})
     stop = await start(settings)
     try:
         async with aiohttp.ClientSession() as http:

@@ -97,7 +97,7 @@ async def test_registration_refuses_the_whole_corpus(amqp_url: str, tmp_path: ob
     async with canary.running():
         stop = await start_ingest(IngestSettings(
             amqp_url=SecretStr(amqp_url), admin_token=SecretStr(ADMIN), port=port,
-            database_url=f"sqlite:///{tmp_path}/ingest.db"))
+            database_url=f"sqlite:///{tmp_path}/ingest.db", default_tenant="default"))
         try:
             async with aiohttp.ClientSession() as http:
                 for url in loopback_forms(canary.port) + elsewhere_forms():

@@ -57,7 +57,7 @@ async def pipeline(amqp_url: str, workdir: Path) -> AsyncIterator[IngestSettings
     token = "tracing-admin-token-0123456789"
     ingest = IngestSettings.model_validate({
         "amqp_url": amqp_url, "port": free_port(), "admin_token": token,
-        "allowed_networks": "127.0.0.0/8",
+        "allowed_networks": "127.0.0.0/8", "DIHYA_DEFAULT_TENANT": "default",
         "database_url": f"sqlite:///{workdir}/ingest.db"})
     signer = SignerSettings.model_validate({
         "amqp_url": amqp_url, "port": free_port(), "master_key": Fernet.generate_key().decode(),

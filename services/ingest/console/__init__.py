@@ -76,9 +76,11 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def security_headers(audit_url: str) -> dict[str, str]:
+def security_headers(audit_url: str, frame_ancestors: str = "") -> dict[str, str]:
     """Headers of every console answer. ``connect-src`` allows this origin and, when the
-    console knows one, the audit API's origin; nothing else may be loaded or contacted."""
+    console knows one, the audit API's origin; nothing else may be loaded or contacted.
+    ``frame_ancestors`` (DIHYA_INGEST_PORTAL_FRAME_ANCESTORS): the origins that may embed it
+    (a platform showing its customers their portal); none by default."""
     connect = "'self'" + (f" {origin(audit_url)}" if audit_url else "")
     policy = "; ".join((
         "default-src 'self'",
@@ -90,12 +92,14 @@ def security_headers(audit_url: str) -> dict[str, str]:
         "object-src 'none'",
         "base-uri 'none'",
         "form-action 'self'",
-        "frame-ancestors 'none'",
+        "frame-ancestors " + (frame_ancestors or "'none'"),
     ))
+    # X-Frame-Options cannot name origins: only when nothing may frame the console
+    framing = {} if frame_ancestors else {"X-Frame-Options": "DENY"}
     return {
         "Content-Security-Policy": policy,
         "X-Content-Type-Options": "nosniff",
-        "X-Frame-Options": "DENY",
+        **framing,
         "Referrer-Policy": "no-referrer",
         "Cross-Origin-Opener-Policy": "same-origin",
         "Cross-Origin-Resource-Policy": "same-origin",
@@ -114,7 +118,7 @@ def mount(app: web.Application, settings: Settings, root: Path = STATIC) -> None
     if not settings.console_enabled:
         return
     assets = load_assets(root)
-    headers = security_headers(settings.console_audit_url)
+    headers = security_headers(settings.console_audit_url, settings.portal_frame_ancestors)
     config = orjson.dumps(page_config(settings))
     config_asset = Asset(config, "application/json", "utf-8",
                          '"' + hashlib.sha256(config).hexdigest()[:32] + '"')

@@ -14,6 +14,7 @@ export function keepToken(token) {
 
 export function forgetToken() {
   sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem("dihya.console.portal"); // a portal session ends with its token
 }
 
 /** An error answer of either API: its status, machine-readable code, message and fields. */

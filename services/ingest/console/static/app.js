@@ -22,7 +22,8 @@ export const KINDS = [
   "event.accepted", "event.rejected", "delivery.attempted", "delivery.dead_lettered",
   "delivery.parked", "delivery.held", "delivery.retry_requested", "endpoint.created",
   "endpoint.updated", "endpoint.deleted", "endpoint.disabled", "endpoint.enabled", "secret.set",
-  "token.created", "token.revoked", "access.refused", "subject.erased", "retention.purged",
+  "token.created", "token.revoked", "access.refused", "tenant.created", "tenant.updated",
+  "tenant.deleted", "subject.erased", "retention.purged",
 ];
 
 const $ = (id) => document.getElementById(id);
@@ -163,8 +164,11 @@ async function guard(action, { button = null, box = null } = {}) {
 // -- roles ------------------------------------------------------------------------------------
 
 const role = () => state.me?.role;
-const canWrite = () => role() === "admin";
-const canReadEndpoints = () => role() === "admin" || role() === "viewer";
+// tenant roles see and manage their own tenant's endpoints only (the API narrows every answer)
+const canWrite = () => role() === "admin" || role() === "tenant_admin";
+const canManageTokens = () => role() === "admin";
+const canPickTenant = () => role() === "admin"; // tenant roles see their own tenant only
+const canReadEndpoints = () => ["admin", "viewer", "tenant_admin", "tenant_viewer"].includes(role());
 const canReadAudit = () => (role() === "admin" || role() === "auditor") && Boolean(state.config.audit_url);
 const audit = () => state.config.audit_url;
 const canReadTypes = () => role() !== undefined;
@@ -198,7 +202,7 @@ async function route() {
   }
   if (section === "messages" && canReadEndpoints()) return showMessages();
   if (section === "events" && id && canReadEndpoints()) return showEvent(decodeURIComponent(id));
-  if (section === "tokens" && canWrite()) return showTokens();
+  if (section === "tokens" && canManageTokens()) return showTokens();
   if (section === "event-types" && canReadEndpoints()) return showEventTypes();
   if (section === "audit" && canReadAudit()) return showAudit();
   if (section === "none" || defaultRoute() === "#/none") return showEmpty();
@@ -216,7 +220,9 @@ function renderChrome() {
   setHidden($("nav-endpoints").parentElement, !canReadEndpoints());
   setHidden($("nav-messages").parentElement, !canReadEndpoints());
   setHidden($("nav-event-types").parentElement, !canReadEndpoints());
-  setHidden($("nav-tokens").parentElement, !canWrite());
+  setHidden($("nav-tokens").parentElement, !canManageTokens());
+  setHidden($("tenant-picker"), !canPickTenant());
+  setHidden($("ep-tenant-field"), !canPickTenant());
   setHidden($("nav-audit").parentElement, !canReadAudit());
   for (const el of document.querySelectorAll(".admin-only")) setHidden(el, !canWrite());
   setHidden($("endpoints-readonly"), canWrite());
@@ -278,11 +284,24 @@ async function showEndpoints() {
   state.endpoints = [];
   state.endpointsNext = null;
   renderEndpoints();
+  $("tenant-pick").value = state.tenant || "";
   await guard(() => loadEndpoints(null));
+  await guard(() => loadTenants());
+}
+
+async function loadTenants() {
+  // the first tenants, as suggestions: any tenant can be typed (there may be 100,000s)
+  if (!canPickTenant() || state.tenantsLoaded) return;
+  state.tenantsLoaded = true;
+  const page = await call("", "GET", "/v1/tenants", { query: { limit: PAGE } });
+  $("tenant-list").replaceChildren(...page.items.flatMap((x) => [
+    h("option", { value: x.external_id || x.id, label: x.name }),
+  ]));
 }
 
 async function loadEndpoints(after) {
-  const page = await call("", "GET", "/v1/endpoints", { query: { limit: PAGE, after, include: "health" } });
+  const tenant = canPickTenant() ? state.tenant : "";
+  const page = await call("", "GET", "/v1/endpoints", { query: { limit: PAGE, after, include: "health", tenant } });
   state.endpoints.push(...page.items);
   state.endpointsNext = page.next;
   renderEndpoints();
@@ -341,6 +360,8 @@ function openEndpointForm(ep) {
   $("ep-rate").value = ep?.rate_limit ? `${ep.rate_limit.per_second}/${ep.rate_limit.burst}` : "";
   $("ep-scheme").value = ep?.signature_scheme || "hmac-sha256";
   $("ep-scheme").disabled = Boolean(ep); // fixed at creation
+  $("ep-tenant").value = ep ? ep.tenant || "" : state.tenant || ""; // the picked one by default
+  $("ep-tenant").disabled = Boolean(ep); // an endpoint stays in its tenant
   // values are never shown back (masked by the API): empty keeps them when editing
   $("ep-headers").value = "";
   $("ep-headers").placeholder = ep && Object.keys(ep.headers || {}).length
@@ -406,6 +427,8 @@ async function submitEndpointForm(event) {
   if (!formMode.id) {
     const body = { url, events, ...(description ? { description } : {}), ...(schedule !== null ? { retry_schedule: schedule } : {}),
       signature_scheme: $("ep-scheme").value, ...(headers ? { headers } : {}), ...(rate ? { rate_limit: rate } : {}) };
+    const tenant = canPickTenant() ? $("ep-tenant").value.trim() : "";
+    if (tenant) body.tenant = tenant;
     const created = await guard(() => call("", "POST", "/v1/endpoints", { body }), { button: submit, box });
     if (!created) return;
     $("endpoint-dialog").close();
@@ -1192,7 +1215,11 @@ function wire() {
     await guard(async () => { await signIn(token); $("token").value = ""; }, { button });
   });
   $("signout").addEventListener("click", signOut);
-  window.addEventListener("hashchange", () => { clearBanners(); route(); });
+  window.addEventListener("hashchange", () => {
+    clearBanners();
+    if (location.hash.startsWith("#portal=")) return startPortal(); // a link opened in this tab
+    return route();
+  });
 
   $("endpoint-new").addEventListener("click", async () => { await guard(() => loadCatalog()); openEndpointForm(null); });
   $("ep-events").addEventListener("input", () => renderCatalogChoices());
@@ -1204,6 +1231,11 @@ function wire() {
   $("recover-form").addEventListener("submit", recoverSince);
   $("endpoints-more").addEventListener("click", (e) => guard(() => loadEndpoints(state.endpointsNext), { button: e.currentTarget }));
   $("endpoint-form").addEventListener("submit", submitEndpointForm);
+  $("tenant-picker").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.tenant = $("tenant-pick").value.trim();
+    showEndpoints();
+  });
   $("endpoint-form").querySelector(".cancel").addEventListener("click", () => $("endpoint-dialog").close());
 
   $("endpoint-edit").addEventListener("click", async () => { await guard(() => loadCatalog()); openEndpointForm(state.endpoint); });
@@ -1229,6 +1261,46 @@ function wire() {
   $("audit-export-csv").addEventListener("click", (e) => exportAudit("csv", e.currentTarget));
 }
 
+// -- portal sessions ----------------------------------------------------------------------------
+// A platform opens the console for one of its customers with a link whose fragment holds a
+// one-time code (#portal=…): exchanged once for a tenant-scoped session token, then removed from
+// the address bar and history. The fragment never reaches a server, so no log holds the code.
+
+const PORTAL_KEY = "dihya.console.portal";
+
+function applyPortal(portal) {
+  document.body.classList.add("portal");
+  if (portal.accent) document.documentElement.style.setProperty("--accent", portal.accent);
+  const brand = document.querySelector(".brand [data-i18n='app.name']");
+  if (brand && portal.platform_name) {
+    brand.removeAttribute("data-i18n");
+    brand.textContent = portal.platform_name;
+  }
+}
+
+async function openPortal() {
+  const match = /^#portal=([A-Za-z0-9_-]{1,128})$/.exec(location.hash);
+  if (match) {
+    history.replaceState(null, "", location.pathname);
+    const opened = await guard(() => call("", "POST", "/v1/portal/exchange",
+                                          { token: "", body: { code: match[1] } }));
+    if (!opened) return;
+    keepToken(opened.token);
+    const portal = { platform_name: opened.platform_name, accent: opened.accent,
+                     tenant_name: opened.tenant_name };
+    sessionStorage.setItem(PORTAL_KEY, JSON.stringify(portal));
+    if (opened.lang) { await use(opened.lang); $("lang").value = language(); }
+  }
+  const kept = sessionStorage.getItem(PORTAL_KEY);
+  if (kept) applyPortal(JSON.parse(kept));
+}
+
+async function startPortal() {
+  await openPortal();
+  const token = storedToken();
+  if (token) await guard(() => signIn(token));
+}
+
 async function start() {
   wire();
   await use(initialLanguage());
@@ -1239,6 +1311,7 @@ async function start() {
   } catch {
     // no config: the audit features stay hidden
   }
+  await openPortal();
   const token = storedToken();
   if (token) {
     const ok = await guard(async () => { await signIn(token); return true; });
