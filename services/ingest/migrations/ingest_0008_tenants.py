@@ -1,7 +1,7 @@
 """Ingest: tenants (#21) — every endpoint belongs to one tenant; tokens may be tenant-scoped.
 
 Revision ID: ingest_0008
-Revises: ingest_0006
+Revises: ingest_0007
 Create Date: 2026-12-06
 
 Creates ``tenants`` (``ten_…`` id, name, the platform's own ``external_id`` — unique, usable
