@@ -95,10 +95,11 @@ class Event(Contract):
         description="The tenant whose endpoints receive the event (id or external id). "
         "Required unless `all_tenants` is true or the deployment sets DIHYA_DEFAULT_TENANT. "
         "Not part of the delivered body.")
-    all_tenants: bool = Field(
-        default=False,
-        description="A platform-wide event: fan out to the subscribed endpoints of every "
-        "tenant. Must be asked for explicitly; cannot be combined with `tenant`.")
+    all_tenants: bool | None = Field(
+        default=None,
+        description="true: a platform-wide event, fanned out to the subscribed endpoints of "
+        "every tenant. Must be asked for explicitly; cannot be combined with `tenant`. "
+        "Absent (or false): one tenant's event.")
 
 
 class AttemptRecord(Contract):
