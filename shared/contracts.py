@@ -132,6 +132,7 @@ class SignedDelivery(Contract):
 FactKind = Literal[
     "event.accepted",
     "event.rejected",
+    "delivery.started",
     "delivery.attempted",
     "delivery.dead_lettered",
     "delivery.parked",

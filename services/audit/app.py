@@ -18,6 +18,7 @@ from services.audit.heads import ExchangeSink, FileSink, Heads, Sink
 from services.audit.http import make_app
 from services.audit.ordering import AcceptanceGate
 from services.audit.settings import AuditSettings
+from services.audit.started import Overdue, StartedAttempts
 from services.audit.store import MIGRATIONS, AuditStore, is_transient
 from shared import topology
 from shared.batching import Batcher
@@ -102,6 +103,8 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     gate.start()
     stack.push_async_callback(gate.stop)
 
+    write_aheads = StartedAttempts(engine)
+
     async def write(facts: Sequence[AuditFact]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -111,6 +114,12 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
         metrics.BATCH_SIZE.observe(len(facts))
         metrics.RECORDS_WRITTEN.inc(len(result.records))
         metrics.DUPLICATES.inc(result.duplicates)
+        # their write-aheads are done with (a failure here only leaves one for the sweep,
+        # which then finds the id recorded: a duplicate, dropped)
+        outcomes = [f.id for f in facts if f.kind == "delivery.attempted"]
+        if outcomes:
+            with contextlib.suppress(Exception):
+                await write_aheads.forget(outcomes)
         log.debug("batch_committed", written=len(result.records),
                   duplicates=result.duplicates,
                   head_seq=result.records[-1]["seq"] if result.records else None)
@@ -152,6 +161,10 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
         facts = handlers.decode_facts(message.body)
         if isinstance(facts, Rejected):
             await park(topology.AUDIT_FACTS, message, facts.reason, facts.error)
+            return
+        ahead, facts = handlers.split_started(facts)
+        await write_aheads.hold(ahead)  # a batch holds one kind: all write-aheads, or none
+        if not facts:
             return
         problems = [handlers.storable_problem(fact) for fact in facts]
         if len(facts) == 1 and problems[0]:
@@ -238,6 +251,11 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
                                 settings.retention_interval),
             name="audit-retention")
         stack.push_async_callback(_cancel, purger)
+
+    overdue = Overdue(write_aheads, store_fact, timeout=settings.outcome_timeout,
+                      interval=min(settings.outcome_timeout / 4, 30.0))
+    overdue.start()
+    stack.push_async_callback(overdue.stop)
 
     # a fact is held while the database is away (submit_retrying); an outage of what else a
     # handler needs (the broker path of a parking) pauses the consumer until it answers

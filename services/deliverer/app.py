@@ -184,11 +184,15 @@ class Deliverer:
     def __init__(self, settings: Settings, session: aiohttp.ClientSession,
                  publisher: Publisher, tiers: WaitTiers, facts: FactPublisher,
                  rng: random.Random | None = None,
-                 resolver: AbstractResolver | None = None) -> None:
+                 resolver: AbstractResolver | None = None,
+                 starts: FactPublisher | None = None) -> None:
         self._settings = settings
         self._session = session
         self._publisher = publisher
         self._facts = facts
+        # the write-ahead facts (delivery.started) wait for no linger: a POST waits for its
+        # own's confirm, and under load they batch by themselves while one is in flight
+        self._starts = starts or FactPublisher(publisher, linger=0.0)
         self._tiers = tiers
         self._rng = rng or random.Random()
         self._schedule = settings.retry_delays_ms
@@ -267,6 +271,11 @@ class Deliverer:
         job = signed.job
         post = uuid.uuid4().hex  # this POST's own: its audit record is its own too
         async with self._slots.slot(job.endpoint_id):
+            # Written ahead and confirmed before the POST leaves: a deliverer killed between
+            # its POST and the outcome's confirm still leaves a trace, which audit turns into a
+            # record with outcome "unknown" (handlers.started_fact). Not confirmed: no POST —
+            # the error is an outage's, so the consumer holds the job until the broker is back.
+            await self._starts.send(handlers.started_fact(job, utcnow(), post=post))
             at = utcnow()
             started = time.perf_counter()
             response = await self.post(signed)
@@ -425,6 +434,8 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
         stack.push_async_callback(publisher.close)
         facts = FactPublisher(publisher)
         stack.push_async_callback(facts.close, settings.shutdown_grace)
+        starts = FactPublisher(publisher, linger=0.0)
+        stack.push_async_callback(starts.close, settings.shutdown_grace)
         session = make_session(settings, resolver)
         stack.push_async_callback(session.close)
 
@@ -444,7 +455,8 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
 
         tiers = WaitTiers(connection, settings.retry_delays_ms,
                           timeout=settings.publish_timeout)
-        deliverer = Deliverer(settings, session, publisher, tiers, facts, resolver=resolver)
+        deliverer = Deliverer(settings, session, publisher, tiers, facts, resolver=resolver,
+                              starts=starts)
         # the broker path is its one dependency (the consumer's default probe)
         stack.push_async_callback(deliverer.drain, settings.shutdown_grace)
         consumer = Consumer(connection, topology.DELIVERER_JOBS, deliverer.on_job,
