@@ -440,6 +440,10 @@ def test_health_checks_ask_the_broker_not_its_kernel(render: Any) -> None:
     (rabbit,) = _by_kind(objects, "RabbitmqCluster").values()
     (container,) = rabbit["spec"]["override"]["statefulSet"]["spec"]["template"]["spec"][
         "containers"]
+    config = rabbit["spec"]["rabbitmq"]["additionalConfig"]
+    assert "cluster_partition_handling = pause_minority" in config
+    ticktime = re.search(r"^net_ticktime = (\d+)$", config, re.MULTILINE)
+    assert ticktime is not None and int(ticktime[1]) <= 15  # a frozen node is let go soon
     probe = container["readinessProbe"]
     assert "tcpSocket" not in probe
     assert probe["exec"]["command"][:1] == ["rabbitmq-diagnostics"]
