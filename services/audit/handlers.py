@@ -46,7 +46,9 @@ FACT_KINDS: tuple[str, ...] = get_args(FactKind)
 LOCAL_KINDS: tuple[str, ...] = ("subject.erased", "retention.purged")
 """Kinds of the records the audit service writes about its own acts (no service publishes
 them, so they are not FactKinds)."""
-RECORD_KINDS: tuple[str, ...] = (*FACT_KINDS, *LOCAL_KINDS)
+STARTED_KIND = "delivery.started"
+"""The write-ahead of one POST: held aside (services/audit/started.py), never a record."""
+RECORD_KINDS: tuple[str, ...] = (*(k for k in FACT_KINDS if k != STARTED_KIND), *LOCAL_KINDS)
 
 RECORD_FIELDS: tuple[str, ...] = (
     "seq", "id", "kind", "occurred_at", "recorded_at", "service", "actor", "event_id",
@@ -315,9 +317,6 @@ def attempt_key(fact: AnyFact) -> AttemptKey | None:
         return None
     return fact.delivery_id, fact.attempt
 
-
-STARTED_KIND = "delivery.started"
-"""The write-ahead of one POST: held aside (services/audit/started.py), never chained."""
 
 UNKNOWN_OUTCOME = "unknown"
 UNKNOWN_REASON = "deliverer_stopped"
