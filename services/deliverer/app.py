@@ -270,12 +270,15 @@ class Deliverer:
         """POST, judge the outcome, and start publishing its fact (until confirmed)."""
         job = signed.job
         post = uuid.uuid4().hex  # this POST's own: its audit record is its own too
-        async with self._slots.slot(job.endpoint_id):
-            # Written ahead and confirmed before the POST leaves: a deliverer killed between
-            # its POST and the outcome's confirm still leaves a trace, which audit turns into a
-            # record with outcome "unknown" (handlers.started_fact). Not confirmed: no POST —
-            # the error is an outage's, so the consumer holds the job until the broker is back.
-            await self._starts.send(handlers.started_fact(job, utcnow(), post=post))
+        # Written ahead and confirmed before the POST leaves: a deliverer killed between its
+        # POST and the outcome's confirm still leaves a trace, which audit turns into a record
+        # with outcome "unknown" (handlers.started_fact). Not confirmed: no POST — the error is
+        # an outage's, so the consumer holds the job until the broker is back. Sent before the
+        # slot is taken: the confirm's round trip then holds no slot and is not counted in the
+        # endpoint's latency (measured with it inside: the e2e crash-safety module timed out,
+        # 1,441 of 1,500 delivered in 120 s; outside: it passes in 81 s, 66 s without it).
+        ahead = handlers.started_fact(job, utcnow(), post=post)
+        async with self._slots.slot(job.endpoint_id, first=lambda: self._starts.send(ahead)):
             at = utcnow()
             started = time.perf_counter()
             response = await self.post(signed)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 SMOOTHING = 0.2
@@ -55,13 +55,20 @@ class EndpointSlots:
         return (waiting + 1) * latency / self._limit > self._max_wait
 
     @asynccontextmanager
-    async def slot(self, endpoint: str) -> AsyncIterator[None]:
-        """Hold one of ``endpoint``'s slots (waiting for it first, in arrival order)."""
+    async def slot(self, endpoint: str, first: Callable[[], Awaitable[None]] | None = None
+                   ) -> AsyncIterator[None]:
+        """Hold one of ``endpoint``'s slots (waiting for it first, in arrival order).
+
+        ``first`` is awaited once the job counts as the endpoint's user (:meth:`full` sees it)
+        and before it waits for a slot: work that must precede the POST (the deliverer's
+        write-ahead) without holding a slot or counting in the endpoint's latency."""
         gate = self._gates.get(endpoint)
         if gate is None:
             gate = self._gates[endpoint] = asyncio.Semaphore(self._limit)
         self._users[endpoint] = self._users.get(endpoint, 0) + 1
         try:
+            if first is not None:
+                await first()
             async with gate:
                 started = time.monotonic()
                 running = self._running.setdefault(endpoint, [])
