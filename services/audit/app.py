@@ -118,8 +118,11 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
         # which then finds the id recorded: a duplicate, dropped)
         outcomes = [f.id for f in facts if f.kind == "delivery.attempted"]
         if outcomes:
-            with contextlib.suppress(Exception):
+            try:
                 await write_aheads.forget(outcomes)
+            except Exception as exc:
+                log.warning("write_aheads_not_forgotten", count=len(outcomes),
+                            error=f"{type(exc).__name__}: {exc}"[:300])
         log.debug("batch_committed", written=len(result.records),
                   duplicates=result.duplicates,
                   head_seq=result.records[-1]["seq"] if result.records else None)
