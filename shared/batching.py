@@ -34,6 +34,13 @@ class BatcherClosedError(RuntimeError):
     """Raised by :meth:`Batcher.submit` once the batcher is stopping."""
 
 
+class WriteInterruptedError(ConnectionError):
+    """A batch's write was cancelled from below — not this batcher stopping: aiormq cancels a
+    publish's confirmation when its channel or connection closes. A ``ConnectionError``, so
+    callers (and :func:`shared.outages.is_infrastructure`) take it for the outage it is and
+    try again; the batcher itself goes on."""
+
+
 class Batcher(Generic[T, R]):
     """Batches items for ``write``; :meth:`submit` resolves once the item's batch committed.
 
@@ -137,8 +144,17 @@ class Batcher(Generic[T, R]):
         try:
             results = await self._write([item for item, _ in live])
         except asyncio.CancelledError:
-            _settle(live, BatcherClosedError(f"{self._name} was cancelled mid-batch"))
-            raise
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # this batcher is being cancelled
+                _settle(live, BatcherClosedError(f"{self._name} was cancelled mid-batch"))
+                raise
+            # Something the write awaited was cancelled, not this task (a publish whose
+            # channel closed under it): a failed batch. Re-raising would end this task and
+            # leave every later submit waiting for ever (measured: a deliverer whose
+            # connection dropped mid-batch stopped delivering).
+            log.warning("batch_interrupted", batcher=self._name, size=len(live))
+            _settle(live, WriteInterruptedError(f"{self._name}: the write was interrupted"))
+            return
         except Exception as exc:
             if len(live) > 1 and self._isolate(exc):
                 log.warning("batch_failed_isolating", batcher=self._name, size=len(live),

@@ -175,6 +175,7 @@ class SignedDelivery(Contract):
 FactKind = Literal[
     "event.accepted",
     "event.rejected",
+    "delivery.started",
     "delivery.attempted",
     "delivery.dead_lettered",
     "delivery.parked",

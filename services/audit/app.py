@@ -18,6 +18,7 @@ from services.audit.heads import ExchangeSink, FileSink, Heads, Sink
 from services.audit.http import RefusalRecorder, make_app
 from services.audit.ordering import AcceptanceGate
 from services.audit.settings import AuditSettings
+from services.audit.started import Overdue, StartedAttempts
 from services.audit.store import MIGRATIONS, AuditStore, is_transient
 from shared import topology
 from shared.batching import Batcher
@@ -77,8 +78,9 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     gate.start()
     stack.push_async_callback(gate.stop)
 
+    write_aheads = StartedAttempts(store.engine)
     batcher: Batcher[AuditFact, None] = Batcher(
-        FactWriter(store, gate), size=settings.batch_size, wait=settings.batch_wait,
+        FactWriter(store, gate, write_aheads), size=settings.batch_size, wait=settings.batch_wait,
         isolate=lambda exc: not is_transient(exc), name="audit writer",
     )
     batcher.start()
@@ -89,9 +91,9 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     # handler needs (the broker path of a parking) pauses the consumer until it answers
     control = Consumer(connection, topology.AUDIT_CONTROL, ControlHandler(store, publisher),
                        prefetch=CONTROL_PREFETCH, probe=storage_ready)
-    facts = Consumer(connection, topology.AUDIT_FACTS,
-                     FactHandler(batcher, gate, publisher,
-                                 acceptance_wait=settings.acceptance_wait),
+    fact_handler = FactHandler(batcher, gate, publisher, write_aheads,
+                               acceptance_wait=settings.acceptance_wait)
+    facts = Consumer(connection, topology.AUDIT_FACTS, fact_handler,
                      prefetch=settings.prefetch, probe=storage_ready)
 
     app = make_app(
@@ -118,6 +120,11 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
                                 settings.retention_interval),
             name="audit-retention")
         stack.push_async_callback(_cancel, purger)
+
+    overdue = Overdue(write_aheads, fact_handler.store_fact, timeout=settings.outcome_timeout,
+                      interval=min(settings.outcome_timeout / 4, 30.0))
+    overdue.start()
+    stack.push_async_callback(overdue.stop)
 
     async def stop_consumers() -> None:
         await asyncio.gather(facts.stop(settings.shutdown_grace),

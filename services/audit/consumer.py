@@ -17,6 +17,7 @@ from services.audit import decisions, metrics
 from services.audit.batcher import submit_retrying
 from services.audit.decisions import Rejected
 from services.audit.ordering import AcceptanceGate
+from services.audit.started import StartedAttempts
 from services.audit.store import AuditStore, is_transient
 from shared import topology
 from shared.batching import Batcher
@@ -31,11 +32,14 @@ RETRY_MAX = 5.0
 
 
 class FactWriter:
-    """The batch writer's callback: append a batch to the chain, tell the gate, count it."""
+    """The batch writer's callback: append a batch to the chain, tell the gate, count it,
+    forget the write-aheads of the outcomes it recorded (:mod:`.started`)."""
 
-    def __init__(self, store: AuditStore, gate: AcceptanceGate) -> None:
+    def __init__(self, store: AuditStore, gate: AcceptanceGate,
+                 write_aheads: StartedAttempts) -> None:
         self._store = store
         self._gate = gate
+        self._write_aheads = write_aheads
 
     async def __call__(self, facts: Sequence[AuditFact]) -> None:
         loop = asyncio.get_running_loop()
@@ -46,6 +50,15 @@ class FactWriter:
         metrics.BATCH_SIZE.observe(len(facts))
         metrics.RECORDS_WRITTEN.inc(len(result.records))
         metrics.DUPLICATES.inc(result.duplicates)
+        # their write-aheads are done with (a failure here only leaves one for the sweep,
+        # which then finds the id recorded: a duplicate, dropped)
+        outcomes = [f.id for f in facts if f.kind == "delivery.attempted"]
+        if outcomes:
+            try:
+                await self._write_aheads.forget(outcomes)
+            except Exception as exc:
+                log.warning("write_aheads_not_forgotten", count=len(outcomes),
+                            error=f"{type(exc).__name__}: {exc}"[:300])
         log.debug("batch_committed", written=len(result.records),
                   duplicates=result.duplicates,
                   head_seq=result.records[-1]["seq"] if result.records else None)
@@ -64,9 +77,11 @@ class FactHandler:
     """``Consumer`` handler of :data:`shared.topology.AUDIT_FACTS`."""
 
     def __init__(self, batcher: Batcher[AuditFact, None], gate: AcceptanceGate,
-                 publisher: Publisher, *, acceptance_wait: float) -> None:
+                 publisher: Publisher, write_aheads: StartedAttempts, *,
+                 acceptance_wait: float) -> None:
         self._batcher = batcher
         self._gate = gate
+        self._write_aheads = write_aheads
         self._publisher = publisher
         self._acceptance_wait = acceptance_wait
 
@@ -75,6 +90,10 @@ class FactHandler:
         if isinstance(facts, Rejected):
             await park(self._publisher, topology.AUDIT_FACTS, message, facts.reason,
                        facts.error)
+            return
+        ahead, facts = decisions.split_started(facts)
+        await self._write_aheads.hold(ahead)  # a batch holds one kind: write-aheads, or none
+        if not facts:
             return
         problems = [decisions.storable_problem(fact) for fact in facts]
         if len(facts) == 1 and problems[0]:

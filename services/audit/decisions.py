@@ -46,7 +46,9 @@ FACT_KINDS: tuple[str, ...] = get_args(FactKind)
 LOCAL_KINDS: tuple[str, ...] = ("subject.erased", "retention.purged")
 """Kinds of the records the audit service writes about its own acts (no service publishes
 them, so they are not FactKinds)."""
-RECORD_KINDS: tuple[str, ...] = (*FACT_KINDS, *LOCAL_KINDS)
+STARTED_KIND = "delivery.started"
+"""The write-ahead of one POST: held aside (services/audit/started.py), never a record."""
+RECORD_KINDS: tuple[str, ...] = (*(k for k in FACT_KINDS if k != STARTED_KIND), *LOCAL_KINDS)
 
 RECORD_FIELDS: tuple[str, ...] = (
     "seq", "id", "kind", "occurred_at", "recorded_at", "service", "actor", "event_id",
@@ -316,6 +318,40 @@ def attempt_key(fact: AnyFact) -> AttemptKey | None:
     if fact.kind != "delivery.attempted" or fact.delivery_id is None or fact.attempt is None:
         return None
     return fact.delivery_id, fact.attempt
+
+
+UNKNOWN_OUTCOME = "unknown"
+UNKNOWN_REASON = "deliverer_stopped"
+
+
+def outcome_unknown(started: AuditFact) -> AuditFact:
+    """The ``delivery.attempted`` audit records for a POST whose outcome never came.
+
+    ``started`` is the deliverer's ``delivery.started``, confirmed before its POST left; no
+    outcome within the timeout means the deliverer stopped (killed) in between. The record
+    keeps the started fact's id — the id the outcome would have had — so an outcome that
+    still arrives later is a duplicate of it, never a second record of the same POST; and its
+    time is when the POST started. Whether the receiver got the POST is unknown, hence the
+    outcome: a deliverer killed in the millisecond between the confirm and sending the POST
+    leaves a record for a POST nobody received."""
+    return started.model_copy(update={
+        "kind": "delivery.attempted",
+        "service": "audit",
+        "outcome": UNKNOWN_OUTCOME,
+        "reason": UNKNOWN_REASON,
+        "error": "outcome unknown: the deliverer stopped after starting this POST and before "
+                 "reporting its outcome (the receiver may or may not have received it)",
+        "details": {**started.details, "next": "unknown", "outcome_unknown": True},
+    })
+
+
+def split_started(facts: Iterable[AuditFact]) -> tuple[list[AuditFact], list[AuditFact]]:
+    """``facts`` as (write-aheads to hold aside, facts to record)."""
+    started: list[AuditFact] = []
+    others: list[AuditFact] = []
+    for fact in facts:
+        (started if fact.kind == STARTED_KIND else others).append(fact)
+    return started, others
 
 
 def append(

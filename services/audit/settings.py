@@ -46,6 +46,16 @@ class AuditSettings(ServiceSettings):
                     "sealed with the event's data subject. Past it the fact is stored unlinked "
                     "and counted (`dihya_audit_stored_before_acceptance_total`).",
     )
+    outcome_timeout: float = Field(
+        default=300.0, ge=1, le=86_400,
+        description="Seconds audit waits for a POST's outcome (`delivery.attempted`) after the "
+                    "deliverer's write-ahead (`delivery.started`); past it the POST is recorded "
+                    "with outcome `unknown`, reason `deliverer_stopped` (a deliverer killed "
+                    "between its POST and the outcome's confirm). Longer than the longest "
+                    "delivery timeout plus a broker outage a live deliverer rides out: an "
+                    "outcome arriving after it is dropped as a duplicate of the `unknown` "
+                    "record (logged by audit as `outcome_unknown` when it is written).",
+    )
     page_limit: int = Field(
         default=500, ge=1, le=10_000,
         description="Largest `limit` a client may ask of `GET /v1/audit/records`.",

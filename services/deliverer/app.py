@@ -181,11 +181,15 @@ class Deliverer:
     def __init__(self, settings: Settings, session: aiohttp.ClientSession,
                  publisher: Publisher, tiers: WaitTiers, facts: FactPublisher,
                  rng: random.Random | None = None,
-                 resolver: AbstractResolver | None = None) -> None:
+                 resolver: AbstractResolver | None = None,
+                 starts: FactPublisher | None = None) -> None:
         self._settings = settings
         self._session = session
         self._publisher = publisher
         self._facts = facts
+        # the write-ahead facts (delivery.started) wait for no linger: a POST waits for its
+        # own's confirm, and under load they batch by themselves while one is in flight
+        self._starts = starts or FactPublisher(publisher, linger=0.0)
         self._tiers = tiers
         self._rng = rng or random.Random()
         self._schedule = settings.retry_delays_ms
@@ -273,19 +277,36 @@ class Deliverer:
         not POSTed, a rate-limited endpoint's turn is too far off (the caller defers it)."""
         job = signed.job
         post = uuid.uuid4().hex  # this POST's own: its audit record is its own too
-        async with self._slots.slot(job.endpoint_id) as ticket:
-            # paced inside the slot, right before the POST: a wait for a slot after the turn
-            # would let POSTs bunch up
+        # Written ahead and confirmed before the POST leaves: a deliverer killed between its
+        # POST and the outcome's confirm still leaves a trace, which audit turns into a record
+        # with outcome "unknown" (decisions.started_fact). Not confirmed: no POST — the error is
+        # an outage's, so the consumer holds the job until the broker is back. Sent before the
+        # slot is taken: the confirm's round trip then holds no slot and is not counted in the
+        # endpoint's latency (measured with it inside: the e2e crash-safety module timed out,
+        # 1,441 of 1,500 delivered in 120 s; outside: it passes in 81 s, 66 s without it).
+        # A rate-limited endpoint's is written once its turn is sure, inside the slot: a job
+        # whose turn is too far off is deferred, not POSTed, and must leave no write-ahead
+        # (audit would record an attempt that never was); the confirm's wait after the turn
+        # moves the endpoint's schedule like any late write (services.deliverer.paced).
+        ahead = decisions.started_fact(job, utcnow(), post=post)
+        paced = job.rate_limit is not None
+        async with self._slots.slot(
+                job.endpoint_id,
+                first=None if paced else functools.partial(self._starts.send, ahead)) as ticket:
             turn = None
             if job.rate_limit is not None:
+                # paced inside the slot, right before the POST: a wait for a slot after the
+                # turn would let POSTs bunch up
                 turn = await self._pace.turn(job.endpoint_id, job.rate_limit)
                 if turn is None:
                     ticket.skip()
                     return None
                 ticket.posting()
-            at = utcnow()
-            started = time.perf_counter()
             try:
+                if turn is not None:
+                    await self._starts.send(ahead)
+                at = utcnow()
+                started = time.perf_counter()
                 response = await self.post(signed, written=None if turn is None
                                            else turn.written)
             finally:
@@ -503,6 +524,8 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
         stack.push_async_callback(publisher.close)
         facts = FactPublisher(publisher)
         stack.push_async_callback(facts.close, settings.shutdown_grace)
+        starts = FactPublisher(publisher, linger=0.0)
+        stack.push_async_callback(starts.close, settings.shutdown_grace)
         session = make_session(settings, resolver)
         stack.push_async_callback(session.close)
 
@@ -522,7 +545,8 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
 
         tiers = WaitTiers(connection, settings.retry_delays_ms,
                           timeout=settings.publish_timeout)
-        deliverer = Deliverer(settings, session, publisher, tiers, facts, resolver=resolver)
+        deliverer = Deliverer(settings, session, publisher, tiers, facts, resolver=resolver,
+                              starts=starts)
         # the broker path is its one dependency (the consumer's default probe)
         stack.push_async_callback(deliverer.drain, settings.shutdown_grace)
         consumer = Consumer(connection, topology.DELIVERER_JOBS, deliverer.on_job,

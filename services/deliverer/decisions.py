@@ -335,6 +335,28 @@ def attempted_fact(job: DeliveryJob, outcome: Outcome, record: AttemptRecord, st
     )
 
 
+def started_fact(job: DeliveryJob, now: datetime, *, post: str) -> AuditFact:
+    """``delivery.started``: the write-ahead of one POST, confirmed before the POST is sent.
+
+    It carries the id the POST's ``delivery.attempted`` will carry (same ``post``): audit holds
+    it aside, outside the chain, until that outcome arrives. If none arrives within
+    ``DIHYA_AUDIT_OUTCOME_TIMEOUT`` (the deliverer was killed between its POST and the
+    outcome's confirm), audit records the POST itself, under that id, with outcome
+    ``unknown`` — so every POST has a record, a POST of a killed deliverer included."""
+    return AuditFact(
+        id=fact_id(job.delivery_id, job.attempt, "delivery.attempted", post),
+        kind="delivery.started",
+        occurred_at=now,
+        service="deliverer",
+        event_id=job.event.id,
+        event_type=job.event.event,
+        endpoint_id=job.endpoint_id,
+        delivery_id=job.delivery_id,
+        attempt=job.attempt,
+        url=redact_url(job.url),
+    )
+
+
 def dead_lettered_fact(parked: DeliveryJob, reason: str, now: datetime) -> AuditFact:
     """``delivery.dead_lettered``: the delivery was given up; ``parked`` holds its history."""
     last = parked.history[-1] if parked.history else None

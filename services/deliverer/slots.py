@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -116,14 +116,21 @@ class EndpointSlots:
         return (waiting + 1) * latency / limit > self._max_wait
 
     @asynccontextmanager
-    async def slot(self, endpoint: str) -> AsyncIterator[Ticket]:
-        """Hold one of ``endpoint``'s slots (waiting for it first, in arrival order)."""
+    async def slot(self, endpoint: str, first: Callable[[], Awaitable[None]] | None = None
+                   ) -> AsyncIterator[Ticket]:
+        """Hold one of ``endpoint``'s slots (waiting for it first, in arrival order).
+
+        ``first`` is awaited once the job counts as the endpoint's user (:meth:`full` sees it)
+        and before it waits for a slot: work that must precede the POST (the deliverer's
+        write-ahead) without holding a slot or counting in the endpoint's latency."""
         limiter = self.limiter(endpoint)
         gate = self._gates.get(endpoint)
         if gate is None:
             gate = self._gates[endpoint] = _Gate()
         self._users[endpoint] = self._users.get(endpoint, 0) + 1
         try:
+            if first is not None:
+                await first()
             await self._acquire(gate, limiter)
             started = time.monotonic()
             running = self._running.setdefault(endpoint, [])

@@ -119,6 +119,7 @@ async def rig(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
         system = System(urls, Path(tmp_path_factory.mktemp("services")),
                         database_urls=databases, replicas=dict.fromkeys(SERVICES, 2),
                         env={"DIHYA_DELIVERER_RETRY_SCHEDULE": SCHEDULE,
+                             "DIHYA_AUDIT_OUTCOME_TIMEOUT": "60",
                              "DIHYA_DELIVERER_TIMEOUT": "5", "DIHYA_SHUTDOWN_GRACE": "5"})
         receiver = Receiver()
         await receiver.start()

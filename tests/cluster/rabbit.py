@@ -26,6 +26,12 @@ system node's cookie)."""
 
 LOCAL_ERL = "-kernel inet_dist_use_interface {127,0,0,1}"
 
+NET_TICKTIME = int(os.environ.get("DIHYA_CLUSTER_NET_TICKTIME", "10"))
+"""Seconds after which a silent peer node is declared down (Erlang's ``net_ticktime``;
+RabbitMQ's default is 60). A frozen node keeps its distribution connections open, and until
+it is declared down every write to RabbitMQ's metadata store (a quorum queue's new leader, a
+consumer's registration) waits for it: see docs/operations.md, "Running on a cluster"."""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -82,6 +88,7 @@ class Cluster:
             (base / "rabbitmq.conf").write_text(
                 f"listeners.tcp.1 = 127.0.0.1:{node.port}\n"
                 "cluster_partition_handling = pause_minority\n"
+                f"net_ticktime = {NET_TICKTIME}\n"
                 "loopback_users = none\n"
             )
             self.nodes.append(node)
@@ -237,5 +244,10 @@ class Cluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(node.proc.pid, signal.SIGCONT)
                 self.kill(node)
+        kept = os.environ.get("DIHYA_CLUSTER_KEEP_LOGS")
         for node in self.nodes:  # forget the names in the shared epmd: nothing else to do
+            if kept and (node.base / "log").is_dir():
+                shutil.copytree(node.base / "log",
+                                self.workdir.parent / f"rabbit-logs-rb{node.index}",
+                                dirs_exist_ok=True)
             shutil.rmtree(node.base, ignore_errors=True)

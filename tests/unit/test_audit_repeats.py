@@ -76,3 +76,27 @@ def test_records_equal_posts_and_one_unmarked_per_attempt(
     unmarked = [(r["delivery_id"], r["attempt"]) for r in records
                 if not r["details"].get(REPEAT_KEY)]
     assert sorted(unmarked) == sorted(attempts)
+
+
+@given(st.lists(st.sampled_from(["delivery.started", "delivery.attempted", "event.accepted"]),
+                max_size=20))
+def test_split_started_keeps_the_write_aheads_apart_in_order(kinds: list[str]) -> None:
+    facts = [post(f"fct_{i}", kind=kind) for i, kind in enumerate(kinds)]
+    ahead, others = decisions.split_started(facts)
+    assert [f.kind for f in ahead] == ["delivery.started"] * kinds.count("delivery.started")
+    assert all(f.kind != "delivery.started" for f in others)
+    assert sorted(ahead + others, key=lambda f: int(f.id[4:])) == facts
+
+
+def test_an_unknown_outcome_is_the_posts_record_under_the_outcomes_id() -> None:
+    ahead = post("fct_a", kind="delivery.started").model_copy(
+        update={"outcome": None, "details": {}})
+    unknown = decisions.outcome_unknown(ahead)
+    assert (unknown.id, unknown.kind, unknown.service) == ("fct_a", "delivery.attempted", "audit")
+    assert (unknown.outcome, unknown.reason) == (decisions.UNKNOWN_OUTCOME,
+                                                 decisions.UNKNOWN_REASON)
+    assert unknown.details == {"next": "unknown", "outcome_unknown": True}
+    assert (unknown.delivery_id, unknown.attempt, unknown.occurred_at) == ("dlv_1", 1, T0)
+    # the real outcome arriving later is the same fact id: a duplicate, not a second record
+    later = appended([post("fct_a")], existing={"fct_a"})
+    assert later.records == [] and later.duplicates == 1

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import pytest
 
 from services.audit.batcher import submit_retrying
-from shared.batching import Batcher, BatcherClosedError
+from shared import outages
+from shared.batching import Batcher, BatcherClosedError, WriteInterruptedError
 
 
 class Recorder:
@@ -239,3 +240,44 @@ async def test_a_write_returning_the_wrong_number_of_results_fails_its_callers()
                                    return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
     await batcher.stop()
+
+
+async def test_a_write_cancelled_from_below_fails_its_batch_and_the_batcher_goes_on() -> None:
+    """aiormq cancels a publish's confirmation when the channel closes: that is a failed
+    batch (an outage, retried by the callers), not the batcher's own end."""
+    written: list[list[int]] = []
+    calls = 0
+
+    async def write(items: Sequence[int]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            confirmation: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            confirmation.cancel()  # what aiormq does to a pending confirm on close
+            await confirmation
+        written.append(list(items))
+
+    batcher: Batcher[int, None] = Batcher(write, size=10)
+    batcher.start()
+    with pytest.raises(WriteInterruptedError) as failed:
+        await batcher.submit(1)
+    assert outages.is_infrastructure(failed.value)
+    await asyncio.wait_for(batcher.submit(2), timeout=5)  # still running
+    assert written == [[2]]
+    await batcher.stop()
+
+
+async def test_cancelling_the_batcher_mid_write_still_ends_it() -> None:
+    started = asyncio.Event()
+
+    async def write(items: Sequence[int]) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    batcher: Batcher[int, None] = Batcher(write, size=10)
+    batcher.start()
+    waiting = asyncio.ensure_future(batcher.submit(1))
+    await started.wait()
+    await batcher.stop(grace=0.1)  # cancels the task mid-write
+    with pytest.raises(BatcherClosedError):
+        await waiting

@@ -23,7 +23,7 @@ def test_books_count_losses_and_both_kinds_of_duplicate() -> None:
     assert (books.dup_same_id, books.dup_new_id, books.posts) == (1, 1, 4)
     assert books.stall == 6.0
     assert books.failures(15) == ["lost=1", "dup_new_id=1", "parked=1",
-                                  "audited=3 != POSTs=4"]
+                                  "audited=3 (unknown 0) != POSTs=4"]
     assert str(books.row()).startswith("t ")
 
 
@@ -32,6 +32,19 @@ def test_a_clean_run_passes() -> None:
     books = keep("ok", {str(i): {f"e{i}"} for i in range(5)}, arrivals, parked=0, audited=5,
                  http_5xx=0, window=(0.0, 4.0))
     assert books.failures(15) == [] and books.stall == 1.0
+
+
+@given(st.integers(0, 5), st.integers(0, 5))
+def test_every_post_needs_a_record_and_only_unknown_ones_may_be_extra(
+        extra: int, unknown: int) -> None:
+    arrivals = [Arrival(float(i), f"e{i}", f"e{i}", str(i)) for i in range(5)]
+    accepted = {str(i): {f"e{i}"} for i in range(5)}
+    books = keep("u", accepted, arrivals, parked=0, audited=5 + extra, unknown=unknown,
+                 http_5xx=0, window=(0.0, 4.0))
+    assert (books.failures(15) == []) == (extra <= unknown)
+    short = keep("u", accepted, arrivals, parked=0, audited=4, unknown=unknown, http_5xx=0,
+                 window=(0.0, 4.0))
+    assert short.failures(15) == [f"audited=4 (unknown {unknown}) != POSTs=5"]
 
 
 def test_a_foreign_id_is_counted() -> None:

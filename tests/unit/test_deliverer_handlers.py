@@ -33,6 +33,7 @@ from services.deliverer.decisions import (
     schedule_for,
     shown_request_headers,
     shown_response_headers,
+    started_fact,
 )
 from services.deliverer.settings import Settings
 from shared.contracts import DeliveryJob, Event, SignedDelivery
@@ -328,3 +329,16 @@ def test_next_job_keeps_the_endpoints_schedule() -> None:
     following = next_job(job, record)
     assert following.retry_schedule_ms == (250,) and following.attempt == 2
     assert next_job(make_job(), record).retry_schedule_ms is None
+
+
+def test_started_fact_carries_the_id_of_its_posts_outcome() -> None:
+    job = make_job()
+    out = classify(200, now=NOW)
+    record = attempt_record(1, out, at=NOW, duration_ms=3.0)
+    ahead = started_fact(job, NOW, post="p1")
+    outcome = attempted_fact(job, out, record, Done(), b"ok", NOW, post="p1")
+    assert ahead.kind == "delivery.started" and ahead.outcome is None
+    assert ahead.id == outcome.id != started_fact(job, NOW, post="p2").id
+    assert (ahead.event_id, ahead.endpoint_id, ahead.delivery_id, ahead.attempt) == (
+        outcome.event_id, outcome.endpoint_id, outcome.delivery_id, outcome.attempt)
+    assert ahead.url == "https://r.example/hook?x=1"  # credentials dropped here too

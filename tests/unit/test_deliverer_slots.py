@@ -212,3 +212,26 @@ async def test_a_skipped_slot_teaches_nothing_and_posting_starts_the_clock() -> 
         ticket.posting()
     recent = slots.limiter("ep").recent
     assert recent is not None and recent < 0.1
+
+
+async def test_work_before_the_slot_counts_as_a_user_but_holds_no_slot() -> None:
+    """The deliverer's write-ahead: the job is the endpoint's user meanwhile (so ``full``
+    counts it), but slots stay free for others and the wait is not the endpoint's latency."""
+    slots = EndpointSlots(limit=1, waiting=0, max_wait=0.25)
+    confirmed = asyncio.Event()
+    entered: list[str] = []
+
+    async def ahead() -> None:
+        await confirmed.wait()
+
+    async def job(name: str, first: bool) -> None:
+        async with slots.slot("ep", first=ahead if first else None):
+            entered.append(name)
+
+    slow = asyncio.ensure_future(job("write-ahead", True))
+    await asyncio.sleep(0)
+    assert slots.users("ep") == 1 and slots.full("ep")  # counted while it waits for the confirm
+    await asyncio.wait_for(job("other", False), 5)  # the one slot was free all along
+    confirmed.set()
+    await asyncio.wait_for(slow, 5)
+    assert entered == ["other", "write-ahead"] and slots.users("ep") == 0

@@ -432,3 +432,24 @@ def test_every_value_set_is_one_the_settings_accept(
                         and value != "CHANGE_ME"):
                     patch.setenv(name, value)
             envdoc._settings(service)()
+
+
+def test_health_checks_ask_the_broker_not_its_kernel(render: Any) -> None:
+    """A frozen broker node still accepts TCP: every check here needs an answer from the
+    node (RabbitMQ pods) or a service's own broker and consumer state (``/readyz``)."""
+    objects = render("production")
+    (rabbit,) = _by_kind(objects, "RabbitmqCluster").values()
+    (container,) = rabbit["spec"]["override"]["statefulSet"]["spec"]["template"]["spec"][
+        "containers"]
+    config = rabbit["spec"]["rabbitmq"]["additionalConfig"]
+    assert "cluster_partition_handling = pause_minority" in config
+    ticktime = re.search(r"^net_ticktime = (\d+)$", config, re.MULTILINE)
+    assert ticktime is not None and int(ticktime[1]) <= 15  # a frozen node is let go soon
+    probe = container["readinessProbe"]
+    assert "tcpSocket" not in probe
+    assert probe["exec"]["command"][:1] == ["rabbitmq-diagnostics"]
+    assert probe["timeoutSeconds"] < probe["periodSeconds"]
+    for service in SERVICES:
+        spec = _container(objects, service)
+        assert spec["readinessProbe"]["httpGet"]["path"] == "/readyz", service
+        assert spec["livenessProbe"]["httpGet"]["path"] == "/healthz", service

@@ -1,0 +1,136 @@
+"""POSTs started and not yet reported: the deliverer's ``delivery.started`` facts, held aside.
+
+A deliverer confirms a ``delivery.started`` before each POST and a ``delivery.attempted`` (the
+outcome, same fact id) after it. Audit keeps the first in ``started_attempts`` — outside the
+hash chain, which only ever gains records — and forgets it once the outcome is recorded. One
+still waiting after ``DIHYA_AUDIT_OUTCOME_TIMEOUT`` belongs to a deliverer that stopped between
+its POST and the outcome's confirm: :class:`Overdue` hands it to the writer as an ``unknown``
+outcome (:func:`services.audit.decisions.outcome_unknown`), so every POST has its record.
+
+Several audit replicas may sweep at once: the record keeps the fact id, and the writer drops a
+fact id it already stored, so the POST is recorded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.audit import decisions
+from shared.contracts import AuditFact, encode, utcnow
+
+log = structlog.get_logger("dihya.audit")
+
+metadata = sa.MetaData()
+
+started_attempts = sa.Table(
+    "started_attempts", metadata,
+    sa.Column("fact_id", sa.String(), primary_key=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("fact", sa.Text(), nullable=False),
+)
+
+SWEEP_BATCH = 500
+"""Overdue write-aheads recorded per sweep round (the next round takes the rest)."""
+
+
+class StartedAttempts:
+    """The ``started_attempts`` table: hold, forget, and list the overdue."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        dialect = engine.dialect.name
+        self._insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)
+
+    async def hold(self, facts: Sequence[AuditFact], now: datetime | None = None) -> None:
+        """Keep ``facts`` (``delivery.started``) until their outcome is recorded; one held
+        twice (a redelivered message) stays one."""
+        if not facts:
+            return
+        at = now or utcnow()
+        rows = [{"fact_id": f.id, "started_at": at, "fact": encode(f).decode()} for f in facts]
+        async with self._engine.begin() as conn:
+            await conn.execute(self._insert(started_attempts).on_conflict_do_nothing(), rows)
+
+    async def forget(self, fact_ids: Sequence[str]) -> None:
+        """Drop the write-aheads of these ids (their outcome, or ``unknown``, is recorded)."""
+        if not fact_ids:
+            return
+        async with self._engine.begin() as conn:
+            for start in range(0, len(fact_ids), SWEEP_BATCH):
+                chunk = list(fact_ids[start:start + SWEEP_BATCH])
+                await conn.execute(started_attempts.delete().where(
+                    started_attempts.c.fact_id.in_(chunk)))
+
+    async def overdue(self, before: datetime, limit: int = SWEEP_BATCH) -> list[AuditFact]:
+        """Write-aheads held since before ``before`` (oldest first)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(started_attempts.c.fact)
+                .where(started_attempts.c.started_at < before)
+                .order_by(started_attempts.c.started_at).limit(limit))
+            texts = [row.fact for row in rows]
+        return [AuditFact.model_validate_json(text) for text in texts]
+
+    async def count(self) -> int:
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(
+                sa.select(sa.func.count()).select_from(started_attempts))).scalar_one())
+
+
+Record = Callable[[AuditFact], Awaitable[None]]
+
+
+class Overdue:
+    """Every ``interval`` seconds, records each write-ahead older than ``timeout`` as an
+    ``unknown`` outcome (through ``record``, the writer's usual path) and forgets it."""
+
+    def __init__(self, attempts: StartedAttempts, record: Record, *, timeout: float,
+                 interval: float) -> None:
+        self._attempts = attempts
+        self._record = record
+        self._timeout = timeout
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-overdue-outcomes")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def sweep(self, now: datetime | None = None) -> int:
+        """One round; how many POSTs it recorded as ``unknown``."""
+        before = (now or utcnow()) - timedelta(seconds=self._timeout)
+        total = 0
+        while True:
+            facts = await self._attempts.overdue(before)
+            if not facts:
+                return total
+            await asyncio.gather(*(self._record(decisions.outcome_unknown(f)) for f in facts))
+            await self._attempts.forget([f.id for f in facts])
+            for fact in facts:
+                log.warning("outcome_unknown", fact_id=fact.id, delivery_id=fact.delivery_id,
+                            attempt=fact.attempt, event_id=fact.event_id,
+                            started_at=fact.occurred_at.isoformat())
+            total += len(facts)
+            if len(facts) < SWEEP_BATCH:
+                return total
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.sweep()
+            except Exception as exc:  # the database away: the next round tries again
+                log.warning("overdue_sweep_failed", error=f"{type(exc).__name__}: {exc}"[:300])
