@@ -354,6 +354,7 @@ def started_fact(job: DeliveryJob, now: datetime, *, post: str) -> AuditFact:
         delivery_id=job.delivery_id,
         attempt=job.attempt,
         url=redact_url(job.url),
+        tenant=job.tenant,  # the "unknown" record made of it is its tenant's too
     )
 
 
