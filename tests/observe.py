@@ -9,12 +9,16 @@ from typing import Any
 
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from pydantic import ValidationError
 
-from shared.contracts import AuditFactBatch, DeliveryJobBatch
+from shared.contracts import CONTRACTS, EVENT_TYPE_TAG, AuditFactBatch, DeliveryJobBatch, Event
 
 BATCHES = {AuditFactBatch.model_fields["type"].default: "facts",
            DeliveryJobBatch.model_fields["type"].default: "jobs"}
 """Batch message types, and the field holding their items."""
+READERS = {**{m.model_fields["type"].default: m for m in CONTRACTS if "type" in m.model_fields},
+           EVENT_TYPE_TAG: Event}
+"""Each contract by its type tag: what a consumer reads a message as."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,18 @@ class Seen:
 
     @property
     def json(self) -> Any:
-        return orjson.loads(self.body)
+        """The message as its consumer reads it: a contract's fields left out on the wire
+        (``null``, see :func:`shared.contracts.encode`) are back as ``None``; anything that is
+        not a valid contract, as sent."""
+        raw = orjson.loads(self.body)
+        tag = raw.get("type") if isinstance(raw, dict) else None
+        model = READERS.get(tag if isinstance(tag, str) else self.type or "")
+        if model is None:
+            return raw
+        try:
+            return model.model_validate(raw).model_dump(mode="json")
+        except ValidationError:
+            return raw
 
 
 def seen(message: AbstractIncomingMessage) -> list[Seen]:
