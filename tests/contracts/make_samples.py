@@ -11,6 +11,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
+
 from shared.anchor import HeadSigner
 from shared.contracts import (
     AttemptRecord,
@@ -24,6 +26,7 @@ from shared.contracts import (
     SignedDelivery,
     SubjectErasure,
     TokenGrant,
+    encode,
 )
 
 AT = datetime(2025, 5, 20, 12, 0, tzinfo=UTC)
@@ -69,9 +72,14 @@ HERE = Path(__file__).parent / "samples"
 
 
 def main() -> None:
+    """Write the samples not committed yet; a released one is never rewritten (it is what the
+    producers of its release sent, whatever today's models would write)."""
     for name, model in SAMPLES.items():
-        (HERE / f"{name}.v1.json").write_text(
-            json.dumps(model.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n")
+        path = HERE / f"{name}.v1.json"
+        if path.exists():
+            continue
+        path.write_text(json.dumps(orjson.loads(encode(model)), indent=2, ensure_ascii=False)
+                        + "\n")
 
 
 if __name__ == "__main__":
