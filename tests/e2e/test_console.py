@@ -931,11 +931,16 @@ async def test_french_and_tamazight_views_show_their_content_and_tifinagh_render
     section = page.locator("#types-list section[data-type='template.created']")
     await expect(section.locator("figure[data-lang='ar'] small.review")).to_have_text(
         ar["types.unreviewed"])
-    # read in one go: the list is drawn again when the page's language settles
-    left, right, fr_left, fr_right = await section.evaluate("""(s) => {
-        const all = s.querySelector(".languages").getBoundingClientRect();
-        const fr = s.querySelector("figure[data-lang='fr']").getBoundingClientRect();
-        return [all.left, all.right, fr.left, fr.right]; }""")
+    # read in one go, from the page as drawn: the list is drawn again when the page's language
+    # settles, and an element read just before that is detached (all its positions 0)
+    drawn = await page.wait_for_function("""() => {
+        const s = document.querySelector("#types-list section[data-type='template.created']");
+        const all = s && s.querySelector(".languages");
+        const fr = s && s.querySelector("figure[data-lang='fr']");
+        if (!all || !fr) return null;
+        const a = all.getBoundingClientRect(), f = fr.getBoundingClientRect();
+        return a.width > 0 && f.width > 0 ? [a.left, a.right, f.left, f.right] : null; }""")
+    left, right, fr_left, fr_right = await drawn.json_value()
     assert abs(fr_right - right) < 2 and fr_left > left + 2, (left, right, fr_left, fr_right)
     await shot(page, "event-types-ar-review")
 
