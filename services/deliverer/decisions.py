@@ -314,25 +314,10 @@ def attempted_fact(job: DeliveryJob, outcome: Outcome, record: AttemptRecord, st
         details["request_headers"] = dict(request_headers)
     if response_headers is not None:
         details["response_headers"] = dict(response_headers)
-    return AuditFact(
-        id=fact_id(job.delivery_id, job.attempt, "delivery.attempted", post),
-        kind="delivery.attempted",
-        occurred_at=now,
-        service="deliverer",
-        event_id=job.event.id,
-        event_type=job.event.event,
-        endpoint_id=job.endpoint_id,
-        delivery_id=job.delivery_id,
-        attempt=job.attempt,
-        url=redact_url(job.url),
-        outcome=outcome.outcome,
-        status_code=outcome.status_code,
-        duration_ms=record.duration_ms,
-        error=outcome.error,
-        reason=outcome.reason,
-        tenant=job.tenant,
-        details=details,
-    )
+    return started_fact(job, now, post=post).model_copy(update={
+        "kind": "delivery.attempted", "outcome": outcome.outcome,
+        "status_code": outcome.status_code, "duration_ms": record.duration_ms,
+        "error": outcome.error, "reason": outcome.reason, "details": details})
 
 
 def started_fact(job: DeliveryJob, now: datetime, *, post: str) -> AuditFact:
@@ -342,7 +327,8 @@ def started_fact(job: DeliveryJob, now: datetime, *, post: str) -> AuditFact:
     it aside, outside the chain, until that outcome arrives. If none arrives within
     ``DIHYA_AUDIT_OUTCOME_TIMEOUT`` (the deliverer was killed between its POST and the
     outcome's confirm), audit records the POST itself, under that id, with outcome
-    ``unknown`` — so every POST has a record, a POST of a killed deliverer included."""
+    ``unknown`` — so every POST has a record, a POST of a killed deliverer included.
+    :func:`attempted_fact` is this fact with the POST's outcome: the same id and fields."""
     return AuditFact(
         id=fact_id(job.delivery_id, job.attempt, "delivery.attempted", post),
         kind="delivery.started",
