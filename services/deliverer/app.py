@@ -353,6 +353,11 @@ class Deliverer:
             log.warning("unfinished_at_stop", tasks=len(pending))
         await asyncio.gather(*pending, return_exceptions=True)
 
+    def stop_pacing(self) -> None:
+        """No more paced POSTs from this process: the jobs waiting for their turn are
+        deferred (:meth:`PaceGate.close`); called before the paced consumers stop."""
+        self._pace.close()
+
     async def on_job(self, message: Delivery) -> None:
         """A signed delivery from the deliverer's queue (a rate-limited endpoint's goes on
         to its paced queue)."""
@@ -560,6 +565,8 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
             consumers.append(paced)
             stack.push_async_callback(paced.stop, settings.shutdown_grace)
             await paced.start()
+        # runs before the paced consumers stop: no turn given once another replica may pace
+        stack.callback(deliverer.stop_pacing)
     except BaseException:
         await stack.aclose()
         raise

@@ -13,6 +13,13 @@ What the receiver counts is when requests arrive, so the pace is kept where they
 closed (at most ``WRITE_WAIT``: a POST stuck connecting does not hold its endpoint longer).
 Measured before this, on a loaded 2-vCPU machine: requests granted 220 ms apart arrived as
 little as 117 ms apart.
+
+A stopping deliverer closes its gate (:meth:`PaceGate.close`) before it cancels its paced
+consumers: from then on no turn is given (the jobs waiting for one are deferred, as when their
+turn is too far off), so once RabbitMQ makes another replica the paced queues' active consumer
+the two never POST to one endpoint side by side. Measured before this: a replica stopped with
+a 2 s grace went on POSTing the turns its jobs were waiting for while the replica taking over
+started its own, 6 arrivals in one second at a 5/s endpoint.
 """
 
 from __future__ import annotations
@@ -64,6 +71,12 @@ class PaceGate:
         self._queued: dict[str, int] = {}
         self._seen: set[int] = set()
         self._unwritten: dict[str, Turn] = {}
+        self._closed = asyncio.Event()
+
+    def close(self) -> None:
+        """Give no more turns: every job waiting for one, and every later one, gets ``None``
+        (the process is stopping and another will pace its endpoints; see the module)."""
+        self._closed.set()
 
     def arrived(self, shard: int, redelivered: bool) -> None:
         """A message of paced queue ``shard`` came: its first, or a redelivered one (a
@@ -81,7 +94,7 @@ class PaceGate:
     async def turn(self, endpoint: str, limit: RateLimit) -> Turn | None:
         """Wait for ``endpoint``'s next POST time and take it (a :class:`Turn`: POST now, then
         tell it when written and close it), or give up (``None``) once the wait has grown
-        beyond ``max_wait`` (a ``Retry-After``)."""
+        beyond ``max_wait`` (a ``Retry-After``) or the gate is closed."""
         lock = self._locks.get(endpoint)
         if lock is None:
             lock = self._locks[endpoint] = asyncio.Lock()
@@ -92,7 +105,7 @@ class PaceGate:
                 if previous is not None:  # its delay, if any, moves this turn (see module)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(previous.done), WRITE_WAIT)
-                while True:
+                while not self._closed.is_set():
                     now = self._clock()
                     wait = self._pacer.wait(endpoint, limit, now)
                     if wait <= 0:
@@ -101,7 +114,9 @@ class PaceGate:
                         return turn
                     if wait > self._max_wait:
                         return None
-                    await asyncio.sleep(wait)
+                    with contextlib.suppress(TimeoutError):  # woken early by close()
+                        await asyncio.wait_for(self._closed.wait(), wait)
+                return None
         finally:
             left = self._queued[endpoint] - 1
             if left:

@@ -170,6 +170,24 @@ async def test_the_gate_lets_jobs_through_in_order_and_gives_up_past_max_wait() 
     assert await gate.turn("other", limit) is not None  # another endpoint is not held
 
 
+async def test_a_closed_gate_gives_no_more_turns_and_wakes_the_waiting() -> None:
+    """A stopping replica closes its gate before its paced consumers stop: the job waiting
+    for its turn gets ``None`` at once (it is deferred), and so does every later one."""
+    loop = asyncio.get_running_loop()
+    gate = PaceGate(Pacer(started=-10.0, margin=0.0), max_wait=5.0, clock=loop.time)
+    limit = RateLimit(per_second=1)  # one a second: the second job waits ~1 s
+    first = await gate.turn("ep", limit)
+    assert first is not None
+    first.written()
+    waiting = asyncio.ensure_future(gate.turn("ep", limit))
+    await asyncio.sleep(0)  # it takes the lock and sleeps towards its turn
+    closed_at = loop.time()
+    gate.close()
+    assert await waiting is None
+    assert loop.time() - closed_at < 0.5  # woken, not left to sleep out its second
+    assert await gate.turn("other", limit) is None
+
+
 def test_a_late_request_moves_the_schedule_by_its_delay() -> None:
     pacer = Pacer(started=-10.0, margin=0.0)
     limit = RateLimit(per_second=5)  # one every 200 ms
