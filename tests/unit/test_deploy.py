@@ -299,10 +299,14 @@ def test_compose_loads_the_generated_rabbitmq_definitions_before_the_services() 
         assert condition == "service_completed_successfully"
 
 
-def test_compose_signer_master_key_comes_from_a_secret_file() -> None:
+def test_compose_signer_master_key_and_headers_key_come_from_secret_files() -> None:
     signer = _compose()["services"]["signer"]
     assert "DIHYA_SIGNER_MASTER_KEY" not in signer["environment"]
-    assert signer["env_file"] == ["secrets/signer.env"]
+    assert signer["env_file"] == ["secrets/signer.env", "secrets/headers.env"]
+    services = _compose()["services"]
+    assert services["deliverer"]["env_file"] == ["secrets/headers.env"]
+    for name in ("ingest", "audit"):  # the headers key goes to the signer and deliverer only
+        assert "secrets/headers.env" not in services[name].get("env_file", [])
     ignored = (DEPLOY / ".gitignore").read_text().split()
     assert "/secrets/" in ignored and "/.env" in ignored
 
