@@ -23,6 +23,7 @@ from shared.contracts import (
     EndpointSecret,
     Event,
     SignedDelivery,
+    SignRefusal,
     SubjectErasure,
     TokenGrant,
 )
@@ -53,6 +54,18 @@ _CHANNELS: list[tuple[str, str, str, tuple[type[Contract], ...], str]] = [
     ("deliver", topology.WORK_EXCHANGE, topology.DELIVER, (SignedDelivery,),
      "Signer and the defer tiers → deliverer (`dihya.deliverer.jobs`): a delivery whose "
      "endpoint had too many in flight comes back, still signed, after its wait."),
+    ("fifo", topology.WORK_EXCHANGE, "fifo.{lane}", (DeliveryJob,),
+     "Ingest → deliverer (`dihya.fifo.{lane}`, lanes 0 to 15, one active consumer each): the "
+     "jobs of ordered (`ordering: fifo`) endpoints, unsigned, in the order ingest accepted "
+     "their events; the lane of a job is crc32(endpoint id, NUL, `fifo_key`) mod 16. A "
+     "deliverer sends a manual retry of such a job here too (docs/ordering.md)."),
+    ("sign-now", topology.WORK_EXCHANGE, topology.SIGN_NOW,
+     (DeliveryJob, SignedDelivery, SignRefusal),
+     "Deliverer → signer (`dihya.signer.now`), a request over direct reply-to: a "
+     "`DeliveryJob` with `reply_to` = `amq.rabbitmq.reply-to` and a `correlation_id`; the "
+     "signer answers to the asking channel (default exchange, routing key = `reply_to`, same "
+     "`correlation_id`) with the `SignedDelivery` or a `SignRefusal`. Requests expire after "
+     "10 s unanswered; the deliverer asks again."),
     ("audit", topology.AUDIT_EXCHANGE, "{factKind}", (AuditFact, AuditFactBatch),
      "Every service → audit (`dihya.audit.facts`); routing key = fact kind. A batch holds facts "
      "of that one kind; `delivery.attempted` is also read by ingest (`dihya.ingest.health`)."),

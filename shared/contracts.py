@@ -65,6 +65,8 @@ TenantRef = Annotated[
     ),
 ]
 ServiceName = Literal["ingest", "signer", "deliverer", "audit"]
+Ordering = Literal["fifo"]
+"""An endpoint's delivery order: ``fifo`` (per ordering key, docs/ordering.md)."""
 
 
 class Contract(BaseModel):
@@ -155,6 +157,13 @@ class DeliveryJob(Contract):
         description="The endpoint's rate limit; the deliverer paces its deliveries through "
         "the paced queues (one active consumer each). Null: not limited.",
     )
+    fifo_key: str | None = Field(
+        default=None, max_length=256,
+        description="Set for an ordered (`ordering: fifo`) endpoint: the delivery's ordering "
+        "key (the value at the endpoint's `ordering_key` in the event; \"\": none). Its "
+        "deliveries of one key go one at a time, in the order ingest accepted the events, "
+        "through one FIFO lane (docs/ordering.md). Null: not ordered.",
+    )
 
 
 class SignedDelivery(Contract):
@@ -170,6 +179,15 @@ class SignedDelivery(Contract):
         description="The endpoint's custom headers, sealed (Fernet under DIHYA_HEADERS_KEY, "
         "bound to the delivery id): only the deliverer opens them, just before the POST. "
         "Null when the endpoint has none.")
+
+
+class SignRefusal(Contract):
+    """The signer's answer to a sign-now request it cannot sign (signer → deliverer, over
+    direct reply-to): the deliverer dead-letters the delivery with this reason."""
+
+    type: Literal["dihya.sign_refusal.v1"] = "dihya.sign_refusal.v1"
+    reason: Literal["no_secret", "unsignable"]
+    error: str = Field(max_length=2000, description="Why, safe to show (never a secret).")
 
 
 FactKind = Literal[
@@ -372,6 +390,7 @@ CONTRACTS: tuple[type[Contract], ...] = (
     DeliveryJob,
     DeliveryJobBatch,
     SignedDelivery,
+    SignRefusal,
     AuditFact,
     AuditFactBatch,
     EndpointSecret,

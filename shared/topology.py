@@ -80,6 +80,8 @@ DELIVERY_LIMIT = 10
 REASON_HEADER = "x-dihya-reason"
 ERROR_HEADER = "x-dihya-error"
 SOURCE_HEADER = "x-dihya-source-queue"
+HELD_UP_HEADER = "x-dihya-held-up"
+"""On an ordered endpoint's dead letter: how many later deliveries of its key waited for it."""
 BATCH_HEADER = "x-dihya-jobs"
 """On a :class:`~shared.contracts.DeliveryJobBatch`: how many jobs it holds."""
 TRACES_HEADER = "x-dihya-traceparents"
@@ -187,6 +189,44 @@ def _paced_queue(shard: int) -> Queue:
 PACED_QUEUES = tuple(_paced_queue(n) for n in range(PACED_SHARDS))
 
 
+FIFO_LANES = 16
+"""Lanes of ordered (FIFO) endpoints: every delivery of one key of one endpoint goes through
+the same one (:func:`shared.ordering.lane_of`). Changing it moves keys between lanes: the
+deliveries in flight at that moment may then be reordered (docs/ordering.md)."""
+
+
+def fifo_key(lane: int) -> str:
+    """Routing key (on :data:`WORK_EXCHANGE`) of FIFO lane number ``lane``."""
+    return f"fifo.{lane}"
+
+
+def fifo_queue(lane: int) -> str:
+    """Name of FIFO lane number ``lane`` (0 ≤ lane < :data:`FIFO_LANES`)."""
+    return f"dihya.fifo.{lane}"
+
+
+def _fifo_queue(lane: int) -> Queue:
+    """A lane: a quorum queue with one active consumer among the deliverer replicas, which
+    gets its messages in queue order and, after a takeover, the previous one's unacked
+    messages first, in order. No ``x-delivery-limit``: a message held while its key's
+    delivery fails, or handed back by a crashed replica, must never be parked for it (the
+    deliverer dead-letters a job it gives up on itself, keeping the order)."""
+    return Queue(fifo_queue(lane), ((WORK_EXCHANGE, fifo_key(lane)),),
+                 {"x-queue-type": "quorum", "x-single-active-consumer": True})
+
+
+FIFO_QUEUES = tuple(_fifo_queue(n) for n in range(FIFO_LANES))
+
+SIGN_NOW = "dihya.signer.now"
+"""Sign-now requests (deliverer → signer, RPC over direct reply-to): a FIFO delivery is signed
+when it is its key's next, for each attempt, so a held delivery never carries a stale
+signature. Requests expire after :data:`SIGN_NOW_TTL_MS`: the deliverer asks again."""
+SIGN_NOW_TTL_MS = 10_000
+
+SIGN_NOW_QUEUE = Queue(SIGN_NOW, ((WORK_EXCHANGE, SIGN_NOW),),
+                       {"x-queue-type": "quorum", "x-message-ttl": SIGN_NOW_TTL_MS})
+
+
 AUDIT_HEADS = "dihya.audit.heads.recent"
 """Keeps the newest signed heads (:data:`HEADS_KEPT`, a week at one a minute) so a head
 published while no auditor's queue is bound is not returned unroutable; read it, or bind
@@ -245,7 +285,8 @@ def queues(retry_delays_ms: tuple[int, ...] = (),
            defer_delays_ms: tuple[int, ...] = ()) -> tuple[Queue, ...]:
     """Every queue of the topology, the retry and defer tiers included when their delays are
     given."""
-    return (WORK_QUEUES + PACED_QUEUES + _dead_queues() + (HEADS_QUEUE,)
+    return (WORK_QUEUES + PACED_QUEUES + FIFO_QUEUES + (SIGN_NOW_QUEUE,) + _dead_queues()
+            + (HEADS_QUEUE,)
             + retry_queues(retry_delays_ms)
             + defer_queues(defer_delays_ms))
 

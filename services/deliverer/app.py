@@ -31,19 +31,21 @@ from services.deliverer.metrics import (
     DEAD,
     DEFERRED,
     ENDPOINT_CONCURRENCY,
+    ORDERED,
     PACED,
     PARKED,
     RESIGNED,
     RETRIES,
     TIERS_DECLARED,
 )
+from services.deliverer.ordered import ASK_AGAIN_AFTER, KeyTurns, SignNow
 from services.deliverer.paced import PaceGate
 from services.deliverer.pacing import Pacer, defer_tier, shard_of
 from services.deliverer.proxy import ProxyRouter
 from services.deliverer.settings import Settings
 from services.deliverer.slots import EndpointSlots
 from services.deliverer.ssrf import VettingResolver
-from shared import custom_headers, telemetry, topology
+from shared import custom_headers, outages, telemetry, topology
 from shared.broker import (
     Consumer,
     Delivery,
@@ -54,8 +56,9 @@ from shared.broker import (
     declare_queue,
     declare_topology,
 )
-from shared.contracts import AttemptRecord, SignedDelivery, encode, utcnow
+from shared.contracts import AttemptRecord, DeliveryJob, SignedDelivery, SignRefusal, encode, utcnow
 from shared.egress import BlockedAddressError, check_url
+from shared.ordering import lane_of
 from shared.runtime import Stop
 from shared.web import add_ops_routes, errors_middleware, serve
 
@@ -182,7 +185,8 @@ class Deliverer:
                  publisher: Publisher, tiers: WaitTiers, facts: FactPublisher,
                  rng: random.Random | None = None,
                  resolver: AbstractResolver | None = None,
-                 starts: FactPublisher | None = None) -> None:
+                 starts: FactPublisher | None = None,
+                 sign_now: SignNow | None = None) -> None:
         self._settings = settings
         self._session = session
         self._publisher = publisher
@@ -211,6 +215,8 @@ class Deliverer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pace = PaceGate(Pacer(time.monotonic(), settings.pace_margin,
                                     topology.PACED_SHARDS), settings.max_pace_wait)
+        self._sign_now = sign_now
+        self._keys = KeyTurns()
 
     async def post(self, signed: SignedDelivery,
                    written: Callable[[], None] | None = None) -> Response:
@@ -272,9 +278,12 @@ class Deliverer:
         return custom_headers.unseal(signed.sealed_headers, signed.job.delivery_id,
                                      self._headers_cipher)
 
-    async def _post_and_audit(self, signed: SignedDelivery) -> _Posted | None:
+    async def _post_and_audit(self, signed: SignedDelivery,
+                              held_since: float | None = None) -> _Posted | None:
         """POST, judge the outcome, and start publishing its fact (until confirmed). ``None``:
-        not POSTed, a rate-limited endpoint's turn is too far off (the caller defers it)."""
+        not POSTed, a rate-limited endpoint's turn is too far off (the caller defers it).
+        ``held_since``: an ordered delivery's first attempt began then (monotonic); a retry
+        past DIHYA_DELIVERER_FIFO_MAX_HOLD gives up (:func:`decisions.held_step`)."""
         job = signed.job
         post = uuid.uuid4().hex  # this POST's own: its audit record is its own too
         # Written ahead and confirmed before the POST leaves: a deliverer killed between its
@@ -321,6 +330,9 @@ class Deliverer:
         schedule = decisions.schedule_for(job, self._schedule)
         step = decisions.next_step(outcome, job.attempt, schedule, self._rng,
                                   self._settings.retry_jitter)
+        if held_since is not None:
+            step = decisions.held_step(step, time.monotonic() - held_since,
+                                       self._settings.fifo_max_hold)
         record = decisions.attempt_record(job.attempt, outcome, at=at,
                                          duration_ms=duration * 1000)
         attempted = decisions.attempted_fact(
@@ -333,6 +345,27 @@ class Deliverer:
         # batched; published even if this job's ack is lost with its channel
         attempt = self._background(self._facts.send_until_confirmed(attempted))
         return outcome, step, record, now, attempt
+
+    def _dead_letter(self, parked: DeliveryJob, reason: str, error: str | None,
+                     now: datetime, attempt: Awaitable[None] | None,
+                     held_up: int | None = None) -> list[Awaitable[None]]:
+        """The publishes that give ``parked`` up: the job to the deliverer's parking queue
+        (ingest's dead-letter store reads it) and its ``delivery.dead_lettered`` fact, after
+        its last ``attempt``'s fact if there was one. ``held_up``: an ordered delivery's, how
+        many later ones of its key waited behind it."""
+        headers = {topology.REASON_HEADER: reason, topology.ERROR_HEADER: (error or "")[:2000],
+                   topology.SOURCE_HEADER: topology.DELIVERER_JOBS}
+        if held_up is not None:
+            headers[topology.HELD_UP_HEADER] = str(held_up)
+        dead = decisions.dead_lettered_fact(parked, reason, now, held_up=held_up)
+        DEAD.labels(reason).inc()
+        return [
+            self._publisher.publish(topology.DEAD_EXCHANGE, topology.DELIVERER_JOBS,
+                                    encode(parked), headers=headers, type=parked.type),
+            # the giving up follows its attempt's (batched) fact in the audit log
+            self._facts.send_until_confirmed(dead) if attempt is None
+            else self._facts.send_after(asyncio.shield(attempt), dead),
+        ]
 
     def _background(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """A task that outlives a cancelled handler; :meth:`drain` waits for it at stop."""
@@ -367,6 +400,68 @@ class Deliverer:
         """A signed delivery from a paced queue: POSTed in its endpoint's turn."""
         await self._on_job(message, paced=True)
 
+    async def on_fifo_job(self, message: Delivery) -> None:
+        """A job of a FIFO lane: delivered once every earlier one of its key is done (or
+        dead-lettered), with every attempt signed just before its POST."""
+        try:
+            job = decisions.parse_job(message.body)
+        except ValueError as exc:
+            await self._park_invalid(message, exc)
+            return
+        assert job.fifo_key is not None  # parse_job checks it
+        async with self._keys.turn((job.endpoint_id, job.fifo_key)) as behind:
+            await self._deliver_in_order(job, message, behind)
+
+    async def _deliver_in_order(self, job: DeliveryJob, message: Delivery,
+                                behind: Callable[[], int]) -> None:
+        """Attempt ``job`` until delivered or given up, holding its key meanwhile: a failed
+        attempt waits its retry delay here, unacked, and is signed afresh for the next."""
+        assert self._sign_now is not None
+        began = time.monotonic()
+        while True:
+            if message.settled_elsewhere:  # its channel closed: the broker hands it back
+                return
+            signed = await self._sign_now.sign(job)
+            if isinstance(signed, SignRefusal):
+                await self._give_up_in_order(job, signed.reason, signed.error, utcnow(), None,
+                                             behind())
+                return
+            posted = await asyncio.shield(self._background(
+                self._post_and_audit(signed, held_since=began)))
+            if posted is None:  # a rate limit's turn too far off (ingest refuses the pair)
+                await asyncio.sleep(ASK_AGAIN_AFTER)
+                continue
+            outcome, step, record, now, attempt = posted
+            if isinstance(step, Retry):
+                ORDERED.labels("held").inc()
+                job = decisions.next_job(job, record)
+                await asyncio.sleep(step.delay_ms / 1000)
+                continue
+            if isinstance(step, DeadLetter):
+                parked = decisions.next_job(job, record)
+                await self._give_up_in_order(parked, step.reason, outcome.error, now, attempt,
+                                             behind())
+            await asyncio.shield(attempt)
+            return
+
+    async def _give_up_in_order(self, parked: DeliveryJob, reason: str, error: str | None,
+                                now: datetime, attempt: Awaitable[None] | None,
+                                held_up: int) -> None:
+        """Dead-letter an ordered delivery, publishing again while the broker is out: its
+        key must not go on before the dead letter is safe, nor leave it unsaid."""
+        delay = ASK_AGAIN_AFTER
+        while True:
+            try:
+                await confirm_all(self._dead_letter(parked, reason, error, now, attempt,
+                                                    held_up=held_up))
+                return
+            except Exception as exc:
+                if not outages.is_infrastructure(exc):
+                    raise
+                log.warning("dead_letter_unconfirmed", error=outages.describe(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def _forward(self, signed: SignedDelivery) -> None:
         """To the paced queue of its endpoint, whose one active consumer paces it."""
         shard = shard_of(signed.job.endpoint_id, topology.PACED_SHARDS)
@@ -390,21 +485,29 @@ class Deliverer:
         log.debug("deferred", waiting_or_in_flight=self._slots.users(signed.job.endpoint_id),
                   **ids)
 
+    async def _park_invalid(self, message: Delivery, exc: ValueError) -> None:
+        fact = decisions.parked_fact(message.body, str(exc), utcnow())
+        await asyncio.gather(
+            self._publisher.park(topology.DELIVERER_JOBS, message,
+                                 reason="invalid_message", error=str(exc)),
+            self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact),
+        )
+        PARKED.inc()
+        log.warning("parked", queue=topology.DELIVERER_JOBS, reason="invalid_message",
+                    error=str(exc))
+
     async def _on_job(self, message: Delivery, *, paced: bool) -> None:
         try:
             signed = decisions.parse_signed(message.body)
         except ValueError as exc:
-            fact = decisions.parked_fact(message.body, str(exc), utcnow())
-            await asyncio.gather(
-                self._publisher.park(topology.DELIVERER_JOBS, message,
-                                     reason="invalid_message", error=str(exc)),
-                self._publisher.send(topology.AUDIT_EXCHANGE, fact.kind, fact),
-            )
-            PARKED.inc()
-            log.warning("parked", queue=topology.DELIVERER_JOBS, reason="invalid_message",
-                        error=str(exc))
+            await self._park_invalid(message, exc)
             return
         job = signed.job
+        if job.fifo_key is not None:  # an ordered endpoint's, sent again (a manual retry)
+            lane = lane_of(job.endpoint_id, job.fifo_key, topology.FIFO_LANES)
+            await self._publisher.send(topology.WORK_EXCHANGE, topology.fifo_key(lane), job)
+            ORDERED.labels("forwarded").inc()
+            return
         if job.rate_limit is not None and not paced:
             await self._forward(signed)
             return
@@ -450,17 +553,8 @@ class Deliverer:
                 expiration=step.delay_ms / 1000))
             RETRIES.labels(str(step.tier_ms)).inc()
         elif isinstance(step, DeadLetter):
-            parked = decisions.next_job(job, record)
-            dead = decisions.dead_lettered_fact(parked, step.reason, now)
-            publishes.append(self._publisher.publish(
-                topology.DEAD_EXCHANGE, topology.DELIVERER_JOBS, encode(parked),
-                headers={topology.REASON_HEADER: step.reason,
-                         topology.ERROR_HEADER: (outcome.error or "")[:2000],
-                         topology.SOURCE_HEADER: topology.DELIVERER_JOBS},
-                type=parked.type))
-            # the giving up follows its attempt's (batched) fact in the audit log
-            publishes.append(self._facts.send_after(asyncio.shield(attempt), dead))
-            DEAD.labels(step.reason).inc()
+            publishes.extend(self._dead_letter(decisions.next_job(job, record), step.reason,
+                                               outcome.error, now, attempt))
         await confirm_all(publishes)  # all settled (the fact above included), then any error
         # A success is logged at debug: the audit log holds every attempt and the metrics
         # count them; a line per delivery at info cost ~30 µs of CPU each (log volume aside).
@@ -550,8 +644,10 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
 
         tiers = WaitTiers(connection, settings.retry_delays_ms,
                           timeout=settings.publish_timeout)
+        sign_now = SignNow(connection, settings.sign_now_timeout)
+        stack.push_async_callback(sign_now.close)
         deliverer = Deliverer(settings, session, publisher, tiers, facts, resolver=resolver,
-                              starts=starts)
+                              starts=starts, sign_now=sign_now)
         # the broker path is its one dependency (the consumer's default probe)
         stack.push_async_callback(deliverer.drain, settings.shutdown_grace)
         consumer = Consumer(connection, topology.DELIVERER_JOBS, deliverer.on_job,
@@ -565,6 +661,12 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
             consumers.append(paced)
             stack.push_async_callback(paced.stop, settings.shutdown_grace)
             await paced.start()
+        for lane in range(topology.FIFO_LANES):  # one active consumer each, broker-wide
+            ordered = Consumer(connection, topology.fifo_queue(lane), deliverer.on_fifo_job,
+                               prefetch=settings.fifo_prefetch)
+            consumers.append(ordered)
+            stack.push_async_callback(ordered.stop, settings.shutdown_grace)
+            await ordered.start()
         # runs before the paced consumers stop: no turn given once another replica may pace
         stack.callback(deliverer.stop_pacing)
     except BaseException:

@@ -188,15 +188,40 @@ def needs_resign(signed_at: datetime, now: datetime, max_age_s: float) -> bool:
     return max_age_s > 0 and (now - signed_at) > timedelta(seconds=max_age_s)
 
 
+def _readable(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False, include_context=False))
+
+
 def parse_signed(body: bytes) -> SignedDelivery:
     """Decode a signed delivery; ``ValueError`` with a readable reason if it is unusable."""
     try:
         return SignedDelivery.model_validate_json(body)
     except ValidationError as exc:
-        raise ValueError("; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
-            for e in exc.errors(include_url=False, include_input=False, include_context=False)
-        )) from None
+        raise ValueError(_readable(exc)) from None
+
+
+def parse_job(body: bytes) -> DeliveryJob:
+    """Decode an ordered endpoint's job (a FIFO lane's message: unsigned, it is signed when
+    it is its key's next); ``ValueError`` with a readable reason if it is unusable."""
+    try:
+        job = DeliveryJob.model_validate_json(body)
+    except ValidationError as exc:
+        raise ValueError(_readable(exc)) from None
+    if job.fifo_key is None:
+        raise ValueError("fifo_key: a FIFO lane's job must have one")
+    return job
+
+
+def held_step(step: Step, held_s: float, max_hold_s: float) -> Step:
+    """``step`` for an ordered delivery held ``held_s`` seconds so far: a :class:`Retry` that
+    would start after ``max_hold_s`` (DIHYA_DELIVERER_FIFO_MAX_HOLD, below the broker's
+    ``consumer_timeout``) gives up instead (``hold_limit``): past the broker's timeout the
+    lane's channel would be closed and its key's deliveries handed back."""
+    if isinstance(step, Retry) and held_s + step.delay_ms / 1000 > max_hold_s:
+        return DeadLetter("hold_limit")
+    return step
 
 
 def attempt_record(attempt: int, outcome: Outcome, *, at: datetime, duration_ms: float
@@ -344,8 +369,11 @@ def started_fact(job: DeliveryJob, now: datetime, *, post: str) -> AuditFact:
     )
 
 
-def dead_lettered_fact(parked: DeliveryJob, reason: str, now: datetime) -> AuditFact:
-    """``delivery.dead_lettered``: the delivery was given up; ``parked`` holds its history."""
+def dead_lettered_fact(parked: DeliveryJob, reason: str, now: datetime,
+                       held_up: int | None = None) -> AuditFact:
+    """``delivery.dead_lettered``: the delivery was given up; ``parked`` holds its history.
+    ``held_up``: an ordered delivery's, how many later deliveries of its key waited behind it
+    (in this deliverer; more may wait in its lane)."""
     last = parked.history[-1] if parked.history else None
     return AuditFact(
         id=fact_id(parked.delivery_id, parked.attempt - 1, "delivery.dead_lettered"),
@@ -363,7 +391,8 @@ def dead_lettered_fact(parked: DeliveryJob, reason: str, now: datetime) -> Audit
         error=None if last is None else last.error,
         reason=reason,
         tenant=parked.tenant,
-        details={"attempts": len(parked.history)},
+        details={"attempts": len(parked.history)} if held_up is None
+        else {"attempts": len(parked.history), "held_up": held_up},
     )
 
 

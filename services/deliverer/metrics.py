@@ -28,3 +28,11 @@ ENDPOINT_CONCURRENCY = Gauge(
     "deliverer now (limits adapt per endpoint; no endpoint label: there may be 100,000s).")
 TIERS_DECLARED = Counter("dihya_deliverer_tiers_declared_total",
                          "Wait-queue tiers declared on first use (an endpoint's own schedule).")
+ORDERED = Counter("dihya_deliverer_ordered_total",
+                  "Deliveries of ordered (FIFO) endpoints, by step: `forwarded` to their lane, "
+                  "`signed` (a sign-now answer), `unanswered` (a sign-now request that got no "
+                  "answer in time: asked again, not an attempt), `held` (a failed attempt "
+                  "waiting for its retry, its key's later deliveries behind it).", ["step"])
+KEYS_HELD = Gauge("dihya_deliverer_ordered_waiting",
+                  "Deliveries of ordered endpoints waiting in this deliverer behind an earlier "
+                  "one of their key.")

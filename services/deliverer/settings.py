@@ -80,6 +80,27 @@ class Settings(EgressSettings):
         description="Deliveries of rate-limited endpoints in flight at once per paced queue "
         "(each of the 8 paced queues has one active consumer among the replicas).",
     )
+    fifo_prefetch: int = Field(
+        default=200, ge=1, le=2000,
+        description="Deliveries of ordered (FIFO) endpoints held at once per FIFO lane (16 "
+        "lanes, one active consumer each among the replicas). A key whose delivery fails "
+        "holds its later deliveries here; only when a lane's held deliveries fill this do "
+        "other keys of the lane wait too.",
+    )
+    sign_now_timeout: float = Field(
+        default=15.0, gt=0,
+        description="Seconds an ordered endpoint's delivery waits for the signer to sign it "
+        "(at its turn, for each attempt) before it asks again; not counted as an attempt. "
+        "Keep it above the signer's SECRET_WAIT.",
+    )
+    fifo_max_hold: float = Field(
+        default=1500.0, gt=0,
+        description="Seconds an ordered endpoint's delivery may hold its key (every attempt "
+        "and retry delay): a retry that would start later is dead-lettered (`hold_limit`) and "
+        "the next delivery of the key goes. Keep it below RabbitMQ's `consumer_timeout` (30 "
+        "minutes by default), or the broker closes the lane's channel and hands its "
+        "deliveries back to be attempted again.",
+    )
     max_pace_wait: float = Field(
         default=2.0, ge=0,
         description="Seconds a delivery of a rate-limited endpoint may wait in the deliverer "

@@ -82,6 +82,7 @@ from services.ingest.tenants import (
     fan_out,
     requested,
 )
+from services.ingest.turnstile import Turnstile
 from shared import telemetry, topology
 from shared.batching import Batcher
 from shared.broker import Delivery, FactPublisher, Publisher, confirm_all
@@ -92,6 +93,7 @@ from shared.contracts import (
     Event,
     utcnow,
 )
+from shared.ordering import lane_of
 
 log = structlog.get_logger("dihya.ingest.consumer")
 
@@ -173,6 +175,7 @@ class EventHandler:
         # its acceptance whichever arrives first (services/audit/ordering.py).
         self._facts = FactPublisher(publisher)
         self._jobs = JobPublisher(publisher)
+        self._turnstile = Turnstile()
         self._max_fanout = max_fanout
         self._window = window_seconds
         self._lookups: Batcher[str, datetime | None] = Batcher(
@@ -227,6 +230,13 @@ class EventHandler:
                         error=type(exc).__name__)
 
     async def __call__(self, message: Delivery) -> None:
+        ticket = self._turnstile.enter()  # before any await: the arrival order
+        try:
+            await self._handle(message, ticket)
+        finally:
+            self._turnstile.leave(ticket)
+
+    async def _handle(self, message: Delivery, ticket: int) -> None:
         decoded = decode(message.body, message.type, max_bytes=self._max_bytes)
         if isinstance(decoded, Rejection):
             await self._reject(message, decoded)
@@ -274,10 +284,19 @@ class EventHandler:
         # acked, every delivery it owes is either on its way or in the store.
         await self._store.hold(held, now=now)
         fact = accepted_fact(event, jobs, now, tenant=tenant)
+        ordered = [job for job in jobs if job.fifo_key is not None]
+        if ordered:  # to their lanes, after every earlier event's: the order of its key
+            await self._turnstile.wait_turn(ticket)
+            await confirm_all(self._publisher.send(
+                topology.WORK_EXCHANGE,
+                topology.fifo_key(lane_of(job.endpoint_id, job.fifo_key, topology.FIFO_LANES)),
+                job, headers={"x-dihya-event-id": event.id, "x-dihya-delivery-id":
+                              job.delivery_id}) for job in ordered if job.fifo_key is not None)
+            self._turnstile.leave(ticket)
         # The jobs and the facts go with the other events' in batches (JobPublisher,
         # FactPublisher); both are confirmed before the event is acked, in whichever order.
         await confirm_all(
-            [self._jobs.send(job) for job in jobs]
+            [self._jobs.send(job) for job in jobs if job.fifo_key is None]
             + [self._facts.send(fact)]
             + [self._facts.send(held_fact(item, now)) for item in held]
             + [self._log_accepted(event, jobs, held, now)]

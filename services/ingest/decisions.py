@@ -36,10 +36,12 @@ from shared.contracts import (
     DeliveryJob,
     DeliveryJobBatch,
     Event,
+    Ordering,
     RateLimit,
     SignedDelivery,
 )
 from shared.ids import fact_id, new_id
+from shared.ordering import key_of
 from shared.subscriptions import selects
 
 EVENT_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
@@ -75,6 +77,14 @@ class Endpoint:
     tenant_id: str = DEFAULT_TENANT
     """The tenant it belongs to (``ten_…``): fan-out narrows by it first
     (:func:`services.ingest.tenants.in_scope`)."""
+    ordering: Ordering | None = None
+    """``fifo``: its deliveries of one key go one at a time, in order (docs/ordering.md)."""
+    ordering_key: str | None = None
+    """The dotted path of its ordering key in the event; ``None``: one key for all."""
+
+    def fifo_key(self, event: Event) -> str | None:
+        """The ordering key a job of ``event`` carries; ``None`` if it is not ordered."""
+        return None if self.ordering != "fifo" else key_of(event, self.ordering_key)
 
     def wants(self, event_type: str) -> bool:
         """Does one of its patterns select ``event_type`` (whatever its status)?"""
@@ -116,7 +126,7 @@ def plan(event: Event, endpoints: Iterable[Endpoint]) -> list[DeliveryJob]:
     return [
         DeliveryJob(delivery_id=delivery_id(event.id, ep.id), endpoint_id=ep.id, url=ep.url,
                     event=event, retry_schedule_ms=ep.retry_schedule_ms,
-                    rate_limit=ep.rate_limit, tenant=ep.tenant_id)
+                    rate_limit=ep.rate_limit, tenant=ep.tenant_id, fifo_key=ep.fifo_key(event))
         for ep in endpoints
         if ep.subscribed(event.event)
     ]
@@ -142,7 +152,8 @@ def hold(event: Event, endpoints: Iterable[Endpoint]) -> list[HeldJob]:
     return [
         HeldJob(DeliveryJob(delivery_id=delivery_id(event.id, ep.id), endpoint_id=ep.id,
                             url=ep.url, event=event, retry_schedule_ms=ep.retry_schedule_ms,
-                            rate_limit=ep.rate_limit, tenant=ep.tenant_id),
+                            rate_limit=ep.rate_limit, tenant=ep.tenant_id,
+                            fifo_key=ep.fifo_key(event)),
                 ep.disabled_reason)
         for ep in endpoints
         if ep.status != "enabled" and ep.wants(event.event)

@@ -120,6 +120,7 @@ from services.ingest.models import (
     TokenList,
     TokenOut,
     WhoAmI,
+    check_ordering,
 )
 from services.ingest.openapi import Route, document
 from services.ingest.settings import Settings
@@ -323,7 +324,8 @@ def _endpoint_out(record: EndpointRecord) -> EndpointOut:
                        signature_scheme=record.signature_scheme,
                        public_keys=_public_keys_out(record),
                        headers=dict.fromkeys(record.header_names, MASK),
-                       rate_limit=record.rate_limit)
+                       rate_limit=record.rate_limit, ordering=record.ordering,
+                       ordering_key=record.ordering_key)
 
 
 def _headers_handover(endpoint_id: str, headers: Mapping[str, str], now: datetime
@@ -519,7 +521,8 @@ class IngestApi(TenantApi):
                                 public_keys=((public_key_of(secret), None),) if ed25519
                                 else None,
                                 header_names=tuple(body.headers or {}),
-                                rate_limit=body.rate_limit, tenant_id=tenant)
+                                rate_limit=body.rate_limit, tenant_id=tenant,
+                                ordering=body.ordering, ordering_key=body.ordering_key)
         # custom headers ride with the secret: the first job finds both in the keystore
         handover = EndpointSecret(
             endpoint_id=record.id, action="set", secret=SecretStr(secret), issued_at=now,
@@ -551,7 +554,9 @@ class IngestApi(TenantApi):
                                              "retry_schedule": _shown(record),
                                              "signature_scheme": record.signature_scheme,
                                              "header_names": list(record.header_names),
-                                             "rate_limit": _rate_shown(record)}))
+                                             "rate_limit": _rate_shown(record),
+                                             "ordering": record.ordering,
+                                             "ordering_key": record.ordering_key}))
         out = EndpointCreated(**_endpoint_out(record).model_dump(),
                               secret=None if ed25519 else secret)
         return _body(out, 201)
@@ -645,6 +650,13 @@ class IngestApi(TenantApi):
             if before is None:
                 raise _not_found("endpoint", endpoint_id)
             values = {**changes, "updated_at": now}
+            try:  # the order and the rate limit as they will be
+                check_ordering(values.get("ordering", before.ordering),
+                               values.get("ordering_key", before.ordering_key),
+                               values.get("rate_limit", before.rate_limit))
+            except ValueError as exc:
+                raise error(422, "validation_failed", "The request body is not valid.",
+                            [{"field": "(body)", "message": str(exc)}]) from None
             if "retry_schedule" in values:  # seconds in the API, milliseconds in the store
                 values["retry_schedule_ms"] = schedule_ms(values.pop("retry_schedule"))
             if "headers" in values:  # names here, values only in the signer's keystore
@@ -677,6 +689,8 @@ class IngestApi(TenantApi):
             details["header_names"] = list(record.header_names)
         if "rate_limit" in changes:
             details["rate_limit"] = _rate_shown(record)
+        if "ordering" in changes or "ordering_key" in changes:
+            details.update(ordering=record.ordering, ordering_key=record.ordering_key)
         facts = [self._fact("endpoint.updated", principal.token_id, tenant=record.tenant_id,
                             endpoint_id=endpoint_id, url=record.url, details=details)]
         if enabling:

@@ -28,7 +28,8 @@ from pydantic import (
 from services.ingest.catalog import UnknownPolicy
 from services.ingest.decisions import DeliveryStatus, EndpointStatus
 from shared import custom_headers
-from shared.contracts import AttemptRecord, Lang, RateLimit, Role, TenantRef
+from shared.contracts import AttemptRecord, Lang, Ordering, RateLimit, Role, TenantRef
+from shared.ordering import PATH_PATTERN
 from shared.subscriptions import MAX_PATTERN, PATTERN_RE
 
 DEFAULT_SECRET_MIN_LENGTH = 16
@@ -174,6 +175,30 @@ RATE_LIMIT_DESCRIPTION = (
     "429/503 `Retry-After` still wins: the endpoint gets nothing until then. Null: not "
     "limited.")
 
+ORDERING_DESCRIPTION = (
+    "`fifo`: deliveries of one ordering key reach the endpoint one at a time, in the order "
+    "ingest accepted the events; a failing delivery holds the later ones of its key until it "
+    "is delivered or dead-lettered (docs/ordering.md). Not with `rate_limit`. Null: no order "
+    "(deliveries in parallel).")
+ORDERING_KEY_DESCRIPTION = (
+    "With `ordering: fifo`: the dotted path in the event whose value is the ordering key, "
+    "e.g. `data.user_id` (one to eight names of letters, digits, `_`, `-`). Events without "
+    "it share the empty key. Null: the whole endpoint is one key.")
+OrderingKey = Annotated[str, Field(max_length=600, pattern=PATH_PATTERN,
+                                   description=ORDERING_KEY_DESCRIPTION,
+                                   examples=["data.user_id"])]
+
+
+def check_ordering(ordering: str | None, ordering_key: str | None,
+                   rate_limit: RateLimit | None) -> None:
+    """``ValueError`` for a combination an endpoint may not have."""
+    if ordering_key is not None and ordering != "fifo":
+        raise ValueError("ordering_key: needs ordering fifo")
+    if ordering == "fifo" and rate_limit is not None:
+        raise ValueError("ordering: fifo cannot be combined with rate_limit (a rate limit is "
+                         "paced per deliverer process, an ordered endpoint's keys may be "
+                         "delivered by several)")
+
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -192,6 +217,8 @@ class EndpointCreate(Request):
     headers: CustomHeaders | None = None
     rate_limit: RateLimit | None = Field(default=None, description=RATE_LIMIT_DESCRIPTION,
                                          examples=[{"per_second": 5, "burst": 10}])
+    ordering: Ordering | None = Field(default=None, description=ORDERING_DESCRIPTION)
+    ordering_key: OrderingKey | None = None
     tenant: TenantRef | None = Field(
         default=None, description="Its tenant (id or external id). A tenant-scoped token "
         "implies its own; otherwise required unless the deployment sets DIHYA_DEFAULT_TENANT.")
@@ -206,6 +233,7 @@ class EndpointCreate(Request):
         if self.signature_scheme == "ed25519" and self.secret is not None:
             raise ValueError("secret: leave it out with signature_scheme ed25519 (Dihya "
                              "generates the signing key and shows you the public key)")
+        check_ordering(self.ordering, self.ordering_key, self.rate_limit)
         return self
 
 
@@ -222,6 +250,12 @@ class EndpointUpdate(Request):
         default=None, description="Replaces all its custom headers (`{}` or null: none).")
     rate_limit: RateLimit | None = Field(
         default=None, description=RATE_LIMIT_DESCRIPTION + " `null` removes the limit.")
+    ordering: Ordering | None = Field(
+        default=None, description=ORDERING_DESCRIPTION + " `null` removes the order. "
+        "Deliveries already on their way keep the path they took.")
+    ordering_key: OrderingKey | None = Field(
+        default=None, description=ORDERING_KEY_DESCRIPTION + " Changing it (or the order) "
+        "while deliveries are on their way may deliver a few of them out of the new order.")
 
     @field_validator("url", "events", "status", mode="before")
     @classmethod
@@ -234,7 +268,7 @@ class EndpointUpdate(Request):
     def _not_empty(self) -> EndpointUpdate:
         if not self.model_fields_set:
             raise ValueError("send at least one of: url, events, description, status, "
-                             "retry_schedule, headers, rate_limit")
+                             "retry_schedule, headers, rate_limit, ordering, ordering_key")
         return self
 
 
@@ -332,6 +366,8 @@ class EndpointOut(Response):
     headers: dict[str, str] = Field(
         default_factory=dict, description="Its custom headers, values masked (`********`).")
     rate_limit: RateLimit | None = Field(default=None, description=RATE_LIMIT_DESCRIPTION)
+    ordering: Ordering | None = Field(default=None, description=ORDERING_DESCRIPTION)
+    ordering_key: str | None = Field(default=None, description=ORDERING_KEY_DESCRIPTION)
 
 
 class EndpointPatched(EndpointOut):

@@ -38,7 +38,7 @@ from services.ingest.decisions import (
     absorb,
     key_is_fresh,
 )
-from shared.contracts import DeliveryJob, RateLimit, Role
+from shared.contracts import DeliveryJob, Ordering, RateLimit, Role
 from shared.db import direct_sqlite, sqlite_timestamp
 from shared.web import Principal
 
@@ -76,6 +76,9 @@ endpoints = sa.Table(
     sa.Column("rate_limit", sa.JSON(none_as_null=True), nullable=True),
     # its tenant (#21); the migration moved existing endpoints to the default tenant
     sa.Column("tenant_id", sa.String(64), nullable=False, server_default="ten_default"),
+    # ordered endpoints (#22): "fifo" or NULL; the dotted path of the ordering key, or NULL
+    sa.Column("ordering", sa.String(8), nullable=True),
+    sa.Column("ordering_key", sa.String(600), nullable=True),
     sa.Index("ix_endpoints_status", "status"),
     sa.Index("ix_endpoints_tenant_id", "tenant_id", "id"),
 )
@@ -219,6 +222,8 @@ class EndpointRecord:
     consecutive_failures: int = 0
     rate_limit: RateLimit | None = None
     tenant_id: str = "ten_default"
+    ordering: Ordering | None = None
+    ordering_key: str | None = None
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> EndpointRecord:
@@ -236,13 +241,15 @@ class EndpointRecord:
                    public_keys=_public_keys(m["public_keys"]),
                    header_names=tuple(m["header_names"] or ()),
                    consecutive_failures=m["consecutive_failures"],
-                   rate_limit=_rate_limit(m["rate_limit"]), tenant_id=m["tenant_id"])
+                   rate_limit=_rate_limit(m["rate_limit"]), tenant_id=m["tenant_id"],
+                   ordering=m["ordering"], ordering_key=m["ordering_key"])
 
     def target(self) -> Endpoint:
         return Endpoint(id=self.id, url=self.url, events=self.events, status=self.status,
                         disabled_reason=self.disabled_reason,
                         retry_schedule_ms=self.retry_schedule_ms,
-                        rate_limit=self.rate_limit, tenant_id=self.tenant_id)
+                        rate_limit=self.rate_limit, tenant_id=self.tenant_id,
+                        ordering=self.ordering, ordering_key=self.ordering_key)
 
     @property
     def health(self) -> Health:
@@ -385,7 +392,8 @@ class Store:
             signature_scheme=record.signature_scheme,
             public_keys=_public_keys_column(record.public_keys),
             header_names=list(record.header_names) or None,
-            rate_limit=_rate_limit_column(record.rate_limit), tenant_id=record.tenant_id))
+            rate_limit=_rate_limit_column(record.rate_limit), tenant_id=record.tenant_id,
+            ordering=record.ordering, ordering_key=record.ordering_key))
 
     async def get_endpoint(self, endpoint_id: str, conn: AsyncConnection | None = None
                            ) -> EndpointRecord | None:
@@ -460,13 +468,15 @@ class Store:
         query = (sa.select(endpoints.c.id, endpoints.c.url, endpoints.c.events,
                            endpoints.c.status, endpoints.c.disabled_reason,
                            endpoints.c.retry_schedule_ms, endpoints.c.rate_limit,
-                           endpoints.c.tenant_id)
+                           endpoints.c.tenant_id, endpoints.c.ordering,
+                           endpoints.c.ordering_key)
                  .order_by(endpoints.c.id))
         async with self.engine.connect() as conn:
             return [Endpoint(id=r.id, url=r.url, events=tuple(r.events), status=r.status,
                              disabled_reason=r.disabled_reason,
                              retry_schedule_ms=_schedule(r.retry_schedule_ms),
-                             rate_limit=_rate_limit(r.rate_limit), tenant_id=r.tenant_id)
+                             rate_limit=_rate_limit(r.rate_limit), tenant_id=r.tenant_id,
+                             ordering=r.ordering, ordering_key=r.ordering_key)
                     for r in await conn.execute(query)]
 
     async def subscribers_of(self, tenant: str | None) -> list[Endpoint]:

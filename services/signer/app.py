@@ -24,7 +24,7 @@ from services.signer.settings import Settings
 from services.signer.store import MIGRATIONS, Keystore
 from shared import custom_headers, telemetry, topology
 from shared.broker import Consumer, Delivery, Publisher, confirm_all, connect, declare_topology
-from shared.contracts import DeliveryJob, encode, utcnow
+from shared.contracts import DeliveryJob, SignedDelivery, SignRefusal, encode, utcnow
 from shared.db import make_engine, migrate
 from shared.runtime import Stop
 from shared.web import add_ops_routes, errors_middleware, serve
@@ -174,29 +174,54 @@ class Signer:
     async def _sign(self, message: Delivery, job: DeliveryJob, *, alone: bool) -> None:
         """Sign and forward one job of ``message``; ``alone``: a job of a batch, parked as a
         message of its own if it cannot be signed (its batch-mates go on)."""
-        ids = {"delivery_id": job.delivery_id, "event_id": job.event.id,
-               "endpoint_id": job.endpoint_id, "attempt": job.attempt}
+        signed = await self._signed(job)
+        if isinstance(signed, SignRefusal):
+            await self._park(topology.SIGNER_JOBS, message, signed.reason, signed.error,
+                             job=job, alone=alone)
+            return
+        await self._publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed)
+        SIGNED.inc()
+        log.debug("signed", delivery_id=job.delivery_id, event_id=job.event.id,
+                  endpoint_id=job.endpoint_id, attempt=job.attempt)
+
+    async def on_sign_now(self, message: Delivery) -> None:
+        """A sign-now request: an ordered endpoint's delivery that is its key's next, signed
+        exactly as :meth:`on_job` signs and answered to its asker (direct reply-to) instead
+        of forwarded — a :class:`SignRefusal` if it cannot be signed. An answer whose asker
+        is gone is dropped (it asks again, or its replica's lane went to another)."""
+        try:
+            [job] = decisions.parse_jobs(message.body)
+            if not message.reply_to:
+                raise ValueError("a sign-now request needs reply_to")
+        except ValueError as exc:  # a batch too: requests are single jobs
+            # dropped (acked): a request is no work of its own, its asker times out
+            JOBS.labels("refused", "invalid_message").inc()
+            log.warning("sign_now_invalid", error=str(exc)[:300])
+            return
+        answer = await self._signed(job)
+        await self._publisher.send("", message.reply_to, answer,
+                                   correlation_id=message.correlation_id, mandatory=False)
+        if isinstance(answer, SignRefusal):
+            JOBS.labels("refused", answer.reason).inc()
+        else:
+            SIGNED.inc()
+
+    async def _signed(self, job: DeliveryJob) -> SignedDelivery | SignRefusal:
+        """``job`` signed now, or why it cannot be."""
         found = await self._cache.get(job.endpoint_id)
         if not found:
             started = time.monotonic()
             found = await self._cache.wait(job.endpoint_id, self._settings.secret_wait)
             SECRET_WAIT.observe(time.monotonic() - started)
         if not found:
-            await self._park(topology.SIGNER_JOBS, message, "no_secret",
-                             f"no secret for endpoint {job.endpoint_id} "
-                             f"after {self._settings.secret_wait:g}s", job=job, alone=alone)
-            return
+            return SignRefusal(reason="no_secret", error=f"no secret for endpoint "
+                               f"{job.endpoint_id} after {self._settings.secret_wait:g}s")
         try:
             sealed = await self._sealed_headers(job)
-            signed = decisions.sign(job, found, nonce=new_nonce(), now=utcnow(),
-                                   sealed_headers=sealed)
+            return decisions.sign(job, found, nonce=new_nonce(), now=utcnow(),
+                                  sealed_headers=sealed)
         except UnsignableJobError as exc:
-            await self._park(topology.SIGNER_JOBS, message, "unsignable", str(exc), job=job,
-                             alone=alone)
-            return
-        await self._publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed)
-        SIGNED.inc()
-        log.debug("signed", signatures=len(found), **ids)
+            return SignRefusal(reason="unsignable", error=str(exc))
 
     async def _sealed_headers(self, job: DeliveryJob) -> str | None:
         """The endpoint's custom headers sealed for this delivery, ``None`` if it has none."""
@@ -294,6 +319,8 @@ async def start(settings: Settings) -> Stop:
             Consumer(connection, topology.SIGNER_CONTROL, signer.on_control,
                      prefetch=settings.prefetch, probe=keystore.ping),
             Consumer(connection, topology.SIGNER_JOBS, signer.on_job,
+                     prefetch=settings.prefetch, probe=keystore.ping),
+            Consumer(connection, topology.SIGN_NOW, signer.on_sign_now,
                      prefetch=settings.prefetch, probe=keystore.ping),
         ))
 

@@ -57,8 +57,8 @@ class Delivery:
     delivery is consumed three times on its way (see :mod:`shared.broker.fastpath`).
     """
 
-    __slots__ = ("_channel", "_tag", "body", "exchange", "headers", "message_id", "redelivered",
-                 "routing_key", "type")
+    __slots__ = ("_channel", "_tag", "body", "correlation_id", "exchange", "headers",
+                 "message_id", "redelivered", "reply_to", "routing_key", "type")
 
     def __init__(self, message: aiormq.abc.DeliveredMessage) -> None:
         properties = message.header.properties
@@ -66,6 +66,9 @@ class Delivery:
         self.headers: dict[str, Any] = properties.headers or {}
         self.message_id: str | None = properties.message_id
         self.type: str | None = properties.message_type
+        # a request's (RPC over direct reply-to): where to answer, and with which id
+        self.reply_to: str | None = properties.reply_to
+        self.correlation_id: str | None = properties.correlation_id
         # where the publisher sent it ("" is the default exchange): ingest holds an event's
         # routing key to its type (services/ingest/decisions.py, route_refusal)
         self.exchange: str | None = message.exchange
@@ -83,6 +86,8 @@ class Delivery:
         delivery.headers = dict(message.headers or {})
         delivery.message_id = message.message_id
         delivery.type = message.type
+        delivery.reply_to = message.reply_to
+        delivery.correlation_id = message.correlation_id
         delivery.exchange = message.exchange
         delivery.routing_key = message.routing_key
         delivery.redelivered = bool(message.redelivered)

@@ -56,8 +56,12 @@ class Publisher:
         headers: Mapping[str, Any] | None = None,
         type: str | None = None,
         expiration: float | None = None,
+        correlation_id: str | None = None,
+        mandatory: bool = True,
     ) -> None:
-        """Publish and wait for the broker's confirm; raise if unroutable, nacked or late.
+        """Publish and wait for the broker's confirm; raise if unroutable, nacked or late
+        (``mandatory=False``: an unroutable message is dropped, as an answer whose asker is
+        gone; ``correlation_id``: the request an answer is for).
 
         Straight through aiormq's ``basic_publish`` rather than aio-pika's ``Exchange.publish``
         for one reason: ``wait=False``. With the default, the channel stays locked until the
@@ -80,6 +84,7 @@ class Publisher:
             message_id=uuid.uuid4().hex,
             headers=carrier,
             message_type=type,
+            correlation_id=correlation_id,
             expiration=None if expiration is None else str(int(expiration * 1000)),
         )
         loop = asyncio.get_running_loop()
@@ -92,7 +97,7 @@ class Publisher:
                 # aiormq's own timeout (what is left of ours): the cancellation stays inside
                 # aiormq, which takes back a publish it had not yet queued
                 await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
-                                            properties=properties, mandatory=True, wait=False,
+                                            properties=properties, mandatory=mandatory, wait=False,
                                             timeout=max(deadline - loop.time(), 0.001))
                 return
             except aiormq.exceptions.ChannelInvalidStateError:
@@ -136,11 +141,14 @@ class Publisher:
         *,
         headers: Mapping[str, Any] | None = None,
         expiration: float | None = None,
+        correlation_id: str | None = None,
+        mandatory: bool = True,
     ) -> None:
         """Publish a contract model (``type`` property = its version tag)."""
         tag = getattr(model, "type", None) or getattr(model, "TYPE", None)
         await self.publish(
-            exchange, routing_key, encode(model), headers=headers, type=tag, expiration=expiration
+            exchange, routing_key, encode(model), headers=headers, type=tag, expiration=expiration,
+            correlation_id=correlation_id, mandatory=mandatory,
         )
 
     async def park(

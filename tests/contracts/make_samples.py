@@ -24,6 +24,7 @@ from shared.contracts import (
     Event,
     RateLimit,
     SignedDelivery,
+    SignRefusal,
     SubjectErasure,
     TokenGrant,
     encode,
@@ -52,6 +53,9 @@ SAMPLES: dict[str, Contract] = {
     "DeliveryJob.own_schedule": JOB.model_copy(update={"retry_schedule_ms": (1_000, 60_000)}),
     "DeliveryJob.rate_limit": JOB.model_copy(
         update={"rate_limit": RateLimit(per_second=5, burst=10)}),
+    "DeliveryJob.fifo": JOB.model_copy(update={"fifo_key": "user42"}),
+    "SignRefusal": SignRefusal(reason="no_secret",
+                               error="no secret for endpoint ep_1 after 5s"),
     "SignedDelivery": SignedDelivery(job=JOB, body='{"id":"evt"}',
                                      headers={"webhook-id": "evt"}, signed_at=AT),
     "AuditFact": AuditFact(id="fct_1", kind="delivery.attempted", occurred_at=AT,
