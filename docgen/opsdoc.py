@@ -27,6 +27,10 @@ CONSUMERS: dict[str, str] = {
     topology.INGEST_CONTROL: "ingest (GDPR erasure of stored payloads)",
     **{q.name: "deliverer (rate-limited endpoints; one active consumer among the replicas)"
        for q in topology.PACED_QUEUES},
+    **{q.name: "deliverer (ordered endpoints, docs/ordering.md; one active consumer among the "
+               "replicas)" for q in topology.FIFO_QUEUES},
+    topology.SIGN_NOW: "signer (sign-now requests of ordered endpoints; answers over direct "
+                       "reply-to)",
     topology.dead_queue(topology.SIGNER_JOBS): "ingest (into its dead-letter store)",
     topology.dead_queue(topology.DELIVERER_JOBS): "ingest (into its dead-letter store)",
     topology.AUDIT_HEADS: "auditors, SIEMs (the newest signed heads; bind a queue of your own "
@@ -40,7 +44,8 @@ _EXCHANGE_PURPOSE = {
     topology.WORK_EXCHANGE: f"delivery work: `{topology.SIGN}` → signer, "
     f"`{topology.DELIVER}` → deliverer, `{topology.paced_key(0)}`…"
     f"`{topology.paced_key(topology.PACED_SHARDS - 1)}` → the paced queues (rate-limited "
-    "endpoints)",
+    f"endpoints), `{topology.fifo_key(0)}`…`{topology.fifo_key(topology.FIFO_LANES - 1)}` → "
+    f"the FIFO lanes (ordered endpoints), `{topology.SIGN_NOW}` → signer (sign-now requests)",
     topology.AUDIT_EXCHANGE: "audit facts; routing key = fact kind",
     topology.AUDIT_HEADS_EXCHANGE: "signed heads of the audit chain, to every bound queue",
     topology.CONTROL_EXCHANGE: "control messages: `secret.*` → signer, `token.*` → audit",

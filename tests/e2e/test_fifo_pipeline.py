@@ -286,7 +286,8 @@ async def test_2000_events_over_50_keys_in_order_through_a_sigkill(
     took = loop.time() - began
     result = books(receiver, name, ids)
     print(f"\n[books] deliverer replica {victim} SIGKILLed after {killed_at} deliveries "
-          f"(sign-now answers per replica before: {counts}); {took:.1f} s")
+          f"(sign-now answers per replica before: {counts}); {took:.1f} s; most requests of "
+          f"one key in flight at once: {receiver.most_in_flight}")
     print(result)
     system.spawn("deliverer", replica=victim)  # back for the module's orderly stop
     await system.wait_ready("deliverer")
@@ -295,3 +296,4 @@ async def test_2000_events_over_50_keys_in_order_through_a_sigkill(
     assert result.repeats_new_id == 0, result
     assert result.bad_signatures == 0, result
     assert result.failed_attempts > 0, result  # the receiver did fail some
+    assert receiver.most_in_flight == 1
