@@ -52,6 +52,8 @@ def register(root: Commands) -> None:
                    metavar="NAME=VALUE", help=t("help.arg.header"))
     p.add_argument("--rate-limit", type=rate, metavar="N[/BURST]",
                    help=t("help.arg.rate_limit"))
+    p.add_argument("--ordering", choices=("fifo",), help=t("help.arg.ordering"))
+    p.add_argument("--ordering-key", metavar="PATH", help=t("help.arg.ordering_key"))
     p.add_argument("--tenant", help=t("help.arg.tenant"))
 
     p = cmds.command("list", "help.endpoints.list", list_)
@@ -83,6 +85,10 @@ def register(root: Commands) -> None:
     heads.add_argument("--no-headers", action="store_true", help=t("help.arg.no_headers"))
     p.add_argument("--rate-limit", type=rate, default=argparse.SUPPRESS, metavar="N[/BURST]",
                    help=t("help.arg.rate_limit_update"))
+    p.add_argument("--ordering", choices=("fifo", "none"), default=argparse.SUPPRESS,
+                   help=t("help.arg.ordering_update"))
+    p.add_argument("--ordering-key", default=argparse.SUPPRESS, metavar="PATH",
+                   help=t("help.arg.ordering_key"))
 
     p = cmds.command("delete", "help.endpoints.delete", delete)
     p.add_argument("id", help=t("help.arg.endpoint_id"))
@@ -155,6 +161,12 @@ def describe(t: Messages, ep: dict[str, Any]) -> list[tuple[str, Any]]:
     limit = rate_limit_text(ep.get("rate_limit"))
     rows.append((t("field.rate_limit"), t("endpoint.no_rate_limit") if limit is None
                  else t("endpoint.rate_limit_text", rate=limit[0], burst=limit[1])))
+    if ep.get("ordering") is None:
+        rows.append((t("field.ordering"), t("endpoint.no_ordering")))
+    elif ep.get("ordering_key") is None:
+        rows.append((t("field.ordering"), t("endpoint.ordering_whole")))
+    else:
+        rows.append((t("field.ordering"), t("endpoint.ordering_text", path=ep["ordering_key"])))
     if ep.get("headers"):
         rows.append((t("field.headers"), [f"{n}: {v}" for n, v in ep["headers"].items()]))
     if ep.get("disabled_reason"):
@@ -178,6 +190,10 @@ def create(ctx: Ctx, args: argparse.Namespace) -> int:
         body["headers"] = dict(args.headers)
     if args.rate_limit is not None:
         body["rate_limit"] = args.rate_limit
+    if args.ordering is not None:
+        body["ordering"] = args.ordering
+    if args.ordering_key is not None:
+        body["ordering_key"] = args.ordering_key
     if args.tenant is not None:
         body["tenant"] = args.tenant
     ep = ctx.ingest().request("POST", "/v1/endpoints", body=body).data
@@ -241,6 +257,9 @@ def update(ctx: Ctx, args: argparse.Namespace) -> int:
         body["headers"] = {}
     if "rate_limit" in args:
         body["rate_limit"] = args.rate_limit
+    for name in ("ordering", "ordering_key"):  # 'none': back to no order / one key
+        if name in args:
+            body[name] = None if getattr(args, name) == "none" else getattr(args, name)
     if not body:
         raise UsageError(ctx.t("endpoint.nothing_to_update"))
     ep = ctx.ingest().request("PATCH", f"/v1/endpoints/{seg(args.id)}", body=body).data
