@@ -233,8 +233,11 @@ async def test_admin_creates_tests_rotates_edits_and_disables_an_endpoint(
     await page.click("#endpoint-edit")
     await expect(page.locator("#ep-description")).to_have_value("Console e2e")
     await page.fill("#ep-description", "Edited in the console")
+    await page.select_option("#ep-ordering", "fifo")  # an ordered endpoint (docs/ordering.md)
+    await page.fill("#ep-ordering-key", "data.user_id")
     await page.click("#endpoint-form button[type=submit]")
     await expect(page.locator("#endpoint-facts")).to_contain_text("Edited in the console")
+    await expect(page.locator("#endpoint-facts")).to_contain_text("FIFO, key data.user_id")
     await page.click("#endpoint-toggle")
     await expect(page.locator("#endpoint-facts")).to_contain_text(
         "disabled (by an administrator)")
@@ -242,6 +245,7 @@ async def test_admin_creates_tests_rotates_edits_and_disables_an_endpoint(
     await expect(page.locator("#endpoint-test")).to_be_disabled()
     _, ep = await api.call("GET", "ingest", f"/v1/endpoints/{endpoint_id}", admin, expect=200)
     assert (ep["status"], ep["description"]) == ("disabled", "Edited in the console")
+    assert (ep["ordering"], ep["ordering_key"]) == ("fifo", "data.user_id")
     tab.assert_private(secret, rotated)
 
 

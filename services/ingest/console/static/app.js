@@ -358,6 +358,8 @@ function openEndpointForm(ep) {
   $("ep-description").value = ep?.description || "";
   $("ep-schedule").value = ep?.retry_schedule ? (ep.retry_schedule.length ? ep.retry_schedule.join(", ") : "none") : "";
   $("ep-rate").value = ep?.rate_limit ? `${ep.rate_limit.per_second}/${ep.rate_limit.burst}` : "";
+  $("ep-ordering").value = ep?.ordering || "";
+  $("ep-ordering-key").value = ep?.ordering_key || "";
   $("ep-scheme").value = ep?.signature_scheme || "hmac-sha256";
   $("ep-scheme").disabled = Boolean(ep); // fixed at creation
   $("ep-tenant").value = ep ? ep.tenant || "" : state.tenant || ""; // the picked one by default
@@ -422,11 +424,14 @@ async function submitEndpointForm(event) {
     $("ep-headers").focus();
     return;
   }
+  const ordering = $("ep-ordering").value || null;
+  const orderingKey = $("ep-ordering-key").value.trim() || null;
   const submit = event.submitter || $("endpoint-form").querySelector("[type=submit]");
   const box = $("endpoint-form-error");
   if (!formMode.id) {
     const body = { url, events, ...(description ? { description } : {}), ...(schedule !== null ? { retry_schedule: schedule } : {}),
-      signature_scheme: $("ep-scheme").value, ...(headers ? { headers } : {}), ...(rate ? { rate_limit: rate } : {}) };
+      signature_scheme: $("ep-scheme").value, ...(headers ? { headers } : {}), ...(rate ? { rate_limit: rate } : {}),
+      ...(ordering ? { ordering } : {}), ...(orderingKey ? { ordering_key: orderingKey } : {}) };
     const tenant = canPickTenant() ? $("ep-tenant").value.trim() : "";
     if (tenant) body.tenant = tenant;
     const created = await guard(() => call("", "POST", "/v1/endpoints", { body }), { button: submit, box });
@@ -448,6 +453,8 @@ async function submitEndpointForm(event) {
   const rateBefore = before.rate_limit ? { per_second: before.rate_limit.per_second, burst: before.rate_limit.burst } : null;
   const rateAfter = rate ? { burst: 1, ...rate } : null;
   if (JSON.stringify(rateAfter) !== JSON.stringify(rateBefore)) body.rate_limit = rate;
+  if (ordering !== (before.ordering ?? null)) body.ordering = ordering;
+  if (orderingKey !== (before.ordering_key ?? null)) body.ordering_key = orderingKey;
   if (!Object.keys(body).length) { $("endpoint-dialog").close(); announce(t("endpoint.unchanged")); return; }
   const updated = await guard(() => call("", "PATCH", `/v1/endpoints/${encodeURIComponent(before.id)}`, { body }), { button: submit, box });
   if (!updated) return;
@@ -572,6 +579,12 @@ async function recoverSince(event) {
   await guard(() => loadFailed());
 }
 
+function orderingText(ep) {
+  if (!ep.ordering) return t("endpoint.ordering_none");
+  if (!ep.ordering_key) return t("endpoint.ordering_whole");
+  return t("endpoint.ordering_text", { path: ep.ordering_key });
+}
+
 function rateText(limit) {
   if (!limit) return t("endpoint.rate_none");
   return measure(t("endpoint.rate_text", { rate: formatNumber(limit.per_second), burst: formatNumber(limit.burst, 0) }));
@@ -594,6 +607,7 @@ function renderEndpoint() {
     [t("field.description"), ep.description || dash],
     [t("field.retry_schedule"), scheduleText(ep.retry_schedule)],
     [t("field.rate_limit"), rateText(ep.rate_limit)],
+    [t("field.ordering"), orderingText(ep)],
     [t("field.created_at"), formatTime(ep.created_at)],
     [t("field.updated_at"), formatTime(ep.updated_at)],
     ep.failing_since && [t("field.failing_since"), formatTime(ep.failing_since)],
