@@ -650,23 +650,17 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
                               starts=starts, sign_now=sign_now)
         # the broker path is its one dependency (the consumer's default probe)
         stack.push_async_callback(deliverer.drain, settings.shutdown_grace)
-        consumer = Consumer(connection, topology.DELIVERER_JOBS, deliverer.on_job,
-                            prefetch=settings.prefetch)
-        consumers.append(consumer)
-        stack.push_async_callback(consumer.stop, settings.shutdown_grace)
-        await consumer.start()
-        for shard in range(topology.PACED_SHARDS):  # one active consumer each, broker-wide
-            paced = Consumer(connection, topology.paced_queue(shard), deliverer.on_paced_job,
-                             prefetch=settings.paced_prefetch)
-            consumers.append(paced)
-            stack.push_async_callback(paced.stop, settings.shutdown_grace)
-            await paced.start()
-        for lane in range(topology.FIFO_LANES):  # one active consumer each, broker-wide
-            ordered = Consumer(connection, topology.fifo_queue(lane), deliverer.on_fifo_job,
-                               prefetch=settings.fifo_prefetch)
-            consumers.append(ordered)
-            stack.push_async_callback(ordered.stop, settings.shutdown_grace)
-            await ordered.start()
+        # the paced queues and the FIFO lanes have one active consumer each, broker-wide
+        queues = [(topology.DELIVERER_JOBS, deliverer.on_job, settings.prefetch)]
+        queues += [(topology.paced_queue(shard), deliverer.on_paced_job, settings.paced_prefetch)
+                   for shard in range(topology.PACED_SHARDS)]
+        queues += [(topology.fifo_queue(lane), deliverer.on_fifo_job, settings.fifo_prefetch)
+                   for lane in range(topology.FIFO_LANES)]
+        for queue, handler, prefetch in queues:
+            consumer = Consumer(connection, queue, handler, prefetch=prefetch)
+            consumers.append(consumer)
+            stack.push_async_callback(consumer.stop, settings.shutdown_grace)
+            await consumer.start()
         # runs before the paced consumers stop: no turn given once another replica may pace
         stack.callback(deliverer.stop_pacing)
     except BaseException:

@@ -22,7 +22,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from demo.receiver import standard_webhooks_verify
+from demo.receiver import Receiver, standard_webhooks_verify
 from launcher.processes import System
 from shared import topology
 from tests.conftest import broker_path_env
@@ -47,12 +47,11 @@ class Arrival:
 
 
 @dataclass
-class OrderedReceiver:
-    """Answers 500 to a delivery's first one or two attempts for a random ``FAIL_SHARE`` of
-    them (seeded), 200 otherwise; records every arrival and the most requests of one key it
-    had in flight at once."""
+class OrderedReceiver(Receiver):
+    """The demo receiver's server, answering 500 to a delivery's first one or two attempts
+    for a random ``FAIL_SHARE`` of them (seeded), 200 otherwise; records every arrival and
+    the most requests of one key it had in flight at once."""
 
-    secrets: dict[str, str] = field(default_factory=dict)
     arrivals: dict[str, list[Arrival]] = field(default_factory=lambda: defaultdict(list))
     failures: dict[str, int] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
@@ -63,24 +62,6 @@ class OrderedReceiver:
     most_in_flight: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(22))
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    port: int = 0
-    _runner: web.AppRunner | None = None
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/{name}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -111,7 +92,7 @@ class OrderedReceiver:
     def delivered(self, name: str) -> list[Arrival]:
         return [a for a in self.arrivals[name] if a.status == 200]
 
-    async def wait(self, done: Callable[[], bool], timeout: float) -> None:
+    async def wait_until(self, done: Callable[[], bool], timeout: float) -> None:
         async with asyncio.timeout(timeout):
             while not done():
                 self.changed.clear()
@@ -231,7 +212,7 @@ async def test_a_failing_delivery_holds_its_key_only(
     receiver.failures[f"evt_{name}_slow_0000"] = 4
     events = [(key, seq) for seq in range(5) for key in ("slow", "fast", "dead")]
     ids = await _publish_in_order(amqp_url, name, events)
-    await receiver.wait(lambda: len({a.webhook_id for a in receiver.delivered(name)}) >= 10
+    await receiver.wait_until(lambda: len({a.webhook_id for a in receiver.delivered(name)}) >= 10
                         and sum(a.key == "dead" for a in receiver.arrivals[name]) >= 25, 60)
     result = books(receiver, name, {k: v for k, v in ids.items() if k != "dead"})
     print(result)
@@ -271,7 +252,7 @@ async def test_2000_events_over_50_keys_in_order_through_a_sigkill(
     publishing = asyncio.create_task(_publish_in_order(amqp_url, name, events))
     loop = asyncio.get_running_loop()
     began = loop.time()
-    await receiver.wait(lambda: len(receiver.delivered(name)) >= 600, 60)
+    await receiver.wait_until(lambda: len(receiver.delivered(name)) >= 600, 60)
     counts = [await _signed_now(system, i) for i in range(2)]
     victim = counts.index(max(counts))
     proc = system.replica_procs["deliverer"][victim]
@@ -281,7 +262,7 @@ async def test_2000_events_over_50_keys_in_order_through_a_sigkill(
     ids = await publishing
     expected = sum(len(v) for v in ids.values())
     with contextlib.suppress(TimeoutError):
-        await receiver.wait(lambda: len({a.webhook_id for a in receiver.delivered(name)})
+        await receiver.wait_until(lambda: len({a.webhook_id for a in receiver.delivered(name)})
                             >= expected, 90)
     took = loop.time() - began
     result = books(receiver, name, ids)
@@ -297,3 +278,31 @@ async def test_2000_events_over_50_keys_in_order_through_a_sigkill(
     assert result.bad_signatures == 0, result
     assert result.failed_attempts > 0, result  # the receiver did fail some
     assert receiver.most_in_flight == 1
+
+
+async def test_ordering_is_refused_with_a_rate_limit_and_shown_back(
+        fifo_system: tuple[System, OrderedReceiver, Api]) -> None:
+    _, receiver, api = fifo_system
+    admin = api.system.admin_token
+    status, body = await api.call("POST", "ingest", "/v1/endpoints", admin, {
+        "url": receiver.url("refused"), "events": ["fifo.refused"], "ordering": "fifo",
+        "rate_limit": {"per_second": 5}})
+    assert status == 422 and "rate_limit" in str(body)
+    status, body = await api.call("POST", "ingest", "/v1/endpoints", admin, {
+        "url": receiver.url("refused"), "events": ["fifo.refused"],
+        "ordering_key": "data.user_id"})
+    assert status == 422 and "needs ordering fifo" in str(body)
+    status, body = await api.call("POST", "ingest", "/v1/endpoints", admin, {
+        "url": receiver.url("refused"), "events": ["fifo.refused"], "ordering": "fifo",
+        "ordering_key": "data[0]"})
+    assert status == 422 and "ordering_key" in str(body)
+    endpoint = await _ordered_endpoint(api, receiver, "patched")
+    path = f"/v1/endpoints/{endpoint}"
+    status, body = await api.call("PATCH", "ingest", path, admin,
+                                  {"rate_limit": {"per_second": 5}})
+    assert status == 422 and "rate_limit" in str(body)  # the stored order counts
+    _, ep = await api.call("PATCH", "ingest", path, admin,
+                           {"ordering": None, "ordering_key": None,
+                            "rate_limit": {"per_second": 5}}, expect=200)
+    assert (ep["ordering"], ep["ordering_key"], ep["rate_limit"]["per_second"]) == (
+        None, None, 5)
