@@ -285,8 +285,10 @@ class EventHandler:
         await self._store.hold(held, now=now)
         fact = accepted_fact(event, jobs, now, tenant=tenant)
         ordered = [job for job in jobs if job.fifo_key is not None]
-        if ordered:  # to their lanes, after every earlier event's: the order of its key
-            await self._turnstile.wait_turn(ticket)
+        keys = frozenset((job.endpoint_id, job.fifo_key) for job in ordered)
+        self._turnstile.declare(ticket, keys)  # none: later events need not wait for it
+        if ordered:  # to their lanes, after every earlier event's of the same keys
+            await self._turnstile.wait_turn(ticket, keys)
             await confirm_all(self._publisher.send(
                 topology.WORK_EXCHANGE,
                 topology.fifo_key(lane_of(job.endpoint_id, job.fifo_key, topology.FIFO_LANES)),

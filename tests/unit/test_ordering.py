@@ -142,15 +142,22 @@ async def test_a_key_s_turns_go_in_arrival_order_and_other_keys_do_not_wait() ->
     assert turns.waiting() == 0
 
 
-async def test_the_turnstile_lets_a_ticket_go_once_every_earlier_one_left() -> None:
+async def test_the_turnstile_holds_a_key_behind_earlier_events_of_that_key_only() -> None:
     gate = Turnstile()
-    first, second, third = gate.enter(), gate.enter(), gate.enter()
-    waiting = asyncio.ensure_future(gate.wait_turn(third))
+    first, second, third, fourth = (gate.enter() for _ in range(4))
+    gate.declare(third, frozenset({"a"}))
+    gate.declare(fourth, frozenset({"b"}))
+    third_turn = asyncio.ensure_future(gate.wait_turn(third, frozenset({"a"})))
+    fourth_turn = asyncio.ensure_future(gate.wait_turn(fourth, frozenset({"b"})))
     await asyncio.sleep(0)
-    gate.leave(second)
+    assert not third_turn.done() and not fourth_turn.done()  # keys of 1 and 2 not known yet
+    gate.declare(first, frozenset({"a"}))
+    gate.declare(second, frozenset())  # no ordered jobs: leaves at once
     await asyncio.sleep(0)
-    assert not waiting.done()
+    await asyncio.wait_for(fourth_turn, 1)  # "b" waits for no one
+    assert not third_turn.done()  # "a" waits for the first event's confirms
     gate.leave(first)
-    await asyncio.wait_for(waiting, 1)
+    await asyncio.wait_for(third_turn, 1)
     gate.leave(third)
+    gate.leave(fourth)
     assert len(gate) == 0
