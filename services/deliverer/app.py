@@ -432,6 +432,7 @@ class Deliverer:
                 await asyncio.sleep(ASK_AGAIN_AFTER)
                 continue
             outcome, step, record, now, attempt = posted
+            _log_attempt(job, outcome, record, step)
             if isinstance(step, Retry):
                 ORDERED.labels("held").inc()
                 job = decisions.next_job(job, record)
@@ -556,14 +557,21 @@ class Deliverer:
             publishes.extend(self._dead_letter(decisions.next_job(job, record), step.reason,
                                                outcome.error, now, attempt))
         await confirm_all(publishes)  # all settled (the fact above included), then any error
-        # A success is logged at debug: the audit log holds every attempt and the metrics
-        # count them; a line per delivery at info cost ~30 µs of CPU each (log volume aside).
-        (log.debug if outcome.outcome == "delivered" else log.info)(
-            "attempted", outcome=outcome.outcome, reason=outcome.reason,
-            status_code=outcome.status_code, duration_ms=record.duration_ms,
-            host=URL(job.url).host if job.url else None, next=type(step).__name__.lower(),
-            retry_in_ms=step.delay_ms if isinstance(step, Retry) else None, **ids)
+        _log_attempt(job, outcome, record, step)
 
+
+
+def _log_attempt(job: DeliveryJob, outcome: decisions.Outcome, record: AttemptRecord,
+                 step: decisions.Step) -> None:
+    # A success is logged at debug: the audit log holds every attempt and the metrics
+    # count them; a line per delivery at info cost ~30 µs of CPU each (log volume aside).
+    (log.debug if outcome.outcome == "delivered" else log.info)(
+        "attempted", outcome=outcome.outcome, reason=outcome.reason,
+        status_code=outcome.status_code, duration_ms=record.duration_ms,
+        host=URL(job.url).host if job.url else None, next=type(step).__name__.lower(),
+        retry_in_ms=step.delay_ms if isinstance(step, Retry) else None,
+        delivery_id=job.delivery_id, event_id=job.event.id, endpoint_id=job.endpoint_id,
+        attempt=job.attempt, fifo=job.fifo_key is not None or None)
 
 
 def make_session(settings: Settings, resolver: AbstractResolver | None = None
