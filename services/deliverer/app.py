@@ -282,7 +282,7 @@ class Deliverer:
                               held_since: float | None = None) -> _Posted | None:
         """POST, judge the outcome, and start publishing its fact (until confirmed). ``None``:
         not POSTed, a rate-limited endpoint's turn is too far off (the caller defers it).
-        ``held_since``: an ordered delivery's first attempt began then (monotonic); a retry
+        ``held_since``: an ordered delivery reached this deliverer then (monotonic); a retry
         past DIHYA_DELIVERER_FIFO_MAX_HOLD gives up (:func:`decisions.held_step`)."""
         job = signed.job
         post = uuid.uuid4().hex  # this POST's own: its audit record is its own too
@@ -403,6 +403,8 @@ class Deliverer:
     async def on_fifo_job(self, message: Delivery) -> None:
         """A job of a FIFO lane: delivered once every earlier one of its key is done (or
         dead-lettered), with every attempt signed just before its POST."""
+        # RabbitMQ's consumer_timeout counts from now, waiting behind earlier ones included
+        arrived = time.monotonic()
         try:
             job = decisions.parse_job(message.body)
         except ValueError as exc:
@@ -410,14 +412,14 @@ class Deliverer:
             return
         assert job.fifo_key is not None  # parse_job checks it
         async with self._keys.turn((job.endpoint_id, job.fifo_key)) as behind:
-            await self._deliver_in_order(job, message, behind)
+            await self._deliver_in_order(job, message, behind, arrived)
 
     async def _deliver_in_order(self, job: DeliveryJob, message: Delivery,
-                                behind: Callable[[], int]) -> None:
+                                behind: Callable[[], int], arrived: float) -> None:
         """Attempt ``job`` until delivered or given up, holding its key meanwhile: a failed
-        attempt waits its retry delay here, unacked, and is signed afresh for the next."""
+        attempt waits its retry delay here, unacked, and is signed afresh for the next; no
+        retry starts later than DIHYA_DELIVERER_FIFO_MAX_HOLD after it ``arrived``."""
         assert self._sign_now is not None
-        began = time.monotonic()
         while True:
             if message.settled_elsewhere:  # its channel closed: the broker hands it back
                 return
@@ -427,7 +429,7 @@ class Deliverer:
                                              behind())
                 return
             posted = await asyncio.shield(self._background(
-                self._post_and_audit(signed, held_since=began)))
+                self._post_and_audit(signed, held_since=arrived)))
             if posted is None:  # a rate limit's turn too far off (ingest refuses the pair)
                 await asyncio.sleep(ASK_AGAIN_AFTER)
                 continue

@@ -95,11 +95,12 @@ class Settings(EgressSettings):
     )
     fifo_max_hold: float = Field(
         default=1500.0, gt=0,
-        description="Seconds an ordered endpoint's delivery may hold its key (every attempt "
-        "and retry delay): a retry that would start later is dead-lettered (`hold_limit`) and "
-        "the next delivery of the key goes. Keep it below RabbitMQ's `consumer_timeout` (30 "
-        "minutes by default), or the broker closes the lane's channel and hands its "
-        "deliveries back to be attempted again.",
+        description="Seconds an ordered endpoint's delivery may stay in the deliverer, "
+        "unacknowledged, from when it arrives (waiting behind earlier deliveries of its key, "
+        "every attempt and retry delay): a retry that would start later is dead-lettered "
+        "(`hold_limit`) and the next delivery of the key goes. Keep it below RabbitMQ's "
+        "`consumer_timeout` (30 minutes by default), or the broker closes the lane's channel "
+        "and hands its deliveries back to be attempted again.",
     )
     max_pace_wait: float = Field(
         default=2.0, ge=0,

@@ -158,8 +158,8 @@ async def fifo_system(amqp_url: str, tmp_path_factory: pytest.TempPathFactory
                          **broker_path_env()})
     receiver = OrderedReceiver()
     await receiver.start()
-    await system.start()
     try:
+        await system.start()  # inside: a start that times out still stops what it started
         async with aiohttp.ClientSession() as http:
             yield system, receiver, Api(http, system)
     finally:
