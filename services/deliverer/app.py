@@ -420,16 +420,28 @@ class Deliverer:
         attempt waits its retry delay here, unacked, and is signed afresh for the next; no
         retry starts later than DIHYA_DELIVERER_FIFO_MAX_HOLD after it ``arrived``."""
         assert self._sign_now is not None
+        outage = ASK_AGAIN_AFTER
         while True:
             if message.settled_elsewhere:  # its channel closed: the broker hands it back
                 return
-            signed = await self._sign_now.sign(job)
-            if isinstance(signed, SignRefusal):
-                await self._give_up_in_order(job, signed.reason, signed.error, utcnow(), None,
-                                             behind())
-                return
-            posted = await asyncio.shield(self._background(
-                self._post_and_audit(signed, held_since=arrived)))
+            try:
+                signed = await self._sign_now.sign(job)
+                if isinstance(signed, SignRefusal):
+                    await self._give_up_in_order(job, signed.reason, signed.error, utcnow(),
+                                                 None, behind())
+                    return
+                posted = await asyncio.shield(self._background(
+                    self._post_and_audit(signed, held_since=arrived)))
+            except Exception as exc:  # e.g. its write-ahead unconfirmed: not POSTed
+                if not outages.is_infrastructure(exc):
+                    raise
+                # held here, its key with it: handing it to the consumer's outage hold
+                # would let the next delivery of its key go first
+                log.warning("ordered_delivery_waits", error=outages.describe(exc),
+                            delivery_id=job.delivery_id)
+                await asyncio.sleep(outage)
+                outage = min(outage * 2, 5.0)
+                continue
             if posted is None:  # a rate limit's turn too far off (ingest refuses the pair)
                 await asyncio.sleep(ASK_AGAIN_AFTER)
                 continue

@@ -73,7 +73,8 @@ class Requester:
                         reply_to=REPLY_TO, correlation_id=correlation,
                         expiration=str(max(int(timeout * 1000), 1))))
                 return await answer
-        except aiormq.exceptions.AMQPError as exc:
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
+                ConnectionError) as exc:  # the channel gone, or being restored
             raise TimeoutError(f"request not sent: {exc.__class__.__name__}") from exc
         finally:
             self._waiting.pop(correlation, None)
