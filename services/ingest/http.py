@@ -1506,8 +1506,11 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/tenants/{id}", "delete_tenant",
           "Offboard a tenant: its endpoints (the signer forgets their secrets), their stored "
           "deliveries, message-log rows and retained payloads are removed and its tokens "
-          "revoked; audited with who did it (the audit log keeps its records).",
-          ("admin",), responses={200: TenantDeleted}, errors=(*_AUTH, 404, 503)),
+          "revoked; audited with who did it (the audit log keeps its records). 409 "
+          "`default_tenant` for the tenant DIHYA_DEFAULT_TENANT names.",
+          ("admin",), responses={200: TenantDeleted},
+          errors=(*_AUTH, 404, (409, "The tenant DIHYA_DEFAULT_TENANT names "
+                                     "(`default_tenant`)."), 503)),
     Route("GET", "/v1/tenants/{id}/export", "export_tenant",
           "The tenant's data as JSON Lines (`application/x-ndjson`, streamed): the tenant, its "
           "endpoints (never a secret), their stored and logged deliveries, and its logged "

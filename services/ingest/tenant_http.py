@@ -173,6 +173,12 @@ class TenantApi:
         """Offboard a tenant (see the module docstring)."""
         principal = await authorize(request, "admin")
         record = await self._tenant(request)
+        default = self.settings.default_tenant
+        if default and await self.tenants.resolve(default) == record.id:
+            raise error(409, "default_tenant",
+                        f"Tenant {record.id} is DIHYA_DEFAULT_TENANT ({default!r}): events and "
+                        "endpoints that name no tenant go to it. Unset that setting on every "
+                        "ingest replica first.")
         now = utcnow()
         async with self.store.transaction() as conn:
             gone = await self.tenants.offboard(conn, record.id, now)

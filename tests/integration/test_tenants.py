@@ -180,6 +180,24 @@ async def test_a_default_tenant_keeps_old_publishers_working(
         assert {j["endpoint_id"] for j in obs.jobs(reply.body["id"]) + obs.jobs("old-amqp")} == {
             ep["id"]}
 
+        # the tenant DIHYA_DEFAULT_TENANT names cannot be offboarded while it is set
+        for ref in ("default", "ten_default"):
+            refused = await ingest.call("DELETE", f"/v1/tenants/{ref}")
+            assert refused.status == 409, refused.text
+            assert refused.body["error"]["code"] == "default_tenant"
+        assert (await ingest.call("GET", f"/v1/endpoints/{ep['id']}")).status == 200
+        assert (await ingest.call("DELETE", f"/v1/tenants/{other['id']}")).status == 200
+
+
+async def test_the_default_tenant_can_go_once_no_setting_names_it(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/d.db",
+                              default_tenant=None) as ingest:
+        reply = await ingest.call("DELETE", "/v1/tenants/default")
+        assert reply.status == 200, reply.text
+        assert (await ingest.call("GET", "/v1/tenants/ten_default")).status == 404
+
 
 # -- tenant-scoped tokens on every route --------------------------------------------------
 
