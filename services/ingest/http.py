@@ -528,6 +528,8 @@ class IngestApi(TenantApi):
         published = False
         try:
             async with self.store.transaction() as conn:
+                if not await self.tenants.lock(conn, tenant):  # held until the commit
+                    raise tenant_not_found(tenant)
                 quota = self.settings.tenant_max_endpoints
                 if quota and await self.tenants.count_endpoints(conn, tenant) >= quota:
                     raise error(409, "tenant_quota_exceeded",

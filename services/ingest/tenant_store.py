@@ -218,6 +218,17 @@ class TenantStore:
             await conn.execute(portal_codes.delete().where(
                 portal_codes.c.expires_at < older_than))
 
+    async def lock(self, conn: AsyncConnection, tenant_id: str) -> bool:
+        """Hold the tenant's row until ``conn``'s transaction ends, so what is counted against
+        its quota and then inserted is one step on every replica: a second transaction doing
+        the same waits here until the first commits, then counts what it committed. A no-op
+        ``UPDATE`` rather than ``SELECT … FOR UPDATE`` because SQLite knows no row locks: as
+        its first statement, the write takes the database's write lock (and PostgreSQL the
+        row's). ``False``: no such tenant (offboarded meanwhile)."""
+        result = await conn.execute(tenants.update().where(tenants.c.id == tenant_id)
+                                    .values(name=tenants.c.name))
+        return cast(sa.CursorResult[Any], result).rowcount == 1
+
     async def count_endpoints(self, conn: AsyncConnection, tenant_id: str) -> int:
         query = sa.select(sa.func.count()).select_from(endpoints).where(
             endpoints.c.tenant_id == tenant_id)

@@ -8,6 +8,7 @@ endpoint must name its tenant. What ingest publishes is watched through the test
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import uuid
@@ -547,3 +548,26 @@ async def test_a_portal_link_opens_one_session_of_one_tenant(
         finally:
             await engine.dispose()
         assert (await ingest.call("GET", "/v1/me", token=token)).status == 401
+
+
+async def test_concurrent_creates_on_two_replicas_stop_at_the_endpoint_quota(
+    amqp_url: str, database_url: str
+) -> None:
+    quota, offered = 5, 40
+    async with running_ingest(amqp_url, database_url, tenant_max_endpoints=quota) as one, \
+            running_ingest(amqp_url, database_url, tenant_max_endpoints=quota) as two:
+        await _tenant(one, "Racing", "racing")
+        replies = await asyncio.gather(*(
+            (one if i % 2 else two).call("POST", "/v1/endpoints", json={
+                "url": f"https://race{i}.example/h", "events": ["r.#"], "tenant": "racing"})
+            for i in range(offered)))
+        statuses = sorted(r.status for r in replies)
+        listed = await two.call("GET", "/v1/endpoints?tenant=racing&limit=100")
+        created, refused = statuses.count(201), statuses.count(409)
+        print(f"[books endpoint quota] offered={offered} created={created} "
+              f"refused_409={refused} other={offered - created - refused} "
+              f"stored={len(listed.body['items'])}")
+        assert statuses == [201] * quota + [409] * (offered - quota)
+        assert {r.body["error"]["code"] for r in replies if r.status == 409} == {
+            "tenant_quota_exceeded"}
+        assert len(listed.body["items"]) == quota
