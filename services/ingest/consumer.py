@@ -47,7 +47,6 @@ the log rows of their own).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -73,11 +72,11 @@ from services.ingest.decisions import (
 from services.ingest.message_log import MessageLog
 from services.ingest.messages import LogDelivery, LogEvent, log_delivery, log_event
 from services.ingest.store import Store
+from services.ingest.tenant_rate import TenantQuota
 from services.ingest.tenant_store import TenantStore
 from services.ingest.tenants import (
     AllTenants,
     Scope,
-    TenantRate,
     TenantRefusal,
     fan_out,
     requested,
@@ -160,11 +159,11 @@ class EventHandler:
                  unknown_event_types: UnknownPolicy = "accept",
                  message_log: MessageLog | None = None, keep_payloads: bool = True,
                  tenants: TenantStore | None = None, default_tenant: str | None = None,
-                 rate: TenantRate | None = None) -> None:
+                 rate: TenantQuota | None = None) -> None:
         self._max_bytes = max_bytes
         self._tenants = tenants if tenants is not None else TenantStore(store.engine)
         self._default_tenant = default_tenant
-        self._rate = rate or TenantRate(0)
+        self._rate = rate or TenantQuota(0)
         self._catalog = catalog or bundled()
         self._unknown: UnknownPolicy = unknown_event_types
         self._store = store
@@ -257,7 +256,7 @@ class EventHandler:
             return
         tenant = None if isinstance(scope, AllTenants) else scope
         if (tenant is not None and RATE_CHECKED_HEADER not in message.headers
-                and self._rate.take(tenant, time.monotonic()) > 0):
+                and await self._rate.take(tenant) > 0):
             await self._reject(message, Rejection(
                 "tenant_rate_limited", f"more than {self._rate.per_second:g} events per second "
                 "for this tenant (DIHYA_INGEST_TENANT_EVENTS_PER_SECOND)", event.event),

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import re
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -143,9 +142,9 @@ from services.ingest.tenant_models import (
     TenantOut,
     TenantUpdate,
 )
+from services.ingest.tenant_rate import TenantQuota
 from services.ingest.tenant_store import TenantStore
 from services.ingest.tenants import (
-    TenantRate,
     TenantRefusal,
     requested,
     retry_after,
@@ -384,12 +383,14 @@ class IngestApi(TenantApi):
 
     def __init__(self, settings: Settings, store: Store, publisher: Publisher,
                  catalog: Catalog | None = None, message_log: MessageLog | None = None,
-                 tenants: TenantStore | None = None, rate: TenantRate | None = None) -> None:
+                 tenants: TenantStore | None = None, rate: TenantQuota | None = None
+                 ) -> None:
         self.settings = settings
         self.tenants = (tenants if tenants is not None or store is None  # None: docs only
                         else TenantStore(store.engine, ttl=settings.endpoint_cache_ttl))
         # shared with the consumer: one budget per tenant whichever door its events take
-        self._rate = rate or TenantRate(settings.tenant_events_per_second)
+        self._rate = rate or TenantQuota(settings.tenant_events_per_second,
+                                         store.engine if store is not None else None)
         self.catalog = catalog or load_catalog(settings.event_catalog, settings.tzm_script)
         self.store = store
         self.log: MessageLog | None = (
@@ -1136,7 +1137,7 @@ class IngestApi(TenantApi):
                         [{"field": "event", "message": "not in the event-type catalog"}])
         tenant = await self._tenant_of_event(event)
         if tenant is not None:  # before the idempotency claim: a 429 leaves no claim behind
-            self._check_rate(tenant, event.event)
+            await self._check_rate(tenant, event.event)
         event_id = event.id or new_id("evt")
         filled = event.model_copy(update={"id": event_id,
                                           "timestamp": event.timestamp or utcnow()})
@@ -1195,10 +1196,10 @@ class IngestApi(TenantApi):
                           "external id"}])
         return tenant
 
-    def _check_rate(self, tenant: str, event_type: str) -> None:
+    async def _check_rate(self, tenant: str, event_type: str) -> None:
         """429 with Retry-After over the tenant's events per second (platform-wide events
         are not counted against any one tenant)."""
-        wait = self._rate.take(tenant, time.monotonic())
+        wait = await self._rate.take(tenant)
         if wait > 0:
             metrics.rejected(event_type, "tenant_rate_limited")
             raise error(429, "tenant_rate_limited",

@@ -55,6 +55,15 @@ portal_codes = sa.Table(
     sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
 )
 
+tenant_rates = sa.Table(
+    "tenant_rates",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("tat", sa.Float(precision=53), nullable=False),
+)
+"""The shared events-per-second quota's state (``migrations/ingest_0009_tenant_rates.py``,
+:mod:`services.ingest.tenant_rate`)."""
+
 RESOLVE_CACHE = 50_000
 """Tenant references remembered by one ingest (id or external id → tenant id; ~250 bytes
 each)."""
@@ -266,6 +275,7 @@ class TenantStore:
             (tokens.c.tenant_id == tenant_id) & tokens.c.revoked_at.is_(None))
             .values(revoked_at=now))
         await conn.execute(portal_codes.delete().where(portal_codes.c.tenant_id == tenant_id))
+        await conn.execute(tenant_rates.delete().where(tenant_rates.c.tenant_id == tenant_id))
         await conn.execute(tenants.delete().where(tenants.c.id == tenant_id))
         self.forget()
         return Offboarded(endpoint_ids=ep_ids, token_ids=live, stored_deliveries=stored,

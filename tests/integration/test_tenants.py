@@ -571,3 +571,35 @@ async def test_concurrent_creates_on_two_replicas_stop_at_the_endpoint_quota(
         assert {r.body["error"]["code"] for r in replies if r.status == 409} == {
             "tenant_quota_exceeded"}
         assert len(listed.body["items"]) == quota
+
+
+async def test_two_replicas_on_postgresql_share_a_tenants_events_per_second(
+    amqp_url: str, pg_url: str
+) -> None:
+    quota, seconds = 5.0, 4.0
+    offered_rate = 3 * quota
+    async with running_ingest(amqp_url, pg_url, tenant_events_per_second=quota) as one, \
+            running_ingest(amqp_url, pg_url, tenant_events_per_second=quota) as two:
+        await _tenant(one, "Busy", "busy")
+        loop = asyncio.get_running_loop()
+        calls: list[asyncio.Task[Any]] = []
+        start = loop.time()
+        for i in range(int(offered_rate * seconds)):
+            # the offered load's pace (not a synchronisation): 3 times the quota, half to each
+            await asyncio.sleep(max(0.0, start + i / offered_rate - loop.time()))
+            calls.append(asyncio.create_task((one if i % 2 else two).call(
+                "POST", "/v1/events", json={"event": "b.x", "data": {}, "tenant": "busy"})))
+        elapsed = loop.time() - start
+        replies = await asyncio.gather(*calls)
+    accepted = [r for r in replies if r.status == 202]
+    limited = [r for r in replies if r.status == 429]
+    print(f"[books shared tenant rate] offered={len(replies)} in {elapsed:.2f}s "
+          f"accepted={len(accepted)} (replica one "
+          f"{sum(r.status == 202 for r in replies[1::2])}, two "
+          f"{sum(r.status == 202 for r in replies[0::2])}) limited_429={len(limited)} "
+          f"bound={quota * elapsed + quota:.1f}")
+    assert len(accepted) + len(limited) == len(replies)
+    assert len(accepted) <= quota * elapsed + quota + 1  # Q·t plus the burst (one second's)
+    assert len(accepted) >= 0.8 * quota * elapsed  # and the quota is granted, not starved
+    assert {r.body["error"]["code"] for r in limited} == {"tenant_rate_limited"}
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in limited)
