@@ -212,15 +212,18 @@ class EventHandler:
                                [d for _, deliveries in items for d in deliveries])
 
     async def _log_accepted(self, event: Event, jobs: Sequence[DeliveryJob],
-                            held: Sequence[HeldJob], now: datetime) -> None:
-        """Record the event in the message log; a failure is logged, never raised."""
+                            held: Sequence[HeldJob], now: datetime, tenant: str | None
+                            ) -> None:
+        """Record the event (of ``tenant``; ``None``: every tenant) in the message log; a
+        failure is logged, never raised."""
         if self._log is None:
             return
         deliveries = ([log_delivery(job, now) for job in jobs]
                       + [log_delivery(item.job, now, held=True) for item in held])
         try:
             await self._log_writes.submit(
-                (log_event(event, now, keep_payload=self._keep_payloads), deliveries))
+                (log_event(event, now, keep_payload=self._keep_payloads, tenant=tenant),
+                 deliveries))
         except Exception as exc:
             log.warning("message_log_write_failed", event_id=event.id,
                         error=type(exc).__name__)
@@ -279,7 +282,7 @@ class EventHandler:
             [self._jobs.send(job) for job in jobs]
             + [self._facts.send(fact)]
             + [self._facts.send(held_fact(item, now)) for item in held]
-            + [self._log_accepted(event, jobs, held, now)]
+            + [self._log_accepted(event, jobs, held, now, tenant)]
         )
         await self._remember(event.id, now)
         metrics.accepted(event.event, len(jobs))

@@ -1080,7 +1080,8 @@ class IngestApi(TenantApi):
                           rate_limit=endpoint.rate_limit, tenant=endpoint.tenant_id)
         if self.log is not None and self.settings.message_log:
             await self.log.record(
-                [log_event(event, now, keep_payload=self.settings.payload_retention_days > 0)],
+                [log_event(event, now, keep_payload=self.settings.payload_retention_days > 0,
+                           tenant=endpoint.tenant_id)],
                 [log_delivery(job, now)])
         await self._announce(
             topology.WORK_EXCHANGE, topology.SIGN, job,

@@ -231,6 +231,7 @@ class TenantApi:
                 for event_id in await self._export_logged(line, endpoint.id):
                     event_ids[event_id] = None
             after = page[-1].id
+        await self._own_events(record.id, event_ids)
         for event_id in event_ids:
             found = None if self.log is None else await self.log.get_event(event_id)
             if found is not None:
@@ -242,6 +243,17 @@ class TenantApi:
         log.info("tenant_exported", tenant=record.id, events=len(event_ids),
                  actor=principal.token_id)
         return response
+
+    async def _own_events(self, tenant_id: str, event_ids: dict[str, None]) -> None:
+        """Add to ``event_ids`` the tenant's logged events, those that reached none of its
+        endpoints included."""
+        if self.log is None:
+            return
+        last: str | None = None
+        while page := await self.log.tenant_event_ids(tenant_id, limit=EXPORT_PAGE,
+                                                      after=last):
+            event_ids.update(dict.fromkeys(page))
+            last = page[-1]
 
     async def _export_stored(self, line: Any, endpoint_id: str, status: DeliveryStatus
                              ) -> None:

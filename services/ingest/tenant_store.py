@@ -64,6 +64,10 @@ tenant_rates = sa.Table(
 """The shared events-per-second quota's state (``migrations/ingest_0009_tenant_rates.py``,
 :mod:`services.ingest.tenant_rate`)."""
 
+_UNDELIVERED = ~sa.select(log_deliveries.c.event_id).where(
+    log_deliveries.c.event_id == log_events.c.id).exists()
+"""A logged event no delivery names (any more)."""
+
 RESOLVE_CACHE = 50_000
 """Tenant references remembered by one ingest (id or external id → tenant id; ~250 bytes
 each)."""
@@ -266,6 +270,7 @@ class TenantStore:
                 failed_deliveries.c.endpoint_id.in_(chunk)))
             stored += cast(sa.CursorResult[Any], result).rowcount
             events += await self._drop_orphan_events(conn, event_ids)
+        events += await self._drop_own_events(conn, tenant_id)
         conn.info[ENDPOINTS_CHANGED] = True
         await conn.execute(endpoints.delete().where(endpoints.c.tenant_id == tenant_id))
         live = [(r.id, cast(Role, r.role), r.token_hash) for r in await conn.execute(
@@ -282,13 +287,19 @@ class TenantStore:
                           logged_events=events)
 
     @staticmethod
+    async def _drop_own_events(conn: AsyncConnection, tenant_id: str) -> int:
+        """Delete the tenant's own logged events (with their payloads) no delivery names any
+        more — those that reached none of its endpoints among them."""
+        result = await conn.execute(log_events.delete().where(
+            (log_events.c.tenant_id == tenant_id) & _UNDELIVERED))
+        return cast(sa.CursorResult[Any], result).rowcount
+
+    @staticmethod
     async def _drop_orphan_events(conn: AsyncConnection, event_ids: Sequence[str]) -> int:
         """Delete the logged events among ``event_ids`` no other endpoint's delivery names
         (a platform-wide event stays for the other tenants)."""
         if not event_ids:
             return 0
-        still = sa.select(log_deliveries.c.event_id).where(
-            log_deliveries.c.event_id == log_events.c.id).exists()
         result = await conn.execute(log_events.delete().where(
-            log_events.c.id.in_(list(event_ids)) & ~still))
+            log_events.c.id.in_(list(event_ids)) & _UNDELIVERED))
         return cast(sa.CursorResult[Any], result).rowcount

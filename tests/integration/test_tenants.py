@@ -355,6 +355,10 @@ async def test_quotas_per_tenant(amqp_url: str, tmp_path: Path,
 # -- offboarding -------------------------------------------------------------------------
 
 
+async def _logged(export: Any, event_id: str) -> bool:
+    return any(x["type"] == "event" and x["id"] == event_id for x in await export())
+
+
 async def test_offboarding_removes_the_tenants_data_and_is_audited(
     ingest: Client, broker: AbstractRobustConnection
 ) -> None:
@@ -368,12 +372,23 @@ async def test_offboarding_removes_the_tenants_data_and_is_audited(
     event = await ingest.call("POST", "/v1/events",
                               json={"event": "o.x", "data": {"user_id": "u1"},
                                     "tenant": "leaving"})
-    await obs.wait(lambda _: bool(obs.facts("delivery.held", event_id=event.body["id"])))
+    # an event no endpoint of the tenant subscribes to: logged, its delivery to no one
+    unheard = await ingest.call("POST", "/v1/events",
+                                json={"event": "u.nobody", "data": {"user_id": "u2"},
+                                      "tenant": "leaving"})
+    assert unheard.status == 202, unheard.text
+    await obs.wait(lambda _: bool(obs.facts("delivery.held", event_id=event.body["id"]))
+                   and bool(obs.facts("event.accepted", event_id=unheard.body["id"])))
 
     # the tenant's data first, as JSON Lines (what a GDPR export of the customer holds)
+    async def exported() -> list[dict[str, Any]]:
+        reply = await ingest.call("GET", "/v1/tenants/leaving/export")
+        assert reply.status == 200 and reply.headers["Content-Type"].startswith(
+            "application/x-ndjson")
+        return [orjson.loads(x) for x in reply.text.splitlines()]
+
+    await wait_for(lambda: _logged(exported, unheard.body["id"]))  # the log writes in batches
     export = await ingest.call("GET", "/v1/tenants/leaving/export")
-    assert export.status == 200 and export.headers["Content-Type"].startswith(
-        "application/x-ndjson")
     lines = [orjson.loads(x) for x in export.text.splitlines()]
     kinds = [x["type"] for x in lines]
     assert kinds[0] == "tenant" and lines[0]["id"] == gone["id"]
@@ -381,14 +396,16 @@ async def test_offboarding_removes_the_tenants_data_and_is_audited(
     held_id = delivery_id(event.body["id"], ep["id"])
     assert [x["delivery_id"] for x in lines if x["type"] == "stored_delivery"] == [held_id]
     assert [x["id"] for x in lines if x["type"] == "delivery"] == [held_id]
-    [logged] = [x for x in lines if x["type"] == "event"]
-    assert logged["id"] == event.body["id"] and logged["payload"]["data"]["user_id"] == "u1"
+    logged = {x["id"]: x for x in lines if x["type"] == "event"}
+    assert set(logged) == {event.body["id"], unheard.body["id"]}
+    assert logged[event.body["id"]]["payload"]["data"]["user_id"] == "u1"
+    assert logged[unheard.body["id"]]["payload"]["data"]["user_id"] == "u2"
     assert kept["id"] not in export.text and "whsec_" not in export.text
 
     reply = await ingest.call("DELETE", "/v1/tenants/leaving")
     assert reply.status == 200, reply.text
     assert reply.body["endpoints"] == 1 and reply.body["tokens_revoked"] == 1
-    assert reply.body["stored_deliveries"] == 1
+    assert reply.body["stored_deliveries"] == 1 and reply.body["logged_events"] == 2
 
     await obs.wait(lambda _: bool(obs.facts("tenant.deleted", tenant=gone["id"])))
     [fact] = obs.facts("tenant.deleted", tenant=gone["id"])
@@ -404,7 +421,8 @@ async def test_offboarding_removes_the_tenants_data_and_is_audited(
     assert (await ingest.call("GET", f"/v1/endpoints/{ep['id']}")).status == 404
     assert (await ingest.call("GET", "/v1/tenants/leaving")).status == 404
     assert (await ingest.call("GET", "/v1/me", token=token)).status == 401
-    assert (await ingest.call("GET", f"/v1/events/{event.body['id']}")).status == 404
+    for gone_event in (event.body["id"], unheard.body["id"]):
+        assert (await ingest.call("GET", f"/v1/events/{gone_event}")).status == 404
     assert (await ingest.call("GET", f"/v1/endpoints/{kept['id']}")).body["tenant"] == (
         stays["id"])
 
