@@ -1518,8 +1518,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/tenants/{id}/export", "export_tenant",
           "The tenant's data as JSON Lines (`application/x-ndjson`, streamed): the tenant, its "
           "endpoints (never a secret), their stored and logged deliveries, and its logged "
-          "events with their retained payloads; each line has a `type`. Its audit records: "
-          "the audit service's `GET /v1/audit/export?tenant=ten_…`.",
+          "events with their retained payloads (those that reached none of its endpoints "
+          "too); each line has a `type`. Its audit records: the audit service's "
+          "`GET /v1/audit/export?tenant=ten_…`; `dihya tenants export` writes both into one "
+          "file.",
           ("admin",), responses={200: None}, errors=(*_AUTH, 404)),
     Route("POST", "/v1/tenants/{id}/portal-sessions", "create_portal_session",
           "A link that opens the web console for this tenant only (a `tenant_viewer` or "

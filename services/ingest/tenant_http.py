@@ -207,8 +207,10 @@ class TenantApi:
     async def export_tenant(self, request: web.Request) -> web.StreamResponse:
         """The tenant's data as JSON Lines, streamed page by page: the tenant, then per
         endpoint the endpoint (never a secret), its stored (failed, held, retried) deliveries
-        and its message-log deliveries, then each logged event once with its retained payload.
-        Its audit records: the audit service's export with ``tenant=``."""
+        and its message-log deliveries, then each logged event once with its retained payload
+        (the tenant's own, those that reached none of its endpoints included, and the
+        platform-wide ones that reached one). Its audit records: the audit service's export
+        with ``tenant=``; ``dihya tenants export`` writes both into one file."""
         principal = await authorize(request, "admin")
         record = await self._tenant(request)
         response = web.StreamResponse(headers={
