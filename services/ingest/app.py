@@ -145,6 +145,7 @@ async def start(settings: Settings) -> Stop:
         await asyncio.gather(*(c.stop(settings.shutdown_grace) for c in consumers))
         await events.close(settings.shutdown_grace)
         await health.close(settings.shutdown_grace)
+        await rate.close(settings.shutdown_grace)
         with contextlib.suppress(Exception):
             await publisher.close()
         with contextlib.suppress(Exception):

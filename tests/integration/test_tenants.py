@@ -24,11 +24,12 @@ from aio_pika.abc import AbstractRobustConnection
 from services.ingest.app import MIGRATIONS
 from services.ingest.decisions import delivery_id
 from services.ingest.http import ROUTES
+from services.ingest.tenant_rate import TenantQuota
 from shared import topology
 from shared.broker import Publisher
 from shared.contracts import AuditFact, utcnow
 from shared.db import make_engine, migrate
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.integration.test_ingest_api import EVERYTHING, Client, Observer, running_ingest
 from tests.integration.test_ingest_events import _text, publish_raw, take_parked
 
@@ -621,3 +622,39 @@ async def test_two_replicas_on_postgresql_share_a_tenants_events_per_second(
     assert len(accepted) >= 0.8 * quota * elapsed  # and the quota is granted, not starved
     assert {r.body["error"]["code"] for r in limited} == {"tenant_rate_limited"}
     assert all(int(r.headers["Retry-After"]) >= 1 for r in limited)
+
+
+async def test_concurrent_takes_share_statements_and_grant_each_tenant_its_burst(
+    pg_url: str
+) -> None:
+    engine = make_engine(pg_url)
+    await migrate(engine, MIGRATIONS)
+    quota = TenantQuota(5, engine)  # bursts of 5
+    try:
+        assert quota.shared
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tenants = ["ten_hot"] * 30 + ["ten_warm"] * 30 + ["ten_cold"]
+        waits = await asyncio.gather(*(quota.take(t) for t in tenants))
+        elapsed = loop.time() - start
+    finally:
+        await quota.close()
+        await engine.dispose()
+    allowed = {t: sum(w == 0.0 for tt, w in zip(tenants, waits, strict=True) if tt == t)
+               for t in set(tenants)}
+    print(f"[books concurrent takes] takes={len(tenants)} in {elapsed:.3f}s allowed={allowed}")
+    refill = int(elapsed * 5) + 1
+    assert 5 <= allowed["ten_hot"] <= 5 + refill and 5 <= allowed["ten_warm"] <= 5 + refill
+    assert allowed["ten_cold"] == 1
+    assert all(0 < w <= 1.0 for w in waits if w > 0)  # one event's interval at most, then 0.2
+
+
+async def test_the_replicas_own_bucket_decides_while_the_database_is_unreachable() -> None:
+    engine = make_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    quota = TenantQuota(2, engine)
+    try:
+        waits = [await quota.take("ten_a") for _ in range(3)]
+    finally:
+        await quota.close()
+        await engine.dispose()
+    assert waits[:2] == [0.0, 0.0] and waits[2] > 0  # the in-memory bucket: a burst of 2
