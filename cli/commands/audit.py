@@ -159,7 +159,7 @@ class Tally:
 
 
 @contextlib.contextmanager
-def _target(ctx: Ctx, path: str) -> Iterator[IO[bytes]]:
+def target(ctx: Ctx, path: str) -> Iterator[IO[bytes]]:
     """Write to ``path`` through a temporary file renamed at the end, so a transfer cut short
     leaves no file that looks complete; ``-`` is standard output."""
     if path == "-":
@@ -206,7 +206,7 @@ def export(ctx: Ctx, args: argparse.Namespace) -> int:
                                                records=tally.records)) \
         if _show_progress(ctx, args.progress) else None
     head: int | None = None
-    with _target(ctx, args.output) as fh, \
+    with target(ctx, args.output) as fh, \
             audit.stream("/v1/audit/export", [*params, ("format", args.format)]) as (hdrs, body):
         head = _head(hdrs)
         for chunk in body:
@@ -238,7 +238,7 @@ def subject_export(ctx: Ctx, args: argparse.Namespace) -> int:
     done = 0
     audit = ctx.audit()
     try:
-        with _target(ctx, args.output) as fh, \
+        with target(ctx, args.output) as fh, \
                 audit.stream(f"/v1/audit/subjects/{seg(args.subject)}/export") as (_, body):
             for chunk in with_payloads(body, payloads):
                 fh.write(chunk)

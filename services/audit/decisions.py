@@ -27,7 +27,7 @@ import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, get_args
 
@@ -575,6 +575,23 @@ class RecordQuery:
     """The cursor: records after this seq (oldest first) or before it (newest first); 0 is
     the start either way."""
     newest_first: bool = False
+
+
+TENANT_ROLES: tuple[contracts.Role, ...] = ("tenant_admin", "tenant_viewer")
+"""Roles whose tokens read their own tenant's records only."""
+
+
+def confine(query: RecordQuery, role: contracts.Role, tenant: str | None
+            ) -> RecordQuery | None:
+    """The query a caller may run: a platform role's unchanged; a tenant role's narrowed to
+    its own tenant (``tenant`` filter forced). ``None`` when a tenant token asks for another
+    tenant's records, or its tenant is unknown here (a grant from before audit_0006): the
+    caller answers as for a tenant that does not exist."""
+    if role not in TENANT_ROLES:
+        return query
+    if tenant is None or query.filters.get("tenant", tenant) != tenant:
+        return None
+    return replace(query, filters={**query.filters, "tenant": tenant})
 
 
 def encode_cursor(seq: int) -> str:

@@ -1,8 +1,10 @@
 """HTTP API of the audit service.
 
 Reading (roles ``auditor`` and ``admin``): query, export and verify the log, and export what it
-holds about one data subject (GDPR Art. 15 / 20). Destroying (role ``admin`` only, because it
-cannot be undone): erase a data subject (Art. 17) and run a retention purge.
+holds about one data subject (GDPR Art. 15 / 20). Tenant tokens (``tenant_admin``,
+``tenant_viewer``) query and export their own tenant's records only. Destroying (role
+``admin`` only, because it cannot be undone): erase a data subject (Art. 17) and run a
+retention purge.
 """
 
 from __future__ import annotations
@@ -49,18 +51,31 @@ ErasureNotice = Callable[[SubjectErasure], Awaitable[None]]
 ANNOUNCE_ERASURE: web.AppKey[ErasureNotice | None] = web.AppKey("audit_announce_erasure")
 
 READERS: tuple[Role, ...] = ("auditor", "admin")
+RECORD_READERS: tuple[Role, ...] = (*READERS, *decisions.TENANT_ROLES)
+"""Who may query and export records: tenant tokens too, confined to their own tenant
+(:func:`.decisions.confine`); the chain, subjects and heads stay platform-only."""
 ERASERS: tuple[Role, ...] = ("admin",)
 """Erasure and purge destroy data for good: admin only (an auditor reads and exports)."""
 
 SUBJECT_ROUTE = "/v1/audit/subjects/{subject}"
 
 
+def _confined(principal: Principal, query: RecordQuery) -> RecordQuery:
+    """``query`` as ``principal`` may run it; 404 for another tenant's records, exactly as
+    for a tenant that does not exist."""
+    mine = decisions.confine(query, principal.role, principal.tenant)
+    if mine is None:
+        raise error(404, "not_found", "No such tenant.")
+    return mine
+
+
 async def list_records(request: web.Request) -> web.Response:
-    await authorize(request, *READERS)
+    principal = await authorize(request, *RECORD_READERS)
     try:
         query = decisions.parse_query(request.query.items(), request.app[PAGE_LIMIT])
     except decisions.QueryError as exc:
         raise error(422, "invalid_query", "A query parameter is invalid.", exc.fields) from None
+    query = _confined(principal, query)
     found, more = await request.app[STORE].page(query)
     return json_response({
         "records": [decisions.to_json(r) for r in found],
@@ -70,11 +85,12 @@ async def list_records(request: web.Request) -> web.Response:
 
 async def export(request: web.Request) -> web.StreamResponse:
     """Every record matching the filters, streamed as JSON Lines or CSV, one page at a time."""
-    await authorize(request, *READERS)
+    principal = await authorize(request, *RECORD_READERS)
     try:
         query, fmt = exports.parse_export(request.query.items())
     except decisions.QueryError as exc:
         raise error(422, "invalid_query", "A query parameter is invalid.", exc.fields) from None
+    query = _confined(principal, query)
     store = request.app[STORE]
     head = await store.head_seq()
     response = web.StreamResponse(headers={
@@ -274,6 +290,7 @@ def _printable(text: str) -> str:
 # -- the route table ----------------------------------------------------------------------
 
 _READ_ERRORS = (401, 403, 422)
+_RECORD_ERRORS = (401, 403, (404, "A tenant token named another tenant in `tenant`."), 422)
 _SUBJECT_ERRORS = (401, 403, (422, "The subject id is invalid."))
 
 
@@ -282,18 +299,19 @@ def routes(page_limit: int) -> tuple[Route, ...]:
     service whose largest page is ``page_limit``."""
     return (
         Route("GET", "/v1/audit/records", "list_records",
-              "Records matching every given filter, oldest first (by seq).",
-              READERS, query=models.records_query(page_limit),
-              responses={200: models.RecordsPage}, errors=_READ_ERRORS,
+              "Records matching every given filter, oldest first (by seq). A tenant token "
+              "(`tenant_admin`, `tenant_viewer`) reads its own tenant's records only.",
+              RECORD_READERS, query=models.records_query(page_limit),
+              responses={200: models.RecordsPage}, errors=_RECORD_ERRORS,
               operation_id="listAuditRecords"),
         Route("GET", "/v1/audit/export", "export",
               "Every record matching the filters, streamed (chunked), oldest first; the log "
               "as of the request (newer records left out).",
-              READERS, query=models.ExportQuery,
+              RECORD_READERS, query=models.ExportQuery,
               responses={200: Media("The records.", {
                   exports.CONTENT_TYPES["jsonl"]: models.AuditRecord,
                   exports.CONTENT_TYPES["csv"]: None})},
-              errors=_READ_ERRORS, operation_id="exportAuditRecords",
+              errors=_RECORD_ERRORS, operation_id="exportAuditRecords",
               description="Memory stays flat whatever the size: records are read a page at a "
                           "time. If the export fails midway the connection is aborted, so a "
                           "truncated transfer is never mistaken for a complete file. "

@@ -125,6 +125,7 @@ tokens = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("revoked", sa.Boolean(), nullable=False),
     sa.Column("issued_at", UTCDateTime(), nullable=False),
+    sa.Column("tenant", sa.String()),  # audit_0006: a tenant-scoped token's tenant
 )
 
 # Reads take datetimes and details as stored (text on SQLite) and parse them in
@@ -729,7 +730,7 @@ class AuditStore:
                 return "conflict"
             values: dict[str, Any] = {
                 "role": grant.role, "token_hash": grant.token_hash, "revoked": grant.revoked,
-                "issued_at": grant.issued_at,
+                "issued_at": grant.issued_at, "tenant": grant.tenant,
             }
             if existing is None:
                 await conn.execute(tokens.insert().values(token_id=grant.token_id, **values))
@@ -743,13 +744,13 @@ class AuditStore:
         """The principal of a non-revoked token with this SHA-256 hash, if any."""
         async with self.engine.connect() as conn:
             row = (await conn.execute(
-                sa.select(tokens.c.token_id, tokens.c.role).where(
+                sa.select(tokens.c.token_id, tokens.c.role, tokens.c.tenant).where(
                     tokens.c.token_hash == token_hash, tokens.c.revoked.is_(False)
                 )
             )).first()
         if row is None or row.role not in get_args(Role):
             return None
-        return Principal(token_id=row.token_id, role=row.role)
+        return Principal(token_id=row.token_id, role=row.role, tenant=row.tenant)
 
     # ----------------------------------------------------------------- ops
 

@@ -20,8 +20,8 @@ from services.ingest.http import IngestApi, build_app
 from services.ingest.message_log import MessageLog
 from services.ingest.settings import Settings
 from services.ingest.store import Store
+from services.ingest.tenant_rate import TenantQuota
 from services.ingest.tenant_store import TenantStore
-from services.ingest.tenants import TenantRate
 from shared import topology
 from shared.broker import Consumer, Publisher, connect, declare_topology
 from shared.contracts import utcnow
@@ -84,7 +84,8 @@ async def start(settings: Settings) -> Stop:
     store = Store(engine, endpoint_cache_ttl=settings.endpoint_cache_ttl)
     message_log = MessageLog(engine)
     tenants = TenantStore(engine, ttl=settings.endpoint_cache_ttl)
-    rate = TenantRate(settings.tenant_events_per_second)  # one budget for both doors
+    # one budget for both doors (and, on PostgreSQL, every replica)
+    rate = TenantQuota(settings.tenant_events_per_second, engine)
     recorder = message_log if settings.message_log else None
     connection = await connect(settings.amqp_url.get_secret_value(), service="ingest",
                                heartbeat=settings.amqp_heartbeat,
@@ -144,6 +145,7 @@ async def start(settings: Settings) -> Stop:
         await asyncio.gather(*(c.stop(settings.shutdown_grace) for c in consumers))
         await events.close(settings.shutdown_grace)
         await health.close(settings.shutdown_grace)
+        await rate.close(settings.shutdown_grace)
         with contextlib.suppress(Exception):
             await publisher.close()
         with contextlib.suppress(Exception):

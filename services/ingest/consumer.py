@@ -47,7 +47,6 @@ the log rows of their own).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -73,11 +72,11 @@ from services.ingest.decisions import (
 from services.ingest.message_log import MessageLog
 from services.ingest.messages import LogDelivery, LogEvent, log_delivery, log_event
 from services.ingest.store import Store
+from services.ingest.tenant_rate import TenantQuota
 from services.ingest.tenant_store import TenantStore
 from services.ingest.tenants import (
     AllTenants,
     Scope,
-    TenantRate,
     TenantRefusal,
     fan_out,
     requested,
@@ -162,11 +161,11 @@ class EventHandler:
                  unknown_event_types: UnknownPolicy = "accept",
                  message_log: MessageLog | None = None, keep_payloads: bool = True,
                  tenants: TenantStore | None = None, default_tenant: str | None = None,
-                 rate: TenantRate | None = None) -> None:
+                 rate: TenantQuota | None = None) -> None:
         self._max_bytes = max_bytes
         self._tenants = tenants if tenants is not None else TenantStore(store.engine)
         self._default_tenant = default_tenant
-        self._rate = rate or TenantRate(0)
+        self._rate = rate or TenantQuota(0)
         self._catalog = catalog or bundled()
         self._unknown: UnknownPolicy = unknown_event_types
         self._store = store
@@ -216,15 +215,18 @@ class EventHandler:
                                [d for _, deliveries in items for d in deliveries])
 
     async def _log_accepted(self, event: Event, jobs: Sequence[DeliveryJob],
-                            held: Sequence[HeldJob], now: datetime) -> None:
-        """Record the event in the message log; a failure is logged, never raised."""
+                            held: Sequence[HeldJob], now: datetime, tenant: str | None
+                            ) -> None:
+        """Record the event (of ``tenant``; ``None``: every tenant) in the message log; a
+        failure is logged, never raised."""
         if self._log is None:
             return
         deliveries = ([log_delivery(job, now) for job in jobs]
                       + [log_delivery(item.job, now, held=True) for item in held])
         try:
             await self._log_writes.submit(
-                (log_event(event, now, keep_payload=self._keep_payloads), deliveries))
+                (log_event(event, now, keep_payload=self._keep_payloads, tenant=tenant),
+                 deliveries))
         except Exception as exc:
             log.warning("message_log_write_failed", event_id=event.id,
                         error=type(exc).__name__)
@@ -267,7 +269,7 @@ class EventHandler:
             return
         tenant = None if isinstance(scope, AllTenants) else scope
         if (tenant is not None and RATE_CHECKED_HEADER not in message.headers
-                and self._rate.take(tenant, time.monotonic()) > 0):
+                and await self._rate.take(tenant) > 0):
             await self._reject(message, Rejection(
                 "tenant_rate_limited", f"more than {self._rate.per_second:g} events per second "
                 "for this tenant (DIHYA_INGEST_TENANT_EVENTS_PER_SECOND)", event.event),
@@ -301,7 +303,7 @@ class EventHandler:
             [self._jobs.send(job) for job in jobs if job.fifo_key is None]
             + [self._facts.send(fact)]
             + [self._facts.send(held_fact(item, now)) for item in held]
-            + [self._log_accepted(event, jobs, held, now)]
+            + [self._log_accepted(event, jobs, held, now, tenant)]
         )
         await self._remember(event.id, now)
         metrics.accepted(event.event, len(jobs))

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import re
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -144,9 +143,9 @@ from services.ingest.tenant_models import (
     TenantOut,
     TenantUpdate,
 )
+from services.ingest.tenant_rate import TenantQuota
 from services.ingest.tenant_store import TenantStore
 from services.ingest.tenants import (
-    TenantRate,
     TenantRefusal,
     requested,
     retry_after,
@@ -386,12 +385,14 @@ class IngestApi(TenantApi):
 
     def __init__(self, settings: Settings, store: Store, publisher: Publisher,
                  catalog: Catalog | None = None, message_log: MessageLog | None = None,
-                 tenants: TenantStore | None = None, rate: TenantRate | None = None) -> None:
+                 tenants: TenantStore | None = None, rate: TenantQuota | None = None
+                 ) -> None:
         self.settings = settings
         self.tenants = (tenants if tenants is not None or store is None  # None: docs only
                         else TenantStore(store.engine, ttl=settings.endpoint_cache_ttl))
         # shared with the consumer: one budget per tenant whichever door its events take
-        self._rate = rate or TenantRate(settings.tenant_events_per_second)
+        self._rate = rate or TenantQuota(settings.tenant_events_per_second,
+                                         store.engine if store is not None else None)
         self.catalog = catalog or load_catalog(settings.event_catalog, settings.tzm_script)
         self.store = store
         self.log: MessageLog | None = (
@@ -531,6 +532,8 @@ class IngestApi(TenantApi):
         published = False
         try:
             async with self.store.transaction() as conn:
+                if not await self.tenants.lock(conn, tenant):  # held until the commit
+                    raise tenant_not_found(tenant)
                 quota = self.settings.tenant_max_endpoints
                 if quota and await self.tenants.count_endpoints(conn, tenant) >= quota:
                     raise error(409, "tenant_quota_exceeded",
@@ -1091,7 +1094,8 @@ class IngestApi(TenantApi):
                           rate_limit=endpoint.rate_limit, tenant=endpoint.tenant_id)
         if self.log is not None and self.settings.message_log:
             await self.log.record(
-                [log_event(event, now, keep_payload=self.settings.payload_retention_days > 0)],
+                [log_event(event, now, keep_payload=self.settings.payload_retention_days > 0,
+                           tenant=endpoint.tenant_id)],
                 [log_delivery(job, now)])
         await self._announce(
             topology.WORK_EXCHANGE, topology.SIGN, job,
@@ -1148,7 +1152,7 @@ class IngestApi(TenantApi):
                         [{"field": "event", "message": "not in the event-type catalog"}])
         tenant = await self._tenant_of_event(event)
         if tenant is not None:  # before the idempotency claim: a 429 leaves no claim behind
-            self._check_rate(tenant, event.event)
+            await self._check_rate(tenant, event.event)
         event_id = event.id or new_id("evt")
         filled = event.model_copy(update={"id": event_id,
                                           "timestamp": event.timestamp or utcnow()})
@@ -1207,10 +1211,10 @@ class IngestApi(TenantApi):
                           "external id"}])
         return tenant
 
-    def _check_rate(self, tenant: str, event_type: str) -> None:
+    async def _check_rate(self, tenant: str, event_type: str) -> None:
         """429 with Retry-After over the tenant's events per second (platform-wide events
         are not counted against any one tenant)."""
-        wait = self._rate.take(tenant, time.monotonic())
+        wait = await self._rate.take(tenant)
         if wait > 0:
             metrics.rejected(event_type, "tenant_rate_limited")
             raise error(429, "tenant_rate_limited",
@@ -1520,13 +1524,18 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/tenants/{id}", "delete_tenant",
           "Offboard a tenant: its endpoints (the signer forgets their secrets), their stored "
           "deliveries, message-log rows and retained payloads are removed and its tokens "
-          "revoked; audited with who did it (the audit log keeps its records).",
-          ("admin",), responses={200: TenantDeleted}, errors=(*_AUTH, 404, 503)),
+          "revoked; audited with who did it (the audit log keeps its records). 409 "
+          "`default_tenant` for the tenant DIHYA_DEFAULT_TENANT names.",
+          ("admin",), responses={200: TenantDeleted},
+          errors=(*_AUTH, 404, (409, "The tenant DIHYA_DEFAULT_TENANT names "
+                                     "(`default_tenant`)."), 503)),
     Route("GET", "/v1/tenants/{id}/export", "export_tenant",
           "The tenant's data as JSON Lines (`application/x-ndjson`, streamed): the tenant, its "
           "endpoints (never a secret), their stored and logged deliveries, and its logged "
-          "events with their retained payloads; each line has a `type`. Its audit records: "
-          "the audit service's `GET /v1/audit/export?tenant=ten_…`.",
+          "events with their retained payloads (those that reached none of its endpoints "
+          "too); each line has a `type`. Its audit records: the audit service's "
+          "`GET /v1/audit/export?tenant=ten_…`; `dihya tenants export` writes both into one "
+          "file.",
           ("admin",), responses={200: None}, errors=(*_AUTH, 404)),
     Route("POST", "/v1/tenants/{id}/portal-sessions", "create_portal_session",
           "A link that opens the web console for this tenant only (a `tenant_viewer` or "

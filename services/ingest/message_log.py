@@ -39,7 +39,9 @@ log_events = sa.Table(
     sa.Column("lang", sa.String(8), nullable=True),
     sa.Column("subject", sa.String(512), nullable=True),
     sa.Column("payload", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("tenant_id", sa.String(64), nullable=True),  # ingest_0010; NULL: every tenant
     sa.Index("ix_log_events_received_at", "received_at", "id"),
+    sa.Index("ix_log_events_tenant", "tenant_id", "id"),
     sa.Index("ix_log_events_type_received_at", "event_type", "received_at"),
     sa.Index("ix_log_events_subject", "subject"),
 )
@@ -183,7 +185,8 @@ class MessageLog:
                 await conn.execute(stmt.on_conflict_do_nothing(
                     index_elements=[log_events.c.id]),
                     [{"id": e.id, "event_type": e.event_type, "received_at": e.received_at,
-                      "lang": e.lang, "subject": e.subject, "payload": e.payload}
+                      "lang": e.lang, "subject": e.subject, "payload": e.payload,
+                      "tenant_id": e.tenant}
                      for e in events])
             if deliveries:
                 stmt2 = _insert(conn, log_deliveries)
@@ -459,6 +462,17 @@ class MessageLog:
             await conn.execute(log_deliveries.delete().where(d.updated_at < cutoff))
             result = await conn.execute(log_events.delete().where(e.received_at < cutoff))
         return cast(sa.CursorResult[Any], result).rowcount
+
+    async def tenant_event_ids(self, tenant: str, *, limit: int, after: str | None
+                               ) -> list[str]:
+        """The ids of the logged events of ``tenant`` (by id; a platform-wide event is
+        nobody's): those that reached none of its endpoints included."""
+        e = log_events.c
+        query = sa.select(e.id).where(e.tenant_id == tenant).order_by(e.id).limit(limit)
+        if after is not None:
+            query = query.where(e.id > after)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).scalars())
 
     async def subject_events(self, subject: str) -> list[EventRow]:
         """The retained events about ``subject`` (GDPR Art. 15), oldest first."""

@@ -47,6 +47,8 @@ class LogEvent:
     lang: str | None
     subject: str | None
     payload: dict[str, JsonValue] | None
+    tenant: str | None = None
+    """The event's tenant (``ten_…``); ``None`` for a platform-wide event."""
 
 
 @dataclass(frozen=True)
@@ -89,13 +91,15 @@ def subject_of(event: Event) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= 512 else None
 
 
-def log_event(event: Event, now: datetime, *, keep_payload: bool) -> LogEvent:
-    """What the log keeps of an accepted, completed event (``id`` set). The subject is kept
-    only with the payload: without it, a row linking a person to an event is personal data
-    the log has no use for."""
+def log_event(event: Event, now: datetime, *, keep_payload: bool, tenant: str | None
+              ) -> LogEvent:
+    """What the log keeps of an accepted, completed event (``id`` set) of ``tenant``
+    (``None``: platform-wide). The subject is kept only with the payload: without it, a row
+    linking a person to an event is personal data the log has no use for."""
     return LogEvent(id=event.id or "", event_type=event.event, received_at=now,
                     lang=event.lang, subject=subject_of(event) if keep_payload else None,
-                    payload=event.model_dump(mode="json") if keep_payload else None)
+                    payload=event.model_dump(mode="json") if keep_payload else None,
+                    tenant=tenant)
 
 
 def log_delivery(job: DeliveryJob, now: datetime, *, held: bool = False) -> LogDelivery:

@@ -142,8 +142,9 @@ class Settings(EgressSettings):
     )
     tenant_events_per_second: float = Field(
         default=0, ge=0,
-        description="Events per second one tenant may publish, per ingest replica (bursts of "
-        "one second's worth). Over it: HTTP 429 `tenant_rate_limited` with `Retry-After`; "
+        description="Events per second one tenant may publish (bursts of one second's worth), "
+        "shared by every ingest replica on one PostgreSQL database (per replica on SQLite). "
+        "Over it: HTTP 429 `tenant_rate_limited` with `Retry-After`; "
         "over AMQP the event is parked with reason `tenant_rate_limited` and audited (move it "
         "back once the burst is over). Platform-wide events are not counted. 0: no limit.",
     )

@@ -173,6 +173,12 @@ class TenantApi:
         """Offboard a tenant (see the module docstring)."""
         principal = await authorize(request, "admin")
         record = await self._tenant(request)
+        default = self.settings.default_tenant
+        if default and await self.tenants.resolve(default) == record.id:
+            raise error(409, "default_tenant",
+                        f"Tenant {record.id} is DIHYA_DEFAULT_TENANT ({default!r}): events and "
+                        "endpoints that name no tenant go to it. Unset that setting on every "
+                        "ingest replica first.")
         now = utcnow()
         async with self.store.transaction() as conn:
             gone = await self.tenants.offboard(conn, record.id, now)
@@ -201,8 +207,10 @@ class TenantApi:
     async def export_tenant(self, request: web.Request) -> web.StreamResponse:
         """The tenant's data as JSON Lines, streamed page by page: the tenant, then per
         endpoint the endpoint (never a secret), its stored (failed, held, retried) deliveries
-        and its message-log deliveries, then each logged event once with its retained payload.
-        Its audit records: the audit service's export with ``tenant=``."""
+        and its message-log deliveries, then each logged event once with its retained payload
+        (the tenant's own, those that reached none of its endpoints included, and the
+        platform-wide ones that reached one). Its audit records: the audit service's export
+        with ``tenant=``; ``dihya tenants export`` writes both into one file."""
         principal = await authorize(request, "admin")
         record = await self._tenant(request)
         response = web.StreamResponse(headers={
@@ -225,6 +233,7 @@ class TenantApi:
                 for event_id in await self._export_logged(line, endpoint.id):
                     event_ids[event_id] = None
             after = page[-1].id
+        await self._own_events(record.id, event_ids)
         for event_id in event_ids:
             found = None if self.log is None else await self.log.get_event(event_id)
             if found is not None:
@@ -236,6 +245,17 @@ class TenantApi:
         log.info("tenant_exported", tenant=record.id, events=len(event_ids),
                  actor=principal.token_id)
         return response
+
+    async def _own_events(self, tenant_id: str, event_ids: dict[str, None]) -> None:
+        """Add to ``event_ids`` the tenant's logged events, those that reached none of its
+        endpoints included."""
+        if self.log is None:
+            return
+        last: str | None = None
+        while page := await self.log.tenant_event_ids(tenant_id, limit=EXPORT_PAGE,
+                                                      after=last):
+            event_ids.update(dict.fromkeys(page))
+            last = page[-1]
 
     async def _export_stored(self, line: Any, endpoint_id: str, status: DeliveryStatus
                              ) -> None:

@@ -55,6 +55,19 @@ portal_codes = sa.Table(
     sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
 )
 
+tenant_rates = sa.Table(
+    "tenant_rates",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("tat", sa.Float(precision=53), nullable=False),
+)
+"""The shared events-per-second quota's state (``migrations/ingest_0009_tenant_rates.py``,
+:mod:`services.ingest.tenant_rate`)."""
+
+_UNDELIVERED = ~sa.select(log_deliveries.c.event_id).where(
+    log_deliveries.c.event_id == log_events.c.id).exists()
+"""A logged event no delivery names (any more)."""
+
 RESOLVE_CACHE = 50_000
 """Tenant references remembered by one ingest (id or external id → tenant id; ~250 bytes
 each)."""
@@ -218,6 +231,17 @@ class TenantStore:
             await conn.execute(portal_codes.delete().where(
                 portal_codes.c.expires_at < older_than))
 
+    async def lock(self, conn: AsyncConnection, tenant_id: str) -> bool:
+        """Hold the tenant's row until ``conn``'s transaction ends, so what is counted against
+        its quota and then inserted is one step on every replica: a second transaction doing
+        the same waits here until the first commits, then counts what it committed. A no-op
+        ``UPDATE`` rather than ``SELECT … FOR UPDATE`` because SQLite knows no row locks: as
+        its first statement, the write takes the database's write lock (and PostgreSQL the
+        row's). ``False``: no such tenant (offboarded meanwhile)."""
+        result = await conn.execute(tenants.update().where(tenants.c.id == tenant_id)
+                                    .values(name=tenants.c.name))
+        return cast(sa.CursorResult[Any], result).rowcount == 1
+
     async def count_endpoints(self, conn: AsyncConnection, tenant_id: str) -> int:
         query = sa.select(sa.func.count()).select_from(endpoints).where(
             endpoints.c.tenant_id == tenant_id)
@@ -246,6 +270,7 @@ class TenantStore:
                 failed_deliveries.c.endpoint_id.in_(chunk)))
             stored += cast(sa.CursorResult[Any], result).rowcount
             events += await self._drop_orphan_events(conn, event_ids)
+        events += await self._drop_own_events(conn, tenant_id)
         conn.info[ENDPOINTS_CHANGED] = True
         await conn.execute(endpoints.delete().where(endpoints.c.tenant_id == tenant_id))
         live = [(r.id, cast(Role, r.role), r.token_hash) for r in await conn.execute(
@@ -255,10 +280,19 @@ class TenantStore:
             (tokens.c.tenant_id == tenant_id) & tokens.c.revoked_at.is_(None))
             .values(revoked_at=now))
         await conn.execute(portal_codes.delete().where(portal_codes.c.tenant_id == tenant_id))
+        await conn.execute(tenant_rates.delete().where(tenant_rates.c.tenant_id == tenant_id))
         await conn.execute(tenants.delete().where(tenants.c.id == tenant_id))
         self.forget()
         return Offboarded(endpoint_ids=ep_ids, token_ids=live, stored_deliveries=stored,
                           logged_events=events)
+
+    @staticmethod
+    async def _drop_own_events(conn: AsyncConnection, tenant_id: str) -> int:
+        """Delete the tenant's own logged events (with their payloads) no delivery names any
+        more — those that reached none of its endpoints among them."""
+        result = await conn.execute(log_events.delete().where(
+            (log_events.c.tenant_id == tenant_id) & _UNDELIVERED))
+        return cast(sa.CursorResult[Any], result).rowcount
 
     @staticmethod
     async def _drop_orphan_events(conn: AsyncConnection, event_ids: Sequence[str]) -> int:
@@ -266,8 +300,6 @@ class TenantStore:
         (a platform-wide event stays for the other tenants)."""
         if not event_ids:
             return 0
-        still = sa.select(log_deliveries.c.event_id).where(
-            log_deliveries.c.event_id == log_events.c.id).exists()
         result = await conn.execute(log_events.delete().where(
-            log_events.c.id.in_(list(event_ids)) & ~still))
+            log_events.c.id.in_(list(event_ids)) & _UNDELIVERED))
         return cast(sa.CursorResult[Any], result).rowcount

@@ -133,6 +133,40 @@ class TenantRate:
         return (1.0 - bucket.tokens) / self.per_second
 
 
+GCRA_SLACK: Final = 1e-6
+"""Seconds added to the tolerance, so the sums of float intervals do not refuse the last event
+of a burst by a rounding error (1e-14 s)."""
+
+
+@dataclass(frozen=True)
+class Gcra:
+    """The same quota as :class:`TenantRate`, as a generic cell rate algorithm, for a state
+    kept outside the process (one number per tenant, its *theoretical arrival time* ``tat``):
+    an event at ``now`` is allowed when ``tat <= now + tolerance``, and then
+    ``tat = max(tat, now) + interval``; refused, it may come back ``tat - now - tolerance``
+    seconds later."""
+
+    interval: float
+    """Seconds between events at the quota."""
+    tolerance: float
+    """How far ahead of ``now`` ``tat`` may be: the burst (one second's worth) less one."""
+
+    @classmethod
+    def of(cls, per_second: float) -> Gcra:
+        """The GCRA of ``per_second`` (> 0) events per second, bursts of one second's worth
+        (at least one event), as :class:`TenantRate`."""
+        interval = 1.0 / per_second
+        return cls(interval=interval,
+                   tolerance=(max(per_second, 1.0) - 1.0) * interval + GCRA_SLACK)
+
+    def take(self, tat: float | None, now: float) -> tuple[float, float]:
+        """``(wait, new tat)`` for an event at ``now`` against ``tat`` (``None``: the
+        tenant's first event): wait 0 means allowed."""
+        if tat is not None and tat > now + self.tolerance:
+            return tat - now - self.tolerance, tat
+        return 0.0, max(tat if tat is not None else now, now) + self.interval
+
+
 def retry_after(wait: float) -> str:
     """A ``Retry-After`` header value (whole seconds, at least 1)."""
     return str(max(1, math.ceil(wait)))

@@ -413,7 +413,7 @@ async def test_deliveries_list_events_show_and_resend(dihya: Cli, receiver: Rece
     assert ids == {items[0]["id"]}, "a resend keeps the delivery's id"
 
 
-async def test_tenants_from_the_cli(dihya: Cli, receiver: Receiver) -> None:
+async def test_tenants_from_the_cli(dihya: Cli, receiver: Receiver, tmp_path: Path) -> None:
     run_id = uuid.uuid4().hex[:8]
     created = await dihya("tenants", "create", "Acme", "--external-id", f"acme-{run_id}")
     assert created.code == Exit.OK, created.err
@@ -449,6 +449,19 @@ async def test_tenants_from_the_cli(dihya: Cli, receiver: Receiver) -> None:
                 "delivery.attempted"} <= kinds
 
     await wait_for(audited, timeout=30)
+    # one file: ingest's export of the tenant, then its audit records
+    path = tmp_path / "acme.jsonl"
+    exported = await dihya("tenants", "export", f"acme-{run_id}", "-o", str(path), "--json")
+    assert exported.code == Exit.OK, exported.err
+    lines = [orjson.loads(x) for x in (await asyncio.to_thread(path.read_bytes)).splitlines()]
+    assert lines[0]["type"] == "tenant" and lines[0]["id"] == tenant_id
+    assert [x["id"] for x in lines if x["type"] == "endpoint"] == [ep["id"]]
+    assert published.json["id"] in [x["id"] for x in lines if x["type"] == "event"]
+    audit = [x["record"] for x in lines if x["type"] == "audit_record"]
+    assert audit and {r["tenant"] for r in audit} == {tenant_id}
+    assert {"tenant.created", "endpoint.created", "event.accepted"} <= {r["kind"] for r in audit}
+    assert exported.json["audit_records"] == len(audit) and exported.json["lines"] == len(lines)
+    assert token.json["token"] not in path.read_text(encoding="utf-8")
     gone = await dihya("tenants", "delete", f"acme-{run_id}", "--yes")
     assert gone.code == Exit.OK, gone.err
     assert "1 endpoints removed, 1 tokens revoked" in gone.out

@@ -8,6 +8,7 @@ endpoint must name its tenant. What ingest publishes is watched through the test
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import uuid
@@ -23,11 +24,12 @@ from aio_pika.abc import AbstractRobustConnection
 from services.ingest.app import MIGRATIONS
 from services.ingest.decisions import delivery_id
 from services.ingest.http import ROUTES
+from services.ingest.tenant_rate import TenantQuota
 from shared import topology
 from shared.broker import Publisher
 from shared.contracts import AuditFact, utcnow
 from shared.db import make_engine, migrate
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.integration.test_ingest_api import EVERYTHING, Client, Observer, running_ingest
 from tests.integration.test_ingest_events import _text, publish_raw, take_parked
 
@@ -179,6 +181,24 @@ async def test_a_default_tenant_keeps_old_publishers_working(
         _books("default tenant", obs, [reply.body["id"], "old-amqp"])
         assert {j["endpoint_id"] for j in obs.jobs(reply.body["id"]) + obs.jobs("old-amqp")} == {
             ep["id"]}
+
+        # the tenant DIHYA_DEFAULT_TENANT names cannot be offboarded while it is set
+        for ref in ("default", "ten_default"):
+            refused = await ingest.call("DELETE", f"/v1/tenants/{ref}")
+            assert refused.status == 409, refused.text
+            assert refused.body["error"]["code"] == "default_tenant"
+        assert (await ingest.call("GET", f"/v1/endpoints/{ep['id']}")).status == 200
+        assert (await ingest.call("DELETE", f"/v1/tenants/{other['id']}")).status == 200
+
+
+async def test_the_default_tenant_can_go_once_no_setting_names_it(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    async with running_ingest(amqp_url, f"sqlite:///{tmp_path}/d.db",
+                              default_tenant=None) as ingest:
+        reply = await ingest.call("DELETE", "/v1/tenants/default")
+        assert reply.status == 200, reply.text
+        assert (await ingest.call("GET", "/v1/tenants/ten_default")).status == 404
 
 
 # -- tenant-scoped tokens on every route --------------------------------------------------
@@ -336,6 +356,10 @@ async def test_quotas_per_tenant(amqp_url: str, tmp_path: Path,
 # -- offboarding -------------------------------------------------------------------------
 
 
+async def _logged(export: Any, event_id: str) -> bool:
+    return any(x["type"] == "event" and x["id"] == event_id for x in await export())
+
+
 async def test_offboarding_removes_the_tenants_data_and_is_audited(
     ingest: Client, broker: AbstractRobustConnection
 ) -> None:
@@ -349,12 +373,23 @@ async def test_offboarding_removes_the_tenants_data_and_is_audited(
     event = await ingest.call("POST", "/v1/events",
                               json={"event": "o.x", "data": {"user_id": "u1"},
                                     "tenant": "leaving"})
-    await obs.wait(lambda _: bool(obs.facts("delivery.held", event_id=event.body["id"])))
+    # an event no endpoint of the tenant subscribes to: logged, its delivery to no one
+    unheard = await ingest.call("POST", "/v1/events",
+                                json={"event": "u.nobody", "data": {"user_id": "u2"},
+                                      "tenant": "leaving"})
+    assert unheard.status == 202, unheard.text
+    await obs.wait(lambda _: bool(obs.facts("delivery.held", event_id=event.body["id"]))
+                   and bool(obs.facts("event.accepted", event_id=unheard.body["id"])))
 
     # the tenant's data first, as JSON Lines (what a GDPR export of the customer holds)
+    async def exported() -> list[dict[str, Any]]:
+        reply = await ingest.call("GET", "/v1/tenants/leaving/export")
+        assert reply.status == 200 and reply.headers["Content-Type"].startswith(
+            "application/x-ndjson")
+        return [orjson.loads(x) for x in reply.text.splitlines()]
+
+    await wait_for(lambda: _logged(exported, unheard.body["id"]))  # the log writes in batches
     export = await ingest.call("GET", "/v1/tenants/leaving/export")
-    assert export.status == 200 and export.headers["Content-Type"].startswith(
-        "application/x-ndjson")
     lines = [orjson.loads(x) for x in export.text.splitlines()]
     kinds = [x["type"] for x in lines]
     assert kinds[0] == "tenant" and lines[0]["id"] == gone["id"]
@@ -362,14 +397,16 @@ async def test_offboarding_removes_the_tenants_data_and_is_audited(
     held_id = delivery_id(event.body["id"], ep["id"])
     assert [x["delivery_id"] for x in lines if x["type"] == "stored_delivery"] == [held_id]
     assert [x["id"] for x in lines if x["type"] == "delivery"] == [held_id]
-    [logged] = [x for x in lines if x["type"] == "event"]
-    assert logged["id"] == event.body["id"] and logged["payload"]["data"]["user_id"] == "u1"
+    logged = {x["id"]: x for x in lines if x["type"] == "event"}
+    assert set(logged) == {event.body["id"], unheard.body["id"]}
+    assert logged[event.body["id"]]["payload"]["data"]["user_id"] == "u1"
+    assert logged[unheard.body["id"]]["payload"]["data"]["user_id"] == "u2"
     assert kept["id"] not in export.text and "whsec_" not in export.text
 
     reply = await ingest.call("DELETE", "/v1/tenants/leaving")
     assert reply.status == 200, reply.text
     assert reply.body["endpoints"] == 1 and reply.body["tokens_revoked"] == 1
-    assert reply.body["stored_deliveries"] == 1
+    assert reply.body["stored_deliveries"] == 1 and reply.body["logged_events"] == 2
 
     await obs.wait(lambda _: bool(obs.facts("tenant.deleted", tenant=gone["id"])))
     [fact] = obs.facts("tenant.deleted", tenant=gone["id"])
@@ -385,7 +422,8 @@ async def test_offboarding_removes_the_tenants_data_and_is_audited(
     assert (await ingest.call("GET", f"/v1/endpoints/{ep['id']}")).status == 404
     assert (await ingest.call("GET", "/v1/tenants/leaving")).status == 404
     assert (await ingest.call("GET", "/v1/me", token=token)).status == 401
-    assert (await ingest.call("GET", f"/v1/events/{event.body['id']}")).status == 404
+    for gone_event in (event.body["id"], unheard.body["id"]):
+        assert (await ingest.call("GET", f"/v1/events/{gone_event}")).status == 404
     assert (await ingest.call("GET", f"/v1/endpoints/{kept['id']}")).body["tenant"] == (
         stays["id"])
 
@@ -529,3 +567,94 @@ async def test_a_portal_link_opens_one_session_of_one_tenant(
         finally:
             await engine.dispose()
         assert (await ingest.call("GET", "/v1/me", token=token)).status == 401
+
+
+async def test_concurrent_creates_on_two_replicas_stop_at_the_endpoint_quota(
+    amqp_url: str, database_url: str
+) -> None:
+    quota, offered = 5, 40
+    async with running_ingest(amqp_url, database_url, tenant_max_endpoints=quota) as one, \
+            running_ingest(amqp_url, database_url, tenant_max_endpoints=quota) as two:
+        await _tenant(one, "Racing", "racing")
+        replies = await asyncio.gather(*(
+            (one if i % 2 else two).call("POST", "/v1/endpoints", json={
+                "url": f"https://race{i}.example/h", "events": ["r.#"], "tenant": "racing"})
+            for i in range(offered)))
+        statuses = sorted(r.status for r in replies)
+        listed = await two.call("GET", "/v1/endpoints?tenant=racing&limit=100")
+        created, refused = statuses.count(201), statuses.count(409)
+        print(f"[books endpoint quota] offered={offered} created={created} "
+              f"refused_409={refused} other={offered - created - refused} "
+              f"stored={len(listed.body['items'])}")
+        assert statuses == [201] * quota + [409] * (offered - quota)
+        assert {r.body["error"]["code"] for r in replies if r.status == 409} == {
+            "tenant_quota_exceeded"}
+        assert len(listed.body["items"]) == quota
+
+
+async def test_two_replicas_on_postgresql_share_a_tenants_events_per_second(
+    amqp_url: str, pg_url: str
+) -> None:
+    quota, seconds = 5.0, 4.0
+    offered_rate = 3 * quota
+    async with running_ingest(amqp_url, pg_url, tenant_events_per_second=quota) as one, \
+            running_ingest(amqp_url, pg_url, tenant_events_per_second=quota) as two:
+        await _tenant(one, "Busy", "busy")
+        loop = asyncio.get_running_loop()
+        calls: list[asyncio.Task[Any]] = []
+        start = loop.time()
+        for i in range(int(offered_rate * seconds)):
+            # the offered load's pace (not a synchronisation): 3 times the quota, half to each
+            await asyncio.sleep(max(0.0, start + i / offered_rate - loop.time()))
+            calls.append(asyncio.create_task((one if i % 2 else two).call(
+                "POST", "/v1/events", json={"event": "b.x", "data": {}, "tenant": "busy"})))
+        elapsed = loop.time() - start
+        replies = await asyncio.gather(*calls)
+    accepted = [r for r in replies if r.status == 202]
+    limited = [r for r in replies if r.status == 429]
+    print(f"[books shared tenant rate] offered={len(replies)} in {elapsed:.2f}s "
+          f"accepted={len(accepted)} (replica one "
+          f"{sum(r.status == 202 for r in replies[1::2])}, two "
+          f"{sum(r.status == 202 for r in replies[0::2])}) limited_429={len(limited)} "
+          f"bound={quota * elapsed + quota:.1f}")
+    assert len(accepted) + len(limited) == len(replies)
+    assert len(accepted) <= quota * elapsed + quota + 1  # Q·t plus the burst (one second's)
+    assert len(accepted) >= 0.8 * quota * elapsed  # and the quota is granted, not starved
+    assert {r.body["error"]["code"] for r in limited} == {"tenant_rate_limited"}
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in limited)
+
+
+async def test_concurrent_takes_share_statements_and_grant_each_tenant_its_burst(
+    pg_url: str
+) -> None:
+    engine = make_engine(pg_url)
+    await migrate(engine, MIGRATIONS)
+    quota = TenantQuota(5, engine)  # bursts of 5
+    try:
+        assert quota.shared
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tenants = ["ten_hot"] * 30 + ["ten_warm"] * 30 + ["ten_cold"]
+        waits = await asyncio.gather(*(quota.take(t) for t in tenants))
+        elapsed = loop.time() - start
+    finally:
+        await quota.close()
+        await engine.dispose()
+    allowed = {t: sum(w == 0.0 for tt, w in zip(tenants, waits, strict=True) if tt == t)
+               for t in set(tenants)}
+    print(f"[books concurrent takes] takes={len(tenants)} in {elapsed:.3f}s allowed={allowed}")
+    refill = int(elapsed * 5) + 1
+    assert 5 <= allowed["ten_hot"] <= 5 + refill and 5 <= allowed["ten_warm"] <= 5 + refill
+    assert allowed["ten_cold"] == 1
+    assert all(0 < w <= 1.0 for w in waits if w > 0)  # one event's interval at most, then 0.2
+
+
+async def test_the_replicas_own_bucket_decides_while_the_database_is_unreachable() -> None:
+    engine = make_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    quota = TenantQuota(2, engine)
+    try:
+        waits = [await quota.take("ten_a") for _ in range(3)]
+    finally:
+        await quota.close()
+        await engine.dispose()
+    assert waits[:2] == [0.0, 0.0] and waits[2] > 0  # the in-memory bucket: a burst of 2

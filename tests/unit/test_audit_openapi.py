@@ -66,7 +66,8 @@ def test_operations_declare_roles_and_error_bodies() -> None:
         schema = erasure["responses"][status]["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/Error"}
     records = DOC["paths"]["/v1/audit/records"]["get"]
-    assert "Roles: auditor, admin." in records["description"]
+    assert "Roles: auditor, admin, tenant_admin, tenant_viewer." in records["description"]
+    assert "Roles: auditor, admin." in DOC["paths"]["/v1/audit/verify"]["get"]["description"]
     assert DOC["paths"]["/v1/openapi.json"]["get"]["security"] == []
 
 

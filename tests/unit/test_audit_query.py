@@ -173,3 +173,16 @@ def test_openapi_document_describes_exports_erasure_and_retention() -> None:
         schemas["VerifyReport"]["properties"]["checkpoint"]["anyOf"])
     assert set(checkpoint["required"]) == {"last_seq", "last_hash", "count", "at", "key_id",
                                            "signature", "signature_ok", "public_key"}
+
+
+def test_a_tenant_token_is_confined_to_its_own_tenant() -> None:
+    from services.audit.decisions import RecordQuery, confine
+
+    query = RecordQuery(filters={"kind": "event.accepted"})
+    assert confine(query, "auditor", None) is query  # platform roles: unchanged
+    mine = confine(query, "tenant_viewer", "ten_a")
+    assert mine is not None and mine.filters == {"kind": "event.accepted", "tenant": "ten_a"}
+    named = RecordQuery(filters={"tenant": "ten_a"})
+    assert confine(named, "tenant_admin", "ten_a") == named
+    assert confine(RecordQuery(filters={"tenant": "ten_b"}), "tenant_admin", "ten_a") is None
+    assert confine(query, "tenant_viewer", None) is None  # a grant without its tenant

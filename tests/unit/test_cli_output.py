@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cli import output
-from cli.commands.audit import Tally, _target
+from cli.commands.audit import Tally, target
 from cli.config import Profile, resolve
 from cli.context import Ctx
 from cli.errors import ApiError, Exit, UnreachableError, exit_code
@@ -227,14 +227,14 @@ def test_export_target_is_renamed_only_when_complete(tmp_path: Path) -> None:
     final = tmp_path / "audit.jsonl"
 
     def cut_short() -> None:
-        with _target(ctx, str(final)) as fh:
+        with target(ctx, str(final)) as fh:
             fh.write(b"partial")
             raise UnreachableError("audit", "http://h", "the transfer was cut short")
 
     with pytest.raises(UnreachableError):
         cut_short()
     assert list(tmp_path.iterdir()) == []
-    with _target(ctx, str(final)) as fh:
+    with target(ctx, str(final)) as fh:
         fh.write(b"whole\n")
     assert final.read_bytes() == b"whole\n"
     assert [p.name for p in tmp_path.iterdir()] == ["audit.jsonl"]

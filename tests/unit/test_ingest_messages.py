@@ -112,9 +112,10 @@ def test_health_counts_the_last_24_hours_by_hour() -> None:
 def test_the_payload_is_kept_only_while_retained_and_names_its_subject() -> None:
     event = Event(id="evt_1", event="a.b", timestamp=NOW, lang="fr",
                   data={"user_id": "u42", "x": 1})
-    kept = log_event(event, NOW, keep_payload=True)
+    kept = log_event(event, NOW, keep_payload=True, tenant="ten_a")
     assert kept.payload is not None and kept.payload["data"] == {"user_id": "u42", "x": 1}
-    assert kept.subject == "u42" and kept.lang == "fr"
-    bare = log_event(event, NOW, keep_payload=False)
+    assert kept.subject == "u42" and kept.lang == "fr" and kept.tenant == "ten_a"
+    bare = log_event(event, NOW, keep_payload=False, tenant=None)
     assert bare.payload is None and bare.subject is None  # no payload, no link to a person
+    assert bare.tenant is None  # platform-wide
     assert subject_of(Event(event="a.b", data={"user_id": 42})) is None

@@ -16,6 +16,7 @@ from services.ingest.decisions import Endpoint, complete
 from services.ingest.settings import Settings
 from services.ingest.tenants import (
     ALL_TENANTS,
+    Gcra,
     TenantRate,
     TenantRefusal,
     fan_out,
@@ -127,6 +128,43 @@ def test_the_rate_never_admits_more_than_burst_plus_refill(gaps: list[float],
         now += gap
         admitted += rate.take("ten_a", now) == 0.0
     assert admitted <= max(per_second, 1.0) + now * per_second + 1e-9
+
+
+@given(st.lists(st.floats(min_value=0, max_value=0.5), min_size=1, max_size=60),
+       st.floats(min_value=0.5, max_value=50))
+def test_the_shared_gcra_admits_what_the_bucket_admits(gaps: list[float],
+                                                       per_second: float) -> None:
+    """The GCRA the database runs for replicas sharing a quota (services/ingest/tenant_rate)
+    is the in-memory bucket's quota: same decisions (up to rounding at the very boundary),
+    and the same bound."""
+    gcra, rate = Gcra.of(per_second), TenantRate(per_second)
+    tat: float | None = None
+    now = 0.0
+    admitted = disagreements = 0
+    for gap in gaps:
+        now += gap
+        wait, tat = gcra.take(tat, now)
+        bucket_wait = rate.take("ten_a", now)
+        admitted += wait == 0.0
+        if (wait == 0.0) != (bucket_wait == 0.0):
+            disagreements += 1
+            assert abs(wait - bucket_wait) < 1e-5  # only where both sit on the boundary
+        else:
+            assert wait == pytest.approx(bucket_wait, abs=1e-5)
+    assert disagreements <= 1
+    assert admitted <= max(per_second, 1.0) + now * per_second + 1e-9
+
+
+def test_the_gcra_allows_a_seconds_worth_then_says_how_long_to_wait() -> None:
+    gcra = Gcra.of(5)
+    tat = None
+    for _ in range(5):
+        wait, tat = gcra.take(tat, 100.0)
+        assert wait == 0.0
+    wait, same = gcra.take(tat, 100.0)
+    assert wait == pytest.approx(0.2, abs=1e-5) and same == tat  # refused: nothing taken
+    assert gcra.take(tat, 100.2)[0] == 0.0
+    assert Gcra.of(0.5).tolerance < 1e-5  # under 1/s: a burst of one
 
 
 def test_the_console_may_be_framed_only_by_the_configured_origins() -> None:
