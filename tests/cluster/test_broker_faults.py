@@ -13,15 +13,17 @@ import asyncio
 import math
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import pytest
 
 from launcher.processes import SERVICES
 from services.audit.decisions import UNKNOWN_OUTCOME
 from shared.nodes import DEFAULT_HEARTBEAT
-from tests.cluster.books import Books, keep
+from tests.cluster.books import Books, keep, longest_gap
 from tests.cluster.conftest import Rig
 from tests.cluster.load import Arrivals, Load, amqp_publish, http_publish
 
@@ -113,6 +115,11 @@ async def run(rig: Rig, name: str, fault: Fault, n: int = N) -> Books:
           f"transport errors={load.transport_errors})")
     print(f"[books] {name}: deliveries per 5 s from the fault: "
           f"{timeline([a.at for a in arrivals.items], fault_at)}")
+    begin, end = longest_gap((a.at for a in arrivals.items), fault_at, last)
+    to_wall = time.time() - loop.time()  # the services' logs are stamped in UTC wall time
+    print(f"[books] {name}: fault at {utc(fault_at + to_wall)}; longest stall "
+          f"{end - begin:.1f} s, from +{begin - fault_at:.1f} s to +{end - fault_at:.1f} s "
+          f"({utc(begin + to_wall)} to {utc(end + to_wall)}): compare the service logs")
     if books.dup_new_id:  # which events, and what their publisher was told: the why
         ids: dict[str, set[str]] = {}
         for a in arrivals.items:
@@ -125,6 +132,11 @@ async def run(rig: Rig, name: str, fault: Fault, n: int = N) -> Books:
         for proc in rig.system.replica_procs[service]:
             assert proc is not None and proc.poll() is None, f"{service} exited"
     return books
+
+
+def utc(at: float) -> str:
+    """A wall-clock time as the services' logs stamp it (UTC, milliseconds)."""
+    return datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
 def timeline(times: list[float], start: float, step: float = 5.0) -> str:
