@@ -1,8 +1,9 @@
 """Publishing with publisher confirms: every message persistent, ``mandatory``, confirmed.
 
-Every publish awaits the broker's confirm within a timeout (a reconnection included), an
-unroutable message raises (``on_return_raises``), and every message gets a fresh
-``message_id`` (aiormq matches returns by it); the business id travels in the body or a header.
+Every publish awaits the broker's confirm within a timeout (a reconnection included, and a
+nacked publish tried again on a fresh channel), an unroutable message raises
+(``on_return_raises``), and every message gets a fresh ``message_id`` (aiormq matches returns
+by it); the business id travels in the body or a header.
 Public API of both libraries only (aio-pika's ``get_underlay_channel``, aiormq's
 ``basic_publish``): the same on the fast and the plain path (see :mod:`shared.broker.fastpath`).
 """
@@ -16,11 +17,14 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 import aiormq
+import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 
 from shared import telemetry, topology
 from shared.broker.consumer import Delivery
 from shared.contracts import Contract, encode
+
+log = structlog.get_logger("dihya.broker")
 
 RESTORE_POLL = 0.05
 """Seconds between looks at a publisher channel that is closed but not yet being restored."""
@@ -85,6 +89,11 @@ class Publisher:
         consumers' channels may deliver again before this one is back — and a handler that
         fails in that window has its message redelivered at once, again and again, until the
         queue's delivery limit parks it (see :meth:`_underlay`).
+
+        A publish the broker nacks goes again on a fresh channel (within the same
+        ``timeout``; a publisher built without ``reopen`` raises at once): on a cluster a
+        channel can be left nacking one quorum queue for as long as a dead node is away
+        (issue #17, see the comment below and docs/operations.md, "Running on a cluster").
         """
         carrier = dict(headers or {})
         telemetry.inject(carrier)
@@ -124,7 +133,7 @@ class Publisher:
                     raise
                 if renewed:  # nacked on a fresh channel too: the leader is not elected yet
                     await asyncio.sleep(RENEW_PAUSE)
-                await self._renew(robust, deadline)
+                await self._renew(robust, deadline, exchange, routing_key)
                 renewed = True
             except aiormq.exceptions.ChannelInvalidStateError:
                 # Raised only before the frame was queued (the channel was found closed):
@@ -135,13 +144,16 @@ class Publisher:
                     raise
                 await asyncio.sleep(RESTORE_POLL)
 
-    async def _renew(self, nacked: AbstractChannel, deadline: float) -> None:
+    async def _renew(self, nacked: AbstractChannel, deadline: float, exchange: str,
+                     routing_key: str) -> None:
         """Replace the channel ``nacked`` by a fresh one, once for all the publishes it nacked;
         the old one is closed after the timeout, once the publishes still on it settled."""
         async with self._renewing, asyncio.timeout_at(deadline):
             if self._channel is not nacked or self._reopen is None:
                 return  # another publish renewed it already
             self._channel, self._open = await self._reopen(), None
+        log.info("publisher_channel_renewed", reason="nacked", exchange=exchange,
+                 routing_key=routing_key)
         retiring = asyncio.create_task(self._retire(nacked))
         self._retired.add(retiring)
         retiring.add_done_callback(self._retired.discard)

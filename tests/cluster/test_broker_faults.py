@@ -168,7 +168,9 @@ def test_leaders_are_spread_over_the_nodes(rig: Rig) -> None:
 
 async def test_kill_the_node_leading_the_queues(rig: Rig) -> None:
     async def fault(rig: Rig) -> None:
-        leader = rig.cluster.leaders("/")["dihya.ingest.events"]
+        # in a thread: rabbitmqctl takes seconds, and the receiver shares this event loop
+        # (a blocked loop is a stall of the test's own: arrivals waited for the CLI)
+        leader = (await asyncio.to_thread(rig.cluster.leaders, "/"))["dihya.ingest.events"]
         node = rig.cluster.node_named(leader)
         await asyncio.to_thread(rig.cluster.kill, node)
         await asyncio.sleep(15)  # the cluster runs on two nodes for a while
