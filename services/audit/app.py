@@ -79,6 +79,8 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     stack.push_async_callback(gate.stop)
 
     write_aheads = StartedAttempts(store.engine)
+    write_aheads.start()
+    stack.push_async_callback(write_aheads.stop, grace)  # after the consumers stopped
     batcher: Batcher[AuditFact, None] = Batcher(
         FactWriter(store, gate, write_aheads), size=settings.batch_size, wait=settings.batch_wait,
         isolate=lambda exc: not is_transient(exc), name="audit writer",

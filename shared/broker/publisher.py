@@ -1,8 +1,9 @@
 """Publishing with publisher confirms: every message persistent, ``mandatory``, confirmed.
 
-Every publish awaits the broker's confirm within a timeout (a reconnection included), an
-unroutable message raises (``on_return_raises``), and every message gets a fresh
-``message_id`` (aiormq matches returns by it); the business id travels in the body or a header.
+Every publish awaits the broker's confirm within a timeout (a reconnection included, and a
+nacked publish tried again on a fresh channel), an unroutable message raises
+(``on_return_raises``), and every message gets a fresh ``message_id`` (aiormq matches returns
+by it); the business id travels in the body or a header.
 Public API of both libraries only (aio-pika's ``get_underlay_channel``, aiormq's
 ``basic_publish``): the same on the fast and the plain path (see :mod:`shared.broker.fastpath`).
 """
@@ -12,18 +13,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 import aiormq
+import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 
 from shared import telemetry, topology
 from shared.broker.consumer import Delivery
 from shared.contracts import Contract, encode
 
+log = structlog.get_logger("dihya.broker")
+
 RESTORE_POLL = 0.05
 """Seconds between looks at a publisher channel that is closed but not yet being restored."""
+RENEW_PAUSE = 0.25
+"""Seconds a publish waits before it renews its channel again when the fresh channel was nacked
+too (a quorum queue still electing its leader): see :meth:`Publisher.publish`."""
+
+ChannelOpener = Callable[[], Awaitable[AbstractChannel]]
+"""Opens a fresh confirming channel on the publisher's connection."""
 
 
 class Publisher:
@@ -33,19 +43,27 @@ class Publisher:
     channel, which is what makes batching cheap.
     """
 
-    def __init__(self, channel: AbstractChannel, *, timeout: float = 10.0) -> None:
+    def __init__(self, channel: AbstractChannel, *, timeout: float = 10.0,
+                 reopen: ChannelOpener | None = None) -> None:
         self._channel = channel
         self._timeout = timeout
+        self._reopen = reopen
         self._closed = False
         self._open: aiormq.Channel | None = None
         """The underlay channel the last publish went out on, while it stays open."""
+        self._renewing = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
         cls, connection: AbstractRobustConnection, *, timeout: float = 10.0
     ) -> Publisher:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        return cls(channel, timeout=timeout)
+        """A publisher on a channel of its own, renewed on a broker nack (see :meth:`publish`)."""
+
+        async def reopen() -> AbstractChannel:
+            return await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+        return cls(await reopen(), timeout=timeout, reopen=reopen)
 
     async def publish(
         self,
@@ -75,6 +93,11 @@ class Publisher:
         consumers' channels may deliver again before this one is back — and a handler that
         fails in that window has its message redelivered at once, again and again, until the
         queue's delivery limit parks it (see :meth:`_underlay`).
+
+        A publish the broker nacks goes again on a fresh channel (within the same
+        ``timeout``; a publisher built without ``reopen`` raises at once): on a cluster a
+        channel can be left nacking one quorum queue for as long as a dead node is away
+        (issue #17, see the comment below and docs/operations.md, "Running on a cluster").
         """
         carrier = dict(headers or {})
         telemetry.inject(carrier)
@@ -89,7 +112,9 @@ class Publisher:
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout  # a reconnection included
+        renewed = False
         while True:
+            robust = self._channel
             channel = self._open
             if channel is None or channel.is_closed:  # first use, or since a reconnection
                 channel = self._open = await self._underlay(deadline)
@@ -100,6 +125,21 @@ class Publisher:
                                             properties=properties, mandatory=mandatory, wait=False,
                                             timeout=max(deadline - loop.time(), 0.001))
                 return
+            except aiormq.exceptions.DeliveryError as exc:
+                # A nack: the broker did not take the message (no Dihya queue has a length
+                # limit, so never for a full queue). Measured on RabbitMQ 3.10.8: a channel
+                # whose first publish to a quorum queue came while that queue's leader was on a
+                # node just killed (a reconnection lands exactly then) has every later publish
+                # to it nacked until that node is back, 15-20 s and more; a fresh channel
+                # opened once the new leader is elected (~0.3 s) is acked. So: a fresh channel,
+                # and the publish again (the nacked one was not enqueued), within the timeout.
+                if (not _nacked(exc) or self._reopen is None or self._closed
+                        or loop.time() + RENEW_PAUSE >= deadline):
+                    raise
+                if renewed:  # nacked on a fresh channel too: the leader is not elected yet
+                    await asyncio.sleep(RENEW_PAUSE)
+                await self._renew(robust, deadline, exchange, routing_key)
+                renewed = True
             except aiormq.exceptions.ChannelInvalidStateError:
                 # Raised only before the frame was queued (the channel was found closed):
                 # the broker never saw this publish, so it goes again on the restored channel.
@@ -108,6 +148,27 @@ class Publisher:
                 if self._closed or loop.time() >= deadline:
                     raise
                 await asyncio.sleep(RESTORE_POLL)
+
+    async def _renew(self, nacked: AbstractChannel, deadline: float, exchange: str,
+                     routing_key: str) -> None:
+        """Replace the channel ``nacked`` by a fresh one, once for all the publishes it nacked;
+        the old one is closed after the timeout, once the publishes still on it settled."""
+        async with self._renewing, asyncio.timeout_at(deadline):
+            if self._channel is not nacked or self._reopen is None:
+                return  # another publish renewed it already
+            self._channel, self._open = await self._reopen(), None
+        log.info("publisher_channel_renewed", reason="nacked", exchange=exchange,
+                 routing_key=routing_key)
+        retiring = asyncio.create_task(self._retire(nacked))
+        self._retired.add(retiring)
+        retiring.add_done_callback(self._retired.discard)
+
+    async def _retire(self, channel: AbstractChannel) -> None:
+        try:
+            await asyncio.sleep(self._timeout)
+        finally:  # closed at the publisher's close too
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def _underlay(self, deadline: float) -> aiormq.Channel:
         """The open aiormq channel under the robust one, once restored (or ``TimeoutError``).
@@ -175,7 +236,16 @@ class Publisher:
 
     async def close(self) -> None:
         self._closed = True
+        for retiring in list(self._retired):
+            retiring.cancel()
+        await asyncio.gather(*self._retired, return_exceptions=True)
         await self._channel.close()
+
+
+def _nacked(exc: aiormq.exceptions.DeliveryError) -> bool:
+    """A broker's ``basic.nack`` (not an unroutable message's return, the message's own)."""
+    return (not isinstance(exc, aiormq.exceptions.PublishError)
+            and isinstance(exc.frame, aiormq.spec.Basic.Nack))
 
 
 async def confirm_all(publishes: Iterable[Awaitable[None]]) -> None:

@@ -68,11 +68,18 @@ class Books:
         return found
 
 
-def longest_stall(times: Iterable[float], start: float, end: float) -> float:
-    """The longest stretch of ``[start, end]`` without an arrival."""
+def longest_gap(times: Iterable[float], start: float, end: float) -> tuple[float, float]:
+    """Where the longest stretch of ``[start, end]`` without an arrival begins and ends."""
     points = sorted(t for t in times if start <= t <= end)
     edges = [start, *points, end]
-    return max((b - a for a, b in itertools.pairwise(edges)), default=0.0)
+    return max(itertools.pairwise(edges), key=lambda gap: gap[1] - gap[0],
+               default=(start, start))
+
+
+def longest_stall(times: Iterable[float], start: float, end: float) -> float:
+    """The longest stretch of ``[start, end]`` without an arrival."""
+    begin, finish = longest_gap(times, start, end)
+    return finish - begin
 
 
 def keep(scenario: str, accepted: Mapping[str, set[str]], arrivals: list[Arrival], *,

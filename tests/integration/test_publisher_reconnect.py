@@ -128,3 +128,50 @@ async def test_publishing_recovers_after_every_drop(vhost_url: tuple[str, str],
         assert not timeouts or not fast_path, failures[:3]
         assert all(outages.is_infrastructure(f) for f in failures), failures[:3]
         await channel.queue_delete(queue.name)
+
+
+async def test_a_nacked_publish_goes_again_on_a_fresh_channel(
+        vhost_url: tuple[str, str]) -> None:
+    """A broker nack makes the publisher renew its channel (once for every publish it nacked)
+    and publish again until its timeout (#17: RabbitMQ 3.10 keeps nacking a channel whose
+    first publish to a quorum queue came while the queue's leader was on a node just killed;
+    tests/cluster checks that case on a cluster). Here the broker nacks because the queue is
+    full (``x-max-length`` 1, ``reject-publish``): the publishes go through once it is
+    drained, and one that stays nacked raises at its timeout."""
+    url, _ = vhost_url
+    async with publishing(url) as (channel, _, publisher):
+        full = await channel.declare_queue(
+            f"full-{uuid.uuid4().hex}", durable=True,
+            arguments={"x-queue-type": "quorum", "x-max-length": 1,
+                       "x-overflow": "reject-publish"})
+        await publisher.publish("", full.name, b"first")
+        first_channel = publisher._channel
+        alone = Publisher(first_channel, timeout=1.0)  # no way to renew: a nack is raised
+        loop = asyncio.get_running_loop()
+        nacked = None
+        for _ in range(50):  # a quorum queue applies its limit a publish or two late
+            started = loop.time()
+            try:
+                await alone.publish("", full.name, b"more")
+            except aiormq.exceptions.DeliveryError as exc:
+                nacked = exc
+                break
+        assert nacked is not None
+        assert loop.time() - started < 0.5  # at once, not at the timeout
+
+        waiting = [asyncio.create_task(publisher.publish("", full.name, str(n).encode()))
+                   for n in range(20)]
+        await wait_for(lambda: publisher._channel is not first_channel, timeout=10)
+        renewed = publisher._channel
+        await full.purge()  # room again: the next publish goes through, then it is full
+        done, _ = await asyncio.wait(waiting, timeout=30)  # each ends by its own timeout
+        failed = [t.exception() for t in done if t.exception() is not None]
+        print(f"[books] 20 publishes nacked, the queue drained: {20 - len(failed)} confirmed "
+              f"on a renewed channel, {len(failed)} nacked until their timeout")
+        assert len(done) == 20
+        assert len(failed) < 20
+        assert all(isinstance(f, aiormq.exceptions.DeliveryError) for f in failed)
+        assert renewed is not first_channel
+        declared = await full.declare()
+        assert declared.message_count >= 1
+        await channel.queue_delete(full.name)
