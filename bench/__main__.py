@@ -128,12 +128,14 @@ def parse(argv: list[str] | None = None) -> Options:
                         help="overload phases at these multiples of the sustained rate (1.5,3)")
     parser.add_argument("--overload-duration", type=float,
                         help="seconds of load of each overload phase (60)")
-    parser.add_argument("--no-overload-raw", dest="overload_raw", action="store_false",
-                        default=None, help="overload Dihya only, not the raw chain")
+    parser.add_argument("--overload-raw", action=argparse.BooleanOptionalAction, default=None,
+                        help="the raw chain through the same overload phases (full run: yes)")
     parser.add_argument("--backlog", type=int, metavar="N",
                         help="deliveries piled up for a failing endpoint (full run 1,000,000; "
                         "0: no backlog phase). Run large ones on a node of your own "
                         "(--amqp-url, --rabbitmqctl): a memory alarm stops every publisher")
+    parser.add_argument("--backlog-fraction", type=float,
+                        help="rate of the backlog's events, share of the sustained rate (0.3)")
     parser.add_argument("--backlog-timeout", type=float,
                         help="longest wait, s, for the backlog to fail once and to drain")
     parser.add_argument("--retry-schedule",
@@ -157,7 +159,8 @@ def parse(argv: list[str] | None = None) -> Options:
                 "repeats", "profile", "profile_at", "slow", "slow_delay", "slow_duration",
                 "verify_every", "keep_logs", "fixed_rate", "fast_path", "realistic",
                 "hot_rate", "overload", "overload_factors", "overload_duration",
-                "overload_raw", "backlog", "backlog_timeout", "retry_schedule", "rabbitmqctl"):
+                "overload_raw", "backlog", "backlog_fraction", "backlog_timeout",
+                "retry_schedule", "rabbitmqctl"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
