@@ -272,6 +272,8 @@ class BrokerSample:
     alarms: list[str]
     quorum_ets: int
     """Memory of the quorum queues' in-memory tables (Raft log and index), bytes."""
+    breakdown: dict[str, int]
+    """The node's memory by category (``rabbitmqctl status``), bytes."""
 
 
 class BrokerWatch:
@@ -303,7 +305,8 @@ class BrokerWatch:
         return BrokerSample(time.time(), used, int(data.get("vm_memory_high_watermark_limit")
                                                    or 0),
                             [str(a) for a in data.get("alarms") or []],
-                            int(memory.get("quorum_ets") or 0))
+                            int(memory.get("quorum_ets") or 0),
+                            {k: int(v) for k, v in memory.items() if isinstance(v, int)})
 
     async def sample(self) -> BrokerSample | None:
         found = await asyncio.to_thread(self._status)

@@ -23,7 +23,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bench.load import paced
@@ -139,10 +139,10 @@ async def step(bench: Bench, one: Overloaded, factor: float, watch: BrokerWatch
 
     began = time.time()
     await watch.start()
-    try:
+    try:  # under a name of its own: not a paced phase of the sweeps (sustained rate, plot)
         result = await bench.phase(
-            target, "paced", rate=rate, duration=length, fraction=None,
-            label=f"{target.name} overload {factor:g}xS", during=start_probe,
+            replace(target, name=f"{target.name}-overload"), "paced", rate=rate,
+            duration=length, label=f"{target.name} overload {factor:g}xS", during=start_probe,
             drain_timeout=opts.overload_drain_timeout)
     finally:
         stop.set()
