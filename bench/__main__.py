@@ -1,8 +1,10 @@
 """``python -m bench`` (or ``bin/bench``): run the benchmark and write its results.
 
-Presets: the default full run (about 7 minutes on 2 cores), ``--quick`` (about two minutes:
-fewer and shorter phases, no profile) and ``--smoke`` (a few hundred events at one fixed rate:
-checks that the harness works, not the speed). Every option below overrides the preset.
+Presets: the default full run (about 7 minutes on 2 cores before the overload phases, which
+add about 15, and the million-delivery backlog phase, which takes hours: ``--backlog 0`` skips
+it), ``--quick`` (a few minutes: fewer and shorter phases, no profile, a 5,000-delivery
+backlog) and ``--smoke`` (a few hundred events at one fixed rate: checks that the harness
+works, not the speed). Every option below overrides the preset.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ PRESETS: dict[str, dict[str, object]] = {
         "repeats": 0, "slow_duration": 6.0, "warmup_events": 100, "drain_timeout": 15.0,
         "realistic_duration": 10.0,
         "audit_timeout": 15.0, "settle_timeout": 10.0,
+        "overload_duration": 15.0, "overload_drain_timeout": 120.0, "recovery_window": 10.0,
+        "overload_raw": False, "backlog": 5000, "retry_schedule": "5s,2m",
+        "backlog_timeout": 300.0,
     },
     "smoke": {
         "admitted_duration": 1.5, "duration": 1.5, "search_steps": 0, "window": 100,
@@ -34,6 +39,10 @@ PRESETS: dict[str, dict[str, object]] = {
         "slow_delay": 0.5, "warmup_events": 0, "realistic_duration": 2.0, "hot_rate": 40.0,
         "real_rate": 20.0,
         "drain_timeout": 15.0, "audit_timeout": 15.0, "settle_timeout": 5.0,
+        "overload_factors": (1.5,), "overload_duration": 2.0, "overload_drain_timeout": 15.0,
+        "recovery_window": 1.0, "overload_raw": False, "backlog": 30,
+        "backlog_others_fraction": 0.5, "retry_schedule": "1s,8s", "backlog_timeout": 20.0,
+        "broker_interval": 60.0,
     },
 }
 
@@ -113,6 +122,28 @@ def parse(argv: list[str] | None = None) -> Options:
                         help="skip the realistic-receivers phase")
     parser.add_argument("--hot-rate", type=float,
                         help="events/s to the realistic phase's hot endpoint (200)")
+    parser.add_argument("--no-overload", dest="overload", action="store_false", default=None,
+                        help="skip the overload phases")
+    parser.add_argument("--overload-factors", type=_fractions,
+                        help="overload phases at these multiples of the sustained rate (1.5,3)")
+    parser.add_argument("--overload-duration", type=float,
+                        help="seconds of load of each overload phase (60)")
+    parser.add_argument("--overload-raw", action=argparse.BooleanOptionalAction, default=None,
+                        help="the raw chain through the same overload phases (full run: yes)")
+    parser.add_argument("--backlog", type=int, metavar="N",
+                        help="deliveries piled up for a failing endpoint (full run 1,000,000; "
+                        "0: no backlog phase). Run large ones on a node of your own "
+                        "(--amqp-url, --rabbitmqctl): a memory alarm stops every publisher")
+    parser.add_argument("--backlog-fraction", type=float,
+                        help="rate of the backlog's events, share of the sustained rate (0.3)")
+    parser.add_argument("--backlog-timeout", type=float,
+                        help="longest wait, s, for the backlog to fail once and to drain")
+    parser.add_argument("--retry-schedule",
+                        help="DIHYA_DELIVERER_RETRY_SCHEDULE for the run (the deliverer's "
+                        "default in a full run)")
+    parser.add_argument("--rabbitmqctl",
+                        help="command reaching the node for its memory and alarms "
+                        "(default: rabbitmqctl)")
     parser.add_argument("--verify-every", type=int,
                         help="the sink verifies every n-th delivery (1: all)")
     parser.add_argument("--keep-logs", action="store_true", default=None,
@@ -127,7 +158,9 @@ def parse(argv: list[str] | None = None) -> Options:
                 "admitted_duration", "fractions", "raw_fractions", "http_fractions", "http",
                 "repeats", "profile", "profile_at", "slow", "slow_delay", "slow_duration",
                 "verify_every", "keep_logs", "fixed_rate", "fast_path", "realistic",
-                "hot_rate"):
+                "hot_rate", "overload", "overload_factors", "overload_duration",
+                "overload_raw", "backlog", "backlog_fraction", "backlog_timeout",
+                "retry_schedule", "rabbitmqctl"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value

@@ -6,6 +6,9 @@
   so nothing between two samples is missed; RSS is a peak over samples.
 * :class:`QueueSampler` asks RabbitMQ for each queue's ready-message count with a passive
   declare (no management plugin needed), every second.
+* :class:`BrokerWatch` asks the node for its memory use, its memory limit and its alarms
+  (``rabbitmqctl status``, no management plugin either) every ``interval`` seconds while a
+  long phase runs: an overload or a deep backlog must not set off a memory alarm.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import orjson
 import psutil
 
 MIB = 1024 * 1024
@@ -136,8 +142,15 @@ class ProcSampler:
         return out
 
 
-def rabbitmq_pids() -> list[int]:
-    """The local RabbitMQ node's Erlang VM (``beam.smp``), if it runs on this machine."""
+def rabbitmq_pids(port: int | None = None) -> list[int]:
+    """The local RabbitMQ node's Erlang VM (``beam.smp``), if it runs on this machine: the one
+    listening on ``port`` when it can be told (a node of one's own, beside the machine's)."""
+    if port is not None:
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.net_connections("tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr and \
+                        conn.laddr.port == port and conn.pid:
+                    return [conn.pid]
     found = []
     for proc in psutil.process_iter(["name", "cmdline"]):
         with contextlib.suppress(psutil.Error):
@@ -243,3 +256,97 @@ def _slope(points: list[tuple[float, int]]) -> float:
     if var == 0:
         return 0.0
     return sum((t - mean_t) * (v - mean_v) for t, v in points) / var
+
+
+STATUS_TIMEOUT = 20.0
+"""Seconds one ``rabbitmqctl status`` may take (a node too busy to answer is a finding too:
+``error`` says so)."""
+
+
+@dataclass
+class BrokerSample:
+    at: float
+    mem_used: int
+    """What the node counts against its limit (RSS with the default strategy), bytes."""
+    mem_limit: int
+    alarms: list[str]
+    quorum_ets: int
+    """Memory of the quorum queues' in-memory tables (Raft log and index), bytes."""
+    breakdown: dict[str, int]
+    """The node's memory by category (``rabbitmqctl status``), bytes."""
+
+
+class BrokerWatch:
+    """The node's memory and alarms, from ``rabbitmqctl -q status --formatter json`` every
+    ``interval`` seconds (each call costs the machine about 0.8 s of CPU: sample sparingly).
+
+    ``ctl`` is the command that reaches the node (``rabbitmqctl``, or with ``-n`` and the
+    environment of a node of one's own); a node it cannot reach leaves ``error`` set and no
+    samples, never a made-up figure."""
+
+    def __init__(self, ctl: str = "rabbitmqctl", interval: float = 15.0) -> None:
+        self._ctl = shlex.split(ctl)
+        self._interval = interval
+        self.samples: list[BrokerSample] = []
+        self.error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _status(self) -> BrokerSample | None:
+        try:
+            done = subprocess.run([*self._ctl, "-q", "status", "--formatter", "json"],
+                                  capture_output=True, timeout=STATUS_TIMEOUT, check=True)
+            data = orjson.loads(done.stdout)
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            self.error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            return None
+        memory = data.get("memory") or {}
+        total = memory.get("total") or {}
+        used = int(total.get("rss") or total.get("allocated") or total.get("erlang") or 0)
+        return BrokerSample(time.time(), used, int(data.get("vm_memory_high_watermark_limit")
+                                                   or 0),
+                            [str(a) for a in data.get("alarms") or []],
+                            int(memory.get("quorum_ets") or 0),
+                            {k: int(v) for k, v in memory.items() if isinstance(v, int)})
+
+    async def sample(self) -> BrokerSample | None:
+        found = await asyncio.to_thread(self._status)
+        if found is not None:
+            self.samples.append(found)
+        return found
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.sample()
+
+    async def start(self) -> BrokerSample | None:
+        """Sample now, then every ``interval`` seconds until :meth:`stop`; the first sample."""
+        first = await self.sample()
+        self._task = asyncio.create_task(self._run())
+        return first
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.sample()  # the state at the end, whatever the interval
+
+    def window(self, start: float) -> dict[str, Any]:
+        """Memory and alarms seen since ``start``: the peak against the limit, every alarm."""
+        inside = [s for s in self.samples if s.at >= start]
+        if not inside:
+            return {"samples": 0, "error": self.error}
+        peak = max(inside, key=lambda s: s.mem_used)
+        limit = peak.mem_limit
+        return {
+            "samples": len(inside),
+            "mem_used_start_mib": round(inside[0].mem_used / MIB, 1),
+            "mem_used_peak_mib": round(peak.mem_used / MIB, 1),
+            "mem_limit_mib": round(limit / MIB, 1),
+            "peak_share_of_limit": round(peak.mem_used / limit, 3) if limit else None,
+            "quorum_ets_peak_mib": round(max(s.quorum_ets for s in inside) / MIB, 1),
+            "alarms": sorted({a for s in inside for a in s.alarms}),
+            "error": self.error,
+        }

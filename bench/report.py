@@ -38,6 +38,11 @@ def _closest(phases: list[dict[str, Any]], fraction: float) -> dict[str, Any] | 
     return min(with_fraction, key=lambda p: abs(p["fraction_of_saturation"] - fraction))
 
 
+def half_saturation(results: dict[str, Any], target: str) -> dict[str, Any] | None:
+    """The target's paced phase closest to ½ its saturation (the moderate-load figures)."""
+    return _closest(_phases(results, target), 0.5)
+
+
 def keeps_up(phase: dict[str, Any]) -> bool:
     """A paced phase the system kept up with: ≥ 95 % of the offered rate came out while load
     was on, and the rest within 2 s of the last publish."""
@@ -100,16 +105,12 @@ def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float
     half = _closest(dihya, 0.5)
     full = _closest(dihya, 1.0)
     cpu = saturation["cpu_pct"] if saturation else {}
-    per_delivery = {
-        g: round(pct * 10 / saturation["throughput_dps"], 3)
-        for g, pct in cpu.items() if saturation and saturation["throughput_dps"]
-    }
+    per_delivery = _per_delivery(saturation)
     raw_sat = next((p for p in _phases(results, "raw", "admitted")), None)
     raw_cpu = raw_sat["cpu_pct"] if raw_sat else {}
-    raw_per_delivery = {
-        g: round(pct * 10 / raw_sat["throughput_dps"], 3)
-        for g, pct in raw_cpu.items() if raw_sat and raw_sat["throughput_dps"]
-    }
+    raw_per_delivery = _per_delivery(raw_sat)
+    half_cpu = _per_delivery(half)
+    raw_half_cpu = _per_delivery(_closest(_phases(results, "raw"), 0.5))
     # CPU per delivery summed over the processes doing the work (the broker included): on a
     # machine shared with other work this ratio moves less than the throughput ratio does.
     dihya_cost = sum(per_delivery.get(g, 0.0) for g in (*SERVICES, "rabbitmq"))
@@ -155,6 +156,13 @@ def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float
         "raw_cpu_pct_at_saturation": raw_cpu,
         "raw_cpu_ms_per_delivery": raw_per_delivery,
         "cpu_ms_per_delivery_total": {"dihya": round(dihya_cost, 2), "raw": round(raw_cost, 2)},
+        # moderate-load efficiency: the same at ½ S, where batches are small
+        "cpu_ms_per_delivery_at_half_saturation": half_cpu,
+        "raw_cpu_ms_per_delivery_at_half_saturation": raw_half_cpu,
+        "cpu_ms_per_delivery_total_at_half_saturation": {
+            "dihya": round(sum(half_cpu.get(g, 0.0) for g in (*SERVICES, "rabbitmq")), 2),
+            "raw": round(sum(raw_half_cpu.get(g, 0.0)
+                             for g in ("raw-relay", "raw-poster", "rabbitmq")), 2)},
         "cpu_cost_ratio": round(raw_cost / dihya_cost, 3) if dihya_cost else None,
         "peak_rss_mib_per_process": rss,
         "audit_lag_s_after_load_stopped_worst_paced": worst_lag,
@@ -198,8 +206,61 @@ def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float
                 f"≥ {HOT_TARGET:g}", hot, hot is not None and hot >= HOT_TARGET),
         _target("peak RSS of a service process, MiB", f"< {RSS_TARGET_MIB:g}", biggest,
                 biggest is not None and biggest < RSS_TARGET_MIB),
+        *overload_targets(results.get("overload")),
+        *backlog_targets(results.get("backlog")),
     ]
     return out
+
+
+def _per_delivery(phase: dict[str, Any] | None) -> dict[str, float]:
+    """CPU ms per delivery of each process group over a phase's steady window."""
+    if not phase or not phase["throughput_dps"]:
+        return {}
+    return {g: round(pct * 10 / phase["throughput_dps"], 3)
+            for g, pct in phase["cpu_pct"].items()}
+
+
+def overload_targets(overload: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The overload phases' verdicts for Dihya (the raw chain's are in ``overload``)."""
+    runs = ((overload or {}).get("runs") or {}).get("dihya-amqp")
+    if not runs:
+        return []
+    factors = "/".join(f"{r['factor']:g}" for r in runs)
+    return [
+        _target(f"overload {factors} x S: delivered ÷ S, lowest {runs[0]['window_s']} s window "
+                "while loaded", "≥ 0.9",
+                [round((r["delivered_min_window_dps"] or 0) / r["sustained_dps"], 3)
+                 for r in runs], all(r["held"] for r in runs)),
+        _target("overload: processes crashed, memory alarms", "none",
+                [[r["crashed"], r["broker"].get("alarms")] for r in runs],
+                all(not r["crashed"] and not r["memory_alarm"] for r in runs)),
+        _target("overload: backlog drain rate ÷ S", "≥ 1",
+                [round(r["drain_dps"] / r["sustained_dps"], 3) if r["drain_dps"] else None
+                 for r in runs], all(r["drained_at_or_above_s"] for r in runs)),
+        _target("overload: fresh events' p99 back under 2 x its ½ S value, s after the drain",
+                "≤ 30", [r["p99_recovered_s_after_drain"] for r in runs],
+                all(r["recovered"] for r in runs)),
+    ]
+
+
+def backlog_targets(backlog: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The backlog phase's verdicts."""
+    if not backlog:
+        return []
+    n = backlog["backlog"]
+    return [
+        _target(f"backlog of {n}: other endpoints' p99 ÷ their baseline", "≤ 2",
+                backlog["others_p99_ratio"], backlog["others_p99_held"]),
+        _target(f"backlog of {n}: RabbitMQ memory peak ÷ its limit (alarms)", "no alarm",
+                [backlog["broker"].get("peak_share_of_limit"), backlog["broker"].get("alarms")],
+                not backlog["memory_alarm"] and backlog["broker"].get("samples", 0) > 0),
+        _target(f"backlog of {n}: drain rate ÷ S", "≥ 0.9",
+                round(backlog["drain_dps"] / backlog["sustained_dps"], 3)
+                if backlog["drain_dps"] else None, backlog["drain_held"]),
+        _target(f"backlog of {n}: retry schedule respected (attempts early)", "0",
+                backlog["schedule"]["early"],
+                backlog["schedule"]["respected"] and backlog["drained"]),
+    ]
 
 
 def _target(name: str, goal: str, measured: Any, met: bool) -> dict[str, Any]:
@@ -298,6 +359,11 @@ def table(results: dict[str, Any]) -> str:
         *sustained_line,
         "CPU at Dihya saturation (% of a core): " + ", ".join(
             f"{g} {v}" for g, v in s["cpu_pct_at_saturation"].items()),
+        "CPU ms per delivery, at S | at ½ S: " + ", ".join(
+            f"{g} {v} | {s.get('cpu_ms_per_delivery_at_half_saturation', {}).get(g, '-')}"
+            for g, v in s["cpu_ms_per_delivery"].items()),
+        *overload_lines(results.get("overload")),
+        *backlog_lines(results.get("backlog")),
         "Peak RSS per process (MiB): " + ", ".join(
             f"{g} {v}" for g, v in s["peak_rss_mib_per_process"].items()),
         "",
@@ -307,6 +373,39 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"  [{'met' if t['met'] else 'NOT met'}] {t['target']}: "
                      f"{t['measured']} (goal {t['goal']})")
     return "\n".join(lines)
+
+
+def overload_lines(overload: dict[str, Any] | None) -> list[str]:
+    """One line per overload phase, Dihya and the raw chain side by side."""
+    lines = []
+    for name, runs in ((overload or {}).get("runs") or {}).items():
+        for r in runs:
+            lines.append(
+                f"Overload {name} {r['factor']:g} x S ({r['offered_dps']:.0f}/s offered, S "
+                f"{r['sustained_dps']:.0f}): lowest {r['window_s']} s window "
+                f"{r['delivered_min_window_dps']}/s, mean {r['delivered_mean_dps_while_loaded']}"
+                f"/s; drain {r['drain_dps']}/s in {r['drain_s']} s; p99 back "
+                f"{r['p99_recovered_s_after_drain']} s after; crashed {r['crashed'] or 'none'}; "
+                f"broker peak {r['broker'].get('mem_used_peak_mib')} MiB "
+                f"alarms {r['broker'].get('alarms')}")
+    return lines
+
+
+def backlog_lines(backlog: dict[str, Any] | None) -> list[str]:
+    """The backlog phase in two lines."""
+    if not backlog:
+        return []
+    b = backlog
+    return [
+        f"Backlog {b['backlog']} ({b['published_dps']}/s, schedule {b['retry_schedule_s']} s): "
+        f"{b['in_retry_tiers_at_full_backlog']} in retry tiers; broker +"
+        f"{b['broker_growth_mib']} MiB ({b['broker_bytes_per_queued_delivery']} B each), peak "
+        f"{b['broker'].get('mem_used_peak_mib')} of {b['broker'].get('mem_limit_mib')} MiB, "
+        f"alarms {b['broker'].get('alarms')}; others' p99 {b['others_p99_ms_baseline']} → "
+        f"{b['others_p99_ms_during']} ms",
+        f"  drain {b['delivered_after_recovery']}/{b['backlog']} at {b['drain_dps']}/s in "
+        f"{b['drain_s']} s, duplicates {b['duplicates']}; schedule: {b['schedule']}",
+    ]
 
 
 def _get(summary: dict[str, Any], key: str, before: str) -> Any:

@@ -16,7 +16,11 @@ Order of a run (each step's figures land in ``results.json``):
 8. **slow endpoint**: events fanned out to 4 fast endpoints and a fifth on another receiver,
    first answering at once, then in 2 s — throughput to the fast four, both ways;
 9. **realistic receivers** (:mod:`bench.realistic`): a hot endpoint answering in 200 ms
-   offered 200 events/s while 4 others answer in 50 ms median, 500 ms p99.
+   offered 200 events/s while 4 others answer in 50 ms median, 500 ms p99;
+10. **overload** (:mod:`bench.overload`): open loop at 1.5 and 3 x the sustained rate, Dihya
+    then the raw chain: delivered rate held, no crash, no memory alarm, drain, p99 recovery;
+11. **backlog** (:mod:`bench.backlog`, ``--backlog N``): one endpoint down while N deliveries
+    pile up in the retry tiers, then back: the others' p99, RabbitMQ's memory, the drain.
 
 Throughput is counted from the sink's arrival bins over the phase's steady window (from
 ``warm`` seconds after the first publish to the last publish), CPU and RSS over the same window.
@@ -40,24 +44,29 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiohttp
 import orjson
 
-from bench import profile, raw_chain, realistic
+from bench import backlog, overload, profile, raw_chain, realistic
 from bench.dihya import AuditFollower, metric, publisher_token, register
 from bench.load import AmqpSender, EventFactory, HttpSender, Send, SendStats, admitted, paced
-from bench.monitor import ProcSampler, QueueSampler, loadavg, rabbitmq_pids
-from bench.report import sustains
+from bench.monitor import BrokerWatch, ProcSampler, QueueSampler, loadavg, rabbitmq_pids
+from bench.report import half_saturation, sustained_phase, sustains
 from launcher.processes import SERVICES, System, free_port
 from shared import topology
+from shared.schedules import parse_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 LOAD_TYPE = "bench.load"
 FANOUT_TYPE = "bench.fanout"
 HOT_TYPE = "bench.hot"
 REAL_TYPE = "bench.real"
+BACKLOG_TYPE = "bench.backlog"
+DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"  # the deliverer's default
+DEFAULT_RETRY_JITTER = 0.2
 DEFER_TIER_MS = 1000  # the deliverer's default DEFER_DELAY
 HEALTH_QUEUE = "dihya.ingest.health"  # ingest's own copy of delivery.attempted (endpoint health)
 UPWARD_STEP = 0.2
@@ -130,6 +139,33 @@ class Options:
     keep_logs: bool = False
     fast_path: bool = True
     """The broker fast path (DIHYA_AMQP_FAST_PATH); ``--plain-path`` turns it off."""
+    overload: bool = True
+    overload_factors: tuple[float, ...] = (1.5, 3.0)
+    """Overload phases at these multiples of the sustained rate, open loop."""
+    overload_duration: float = 60.0
+    """Seconds of load of each overload phase."""
+    overload_drain_timeout: float = 600.0
+    """Longest wait for an overload phase's backlog to drain."""
+    recovery_window: float = 30.0
+    """Fresh events keep coming this long after an overload's drain (its p99 recovery)."""
+    overload_raw: bool = True
+    """The raw chain goes through the same overload phases (side by side)."""
+    backlog: int = 1_000_000
+    """Deliveries piled up for the failing endpoint of the backlog phase (0: no phase)."""
+    backlog_fraction: float = 0.3
+    """Rate of the backlog's events, as a share of the sustained rate (each fails and comes
+    back at least once while it piles up: the stages see about twice it)."""
+    backlog_others_fraction: float = 0.1
+    """Deliveries/s to the fast endpoints meanwhile, as a share of the sustained rate."""
+    backlog_timeout: float = 10_800.0
+    """Longest wait for the backlog to fail once, and then to drain."""
+    retry_schedule: str | None = None
+    """DIHYA_DELIVERER_RETRY_SCHEDULE for the run (None: the deliverer's default)."""
+    rabbitmqctl: str = "rabbitmqctl"
+    """How to reach the node for its memory and alarms (``-n`` and the environment of a node
+    of one's own: ``--rabbitmqctl 'env HOME=... rabbitmqctl -n name'``)."""
+    broker_interval: float = 15.0
+    """Seconds between two memory and alarm samples of the node (each costs ~0.8 s of CPU)."""
     preset: str = "full"
 
 
@@ -207,6 +243,17 @@ class SinkClient:
     async def slow(self, delay: float) -> None:
         async with self.http.post(f"{self.base}/control", json={"slow_delay": delay}) as resp:
             resp.raise_for_status()
+
+    async def down(self, names: list[str]) -> None:
+        """These endpoints answer 503 from now on (an empty list: every endpoint is up)."""
+        async with self.http.post(f"{self.base}/control", json={"down": names}) as resp:
+            resp.raise_for_status()
+
+    async def attempts(self, phase: str) -> dict[str, Any]:
+        """Failed attempts of ``phase`` and the sampled events' attempt times."""
+        async with self.http.get(f"{self.base}/attempts/{phase}") as resp:
+            data: dict[str, Any] = await resp.json()
+            return data
 
     async def wait_ready(self, child: Child, timeout: float = 20.0) -> None:
         loop = asyncio.get_running_loop()
@@ -290,8 +337,10 @@ class Bench:
     async def phase(self, target: Target, mode: str, *, rate: float | None = None,
                     duration: float | None = None, label: str | None = None,
                     report: bool = True, during: Callable[[], Awaitable[Any]] | None = None,
-                    fraction: float | None = None) -> dict[str, Any]:
-        """One phase: load, drain, then figures. ``rate`` is in deliveries/s."""
+                    fraction: float | None = None, drain_timeout: float | None = None
+                    ) -> dict[str, Any]:
+        """One phase: load, drain (up to ``drain_timeout``, by default the options'), then
+        figures. ``rate`` is in deliveries/s."""
         self._n += 1
         phase = f"p{self._n}"
         opts = self.opts
@@ -311,7 +360,8 @@ class Bench:
             stats = await paced(target.send, phase, rate / target.fanout, length)
         side_result = await side if side is not None else None
         expected = stats.confirmed * target.fanout
-        drained = await self.drain(phase, target.group, expected, opts.drain_timeout)
+        drained = await self.drain(phase, target.group, expected,
+                                   drain_timeout or opts.drain_timeout)
         sink = await self.sink.stats(phase)
         warm = min(1.0, 0.2 * length)
         w0, w1 = stats.started + warm, max(stats.ended, stats.started + warm + 0.1)
@@ -345,6 +395,9 @@ class Bench:
             "throughput_dps": round(in_window / (w1 - w0), 1),
             "thirds_dps": thirds,
             "drain_s": round(drained - stats.ended, 2),
+            "load_started_at": stats.started,
+            "load_ended_at": stats.ended,
+            "drained_at": drained,
             "latency_ms": sink["latency_ms"].get(target.group),
             "latency_ms_by_group": sink["latency_ms"],
             "settle_s": settle_s,
@@ -497,7 +550,7 @@ async def run(opts: Options) -> dict[str, Any]:
             timeout=aiohttp.ClientTimeout(total=60)))
 
         names = ["raw", "main", *(f"fast-{i}" for i in range(opts.fast_endpoints)), "slow-0",
-                 "hot", *(f"real-{i}" for i in range(opts.real_endpoints))]
+                 "hot", *(f"real-{i}" for i in range(opts.real_endpoints)), backlog.DOWN]
         keys = {name: make_secret() for name in names}
         (tmp / "secrets.json").write_bytes(orjson.dumps(keys))
         port, slow_port = free_port(), free_port()
@@ -523,9 +576,11 @@ async def run(opts: Options) -> dict[str, Any]:
         if opts.store == "postgres":
             database_urls = await stack.enter_async_context(
                 postgres_databases(opts.pg_url, ["ingest", "signer", "audit"]))
+        schedule = opts.retry_schedule or DEFAULT_RETRY_SCHEDULE
         system = System(url, tmp / "dihya", replicas=dict(opts.replicas),
                         database_urls=database_urls,
-                        env={"DIHYA_AMQP_FAST_PATH": "true" if opts.fast_path else "false"})
+                        env={"DIHYA_AMQP_FAST_PATH": "true" if opts.fast_path else "false",
+                             "DIHYA_DELIVERER_RETRY_SCHEDULE": schedule})
         exit_codes: dict[str, int | None] = {}
 
         async def stop_system() -> None:
@@ -541,7 +596,8 @@ async def run(opts: Options) -> dict[str, Any]:
         ingest, admin = system.url("ingest"), system.admin_token
         await register(http, ingest, admin, sink.url("main"), [LOAD_TYPE], keys["main"])
         for name in names[2:]:
-            kind = {"hot": HOT_TYPE, "real": REAL_TYPE}.get(name.split("-", 1)[0], FANOUT_TYPE)
+            kind = {"hot": HOT_TYPE, "real": REAL_TYPE, "down": BACKLOG_TYPE}.get(
+                name.split("-", 1)[0], FANOUT_TYPE)
             await register(http, ingest, admin, sink.url(name), [kind], keys[name])
         token = await publisher_token(http, ingest, admin)
 
@@ -555,13 +611,19 @@ async def run(opts: Options) -> dict[str, Any]:
                               EventFactory(HOT_TYPE, opts.event_bytes))
         real_send = AmqpSender(url, topology.EVENTS_EXCHANGE, REAL_TYPE,
                                EventFactory(REAL_TYPE, opts.event_bytes))
-        for sender in (raw_send, amqp_send, fan_send, http_send, hot_send, real_send):
+        down_send = AmqpSender(url, topology.EVENTS_EXCHANGE, BACKLOG_TYPE,
+                               EventFactory(BACKLOG_TYPE, opts.event_bytes))
+        for sender in (raw_send, amqp_send, fan_send, http_send, hot_send, real_send,
+                       down_send):
             await sender.open()
             stack.push_async_callback(sender.close)
 
         dihya_queues = [topology.INGEST_EVENTS, topology.SIGNER_JOBS, topology.DELIVERER_JOBS,
                         topology.AUDIT_FACTS, HEALTH_QUEUE, topology.defer_queue(DEFER_TIER_MS)]
-        rabbit = rabbitmq_pids()
+        delays_ms = parse_schedule(schedule)
+        tiers = [topology.retry_queue(d) for d in sorted(set(delays_ms))] if opts.backlog \
+            else []
+        rabbit = rabbitmq_pids(urlsplit(url).port or 5672)
 
         def groups() -> dict[str, list[int]]:
             found = {s: system.pids(s) for s in SERVICES}
@@ -573,8 +635,8 @@ async def run(opts: Options) -> dict[str, Any]:
         procs = ProcSampler(groups)
         procs.start()
         stack.push_async_callback(procs.stop)
-        queues = QueueSampler(url, [raw_chain.IN_QUEUE, raw_chain.OUT_QUEUE, *dihya_queues],
-                              interval=0.5)
+        queues = QueueSampler(url, [raw_chain.IN_QUEUE, raw_chain.OUT_QUEUE, *dihya_queues,
+                                    *tiers], interval=0.5)
         await queues.start()
         stack.push_async_callback(queues.stop)
         audit = AuditFollower(http, system.url("audit"), admin)
@@ -635,6 +697,21 @@ async def run(opts: Options) -> dict[str, Any]:
             say("Realistic receivers: a hot endpoint answering in 200 ms, others in 50-500 ms:")
             receivers = await realistic.scenario(
                 bench, Target("dihya-hot", hot_send, 1, "hot", True), real_send, opts)
+        watch = BrokerWatch(opts.rabbitmqctl, opts.broker_interval)
+        overloaded: dict[str, Any] | None = None
+        if opts.overload:
+            say(f"Overload: open loop at {', '.join(f'{f:g}' for f in opts.overload_factors)}"
+                " x the sustained rate…")
+            overloaded = await overload.scenario(
+                bench, _overloaded(bench, dihya, raw, s_dihya, s_raw, system,
+                                   [relay, poster, sink_proc]), watch)
+        piled: dict[str, Any] | None = None
+        if opts.backlog:
+            say(f"Backlog: {opts.backlog} deliveries for an endpoint answering 503…")
+            piled = await backlog.scenario(
+                bench, Target("dihya-backlog", down_send, 1, "down", True), fan,
+                _sustained(bench, dihya, s_dihya), watch,
+                tuple(d / 1000 for d in delays_ms), DEFAULT_RETRY_JITTER)
         final_queues = await queues.depths()
         peak_rss = procs.peak_rss()
         finished_load = loadavg()
@@ -654,6 +731,8 @@ async def run(opts: Options) -> dict[str, Any]:
         "profile": profiled,
         "slow_endpoint": slow,
         "realistic_receivers": receivers,
+        "overload": overloaded,
+        "backlog": piled,
         "queues_at_end": final_queues,
         "peak_rss_process_mib": peak_rss,
         "exit_codes": exit_codes,
@@ -661,6 +740,38 @@ async def run(opts: Options) -> dict[str, Any]:
     from bench.report import finish
 
     return finish(results, s_raw=s_raw, s_dihya=s_dihya, s_http=s_http)
+
+
+def _sustained(bench: Bench, target: Target, saturation: float) -> float:
+    """The target's sustained rate (its saturation if it sustained none; the fixed rate of a
+    run at one rate)."""
+    if bench.opts.fixed_rate:
+        return bench.opts.fixed_rate
+    held = sustained_phase({"phases": bench.phases}, target.name)
+    return float(held["offered_dps"]) if held else saturation
+
+
+def _overloaded(bench: Bench, dihya: Target, raw: Target, s_dihya: float, s_raw: float,
+                system: System, children: list[Child]) -> list[overload.Overloaded]:
+    """The overload phases' targets: Dihya over AMQP, then (``overload_raw``) the raw chain."""
+    def p99(target: Target) -> float | None:
+        half = half_saturation({"phases": bench.phases}, target.name)
+        return ((half or {}).get("latency_ms") or {}).get("p99")
+
+    def dihya_down() -> dict[str, list[int | None]]:
+        return {s: [p.returncode for p in system.replica_procs[s] if p is not None
+                    and p.poll() is not None] for s in SERVICES
+                if any(p is None or p.poll() is not None for p in system.replica_procs[s])}
+
+    def raw_down() -> dict[str, list[int | None]]:
+        return {c.name: [c.proc.returncode] for c in children if c.proc.poll() is not None}
+
+    targets = [overload.Overloaded(dihya, _sustained(bench, dihya, s_dihya), p99(dihya),
+                                   dihya_down)]
+    if bench.opts.overload_raw:
+        targets.append(overload.Overloaded(raw, _sustained(bench, raw, s_raw), p99(raw),
+                                           raw_down))
+    return targets
 
 
 async def _rabbit_version(url: str) -> str | None:

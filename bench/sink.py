@@ -19,7 +19,11 @@ The controller reads them over HTTP on the main port:
 * ``GET /count/{phase}[?group=fast]`` → number of unique valid deliveries (plain text; cheap
   enough to poll every 50 ms for admission control);
 * ``GET /stats/{phase}`` → counts, latency percentiles per endpoint group, arrival bins;
-* ``POST /control`` ``{"slow_delay": seconds}`` → how long the slow port takes to answer.
+* ``POST /control`` ``{"slow_delay": seconds}`` → how long the slow port takes to answer;
+  ``{"down": [names]}`` → those endpoints answer 503 (the backlog phase's failing endpoint);
+* ``GET /attempts/{phase}`` → the failed attempts counted, and for every
+  :data:`ATTEMPT_SAMPLE`-th event the times of its failed attempts and of its delivery (to judge
+  the retry schedule).
 
 Endpoint paths are ``/hooks/<name>``; the group of ``fast-3`` is ``fast``. ``hot`` and
 ``real-*`` answer after a delay, as receivers doing work do (:func:`bench.realistic.delay_for`).
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import math
@@ -51,6 +56,9 @@ from bench.realistic import delay_for
 
 BIN = 0.1
 """Width of an arrival-time bin, seconds."""
+ATTEMPT_SAMPLE = 10
+"""A failing endpoint's attempt times are kept for events whose sequence number is a multiple
+of this (enough to judge a retry schedule; a million-event backlog stays small in memory)."""
 
 
 def percentile(sorted_values: list[float] | array[float], q: float) -> float:
@@ -135,6 +143,10 @@ class Sink:
         self.verify_every = max(1, verify_every)
         self.phases: dict[str, Phase] = defaultdict(Phase)
         self.slow_delay = 0.0
+        self.down: set[str] = set()
+        self.failed: dict[str, int] = defaultdict(int)
+        self.attempt_times: dict[str, dict[str, list[float]]] = defaultdict(dict)
+        """phase → sampled event id → times of its failed attempts, then of its delivery."""
         self._n = 0
         self._rng = random.Random()
 
@@ -177,6 +189,9 @@ class Sink:
             phase.duplicates += 1
             return 200
         ids.add(event_id)
+        sampled = self.attempt_times.get(str(meta["phase"]), {}).get(event_id)
+        if sampled is not None:
+            sampled.append(now)
         phase.valid += 1
         phase.body_bytes += len(body)
         phase.latency_ms[name].append((now - sent_at) * 1000)
@@ -185,8 +200,22 @@ class Sink:
         phase.last = now
         return 200
 
+    def refuse(self, body: bytes) -> int:
+        """A delivery to an endpoint that is down: counted (and its time kept, when sampled),
+        answered 503."""
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            payload = orjson.loads(body)
+            phase = str(payload["data"]["bench"]["phase"])
+            event_id = str(payload["id"])
+            self.failed[phase] += 1
+            if int(event_id.rsplit(".", 1)[-1]) % ATTEMPT_SAMPLE == 0:
+                self.attempt_times[phase].setdefault(event_id, []).append(time.time())
+        return 503
+
     async def hook(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if request.match_info["name"] in self.down:
+            return web.Response(status=self.refuse(body), text="down")
         delay = delay_for(request.match_info["name"], self._rng)
         if delay > 0:
             await asyncio.sleep(delay)  # the receiver's own work
@@ -218,7 +247,15 @@ class Sink:
     async def control(self, request: web.Request) -> web.Response:
         body = await request.json(loads=orjson.loads)
         self.slow_delay = float(body.get("slow_delay", self.slow_delay))
+        if "down" in body:
+            self.down = {str(name) for name in body["down"]}
         return web.Response(text="ok")
+
+    async def attempts(self, request: web.Request) -> web.Response:
+        phase = request.match_info["phase"]
+        return web.Response(body=orjson.dumps({"failed": self.failed.get(phase, 0),
+                                               "sampled": self.attempt_times.get(phase, {})}),
+                            content_type="application/json")
 
     async def ready(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -229,6 +266,7 @@ async def serve(sink: Sink, port: int, slow_port: int) -> None:
     main.router.add_post("/hooks/{name}", sink.hook)
     main.router.add_get("/count/{phase}", sink.count)
     main.router.add_get("/stats/{phase}", sink.stats)
+    main.router.add_get("/attempts/{phase}", sink.attempts)
     main.router.add_post("/control", sink.control)
     main.router.add_get("/ready", sink.ready)
     slow = web.Application()
