@@ -1,7 +1,7 @@
 """Ingest: ordered (FIFO) endpoints (#22).
 
-Revision ID: ingest_0009
-Revises: ingest_0008
+Revision ID: ingest_0011
+Revises: ingest_0010
 Create Date: 2026-12-07
 
 ``ordering`` is ``fifo`` for an ordered endpoint, NULL otherwise (every existing endpoint);
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "ingest_0009"
-down_revision: str | None = "ingest_0008"
+revision = "ingest_0011"
+down_revision: str | None = "ingest_0010"
 branch_labels = None
 depends_on = None
 
