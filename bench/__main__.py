@@ -41,7 +41,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "drain_timeout": 15.0, "audit_timeout": 15.0, "settle_timeout": 5.0,
         "overload_factors": (1.5,), "overload_duration": 2.0, "overload_drain_timeout": 15.0,
         "recovery_window": 1.0, "overload_raw": False, "backlog": 30,
-        "backlog_others_fraction": 0.5, "retry_schedule": "1s,8s", "backlog_timeout": 20.0,
+        "backlog_others_fraction": 0.5, "retry_schedule": "1s,15s", "backlog_timeout": 30.0,
         "broker_interval": 60.0,
     },
 }

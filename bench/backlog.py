@@ -77,6 +77,26 @@ def schedule_check(sampled: dict[str, list[float]], delays_s: tuple[float, ...],
     }
 
 
+def busy_rate(bins: list[list[float]], bin_seconds: float, share: float = 0.9) -> float | None:
+    """Deliveries/s over the span holding the middle ``share`` of the arrivals (from the
+    sink's bins): the drain's pace once it runs, not the wait for the first retry to come due."""
+    total = sum(n for _, n in bins)
+    if total < 10:
+        return None
+    low, high = total * (1 - share) / 2, total * (1 + share) / 2
+    seen, start, end = 0.0, None, None
+    for key, n in sorted(bins):
+        seen += n
+        if start is None and seen >= low:
+            start = key * bin_seconds
+        if seen >= high:
+            end = (key + 1) * bin_seconds
+            break
+    if start is None or end is None or end <= start:
+        return None
+    return round(share * total / (end - start), 1)
+
+
 async def _delivered(bench: Bench, phase: str, expected: int, timeout: float) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -134,12 +154,14 @@ async def scenario(bench: Bench, down: Target, fan: Target, sustained: float,
     attempts = await bench.sink.attempts(phase)
     first, last = sink["first"], sink["last"]
     got = sum(sink["by_endpoint"].values())
-    drain_dps = round(got / (last - first), 1) if first and last and last > first else None
+    drain_dps = busy_rate(sink["bins"].get("down", []), sink["bin_seconds"])
     base_p99 = (baseline["latency_ms"] or {}).get("p99")
     during_p99 = (during["latency_ms"] or {}).get("p99")
     ratio = round(during_p99 / base_p99, 2) if base_p99 and during_p99 else None
     broker = watch.window(began)
     grown = (full.mem_used - start.mem_used) if full and start else None
+    index = (full.breakdown.get("quorum_queue_procs", 0)
+             - start.breakdown.get("quorum_queue_procs", 0)) if full and start else None
     return {
         "backlog": n,
         "sustained_dps": round(sustained, 1),
@@ -166,10 +188,14 @@ async def scenario(bench: Bench, down: Target, fan: Target, sustained: float,
         "broker_growth_mib": round(grown / MIB, 1) if grown is not None else None,
         "broker_bytes_per_queued_delivery": round(grown / n) if grown is not None and n
         else None,
+        # the queues' own processes (their message index): what stays while the backlog does
+        "broker_index_bytes_per_queued_delivery": round(index / n) if index is not None and n
+        else None,
         "drained": drained,
         "delivered_after_recovery": got,
         "duplicates": sink["duplicates"],
         "drain_s": round(last - recovered_at, 1) if last else None,
+        "first_delivery_s_after_recovery": round(first - recovered_at, 1) if first else None,
         "drain_dps": drain_dps,
         "drain_held": drain_dps is not None and drain_dps >= DRAIN_SHARE * sustained,
         "schedule": schedule_check(attempts["sampled"], delays_s, jitter),

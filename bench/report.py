@@ -399,7 +399,8 @@ def backlog_lines(backlog: dict[str, Any] | None) -> list[str]:
     return [
         f"Backlog {b['backlog']} ({b['published_dps']}/s, schedule {b['retry_schedule_s']} s): "
         f"{b['in_retry_tiers_at_full_backlog']} in retry tiers; broker +"
-        f"{b['broker_growth_mib']} MiB ({b['broker_bytes_per_queued_delivery']} B each), peak "
+        f"{b['broker_growth_mib']} MiB (index {b.get('broker_index_bytes_per_queued_delivery')} "
+        "B each), peak "
         f"{b['broker'].get('mem_used_peak_mib')} of {b['broker'].get('mem_limit_mib')} MiB, "
         f"alarms {b['broker'].get('alarms')}; others' p99 {b['others_p99_ms_baseline']} → "
         f"{b['others_p99_ms_during']} ms",

@@ -65,8 +65,7 @@ FANOUT_TYPE = "bench.fanout"
 HOT_TYPE = "bench.hot"
 REAL_TYPE = "bench.real"
 BACKLOG_TYPE = "bench.backlog"
-DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"  # the deliverer's default
-DEFAULT_RETRY_JITTER = 0.2
+DEFAULT_RETRY_JITTER = 0.2  # the deliverer's default RETRY_JITTER
 DEFER_TIER_MS = 1000  # the deliverer's default DEFER_DELAY
 HEALTH_QUEUE = "dihya.ingest.health"  # ingest's own copy of delivery.attempted (endpoint health)
 UPWARD_STEP = 0.2
@@ -576,11 +575,11 @@ async def run(opts: Options) -> dict[str, Any]:
         if opts.store == "postgres":
             database_urls = await stack.enter_async_context(
                 postgres_databases(opts.pg_url, ["ingest", "signer", "audit"]))
-        schedule = opts.retry_schedule or DEFAULT_RETRY_SCHEDULE
+        env = {"DIHYA_AMQP_FAST_PATH": "true" if opts.fast_path else "false"}
+        if opts.retry_schedule:
+            env["DIHYA_DELIVERER_RETRY_SCHEDULE"] = opts.retry_schedule
         system = System(url, tmp / "dihya", replicas=dict(opts.replicas),
-                        database_urls=database_urls,
-                        env={"DIHYA_AMQP_FAST_PATH": "true" if opts.fast_path else "false",
-                             "DIHYA_DELIVERER_RETRY_SCHEDULE": schedule})
+                        database_urls=database_urls, env=env)
         exit_codes: dict[str, int | None] = {}
 
         async def stop_system() -> None:
@@ -620,7 +619,8 @@ async def run(opts: Options) -> dict[str, Any]:
 
         dihya_queues = [topology.INGEST_EVENTS, topology.SIGNER_JOBS, topology.DELIVERER_JOBS,
                         topology.AUDIT_FACTS, HEALTH_QUEUE, topology.defer_queue(DEFER_TIER_MS)]
-        delays_ms = parse_schedule(schedule)
+        delays_ms = (parse_schedule(opts.retry_schedule) if opts.retry_schedule
+                     else topology.DEFAULT_RETRY_DELAYS_MS)
         tiers = [topology.retry_queue(d) for d in sorted(set(delays_ms))] if opts.backlog \
             else []
         rabbit = rabbitmq_pids(urlsplit(url).port or 5672)
