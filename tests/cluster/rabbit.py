@@ -32,6 +32,11 @@ RabbitMQ's default is 60). A frozen node keeps its distribution connections open
 it is declared down every write to RabbitMQ's metadata store (a quorum queue's new leader, a
 consumer's registration) waits for it: see docs/operations.md, "Running on a cluster"."""
 
+DLX_CONFIRM_MS = 5000
+"""Milliseconds after which RabbitMQ's dead-letter worker resends a message not confirmed
+(``dead_letter_worker_publisher_confirm_timeout``; 180,000 by default): what the production
+manifests set too (deploy/k8s/production/rabbitmq.yaml)."""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -91,6 +96,13 @@ class Cluster:
                 f"net_ticktime = {NET_TICKTIME}\n"
                 "loopback_users = none\n"
             )
+            # RabbitMQ's own at-least-once dead-lettering (a retry's way back from its wait
+            # queue) resends an unconfirmed message after this long: 180 s by default, and a
+            # killed node's nacks can catch it (docs/operations.md, "Running on a cluster").
+            # The name changed in 4.x (``_ms``); an unknown key is ignored.
+            (base / "advanced.config").write_text(
+                f"[{{rabbit, [{{dead_letter_worker_publisher_confirm_timeout, {DLX_CONFIRM_MS}}},\n"
+                f"            {{dead_letter_worker_publisher_confirm_timeout_ms, {DLX_CONFIRM_MS}}}]}}].\n")
             self.nodes.append(node)
 
     # -- environment and commands --------------------------------------------------------
