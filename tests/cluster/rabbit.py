@@ -100,9 +100,10 @@ class Cluster:
             # queue) resends an unconfirmed message after this long: 180 s by default, and a
             # killed node's nacks can catch it (docs/operations.md, "Running on a cluster").
             # The name changed in 4.x (``_ms``); an unknown key is ignored.
-            (base / "advanced.config").write_text(
-                f"[{{rabbit, [{{dead_letter_worker_publisher_confirm_timeout, {DLX_CONFIRM_MS}}},\n"
-                f"            {{dead_letter_worker_publisher_confirm_timeout_ms, {DLX_CONFIRM_MS}}}]}}].\n")
+            keys = ("dead_letter_worker_publisher_confirm_timeout",
+                    "dead_letter_worker_publisher_confirm_timeout_ms")
+            terms = ", ".join(f"{{{key}, {DLX_CONFIRM_MS}}}" for key in keys)
+            (base / "advanced.config").write_text(f"[{{rabbit, [{terms}]}}].\n")
             self.nodes.append(node)
 
     # -- environment and commands --------------------------------------------------------

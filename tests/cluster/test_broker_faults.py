@@ -27,6 +27,7 @@ from tests.cluster.books import Books, keep, longest_gap
 from tests.cluster.conftest import Rig
 from tests.cluster.load import Arrivals, Load, amqp_publish, http_publish
 from tests.cluster.probe import ProbeResult, leader_loss_probe
+from tests.cluster.rabbit import DLX_CONFIRM_MS
 
 N = int(os.environ.get("DIHYA_CLUSTER_EVENTS", "1500"))
 MAX_STALL = 3.0 * DEFAULT_HEARTBEAT
@@ -151,6 +152,15 @@ def check(books: Books, max_stall: float = MAX_STALL) -> None:
     assert books.accepted >= N
     failures = books.failures(max_stall)
     assert not failures, (failures, books)
+
+
+def test_nodes_resend_a_dead_letter_hop_after_5_s(rig: Rig) -> None:
+    """The nodes took the suite's advanced.config: RabbitMQ's dead-letter worker resends an
+    unconfirmed hop after DLX_CONFIRM_MS, not its default 180 s (see tests/cluster/rabbit.py)."""
+    for node in rig.cluster.nodes:
+        got = rig.cluster.ctl(node, "eval", "application:get_env(rabbit, "
+                              "dead_letter_worker_publisher_confirm_timeout).")
+        assert got.strip() == f"{{ok,{DLX_CONFIRM_MS}}}", (node.name, got)
 
 
 def test_leaders_are_spread_over_the_nodes(rig: Rig) -> None:
