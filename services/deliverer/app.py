@@ -31,6 +31,7 @@ from services.deliverer.metrics import (
     DEAD,
     DEFERRED,
     ENDPOINT_CONCURRENCY,
+    KEYS_HELD,
     ORDERED,
     PACED,
     PARKED,
@@ -38,7 +39,7 @@ from services.deliverer.metrics import (
     RETRIES,
     TIERS_DECLARED,
 )
-from services.deliverer.ordered import ASK_AGAIN_AFTER, KeyTurns, SignNow
+from services.deliverer.ordered import ASK_AGAIN_AFTER, SignNow
 from services.deliverer.paced import PaceGate
 from services.deliverer.pacing import Pacer, defer_tier, shard_of
 from services.deliverer.proxy import ProxyRouter
@@ -60,6 +61,7 @@ from shared.contracts import AttemptRecord, DeliveryJob, SignedDelivery, SignRef
 from shared.egress import BlockedAddressError, check_url
 from shared.ordering import lane_of
 from shared.runtime import Stop
+from shared.turns import KeyTurns
 from shared.web import add_ops_routes, errors_middleware, serve
 
 log = structlog.get_logger("dihya.deliverer")
@@ -217,6 +219,7 @@ class Deliverer:
                                     topology.PACED_SHARDS), settings.max_pace_wait)
         self._sign_now = sign_now
         self._keys = KeyTurns()
+        KEYS_HELD.set_function(self._keys.waiting)
 
     async def post(self, signed: SignedDelivery,
                    written: Callable[[], None] | None = None) -> Response:

@@ -2,10 +2,10 @@
 
 A FIFO lane (:func:`shared.topology.fifo_queue`) has one active consumer among the deliverer
 replicas, so one process gets every message of a key, in the order ingest published them.
-Within that process the messages of one key take :class:`KeyTurns` in arrival order: the
-first holds its key while it is signed, POSTed, retried and finally delivered or
-dead-lettered, and only then does the next one start. Different keys (of the lane, or of
-other lanes) go on side by side, up to the lane's prefetch.
+Within that process the messages of one key take turns (:class:`shared.turns.KeyTurns`) in
+arrival order: the first holds its key while it is signed, POSTed, retried and finally
+delivered or dead-lettered, and only then does the next one start. Different keys (of the
+lane, or of other lanes) go on side by side, up to the lane's prefetch.
 
 Signing happens at the last moment, for each attempt, by asking the signer
 (:class:`SignNow`, RPC over direct reply-to): a delivery held behind a failing one never
@@ -15,16 +15,13 @@ carries a signature older than its POST.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Annotated
 
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 from pydantic import Field, TypeAdapter, ValidationError
 
-from services.deliverer.metrics import KEYS_HELD, ORDERED
+from services.deliverer.metrics import ORDERED
 from shared import topology
 from shared.broker.rpc import Requester
 from shared.contracts import DeliveryJob, SignedDelivery, SignRefusal, encode
@@ -33,40 +30,6 @@ log = structlog.get_logger("dihya.deliverer")
 
 ASK_AGAIN_AFTER = 1.0
 """Seconds before a sign-now request that got no answer is asked again."""
-
-
-@dataclass
-class _Key:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
-class KeyTurns:
-    """Per key, one holder at a time; the others wait in the order they arrived (asyncio
-    locks are fair). A key nobody holds or waits for is forgotten."""
-
-    def __init__(self) -> None:
-        self._keys: dict[tuple[str, str], _Key] = {}
-        KEYS_HELD.set_function(self.waiting)
-
-    def waiting(self) -> int:
-        """Deliveries waiting behind the holder of their key."""
-        return sum(max(k.users - 1, 0) for k in self._keys.values())
-
-    @asynccontextmanager
-    async def turn(self, key: tuple[str, str]) -> AsyncIterator[Callable[[], int]]:
-        """Hold ``key``'s turn (waiting for it first); yields how many wait behind, now."""
-        entry = self._keys.get(key)
-        if entry is None:
-            entry = self._keys[key] = _Key()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield lambda: entry.users - 1
-        finally:
-            entry.users -= 1
-            if not entry.users:
-                del self._keys[key]
 
 
 class SignNow:

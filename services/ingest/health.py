@@ -33,6 +33,7 @@ import structlog
 from services.ingest import metrics
 from services.ingest.decisions import (
     DELIVERED_RESOLUTION,
+    Attempt,
     Health,
     assess,
     attempt_of,
@@ -47,6 +48,7 @@ from shared import topology
 from shared.batching import Batcher
 from shared.broker import Delivery, Publisher, confirm_all
 from shared.contracts import AuditFact, decode_facts, utcnow
+from shared.turns import KeyTurns
 
 log = structlog.get_logger("dihya.ingest.health")
 
@@ -73,6 +75,11 @@ class HealthHandler:
         self._failing_after = failing_after
         self._healthy: dict[str, datetime] = {}
         """Endpoints last seen enabled and not failing → their stored ``last_delivered_at``."""
+        self._turns = KeyTurns()
+        """The facts of one endpoint are judged one after another in this process: judged side
+        by side, each read the same row and all but one lost the compare-and-set, again and
+        again (measured: an endpoint failing ~40 times a second made 2,193 handler failures
+        and 120 parked facts). The compare-and-set remains for the other replicas."""
 
     async def __call__(self, message: Delivery) -> None:
         try:
@@ -122,6 +129,10 @@ class HealthHandler:
             metrics.HEALTH_FACTS.labels(result="unchanged").inc()
             return
         self._healthy.pop(endpoint_id, None)
+        async with self._turns.turn(endpoint_id):  # one judgement per endpoint at a time here
+            await self._judge(fact, attempt, endpoint_id)
+
+    async def _judge(self, fact: AuditFact, attempt: Attempt, endpoint_id: str) -> None:
         for _ in range(MAX_CONTENTION):
             record = await self._store.get_endpoint(endpoint_id)
             if record is None:  # deleted since: nothing to judge

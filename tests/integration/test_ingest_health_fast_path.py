@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -65,5 +66,33 @@ async def test_successes_of_a_healthy_endpoint_skip_the_read(tmp_path: Path) -> 
         assert store.reads > reads  # no longer known healthy: the success ends the run
         record = await store.get_endpoint("ep_fast")
         assert record is not None and record.health.failing_since is None
+    finally:
+        await engine.dispose()
+
+
+async def test_many_failures_of_one_endpoint_at_once_are_each_judged(tmp_path: Path) -> None:
+    """The consumer hands the handler many facts at once (its prefetch): for one failing
+    endpoint they are judged one after another, each counted, none given back for contention
+    (judged side by side they lost the compare-and-set to each other until some gave up)."""
+    engine = make_engine(f"sqlite:///{tmp_path}/ingest.db")
+    await migrate(engine, MIGRATIONS)
+    store = Store(engine)
+    now = utcnow()
+    async with store.transaction() as conn:
+        await store.insert_endpoint(conn, EndpointRecord(
+            id="ep_fast", url="https://hooks.example.com/h", events=("a.b",), description=None,
+            status="enabled", created_at=now, updated_at=now))
+    handler = HealthHandler(store, None, disable_after=5 * 86400)  # type: ignore[arg-type]
+    try:
+        results = await asyncio.gather(
+            *(handler(attempt(n, n * 0.01, delivered=False))  # type: ignore[arg-type]
+              for n in range(200)), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        record = await store.get_endpoint("ep_fast")
+        assert record is not None
+        print(f"\n[books] facts 200, handler failures {len(errors)}, "
+              f"failures counted {record.health.failures}")
+        assert not errors, errors[:1]
+        assert record.health.failures == 200
     finally:
         await engine.dispose()

@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 
 from services.deliverer import decisions
 from services.deliverer.decisions import DeadLetter, Retry
-from services.deliverer.ordered import KeyTurns, parse_answer
+from services.deliverer.ordered import parse_answer
 from services.ingest.decisions import Endpoint, plan
 from services.ingest.models import check_ordering
 from services.ingest.turnstile import Turnstile
 from shared import topology
 from shared.contracts import DeliveryJob, Event, RateLimit, SignRefusal, encode
 from shared.ordering import MAX_KEY_CHARS, key_of, lane_of, valid_path
+from shared.turns import KeyTurns
 
 AT = datetime(2026, 12, 7, tzinfo=UTC)
 
