@@ -445,6 +445,10 @@ def test_health_checks_ask_the_broker_not_its_kernel(render: Any) -> None:
     assert "cluster_partition_handling = pause_minority" in config
     ticktime = re.search(r"^net_ticktime = (\d+)$", config, re.MULTILINE)
     assert ticktime is not None and int(ticktime[1]) <= 15  # a frozen node is let go soon
+    # a dead-letter hop caught by a killed node's nacks is resent in seconds, not 3 minutes
+    advanced = rabbit["spec"]["rabbitmq"]["advancedConfig"]
+    resend = re.search(r"\{dead_letter_worker_publisher_confirm_timeout, (\d+)\}", advanced)
+    assert resend is not None and int(resend[1]) <= 5000
     probe = container["readinessProbe"]
     assert "tcpSocket" not in probe
     assert probe["exec"]["command"][:1] == ["rabbitmq-diagnostics"]
