@@ -160,7 +160,9 @@ def make_facts(n: int, run: str) -> list[AuditFact]:
             event_id=f"evt_{run}_u{i % 4}" if i % 2 else f"evt_{run}_{i % 7}",
             event_type="incident.security" if i % 10 == 0 else "template.created",
             endpoint_id=f"ep_{run}_{i % 5}", delivery_id=f"dlv_{run}_{i % 11}",
-            attempt=1 + i % 4, url="https://example.test/hook",
+            # one attempt per (delivery, attempt) pair: a second delivery.attempted of a pair
+            # would be another POST of it, recorded with details.repeat — by write order
+            attempt=1 + i % 4 + 4 * (i // 44), url="https://example.test/hook",
             outcome="delivered" if i % 3 == 0 else "failed", status_code=200 + i % 3,
             duration_ms=10.25 + i, details={"subject": f"user_{run}_{i % 4}"} if i % 2 else {},
             tenant=f"ten_{run}_{i % 3}" if i % 6 else None,  # every sixth: platform-wide
