@@ -8,6 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from services.ingest.app import MIGRATIONS
 from services.ingest.health import HealthHandler
 from services.ingest.store import EndpointRecord, Store
@@ -40,7 +42,8 @@ def attempt(n: int, at_s: float, *, delivered: bool) -> Message:
 T0 = utcnow()
 
 
-async def test_successes_of_a_healthy_endpoint_skip_the_read(tmp_path: Path) -> None:
+async def with_endpoint(tmp_path: Path) -> tuple[AsyncEngine, CountingStore, HealthHandler]:
+    """A migrated SQLite store holding the enabled endpoint ``ep_fast``, and its handler."""
     engine = make_engine(f"sqlite:///{tmp_path}/ingest.db")
     await migrate(engine, MIGRATIONS)
     store = CountingStore(engine)
@@ -50,6 +53,11 @@ async def test_successes_of_a_healthy_endpoint_skip_the_read(tmp_path: Path) -> 
             id="ep_fast", url="https://hooks.example.com/h", events=("a.b",), description=None,
             status="enabled", created_at=now, updated_at=now))
     handler = HealthHandler(store, None, disable_after=5 * 86400)  # type: ignore[arg-type]
+    return engine, store, handler
+
+
+async def test_successes_of_a_healthy_endpoint_skip_the_read(tmp_path: Path) -> None:
+    engine, store, handler = await with_endpoint(tmp_path)
     try:
         await handler(attempt(0, 0, delivered=True))  # type: ignore[arg-type]
         first = store.reads
@@ -74,15 +82,7 @@ async def test_many_failures_of_one_endpoint_at_once_are_each_judged(tmp_path: P
     """The consumer hands the handler many facts at once (its prefetch): for one failing
     endpoint they are judged one after another, each counted, none given back for contention
     (judged side by side they lost the compare-and-set to each other until some gave up)."""
-    engine = make_engine(f"sqlite:///{tmp_path}/ingest.db")
-    await migrate(engine, MIGRATIONS)
-    store = Store(engine)
-    now = utcnow()
-    async with store.transaction() as conn:
-        await store.insert_endpoint(conn, EndpointRecord(
-            id="ep_fast", url="https://hooks.example.com/h", events=("a.b",), description=None,
-            status="enabled", created_at=now, updated_at=now))
-    handler = HealthHandler(store, None, disable_after=5 * 86400)  # type: ignore[arg-type]
+    engine, store, handler = await with_endpoint(tmp_path)
     try:
         results = await asyncio.gather(
             *(handler(attempt(n, n * 0.01, delivered=False))  # type: ignore[arg-type]
