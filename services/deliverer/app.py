@@ -577,7 +577,6 @@ class Deliverer:
         _log_attempt(job, outcome, record, step)
 
 
-
 def _log_attempt(job: DeliveryJob, outcome: decisions.Outcome, record: AttemptRecord,
                  step: decisions.Step) -> None:
     # A success is logged at debug: the audit log holds every attempt and the metrics
