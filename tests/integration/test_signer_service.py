@@ -19,7 +19,7 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
-from services.signer import app as signer_app
+from services.signer import consumer as signer_consumer
 from services.signer.app import start
 from services.signer.decisions import standard_webhooks_secret
 from services.signer.settings import ConfigError, Settings
@@ -180,7 +180,7 @@ async def test_a_job_sent_before_its_secret_is_signed_when_the_secret_arrives(
         monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No periodic re-read: only the control handler's signal can wake the waiting job.
-    monkeypatch.setattr(signer_app, "RECHECK_INTERVAL", 60.0)
+    monkeypatch.setattr(signer_consumer, "RECHECK_INTERVAL", 60.0)
     deliver = await Observer().bind(channel, topology.WORK_EXCHANGE, topology.DELIVER)
     endpoint = new_id("ep")
     async with signer(amqp_url, f"sqlite:///{tmp_path}/k.db", secret_wait=30.0):

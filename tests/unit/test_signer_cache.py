@@ -8,8 +8,8 @@ from typing import cast
 
 import pytest
 
-from services.signer import app as signer_app
-from services.signer.app import SecretCache
+from services.signer import consumer as signer_consumer
+from services.signer.consumer import SecretCache
 from services.signer.decisions import StoredSecret
 from services.signer.store import Keystore
 from shared.contracts import utcnow
@@ -81,7 +81,7 @@ async def test_a_load_racing_a_rotation_is_not_cached() -> None:
 
 
 async def test_wait_is_woken_by_invalidate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(signer_app, "RECHECK_INTERVAL", 60.0)  # only the signal can wake it
+    monkeypatch.setattr(signer_consumer, "RECHECK_INTERVAL", 60.0)  # only the signal can wake it
     store = FakeKeystore()
     cache = cache_over(store)
     waiter = asyncio.ensure_future(cache.wait("ep", timeout=30))

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.signer.app import new_nonce
+from services.signer.consumer import new_nonce
 from services.signer.decisions import (
     USER_AGENT,
     StoredSecret,
