@@ -9,8 +9,8 @@ is detected by ``GET /v1/audit/verify``. Auditors query and export the log over 
 authenticated by the API tokens the control exchange replicates here.
 
 GDPR: a record about a data subject stores its personal fields encrypted with that subject's own
-key (``sealing.py``), so ``POST /v1/audit/subjects/{id}/erasure`` deletes the key and the data
-becomes unreadable everywhere while the chain still verifies; ``GET
+key (``decisions/sealing.py``), so ``POST /v1/audit/subjects/{id}/erasure`` deletes the key and
+the data becomes unreadable everywhere while the chain still verifies; ``GET
 /v1/audit/subjects/{id}/export`` answers access and portability requests. Retention purges the
 oldest records behind a signed checkpoint (``checkpoints.py``). See ``README.md`` here.
 

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from services.audit import decisions, sealing
-from services.audit.decisions import AnyFact, Appended, Record
+from services.audit import decisions
+from services.audit.decisions import AnyFact, Appended, Record, sealing
 from shared.db import sqlite_timestamp
 
 IN_CHUNK = 500

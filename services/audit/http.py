@@ -17,8 +17,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from services.audit import decisions, exports, models, openapi, sealing
-from services.audit.decisions import RecordQuery
+from services.audit import decisions, exports, models, openapi
+from services.audit.decisions import RecordQuery, sealing
 from services.audit.exports import Format
 from services.audit.heads import Heads
 from services.audit.store import AuditStore

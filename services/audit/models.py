@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import SkipJsonSchema
 
-from services.audit import decisions, exports, sealing
+from services.audit import decisions, exports
+from services.audit.decisions import sealing
 from shared.contracts import AuditHead, ServiceName
 
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.audit import sealing
+from services.audit.decisions import sealing
 from shared.settings import ServiceSettings
 
 

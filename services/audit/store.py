@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.audit import checkpoints, decisions, direct, sealing
+from services.audit import checkpoints, decisions, direct
 from services.audit.checkpoints import Checkpoint, CheckpointSigner
 from services.audit.decisions import (
     AnyFact,
@@ -40,8 +40,9 @@ from services.audit.decisions import (
     Record,
     RecordQuery,
     StoredToken,
+    sealing,
 )
-from services.audit.sealing import Linked, Own, Sealing
+from services.audit.decisions.sealing import Linked, Own, Sealing
 from shared.anchor import HeadSigner
 from shared.contracts import Role, TokenGrant, utcnow
 from shared.db import UTCDateTime, direct_sqlite

@@ -69,18 +69,18 @@ from services.ingest.decisions import (
     screen,
     seen_recently,
 )
-from services.ingest.message_log import MessageLog
-from services.ingest.messages import LogDelivery, LogEvent, log_delivery, log_event
-from services.ingest.store import Store
-from services.ingest.tenant_rate import TenantQuota
-from services.ingest.tenant_store import TenantStore
-from services.ingest.tenants import (
+from services.ingest.decisions.messages import LogDelivery, LogEvent, log_delivery, log_event
+from services.ingest.decisions.tenants import (
     AllTenants,
     Scope,
     TenantRefusal,
     fan_out,
     requested,
 )
+from services.ingest.message_log import MessageLog
+from services.ingest.store import Store
+from services.ingest.tenant_rate import TenantQuota
+from services.ingest.tenant_store import TenantStore
 from services.ingest.turnstile import Turnstile
 from shared import telemetry, topology
 from shared.batching import Batcher

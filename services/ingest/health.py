@@ -41,8 +41,8 @@ from services.ingest.decisions import (
     disabled_fact,
     health_event,
 )
+from services.ingest.decisions.messages import LogAttempt, attempt_from_fact
 from services.ingest.message_log import MessageLog
-from services.ingest.messages import LogAttempt, attempt_from_fact
 from services.ingest.store import Store
 from shared import topology
 from shared.batching import Batcher

@@ -62,8 +62,7 @@ from services.ingest.decisions import (
     schedule_seconds,
     screen,
 )
-from services.ingest.message_log import DeliveryRow, EventFilter, MessageLog
-from services.ingest.messages import (
+from services.ingest.decisions.messages import (
     CursorError,
     decode_cursor,
     encode_cursor,
@@ -71,6 +70,14 @@ from services.ingest.messages import (
     log_event,
     summarize,
 )
+from services.ingest.decisions.tenants import (
+    TenantRefusal,
+    requested,
+    retry_after,
+    scope_of,
+    visible,
+)
+from services.ingest.message_log import DeliveryRow, EventFilter, MessageLog
 from services.ingest.models import (
     MASK,
     AttemptOut,
@@ -145,13 +152,6 @@ from services.ingest.tenant_models import (
 )
 from services.ingest.tenant_rate import TenantQuota
 from services.ingest.tenant_store import TenantStore
-from services.ingest.tenants import (
-    TenantRefusal,
-    requested,
-    retry_after,
-    scope_of,
-    visible,
-)
 from shared import topology
 from shared.batching import Batcher
 from shared.broker import Publisher, confirm_all

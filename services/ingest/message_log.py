@@ -3,8 +3,8 @@ retained), every delivery of it, every attempt — what the console's message lo
 and endpoint health read, and what ``GET /v1/events`` and ``GET /v1/deliveries`` answer.
 
 Tables are created by ``migrations/ingest_0005_message_log.py``; the decisions (statuses,
-cursors, health) are :mod:`services.ingest.messages`. Timestamps are UTC; SQLite keeps them
-without an offset, so rows read back are normalised (:func:`_utc`).
+cursors, health) are :mod:`services.ingest.decisions.messages`. Timestamps are UTC; SQLite
+keeps them without an offset, so rows read back are normalised (:func:`_utc`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pydantic import JsonValue
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.ingest.messages import (
+from services.ingest.decisions.messages import (
     HEALTH_WINDOW,
     LOG_STATUSES,
     LogAttempt,
@@ -199,8 +199,8 @@ class MessageLog:
 
     async def record_attempts(self, attempts: Sequence[LogAttempt], now: datetime) -> None:
         """Record attempts (once each: a redelivered fact changes nothing) and move their
-        deliveries' status (:func:`~services.ingest.messages.status_after`). A delivery the
-        log never saw fanned out (older than the log) gets a row of its own.
+        deliveries' status (:func:`~services.ingest.decisions.messages.status_after`). A
+        delivery the log never saw fanned out (older than the log) gets a row of its own.
 
         Set-based, a handful of statements per batch whatever its size (one statement per
         attempt cost ~0.9 ms each on SQLite — slower than the deliverer makes them)."""

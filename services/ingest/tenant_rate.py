@@ -2,13 +2,13 @@
 budget for both doors (HTTP and AMQP) — and, on PostgreSQL, for every ingest replica.
 
 On PostgreSQL each tenant's budget is its row of ``tenant_rates`` (the GCRA of
-:class:`services.ingest.tenants.Gcra`, computed by the database on its own clock), taken by
-one atomic statement: N replicas grant a tenant the quota together, not N times it. Takes in
-flight at once share a statement (one per distinct tenant and round; a tenant refused in a
-batch is refused for the rest of it, its state unchanged). On SQLite (one replica) the buckets
-stay in memory (:class:`services.ingest.tenants.TenantRate`). If the database cannot answer,
-the replica's own bucket decides (logged): an outage neither stops every tenant's events nor
-lets them through unmetered.
+:class:`services.ingest.decisions.tenants.Gcra`, computed by the database on its own clock),
+taken by one atomic statement: N replicas grant a tenant the quota together, not N times it.
+Takes in flight at once share a statement (one per distinct tenant and round; a tenant refused
+in a batch is refused for the rest of it, its state unchanged). On SQLite (one replica) the
+buckets stay in memory (:class:`services.ingest.decisions.tenants.TenantRate`). If the database
+cannot answer, the replica's own bucket decides (logged): an outage neither stops every tenant's
+events nor lets them through unmetered.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import structlog
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.ingest.tenants import Gcra, TenantRate
+from services.ingest.decisions.tenants import Gcra, TenantRate
 from shared.batching import Batcher
 
 log = structlog.get_logger("dihya.ingest.tenant_rate")

@@ -3,7 +3,7 @@
 tenant's endpoints, stored deliveries, message-log rows and tokens removed in one transaction).
 
 The schema is created by ``migrations/ingest_0008_tenants.py``; the decisions are
-:mod:`services.ingest.tenants`.
+:mod:`services.ingest.decisions.tenants`.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class Delivery:
         self.reply_to: str | None = properties.reply_to
         self.correlation_id: str | None = properties.correlation_id
         # where the publisher sent it ("" is the default exchange): ingest holds an event's
-        # routing key to its type (services/ingest/decisions.py, route_refusal)
+        # routing key to its type (services/ingest/decisions/__init__.py, route_refusal)
         self.exchange: str | None = message.exchange
         self.routing_key: str | None = message.routing_key
         self.redelivered: bool = bool(message.redelivered)

@@ -25,8 +25,9 @@ import pytest
 import sqlalchemy as sa
 
 from cli.main import run as cli_run
-from services.audit import decisions, openapi, sealing
+from services.audit import decisions, openapi
 from services.audit.checkpoints import CheckpointSigner
+from services.audit.decisions import sealing
 from services.audit.http import routes
 from services.audit.store import records
 from shared import anchor

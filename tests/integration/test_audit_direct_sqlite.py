@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from services.audit import direct, sealing
+from services.audit import direct
+from services.audit.decisions import sealing
 from services.audit.store import MIGRATIONS, AuditStore, is_transient
 from shared.contracts import AuditFact
 from shared.db import make_engine, migrate, sqlite_timestamp

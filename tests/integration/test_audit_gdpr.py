@@ -24,9 +24,8 @@ import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 
-from services.audit import sealing
 from services.audit.app import start
-from services.audit.decisions import GENESIS_HASH
+from services.audit.decisions import GENESIS_HASH, sealing
 from services.audit.heads import FileSink, Heads
 from services.audit.http import make_app
 from services.audit.settings import AuditSettings

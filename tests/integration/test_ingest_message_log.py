@@ -383,7 +383,7 @@ async def test_attempts_in_one_batch_out_of_order_and_repeated(database_url: str
     from datetime import UTC, datetime
 
     from services.ingest.app import MIGRATIONS
-    from services.ingest.messages import LogAttempt, LogDelivery
+    from services.ingest.decisions.messages import LogAttempt, LogDelivery
     from shared.db import migrate
 
     at = datetime(2026, 12, 6, 12, tzinfo=UTC)

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.audit import decisions, sealing
-from services.audit.decisions import GENESIS_HASH, Record
-from services.audit.sealing import ERASED, UNREADABLE, Linked, Own, Sealing
+from services.audit import decisions
+from services.audit.decisions import GENESIS_HASH, Record, sealing
+from services.audit.decisions.sealing import ERASED, UNREADABLE, Linked, Own, Sealing
 from shared.contracts import AuditFact
 
 T0 = datetime(2025, 5, 20, 12, 0, tzinfo=UTC)

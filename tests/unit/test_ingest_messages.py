@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ingest.messages import (
+from services.ingest.decisions.messages import (
     CursorError,
     LogAttempt,
     LogStatus,

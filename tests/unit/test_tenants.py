@@ -13,8 +13,7 @@ from pydantic import ValidationError
 
 from services.ingest.console import security_headers
 from services.ingest.decisions import Endpoint, complete
-from services.ingest.settings import Settings
-from services.ingest.tenants import (
+from services.ingest.decisions.tenants import (
     ALL_TENANTS,
     Gcra,
     TenantRate,
@@ -25,6 +24,7 @@ from services.ingest.tenants import (
     scope_of,
     visible,
 )
+from services.ingest.settings import Settings
 from shared.contracts import Event
 from shared.subscriptions import selects
 

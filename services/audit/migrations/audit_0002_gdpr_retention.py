@@ -1,7 +1,8 @@
 """Audit store: sealed personal fields, subject keys, service keys and retention checkpoints.
 
 * ``records.subject_ref`` / ``records.sealed``: a record about a data subject stores its personal
-  fields encrypted with that subject's key (crypto-shredding, see services/audit/sealing.py).
+  fields encrypted with that subject's key (crypto-shredding, see
+  services/audit/decisions/sealing.py).
 * ``subject_keys``: one AES key per subject, found by a blind index of the subject id; deleting
   a row is the erasure.
 * ``service_keys``: the generated subject-index and checkpoint-signing keys when none is

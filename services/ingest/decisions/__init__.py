@@ -76,7 +76,7 @@ class Endpoint:
     """Its rate limit (the deliverer paces it); ``None``: not limited."""
     tenant_id: str = DEFAULT_TENANT
     """The tenant it belongs to (``ten_…``): fan-out narrows by it first
-    (:func:`services.ingest.tenants.in_scope`)."""
+    (:func:`services.ingest.decisions.tenants.in_scope`)."""
     ordering: Ordering | None = None
     """``fifo``: its deliveries of one key go one at a time, in order (docs/ordering.md)."""
     ordering_key: str | None = None

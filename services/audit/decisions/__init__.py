@@ -12,7 +12,7 @@ whitespace (orjson), datetimes as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC; and
 ``hash = sha256_hex(prev_hash_ascii + canonical_json)``, with ``prev_hash`` of the first record
 equal to :data:`GENESIS_HASH`. ``seq`` is part of the hashed fields, so a record is bound to its
 position. A record about a data subject has three more keys (see
-:mod:`services.audit.sealing`): ``subject_ref`` and ``sealed`` (the ciphertext), which are
+:mod:`services.audit.decisions.sealing`): ``subject_ref`` and ``sealed`` (the ciphertext), which are
 hashed, and ``personal`` (their opened view), which is not; so the hashed object is always the
 API's minus ``hash``, ``prev_hash`` and ``personal``, and records without a subject hash exactly
 as they did before sealing existed. After a retention purge the chain starts from a
@@ -34,8 +34,8 @@ from typing import Any, Literal, TypeVar, get_args
 import orjson
 from pydantic import ValidationError
 
-from services.audit import sealing
-from services.audit.sealing import DEFAULT_PATHS, Sealing
+from services.audit.decisions import sealing
+from services.audit.decisions.sealing import DEFAULT_PATHS, Sealing
 from shared import contracts
 from shared.contracts import AuditFact, Contract, FactKind, TokenGrant
 
