@@ -740,6 +740,14 @@ async def test_tokens_and_event_types_pages(tab: Tab, api: Api, receiver: Receiv
     section = page.locator("#types-list section[data-type='template.created']")
     await expect(section.locator("blockquote")).to_have_count(4)
     await expect(section.locator("blockquote[lang='tzm']")).not_to_be_empty()
+    # the example payload: the type, the page's language, a test flag and each placeholder
+    _, types = await api.call("GET", "ingest", "/v1/event-types", admin, expect=200)
+    [created] = [x for x in types["items"] if x["event"] == "template.created"]
+    assert created["placeholders"]  # so the example has more than the test flag
+    await section.locator("details summary").click()
+    example = json.loads(await section.locator("details pre").text_content() or "")
+    assert example == {"event": "template.created", "lang": "en", "data": {
+        "test": True, **{name: f"example-{name}" for name in created["placeholders"]}}}
     await section.locator("select").select_option(target["id"])
     await section.get_by_role("button", name="Send a test event of type template.created").click()
     await expect(page.locator("#status")).to_contain_text(f"sent to {target['url']}")
