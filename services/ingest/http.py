@@ -233,6 +233,10 @@ class ListQuery(BaseModel):
                               description="The `next` of the previous page.")
 
 
+_TENANT_REF = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+"""A tenant's id or external id, as a query parameter."""
+
+
 class DeliveryQuery(ListQuery):
     """Query parameters of the delivery list."""
 
@@ -243,8 +247,7 @@ class DeliveryQuery(ListQuery):
 class EndpointListQuery(ListQuery):
     """Query parameters of the endpoint list."""
 
-    tenant: str | None = Field(default=None, max_length=128,
-                               pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+    tenant: str | None = Field(default=None, max_length=128, pattern=_TENANT_REF,
                                description="Only this tenant's endpoints (id or external id; "
                                "a tenant-scoped token sees only its own anyway).")
 
@@ -281,6 +284,10 @@ class EventQuery(PageQuery):
     since: AwareDatetime | None = Field(default=None, description="Received at or after "
                                         "(ISO-8601 with an offset).")
     until: AwareDatetime | None = Field(default=None, description="Received before.")
+    tenant: str | None = Field(default=None, max_length=128, pattern=_TENANT_REF,
+                               description="Only events with a delivery to this tenant's "
+                               "endpoints, counting only those (id or external id; a "
+                               "tenant-scoped token sees only its own anyway).")
 
 
 class LogDeliveryQuery(PageQuery):
@@ -289,6 +296,9 @@ class LogDeliveryQuery(PageQuery):
     status: LogStatusField | None = None
     endpoint: str | None = Field(default=None, pattern=_ID_PATTERN)
     event: str | None = Field(default=None, pattern=_ID_PATTERN, description="An event id.")
+    tenant: str | None = Field(default=None, max_length=128, pattern=_TENANT_REF,
+                               description="Only deliveries to this tenant's endpoints (id or "
+                               "external id; a tenant-scoped token sees only its own anyway).")
 
 
 RESEND_BATCH = 100
@@ -448,6 +458,19 @@ class IngestApi(TenantApi):
             raise _not_found("endpoint", endpoint_id)
         return record
 
+    async def _tenant_filter(self, principal: Principal, ref: str | None) -> str | None:
+        """The tenant a list is narrowed to: the one ``ref`` names (id or external id), or
+        else the token's own; ``None``: every tenant. One rule for every list, so an unknown
+        tenant and another tenant's (asked by a tenant-scoped token) get the same 404 — the
+        token learns nothing about which tenants exist."""
+        confined = scope_of(principal.role, principal.tenant)
+        if ref is None:
+            return confined
+        named = await self.tenants.resolve(ref)
+        if named is None or not visible(confined, named):
+            raise tenant_not_found(ref)
+        return named
+
     async def _tenant_of_new(self, principal: Principal, ref: str | None) -> str:
         """The tenant a new endpoint belongs to: the token's own (a tenant-scoped token may
         name no other: 404), else ``ref`` or DIHYA_DEFAULT_TENANT (422 when neither)."""
@@ -589,12 +612,7 @@ class IngestApi(TenantApi):
         principal = await authorize(request, "admin", "viewer", "tenant_admin",
                                     "tenant_viewer")
         query: EndpointListQuery = _validate(EndpointListQuery, dict(request.query))
-        tenant = scope_of(principal.role, principal.tenant)
-        if query.tenant is not None:
-            named = await self.tenants.resolve(query.tenant)
-            if named is None or (tenant is not None and named != tenant):
-                raise tenant_not_found(query.tenant)
-            tenant = named
+        tenant = await self._tenant_filter(principal, query.tenant)
         records = await self.store.list_endpoints(limit=query.limit + 1, after=query.after,
                                                   tenant=tenant)
         page = records[: query.limit]
@@ -926,10 +944,11 @@ class IngestApi(TenantApi):
         principal = await authorize(request, *_READ)
         query: EventQuery = _validate(EventQuery, dict(request.query))
         after = _cursor(query.cursor)
+        tenant = await self._tenant_filter(principal, query.tenant)
         rows = await self._message_log().list_events(
             EventFilter(event_type=query.type_, status=query.status,
                         endpoint_id=query.endpoint, since=query.since, until=query.until,
-                        tenant=scope_of(principal.role, principal.tenant)),
+                        tenant=tenant),
             limit=query.limit + 1, after=after)
         page = rows[: query.limit]
         nxt = (encode_cursor(page[-1].received_at, page[-1].id)
@@ -968,10 +987,10 @@ class IngestApi(TenantApi):
         principal = await authorize(request, *_READ)
         query: LogDeliveryQuery = _validate(LogDeliveryQuery, dict(request.query))
         after = _cursor(query.cursor)
+        tenant = await self._tenant_filter(principal, query.tenant)
         rows = await self._message_log().list_deliveries(
             status=query.status, endpoint_id=query.endpoint, event_id=query.event,
-            limit=query.limit + 1, after=after,
-            tenant=scope_of(principal.role, principal.tenant))
+            limit=query.limit + 1, after=after, tenant=tenant)
         page = rows[: query.limit]
         nxt = (encode_cursor(page[-1].created_at, page[-1].id)
                if len(rows) > query.limit else None)

@@ -740,6 +740,14 @@ async def test_tokens_and_event_types_pages(tab: Tab, api: Api, receiver: Receiv
     section = page.locator("#types-list section[data-type='template.created']")
     await expect(section.locator("blockquote")).to_have_count(4)
     await expect(section.locator("blockquote[lang='tzm']")).not_to_be_empty()
+    # the example payload: the type, the page's language, a test flag and each placeholder
+    _, types = await api.call("GET", "ingest", "/v1/event-types", admin, expect=200)
+    [created] = [x for x in types["items"] if x["event"] == "template.created"]
+    assert created["placeholders"]  # so the example has more than the test flag
+    await section.locator("details summary").click()
+    example = json.loads(await section.locator("details pre").text_content() or "")
+    assert example == {"event": "template.created", "lang": "en", "data": {
+        "test": True, **{name: f"example-{name}" for name in created["placeholders"]}}}
     await section.locator("select").select_option(target["id"])
     await section.get_by_role("button", name="Send a test event of type template.created").click()
     await expect(page.locator("#status")).to_contain_text(f"sent to {target['url']}")
@@ -1090,3 +1098,57 @@ async def test_a_platform_admin_picks_a_tenant(tab: Tab, api: Api, receiver: Rec
     await expect(page.locator("#ep-tenant")).to_have_value(f"pick-{run}")
     await page.keyboard.press("Escape")
     tab.assert_private(picked["secret"])
+
+
+async def test_a_platform_admin_searches_the_message_log_by_tenant(
+    tab: Tab, api: Api, receiver: Receiver
+) -> None:
+    """The Messages page narrows the log to one tenant (the tenant picked on the endpoints page
+    too); an unknown tenant is the API's 404, shown."""
+    from playwright.async_api import expect
+
+    page, admin = tab.page, api.system.admin_token
+    run = uuid.uuid4().hex[:8]
+    events = {}
+    for name in ("a", "b"):
+        await api.call("POST", "ingest", "/v1/tenants", admin,
+                       {"name": f"Log {name}", "external_id": f"mlog-{name}-{run}"}, expect=201)
+        _, ep = await api.call("POST", "ingest", "/v1/endpoints", admin, {
+            "url": receiver.url(f"mlog-{name}-{run}"), "events": ["mlog.sent"],
+            "tenant": f"mlog-{name}-{run}"}, expect=201)
+        receiver.secrets[f"mlog-{name}-{run}"] = ep["secret"]
+        events[name] = await api.publish({"event": "mlog.sent", "data": {"to": name},
+                                          "tenant": f"mlog-{name}-{run}"})
+    for event_id in events.values():
+        await logged_event(api, event_id, 1)
+
+    await sign_in(page, admin)
+    await page.click("#nav-messages")
+    rows = {name: page.locator(f"#messages-table tr[data-event='{event_id}']")
+            for name, event_id in events.items()}
+    await expect(rows["a"]).to_be_visible()
+    await expect(rows["b"]).to_be_visible()
+    await expect(page.locator("label[for='messages-tenant']")).to_have_text("Tenant")
+    await page.fill("#messages-tenant", f"mlog-a-{run}")
+    await page.click("#messages-form button[type=submit]")
+    await expect(rows["b"]).to_be_hidden()
+    await expect(rows["a"]).to_be_visible()
+    await expect(page.locator("#messages-table tbody tr")).to_have_count(1)
+    await shot(page, "messages-tenant-en")
+    # the endpoints page shows the same tenant, and back again
+    await page.click("#nav-endpoints")
+    await expect(page.locator("#tenant-pick")).to_have_value(f"mlog-a-{run}")
+    await expect(page.locator("#endpoints-table")).to_contain_text(receiver.url(f"mlog-a-{run}"))
+    await expect(page.locator("#endpoints-table")).not_to_contain_text(
+        receiver.url(f"mlog-b-{run}"))
+    await page.fill("#tenant-pick", f"mlog-b-{run}")
+    await page.click("#tenant-picker button[type=submit]")
+    await page.click("#nav-messages")
+    await expect(page.locator("#messages-tenant")).to_have_value(f"mlog-b-{run}")
+    await expect(rows["a"]).to_be_hidden()
+    await expect(rows["b"]).to_be_visible()
+    # a tenant no one has: the API's answer, not an empty list
+    await page.fill("#messages-tenant", f"nobody-{run}")
+    await page.click("#messages-form button[type=submit]")
+    await expect(page.locator("#alert code")).to_have_text("not_found")
+    tab.assert_private(*(receiver.secrets[f"mlog-{n}-{run}"] for n in ("a", "b")))

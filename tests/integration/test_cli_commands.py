@@ -377,11 +377,8 @@ async def test_listen_prints_a_verified_delivery_and_removes_its_endpoint_on_sig
 
 async def test_deliveries_list_events_show_and_resend(dihya: Cli, receiver: Receiver) -> None:
     """Against the ingest API's message log (``GET /v1/deliveries``, ``GET /v1/events/{id}``,
-    ``POST /v1/deliveries/{id}/resend``). Skipped only while that API answers 404 (it is
-    being added beside the console); nothing else skips it."""
+    ``POST /v1/deliveries/{id}/resend``): never skipped, a 404 there is a failure."""
     probe = await dihya("deliveries", "list", "--limit", "1", "--json")
-    if probe.code == Exit.NOT_FOUND:
-        pytest.skip("the ingest API has no GET /v1/deliveries yet")
     assert probe.code == Exit.OK, probe.err
     endpoint = await _endpoint(dihya, receiver, "browse", "-e", "browse.check")
     published = await dihya("events", "publish", "--json",

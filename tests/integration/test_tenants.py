@@ -309,6 +309,67 @@ async def test_another_tenants_objects_answer_404_on_every_route(ingest: Client)
     assert [e["id"] for e in admin_view.body["items"]] == [ep_b["id"]]
 
 
+async def test_the_message_log_is_searched_by_tenant(ingest: Client) -> None:
+    """An admin narrows GET /v1/events and /v1/deliveries to one tenant (id or external id),
+    paged by cursor; an unknown tenant, or another one asked by a tenant-scoped token, gets
+    the 404 ``/v1/endpoints?tenant=`` gives."""
+    a = await _tenant(ingest, "A", "log-a")
+    b = await _tenant(ingest, "B", "log-b")
+    ep_a = await ingest.endpoint(["l.#"], url="https://a.example/h", tenant="log-a")
+    ep_b = await ingest.endpoint(["l.#"], url="https://b.example/h", tenant=b["id"])
+    sent: dict[str, list[str]] = {"a": [], "b": []}
+    for name, count in (("a", 3), ("b", 2)):
+        for n in range(count):
+            reply = await ingest.call("POST", "/v1/events", json={
+                "event": "l.x", "data": {"n": n}, "tenant": f"log-{name}"})
+            assert reply.status == 202, reply.text
+            sent[name].append(str(reply.body["id"]))
+
+    async def all_logged() -> bool:  # the consumer records each event with its delivery
+        reply = await ingest.call("GET", "/v1/events?limit=200")
+        return {i["id"] for i in reply.body["items"]} >= set(sent["a"] + sent["b"])
+
+    await wait_for(all_logged, timeout=15)
+    newest_first = (await ingest.call("GET", "/v1/events?limit=200")).body["items"]
+    a_order = [e["id"] for e in newest_first if e["id"] in sent["a"]]
+
+    first = await ingest.call("GET", "/v1/events?tenant=log-a&limit=2")
+    assert first.status == 200, first.text
+    assert [e["id"] for e in first.body["items"]] == a_order[:2]
+    assert first.body["next_cursor"]
+    rest = await ingest.call(
+        "GET", f"/v1/events?tenant=log-a&limit=2&cursor={first.body['next_cursor']}")
+    assert [e["id"] for e in rest.body["items"]] == a_order[2:]
+    assert rest.body["next_cursor"] is None
+    assert all(e["deliveries"]["total"] == 1 for e in first.body["items"] + rest.body["items"])
+    by_id = await ingest.call("GET", f"/v1/events?tenant={b['id']}&limit=200")
+    assert sorted(e["id"] for e in by_id.body["items"]) == sorted(sent["b"])
+    deliveries = await ingest.call("GET", "/v1/deliveries?tenant=log-a&limit=200")
+    assert deliveries.status == 200, deliveries.text
+    assert {d["endpoint_id"] for d in deliveries.body["items"]} == {ep_a["id"]}
+    assert sorted(d["event_id"] for d in deliveries.body["items"]) == sorted(sent["a"])
+    viewer = await ingest.call("POST", "/v1/tokens", json={"role": "viewer"})
+    assert viewer.status == 201, viewer.text
+    as_viewer = await ingest.call("GET", "/v1/events?tenant=log-b&limit=200",
+                                  token=viewer.body["token"])
+    assert sorted(e["id"] for e in as_viewer.body["items"]) == sorted(sent["b"])
+
+    # what /v1/endpoints?tenant= answers, the log answers too
+    for path in ("/v1/endpoints", "/v1/events", "/v1/deliveries"):
+        unknown = await ingest.call("GET", f"{path}?tenant=nobody")
+        assert unknown.status == 404 and unknown.body["error"]["code"] == "not_found", path
+    a_viewer = await _token(ingest, "tenant_viewer", "log-a")
+    for path in ("/v1/endpoints", "/v1/events", "/v1/deliveries"):
+        foreign = await ingest.call("GET", f"{path}?tenant=log-b", token=a_viewer)
+        assert foreign.status == 404, (path, foreign.text)
+        own = await ingest.call("GET", f"{path}?tenant={a['id']}&limit=200", token=a_viewer)
+        assert own.status == 200, (path, own.text)
+    own_events = await ingest.call("GET", "/v1/events?tenant=log-a&limit=200", token=a_viewer)
+    assert sorted(e["id"] for e in own_events.body["items"]) == sorted(sent["a"])
+    assert ep_b["id"] not in {d["endpoint_id"] for d in (await ingest.call(
+        "GET", "/v1/deliveries?tenant=log-a&limit=200", token=a_viewer)).body["items"]}
+
+
 # -- quotas ------------------------------------------------------------------------------
 
 

@@ -15,9 +15,17 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+def _need(problem: str) -> None:
+    """Skip for ``problem``, except in CI, where a missing script or shell is a failure (as
+    the console tests' browser): .ci/run installs them, so their absence means it failed."""
+    if os.environ.get("CI"):
+        pytest.fail(f"the completion tests need this in CI: {problem}")
+    pytest.skip(problem)
+
+
 def _env() -> dict[str, str]:
     if not (BIN / "dihya").exists():
-        pytest.skip("the dihya console script is not installed in this environment")
+        _need("the dihya console script is not installed in this environment")
     return {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
 
 
@@ -48,7 +56,7 @@ def test_bash_loads_the_script_and_completes_a_subcommand() -> None:
 
 def test_fish_completes_a_subcommand() -> None:
     if shutil.which("fish") is None:
-        pytest.skip("fish is not installed")
+        _need("fish is not installed")
     done = subprocess.run(
         ["fish", "-c", "dihya completion fish | source; complete -C 'dihya deliveries re'"],
         capture_output=True, text=True, env=_env(), timeout=60, check=False)
@@ -60,9 +68,20 @@ def test_fish_completes_a_subcommand() -> None:
 @pytest.mark.parametrize("shell", ["zsh", "fish"])
 def test_the_other_shells_load_their_script(shell: str) -> None:
     if shutil.which(shell) is None:
-        pytest.skip(f"{shell} is not installed")
+        _need(f"{shell} is not installed")
     load = {"zsh": "autoload -U compinit && compinit -u; source <(dihya completion zsh)",
             "fish": "dihya completion fish | source"}[shell]
     done = subprocess.run([shell, "-c", load], capture_output=True, text=True, env=_env(),
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_missing_script_or_shell_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="need this in CI: fish is not installed"):
+        _need("fish is not installed")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _need("fish is not installed")

@@ -149,6 +149,15 @@ def test_tamazight_uses_one_of_the_cli_scripts() -> None:
         assert _TIFINAGH.search(heading), f"README.tzm.md: heading {heading!r} is not Tifinagh"
 
 
+def test_the_tamazight_page_says_which_script_the_cli_writes() -> None:
+    """The CLI writes Latin by default (Tifinagh by DIHYA_TZM_SCRIPT): the page must not say
+    the CLI's messages are Tifinagh like itself."""
+    preamble = _text(PAGES["tzm"]).split("## ", 1)[0]
+    assert "like the CLI's `tzm` messages" not in preamble
+    assert "Latin script by default" in preamble
+    assert "`DIHYA_TZM_SCRIPT=tifinagh`" in preamble
+
+
 @pytest.mark.parametrize("lang", ["ar", "tzm"])
 def test_unreviewed_translations_say_so(lang: str) -> None:
     assert "native" in _text(PAGES[lang]).split("## ", 1)[0]

@@ -66,5 +66,14 @@ def test_operations_declare_auth_and_error_bodies() -> None:
     assert doc["paths"]["/v1/openapi.json"]["get"]["security"] == []
 
 
+def test_lists_document_their_tenant_filter() -> None:
+    """The endpoint list and the message log (events, deliveries) take ``?tenant=``."""
+    doc = document(ROUTES)
+    for path in ("/v1/endpoints", "/v1/events", "/v1/deliveries"):
+        params = {p["name"]: p for p in doc["paths"][path]["get"]["parameters"]}
+        assert params["tenant"]["in"] == "query", path
+        assert "external id" in params["tenant"]["description"], path
+
+
 def test_the_document_is_valid_openapi_3_1() -> None:
     schemathesis.openapi.from_dict(document(ROUTES)).validate()

@@ -223,6 +223,7 @@ function renderChrome() {
   setHidden($("nav-tokens").parentElement, !canManageTokens());
   setHidden($("tenant-picker"), !canPickTenant());
   setHidden($("ep-tenant-field"), !canPickTenant());
+  setHidden($("messages-tenant-field"), !canPickTenant());
   setHidden($("nav-audit").parentElement, !canReadAudit());
   for (const el of document.querySelectorAll(".admin-only")) setHidden(el, !canWrite());
   setHidden($("endpoints-readonly"), canWrite());
@@ -925,19 +926,30 @@ async function exportAudit(format, button) {
 const LOG_STATUSES = ["delivered", "failed", "pending", "held"];
 
 function messagesQuery() {
-  return formQuery("messages-form", ["type", "status", "endpoint"]);
+  // an admin may narrow the log to one tenant; a tenant role sees its own only (the API narrows)
+  return formQuery("messages-form", canPickTenant() ? ["type", "status", "endpoint", "tenant"] : ["type", "status", "endpoint"]);
 }
 
 async function showMessages() {
   show("messages");
+  // one picked tenant for the endpoints and the log: picked on either page, the other follows
+  if (canPickTenant() && $("messages-tenant").value.trim() !== (state.tenant || "")) {
+    $("messages-tenant").value = state.tenant || "";
+    state.messages = [];
+  }
   await guard(() => loadCatalog());
+  await guard(() => loadTenants());
   if (!state.messages.length) await guard(() => searchMessages());
 }
 
 async function searchMessages(more = false) {
   const id = $("messages-id").value.trim();
   if (!more && id) { location.hash = `#/events/${encodeURIComponent(id)}`; return; }
-  if (!more) { state.messagesQuery = messagesQuery(); state.messages = []; state.messagesCursor = null; }
+  if (!more) {
+    state.messagesQuery = messagesQuery();
+    if (canPickTenant()) state.tenant = state.messagesQuery.tenant || "";
+    state.messages = []; state.messagesCursor = null;
+  }
   const page = await call("", "GET", "/v1/events", {
     query: { ...state.messagesQuery, limit: PAGE, cursor: more ? state.messagesCursor : undefined },
   });
