@@ -154,6 +154,7 @@ class Heads:
         self._sign_lock = asyncio.Lock()
         self._sink_locks = {s.name: asyncio.Lock() for s in sinks}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         for sink in self.sinks:
             metrics.HEADS_UNPUBLISHED.labels(sink.name).set(0)
 
@@ -217,7 +218,11 @@ class Heads:
         while True:
             pending = any(self._pending.values())
             wait = next_head - loop.time()
-            await asyncio.sleep(max(min(wait, delay) if pending else wait, 0))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(min(wait, delay) if pending else wait, 0)):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return
             if loop.time() >= next_head:
                 next_head = loop.time() + self.interval
                 try:
@@ -232,13 +237,15 @@ class Heads:
 
     async def stop(self, grace: float) -> None:
         """Stop the loop, sign a last head (the writer has flushed) and give the sinks up to
-        ``grace`` seconds to take what they still lack."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        ``grace`` seconds to take what they still lack.
+
+        The loop is asked to stop and let finish what it is doing, not cancelled: a head whose
+        write had begun (the file sink's thread, a publish already sent) would be written
+        again by the flush below, and a head twice in a row breaks the chain the verifier
+        reads. It is cancelled only if it outlasts ``grace``."""
         try:
             async with asyncio.timeout(grace):
+                await self._finish_loop()
                 await self.sign()
                 delay = self.retry_first
                 while not await self.flush():
@@ -251,3 +258,14 @@ class Heads:
         except Exception:
             metrics.HEAD_SIGN_FAILURES.inc()
             log.exception("last_head_not_signed", unpublished=self.unpublished)
+
+    async def _finish_loop(self) -> None:
+        """Ask the loop to stop and wait until it has; cancel it if the wait is cancelled."""
+        self._stopping.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            self._task.cancel()
+            raise

@@ -3,6 +3,9 @@ torn last line left alone, and the chain resumed from the newest whole head."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 
 from services.audit import heads
 from services.audit.heads import FileSink
+from services.audit.store import HeadState
 from shared import anchor
 
 SIGNER = anchor.HeadSigner(bytes(range(32)))
@@ -69,3 +73,50 @@ def test_the_last_head_is_read_from_the_end_across_blocks(
     assert FileSink(path).last_head() == head(29)
     path.write_bytes(b"garbage\n" * 3)
     assert FileSink(path).last_head() is None
+
+
+class FinishingSink:
+    """A sink whose write goes on once started, as the file sink's thread and a sent publish
+    do: cancelling the caller does not take a started write back."""
+
+    name = "finishing"
+
+    def __init__(self) -> None:
+        self.written: list[Mapping[str, Any]] = []
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def write(self, head: Mapping[str, Any]) -> None:
+        await asyncio.shield(self._write(head))
+
+    async def _write(self, head: Mapping[str, Any]) -> None:
+        self.entered.set()
+        await self.release.wait()
+        self.written.append(head)
+
+
+async def test_stopping_while_a_head_is_being_written_writes_every_head_once(
+        tmp_path: Path) -> None:
+    seq = 0
+
+    async def state() -> HeadState:
+        nonlocal seq
+        seq += 1
+        return HeadState(seq=seq, head_hash=f"{seq:064x}", records=seq,
+                         time=f"2026-12-06T12:00:{seq:02d}.000000Z", checkpoint=None)
+
+    sink, file_sink = FinishingSink(), FileSink(tmp_path / "heads.jsonl")
+    signing = heads.Heads(state, SIGNER, [sink, file_sink], interval=0.001)
+    signing.start()
+    await sink.entered.wait()  # the loop's first head is being written
+    stopping = asyncio.create_task(signing.stop(grace=5))
+    sink.release.set()
+    await stopping
+    in_file = [h for h in anchor.parse_lines(
+        (tmp_path / "heads.jsonl").read_bytes().splitlines()) if h is not None]
+    for written in (sink.written, in_file):
+        seqs = [h["seq"] for h in written]
+        assert seqs == sorted(set(seqs)), seqs  # each head once, in order
+        for before, after in itertools.pairwise(written):
+            assert after["previous_head_hash"] == anchor.head_digest(before)
+    assert sink.written == in_file and len(in_file) >= 2  # the loop's head and the last one
