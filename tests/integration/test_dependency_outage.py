@@ -3,8 +3,9 @@
 Ingest consumes events from the real broker (a virtual host of the test's own) with its
 database on a PostgreSQL cluster the test started itself; a publisher sends events over AMQP
 at a steady rate, with confirms and fixed ids, republishing on failure as a platform would.
-The cluster is stopped for ``DIHYA_TEST_OUTAGE_SECONDS`` (60 by default; 300 for the issue's
-five-minute run, by hand), then started again. The test prints its books and asserts:
+The cluster is stopped for ``DIHYA_TEST_OUTAGE_SECONDS`` (30 by default: 2.7 x the ~11 s that
+spend a delivery limit without the consumer's outage handling; 60 and 300 for the figures in
+docs/operations.md, by hand), then started again. The test prints its books and asserts:
 nothing parked, nothing lost, every event fanned out under its own delivery ids, ingest not
 ready while the database was away and ready again by itself afterwards.
 
@@ -39,7 +40,7 @@ from tests.pg_cluster import PgCluster, pg_cluster
 
 pytestmark = pytest.mark.integration
 
-OUTAGE = float(os.environ.get("DIHYA_TEST_OUTAGE_SECONDS", "60"))
+OUTAGE = float(os.environ.get("DIHYA_TEST_OUTAGE_SECONDS", "30"))
 RATE = 10.0
 """Events published per second, before, during and after the outage."""
 BEFORE, AFTER = 3.0, 5.0
