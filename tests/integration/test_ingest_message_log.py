@@ -320,9 +320,21 @@ async def test_no_payload_is_stored_when_retention_is_zero(
         assert await subjects(f"sqlite:///{tmp_path}/ingest.db", event_id) == {event_id: None}
 
 
+@pytest.fixture
+async def own_broker(vhost_url: tuple[str, str]) -> AsyncIterator[AbstractRobustConnection]:
+    """A connection to a virtual host of the test's own, its topology declared: an audit
+    service started on the suite's shared one would first store every fact earlier tests
+    left in its queue (20+ s late in a full run)."""
+    connection = await aio_pika.connect_robust(vhost_url[0])
+    async with connection.channel() as channel:
+        await declare(channel)
+    yield connection
+    await connection.close()
+
+
 async def test_erasing_a_subject_in_the_audit_log_erases_its_payloads_in_ingest(
-    amqp_url: str, database_url: str, tmp_path: Path, broker: AbstractRobustConnection,
-    publisher: Publisher
+    vhost_url: tuple[str, str], database_url: str, tmp_path: Path,
+    own_broker: AbstractRobustConnection
 ) -> None:
     """GDPR Art. 17 across services: the audit service's erasure (its HTTP API) announces
     ``subject.erase`` on the control exchange; ingest's message log drops the payloads. A bad
@@ -337,6 +349,8 @@ async def test_erasing_a_subject_in_the_audit_log_erases_its_payloads_in_ingest(
     from tests.conftest import free_port
     from tests.integration.test_ingest_api import ADMIN
 
+    amqp_url, broker = vhost_url[0], own_broker
+    publisher = await Publisher.open(broker)
     subject = f"dora-{uuid.uuid4().hex[:8]}@example.com"
     audit = AuditSettings(host="127.0.0.1", port=free_port(),
                           database_url=f"sqlite:///{tmp_path}/audit.db",
