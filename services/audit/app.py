@@ -78,7 +78,7 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     gate.start()
     stack.push_async_callback(gate.stop)
 
-    write_aheads = StartedAttempts(store.engine)
+    write_aheads = StartedAttempts(store.engine, store.direct)
     write_aheads.start()
     stack.push_async_callback(write_aheads.stop, grace)  # after the consumers stopped
     batcher: Batcher[AuditFact, None] = Batcher(

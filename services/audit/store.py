@@ -45,7 +45,7 @@ from services.audit.decisions import (
 from services.audit.decisions.sealing import Linked, Own, Sealing
 from shared.anchor import HeadSigner
 from shared.contracts import Role, TokenGrant, utcnow
-from shared.db import UTCDateTime, direct_sqlite
+from shared.db import DirectSQLite, UTCDateTime, direct_sqlite
 from shared.ids import new_id
 from shared.web import Principal
 
@@ -232,6 +232,12 @@ class AuditStore:
         self._index_key = index_key
         self._lock = asyncio.Lock()
         self._direct = direct_sqlite(engine)  # SQLite: the batch append as plain sqlite3
+
+    @property
+    def direct(self) -> DirectSQLite | None:
+        """The chain's plain-``sqlite3`` writer (None off SQLite), shared with the
+        write-ahead holds (:class:`services.audit.started.StartedAttempts`)."""
+        return self._direct
 
     async def close(self) -> None:
         """Close the direct SQLite connection, if any (the engine is the caller's)."""

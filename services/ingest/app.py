@@ -82,7 +82,7 @@ async def start(settings: Settings) -> Stop:
     engine = make_engine(settings.database_url)
     await migrate(engine, MIGRATIONS)
     store = Store(engine, endpoint_cache_ttl=settings.endpoint_cache_ttl)
-    message_log = MessageLog(engine)
+    message_log = MessageLog(engine, store.direct)
     tenants = TenantStore(engine, ttl=settings.endpoint_cache_ttl)
     # one budget for both doors (and, on PostgreSQL, every replica)
     rate = TenantQuota(settings.tenant_events_per_second, engine)

@@ -9,11 +9,14 @@ keeps them without an offset, so rows read back are normalised (:func:`_utc`).
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 import sqlalchemy as sa
 from pydantic import JsonValue
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,13 +25,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.ingest.decisions.messages import (
     HEALTH_WINDOW,
     LOG_STATUSES,
+    DeliveryState,
     LogAttempt,
     LogDelivery,
     LogEvent,
     LogStatus,
-    status_after,
+    plan_attempts,
+    unique_attempts,
 )
 from services.ingest.store import endpoints, metadata
+from shared.db import DirectSQLite, sqlite_timestamp
 
 log_events = sa.Table(
     "log_events",
@@ -168,8 +174,12 @@ class DeliveryRow:
 class MessageLog:
     """Queries of the message log over one engine (ingest's own database)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, direct: DirectSQLite | None = None) -> None:
         self.engine = engine
+        self._direct = direct
+        """On SQLite, the writer the two per-batch writes (:meth:`record`,
+        :meth:`record_attempts`) go through as plain ``sqlite3`` (:mod:`shared.db`); the
+        caller owns it (ingest shares its store's). None: everything on the engine."""
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -178,6 +188,10 @@ class MessageLog:
         """Record accepted events and their deliveries (one transaction; a redelivered event
         changes nothing: rows are inserted once)."""
         if not events and not deliveries:
+            return
+        if self._direct is not None:
+            await self._direct.transaction(functools.partial(
+                _record_direct, events=events, deliveries=deliveries))
             return
         async with self.engine.begin() as conn:
             if events:
@@ -199,13 +213,17 @@ class MessageLog:
 
     async def record_attempts(self, attempts: Sequence[LogAttempt], now: datetime) -> None:
         """Record attempts (once each: a redelivered fact changes nothing) and move their
-        deliveries' status (:func:`~services.ingest.decisions.messages.status_after`). A
+        deliveries' status (:func:`~services.ingest.decisions.messages.plan_attempts`). A
         delivery the log never saw fanned out (older than the log) gets a row of its own.
 
         Set-based, a handful of statements per batch whatever its size (one statement per
         attempt cost ~0.9 ms each on SQLite — slower than the deliverer makes them)."""
-        unique = list({(a.delivery_id, a.attempt): a for a in attempts}.values())
+        unique = unique_attempts(attempts)
         if not unique:
+            return
+        if self._direct is not None:
+            await self._direct.transaction(functools.partial(
+                _record_attempts_direct, attempts=unique, now=now))
             return
         a, d = log_attempts.c, log_deliveries.c
         ids = sorted({x.delivery_id for x in unique})
@@ -223,36 +241,15 @@ class MessageLog:
                  "request_headers": x.request_headers,
                  "response_headers": x.response_headers,
                  "response_excerpt": x.response_excerpt, "error": x.error} for x in new])
-            rows = {r.id: r for r in await conn.execute(
-                sa.select(d.id, d.status, d.last_attempt, d.attempts_count)
-                .where(d.id.in_(sorted({x.delivery_id for x in new}))))}
-            state: dict[str, dict[str, Any]] = {
-                key: {"status": r.status, "last_attempt": r.last_attempt,
-                      "attempts_count": r.attempts_count, "last_attempt_at": None,
-                      "next_retry_at": None, "moved": False}
-                for key, r in rows.items()}
-            missing: dict[str, dict[str, Any]] = {}
-            for item in sorted(new, key=lambda x: x.attempt):
-                row = state.get(item.delivery_id)
-                if row is None:
-                    row = missing.setdefault(item.delivery_id, {
-                        "id": item.delivery_id, "event_id": item.event_id,
-                        "endpoint_id": item.endpoint_id, "url": item.url, "status": "pending",
-                        "created_at": item.at, "updated_at": now, "attempts_count": 0,
-                        "last_attempt": 0, "last_attempt_at": None, "next_retry_at": None})
-                row["attempts_count"] += 1
-                if item.attempt >= row["last_attempt"]:
-                    row.update(status=status_after(row["status"], row["last_attempt"], item),
-                               last_attempt=item.attempt, last_attempt_at=item.at,
-                               next_retry_at=item.next_retry_at, moved=True)
-            if missing:
+            stored = {r.id: DeliveryState(r.status, r.last_attempt, r.attempts_count)
+                      for r in await conn.execute(
+                          sa.select(d.id, d.status, d.last_attempt, d.attempts_count)
+                          .where(d.id.in_(sorted({x.delivery_id for x in new}))))}
+            plan = plan_attempts(new, stored, now)
+            if plan.missing:
                 await conn.execute(_insert(conn, log_deliveries).on_conflict_do_nothing(
-                    index_elements=[d.id]),
-                    [{k: v for k, v in row.items() if k != "moved"}
-                     for row in missing.values()])
-            updates = [{"key": key, **{k: v for k, v in row.items() if k != "moved"}}
-                       for key, row in state.items() if row["moved"]]
-            if updates:
+                    index_elements=[d.id]), plan.missing)
+            if plan.moved:
                 await conn.execute(
                     log_deliveries.update().where(d.id == sa.bindparam("key")).values(
                         status=sa.bindparam("status"),
@@ -260,14 +257,12 @@ class MessageLog:
                         attempts_count=sa.bindparam("attempts_count"),
                         last_attempt_at=sa.bindparam("last_attempt_at"),
                         next_retry_at=sa.bindparam("next_retry_at"), updated_at=now),
-                    updates)
-            counted = [{"key": key, "attempts_count": row["attempts_count"]}
-                       for key, row in state.items() if not row["moved"]]
-            if counted:  # older attempts seen late: counted, the status unchanged
+                    plan.moved)
+            if plan.counted:  # older attempts seen late: counted, the status unchanged
                 await conn.execute(
                     log_deliveries.update().where(d.id == sa.bindparam("key")).values(
                         attempts_count=sa.bindparam("attempts_count"), updated_at=now),
-                    counted)
+                    plan.counted)
 
     async def mark(self, delivery_ids: Sequence[str], status: LogStatus, now: datetime,
                    conn: AsyncConnection | None = None) -> None:
@@ -495,6 +490,97 @@ class MessageLog:
                 log_events.update().where(e.subject == subject)
                 .values(payload=None, subject=None))
         return cast(sa.CursorResult[Any], result).rowcount
+
+
+# -- the write path as plain sqlite3 --------------------------------------------------------
+#
+# Why: through SQLAlchemy's async engine each batch paid statement compilation, per-row bind
+# processing and the greenlet/thread hops of every statement — most of what ingest's profile
+# at saturation spent in aiosqlite and SQLAlchemy, for writes made for every event, delivery
+# and attempt. The same transactions run here on the store's writer thread
+# (:class:`shared.db.DirectSQLite`), rows written as the engine reads them: datetimes as its
+# UTC wall-clock text, JSON as JSON text (read back by the engine's ``json.loads``). The tests
+# read both paths' rows back through the engine and hold them equal.
+
+_EVENT_INSERT = ("INSERT INTO log_events (id, event_type, received_at, lang, subject, payload, "
+                 "tenant_id) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
+_DELIVERY_INSERT = (
+    "INSERT INTO log_deliveries (id, event_id, endpoint_id, url, status, created_at, "
+    "updated_at, attempts_count, last_attempt, last_attempt_at, next_retry_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
+_ATTEMPT_INSERT = (
+    "INSERT INTO log_attempts (delivery_id, attempt, endpoint_id, at, outcome, status_code, "
+    "latency_ms, request_headers, response_headers, response_excerpt, error) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id, attempt) DO NOTHING")
+IN_CHUNK = 500
+"""Most values in one ``IN (…)`` list of the direct path."""
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else sqlite_timestamp(value)
+
+
+def _select_in(conn: sqlite3.Connection, sql: str, values: Sequence[str]) -> list[Any]:
+    """The rows of ``sql`` for all of ``values``, asked in chunks (its ``{}`` becomes the
+    chunk's placeholders; values are bound, never formatted in)."""
+    rows: list[Any] = []
+    for start in range(0, len(values), IN_CHUNK):
+        chunk = values[start:start + IN_CHUNK]
+        rows.extend(conn.execute(sql.format(", ".join("?" * len(chunk))), chunk))
+    return rows
+
+
+def _record_direct(conn: sqlite3.Connection, *, events: Sequence[LogEvent],
+                   deliveries: Sequence[LogDelivery]) -> None:
+    """:meth:`MessageLog.record` inside the writer's transaction."""
+    if events:
+        conn.executemany(_EVENT_INSERT, [
+            (e.id, e.event_type, sqlite_timestamp(e.received_at), e.lang, e.subject,
+             None if e.payload is None else _json(e.payload), e.tenant) for e in events])
+    if deliveries:
+        conn.executemany(_DELIVERY_INSERT, [
+            (d.id, d.event_id, d.endpoint_id, d.url, d.status, sqlite_timestamp(d.created_at),
+             sqlite_timestamp(d.created_at), 0, 0, None, None) for d in deliveries])
+
+
+def _record_attempts_direct(conn: sqlite3.Connection, *, attempts: Sequence[LogAttempt],
+                            now: datetime) -> None:
+    """:meth:`MessageLog.record_attempts` inside the writer's transaction (``attempts``
+    unique by delivery and attempt number)."""
+    seen = {(row[0], row[1]) for row in _select_in(
+        conn, "SELECT delivery_id, attempt FROM log_attempts WHERE delivery_id IN ({})",
+        sorted({x.delivery_id for x in attempts}))}
+    new = [x for x in attempts if (x.delivery_id, x.attempt) not in seen]
+    if not new:
+        return
+    conn.executemany(_ATTEMPT_INSERT, [
+        (x.delivery_id, x.attempt, x.endpoint_id, sqlite_timestamp(x.at), x.outcome,
+         x.status_code, x.latency_ms, _json(x.request_headers), _json(x.response_headers),
+         x.response_excerpt, x.error) for x in new])
+    stored = {row[0]: DeliveryState(row[1], row[2], row[3]) for row in _select_in(
+        conn, "SELECT id, status, last_attempt, attempts_count FROM log_deliveries "
+        "WHERE id IN ({})", sorted({x.delivery_id for x in new}))}
+    plan = plan_attempts(new, stored, now)
+    at = sqlite_timestamp(now)
+    if plan.missing:
+        conn.executemany(_DELIVERY_INSERT, [
+            (r["id"], r["event_id"], r["endpoint_id"], r["url"], r["status"],
+             sqlite_timestamp(r["created_at"]), at, r["attempts_count"], r["last_attempt"],
+             _ts(r["last_attempt_at"]), _ts(r["next_retry_at"])) for r in plan.missing])
+    if plan.moved:
+        conn.executemany(
+            "UPDATE log_deliveries SET status = ?, last_attempt = ?, attempts_count = ?, "
+            "last_attempt_at = ?, next_retry_at = ?, updated_at = ? WHERE id = ?",
+            [(r["status"], r["last_attempt"], r["attempts_count"], _ts(r["last_attempt_at"]),
+              _ts(r["next_retry_at"]), at, r["key"]) for r in plan.moved])
+    if plan.counted:  # older attempts seen late: counted, the status unchanged
+        conn.executemany(
+            "UPDATE log_deliveries SET attempts_count = ?, updated_at = ? WHERE id = ?",
+            [(r["attempts_count"], at, r["key"]) for r in plan.counted])
 
 
 def _attempt(row: sa.Row[Any]) -> AttemptRow:

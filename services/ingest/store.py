@@ -39,7 +39,7 @@ from services.ingest.decisions import (
     key_is_fresh,
 )
 from shared.contracts import DeliveryJob, Ordering, RateLimit, Role
-from shared.db import direct_sqlite, sqlite_timestamp
+from shared.db import DirectSQLite, direct_sqlite, sqlite_timestamp
 from shared.web import Principal
 
 log = structlog.get_logger("dihya.ingest.store")
@@ -348,6 +348,13 @@ class Store:
         self._reload = asyncio.Lock()
         # the per-event statements (seen events, tokens) go to SQLite directly
         self._direct = direct_sqlite(engine)
+
+    @property
+    def direct(self) -> DirectSQLite | None:
+        """The plain-``sqlite3`` writer of the per-message statements (None off SQLite): the
+        message log's writes share it, so they and the seen-event records take turns on one
+        thread and one connection instead of contending for SQLite's write lock."""
+        return self._direct
 
     async def close(self) -> None:
         """Release the database connections (the engine's and the direct SQLite ones)."""

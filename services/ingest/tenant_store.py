@@ -8,6 +8,7 @@ The schema is created by ``migrations/ingest_0008_tenants.py``; the decisions ar
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -134,10 +135,17 @@ class TenantStore:
         self.engine = engine
         self._ttl = ttl
         self._resolved: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[str | None]] = {}
+        """References being looked up now: the events that find the cache stale meanwhile
+        await the same look-up. Without it, every event in flight when a reference's entry
+        expired (the whole prefetch, once a second at saturation) asked the database on its
+        own — 8-13 % of ingest's samples at saturation went to those identical queries."""
 
     def forget(self) -> None:
-        """Drop the resolution cache (after a change made through this ingest)."""
+        """Drop the resolution cache (after a change made through this ingest); look-ups in
+        flight are not joined any more, and what they find is not cached."""
         self._resolved.clear()
+        self._loading.clear()
 
     @staticmethod
     def _where(ref: str) -> sa.ColumnElement[bool]:
@@ -163,9 +171,22 @@ class TenantStore:
         if hit is not None and now - hit[0] < self._ttl:
             self._resolved.move_to_end(ref)
             return hit[1]
-        record = await self.get(ref)
+        loading = self._loading.get(ref)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(ref, now))
+            self._loading[ref] = loading
+        # shielded: a cancelled event (its consumer stopping) does not cancel the others'
+        return await asyncio.shield(loading)
+
+    async def _load(self, ref: str, now: float) -> str | None:
+        try:
+            record = await self.get(ref)
+        finally:
+            mine = self._loading.get(ref) is asyncio.current_task()
+            if mine:
+                del self._loading[ref]
         found = None if record is None else record.id
-        if self._ttl > 0:
+        if self._ttl > 0 and mine:  # not after forget(): the answer may predate the change
             self._resolved[ref] = (now, found)
             while len(self._resolved) > RESOLVE_CACHE:
                 self._resolved.popitem(last=False)

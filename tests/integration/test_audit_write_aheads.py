@@ -9,15 +9,16 @@ readiness ping got none for 30 s. Batched, they share transactions.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from services.audit.started import StartedAttempts
+from services.audit.started import StartedAttempts, started_attempts
 from services.audit.store import MIGRATIONS
 from shared.contracts import AuditFact
-from shared.db import make_engine, migrate
+from shared.db import direct_sqlite, make_engine, migrate
 
 pytestmark = pytest.mark.integration
 
@@ -30,10 +31,13 @@ def _started(n: int) -> AuditFact:
                      attempt=1, url="https://receiver.example/hook")
 
 
-async def test_a_flood_of_write_aheads_leaves_the_database_answering(tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [False, True], ids=["engine", "direct"])
+async def test_a_flood_of_write_aheads_leaves_the_database_answering(tmp_path: Path,
+                                                                     direct: bool) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'audit.db'}")
     await migrate(engine, MIGRATIONS)
-    attempts = StartedAttempts(engine)
+    writer = direct_sqlite(engine) if direct else None
+    attempts = StartedAttempts(engine, writer)
     attempts.start()
     pings: list[float] = []
     done = asyncio.Event()
@@ -67,4 +71,38 @@ async def test_a_flood_of_write_aheads_leaves_the_database_answering(tmp_path: P
     finally:
         done.set()
         await attempts.stop()
+        if writer is not None:
+            await writer.close()
         await engine.dispose()
+
+
+async def test_direct_holds_are_the_engines_rows(tmp_path: Path) -> None:
+    """On SQLite audit holds and forgets write-aheads with plain sqlite3 (on the chain's
+    writer): the rows read back through the engine as the engine's own, the overdue sweep
+    finds them by time, and forgetting removes exactly the given ones."""
+    at = datetime(2026, 12, 7, 5, 0, 0, 250000, tzinfo=UTC)
+    facts = [_started(n) for n in range(3)]
+    rows = []
+    for direct in (False, True):
+        engine = make_engine(f"sqlite:///{tmp_path / f'{direct}.db'}")
+        await migrate(engine, MIGRATIONS)
+        writer = direct_sqlite(engine) if direct else None
+        attempts = StartedAttempts(engine, writer)
+        attempts.start()
+        try:
+            await attempts.hold(facts, now=at)
+            await attempts.hold(facts[:1], now=at + timedelta(hours=1))  # again: unchanged
+            assert await attempts.overdue(at) == []
+            assert await attempts.overdue(at + timedelta(microseconds=1)) == facts
+            async with engine.connect() as conn:
+                rows.append([tuple(r) for r in await conn.execute(
+                    sa.select(started_attempts).order_by(started_attempts.c.fact_id))])
+            await attempts.forget([facts[0].id, facts[2].id, "fct_unknown"])
+            assert await attempts.overdue(at + timedelta(days=1)) == [facts[1]]
+        finally:
+            await attempts.stop()
+            if writer is not None:
+                await writer.close()
+            await engine.dispose()
+    assert len(rows[1]) == 3
+    assert rows[1] == rows[0]

@@ -398,14 +398,17 @@ async def test_erasing_a_subject_in_the_audit_log_erases_its_payloads_in_ingest(
         await stop_audit()
 
 
-async def test_attempts_in_one_batch_out_of_order_and_repeated(database_url: str) -> None:
+@pytest.mark.parametrize("direct", [False, True], ids=["engine", "direct"])
+async def test_attempts_in_one_batch_out_of_order_and_repeated(database_url: str,
+                                                               direct: bool) -> None:
     """The set-based attempt writer: one batch with a delivery the log never saw fanned out,
-    attempts out of order and a repeated one; then a late, older attempt alone."""
+    attempts out of order and a repeated one; then a late, older attempt alone. On SQLite,
+    through the engine and through the direct writer ingest uses."""
     from datetime import UTC, datetime
 
     from services.ingest.app import MIGRATIONS
     from services.ingest.decisions.messages import LogAttempt, LogDelivery
-    from shared.db import migrate
+    from shared.db import direct_sqlite, migrate
 
     at = datetime(2026, 12, 6, 12, tzinfo=UTC)
 
@@ -417,9 +420,12 @@ async def test_attempts_in_one_batch_out_of_order_and_repeated(database_url: str
                           next_retry_at=at + timedelta(minutes=n) if retry else None)
 
     engine = make_engine(database_url)
+    writer = direct_sqlite(engine) if direct else None
+    if direct and writer is None:
+        pytest.skip("the direct writer is SQLite's")
     try:
         await migrate(engine, MIGRATIONS)
-        log_store = MessageLog(engine)
+        log_store = MessageLog(engine, writer)
         await log_store.record([], [LogDelivery("dlv_known", "evt_1", "ep_1", "u", "pending",
                                                 at)])
         await log_store.record_attempts([
@@ -440,7 +446,66 @@ async def test_attempts_in_one_batch_out_of_order_and_repeated(database_url: str
         assert new is not None
         assert (new.status, new.attempts_count, new.last_attempt) == ("delivered", 3, 3)
     finally:
+        if writer is not None:
+            await writer.close()
         await engine.dispose()
+
+
+async def test_the_direct_writer_stores_the_engines_rows(tmp_path: Path) -> None:
+    """On SQLite ingest writes the message log with plain sqlite3 (shared.db.DirectSQLite);
+    the same events, deliveries and attempts written through the engine into another file
+    read back identical, column for column, through the engine (which every read uses)."""
+    from datetime import UTC, datetime
+
+    from services.ingest.app import MIGRATIONS
+    from services.ingest.decisions.messages import LogAttempt, LogDelivery, LogEvent
+    from services.ingest.message_log import log_attempts, log_deliveries
+    from shared.db import direct_sqlite, migrate
+
+    at = datetime(2026, 12, 6, 12, 0, 0, 123456, tzinfo=UTC)
+    events = [LogEvent("evt_1", "user.created", at, "en", "alice",
+                       {"event": "user.created", "data": {"user_id": "alice", "n": [1, 2.5]},
+                        "note": "é ✓", "none": None}, "ten_1"),
+              LogEvent("evt_2", "user.deleted", at, None, None, None, None)]
+    deliveries = [LogDelivery("dlv_1", "evt_1", "ep_1", "https://r.example/h", "pending", at),
+                  LogDelivery("dlv_2", "evt_2", "ep_1", "https://r.example/h", "held", at)]
+
+    def attempt(delivery: str, n: int, outcome: str, retry: bool = False) -> LogAttempt:
+        return LogAttempt(delivery_id=delivery, endpoint_id="ep_1", event_id="evt_1",
+                          url="https://r.example/h", attempt=n, at=at + timedelta(seconds=n),
+                          outcome=outcome,  # type: ignore[arg-type]  # a literal
+                          status_code=200 if outcome == "delivered" else 500,
+                          latency_ms=1.25, request_headers={"content-type": "application/json"},
+                          response_headers={"x-ünï": "1"}, response_excerpt="ok ✓",
+                          error=None if outcome == "delivered" else "HTTP 500",
+                          next_retry_at=at + timedelta(minutes=n) if retry else None)
+
+    attempts = [attempt("dlv_1", 1, "failed", True), attempt("dlv_1", 2, "delivered"),
+                attempt("dlv_unseen", 1, "failed", True), attempt("dlv_2", 1, "failed")]
+    tables = (log_events, log_deliveries, log_attempts)
+    stored: list[list[list[Any]]] = []
+    for direct in (False, True):
+        engine = make_engine(f"sqlite:///{tmp_path}/{direct}.sqlite3")
+        writer = direct_sqlite(engine) if direct else None
+        try:
+            await migrate(engine, MIGRATIONS)
+            log_store = MessageLog(engine, writer)
+            await log_store.record(events, deliveries)
+            await log_store.record(events, deliveries)  # a redelivery changes nothing
+            await log_store.record_attempts(attempts[:2], at)
+            await log_store.record_attempts(attempts, at + timedelta(seconds=5))
+            async with engine.connect() as conn:
+                stored.append([
+                    [tuple(row) for row in await conn.execute(
+                        sa.select(table).order_by(*table.primary_key.columns))]
+                    for table in tables])
+        finally:
+            if writer is not None:
+                await writer.close()
+            await engine.dispose()
+    engine_rows, direct_rows = stored
+    assert [len(rows) for rows in direct_rows] == [2, 3, 4]
+    assert direct_rows == engine_rows
 
 
 async def test_a_test_event_of_a_type_goes_to_one_endpoint_only(

@@ -720,3 +720,51 @@ async def test_the_replicas_own_bucket_decides_while_the_database_is_unreachable
         await quota.close()
         await engine.dispose()
     assert waits[:2] == [0.0, 0.0] and waits[2] > 0  # the in-memory bucket: a burst of 2
+
+
+async def test_events_that_find_a_reference_stale_together_share_one_look_up(
+    tmp_path: Path
+) -> None:
+    """Every event in flight when a reference's cache entry expired used to query the
+    database on its own; now they await one look-up. A change made meanwhile (forget) is not
+    overtaken: the next resolve looks up afresh and the stale answer is not cached."""
+    from services.ingest.tenant_store import TenantRecord, TenantStore
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'ingest.db'}")
+    await migrate(engine, MIGRATIONS)
+    queries: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM tenants" in statement:
+            queries.append(statement)
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+    store = TenantStore(engine, ttl=60)
+    try:
+        now = utcnow()
+        async with engine.begin() as conn:
+            await store.insert(conn, TenantRecord("ten_1", "One", "acme", {}, now, now))
+        found = await asyncio.gather(*(store.resolve("acme") for _ in range(50)),
+                                     store.resolve("nobody"), store.resolve("ten_1"))
+        assert found == ["ten_1"] * 50 + [None, "ten_1"]
+        assert len(queries) == 3  # one per distinct reference
+        assert await store.resolve("acme") == "ten_1" and len(queries) == 3  # cached
+
+        store.forget()
+        asking = asyncio.Event()
+        get = store.get
+
+        async def noted_get(ref: str, conn: Any = None) -> TenantRecord | None:
+            asking.set()
+            return await get(ref, conn)
+
+        store.get = noted_get  # type: ignore[method-assign]
+        first = asyncio.ensure_future(store.resolve("acme"))
+        await asking.wait()  # its look-up is under way
+        store.forget()  # e.g. the external id moved meanwhile
+        second = asyncio.ensure_future(store.resolve("acme"))
+        assert await asyncio.gather(first, second) == ["ten_1", "ten_1"]
+        assert len(queries) == 5  # the second did not join the look-up begun before forget
+        assert await store.resolve("acme") == "ten_1" and len(queries) == 5  # its own cached
+    finally:
+        await engine.dispose()

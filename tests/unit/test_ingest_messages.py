@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from services.ingest.decisions.messages import (
     CursorError,
+    DeliveryState,
     LogAttempt,
     LogStatus,
     attempt_from_fact,
@@ -18,9 +19,11 @@ from services.ingest.decisions.messages import (
     endpoint_state,
     hours_ending,
     log_event,
+    plan_attempts,
     status_after,
     subject_of,
     summarize,
+    unique_attempts,
 )
 from shared.contracts import AuditFact, Event
 
@@ -119,3 +122,36 @@ def test_the_payload_is_kept_only_while_retained_and_names_its_subject() -> None
     assert bare.payload is None and bare.subject is None  # no payload, no link to a person
     assert bare.tenant is None  # platform-wide
     assert subject_of(Event(event="a.b", data={"user_id": 42})) is None
+
+
+def _attempt(delivery: str, n: int, outcome: str, retry: bool = False) -> LogAttempt:
+    at = datetime(2026, 12, 7, 5, tzinfo=UTC)
+    return LogAttempt(delivery_id=delivery, endpoint_id="ep_1", event_id="evt_1", url="u",
+                      attempt=n, at=at + timedelta(seconds=n),
+                      outcome=outcome,  # type: ignore[arg-type]  # a literal
+                      status_code=None, latency_ms=None,
+                      next_retry_at=at + timedelta(minutes=n) if retry else None)
+
+
+def test_plan_attempts_moves_counts_and_creates_rows() -> None:
+    """One batch: a known delivery's attempts applied oldest first (it ends delivered), one
+    the log never saw gets a pending row with its retry, one only counts a late older
+    attempt."""
+    now = datetime(2026, 12, 7, 6, tzinfo=UTC)
+    new = [_attempt("dlv_a", 2, "delivered"), _attempt("dlv_a", 1, "failed", True),
+           _attempt("dlv_new", 1, "failed", True), _attempt("dlv_late", 1, "failed", True)]
+    plan = plan_attempts(new, {"dlv_a": DeliveryState("pending", 0, 0),
+                               "dlv_late": DeliveryState("delivered", 3, 3)}, now)
+    assert plan.attempts == new
+    assert [(r["key"], r["status"], r["last_attempt"], r["attempts_count"])
+            for r in plan.moved] == [("dlv_a", "delivered", 2, 2)]
+    assert plan.counted == [{"key": "dlv_late", "attempts_count": 4}]
+    assert [(r["id"], r["status"], r["attempts_count"], r["next_retry_at"], r["updated_at"])
+            for r in plan.missing] == [("dlv_new", "pending", 1, new[2].next_retry_at, now)]
+    assert "moved" not in plan.missing[0] and "moved" not in plan.moved[0]
+
+
+def test_unique_attempts_keeps_one_per_delivery_and_number() -> None:
+    first, again = _attempt("dlv_a", 1, "failed", True), _attempt("dlv_a", 1, "delivered")
+    assert unique_attempts([first, _attempt("dlv_b", 1, "failed"), again]) == [
+        again, _attempt("dlv_b", 1, "failed")]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -159,6 +159,73 @@ def status_after(current: LogStatus, last_attempt: int, attempt: LogAttempt) -> 
     if current in ("failed", "held"):
         return current
     return "pending"
+
+
+@dataclass(frozen=True)
+class DeliveryState:
+    """What the log holds of a delivery before a batch of attempts moves it."""
+
+    status: LogStatus
+    last_attempt: int
+    attempts_count: int
+
+
+@dataclass(frozen=True)
+class AttemptsPlan:
+    """The rows one batch of attempts writes (:func:`plan_attempts`)."""
+
+    attempts: list[LogAttempt]
+    """The attempts not yet recorded: to insert."""
+    missing: list[dict[str, Any]]
+    """Rows of ``log_deliveries`` for deliveries the log never saw fanned out."""
+    moved: list[dict[str, Any]]
+    """Existing deliveries whose status moves: ``key`` (the id), ``status``,
+    ``last_attempt``, ``attempts_count``, ``last_attempt_at``, ``next_retry_at``."""
+    counted: list[dict[str, Any]]
+    """Existing deliveries that only count older attempts seen late: ``key`` and
+    ``attempts_count`` (the status unchanged)."""
+
+
+def unique_attempts(attempts: Iterable[LogAttempt]) -> list[LogAttempt]:
+    """One attempt per (delivery, attempt number): the last one given."""
+    return list({(a.delivery_id, a.attempt): a for a in attempts}.values())
+
+
+def plan_attempts(new: Sequence[LogAttempt], stored: Mapping[str, DeliveryState],
+                  now: datetime) -> AttemptsPlan:
+    """The writes that record ``new`` attempts (none already recorded) against the stored
+    state of their deliveries (``stored``, by delivery id; a delivery absent from it gets a
+    row of its own, ``pending`` until its attempts move it).
+
+    Pure, so the engine's path and the direct SQLite one (:mod:`.message_log`) write the same
+    rows. Attempts apply oldest first, through :func:`status_after`."""
+    state: dict[str, dict[str, Any]] = {
+        key: {"status": r.status, "last_attempt": r.last_attempt,
+              "attempts_count": r.attempts_count, "last_attempt_at": None,
+              "next_retry_at": None, "moved": False}
+        for key, r in stored.items()}
+    missing: dict[str, dict[str, Any]] = {}
+    for item in sorted(new, key=lambda x: x.attempt):
+        row = state.get(item.delivery_id)
+        if row is None:
+            row = missing.setdefault(item.delivery_id, {
+                "id": item.delivery_id, "event_id": item.event_id,
+                "endpoint_id": item.endpoint_id, "url": item.url, "status": "pending",
+                "created_at": item.at, "updated_at": now, "attempts_count": 0,
+                "last_attempt": 0, "last_attempt_at": None, "next_retry_at": None,
+                "moved": False})
+        row["attempts_count"] += 1
+        if item.attempt >= row["last_attempt"]:
+            row.update(status=status_after(row["status"], row["last_attempt"], item),
+                       last_attempt=item.attempt, last_attempt_at=item.at,
+                       next_retry_at=item.next_retry_at, moved=True)
+    return AttemptsPlan(
+        attempts=list(new),
+        missing=[{k: v for k, v in row.items() if k != "moved"} for row in missing.values()],
+        moved=[{"key": key, **{k: v for k, v in row.items() if k != "moved"}}
+               for key, row in state.items() if row["moved"]],
+        counted=[{"key": key, "attempts_count": row["attempts_count"]}
+                 for key, row in state.items() if not row["moved"]])
 
 
 # -- cursors ------------------------------------------------------------------------------
