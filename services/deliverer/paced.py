@@ -1,6 +1,6 @@
 """The pace gate: rate-limited endpoints' POSTs go one at a time through their :class:`Pacer`.
 
-Thin asyncio around :mod:`services.deliverer.pacing` (the decisions): per endpoint, the jobs
+Thin asyncio around :mod:`services.deliverer.decisions.pacing`: per endpoint, the jobs
 waiting for their turn queue on one lock (asyncio locks are fair: arrival order), and the
 holder sleeps until the pacer allows a POST, records it and lets the next one in. A job whose
 wait would exceed ``max_wait`` gives up its turn (``None``): the caller puts it back through a
@@ -29,7 +29,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from services.deliverer.pacing import Pacer
+from services.deliverer.decisions.pacing import Pacer
 from shared.contracts import RateLimit
 
 WRITE_WAIT = 5.0

@@ -30,7 +30,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import web
 
 from services.deliverer.app import start
-from services.deliverer.pacing import shard_of
+from services.deliverer.decisions.pacing import shard_of
 from services.deliverer.settings import Settings
 from shared import topology
 from shared.broker import Publisher

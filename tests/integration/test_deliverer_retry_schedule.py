@@ -19,7 +19,7 @@ from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from prometheus_client import REGISTRY
 
-from services.deliverer.app import WaitTiers
+from services.deliverer.consumer import WaitTiers
 from shared import topology
 from shared.broker import Publisher
 from shared.contracts import DeliveryJob

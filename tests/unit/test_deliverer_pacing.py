@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.deliverer.decisions.pacing import Pacer, defer_tier, interval, shard_of
 from services.deliverer.paced import PaceGate
-from services.deliverer.pacing import Pacer, defer_tier, interval, shard_of
 from shared.contracts import RateLimit
 
 limits = st.builds(RateLimit,

@@ -11,7 +11,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.deliverer.app import make_session
+from services.deliverer.client import make_session
 from services.deliverer.settings import Settings
 from services.deliverer.ssrf import VettingResolver
 from shared.address_registry import ROWS, Row
