@@ -62,11 +62,13 @@ async def chaos(amqp_url: str, tmp_path_factory: pytest.TempPathFactory
                          "DIHYA_AUDIT_HEADS_INTERVAL": "0.5", **broker_path_env()})
     receiver = Receiver()
     await receiver.start()
-    await system.start()
-    async with aiohttp.ClientSession() as http:
-        yield system, receiver, Api(http, system)
-    await system.stop()
-    await receiver.stop()
+    try:
+        await system.start()  # inside: a start that times out still stops what it started
+        async with aiohttp.ClientSession() as http:
+            yield system, receiver, Api(http, system)
+    finally:
+        await system.stop()
+        await receiver.stop()
 
 
 async def publish_stream(url: str, routing_key: str, ids: list[str]) -> None:
