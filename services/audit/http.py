@@ -58,6 +58,9 @@ ERASERS: tuple[Role, ...] = ("admin",)
 """Erasure and purge destroy data for good: admin only (an auditor reads and exports)."""
 
 SUBJECT_ROUTE = "/v1/audit/subjects/{subject}"
+HEAD_SEQ_HEADER = "X-Dihya-Audit-Head-Seq"
+"""The export's response header giving the log's head seq at its start (platform tokens only:
+:func:`.decisions.sees_head`)."""
 
 
 def _confined(principal: Principal, query: RecordQuery) -> RecordQuery:
@@ -93,10 +96,10 @@ async def export(request: web.Request) -> web.StreamResponse:
     query = _confined(principal, query)
     store = request.app[STORE]
     head = await store.head_seq()
-    response = web.StreamResponse(headers={
-        "Content-Disposition": f'attachment; filename="dihya-audit.{fmt}"',
-        "X-Dihya-Audit-Head-Seq": str(head),
-    })
+    headers = {"Content-Disposition": f'attachment; filename="dihya-audit.{fmt}"'}
+    if decisions.sees_head(principal.role):
+        headers[HEAD_SEQ_HEADER] = str(head)
+    response = web.StreamResponse(headers=headers)
     response.content_type = exports.CONTENT_TYPES[fmt]
     response.charset = "utf-8"
 
@@ -315,7 +318,10 @@ def routes(page_limit: int) -> tuple[Route, ...]:
               description="Memory stays flat whatever the size: records are read a page at a "
                           "time. If the export fails midway the connection is aborted, so a "
                           "truncated transfer is never mistaken for a complete file. "
-                          "`X-Dihya-Audit-Head-Seq` gives the head seq at the start."),
+                          "For a platform token (`auditor`, `admin`) `X-Dihya-Audit-Head-Seq` "
+                          "gives the log's head seq at the start (records after it are left "
+                          "out); a tenant token's export leaves the header out, because the "
+                          "head counts every tenant's records."),
         Route("GET", SUBJECT_ROUTE + "/export", "subject_export",
               "GDPR Art. 15 / 20: every record about a data subject, as one machine-readable "
               "JSON document (streamed).",
@@ -405,7 +411,7 @@ def make_app(
     return app
 
 
-CORS_EXPOSED = ("Content-Disposition", "X-Dihya-Audit-Head-Seq")
+CORS_EXPOSED = ("Content-Disposition", HEAD_SEQ_HEADER)
 CORS_MAX_AGE = 600
 """Seconds a browser may reuse a preflight answer."""
 

@@ -7,8 +7,10 @@ taken by one atomic statement: N replicas grant a tenant the quota together, not
 Takes in flight at once share a statement (one per distinct tenant and round; a tenant refused
 in a batch is refused for the rest of it, its state unchanged). On SQLite (one replica) the
 buckets stay in memory (:class:`services.ingest.decisions.tenants.TenantRate`). If the database
-cannot answer, the replica's own bucket decides (logged): an outage neither stops every tenant's
-events nor lets them through unmetered.
+cannot answer, the replica's own bucket decides: an outage neither stops every tenant's events
+nor lets them through unmetered. Logged without flooding: a warning ``tenant_quota_local`` at
+the first event judged locally, a summary ``tenant_quota_still_local`` at most every 30 s while
+it lasts, and ``tenant_quota_shared_again`` (info) when a shared take succeeds again.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ import structlog
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.ingest.decisions.tenants import Gcra, TenantRate
+from services.ingest.decisions.tenants import (
+    Gcra,
+    LocalSpell,
+    TenantRate,
+    judged_locally,
+    shared_again,
+)
 from shared.batching import Batcher
 
 log = structlog.get_logger("dihya.ingest.tenant_rate")
@@ -63,6 +71,9 @@ class TenantQuota:
         self._gcra = Gcra.of(per_second) if per_second > 0 else None
         self._batches: Batcher[str, float] = Batcher(self._take_all, size=TAKE_BATCH,
                                                      name="tenant quota")
+        self._spell: LocalSpell | None = None
+        """The outage being ridden out on the local bucket, if any: what is logged is decided
+        by :func:`~services.ingest.decisions.tenants.judged_locally`."""
 
     @property
     def shared(self) -> bool:
@@ -76,10 +87,19 @@ class TenantQuota:
             return self._local.take(tenant, time.monotonic())
         self._batches.start()  # idempotent; here because it needs the running loop
         try:
-            return await self._batches.submit(tenant)
+            wait = await self._batches.submit(tenant)
         except Exception as exc:  # the database is down: this replica's own bucket decides
-            log.warning("tenant_quota_local", error=type(exc).__name__)
-            return self._local.take(tenant, time.monotonic())
+            now = time.monotonic()
+            self._spell, note = judged_locally(self._spell, now)
+            if note is not None:
+                log.warning(note.event, error=type(exc).__name__, **note.fields)
+            return self._local.take(tenant, now)
+        if self._spell is not None:
+            note = shared_again(self._spell, time.monotonic())
+            self._spell = None
+            if note is not None:
+                log.info(note.event, **note.fields)
+        return wait
 
     async def close(self, grace: float = 5.0) -> None:
         """Finish the takes in flight (before the database closes)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,14 @@ async def smoke(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict
     try:
         output, _ = await asyncio.wait_for(proc.communicate(), timeout=SMOKE_TIMEOUT)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        # SIGINT, not SIGKILL: the harness then unwinds and stops the services, sink and
+        # chain it started (they are its children; killing it alone would orphan them)
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=60)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
         pytest.fail(f"the smoke run took more than {SMOKE_TIMEOUT} s")
     text = output.decode(errors="replace")
     assert proc.returncode == 0, text[-4000:]

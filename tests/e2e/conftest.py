@@ -68,9 +68,11 @@ async def system(amqp_url: str, tmp_path_factory: pytest.TempPathFactory
     sys_ = System(amqp_url, Path(tmp_path_factory.mktemp("system")),
                   env={"DIHYA_DELIVERER_RETRY_SCHEDULE": FAST_RETRIES,
                        "DIHYA_DELIVERER_TIMEOUT": "3", **broker_path_env()})
-    await sys_.start()
-    yield sys_
-    codes = await sys_.stop()
+    try:
+        await sys_.start()  # inside: a start that times out still stops what it started
+        yield sys_
+    finally:
+        codes = await sys_.stop()
     assert all(code == 0 for code in codes.values()), codes
 
 

@@ -28,9 +28,11 @@ EXAMPLES = int(os.environ.get("DIHYA_FUZZ_EXAMPLES", "15"))
 async def fuzzed(amqp_url: str, tmp_path_factory: pytest.TempPathFactory
                  ) -> AsyncIterator[System]:
     system = System(amqp_url, Path(tmp_path_factory.mktemp("fuzz")))
-    await system.start("audit", "signer", "ingest")
-    yield system
-    codes = await system.stop()
+    try:
+        await system.start("audit", "signer", "ingest")  # a start that times out still stops
+        yield system
+    finally:
+        codes = await system.stop()
     assert all(code == 0 for code in codes.values()), codes
 
 

@@ -100,11 +100,13 @@ async def chaos(request: pytest.FixtureRequest, amqp_url: str,
                          "DIHYA_AUDIT_HEADS_INTERVAL": "0.5", **path_env(path)})
     receiver = Receiver()
     await receiver.start()
-    await system.start()
-    async with aiohttp.ClientSession() as http:
-        yield Chaos(system, receiver, Api(http, system), path)
-    await system.stop()
-    await receiver.stop()
+    try:
+        await system.start()  # inside: a start that times out still stops what it started
+        async with aiohttp.ClientSession() as http:
+            yield Chaos(system, receiver, Api(http, system), path)
+    finally:
+        await system.stop()
+        await receiver.stop()
 
 
 def paths_logged(system: System, service: str) -> list[str]:

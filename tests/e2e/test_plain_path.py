@@ -26,9 +26,11 @@ async def system(amqp_url: str, tmp_path_factory: pytest.TempPathFactory
                    env={"DIHYA_AMQP_FAST_PATH": "false",
                         "DIHYA_DELIVERER_RETRY_SCHEDULE": SCHEDULE,
                         "DIHYA_DELIVERER_TIMEOUT": "2", "DIHYA_SHUTDOWN_GRACE": "5"})
-    await plain.start()
-    yield plain
-    codes = await plain.stop()
+    try:
+        await plain.start()  # inside: a start that times out still stops what it started
+        yield plain
+    finally:
+        codes = await plain.stop()
     assert all(code == 0 for code in codes.values()), codes
 
 

@@ -21,8 +21,8 @@ async def pg_system(amqp_url: str, tmp_path: Path) -> AsyncIterator[System]:
         urls = {name: await stack.enter_async_context(_fresh_pg_database())
                 for name in ("ingest", "signer", "audit")}
         system = System(amqp_url, tmp_path, database_urls=urls)
-        await system.start()
         try:
+            await system.start()  # inside: a start that times out still stops what it started
             yield system
         finally:
             codes = await system.stop()

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.audit.http import routes
+from services.audit.http import HEAD_SEQ_HEADER, routes
 from shared.contracts import TokenGrant, utcnow
 from shared.web import hash_token
 from tests.integration.test_audit_gdpr import Api, fact, served
@@ -73,6 +73,24 @@ async def test_tenant_tokens_read_their_own_tenants_records_only(database_url: s
         print(f"[books audit tenants] records={len(everything)} per tenant=10 "
               f"platform-wide={sum(r.get('tenant') is None for r in everything)} "
               f"tokens={len(TOKENS)}")
+
+
+async def test_only_a_platform_tokens_export_carries_the_logs_head(database_url: str) -> None:
+    """The head numbers every tenant's records: a tenant's export must not tell it how many
+    the platform holds, an admin's export still says where it stopped."""
+    async with served(database_url) as api:
+        await _filled(api)
+        head = str(await api.store.head_seq())
+        status, raw, headers = await api.call("GET", "/v1/audit/export")  # the admin token
+        assert status == 200 and headers[HEAD_SEQ_HEADER] == head == "30", headers
+        assert len(raw.splitlines()) == 30
+        for (tenant, role), token in TOKENS.items():
+            for fmt in ("jsonl", "csv"):
+                status, raw, headers = await api.call("GET", "/v1/audit/export", token,
+                                                      format=fmt)
+                assert status == 200 and tenant.encode() in raw, (tenant, role, fmt)
+                assert HEAD_SEQ_HEADER not in headers, (tenant, role, fmt, headers)
+                assert "Content-Disposition" in headers
 
 
 async def test_tenant_tokens_get_403_on_every_platform_route(database_url: str) -> None:

@@ -110,8 +110,12 @@ class ProcessReceiver:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tests.integration.arrivals_process", str(log), str(port)],
             stdout=subprocess.PIPE, cwd=ROOT)
-        assert self._proc.stdout is not None
-        assert self._proc.stdout.readline().strip() == b"ready"
+        try:
+            assert self._proc.stdout is not None
+            assert self._proc.stdout.readline().strip() == b"ready"
+        except BaseException:  # not ready: no fixture will close it, so stop it here
+            self.close()
+            raise
         self.url = f"http://127.0.0.1:{port}/limited"
 
     def _seen(self) -> list[tuple[float, str]]:

@@ -20,6 +20,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from aio_pika.abc import AbstractRobustConnection
+from structlog.testing import capture_logs
 
 from services.ingest.app import MIGRATIONS
 from services.ingest.decisions import delivery_id
@@ -715,11 +716,14 @@ async def test_the_replicas_own_bucket_decides_while_the_database_is_unreachable
     engine = make_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
     quota = TenantQuota(2, engine)
     try:
-        waits = [await quota.take("ten_a") for _ in range(3)]
+        with capture_logs() as logs:
+            waits = [await quota.take("ten_a") for _ in range(3)]
     finally:
         await quota.close()
         await engine.dispose()
     assert waits[:2] == [0.0, 0.0] and waits[2] > 0  # the in-memory bucket: a burst of 2
+    said = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("tenant_quota")]
+    assert said == [("tenant_quota_local", "warning")]  # once, not once per event
 
 
 async def test_events_that_find_a_reference_stale_together_share_one_look_up(

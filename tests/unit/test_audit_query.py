@@ -186,3 +186,10 @@ def test_a_tenant_token_is_confined_to_its_own_tenant() -> None:
     assert confine(named, "tenant_admin", "ten_a") == named
     assert confine(RecordQuery(filters={"tenant": "ten_b"}), "tenant_admin", "ten_a") is None
     assert confine(query, "tenant_viewer", None) is None  # a grant without its tenant
+
+
+def test_only_platform_roles_see_the_logs_head_in_an_export() -> None:
+    from services.audit.decisions import sees_head
+
+    assert sees_head("admin") and sees_head("auditor")
+    assert not sees_head("tenant_admin") and not sees_head("tenant_viewer")

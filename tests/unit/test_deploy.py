@@ -567,6 +567,54 @@ def test_alerts_and_dashboard_query_metrics_the_services_register() -> None:
         assert any(name.startswith(f"dihya_{service}_") for name in seen), service
 
 
+def _dashboard() -> list[dict[str, Any]]:
+    panels: list[dict[str, Any]] = json.loads((DEPLOY / "grafana/dihya.json").read_text())[
+        "panels"]
+    return panels
+
+
+def test_the_dashboard_shows_every_ordered_endpoint_metric() -> None:
+    """Ordered (FIFO) endpoints have their row: every metric the services register about them
+    is queried by some panel, so a new one cannot be left off the dashboard unnoticed."""
+    exprs = " ".join(t["expr"] for panel in _dashboard() for t in panel.get("targets", []))
+    queried = set(re.findall(r"\bdihya_\w+", exprs))
+    ordered = {name for name in _registered() if "_ordered" in name
+               and not name.endswith(("_created", "_bucket", "_sum", "_count"))}
+    assert ordered, "no ordered-endpoint metric registered"
+    assert ordered <= queried, f"not on the dashboard: {sorted(ordered - queried)}"
+    row = next(p for p in _dashboard() if p["type"] == "row" and "Ordered" in p["title"])
+    assert row["gridPos"]["w"] == 24
+
+
+def test_dashboard_queue_selectors_name_queues_of_the_topology() -> None:
+    """A queue name or pattern in a panel matches queues the services declare (the FIFO lanes,
+    the sign-now queue...), as Prometheus matches them (anchored): a renamed queue would
+    otherwise leave a panel silently empty."""
+    declared = {q.name for q in (*topology.queues(), *topology.retry_queues((1000,)),
+                                 *topology.defer_queues((1000,)))}
+    for panel in _dashboard():
+        for target in panel.get("targets", []):
+            for op, value in re.findall(r'\bqueue\s*(=~|=)\s*"([^"]*)"', target["expr"]):
+                matched = {q for q in declared
+                           if (re.fullmatch(value, q) if op == "=~" else q == value)}
+                assert matched, f"panel {panel['title']!r}: queue{op}{value!r} matches none"
+    lanes = {q.name for q in topology.FIFO_QUEUES}
+    assert lanes == {q for q in declared if re.fullmatch(r"dihya[.]fifo[.][0-9]+", q)}
+
+
+def test_dashboard_panels_have_unique_ids_and_do_not_overlap() -> None:
+    panels = _dashboard()
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
+
+
 # --------------------------------------------------------------------------- alert rules
 
 

@@ -16,12 +16,16 @@ from services.ingest.decisions import Endpoint, complete
 from services.ingest.decisions.tenants import (
     ALL_TENANTS,
     Gcra,
+    LocalSpell,
+    QuotaNote,
     TenantRate,
     TenantRefusal,
     fan_out,
+    judged_locally,
     requested,
     retry_after,
     scope_of,
+    shared_again,
     visible,
 )
 from services.ingest.settings import Settings
@@ -183,3 +187,29 @@ def test_the_console_may_be_framed_only_by_the_configured_origins() -> None:
     with pytest.raises(ValidationError):
         Settings(portal_accent="red")
     assert Settings(default_tenant="").default_tenant is None  # empty: no default
+
+
+def test_an_outage_of_the_shared_quota_is_logged_once_then_summarised_every_30_s() -> None:
+    spell, note = judged_locally(None, 100.0)  # the first event judged locally: said at once
+    assert note == QuotaNote("tenant_quota_local", "warning", {})
+    notes: list[QuotaNote] = []
+    for i in range(1, 3000):  # then 100 events a second for 30 s: silence until 30 s passed
+        spell, note = judged_locally(spell, 100.0 + i / 100)
+        if note is not None:
+            notes.append(note)
+    assert notes == []
+    assert spell == LocalSpell(began=100.0, said_at=100.0, unsaid=2999, judged=3000)
+    spell, note = judged_locally(spell, 130.0)
+    assert note == QuotaNote("tenant_quota_still_local", "warning", {
+        "judged_locally": 3000, "judged_locally_total": 3001, "for_seconds": 30.0})
+    spell, note = judged_locally(spell, 159.9)  # the next summary 30 s after this one
+    assert note is None
+    spell, note = judged_locally(spell, 160.0)
+    assert note is not None and note.fields == {
+        "judged_locally": 2, "judged_locally_total": 3003, "for_seconds": 60.0}
+    spell, _ = judged_locally(spell, 170.0)
+    assert shared_again(spell, 175.5) == QuotaNote("tenant_quota_shared_again", "info", {
+        "judged_locally": 1, "judged_locally_total": 3004, "for_seconds": 75.5})
+    assert shared_again(None, 175.5) is None  # no outage: nothing to say
+    _, note = judged_locally(None, 200.0)  # the next outage is said at once again
+    assert note is not None and note.event == "tenant_quota_local"

@@ -594,6 +594,13 @@ def confine(query: RecordQuery, role: contracts.Role, tenant: str | None
     return replace(query, filters={**query.filters, "tenant": tenant})
 
 
+def sees_head(role: contracts.Role) -> bool:
+    """Whether an export for ``role`` carries the log's head seq. The head numbers every
+    record of the platform, so a tenant token would learn from it how many records all the
+    tenants together hold (and, asked twice, how fast they grow): platform roles only."""
+    return role not in TENANT_ROLES
+
+
 def encode_cursor(seq: int) -> str:
     """Opaque cursor for "records after ``seq``": unpadded URL-safe base64 of the number."""
     return base64.urlsafe_b64encode(str(seq).encode("ascii")).rstrip(b"=").decode("ascii")

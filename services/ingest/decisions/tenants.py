@@ -167,6 +167,59 @@ class Gcra:
         return 0.0, max(tat if tat is not None else now, now) + self.interval
 
 
+LOCAL_SUMMARY_EVERY: Final = 30.0
+"""Seconds between two summaries while the shared quota cannot be taken (one line per event
+would flood the log during an outage at thousands of events a second)."""
+
+
+@dataclass(frozen=True)
+class LocalSpell:
+    """A spell of events judged by the replica's own bucket because the shared quota (the
+    database) could not answer: when it began, when it was last logged, and how many events
+    were judged locally since then and in all."""
+
+    began: float
+    said_at: float
+    unsaid: int = 0
+    judged: int = 1
+
+
+@dataclass(frozen=True)
+class QuotaNote:
+    """A log line to write: its event name, level and fields."""
+
+    event: str
+    level: Literal["warning", "info"]
+    fields: dict[str, float | int]
+
+
+def judged_locally(spell: LocalSpell | None, now: float,
+                   every: float = LOCAL_SUMMARY_EVERY) -> tuple[LocalSpell, QuotaNote | None]:
+    """One more event judged locally at monotonic ``now``: the spell after it, and what to
+    log — the first of a spell at once (``tenant_quota_local``), then one summary at most
+    every ``every`` seconds (``tenant_quota_still_local``, with the events judged locally
+    since the last line), nothing in between."""
+    if spell is None:
+        return LocalSpell(began=now, said_at=now), QuotaNote("tenant_quota_local", "warning", {})
+    judged = spell.judged + 1
+    if now - spell.said_at < every:
+        return LocalSpell(spell.began, spell.said_at, spell.unsaid + 1, judged), None
+    note = QuotaNote("tenant_quota_still_local", "warning", {
+        "judged_locally": spell.unsaid + 1, "judged_locally_total": judged,
+        "for_seconds": round(now - spell.began, 1)})
+    return LocalSpell(spell.began, now, 0, judged), note
+
+
+def shared_again(spell: LocalSpell | None, now: float) -> QuotaNote | None:
+    """A shared take succeeded at ``now``: the line that ends a spell (``None`` if there was
+    none), with how long it lasted and how many events were judged locally in it."""
+    if spell is None:
+        return None
+    return QuotaNote("tenant_quota_shared_again", "info", {
+        "judged_locally": spell.unsaid, "judged_locally_total": spell.judged,
+        "for_seconds": round(now - spell.began, 1)})
+
+
 def retry_after(wait: float) -> str:
     """A ``Retry-After`` header value (whole seconds, at least 1)."""
     return str(max(1, math.ceil(wait)))
