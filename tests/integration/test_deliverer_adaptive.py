@@ -125,12 +125,15 @@ def signed(url: str, endpoint_id: str) -> SignedDelivery:
     return SignedDelivery(job=job, body=body, headers=headers, signed_at=utcnow())
 
 
-async def offer(publisher: Publisher, deliveries: list[SignedDelivery], rate: float) -> float:
-    """Publish ``deliveries`` open-loop at ``rate``/s (each confirmed); the seconds it took."""
+async def offer(publisher: Publisher, deliveries: list[SignedDelivery], rate: float,
+                lag: RunQueue) -> float:
+    """Publish ``deliveries`` open-loop at ``rate``/s (each confirmed); the seconds it took.
+    How far it fell behind its schedule at worst goes to ``lag.behind``."""
     started = time.monotonic()
     pending: set[asyncio.Task[None]] = set()
     for n, delivery in enumerate(deliveries):
         await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))  # the pace
+        lag.behind = max(lag.behind, time.monotonic() - (started + n / rate))
         task = asyncio.ensure_future(
             publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, delivery))
         pending.add(task)
@@ -159,6 +162,8 @@ class RunQueue:
 
     ran: float = 0.0
     waited: float = 0.0
+    behind: float = 0.0
+    """How far the load generator (this process's loop) fell behind its schedule at worst."""
 
     @staticmethod
     def now() -> tuple[float, float]:
@@ -174,23 +179,33 @@ class RunQueue:
         self.ran, self.waited = after[0] - ran, after[1] - waited
 
     def starved(self, seconds: float) -> bool:
-        """True when the process waited for a CPU more than a tenth of ``seconds``."""
-        return self.waited > 0.1 * seconds
+        """True when the process waited for a CPU more than a tenth of ``seconds``, or its
+        load generator fell more than :data:`MAX_BEHIND` behind: it then sends what it owes
+        at once, and that burst, not the offered rate, meets the endpoint's maximum in flight
+        (what goes over it is deferred, by design)."""
+        return self.waited > 0.1 * seconds or self.behind > MAX_BEHIND
 
     def __str__(self) -> str:
-        return f"test process on a CPU {self.ran:.1f} s, waiting for one {self.waited:.1f} s"
+        return (f"test process on a CPU {self.ran:.1f} s, waiting for one {self.waited:.1f} s; "
+                f"load generator behind its schedule by {self.behind:.2f} s at worst")
+
+
+MAX_BEHIND = 0.25
+"""Seconds the load generator may fall behind and still offer a steady rate (at 100/s, 25
+deliveries at once: within the room the maximum in flight leaves above a 200 ms endpoint's 20)."""
 
 
 def keeps_up(name: str, result: dict[str, float], offered: int, lag: RunQueue,
              published_for: float) -> None:
     """The throughput claim: >= 0.95 x offered received while published — unless this
-    process was starved of CPU meanwhile (then it is reported, not judged: xfail)."""
+    process was starved of CPU meanwhile or its load generator stalled (see
+    :meth:`RunQueue.starved`; then it is reported, not judged: xfail)."""
     print(f"[{name}] {lag}")
     if result["delivered_while_published"] >= 0.95 * offered:
         return
     if lag.starved(published_for):
-        pytest.xfail(f"{name}: the test process was starved of CPU ({lag}); "
-                     f"books {result}")
+        pytest.xfail(f"{name}: the test process was starved of CPU or its load "
+                     f"generator stalled ({lag}); books {result}")
     raise AssertionError(f"{name}: {result['delivered_while_published']} of {offered} "
                          f"received while published; {lag}")
 
@@ -260,7 +275,7 @@ async def test_a_200ms_receiver_keeps_up_with_100_events_a_second(
         lag = RunQueue()
         since = time.monotonic()
         with lag.measuring():
-            published_for = await offer(publisher, offered, RATE)
+            published_for = await offer(publisher, offered, RATE, lag)
         await all_arrived(receiver, "hot", {d.job.event.id or "" for d in offered}, 120)
         facts = await audit_records(audit, len(offered))  # every POST's record
         stop.set()
@@ -303,7 +318,7 @@ async def test_a_hanging_endpoint_does_not_slow_a_busy_one(
         lag = RunQueue()
         since = time.monotonic()
         with lag.measuring():
-            published_for = await offer(publisher, mixed, RATE * 1.2)
+            published_for = await offer(publisher, mixed, RATE * 1.2, lag)
         await all_arrived(receiver, "hot", {d.job.event.id or "" for d in hot}, 60)
         stop.set()
         await watcher
