@@ -26,7 +26,8 @@ are confirmed. An event whose id was fanned out within ``DIHYA_INGEST_IDEMPOTENC
 acked without publishing again. AMQP-published events without a body id get their id from the
 ``message_id``, so the same message published twice, or redelivered after a crash, fans out
 once — across restarts and across replicas sharing the database. A crash between the confirms
-and the record gives a duplicate with the same ids (receivers drop it), never a loss.
+and the record gives a duplicate with the same ids (receivers drop it), never a loss; so does a
+copy that arrives while the first is between its confirms and its record.
 
 Both the look-up and the record go through a :class:`shared.batching.Batcher`: the events in
 flight at once (up to the prefetch) share one query and one write transaction instead of one

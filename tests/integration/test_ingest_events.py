@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from prometheus_client import REGISTRY
 
 from services.ingest.decisions import accepted_fact_id, delivery_id, event_id_for
+from services.ingest.metrics import event_type_label
 from shared import topology
 from shared.contracts import MAX_JOBS_PER_BATCH, Event
 from tests.conftest import wait_for
@@ -52,6 +53,12 @@ async def publish_raw(connection: AbstractRobustConnection, routing_key: str, bo
 def duplicates() -> float:
     """Events ingest dropped as already fanned out (the metric is process-wide)."""
     return REGISTRY.get_sample_value("dihya_ingest_events_duplicate_total") or 0.0
+
+
+def accepted(event_type: str) -> float:
+    """Events of a type ingest fanned out and recorded as such (counted after the record)."""
+    return REGISTRY.get_sample_value("dihya_ingest_events_accepted_total",
+                                     {"event_type": event_type_label(event_type)}) or 0.0
 
 
 def _text(value: Any) -> str:
@@ -361,6 +368,7 @@ async def test_an_event_published_over_amqp_fans_out_with_a_stable_id(
     ingest = ingest_sqlite
     obs = await Observer.start(broker)
     ep = await ingest.endpoint(["amqp.#"])
+    accepted_before = accepted("amqp.direct")
     message_id = f"m-{uuid.uuid4().hex}"
     body = orjson.dumps({"event": "amqp.direct", "data": {"user_id": "u1"}})
     await publish_raw(broker, "amqp.direct", body, message_id=message_id, type=Event.TYPE)
@@ -370,6 +378,9 @@ async def test_an_event_published_over_amqp_fans_out_with_a_stable_id(
     assert job["endpoint_id"] == ep["id"] and job["delivery_id"] == delivery_id(expected,
                                                                                 ep["id"])
     assert job["event"]["timestamp"] is not None
+    # its id recorded as fanned out: that comes after the fact's confirm (and is counted then);
+    # a copy arriving before it would be fanned out again, under the same ids
+    await wait_for(lambda: accepted("amqp.direct") > accepted_before)
 
     # the same message again (same message_id): same event id, already fanned out → dropped
     before = duplicates()
