@@ -444,6 +444,24 @@ def test_every_value_set_is_one_the_settings_accept(
             envdoc._settings(service)()
 
 
+def test_the_quorum_write_ahead_log_fits_the_nodes_memory(render: Any) -> None:
+    """RabbitMQ keeps a quorum queue's recent entries in memory until its write-ahead log
+    reaches ``raft.wal_max_size_bytes`` and asks for 3-4 x that limit of memory: the default
+    (512 MiB) would sit above a 2 GiB node's alarm, so the manifest sets one that fits."""
+    objects = render("production")
+    (rabbit,) = _by_kind(objects, "RabbitmqCluster").values()
+    config = rabbit["spec"]["rabbitmq"]["additionalConfig"]
+    wal = re.search(r"^raft\.wal_max_size_bytes = (\d+)$", config, re.MULTILINE)
+    assert wal is not None, "the 512 MiB default is above the node's memory alarm"
+    limit = rabbit["spec"]["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi")
+    memory = int(limit[:-2]) * 2**30
+    watermark = re.search(r"^vm_memory_high_watermark\.relative = ([\d.]+)$", config,
+                          re.MULTILINE)
+    assert watermark is not None
+    assert 4 * int(wal[1]) <= float(watermark[1]) * memory
+
+
 def test_health_checks_ask_the_broker_not_its_kernel(render: Any) -> None:
     """A frozen broker node still accepts TCP: every check here needs an answer from the
     node (RabbitMQ pods) or a service's own broker and consumer state (``/readyz``)."""
