@@ -98,8 +98,12 @@ def test_headline_figures_and_targets(smoke: dict[str, Any]) -> None:
     assert [p["pair"] for p in s["saturation_pairs"]] == [0, 1]
     assert all(p["ratio"] > 0 for p in s["saturation_pairs"])
     assert s["ratio_saturation_median"] > 0
-    # the seven of the sweeps, four of the overload phases, four of the backlog phase
-    assert {t["target"] for t in s["targets"]} and len(s["targets"]) == 15
+    # the seven of the sweeps (eight with a paced HTTP phase: its p99 at ½ S), four of the
+    # overload phases, four of the backlog phase
+    http_paced = any(p["target"] == "dihya-http" and p["mode"] == "paced"
+                     for p in smoke["phases"])
+    assert {t["target"] for t in s["targets"]} and len(s["targets"]) == 15 + http_paced
+    assert any(t["target"].endswith("(HTTP)") for t in s["targets"]) is http_paced
     assert all(isinstance(t["met"], bool) for t in s["targets"])
 
 
