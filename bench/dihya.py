@@ -40,6 +40,15 @@ async def publisher_token(http: aiohttp.ClientSession, ingest: str, admin: str) 
     return str(created["token"])
 
 
+async def in_flight(http: aiohttp.ClientSession, url: str) -> float:
+    """Messages a service's consumers hold unacked (``dihya_consumer_in_flight_messages``, all
+    queues): work a queue's depth no longer shows."""
+    async with http.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("dihya_consumer_in_flight_messages{"))
+
+
 async def metric(http: aiohttp.ClientSession, urls: list[str], name: str) -> float:
     """Sum of an unlabelled Prometheus counter over replicas (``name`` without ``_total``
     is accepted too)."""
