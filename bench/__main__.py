@@ -151,6 +151,10 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--plain-path", dest="fast_path", action="store_false", default=None,
                         help="run Dihya with DIHYA_AMQP_FAST_PATH=false (aio-pika's public API "
                         "alone): the fast path's gain is the difference")
+    parser.add_argument("--set", dest="service_env", action="append", metavar="NAME=VALUE",
+                        help="a DIHYA_* setting for every service of the run (repeat for more): "
+                        "to compare a setting against its default, e.g. "
+                        "--set DIHYA_DELIVERER_MAX_PER_HOST=200 (recorded in results.json: no secrets)")
     args = parser.parse_args(argv)
     name = args.preset or "full"
     values: dict[str, object] = {**PRESETS[name], "preset": name}
@@ -164,6 +168,11 @@ def parse(argv: list[str] | None = None) -> Options:
         value = getattr(args, key)
         if value is not None:
             values[key] = value
+    if args.service_env:
+        pairs = [item.partition("=") for item in args.service_env]
+        if any(not n.startswith("DIHYA_") or not sep for n, sep, _ in pairs):
+            parser.error("--set takes DIHYA_NAME=VALUE")
+        values["service_env"] = {n: v for n, _, v in pairs}
     out = args.out or Path(__file__).resolve().parent / "out" / time.strftime("%Y%m%d-%H%M%S")
     return Options(out=out, amqp_url=args.amqp_url, own_vhost=args.own_vhost,
                    replicas=args.replicas, store=args.store, pg_url=args.pg_url,

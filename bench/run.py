@@ -140,6 +140,8 @@ class Options:
     keep_logs: bool = False
     fast_path: bool = True
     """The broker fast path (DIHYA_AMQP_FAST_PATH); ``--plain-path`` turns it off."""
+    service_env: dict[str, str] = field(default_factory=dict)
+    """DIHYA_* settings given to every service (``--set``), recorded with the results."""
     overload: bool = True
     overload_factors: tuple[float, ...] = (1.5, 3.0)
     """Overload phases at these multiples of the sustained rate, open loop."""
@@ -587,6 +589,7 @@ async def run(opts: Options) -> dict[str, Any]:
         env = {"DIHYA_AMQP_FAST_PATH": "true" if opts.fast_path else "false"}
         if opts.retry_schedule:
             env["DIHYA_DELIVERER_RETRY_SCHEDULE"] = opts.retry_schedule
+        env.update(opts.service_env)
         system = System(url, tmp / "dihya", replicas=dict(opts.replicas),
                         database_urls=database_urls, env=env)
         exit_codes: dict[str, int | None] = {}
