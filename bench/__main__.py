@@ -154,7 +154,8 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--set", dest="service_env", action="append", metavar="NAME=VALUE",
                         help="a DIHYA_* setting for every service of the run (repeat for more): "
                         "to compare a setting against its default, e.g. "
-                        "--set DIHYA_DELIVERER_MAX_PER_HOST=200 (recorded in results.json: no secrets)")
+                        "--set DIHYA_DELIVERER_MAX_PER_HOST=200 (recorded in results.json: "
+                        "no secrets)")
     args = parser.parse_args(argv)
     name = args.preset or "full"
     values: dict[str, object] = {**PRESETS[name], "preset": name}

@@ -500,7 +500,23 @@ def make_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
-def conditions(opts: Options, rabbit_version: str | None) -> dict[str, Any]:
+def code_state() -> dict[str, Any]:
+    """The commit the run's code comes from, and whether tracked files differed from it: read
+    when the run starts (the processes load the code then; a checkout may move during a run)."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "dirty": bool(status) if status is not None else None}
+
+
+def conditions(opts: Options, rabbit_version: str | None, code: dict[str, Any]
+               ) -> dict[str, Any]:
     cpu = "?"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -515,14 +531,6 @@ def conditions(opts: Options, rabbit_version: str | None) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             return None
 
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=10, check=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
     return {
         "machine": {"cpu": cpu, "cores": os.cpu_count(),
                     "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
@@ -532,8 +540,7 @@ def conditions(opts: Options, rabbit_version: str | None) -> dict[str, Any]:
         "packages": {d: version(d) for d in ("aio-pika", "aiormq", "aiohttp", "uvloop",
                                              "pydantic", "sqlalchemy", "aiosqlite", "asyncpg",
                                              "orjson", "structlog")},
-        "git": {"commit": git("rev-parse", "--short", "HEAD"),
-                "dirty": bool(status) if status is not None else None},
+        "git": code,
         "processes_per_service": {s: opts.replicas.get(s, 1) for s in SERVICES},
         "store": opts.store,
         "event_bytes": opts.event_bytes,
@@ -546,6 +553,7 @@ async def run(opts: Options) -> dict[str, Any]:
     opts.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     start_load = loadavg()
+    code = code_state()
     say(f"Dihya benchmark ({opts.preset}) → {opts.out}   load average {loadavg()}")
     if opts.own_vhost:
         from demo.__main__ import ensure_broker
@@ -735,7 +743,7 @@ async def run(opts: Options) -> dict[str, Any]:
         "started_at": started,
         "finished_at": time.time(),
         "duration_s": round(time.time() - started, 1),
-        "conditions": conditions(opts, rabbit_version),
+        "conditions": conditions(opts, rabbit_version, code),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()
                      if k not in {"pg_url"}},
         "loadavg": {"start": start_load, "end": finished_load},
