@@ -15,6 +15,7 @@ import structlog
 
 from services.audit import decisions, metrics
 from services.audit.batcher import submit_retrying
+from services.audit.budget import ByteBudget
 from services.audit.decisions import Rejected
 from services.audit.ordering import AcceptanceGate
 from services.audit.started import StartedAttempts
@@ -78,14 +79,26 @@ class FactHandler:
 
     def __init__(self, batcher: Batcher[AuditFact, None], gate: AcceptanceGate,
                  publisher: Publisher, write_aheads: StartedAttempts, *,
-                 acceptance_wait: float) -> None:
+                 acceptance_wait: float, budget: ByteBudget | None = None) -> None:
         self._batcher = batcher
+        self._budget = budget
         self._gate = gate
         self._write_aheads = write_aheads
         self._publisher = publisher
         self._acceptance_wait = acceptance_wait
 
     async def __call__(self, message: Delivery) -> None:
+        if self._budget is None or not decisions.holds_budget(message.routing_key):
+            await self._handle(message)
+            return
+        try:
+            async with self._budget.hold(len(message.body)):
+                metrics.FACT_BYTES_IN_PROCESS.set(self._budget.held)
+                await self._handle(message)
+        finally:
+            metrics.FACT_BYTES_IN_PROCESS.set(self._budget.held)
+
+    async def _handle(self, message: Delivery) -> None:
         facts = decisions.decode_facts(message.body)
         if isinstance(facts, Rejected):
             await park(self._publisher, topology.AUDIT_FACTS, message, facts.reason,

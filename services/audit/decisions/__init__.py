@@ -345,6 +345,13 @@ def outcome_unknown(started: AuditFact) -> AuditFact:
     })
 
 
+def holds_budget(routing_key: str | None) -> bool:
+    """Whether a fact message routed with ``routing_key`` (its facts' kind) counts against
+    the bytes in process (:mod:`services.audit.budget`): delivery facts do; acceptances, which
+    delivery facts wait for, and anything routed otherwise do not."""
+    return routing_key is not None and routing_key.startswith("delivery.")
+
+
 def split_started(facts: Iterable[AuditFact]) -> tuple[list[AuditFact], list[AuditFact]]:
     """``facts`` as (write-aheads to hold aside, facts to record)."""
     started: list[AuditFact] = []
