@@ -96,7 +96,8 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
                        prefetch=CONTROL_PREFETCH, probe=storage_ready)
     fact_handler = FactHandler(batcher, gate, publisher, write_aheads,
                                acceptance_wait=settings.acceptance_wait,
-                               budget=ByteBudget(settings.max_fact_bytes_in_process))
+                               budgets={kind: ByteBudget(settings.max_fact_bytes_in_process)
+                                        for kind in ("delivery", "other")})
     facts = Consumer(connection, topology.AUDIT_FACTS, fact_handler,
                      prefetch=settings.prefetch, probe=storage_ready)
 

@@ -9,7 +9,7 @@ stored (:mod:`.ordering`), hand it to the batch writer and return once its batch
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import structlog
 
@@ -79,24 +79,28 @@ class FactHandler:
 
     def __init__(self, batcher: Batcher[AuditFact, None], gate: AcceptanceGate,
                  publisher: Publisher, write_aheads: StartedAttempts, *,
-                 acceptance_wait: float, budget: ByteBudget | None = None) -> None:
+                 acceptance_wait: float,
+                 budgets: Mapping[str, ByteBudget] | None = None) -> None:
         self._batcher = batcher
-        self._budget = budget
+        self._budgets = budgets
         self._gate = gate
         self._write_aheads = write_aheads
         self._publisher = publisher
         self._acceptance_wait = acceptance_wait
 
     async def __call__(self, message: Delivery) -> None:
-        if self._budget is None or not decisions.holds_budget(message.routing_key):
+        if self._budgets is None:
             await self._handle(message)
             return
+        kind = decisions.budget_of(message.routing_key)
+        budget = self._budgets[kind]
+        gauge = metrics.FACT_BYTES_IN_PROCESS.labels(kind)
         try:
-            async with self._budget.hold(len(message.body)):
-                metrics.FACT_BYTES_IN_PROCESS.set(self._budget.held)
+            async with budget.hold(len(message.body)):
+                gauge.set(budget.held)
                 await self._handle(message)
         finally:
-            metrics.FACT_BYTES_IN_PROCESS.set(self._budget.held)
+            gauge.set(budget.held)
 
     async def _handle(self, message: Delivery) -> None:
         facts = decisions.decode_facts(message.body)
