@@ -3,14 +3,16 @@
 Why: the consumer's prefetch counts *messages*, and a message is a batch of up to
 :data:`shared.contracts.MAX_FACTS_PER_BATCH` facts. Behind a deep queue (a burst, an outage of
 audit's database) a prefetch of 1,000 batches of ~100 facts each put ~100,000 decoded facts in
-memory at once: audit's RSS grew past 680 MiB in the overload phases of the benchmark. Each
-delivery-fact message now takes its body's size from a budget before it is decoded and gives it
-back once its facts are committed (or parked); a message that finds the budget spent waits,
-unacked, as the rest of the prefetch does.
+memory at once, with a task each: audit's RSS grew past 680 MiB in the overload phases of the
+benchmark. Each fact message now takes its body's size from a budget before it is decoded and
+gives it back once its facts are committed (or parked); a message that finds the budget spent
+waits, unacked, as the rest of the prefetch does.
 
-Acceptances never wait for the budget: delivery facts wait for their event's acceptance
-(:mod:`services.audit.ordering`) while holding their share, so an acceptance queued behind them
-must always get in — else they would all run out their deadline and be stored unlinked.
+Two budgets (:func:`services.audit.decisions.budget_of`): delivery facts wait for their
+event's acceptance (:mod:`services.audit.ordering`) while holding their share, so the
+acceptances must never queue behind them for the same budget — else they would all run out
+their deadline and be stored unlinked. Delivery facts have one budget, everything else the
+other, and a commit frees the latter whatever the former is doing.
 """
 
 from __future__ import annotations
