@@ -12,6 +12,7 @@ from pathlib import Path
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
+from services.audit.budget import ByteBudget
 from services.audit.consumer import FactHandler, FactWriter
 from services.audit.control import ControlHandler
 from services.audit.heads import ExchangeSink, FileSink, Heads, Sink
@@ -94,7 +95,9 @@ async def _start(settings: AuditSettings, stack: contextlib.AsyncExitStack) -> N
     control = Consumer(connection, topology.AUDIT_CONTROL, ControlHandler(store, publisher),
                        prefetch=CONTROL_PREFETCH, probe=storage_ready)
     fact_handler = FactHandler(batcher, gate, publisher, write_aheads,
-                               acceptance_wait=settings.acceptance_wait)
+                               acceptance_wait=settings.acceptance_wait,
+                               budgets={kind: ByteBudget(settings.max_fact_bytes_in_process)
+                                        for kind in ("delivery", "other")})
     facts = Consumer(connection, topology.AUDIT_FACTS, fact_handler,
                      prefetch=settings.prefetch, probe=storage_ready)
 

@@ -9,12 +9,13 @@ stored (:mod:`.ordering`), hand it to the batch writer and return once its batch
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import structlog
 
 from services.audit import decisions, metrics
 from services.audit.batcher import submit_retrying
+from services.audit.budget import ByteBudget
 from services.audit.decisions import Rejected
 from services.audit.ordering import AcceptanceGate
 from services.audit.started import StartedAttempts
@@ -78,14 +79,30 @@ class FactHandler:
 
     def __init__(self, batcher: Batcher[AuditFact, None], gate: AcceptanceGate,
                  publisher: Publisher, write_aheads: StartedAttempts, *,
-                 acceptance_wait: float) -> None:
+                 acceptance_wait: float,
+                 budgets: Mapping[str, ByteBudget] | None = None) -> None:
         self._batcher = batcher
+        self._budgets = budgets
         self._gate = gate
         self._write_aheads = write_aheads
         self._publisher = publisher
         self._acceptance_wait = acceptance_wait
 
     async def __call__(self, message: Delivery) -> None:
+        if self._budgets is None:
+            await self._handle(message)
+            return
+        kind = decisions.budget_of(message.routing_key)
+        budget = self._budgets[kind]
+        gauge = metrics.FACT_BYTES_IN_PROCESS.labels(kind)
+        try:
+            async with budget.hold(len(message.body)):
+                gauge.set(budget.held)
+                await self._handle(message)
+        finally:
+            gauge.set(budget.held)
+
+    async def _handle(self, message: Delivery) -> None:
         facts = decisions.decode_facts(message.body)
         if isinstance(facts, Rejected):
             await park(self._publisher, topology.AUDIT_FACTS, message, facts.reason,

@@ -80,3 +80,11 @@ CHECKPOINT_NOT_ATTESTED = Counter(
     "Heads signed while the newest retention checkpoint did not verify with the service's "
     "checkpoint key (a forged checkpoint: heads do not attest it).",
 )
+FACT_BYTES_IN_PROCESS = Gauge(
+    "dihya_audit_fact_bytes_in_process",
+    "Bytes of fact messages held in process, by budget (delivery facts, other facts): "
+    "DIHYA_AUDIT_MAX_FACT_BYTES_IN_PROCESS at most each.",
+    ["facts"],
+)
+for _facts in ("delivery", "other"):  # both shown from the start, at 0
+    FACT_BYTES_IN_PROCESS.labels(_facts)

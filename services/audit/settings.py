@@ -29,6 +29,14 @@ class AuditSettings(ServiceSettings):
         description="Unacked facts held at once; must exceed the batch size so batches fill "
                     "(quorum queues cap prefetch at 2,000).",
     )
+    max_fact_bytes_in_process: int = Field(
+        default=2 * 2**20, ge=64 * 2**10, le=2**30,
+        description="Bytes of fact messages held in process at once (decoded, waiting for "
+                    "their acceptance or their commit), for delivery facts and again for the "
+                    "others (acceptances among them: delivery facts wait for those, so they "
+                    "never share a budget); more wait unacked. Bounds audit's memory behind a "
+                    "deep queue, where the prefetch counts batches of up to 1,000 facts.",
+    )
     batch_size: int = Field(
         default=200, ge=1, le=5000,
         description="Facts committed in one transaction; a batch is flushed as soon as it is full.",

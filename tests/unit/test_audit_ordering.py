@@ -113,3 +113,60 @@ async def test_memory_is_bounded() -> None:
     assert g.passes(Fact("delivery.attempted", "evt_1"))
     assert g.passes(Fact("delivery.attempted", "evt_2"))
     await g.stop()
+
+
+async def test_a_cancelled_wait_leaves_the_other_facts_of_its_event_waiting() -> None:
+    lookup = Lookup()
+    g = await gate(lookup, first_wait=5.0)
+    first = asyncio.ensure_future(g.wait(Fact("delivery.attempted", "evt_1")))
+    second = asyncio.ensure_future(g.wait(Fact("delivery.held", "evt_1")))
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert g.waiting == 1 and not second.done()
+    g.committed([Fact("event.accepted", "evt_1")])
+    assert await asyncio.wait_for(second, 1) is True
+    assert g.waiting == 0
+    await g.stop()
+
+
+async def test_each_fact_gives_up_at_its_own_deadline_not_at_the_next_poll() -> None:
+    lookup = Lookup()
+    g = await gate(lookup, deadline=0.3, first_wait=0.05, poll=30.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    early = asyncio.ensure_future(g.wait(Fact("delivery.attempted", "evt_1")))
+    await asyncio.sleep(0.15)
+    late = asyncio.ensure_future(g.wait(Fact("delivery.held", "evt_1")))
+    assert await asyncio.wait_for(early, 2) is False
+    assert 0.3 <= loop.time() - started < 0.45  # its deadline, not the 30 s poll
+    assert not late.done()  # arrived later: its own deadline
+    assert await asyncio.wait_for(late, 2) is False
+    assert 0.45 <= loop.time() - started < 0.7
+    assert g.waiting == 0
+    await g.stop()
+
+
+async def test_the_events_due_together_are_asked_about_in_one_query() -> None:
+    lookup = Lookup({f"evt_{n}" for n in range(0, 300, 2)})  # every other one elsewhere
+    g = await gate(lookup, deadline=0.5, first_wait=0.05, poll=0.05)
+    results = await asyncio.wait_for(asyncio.gather(
+        *(g.wait(Fact("delivery.attempted", f"evt_{n}")) for n in range(300))), 3)
+    assert results == [n % 2 == 0 for n in range(300)]
+    first_query = lookup.calls[0]
+    assert len(first_query) == 300  # one query for the 300 events due at once
+    # then only the missing ones, still together (not a query per event)
+    assert all(int(e[4:]) % 2 == 1 for call in lookup.calls[1:] for e in call)
+    assert 2 <= len(lookup.calls) <= 15
+    await g.stop()
+
+
+async def test_stopping_cancels_the_facts_still_waiting() -> None:
+    g = await gate(Lookup(), first_wait=5.0)
+    waiting = asyncio.ensure_future(g.wait(Fact("delivery.attempted", "evt_1")))
+    await asyncio.sleep(0)
+    await g.stop()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert g.waiting == 0

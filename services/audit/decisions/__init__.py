@@ -345,6 +345,16 @@ def outcome_unknown(started: AuditFact) -> AuditFact:
     })
 
 
+def budget_of(routing_key: str | None) -> Literal["delivery", "other"]:
+    """Which of audit's two byte budgets (:mod:`services.audit.budget`) a fact message routed
+    with ``routing_key`` (its facts' kind) counts against: delivery facts, which may wait for
+    their event's acceptance, have one; everything else (acceptances among them) the other, so
+    the facts that wait can never hold back the ones they wait for."""
+    if routing_key is not None and routing_key.startswith("delivery."):
+        return "delivery"
+    return "other"
+
+
 def split_started(facts: Iterable[AuditFact]) -> tuple[list[AuditFact], list[AuditFact]]:
     """``facts`` as (write-aheads to hold aside, facts to record)."""
     started: list[AuditFact] = []
