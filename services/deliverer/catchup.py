@@ -40,7 +40,7 @@ from services.deliverer.decisions import catchup as decide
 from services.deliverer.decisions import schedule_for
 from services.deliverer.metrics import CATCH_UP, CATCH_UP_PACED
 from services.deliverer.settings import Settings
-from shared import outages, topology
+from shared import outages, telemetry, topology
 from shared.broker import Delivery, Publisher, confirm_all, declare_queue, ready_count, take
 from shared.contracts import CatchUpRequest, DeliveryJob, utcnow
 
@@ -103,6 +103,7 @@ class Sweeper:
         self._deployment = settings.retry_delays_ms
         self._min_tier_ms = settings.catch_up_min_tier_ms
         self._max_queued = settings.catch_up_max_queued
+        self._defer_queues = tuple(topology.defer_queue(d) for d in settings.defer_delays_ms)
         self._pending: dict[str, tuple[int, ...]] = {}
         """Endpoints asked for since the running sweep began, with their own tiers."""
         self._waiters: list[asyncio.Future[None]] = []
@@ -143,6 +144,7 @@ class Sweeper:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
+        _settle(self._waiters, asyncio.CancelledError())  # asked meanwhile: handed back too
 
     async def _run(self) -> None:
         while self._pending:
@@ -157,7 +159,7 @@ class Sweeper:
                 _settle(waiters, exc)  # each request is handed back, asked again later
                 _settle([self._done])  # those that waited for it: their first asking stands
                 self._running = set()
-                if isinstance(exc, asyncio.CancelledError):
+                if not isinstance(exc, Exception):  # cancelled (stopping), or worse
                     raise
                 log.warning("catch_up_sweep_failed", endpoints=len(asked),
                             error=outages.describe(exc))
@@ -231,9 +233,7 @@ class Sweeper:
         sends = [(m, p) for m, p in placed if isinstance(p, decide.SendNow)]
         if moves:
             await confirm_all(
-                self._publisher.publish(topology.RETRY_EXCHANGE, dest, m.body,
-                                        headers=decide.carried_headers(m.headers, p),
-                                        type=m.type, expiration=p.expiration_ms / 1000)
+                self._again(m, topology.RETRY_EXCHANGE, dest, p, p.expiration_ms / 1000)
                 for m, p in moves)
             for m, _ in moves:
                 await m.ack()
@@ -241,11 +241,8 @@ class Sweeper:
             totals["moved"] += len(moves)
         if sends:
             await self._make_room(channel, len(sends))
-            await confirm_all(
-                self._publisher.publish(topology.WORK_EXCHANGE, topology.SIGN, m.body,
-                                        headers=decide.carried_headers(m.headers, p),
-                                        type=m.type)
-                for m, p in sends)
+            await confirm_all(self._again(m, topology.WORK_EXCHANGE, topology.SIGN, p)
+                              for m, p in sends)
             for m, _ in sends:
                 await m.ack()
             early = sum(1 for _, p in sends if isinstance(p, decide.SendNow) and p.early_ms > 0)
@@ -254,14 +251,28 @@ class Sweeper:
             totals["sent_early"] += early
             totals["sent_due"] += len(sends) - early
 
+    async def _again(self, message: AbstractIncomingMessage, exchange: str, key: str,
+                     placed: decide.Placement, expiration: float | None = None) -> None:
+        """Publish ``message`` again, in the trace it carries (the event's, not the sweep's)."""
+        with telemetry.consuming(message.routing_key or key, message.headers):
+            await self._publisher.publish(exchange, key, message.body,
+                                          headers=decide.carried_headers(message.headers,
+                                                                         placed),
+                                          type=message.type, expiration=expiration)
+
     async def _make_room(self, channel: AbstractChannel, count: int) -> None:
-        """Wait until the signer's and the deliverer's job queues hold at most
-        CATCH_UP_MAX_QUEUED ready messages each; then ``count`` sends may go (the room seen is
-        spent before the queues are looked at again)."""
+        """Wait until the signer's and the deliverer's job queues, and the defer tiers
+        together, hold at most CATCH_UP_MAX_QUEUED ready messages each; then ``count`` sends
+        may go (the room seen is spent before the queues are looked at again). The defer
+        tiers count because an endpoint slower than the pipeline has its surplus deferred
+        there: without them the sweep would outrun the endpoint, not just the stages."""
         began = time.monotonic()
         while self._budget <= 0:
+            deferred = 0
+            for queue in self._defer_queues:
+                deferred += await ready_count(channel, queue)
             depth = max(await ready_count(channel, topology.SIGNER_JOBS),
-                        await ready_count(channel, topology.DELIVERER_JOBS))
+                        await ready_count(channel, topology.DELIVERER_JOBS), deferred)
             self._budget = self._max_queued - depth
             if self._budget <= 0:
                 await asyncio.sleep(PACE_POLL)

@@ -161,8 +161,9 @@ class Settings(EgressSettings):
     catch_up_max_queued: int = Field(
         default=2000, ge=1,
         description="A catch-up sweep sends early deliveries only while the signer's and the "
-        "deliverer's job queues each hold at most this many ready messages; above, it waits "
-        "for them to drain, so a backlog never floods the pipeline.",
+        "deliverer's job queues, and the defer tiers together, each hold at most this many "
+        "ready messages; above, it waits for them to drain, so a backlog never floods the "
+        "pipeline nor outruns a slow endpoint.",
     )
     catch_up_interval: float = Field(
         default=60.0, ge=0,
