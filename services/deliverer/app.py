@@ -84,7 +84,7 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
                    for shard in range(topology.PACED_SHARDS)]
         queues += [(topology.fifo_queue(lane), deliverer.on_fifo_job, settings.fifo_prefetch)
                    for lane in range(topology.FIFO_LANES)]
-        sweeper = None
+        sweeper: Sweeper | None = None
         if settings.catch_up:  # one active consumer among the replicas sweeps
             sweeper = Sweeper(settings, connection, publisher, tiers)
             queues.append((topology.CATCH_UP, sweeper.on_request, REQUESTS_PREFETCH))

@@ -227,10 +227,14 @@ class Sweeper:
         then the caught-up endpoints' sent once the job queues have room; each acked once its
         publish is confirmed."""
         now_ms = int(time.time() * 1000)
-        placed = [(m, decide.place(m.headers, m.body, _expiration_ms(m), endpoints, tier,
-                                   now_ms)) for m in batch]
-        moves = [(m, p) for m, p in placed if isinstance(p, decide.Move)]
-        sends = [(m, p) for m, p in placed if isinstance(p, decide.SendNow)]
+        moves: list[tuple[AbstractIncomingMessage, decide.Move]] = []
+        sends: list[tuple[AbstractIncomingMessage, decide.SendNow]] = []
+        for m in batch:
+            placed = decide.place(m.headers, m.body, _expiration_ms(m), endpoints, tier, now_ms)
+            if isinstance(placed, decide.Move):
+                moves.append((m, placed))
+            else:
+                sends.append((m, placed))
         if moves:
             await confirm_all(
                 self._again(m, topology.RETRY_EXCHANGE, dest, p, p.expiration_ms / 1000)
@@ -245,7 +249,7 @@ class Sweeper:
                               for m, p in sends)
             for m, _ in sends:
                 await m.ack()
-            early = sum(1 for _, p in sends if isinstance(p, decide.SendNow) and p.early_ms > 0)
+            early = sum(1 for _, p in sends if p.early_ms > 0)
             CATCH_UP.labels("sent_early").inc(early)
             CATCH_UP.labels("sent_due").inc(len(sends) - early)
             totals["sent_early"] += early
@@ -296,8 +300,9 @@ def _settle(futures: Iterable[asyncio.Future[None]],
 
 
 def _expiration_ms(message: AbstractIncomingMessage) -> int | None:
+    """A consumed message's own expiration, in ms (aio-pika reads it as seconds)."""
     expiration = message.expiration
-    return None if expiration is None else round(float(expiration) * 1000)
+    return round(expiration * 1000) if isinstance(expiration, int | float) else None
 
 
 async def _head_queued(channel: AbstractChannel, queue: str) -> int | None:

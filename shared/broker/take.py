@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
@@ -36,7 +36,7 @@ async def ready_count(channel: AbstractChannel, queue: str) -> int:
 
 
 async def take(channel: AbstractChannel, queue: str, count: int, *, batch: int = 256,
-               idle: float = IDLE) -> AsyncIterator[list[AbstractIncomingMessage]]:
+               idle: float = IDLE) -> AsyncGenerator[list[AbstractIncomingMessage], None]:
     """The first ``count`` messages ``queue`` hands out, in batches of at most ``batch``, in
     queue order; it stops early once none came for ``idle`` seconds.
 

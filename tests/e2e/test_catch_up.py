@@ -255,7 +255,7 @@ async def test_a_deliverer_killed_mid_sweep_loses_nothing_and_the_sweep_complete
             await wait_for(all_audited, timeout=60, interval=2.0)
     sweeps = [line for line in run.system.log_path("deliverer").read_bytes().splitlines()
               if b'"catch_up_sweep_done"' in line]
-    delivered, duplicates, lost = books("killed mid-sweep, back", run.hits, "back", back)
+    delivered, _, lost = books("killed mid-sweep, back", run.hits, "back", back)
     waited = max(done[i] - parked[i] for i in back)
     gaps = third_attempt_gaps(run.hits, "down", down)
     print(f"[books] back: {at_kill} delivered at the kill, all {n} within {waited:.1f} s of "

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from services.deliverer.decisions.catchup import (
@@ -77,8 +77,9 @@ def test_on_schedule_is_exactly_waiting_at_least_the_shortest_jittered_delay(
         attempt: int, jitter: float, share: float) -> None:
     delay_ms = SCHEDULE[attempt - 2]
     waited_s = delay_ms * share / 1000
+    assume(abs(waited_s * 1000 - delay_ms * (1 - jitter)) > 0.01)  # times are in µs
     assert on_schedule(job(attempt, waited_s), SCHEDULE, jitter, NOW) == (
-        waited_s * 1000 >= delay_ms * (1 - jitter) - 1e-6)
+        waited_s * 1000 >= delay_ms * (1 - jitter))
 
 
 def test_debounce_allows_one_request_per_endpoint_per_interval_and_forgets_old_ones() -> None:
@@ -105,7 +106,7 @@ def test_settings_catch_up_defaults() -> None:
     assert defaults.catch_up is False
     assert defaults.catch_up_min_tier_ms == 30_000
     assert defaults.catch_up_max_queued == 2000
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="give one delay"):
         Settings(catch_up_min_tier="30s,1m")
 
 
@@ -187,7 +188,7 @@ def leave_times(queue: list[tuple[Msg, int]]) -> dict[int, int]:
 
 
 retries = st.lists(st.tuples(st.sampled_from(["ep_e", "ep_x", "ep_y"]),
-                             st.integers(1, 1_000), st.floats(-0.2, 0.2)),
+                             st.integers(1, 100), st.floats(-0.2, 0.2)),
                    min_size=1, max_size=40)
 
 
@@ -223,12 +224,13 @@ def sweep(messages: list[Msg], at: int, endpoints: set[str], stop_after: int | N
 
 
 @settings(max_examples=300)
-@given(spec=retries, at=st.integers(0, 80_000))
+@given(spec=retries, at=st.integers(0, 60_000))
 def test_a_sweep_sends_only_the_caught_up_and_never_moves_another_earlier_or_later(
         spec: list[tuple[str, int, float]], at: int) -> None:
     tier = tier_of(spec)
     before = leave_times([(m, m.due) for m in tier])
-    waiting = [m for m in tier if before[m.id] > at]  # what is still in the tier at ``at``
+    # what is in the tier at ``at``: published, not gone yet
+    waiting = [m for m in tier if m.queued <= at < before[m.id]]
     moved, sent, _ = sweep(waiting, at, {"ep_e"})
     after = leave_times(moved)
     for msg in waiting:
@@ -242,7 +244,7 @@ def test_a_sweep_sends_only_the_caught_up_and_never_moves_another_earlier_or_lat
 
 
 @settings(max_examples=300)
-@given(first=retries, second=retries, stop=st.integers(0, 40), gap=st.integers(1, 20_000))
+@given(first=retries, second=retries, stop=st.integers(0, 40), gap=st.integers(1, 30_000))
 def test_sweeps_stopped_half_way_and_finished_keep_the_order(
         first: list[tuple[str, int, float]], second: list[tuple[str, int, float]], stop: int,
         gap: int) -> None:
@@ -252,12 +254,10 @@ def test_sweeps_stopped_half_way_and_finished_keep_the_order(
     another endpoint still leaves at or after its due time and no later than it would have
     without any sweep, in the tier."""
     old = tier_of(first)
-    t1 = 0
+    t1 = old[-1].queued  # once every one of them is in the tier (4 s at most: none left yet)
     side_b, _, _ = sweep(old, t1, {"ep_e"})
-    last_queued = max((m.queued for m in old), default=0)
-    new = [Msg(1000 + m.id, m.endpoint, m.queued + last_queued + 1, m.due + last_queued + 1)
-           for m in tier_of(second)]
-    t2 = t1 + gap // 10  # before anything moved in sweep 1 expires (due ≥ 48 s)
+    new = [Msg(1000 + m.id, m.endpoint, t1 + m.queued, t1 + m.due) for m in tier_of(second)]
+    t2 = new[-1].queued + gap  # still before anything moved in sweep 1 is due (48 s at least)
     side_a, _, rest_b = sweep([m for m, _ in side_b], t2, {"ep_y"}, stop_after=stop)
     rest = [m for m, _ in side_b if m in rest_b]
     t3 = t2 + 1

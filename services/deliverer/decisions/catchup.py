@@ -42,7 +42,7 @@ def retry_headers(endpoint_id: str, now_ms: int, delay_ms: int) -> dict[str, Any
 def on_schedule(job: DeliveryJob, schedule: tuple[int, ...], jitter: float,
                 now: datetime) -> bool:
     """Whether attempt ``job.attempt`` (≥ 2) of ``job`` came after its full wait: at least the
-    shortest delay its tier draws (``delay × (1 - jitter)``) after the previous attempt started.
+    shortest delay its tier draws (``delay * (1 - jitter)``) after the previous attempt started.
     A retry a sweep sent early did not, so its success asks for no further sweep."""
     if job.attempt < 2 or not job.history or len(schedule) < job.attempt - 1:
         return False
@@ -195,7 +195,8 @@ def place(headers: Mapping[str, Any], body: bytes, expiration_ms: int | None,
       cannot be read is not sent early.
     """
     due = due_of(headers)
-    if endpoint_of(headers, body) in endpoints:
+    endpoint = endpoint_of(headers, body)
+    if endpoint is not None and endpoint in endpoints:
         return SendNow(early_ms=max(0, due - now_ms) if due is not None else 0)
     if due is None:
         wait = expiration_ms if expiration_ms is not None and expiration_ms > 0 else tier_ms
