@@ -75,10 +75,12 @@ class Rig:
 @pytest.fixture
 async def rig(vhost_url: tuple[str, str]) -> AsyncIterator[Rig]:
     url, _ = vhost_url
-    connection = await connect(url, service="test-catch-up")
-    await declare_topology(connection, retry_delays_ms=(TIER,))
-    publisher = await Publisher.open(connection)
     settings = Settings(retry_schedule="60s", catch_up=True, catch_up_min_tier="30s")
+    connection = await connect(url, service="test-catch-up")
+    # what the deliverer declares at start: its retry and defer tiers (the sweep paces by both)
+    await declare_topology(connection, retry_delays_ms=(TIER,),
+                           defer_delays_ms=settings.defer_delays_ms)
+    publisher = await Publisher.open(connection)
     sweeper = Sweeper(settings, connection, publisher, WaitTiers(connection, (TIER,)))
     consumer = Consumer(connection, topology.CATCH_UP, sweeper.on_request,
                         prefetch=REQUESTS_PREFETCH)
