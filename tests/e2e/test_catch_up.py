@@ -7,7 +7,7 @@ Then one endpoint (``back``) recovers: a fresh event's retry succeeds on schedul
 for a catch-up. With the mode on, its waiting deliveries arrive within seconds, each once with
 its webhook-id, while the other endpoint's (``down``) third attempts keep their band. With the
 mode off (the default), nothing is early. A deliverer SIGKILLed mid-sweep (2,000 waiting, tier
-60 s) loses nothing and the sweep completes after its restart. Each test prints its books.
+80 s: building the backlog takes a while on a busy machine) loses nothing and the sweep completes after its restart. Each test prints its books.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ async def test_a_deliverer_killed_mid_sweep_loses_nothing_and_the_sweep_complete
     n, others = 2000, 50
     # a small allowance of queued jobs: the sweep is paced, so it is still running at the kill
     async with running(amqp_base, tmp_path, catch_up=True,
-                       DIHYA_DELIVERER_RETRY_SCHEDULE="1s,60s",
+                       DIHYA_DELIVERER_RETRY_SCHEDULE="1s,80s",
                        DIHYA_DELIVERER_CATCH_UP_MAX_QUEUED="20") as run:
         back, down = await backlog(run, n, down=others)
         parked = {i: sorted(run.hits.times["back"][i])[1][0] for i in back}
@@ -243,7 +243,7 @@ async def test_a_deliverer_killed_mid_sweep_loses_nothing_and_the_sweep_complete
         await wait_for(lambda: run.hits.delivered("back", back) == n, timeout=60)
         done = {i: min(t for t, s in run.hits.times["back"][i] if s == 200) for i in back}
         await wait_for(lambda: len(third_attempt_gaps(run.hits, "down", down)) == others,
-                       timeout=90)
+                       timeout=110)
         audited: set[str] = set()
 
         async def all_audited() -> bool:
@@ -259,12 +259,12 @@ async def test_a_deliverer_killed_mid_sweep_loses_nothing_and_the_sweep_complete
     waited = max(done[i] - parked[i] for i in back)
     gaps = third_attempt_gaps(run.hits, "down", down)
     print(f"[books] back: {at_kill} delivered at the kill, all {n} within {waited:.1f} s of "
-          f"their second failure (due from 48 s on); sweeps done (after the restart)="
+          f"their second failure (due from 64 s on); sweeps done (after the restart)="
           f"{len(sweeps)}; audit: delivered records for {len(audited & set(back))}/{n}; "
           f"down: third attempts {min(gaps):.1f}-{max(gaps):.1f} s after the second")
     assert at_kill < n  # the kill came mid-sweep
     assert (delivered, lost, run.hits.foreign) == (n, 0, 0)
-    assert waited < 48.0  # the sweep completed after the restart: none waited its delay
+    assert waited < 64.0  # the sweep completed after the restart: none waited its delay
     assert len(sweeps) >= 1
     assert audited >= set(back)
-    assert min(gaps) >= 48.0 - 0.05 and max(gaps) <= 72.0 + 4.0
+    assert min(gaps) >= 64.0 - 0.05 and max(gaps) <= 96.0 + 4.0
