@@ -222,20 +222,13 @@ class Settings(EgressSettings):
         parse_schedule(value)
         return value
 
-    @field_validator("catch_up_min_tier")
-    @classmethod
-    def _check_min_tier(cls, value: str) -> str:
-        if len(parse_schedule(value)) != 1:
-            raise ValueError("give one delay, e.g. '30s'")
-        return value
-
     @property
     def catch_up_min_tier_ms(self) -> int:
         return parse_schedule(self.catch_up_min_tier)[0]
 
-    @field_validator("defer_delay", "defer_max")
+    @field_validator("defer_delay", "defer_max", "catch_up_min_tier")
     @classmethod
-    def _check_defer(cls, value: str) -> str:
+    def _check_one_delay(cls, value: str) -> str:
         if len(parse_schedule(value)) != 1:
             raise ValueError("give one delay, e.g. '1s'")
         return value
