@@ -45,5 +45,5 @@ CATCH_UP = Counter(
     "moved to a side queue with its remaining wait).", ["step"])
 CATCH_UP_PACED = Counter(
     "dihya_deliverer_catch_up_paced_seconds_total",
-    "Seconds catch-up sweeps waited for the signer's and the deliverer's job queues to drain "
-    "below DIHYA_DELIVERER_CATCH_UP_MAX_QUEUED.")
+    "Seconds catch-up sweeps waited for the signer's and the deliverer's job queues and the "
+    "defer tiers to drain below DIHYA_DELIVERER_CATCH_UP_MAX_QUEUED.")

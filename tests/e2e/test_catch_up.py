@@ -7,7 +7,8 @@ Then one endpoint (``back``) recovers: a fresh event's retry succeeds on schedul
 for a catch-up. With the mode on, its waiting deliveries arrive within seconds, each once with
 its webhook-id, while the other endpoint's (``down``) third attempts keep their band. With the
 mode off (the default), nothing is early. A deliverer SIGKILLed mid-sweep (2,000 waiting, tier
-80 s: building the backlog takes a while on a busy machine) loses nothing and the sweep completes after its restart. Each test prints its books.
+80 s: building the backlog takes a while on a busy machine) loses nothing and the sweep
+completes after its restart. Each test prints its books.
 """
 
 from __future__ import annotations
