@@ -141,6 +141,10 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--retry-schedule",
                         help="DIHYA_DELIVERER_RETRY_SCHEDULE for the run (the deliverer's "
                         "default in a full run)")
+    parser.add_argument("--catch-up", action="store_true", default=None,
+                        help="run Dihya with DIHYA_DELIVERER_CATCH_UP=true: the backlog phase "
+                        "drains from the recovery on (catch-up attempts are early by design "
+                        "and counted apart in its schedule check)")
     parser.add_argument("--rabbitmqctl",
                         help="command reaching the node for its memory and alarms "
                         "(default: rabbitmqctl)")
@@ -165,7 +169,7 @@ def parse(argv: list[str] | None = None) -> Options:
                 "verify_every", "keep_logs", "fixed_rate", "fast_path", "realistic",
                 "hot_rate", "overload", "overload_factors", "overload_duration",
                 "overload_raw", "backlog", "backlog_fraction", "backlog_timeout",
-                "retry_schedule", "rabbitmqctl"):
+                "retry_schedule", "catch_up", "rabbitmqctl"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value

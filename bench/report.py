@@ -418,8 +418,10 @@ def backlog_lines(backlog: dict[str, Any] | None) -> list[str]:
         f"{b['broker'].get('mem_used_peak_mib')} of {b['broker'].get('mem_limit_mib')} MiB, "
         f"alarms {b['broker'].get('alarms')}; others' p99 {b['others_p99_ms_baseline']} → "
         f"{b['others_p99_ms_during']} ms",
-        f"  drain {b['delivered_after_recovery']}/{b['backlog']} at {b['drain_dps']}/s in "
-        f"{b['drain_s']} s, duplicates {b['duplicates']}; schedule: {b['schedule']}",
+        f"  drain{' (catch-up)' if b.get('catch_up') else ''} "
+        f"{b['delivered_after_recovery']}/{b['backlog']} at {b['drain_dps']}/s in "
+        f"{b['drain_s']} s ({b.get('drain_dps_from_recovery')}/s from the recovery), "
+        f"duplicates {b['duplicates']}; schedule: {b['schedule']}",
     ]
 
 

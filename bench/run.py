@@ -164,6 +164,9 @@ class Options:
     """Longest wait for the backlog to fail once, and then to drain."""
     retry_schedule: str | None = None
     """DIHYA_DELIVERER_RETRY_SCHEDULE for the run (None: the deliverer's default)."""
+    catch_up: bool = False
+    """Run Dihya with DIHYA_DELIVERER_CATCH_UP=true: the backlog drains from the endpoint's
+    recovery on at the pipeline's pace instead of on its schedule."""
     rabbitmqctl: str = "rabbitmqctl"
     """How to reach the node for its memory and alarms (``-n`` and the environment of a node
     of one's own: ``--rabbitmqctl 'env HOME=... rabbitmqctl -n name'``)."""
@@ -597,7 +600,9 @@ async def run(opts: Options) -> dict[str, Any]:
         env = {"DIHYA_AMQP_FAST_PATH": "true" if opts.fast_path else "false"}
         if opts.retry_schedule:
             env["DIHYA_DELIVERER_RETRY_SCHEDULE"] = opts.retry_schedule
-        env.update(opts.service_env)
+        if opts.catch_up:
+            env["DIHYA_DELIVERER_CATCH_UP"] = "true"
+        env.update(opts.service_env)  # --set last: it wins
         system = System(url, tmp / "dihya", replicas=dict(opts.replicas),
                         database_urls=database_urls, env=env)
         exit_codes: dict[str, int | None] = {}

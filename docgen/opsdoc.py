@@ -35,6 +35,9 @@ CONSUMERS: dict[str, str] = {
     topology.dead_queue(topology.DELIVERER_JOBS): "ingest (into its dead-letter store)",
     topology.AUDIT_HEADS: "auditors, SIEMs (the newest signed heads; bind a queue of your own "
                           "to keep every head)",
+    topology.CATCH_UP: "deliverer, with DIHYA_DELIVERER_CATCH_UP on (catch-up requests; one "
+                       "active consumer among the replicas; a request failing 10 times is "
+                       "dropped)",
 }
 """Who consumes each queue of the shared topology; a queue missing here is read by nobody
 (a parking queue waiting for an operator). A test checks that every work queue has one."""
@@ -45,13 +48,14 @@ _EXCHANGE_PURPOSE = {
     f"`{topology.DELIVER}` → deliverer, `{topology.paced_key(0)}`…"
     f"`{topology.paced_key(topology.PACED_SHARDS - 1)}` → the paced queues (rate-limited "
     f"endpoints), `{topology.fifo_key(0)}`…`{topology.fifo_key(topology.FIFO_LANES - 1)}` → "
-    f"the FIFO lanes (ordered endpoints), `{topology.SIGN_NOW}` → signer (sign-now requests)",
+    f"the FIFO lanes (ordered endpoints), `{topology.SIGN_NOW}` → signer (sign-now requests), "
+    f"`{topology.CATCH_UP_KEY}` → deliverer (catch-up requests)",
     topology.AUDIT_EXCHANGE: "audit facts; routing key = fact kind",
     topology.AUDIT_HEADS_EXCHANGE: "signed heads of the audit chain, to every bound queue",
     topology.CONTROL_EXCHANGE: "control messages: `secret.*` → signer, `token.*` → audit",
     topology.DEAD_EXCHANGE: "parked messages; routing key = the queue they came from",
     topology.RETRY_EXCHANGE: "delayed retries (to the signer) and deferrals (to the deliverer); "
-    "routing key = the wait queue of the tier",
+    "routing key = the wait queue of the tier (or its catch-up side queue)",
 }
 
 

@@ -17,6 +17,7 @@ from shared.contracts import (
     AuditFact,
     AuditFactBatch,
     AuditHead,
+    CatchUpRequest,
     Contract,
     DeliveryJob,
     DeliveryJobBatch,
@@ -66,6 +67,12 @@ _CHANNELS: list[tuple[str, str, str, tuple[type[Contract], ...], str]] = [
      "signer answers to the asking channel (default exchange, routing key = `reply_to`, same "
      "`correlation_id`) with the `SignedDelivery` or a `SignRefusal`. Requests expire after "
      "10 s unanswered; the deliverer asks again."),
+    ("catch-up", topology.WORK_EXCHANGE, topology.CATCH_UP_KEY, (CatchUpRequest,),
+     "Deliverer → deliverer (`dihya.deliverer.catch-up`, one active consumer among the "
+     "replicas), with `DIHYA_DELIVERER_CATCH_UP` on: an endpoint that was failing answers "
+     "again, so its retries waiting in the retry tiers are sent now (docs/operations.md, "
+     "\"Catch-up\"). Retries in the tiers carry the headers `x-dihya-endpoint`, "
+     "`x-dihya-queued-ms` and `x-dihya-due-ms` (epoch ms) the sweep reads."),
     ("audit", topology.AUDIT_EXCHANGE, "{factKind}", (AuditFact, AuditFactBatch),
      "Every service → audit (`dihya.audit.facts`); routing key = fact kind. A batch holds facts "
      "of that one kind; `delivery.attempted` is also read by ingest (`dihya.ingest.health`)."),

@@ -384,6 +384,23 @@ class SubjectErasure(Contract):
     requested_at: AwareDatetime
 
 
+class CatchUpRequest(Contract):
+    """Asks the deliverers to send one endpoint's waiting retries now (deliverer → deliverer,
+    routing key ``catch-up`` on the work exchange, queue ``dihya.deliverer.catch-up`` with one
+    active consumer). A deliverer publishes it when a retry to the endpoint succeeded on its
+    schedule: the endpoint was failing and is back. The active deliverer sweeps the retry
+    tiers (docs/operations.md, "Catch-up"); a request older than the last sweep of its endpoint
+    is dropped, so repeats cost nothing. Losing one delays nothing beyond the schedule."""
+
+    type: Literal["dihya.catch_up_request.v1"] = "dihya.catch_up_request.v1"
+    endpoint_id: str = Field(min_length=1, max_length=128)
+    requested_at: AwareDatetime
+    retry_schedule_ms: tuple[Annotated[int, Field(gt=0)], ...] | None = Field(
+        default=None,
+        description="The endpoint's own retry schedule (its tiers are swept too); null: the "
+        "deployment's.")
+
+
 CONTRACTS: tuple[type[Contract], ...] = (
     Event,
     AttemptRecord,
@@ -397,6 +414,7 @@ CONTRACTS: tuple[type[Contract], ...] = (
     TokenGrant,
     AuditHead,
     SubjectErasure,
+    CatchUpRequest,
 )
 
 

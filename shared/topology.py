@@ -227,6 +227,32 @@ SIGN_NOW_QUEUE = Queue(SIGN_NOW, ((WORK_EXCHANGE, SIGN_NOW),),
                        {"x-queue-type": "quorum", "x-message-ttl": SIGN_NOW_TTL_MS})
 
 
+CATCH_UP = "dihya.deliverer.catch-up"
+"""Catch-up requests (:class:`~shared.contracts.CatchUpRequest`, deliverer → deliverer): an
+endpoint is back, send its waiting retries now. One active consumer among the deliverer
+replicas sweeps; a request is acked once its sweep is done, so a killed sweeper's goes to the
+next. No dead-letter exchange: a request that fails :data:`DELIVERY_LIMIT` times is dropped —
+its deliveries still leave on their schedule."""
+CATCH_UP_KEY = "catch-up"
+"""Routing key (on :data:`WORK_EXCHANGE`) of :data:`CATCH_UP`."""
+
+CATCH_UP_QUEUE = Queue(CATCH_UP, ((WORK_EXCHANGE, CATCH_UP_KEY),),
+                       {"x-queue-type": "quorum", "x-single-active-consumer": True,
+                        "x-delivery-limit": DELIVERY_LIMIT})
+
+ENDPOINT_HEADER = "x-dihya-endpoint"
+"""On a retry in a wait tier: the id of its endpoint (a catch-up sweep reads it, not the body)."""
+DUE_HEADER = "x-dihya-due-ms"
+"""On a retry in a wait tier: when its wait ends (Unix epoch, milliseconds). A catch-up sweep
+moving it keeps that due time (docs/operations.md, "Catch-up")."""
+QUEUED_HEADER = "x-dihya-queued-ms"
+"""On a retry in a wait tier: when it was first published there (Unix epoch, ms), which
+follows the tier's order (due times, jittered, do not): a catch-up sweep that stopped half-way
+is finished in order by it."""
+SIDES = ("a", "b")
+"""The two side queues of a retry tier, used in turn by catch-up sweeps."""
+
+
 AUDIT_HEADS = "dihya.audit.heads.recent"
 """Keeps the newest signed heads (:data:`HEADS_KEPT`, a week at one a minute) so a head
 published while no auditor's queue is bound is not returned unroutable; read it, or bind
@@ -272,6 +298,19 @@ def retry_queues(delays_ms: tuple[int, ...]) -> tuple[Queue, ...]:
     return tuple(_wait_queue(retry_queue(d), d, SIGN) for d in sorted(set(delays_ms)))
 
 
+def side_queue(delay_ms: int, side: str) -> str:
+    """Name of side queue ``side`` (one of :data:`SIDES`) of the retry tier ``delay_ms``."""
+    return f"{retry_queue(delay_ms)}.{side}"
+
+
+def side_queues(delay_ms: int) -> tuple[Queue, ...]:
+    """The two side queues of the retry tier ``delay_ms``: the arguments of the tier (the same
+    TTL bound, dead-lettered to the signer), each bound under its own name. A catch-up sweep
+    moves the retries it does not send early there, each with its remaining wait, and
+    declares them on first use (they are not part of the static topology)."""
+    return tuple(_wait_queue(side_queue(delay_ms, side), delay_ms, SIGN) for side in SIDES)
+
+
 def defer_queues(delays_ms: tuple[int, ...]) -> tuple[Queue, ...]:
     """Defer wait queues, one per distinct tier: a signed delivery its endpoint had no room
     for waits here, then dead-letters straight back to the deliverer, still signed — it was
@@ -286,7 +325,7 @@ def queues(retry_delays_ms: tuple[int, ...] = (),
     """Every queue of the topology, the retry and defer tiers included when their delays are
     given."""
     return (WORK_QUEUES + PACED_QUEUES + FIFO_QUEUES + (SIGN_NOW_QUEUE,) + _dead_queues()
-            + (HEADS_QUEUE,)
+            + (HEADS_QUEUE, CATCH_UP_QUEUE)
             + retry_queues(retry_delays_ms)
             + defer_queues(defer_delays_ms))
 

@@ -1,5 +1,6 @@
 """Deliverer wiring: one shared HTTP client, the jobs consumer, the paced queues' consumers
-(rate-limited endpoints, one active consumer each among the replicas) and the ops HTTP server.
+(rate-limited endpoints, one active consumer each among the replicas), the catch-up sweeper
+when DIHYA_DELIVERER_CATCH_UP is on (one active consumer too) and the ops HTTP server.
 The handlers are in :mod:`services.deliverer.consumer`."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
+from services.deliverer.catchup import REQUESTS_PREFETCH, Requests, Sweeper
 from services.deliverer.client import make_session
 from services.deliverer.consumer import Deliverer, WaitTiers
 from services.deliverer.ordered import SignNow
@@ -71,8 +73,9 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
                           timeout=settings.publish_timeout)
         sign_now = SignNow(connection, settings.sign_now_timeout)
         stack.push_async_callback(sign_now.close)
+        requests = Requests(settings, publisher) if settings.catch_up else None
         deliverer = Deliverer(settings, session, publisher, tiers, facts, resolver=resolver,
-                              starts=starts, sign_now=sign_now)
+                              starts=starts, sign_now=sign_now, catch_up=requests)
         # the broker path is its one dependency (the consumer's default probe)
         stack.push_async_callback(deliverer.drain, settings.shutdown_grace)
         # the paced queues and the FIFO lanes have one active consumer each, broker-wide
@@ -81,16 +84,22 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
                    for shard in range(topology.PACED_SHARDS)]
         queues += [(topology.fifo_queue(lane), deliverer.on_fifo_job, settings.fifo_prefetch)
                    for lane in range(topology.FIFO_LANES)]
+        sweeper: Sweeper | None = None
+        if settings.catch_up:  # one active consumer among the replicas sweeps
+            sweeper = Sweeper(settings, connection, publisher, tiers)
+            queues.append((topology.CATCH_UP, sweeper.on_request, REQUESTS_PREFETCH))
         for queue, handler, prefetch in queues:
             consumer = Consumer(connection, queue, handler, prefetch=prefetch)
             consumers.append(consumer)
             stack.push_async_callback(consumer.stop, settings.shutdown_grace)
             await consumer.start()
+        if sweeper is not None:  # at stop, before the consumers: a sweep may take minutes
+            stack.push_async_callback(sweeper.close)
         # runs before the paced consumers stop: no turn given once another replica may pace
         stack.callback(deliverer.stop_pacing)
     except BaseException:
         await stack.aclose()
         raise
     log.info("deliverer_started", port=settings.port, prefetch=settings.prefetch,
-             retry_schedule=settings.retry_schedule)
+             retry_schedule=settings.retry_schedule, catch_up=settings.catch_up)
     return stack.aclose

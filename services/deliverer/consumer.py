@@ -25,8 +25,10 @@ from opentelemetry.trace import SpanKind
 from yarl import URL
 
 from services.deliverer import decisions
+from services.deliverer.catchup import Requests
 from services.deliverer.client import WRITTEN
-from services.deliverer.decisions import DeadLetter, ErrorKind, Retry
+from services.deliverer.decisions import DeadLetter, Done, ErrorKind, Retry
+from services.deliverer.decisions.catchup import retry_headers
 from services.deliverer.decisions.pacing import Pacer, defer_tier, shard_of
 from services.deliverer.metrics import (
     ATTEMPT_SECONDS,
@@ -144,6 +146,11 @@ class WaitTiers:
     def __contains__(self, delay_ms: object) -> bool:
         return delay_ms in self._known
 
+    @property
+    def known(self) -> frozenset[int]:
+        """The tiers declared so far: the deployment's and those declared here since."""
+        return frozenset(self._known)
+
     async def ensure(self, delay_ms: int) -> None:
         """Return once the wait queue of tier ``delay_ms`` exists (declared here if needed)."""
         if delay_ms in self._known:
@@ -185,7 +192,8 @@ class Deliverer:
                  rng: random.Random | None = None,
                  resolver: AbstractResolver | None = None,
                  starts: FactPublisher | None = None,
-                 sign_now: SignNow | None = None) -> None:
+                 sign_now: SignNow | None = None,
+                 catch_up: Requests | None = None) -> None:
         self._settings = settings
         self._session = session
         self._publisher = publisher
@@ -215,6 +223,7 @@ class Deliverer:
         self._pace = PaceGate(Pacer(time.monotonic(), settings.pace_margin,
                                     topology.PACED_SHARDS), settings.max_pace_wait)
         self._sign_now = sign_now
+        self._catch_up = catch_up
         self._keys = KeyTurns()
         KEYS_HELD.set_function(self._keys.waiting)
 
@@ -563,8 +572,10 @@ class Deliverer:
         publishes: list[Awaitable[None]] = [asyncio.shield(attempt)]
         if isinstance(step, Retry):
             following = decisions.next_job(job, record)
+            # its endpoint and due time ride along for a catch-up sweep (catchup.py)
             publishes.append(self._publisher.send(
                 topology.RETRY_EXCHANGE, topology.retry_queue(step.tier_ms), following,
+                headers=retry_headers(job.endpoint_id, int(time.time() * 1000), step.delay_ms),
                 expiration=step.delay_ms / 1000))
             RETRIES.labels(str(step.tier_ms)).inc()
         elif isinstance(step, DeadLetter):
@@ -572,6 +583,10 @@ class Deliverer:
                                                outcome.error, now, attempt))
         await confirm_all(publishes)  # all settled (the fact above included), then any error
         _log_attempt(job, outcome, record, step)
+        if isinstance(step, Done) and self._catch_up is not None:
+            asking = self._catch_up.delivered(job, now)  # back after failing: catch up
+            if asking is not None:
+                self._background(asking)
 
 
 def _log_attempt(job: DeliveryJob, outcome: decisions.Outcome, record: AttemptRecord,

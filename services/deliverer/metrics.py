@@ -36,3 +36,14 @@ ORDERED = Counter("dihya_deliverer_ordered_total",
 KEYS_HELD = Gauge("dihya_deliverer_ordered_waiting",
                   "Deliveries of ordered endpoints waiting in this deliverer behind an earlier "
                   "one of their key.")
+CATCH_UP = Counter(
+    "dihya_deliverer_catch_up_total",
+    "Catch-up mode (DIHYA_DELIVERER_CATCH_UP), by step: `requested` (an endpoint back: a "
+    "request published), `collapsed` (a request its endpoint's last or running sweep covers), "
+    "`sweeps` (sweeps done), `sent_early` (a caught-up endpoint's retry sent before its due "
+    "time), `sent_due` (a retry found due during a sweep), `moved` (another endpoint's retry "
+    "moved to a side queue with its remaining wait).", ["step"])
+CATCH_UP_PACED = Counter(
+    "dihya_deliverer_catch_up_paced_seconds_total",
+    "Seconds catch-up sweeps waited for the signer's and the deliverer's job queues and the "
+    "defer tiers to drain below DIHYA_DELIVERER_CATCH_UP_MAX_QUEUED.")

@@ -148,6 +148,34 @@ class Settings(EgressSettings):
         "5 min). 0 disables.",
     )
 
+    catch_up: bool = Field(
+        default=False,
+        description="Catch-up mode: once an endpoint that was failing answers a retry again, "
+        "its deliveries waiting in the retry tiers of CATCH_UP_MIN_TIER and longer are sent "
+        "now, at the pace the pipeline takes (CATCH_UP_MAX_QUEUED), instead of waiting out "
+        "their delays; every other endpoint's retries keep their schedule "
+        "(docs/operations.md, \"Catch-up\"). Off: every retry waits its delay.",
+    )
+    catch_up_min_tier: str = Field(
+        default="30s",
+        description="The shortest retry tier a catch-up sweeps (ms, s, m, h): shorter tiers "
+        "empty soon enough by themselves, and a sweep reads every message of the tiers it "
+        "sweeps.",
+    )
+    catch_up_max_queued: int = Field(
+        default=2000, ge=1,
+        description="A catch-up sweep sends early deliveries only while the signer's and the "
+        "deliverer's job queues, and the defer tiers together, each hold at most this many "
+        "ready messages; above, it waits for them to drain, so a backlog never floods the "
+        "pipeline nor outruns a slow endpoint.",
+    )
+    catch_up_interval: float = Field(
+        default=60.0, ge=0,
+        description="Seconds between two catch-up requests for one endpoint from one "
+        "deliverer replica (the active sweeper drops a request older than the endpoint's last "
+        "sweep anyway).",
+    )
+
     headers_key: SecretStr | None = Field(
         default=None, validation_alias="DIHYA_HEADERS_KEY",
         description="The signer's DIHYA_HEADERS_KEY (same value): opens the endpoints' custom "
@@ -198,9 +226,13 @@ class Settings(EgressSettings):
         parse_schedule(value)
         return value
 
-    @field_validator("defer_delay", "defer_max")
+    @property
+    def catch_up_min_tier_ms(self) -> int:
+        return parse_schedule(self.catch_up_min_tier)[0]
+
+    @field_validator("defer_delay", "defer_max", "catch_up_min_tier")
     @classmethod
-    def _check_defer(cls, value: str) -> str:
+    def _check_one_delay(cls, value: str) -> str:
         if len(parse_schedule(value)) != 1:
             raise ValueError("give one delay, e.g. '1s'")
         return value

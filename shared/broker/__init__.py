@@ -15,7 +15,8 @@ The rules it encodes (field notes; RabbitMQ reliability guide):
 
 One module per job: :mod:`~shared.broker.adapter` (connect, declare),
 :mod:`~shared.broker.publisher` (publish and confirms), :mod:`~shared.broker.facts` (audit facts
-in batches), :mod:`~shared.broker.consumer`; :mod:`~shared.broker.paths` decides between the
+in batches), :mod:`~shared.broker.consumer`, :mod:`~shared.broker.take` (a bounded read, for
+sweeps); :mod:`~shared.broker.paths` decides between the
 fast path and the plain one, and :mod:`~shared.broker.fastpath` holds every use of a library's
 internals (and nothing else does).
 """
@@ -43,6 +44,7 @@ from shared.broker.consumer import (
 )
 from shared.broker.facts import FACT_LINGER, FactPublisher
 from shared.broker.publisher import RESTORE_POLL, Publisher, confirm_all
+from shared.broker.take import ready_count, take
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -66,5 +68,7 @@ __all__ = [
     "declare",
     "declare_queue",
     "declare_topology",
+    "ready_count",
     "requeue_delay",
+    "take",
 ]

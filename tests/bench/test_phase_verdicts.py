@@ -54,3 +54,16 @@ def test_schedule_check_tells_early_from_late_attempts() -> None:
     assert late["late"] == 1 and late["late_by_s"]["max"] == 48.0 and late["respected"]
     beyond = schedule_check({"e": [0.0, 5.0, 65.0, 70.0]}, delays, 0.2)  # no third delay
     assert beyond["waits"] == 2
+
+
+def test_schedule_check_counts_catch_up_attempts_apart_and_still_judges_the_rest() -> None:
+    delays = (5.0, 60.0)
+    # recovered at 20 s: "a" was sent early after it (caught up), "b" was early before it
+    sampled = {"a": [0.0, 5.0, 22.0], "b": [0.0, 2.0], "c": [30.0, 35.0, 95.0]}
+    result = schedule_check(sampled, delays, 0.2, caught_up_from=20.0)
+    assert (result["caught_up"], result["early"], result["waits"]) == (1, 1, 4)
+    assert not result["respected"]  # "b" broke the schedule before the recovery
+    caught = schedule_check({"a": [0.0, 5.0, 22.0]}, delays, 0.2, caught_up_from=20.0)
+    assert (caught["caught_up"], caught["early"], caught["respected"]) == (1, 0, True)
+    # without the mode, the same attempt is early
+    assert schedule_check({"a": [0.0, 5.0, 22.0]}, delays, 0.2)["early"] == 1

@@ -18,6 +18,7 @@ from shared.contracts import (
     AttemptRecord,
     AuditFact,
     AuditHead,
+    CatchUpRequest,
     Contract,
     DeliveryJob,
     EndpointSecret,
@@ -70,6 +71,9 @@ SAMPLES: dict[str, Contract] = {
         seq=120, head_hash="ab" * 32, records=80, time="2025-05-20T12:00:00.000000Z",
         previous_head_hash="0" * 64, checkpoint={"last_seq": 40, "last_hash": "cd" * 32})),
     "SubjectErasure": SubjectErasure(subject="user42", requested_by="tok_1", requested_at=AT),
+    "CatchUpRequest": CatchUpRequest(endpoint_id="ep_01jvh3kq8m", requested_at=AT),
+    "CatchUpRequest.own_schedule": CatchUpRequest(endpoint_id="ep_01jvh3kq8m", requested_at=AT,
+                                                  retry_schedule_ms=(1_000, 60_000)),
 }
 
 HERE = Path(__file__).parent / "samples"
