@@ -127,20 +127,16 @@ async def _keys_for_subjects(conn: Any, subjects: set[str], now: datetime,
             "SELECT ref, lookup, key FROM subject_keys WHERE lookup = ANY($1::text[])",
             sorted(lookups)):
         found[lookups[lookup]] = (ref, sealing.decode_key(key, "key"))
-    new_rows = []
-    for lookup, subject in lookups.items():
-        if subject not in found:
-            ref, key = sealing.new_ref(), sealing.new_key()
-            found[subject] = (ref, key)
-            new_rows.append((ref, lookup, sealing.encode_key(key)))
-    if new_rows:
-        refs, lookups_new, keys = (list(column) for column in zip(*new_rows, strict=True))
+    created = sealing.keys_to_create(lookups, found)
+    if created:
         await conn.execute(
             "INSERT INTO subject_keys (ref, lookup, key, created_at) "
             "SELECT ref, lookup, key, $4::timestamptz "
             "FROM unnest($1::text[], $2::text[], $3::text[]) AS k(ref, lookup, key)",
-            refs, lookups_new, keys, now)
-    return found
+            [ref for ref, _, _ in created.values()],
+            [lookup for _, lookup, _ in created.values()],
+            [sealing.encode_key(key) for _, _, key in created.values()], now)
+    return found | {subject: (ref, key) for subject, (ref, _, key) in created.items()}
 
 
 async def _keys_for_refs(conn: Any, refs: Iterable[str]) -> Mapping[str, bytes]:

@@ -421,16 +421,12 @@ class AuditStore:
             )
             for row in rows:
                 found[lookups[row.lookup]] = (row.ref, sealing.decode_key(row.key, "key"))
-        new_rows = []
-        for lookup, subject in lookups.items():
-            if subject not in found:
-                ref, key = sealing.new_ref(), sealing.new_key()
-                found[subject] = (ref, key)
-                new_rows.append({"ref": ref, "lookup": lookup, "key": sealing.encode_key(key),
-                                 "created_at": now})
-        if new_rows:
-            await conn.execute(subject_keys.insert(), new_rows)
-        return found
+        created = sealing.keys_to_create(lookups, found)
+        if created:
+            await conn.execute(subject_keys.insert(), [
+                {"ref": ref, "lookup": lookup, "key": sealing.encode_key(key), "created_at": now}
+                for ref, lookup, key in created.values()])
+        return found | {subject: (ref, key) for subject, (ref, _, key) in created.items()}
 
     @staticmethod
     async def _keys_for_refs(conn: AsyncConnection, refs: Iterable[str]) -> dict[str, bytes]:
