@@ -496,6 +496,11 @@ async def test_the_direct_writer_stores_the_engines_rows(database_pair: tuple[st
             await log_store.record(events, deliveries)  # a redelivery changes nothing
             await log_store.record_attempts(attempts[:2], at)
             await log_store.record_attempts(attempts, at + timedelta(seconds=5))
+            # a newer attempt, then an older one seen late: counted, the status unchanged
+            await log_store.record_attempts([attempt("dlv_2", 3, "delivered")],
+                                            at + timedelta(seconds=6))
+            await log_store.record_attempts([attempt("dlv_2", 2, "failed", True)],
+                                            at + timedelta(seconds=7))
             async with engine.connect() as conn:
                 stored.append([
                     [tuple(row) for row in await conn.execute(
@@ -506,7 +511,7 @@ async def test_the_direct_writer_stores_the_engines_rows(database_pair: tuple[st
                 await writer.close()
             await engine.dispose()
     engine_rows, direct_rows = stored
-    assert [len(rows) for rows in direct_rows] == [2, 3, 4]
+    assert [len(rows) for rows in direct_rows] == [2, 3, 6]
     assert direct_rows == engine_rows
 
 
