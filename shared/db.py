@@ -12,22 +12,26 @@ environment that runs them is shared (``shared/alembic``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import asyncpg
 import structlog
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import DateTime, TypeDecorator, event, text
 from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from shared import outages
 
 _ENV_DIR = Path(__file__).parent / "alembic"
 
@@ -218,6 +222,143 @@ def direct_sqlite(engine: AsyncEngine) -> DirectSQLite | None:
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
     return DirectSQLite(Path(url.database))
+
+
+DIRECT_PG_CONNECTIONS = 4
+"""Most connections a :class:`DirectPostgres` holds (one per batch writer of a service)."""
+CONNECT_TIMEOUT = 10.0
+"""Seconds a direct connection may take to open (then: a timeout, an infrastructure error)."""
+_ALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func")
+"""Options of a URL that SQLAlchemy's asyncpg adapter reads and asyncpg does not take."""
+
+
+class DirectPostgres:
+    """Plain ``asyncpg`` on a service's PostgreSQL database, for the few statements run per
+    batch of messages — PostgreSQL's counterpart of :class:`DirectSQLite`.
+
+    Why: through SQLAlchemy's async engine every transaction paid the pool's pre-ping (a
+    ``BEGIN``, a ``;`` and a ``ROLLBACK``: three round trips), and every statement its
+    compilation, parameter processing and greenlet switches — and, for an ``IN (…)`` list of
+    another length than before, a new prepared statement on the server. Statements run here
+    are constant text (a batch's values bound as arrays: ``= ANY($1)``, ``unnest(…)``), so
+    each is prepared once per connection (asyncpg's statement cache) and a batch of any size
+    is one round trip.
+
+    Connections are its own, at most :data:`DIRECT_PG_CONNECTIONS`, opened on first use from
+    the engine's URL and never pinged (see :meth:`run` for one the server dropped). Its
+    errors are asyncpg's own, which :func:`shared.outages.is_infrastructure` sorts into the
+    database's (connection, shutdown, resources, deadlock) and the data's. Each connection
+    runs with ``plan_cache_mode = force_custom_plan``: a generic plan chosen while a table was
+    small can be a sequential scan that costs seconds once the table has grown (measured on
+    audit's records; see ``AuditStore._writing``).
+    """
+
+    def __init__(self, connect_args: dict[str, Any], *, size: int = DIRECT_PG_CONNECTIONS,
+                 statement_cache: bool = True) -> None:
+        self._connect_args = connect_args
+        """``asyncpg.connect``'s arguments: the engine's (server, user, password, database,
+        ``ssl`` and the other options of its URL)."""
+        self._statement_cache_size = 100 if statement_cache else 0
+        """0: unnamed statements only, for a pooler in transaction mode (PgBouncer): the URL
+        asked SQLAlchemy for that too (``prepared_statement_cache_size=0``)."""
+        self._idle: list[asyncpg.Connection] = []
+        self._slots = asyncio.Semaphore(size)
+        self._closed = False
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """The rows of one statement (its own implicit transaction)."""
+        return await self.run(lambda conn: conn.fetch(sql, *args), transaction=False)
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        """Run one statement, committed when this returns (its own implicit transaction)."""
+        await self.run(lambda conn: conn.execute(sql, *args), transaction=False)
+
+    async def transaction(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``work(connection)`` in one transaction; what it returned once committed."""
+        return await self.run(work, transaction=True)
+
+    async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *,
+                  transaction: bool) -> T:
+        """``work`` on a connection of this writer (inside a transaction, if asked).
+
+        A connection kept idle that turns out dead (the server restarted meanwhile: the
+        engine's pool finds that out with its pre-ping) is dropped with every other idle
+        one, and ``work`` runs once more on a new connection — so the first batch after an
+        outage does not fail once the database answers again. ``work`` must therefore be
+        safe to run twice (every caller's is: inserts that skip what exists, upserts, reads,
+        deletes, and audit's append, which skips fact ids already stored)."""
+        async with self._slots:
+            for fresh in (False, True):
+                conn, reused = await self._acquire(fresh)
+                try:
+                    if not transaction:
+                        result = await work(conn)
+                    else:
+                        async with conn.transaction():
+                            result = await work(conn)
+                except BaseException as exc:
+                    lost = outages.is_infrastructure(exc)
+                    # A server's refusal leaves the connection usable; anything else (a
+                    # dropped connection, a cancellation mid-statement) may not.
+                    self._release(conn, keep=not lost and isinstance(exc, asyncpg.PostgresError))
+                    if reused and lost and conn.is_closed():
+                        self._drop_idle()
+                        continue
+                    raise
+                self._release(conn, keep=True)
+                return result
+        raise AssertionError("unreachable: the second round returns or raises")
+
+    async def _acquire(self, fresh: bool) -> tuple[asyncpg.Connection, bool]:
+        """A connection, and whether it was idle here before (else: new)."""
+        if self._closed:
+            raise asyncpg.InterfaceError("the direct PostgreSQL writer is closed")
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            if not conn.is_closed():
+                return conn, True
+        conn = await asyncpg.connect(**self._connect_args, timeout=CONNECT_TIMEOUT,
+                                     statement_cache_size=self._statement_cache_size,
+                                     server_settings={"plan_cache_mode": "force_custom_plan"})
+        return conn, False
+
+    def _release(self, conn: asyncpg.Connection, *, keep: bool) -> None:
+        if keep and not self._closed and not conn.is_closed() and not conn.is_in_transaction():
+            self._idle.append(conn)
+        elif not conn.is_closed():
+            conn.terminate()
+
+    def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            if not conn.is_closed():
+                conn.terminate()
+
+    async def close(self) -> None:
+        """Close the idle connections; a call after this fails (a second close does nothing)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=5)
+
+
+def direct_postgres(engine: AsyncEngine) -> DirectPostgres | None:
+    """A :class:`DirectPostgres` on ``engine``'s database; None for another backend. It
+    connects with the arguments the engine's dialect gives asyncpg, but for the options only
+    SQLAlchemy's adapter reads."""
+    if engine.dialect.name != "postgresql":
+        return None
+    _, args = engine.dialect.create_connect_args(engine.url)
+    cache = args.get("prepared_statement_cache_size")
+    return DirectPostgres({k: v for k, v in args.items() if k not in _ALCHEMY_ONLY},
+                          statement_cache=cache is None or int(cache) > 0)
+
+
+def direct_writer(engine: AsyncEngine) -> DirectSQLite | DirectPostgres | None:
+    """The direct writer of ``engine``'s database: :func:`direct_sqlite`, else
+    :func:`direct_postgres` (None for an SQLite database in memory)."""
+    return direct_sqlite(engine) or direct_postgres(engine)
 
 
 MIGRATION_LOCK_KEY = 0x64696879616D6967  # "dihyamig"

@@ -155,6 +155,18 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_pair(request: pytest.FixtureRequest, tmp_path: Path
+                        ) -> AsyncIterator[tuple[str, str]]:
+    """Two empty databases of each storage backend in turn: the same rows written two ways
+    (through the engine, through a direct writer) into one each, to be compared."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/one.sqlite3", f"sqlite:///{tmp_path}/two.sqlite3"
+        return
+    async with _fresh_pg_database() as one, _fresh_pg_database() as two:
+        yield one, two
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (for services started by a test)."""
     with socket.socket() as s:

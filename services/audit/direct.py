@@ -131,17 +131,13 @@ def _keys_for_subjects(conn: sqlite3.Connection, subjects: set[str], now: dateti
     for ref, lookup, key in _select_in(
             conn, "SELECT ref, lookup, key FROM subject_keys WHERE lookup IN ({})", lookups):
         found[lookups[lookup]] = (ref, sealing.decode_key(key, "key"))
-    new_rows = []
-    for lookup, subject in lookups.items():
-        if subject not in found:
-            ref, key = sealing.new_ref(), sealing.new_key()
-            found[subject] = (ref, key)
-            new_rows.append((ref, lookup, sealing.encode_key(key), sqlite_timestamp(now)))
-    if new_rows:
+    created = sealing.keys_to_create(lookups, found)
+    if created:
         conn.executemany(
             "INSERT INTO subject_keys (ref, lookup, key, created_at) VALUES (?, ?, ?, ?)",
-            new_rows)
-    return found
+            [(ref, lookup, sealing.encode_key(key), sqlite_timestamp(now))
+             for ref, lookup, key in created.values()])
+    return found | {subject: (ref, key) for subject, (ref, _, key) in created.items()}
 
 
 def _keys_for_refs(conn: sqlite3.Connection, refs: Iterable[str]) -> Mapping[str, bytes]:

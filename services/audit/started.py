@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.audit import decisions
 from shared.batching import Batcher
 from shared.contracts import AuditFact, encode, utcnow
-from shared.db import DirectSQLite, sqlite_timestamp
+from shared.db import DirectPostgres, DirectSQLite, sqlite_timestamp
 
 log = structlog.get_logger("dihya.audit")
 
@@ -44,6 +44,14 @@ _HOLD = ("INSERT INTO started_attempts (fact_id, started_at, fact) VALUES (?, ?,
 """The engine's hold as plain SQL (its rows: the fact id, the time as SQLAlchemy writes a
 ``DateTime`` on SQLite, the fact's JSON)."""
 
+_HOLD_PG = ("INSERT INTO started_attempts (fact_id, started_at, fact) "
+            "SELECT fact_id, started_at, fact "
+            "FROM unnest($1::text[], $2::timestamptz[], $3::text[]) "
+            "AS h(fact_id, started_at, fact) "
+            "ON CONFLICT (fact_id) DO NOTHING")
+"""The engine's hold on PostgreSQL, a batch in one statement."""
+_FORGET_PG = "DELETE FROM started_attempts WHERE fact_id = ANY($1::text[])"
+
 SWEEP_BATCH = 500
 """Overdue write-aheads recorded per sweep round (the next round takes the rest)."""
 
@@ -60,14 +68,18 @@ class StartedAttempts:
     pool's 15 connections were all waiting, so the readiness ping got none for 30 s.
     """
 
-    def __init__(self, engine: AsyncEngine, direct: DirectSQLite | None = None) -> None:
+    def __init__(self, engine: AsyncEngine,
+                 direct: DirectSQLite | DirectPostgres | None = None) -> None:
         self._engine = engine
-        self._direct = direct
+        self._direct = direct if isinstance(direct, DirectSQLite) else None
         """On SQLite, the chain's writer (:attr:`AuditStore.direct`): holds and forgets run
         there as plain ``sqlite3``, between the chain's batches rather than beside them
         waiting for the write lock. Through the engine they cost about as much CPU as the
         chain's append of the same facts (two more transactions per delivery's pair of
         facts, each through SQLAlchemy, aiosqlite's thread and back). None: the engine."""
+        self._pg = direct if isinstance(direct, DirectPostgres) else None
+        """On PostgreSQL, the chain's direct writer: a hold or a forget is one statement
+        there, over arrays (:data:`_HOLD_PG`, :data:`_FORGET_PG`)."""
         dialect = engine.dialect.name
         self._insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)
         self._holds: Batcher[tuple[AuditFact, datetime], None] = Batcher(
@@ -91,6 +103,10 @@ class StartedAttempts:
             await self._direct.write(_HOLD, [(f.id, sqlite_timestamp(at), encode(f).decode())
                                              for f, at in held])
             return
+        if self._pg is not None:
+            await self._pg.execute(_HOLD_PG, [f.id for f, _ in held], [at for _, at in held],
+                                   [encode(f).decode() for f, _ in held])
+            return
         rows = [{"fact_id": f.id, "started_at": at, "fact": encode(f).decode()}
                 for f, at in held]
         async with self._engine.begin() as conn:
@@ -103,6 +119,9 @@ class StartedAttempts:
         if self._direct is not None:
             await self._direct.write("DELETE FROM started_attempts WHERE fact_id = ?",
                                      [(fact_id,) for fact_id in fact_ids])
+            return
+        if self._pg is not None:
+            await self._pg.execute(_FORGET_PG, list(fact_ids))
             return
         async with self._engine.begin() as conn:
             for start in range(0, len(fact_ids), SWEEP_BATCH):

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.audit import checkpoints, decisions, direct
+from services.audit import checkpoints, decisions, direct, direct_pg
 from services.audit.checkpoints import Checkpoint, CheckpointSigner
 from services.audit.decisions import (
     AnyFact,
@@ -43,9 +43,16 @@ from services.audit.decisions import (
     sealing,
 )
 from services.audit.decisions.sealing import Linked, Own, Sealing
+from shared import outages
 from shared.anchor import HeadSigner
 from shared.contracts import Role, TokenGrant, utcnow
-from shared.db import DirectSQLite, UTCDateTime, direct_sqlite
+from shared.db import (
+    DirectPostgres,
+    DirectSQLite,
+    UTCDateTime,
+    direct_postgres,
+    direct_sqlite,
+)
 from shared.ids import new_id
 from shared.web import Principal
 
@@ -146,8 +153,10 @@ def is_transient(exc: BaseException) -> bool:
     problem with the data written (which retrying the same batch would only repeat)."""
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
-    # the direct SQLite append (services.audit.direct): locked, busy, or an I/O error
-    return isinstance(exc, OSError | TimeoutError | sqlite3.OperationalError)
+    # the direct SQLite append (services.audit.direct): locked, busy, or an I/O error; the
+    # direct PostgreSQL one (services.audit.direct_pg): the server away, restarting, full
+    return (isinstance(exc, OSError | TimeoutError | sqlite3.OperationalError)
+            or outages.is_infrastructure(exc))
 
 
 
@@ -232,17 +241,21 @@ class AuditStore:
         self._index_key = index_key
         self._lock = asyncio.Lock()
         self._direct = direct_sqlite(engine)  # SQLite: the batch append as plain sqlite3
+        self._pg = direct_postgres(engine)  # PostgreSQL: the batch append as plain asyncpg
 
     @property
-    def direct(self) -> DirectSQLite | None:
-        """The chain's plain-``sqlite3`` writer (None off SQLite), shared with the
-        write-ahead holds (:class:`services.audit.started.StartedAttempts`)."""
-        return self._direct
+    def direct(self) -> DirectSQLite | DirectPostgres | None:
+        """The chain's direct writer — plain ``sqlite3`` on SQLite, plain ``asyncpg`` on
+        PostgreSQL — shared with the write-ahead holds
+        (:class:`services.audit.started.StartedAttempts`)."""
+        return self._direct if self._direct is not None else self._pg
 
     async def close(self) -> None:
-        """Close the direct SQLite connection, if any (the engine is the caller's)."""
+        """Close the direct connections, if any (the engine is the caller's)."""
         if self._direct is not None:
             await self._direct.close()
+        if self._pg is not None:
+            await self._pg.close()
 
     @classmethod
     async def open(cls, engine: AsyncEngine, *, subject_key: str | None = None,
@@ -310,8 +323,21 @@ class AuditStore:
                 return await self._direct.transaction(functools.partial(
                     direct.append, facts=facts, now=now or utcnow(),
                     index_key=self._index_key, paths=self.paths))
+        if self._pg is not None:
+            async with self._lock:
+                return await self._pg.transaction(functools.partial(
+                    self._append_pg, facts=facts, now=now))
         async with self._writing() as conn:
             return await self._append(conn, facts, now or utcnow())
+
+    async def _append_pg(self, conn: Any, *, facts: Sequence[AnyFact], now: datetime | None
+                         ) -> Appended:
+        """:meth:`append` on the direct PostgreSQL writer: the advisory lock first, as
+        :meth:`_writing` takes it, then the time (the direct connections plan every statement
+        afresh, as ``_writing``'s ``SET LOCAL`` asks: see :class:`shared.db.DirectPostgres`)."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", WRITER_LOCK_KEY)
+        return await direct_pg.append(conn, facts, now or utcnow(), index_key=self._index_key,
+                                      paths=self.paths)
 
     async def _append(self, conn: AsyncConnection, facts: Sequence[AnyFact], now: datetime
                       ) -> Appended:
@@ -395,16 +421,12 @@ class AuditStore:
             )
             for row in rows:
                 found[lookups[row.lookup]] = (row.ref, sealing.decode_key(row.key, "key"))
-        new_rows = []
-        for lookup, subject in lookups.items():
-            if subject not in found:
-                ref, key = sealing.new_ref(), sealing.new_key()
-                found[subject] = (ref, key)
-                new_rows.append({"ref": ref, "lookup": lookup, "key": sealing.encode_key(key),
-                                 "created_at": now})
-        if new_rows:
-            await conn.execute(subject_keys.insert(), new_rows)
-        return found
+        created = sealing.keys_to_create(lookups, found)
+        if created:
+            await conn.execute(subject_keys.insert(), [
+                {"ref": ref, "lookup": lookup, "key": sealing.encode_key(key), "created_at": now}
+                for ref, lookup, key in created.values()])
+        return found | {subject: (ref, key) for subject, (ref, _, key) in created.items()}
 
     @staticmethod
     async def _keys_for_refs(conn: AsyncConnection, refs: Iterable[str]) -> dict[str, bytes]:

@@ -10,6 +10,7 @@ keeps them without an offset, so rows read back are normalised (:func:`_utc`).
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from services.ingest.decisions.messages import (
     unique_attempts,
 )
 from services.ingest.store import endpoints, metadata
-from shared.db import DirectSQLite, sqlite_timestamp
+from shared.db import DirectPostgres, DirectSQLite, sqlite_timestamp
 
 log_events = sa.Table(
     "log_events",
@@ -174,12 +175,15 @@ class DeliveryRow:
 class MessageLog:
     """Queries of the message log over one engine (ingest's own database)."""
 
-    def __init__(self, engine: AsyncEngine, direct: DirectSQLite | None = None) -> None:
+    def __init__(self, engine: AsyncEngine,
+                 direct: DirectSQLite | DirectPostgres | None = None) -> None:
         self.engine = engine
-        self._direct = direct
+        self._direct = direct if isinstance(direct, DirectSQLite) else None
         """On SQLite, the writer the two per-batch writes (:meth:`record`,
         :meth:`record_attempts`) go through as plain ``sqlite3`` (:mod:`shared.db`); the
         caller owns it (ingest shares its store's). None: everything on the engine."""
+        self._pg = direct if isinstance(direct, DirectPostgres) else None
+        """On PostgreSQL, the same two writes as plain ``asyncpg`` (:mod:`shared.db`)."""
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -192,6 +196,9 @@ class MessageLog:
         if self._direct is not None:
             await self._direct.transaction(functools.partial(
                 _record_direct, events=events, deliveries=deliveries))
+            return
+        if self._pg is not None:
+            await self._pg.execute(_RECORD_PG, *_record_pg_args(events, deliveries))
             return
         async with self.engine.begin() as conn:
             if events:
@@ -224,6 +231,10 @@ class MessageLog:
         if self._direct is not None:
             await self._direct.transaction(functools.partial(
                 _record_attempts_direct, attempts=unique, now=now))
+            return
+        if self._pg is not None:
+            await self._pg.transaction(functools.partial(
+                _record_attempts_pg, attempts=unique, now=now))
             return
         a, d = log_attempts.c, log_deliveries.c
         ids = sorted({x.delivery_id for x in unique})
@@ -581,6 +592,126 @@ def _record_attempts_direct(conn: sqlite3.Connection, *, attempts: Sequence[LogA
         conn.executemany(
             "UPDATE log_deliveries SET attempts_count = ?, updated_at = ? WHERE id = ?",
             [(r["attempts_count"], at, r["key"]) for r in plan.counted])
+
+
+# -- the write path as plain asyncpg ---------------------------------------------------------
+#
+# Why: as for SQLite, through the engine each batch paid the pool's pre-ping, statement
+# compilation, per-row bind processing and greenlet switches, and an ``IN (…)`` of a new
+# length a new prepared statement. Here every statement is constant text over arrays
+# (``unnest``, ``= ANY``), prepared once per connection: a batch's events and deliveries are
+# one statement, one round trip. Rows are written as the engine writes them (JSON as
+# ``json.dumps`` text: PostgreSQL's ``json`` keeps the text as given); the tests read both
+# paths' rows back and hold them equal.
+
+_RECORD_PG = """
+WITH events AS (
+    INSERT INTO log_events (id, event_type, received_at, lang, subject, payload, tenant_id)
+    SELECT id, event_type, received_at, lang, subject, payload::json, tenant_id
+    FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                $6::text[], $7::text[])
+        AS e(id, event_type, received_at, lang, subject, payload, tenant_id)
+    ON CONFLICT (id) DO NOTHING)
+INSERT INTO log_deliveries (id, event_id, endpoint_id, url, status, created_at, updated_at,
+                            attempts_count, last_attempt)
+SELECT id, event_id, endpoint_id, url, status, created_at, created_at, 0, 0
+FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+            $13::timestamptz[]) AS d(id, event_id, endpoint_id, url, status, created_at)
+ON CONFLICT (id) DO NOTHING
+"""
+"""One statement, so atomic: :meth:`MessageLog.record`'s transaction."""
+
+_ATTEMPTS_SEEN_PG = ("SELECT delivery_id, attempt FROM log_attempts "
+                     "WHERE delivery_id = ANY($1::text[])")
+_ATTEMPTS_INSERT_PG = """
+INSERT INTO log_attempts (delivery_id, attempt, endpoint_id, at, outcome, status_code,
+                          latency_ms, request_headers, response_headers, response_excerpt, error)
+SELECT delivery_id, attempt, endpoint_id, at, outcome, status_code, latency_ms,
+       request_headers::json, response_headers::json, response_excerpt, error
+FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::int[],
+            $7::float8[], $8::text[], $9::text[], $10::text[], $11::text[])
+    AS a(delivery_id, attempt, endpoint_id, at, outcome, status_code, latency_ms,
+         request_headers, response_headers, response_excerpt, error)
+ON CONFLICT (delivery_id, attempt) DO NOTHING
+"""
+_DELIVERIES_STORED_PG = ("SELECT id, status, last_attempt, attempts_count FROM log_deliveries "
+                         "WHERE id = ANY($1::text[])")
+_DELIVERIES_MISSING_PG = """
+INSERT INTO log_deliveries (id, event_id, endpoint_id, url, status, created_at, updated_at,
+                            attempts_count, last_attempt, last_attempt_at, next_retry_at)
+SELECT id, event_id, endpoint_id, url, status, created_at, $11::timestamptz, attempts_count,
+       last_attempt, last_attempt_at, next_retry_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+            $7::int[], $8::int[], $9::timestamptz[], $10::timestamptz[])
+    AS d(id, event_id, endpoint_id, url, status, created_at, attempts_count, last_attempt,
+         last_attempt_at, next_retry_at)
+ON CONFLICT (id) DO NOTHING
+"""
+_DELIVERIES_MOVED_PG = """
+UPDATE log_deliveries AS d SET status = m.status, last_attempt = m.last_attempt,
+    attempts_count = m.attempts_count, last_attempt_at = m.last_attempt_at,
+    next_retry_at = m.next_retry_at, updated_at = $7::timestamptz
+FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::timestamptz[],
+            $6::timestamptz[])
+    AS m(key, status, last_attempt, attempts_count, last_attempt_at, next_retry_at)
+WHERE d.id = m.key
+"""
+_DELIVERIES_COUNTED_PG = """
+UPDATE log_deliveries AS d SET attempts_count = m.attempts_count, updated_at = $3::timestamptz
+FROM unnest($1::text[], $2::int[]) AS m(key, attempts_count)
+WHERE d.id = m.key
+"""
+
+
+def _engine_json(value: Any) -> str:
+    """JSON text as the engine writes it (SQLAlchemy's default serializer)."""
+    return json.dumps(value)
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as one list per column (the arrays ``unnest`` takes)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
+
+
+def _record_pg_args(events: Sequence[LogEvent], deliveries: Sequence[LogDelivery]
+                    ) -> list[list[Any]]:
+    """The arrays of :data:`_RECORD_PG`."""
+    return [*_columns([(e.id, e.event_type, e.received_at, e.lang, e.subject,
+                        None if e.payload is None else _engine_json(e.payload), e.tenant)
+                       for e in events], 7),
+            *_columns([(d.id, d.event_id, d.endpoint_id, d.url, d.status, d.created_at)
+                       for d in deliveries], 6)]
+
+
+async def _record_attempts_pg(conn: Any, *, attempts: Sequence[LogAttempt],
+                              now: datetime) -> None:
+    """:meth:`MessageLog.record_attempts` inside the direct writer's transaction
+    (``attempts`` unique by delivery and attempt number); the engine's statements, in its
+    order, each one round trip whatever the batch's size."""
+    seen = {(row[0], row[1]) for row in await conn.fetch(
+        _ATTEMPTS_SEEN_PG, sorted({x.delivery_id for x in attempts}))}
+    new = [x for x in attempts if (x.delivery_id, x.attempt) not in seen]
+    if not new:
+        return
+    await conn.execute(_ATTEMPTS_INSERT_PG, *_columns([
+        (x.delivery_id, x.attempt, x.endpoint_id, x.at, x.outcome, x.status_code,
+         x.latency_ms, _engine_json(x.request_headers), _engine_json(x.response_headers),
+         x.response_excerpt, x.error) for x in new], 11))
+    stored = {row[0]: DeliveryState(row[1], row[2], row[3]) for row in await conn.fetch(
+        _DELIVERIES_STORED_PG, sorted({x.delivery_id for x in new}))}
+    plan = plan_attempts(new, stored, now)
+    if plan.missing:
+        await conn.execute(_DELIVERIES_MISSING_PG, *_columns([
+            (r["id"], r["event_id"], r["endpoint_id"], r["url"], r["status"], r["created_at"],
+             r["attempts_count"], r["last_attempt"], r["last_attempt_at"], r["next_retry_at"])
+            for r in plan.missing], 10), now)
+    if plan.moved:
+        await conn.execute(_DELIVERIES_MOVED_PG, *_columns([
+            (r["key"], r["status"], r["last_attempt"], r["attempts_count"],
+             r["last_attempt_at"], r["next_retry_at"]) for r in plan.moved], 6), now)
+    if plan.counted:  # older attempts seen late: counted, the status unchanged
+        await conn.execute(_DELIVERIES_COUNTED_PG, *_columns([
+            (r["key"], r["attempts_count"]) for r in plan.counted], 2), now)
 
 
 def _attempt(row: sa.Row[Any]) -> AttemptRow:

@@ -39,7 +39,13 @@ from services.ingest.decisions import (
     key_is_fresh,
 )
 from shared.contracts import DeliveryJob, Ordering, RateLimit, Role
-from shared.db import DirectSQLite, direct_sqlite, sqlite_timestamp
+from shared.db import (
+    DirectPostgres,
+    DirectSQLite,
+    direct_postgres,
+    direct_sqlite,
+    sqlite_timestamp,
+)
 from shared.web import Principal
 
 log = structlog.get_logger("dihya.ingest.store")
@@ -346,20 +352,25 @@ class Store:
         self._cached: tuple[int, float, list[Endpoint]] | None = None
         self._by_tenant: tuple[list[Endpoint], dict[str, list[Endpoint]]] | None = None
         self._reload = asyncio.Lock()
-        # the per-event statements (seen events, tokens) go to SQLite directly
+        # the per-event statements (seen events, tokens) go to SQLite directly; on
+        # PostgreSQL the seen events go through plain asyncpg
         self._direct = direct_sqlite(engine)
+        self._pg = direct_postgres(engine)
 
     @property
-    def direct(self) -> DirectSQLite | None:
-        """The plain-``sqlite3`` writer of the per-message statements (None off SQLite): the
+    def direct(self) -> DirectSQLite | DirectPostgres | None:
+        """The direct writer of the per-message statements: plain ``sqlite3`` on SQLite (the
         message log's writes share it, so they and the seen-event records take turns on one
-        thread and one connection instead of contending for SQLite's write lock."""
-        return self._direct
+        thread and one connection instead of contending for SQLite's write lock), plain
+        ``asyncpg`` on PostgreSQL (:class:`shared.db.DirectPostgres`)."""
+        return self._direct if self._direct is not None else self._pg
 
     async def close(self) -> None:
-        """Release the database connections (the engine's and the direct SQLite ones)."""
+        """Release the database connections (the engine's and the direct ones)."""
         if self._direct is not None:
             await self._direct.close()
+        if self._pg is not None:
+            await self._pg.close()
         await self.engine.dispose()
 
     def _direct_rows(self, sql: str, values: Sequence[str]) -> list[Any] | None:
@@ -748,6 +759,10 @@ class Store:
             "SELECT event_id, seen_at FROM seen_events WHERE event_id IN ({})", ids)
         if direct is not None:
             return {event_id: _utc(datetime.fromisoformat(at)) for event_id, at in direct}
+        if self._pg is not None:
+            return {row[0]: _utc(row[1]) for row in await self._pg.fetch(
+                "SELECT event_id, seen_at FROM seen_events WHERE event_id = ANY($1::text[])",
+                ids)}
         c = seen_events.c
         async with self.engine.connect() as conn:
             rows = (await conn.execute(
@@ -766,6 +781,13 @@ class Store:
                 "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?) "
                 "ON CONFLICT (event_id) DO UPDATE SET seen_at = excluded.seen_at",
                 [(event_id, at) for event_id in ids])
+            return
+        if self._pg is not None:  # sorted: concurrent upserts lock the rows in one order
+            await self._pg.execute(
+                "INSERT INTO seen_events (event_id, seen_at) "
+                "SELECT event_id, $2::timestamptz FROM unnest($1::text[]) AS u(event_id) "
+                "ON CONFLICT (event_id) DO UPDATE SET seen_at = excluded.seen_at",
+                sorted(ids), now)
             return
         rows = [{"event_id": event_id, "seen_at": now} for event_id in ids]
         async with self.engine.begin() as conn:

@@ -1,6 +1,7 @@
-"""On SQLite, audit's batch append runs as plain sqlite3 (services.audit.direct), not through the
-engine. What must hold: the rows are the engine's own, byte for byte (so reads, chain checks,
-exports and erasure treat them alike), and a failed batch leaves nothing behind."""
+"""Audit's batch append runs as plain sqlite3 on SQLite (services.audit.direct) and as plain
+asyncpg on PostgreSQL (services.audit.direct_pg), not through the engine. What must hold: the
+rows are the engine's own, byte for byte (so reads, chain checks, exports and erasure treat them
+alike), and a failed batch leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from services.audit import direct
@@ -59,16 +61,17 @@ def deterministic_sealing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sealing.os, "urandom", lambda n: next(nonces).to_bytes(n, "big"))
 
 
-async def _stored(path: Path, monkeypatch: pytest.MonkeyPatch, *, use_direct: bool
+async def _stored(url: str, monkeypatch: pytest.MonkeyPatch, *, use_direct: bool
                   ) -> tuple[list[Any], ...]:
     deterministic_sealing(monkeypatch)
-    engine = make_engine(f"sqlite:///{path}")
+    engine = make_engine(url)
     await migrate(engine, MIGRATIONS)
     store = await AuditStore.open(engine, subject_key=SUBJECT_KEY, checkpoint_key=SUBJECT_KEY)
     try:
+        assert store.direct is not None  # a file, or a server: both have one
         if not use_direct:
             await store.close()
-            store._direct = None  # the engine's path, as on PostgreSQL
+            store._direct = store._pg = None  # the engine's path
         for batch in BATCHES:
             await store.append(batch, now=T0 + timedelta(seconds=1))
         report = await store.verify()
@@ -76,16 +79,23 @@ async def _stored(path: Path, monkeypatch: pytest.MonkeyPatch, *, use_direct: bo
     finally:
         await store.close()
         await engine.dispose()
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        return (conn.execute("SELECT * FROM records ORDER BY seq").fetchall(),
-                conn.execute("SELECT * FROM subject_keys ORDER BY ref").fetchall(),
-                conn.execute("SELECT fact_id FROM records WHERE sealed IS NOT NULL").fetchall())
+    queries = ("SELECT * FROM records ORDER BY seq", "SELECT * FROM subject_keys ORDER BY ref",
+               "SELECT fact_id FROM records WHERE sealed IS NOT NULL ORDER BY fact_id")
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+            return tuple(conn.execute(query).fetchall() for query in queries)
+    conn = await asyncpg.connect(url)  # json as the text stored (no codec): byte for byte
+    try:
+        return tuple([[tuple(row) for row in await conn.fetch(query)] for query in queries])
+    finally:
+        await conn.close()
 
 
-async def test_direct_rows_are_the_engines_rows(tmp_path: Path,
+async def test_direct_rows_are_the_engines_rows(database_pair: tuple[str, str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    by_engine = await _stored(tmp_path / "engine.db", monkeypatch, use_direct=False)
-    by_direct = await _stored(tmp_path / "direct.db", monkeypatch, use_direct=True)
+    engine_url, direct_url = database_pair
+    by_engine = await _stored(engine_url, monkeypatch, use_direct=False)
+    by_direct = await _stored(direct_url, monkeypatch, use_direct=True)
     assert by_direct == by_engine
     records, keys, sealed = by_direct
     assert len(records) == 8 and len(keys) == 2  # user_42 and user_7
@@ -110,6 +120,30 @@ async def test_a_failed_batch_leaves_nothing(tmp_path: Path) -> None:
             assert (await conn.exec_driver_sql("SELECT count(*) FROM subject_keys")
                     ).scalar_one() == 1
         await store.append([accepted(2, "user_2")])  # the writer goes on
+        assert (await store.verify()).ok
+    finally:
+        await store.close()
+        await engine.dispose()
+
+
+async def test_a_failed_batch_leaves_nothing_on_postgresql(pg_url: str) -> None:
+    """As above, on the direct asyncpg writer: the refusal is the data's (not transient: the
+    batch is split and the bad fact parked, not retried for ever), and the transaction,
+    subject key included, is rolled back."""
+    engine = make_engine(pg_url)
+    await migrate(engine, MIGRATIONS)
+    store = await AuditStore.open(engine)
+    try:
+        await store.append([accepted(1, "user_1")])
+        broken = attempted(1).model_copy(update={"service": None})
+        with pytest.raises(asyncpg.NotNullViolationError) as caught:
+            await store.append([accepted(2, "user_2"), broken])
+        assert not is_transient(caught.value)
+        assert await store.count() == 1
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("SELECT count(*) FROM subject_keys")
+                    ).scalar_one() == 1
+        await store.append([accepted(2, "user_2")])
         assert (await store.verify()).ok
     finally:
         await store.close()

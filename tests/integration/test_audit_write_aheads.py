@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from services.audit.started import StartedAttempts, started_attempts
 from services.audit.store import MIGRATIONS
 from shared.contracts import AuditFact
-from shared.db import direct_sqlite, make_engine, migrate
+from shared.db import direct_sqlite, direct_writer, make_engine, migrate
 
 pytestmark = pytest.mark.integration
 
@@ -76,22 +76,25 @@ async def test_a_flood_of_write_aheads_leaves_the_database_answering(tmp_path: P
         await engine.dispose()
 
 
-async def test_direct_holds_are_the_engines_rows(tmp_path: Path) -> None:
-    """On SQLite audit holds and forgets write-aheads with plain sqlite3 (on the chain's
-    writer): the rows read back through the engine as the engine's own, the overdue sweep
-    finds them by time, and forgetting removes exactly the given ones."""
+async def test_direct_holds_are_the_engines_rows(database_pair: tuple[str, str]) -> None:
+    """Audit holds and forgets write-aheads with its chain's direct writer (plain sqlite3 on
+    SQLite, plain asyncpg on PostgreSQL): the rows read back through the engine as the
+    engine's own, the overdue sweep finds them by time, and forgetting removes exactly the
+    given ones."""
     at = datetime(2026, 12, 7, 5, 0, 0, 250000, tzinfo=UTC)
     facts = [_started(n) for n in range(3)]
     rows = []
-    for direct in (False, True):
-        engine = make_engine(f"sqlite:///{tmp_path / f'{direct}.db'}")
+    for direct, url in zip((False, True), database_pair, strict=True):
+        engine = make_engine(url)
         await migrate(engine, MIGRATIONS)
-        writer = direct_sqlite(engine) if direct else None
+        writer = direct_writer(engine) if direct else None
+        assert (writer is not None) == direct
         attempts = StartedAttempts(engine, writer)
         attempts.start()
         try:
             await attempts.hold(facts, now=at)
             await attempts.hold(facts[:1], now=at + timedelta(hours=1))  # again: unchanged
+            await attempts.hold(facts[1:2] * 2, now=at + timedelta(hours=1))  # twice at once
             assert await attempts.overdue(at) == []
             assert await attempts.overdue(at + timedelta(microseconds=1)) == facts
             async with engine.connect() as conn:

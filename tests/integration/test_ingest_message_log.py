@@ -402,13 +402,13 @@ async def test_erasing_a_subject_in_the_audit_log_erases_its_payloads_in_ingest(
 async def test_attempts_in_one_batch_out_of_order_and_repeated(database_url: str,
                                                                direct: bool) -> None:
     """The set-based attempt writer: one batch with a delivery the log never saw fanned out,
-    attempts out of order and a repeated one; then a late, older attempt alone. On SQLite,
-    through the engine and through the direct writer ingest uses."""
+    attempts out of order and a repeated one; then a late, older attempt alone. On each
+    backend, through the engine and through the direct writer ingest uses."""
     from datetime import UTC, datetime
 
     from services.ingest.app import MIGRATIONS
     from services.ingest.decisions.messages import LogAttempt, LogDelivery
-    from shared.db import direct_sqlite, migrate
+    from shared.db import direct_writer, migrate
 
     at = datetime(2026, 12, 6, 12, tzinfo=UTC)
 
@@ -420,9 +420,8 @@ async def test_attempts_in_one_batch_out_of_order_and_repeated(database_url: str
                           next_retry_at=at + timedelta(minutes=n) if retry else None)
 
     engine = make_engine(database_url)
-    writer = direct_sqlite(engine) if direct else None
-    if direct and writer is None:
-        pytest.skip("the direct writer is SQLite's")
+    writer = direct_writer(engine) if direct else None
+    assert (writer is not None) == direct
     try:
         await migrate(engine, MIGRATIONS)
         log_store = MessageLog(engine, writer)
@@ -451,16 +450,18 @@ async def test_attempts_in_one_batch_out_of_order_and_repeated(database_url: str
         await engine.dispose()
 
 
-async def test_the_direct_writer_stores_the_engines_rows(tmp_path: Path) -> None:
-    """On SQLite ingest writes the message log with plain sqlite3 (shared.db.DirectSQLite);
-    the same events, deliveries and attempts written through the engine into another file
-    read back identical, column for column, through the engine (which every read uses)."""
+async def test_the_direct_writer_stores_the_engines_rows(database_pair: tuple[str, str]
+                                                         ) -> None:
+    """Ingest writes the message log with plain sqlite3 on SQLite (shared.db.DirectSQLite)
+    and plain asyncpg on PostgreSQL (shared.db.DirectPostgres); the same events, deliveries
+    and attempts written through the engine into another database read back identical,
+    column for column, through the engine (which every read uses)."""
     from datetime import UTC, datetime
 
     from services.ingest.app import MIGRATIONS
     from services.ingest.decisions.messages import LogAttempt, LogDelivery, LogEvent
     from services.ingest.message_log import log_attempts, log_deliveries
-    from shared.db import direct_sqlite, migrate
+    from shared.db import direct_writer, migrate
 
     at = datetime(2026, 12, 6, 12, 0, 0, 123456, tzinfo=UTC)
     events = [LogEvent("evt_1", "user.created", at, "en", "alice",
@@ -484,9 +485,10 @@ async def test_the_direct_writer_stores_the_engines_rows(tmp_path: Path) -> None
                 attempt("dlv_unseen", 1, "failed", True), attempt("dlv_2", 1, "failed")]
     tables = (log_events, log_deliveries, log_attempts)
     stored: list[list[list[Any]]] = []
-    for direct in (False, True):
-        engine = make_engine(f"sqlite:///{tmp_path}/{direct}.sqlite3")
-        writer = direct_sqlite(engine) if direct else None
+    for direct, url in zip((False, True), database_pair, strict=True):
+        engine = make_engine(url)
+        writer = direct_writer(engine) if direct else None
+        assert (writer is not None) == direct
         try:
             await migrate(engine, MIGRATIONS)
             log_store = MessageLog(engine, writer)
@@ -494,6 +496,11 @@ async def test_the_direct_writer_stores_the_engines_rows(tmp_path: Path) -> None
             await log_store.record(events, deliveries)  # a redelivery changes nothing
             await log_store.record_attempts(attempts[:2], at)
             await log_store.record_attempts(attempts, at + timedelta(seconds=5))
+            # a newer attempt, then an older one seen late: counted, the status unchanged
+            await log_store.record_attempts([attempt("dlv_2", 3, "delivered")],
+                                            at + timedelta(seconds=6))
+            await log_store.record_attempts([attempt("dlv_2", 2, "failed", True)],
+                                            at + timedelta(seconds=7))
             async with engine.connect() as conn:
                 stored.append([
                     [tuple(row) for row in await conn.execute(
@@ -504,7 +511,7 @@ async def test_the_direct_writer_stores_the_engines_rows(tmp_path: Path) -> None
                 await writer.close()
             await engine.dispose()
     engine_rows, direct_rows = stored
-    assert [len(rows) for rows in direct_rows] == [2, 3, 4]
+    assert [len(rows) for rows in direct_rows] == [2, 3, 6]
     assert direct_rows == engine_rows
 
 

@@ -231,3 +231,17 @@ def test_a_ciphertext_that_does_not_open_is_shown_unreadable() -> None:
     record = sealed_chain(1)[0]
     assert sealing.personal_view(record, OTHER_KEY) == dict.fromkeys(
         sealing.PERSONAL_FIELDS, UNREADABLE)
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=8), st.text(min_size=1, max_size=8),
+                       max_size=8),
+       st.sets(st.text(min_size=1, max_size=8), max_size=8))
+def test_keys_are_created_only_for_subjects_without_one(lookups: dict[str, str],
+                                                        stored: set[str]) -> None:
+    found = {subject: (f"sbj_{subject}", b"k" * 32) for subject in stored}
+    created = sealing.keys_to_create(lookups, found)
+    assert set(created) == set(lookups.values()) - stored
+    for subject, (ref, lookup, key) in created.items():
+        assert lookups[lookup] == subject and ref.startswith(sealing.REF_PREFIX)
+        assert len(key) == sealing.KEY_BYTES
+    assert len({ref for ref, _, _ in created.values()}) == len(created)  # never shared

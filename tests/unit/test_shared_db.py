@@ -6,9 +6,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 from structlog.testing import capture_logs
 
-from shared.db import make_engine, sqlite_file
+from shared.db import DirectPostgres, direct_postgres, make_engine, sqlite_file
 
 
 def test_a_relative_sqlite_path_is_resolved_against_the_directory_given() -> None:
@@ -60,3 +61,18 @@ def test_a_postgresql_database_is_logged_by_host_never_with_its_password() -> No
     assert logs == [{"event": "database_opened", "log_level": "info", "backend": "postgresql",
                      "host": "db.internal", "database": "ingest"}]
     assert "s3cret-pw" not in repr(logs)
+
+
+def test_the_direct_writer_connects_as_the_engine_does() -> None:
+    """Same server, user, password and database; SQLAlchemy's own options left out."""
+    engine = create_async_engine("postgresql+asyncpg://dihya:s3cret@db.internal:6432/ingest"
+                                 "?prepared_statement_cache_size=0&ssl=require")
+    writer = direct_postgres(engine)
+    assert isinstance(writer, DirectPostgres)
+    assert writer._connect_args == {"host": "db.internal", "port": 6432, "user": "dihya",
+                                    "password": "s3cret", "database": "ingest",
+                                    "ssl": "require"}
+    assert writer._statement_cache_size == 0  # asked of SQLAlchemy: a pooler in between
+    default = direct_postgres(create_async_engine("postgresql+asyncpg://u@h/db"))
+    assert default is not None and default._statement_cache_size == 100
+    assert direct_postgres(create_async_engine("sqlite+aiosqlite:///x.db")) is None

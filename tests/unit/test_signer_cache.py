@@ -100,3 +100,49 @@ async def test_wait_gives_up_after_its_timeout() -> None:
     started = loop.time()
     assert await cache.wait("nobody", timeout=0.2) == ()
     assert 0.15 <= loop.time() - started < 2
+
+
+class FakeHeaderStore:
+    """The keystore's custom-header look-up, counted; ``gate`` holds a load in flight."""
+
+    def __init__(self) -> None:
+        self.loads = 0
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.headers: dict[str, str] = {}
+
+    async def load_headers(self, endpoint_id: str) -> dict[str, str]:
+        self.loads += 1
+        self.entered.set()
+        snapshot = dict(self.headers)
+        await self.gate.wait()
+        return snapshot
+
+
+async def test_custom_header_loads_are_shared_and_a_racing_control_is_not_cached() -> None:
+    """The jobs that find an endpoint's custom headers uncached at once share one query (each
+    made its own before); a load that a control message overtook is not cached."""
+    from services.signer.consumer import Signer
+    from services.signer.settings import Settings
+    from shared.broker import Publisher
+
+    store = FakeHeaderStore()
+    signer = Signer(Settings(master_key=None, cache_ttl=60.0), cast(Keystore, store),
+                    cache_over(FakeKeystore()), cast(Publisher, None))
+    job = cast(signer_consumer.DeliveryJob, type("Job", (), {"endpoint_id": "ep"})())
+    loads = asyncio.gather(*(signer._sealed_headers(job) for _ in range(50)))
+    await store.entered.wait()
+    store.gate.set()
+    assert await loads == [None] * 50  # no custom headers: nothing to seal
+    assert store.loads == 1
+    assert await signer._sealed_headers(job) is None and store.loads == 1  # cached
+
+    signer._headers.clear()
+    store.gate.clear()
+    store.entered.clear()
+    racing = asyncio.ensure_future(signer._sealed_headers(job))
+    await store.entered.wait()
+    signer._forget_headers("ep")  # what a control message for the endpoint does
+    store.gate.set()
+    assert await racing is None
+    assert "ep" not in signer._headers  # not cached: the next job asks again

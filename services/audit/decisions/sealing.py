@@ -198,6 +198,14 @@ def new_key() -> bytes:
     return AESGCM.generate_key(bit_length=KEY_BYTES * 8)
 
 
+def keys_to_create(lookups: Mapping[str, str], found: Mapping[str, tuple[str, bytes]]
+                   ) -> dict[str, tuple[str, str, bytes]]:
+    """A new pseudonym and key for each subject of ``lookups`` (blind index → subject) that
+    ``found`` (subject → stored pseudonym and key) lacks: subject → (ref, lookup, key)."""
+    return {subject: (new_ref(), lookup, new_key())
+            for lookup, subject in lookups.items() if subject not in found}
+
+
 def lookup_hash(index_key: bytes, subject: str) -> str:
     """Blind index of a subject id: HMAC-SHA256 under the service's subject key, so the key
     table holds no subject id in clear, and without that key no one can test a guess."""
