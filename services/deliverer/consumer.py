@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind
 from yarl import URL
 
 from services.deliverer import decisions
-from services.deliverer.client import WRITTEN
+from services.deliverer.client import WRITTEN, HttpClient
 from services.deliverer.decisions import DeadLetter, ErrorKind, Retry
 from services.deliverer.decisions.pacing import Pacer, defer_tier, shard_of
 from services.deliverer.metrics import (
@@ -180,14 +180,14 @@ class WaitTiers:
 class Deliverer:
     """The job handler. It returns only once every message it published is confirmed."""
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession,
+    def __init__(self, settings: Settings, client: HttpClient,
                  publisher: Publisher, tiers: WaitTiers, facts: FactPublisher,
                  rng: random.Random | None = None,
                  resolver: AbstractResolver | None = None,
                  starts: FactPublisher | None = None,
                  sign_now: SignNow | None = None) -> None:
         self._settings = settings
-        self._session = session
+        self._client = client
         self._publisher = publisher
         self._facts = facts
         # the write-ahead facts (delivery.started) wait for no linger: a POST waits for its
@@ -241,7 +241,7 @@ class Deliverer:
                     headers.update(route.headers)
                 if written is not None:
                     options["trace_request_ctx"] = {WRITTEN: written}
-                async with self._session.post(
+                async with self._client.session(traced=written is not None).post(
                     target, data=signed.body.encode(), headers=headers,
                     allow_redirects=False, timeout=self._timeout, **options,
                 ) as resp:
