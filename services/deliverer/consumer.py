@@ -335,8 +335,8 @@ class Deliverer:
                                        self._settings.fifo_max_hold)
         record = decisions.attempt_record(job.attempt, outcome, at=at,
                                          duration_ms=duration * 1000)
-        attempted = decisions.attempted_fact(
-            job, outcome, record, step, response.excerpt, now, post=post,
+        attempted = decisions.outcome_fact(
+            ahead, outcome, record, step, response.excerpt, now,
             request_headers=decisions.shown_request_headers(signed.headers),
             response_headers=response.headers)
         ATTEMPTS.labels(outcome.outcome, outcome.reason,
