@@ -180,7 +180,9 @@ def main() -> None:
         _serve(args.serve)
         return
     from bench.run import vhost
+    from shared.logging import setup
 
+    setup("deliverer", level="info")  # as the service logs: a delivered POST's line is debug
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
