@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
 from services.deliverer.catchup import REQUESTS_PREFETCH, Requests, Sweeper
-from services.deliverer.client import make_session
+from services.deliverer.client import make_client
 from services.deliverer.consumer import Deliverer, WaitTiers
 from services.deliverer.ordered import SignNow
 from services.deliverer.settings import Settings
@@ -37,7 +37,7 @@ def _broker_ready(connection: AbstractRobustConnection) -> bool:
 
 async def start(settings: Settings, *, resolver: AbstractResolver | None = None) -> Stop:
     """Start the deliverer; the returned ``stop`` finishes or hands back in-flight work.
-    ``resolver``: see :func:`~services.deliverer.client.make_session`."""
+    ``resolver``: see :func:`~services.deliverer.client.make_client`."""
     stack = contextlib.AsyncExitStack()
     try:
         connection = await connect(settings.amqp_url.get_secret_value(), service="deliverer",
@@ -52,8 +52,8 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
         stack.push_async_callback(facts.close, settings.shutdown_grace)
         starts = FactPublisher(publisher, linger=0.0)
         stack.push_async_callback(starts.close, settings.shutdown_grace)
-        session = make_session(settings, resolver)
-        stack.push_async_callback(session.close)
+        client = make_client(settings, resolver)
+        stack.push_async_callback(client.close)
 
         app = web.Application(middlewares=[errors_middleware])
 
@@ -74,7 +74,7 @@ async def start(settings: Settings, *, resolver: AbstractResolver | None = None)
         sign_now = SignNow(connection, settings.sign_now_timeout)
         stack.push_async_callback(sign_now.close)
         requests = Requests(settings, publisher) if settings.catch_up else None
-        deliverer = Deliverer(settings, session, publisher, tiers, facts, resolver=resolver,
+        deliverer = Deliverer(settings, client, publisher, tiers, facts, resolver=resolver,
                               starts=starts, sign_now=sign_now, catch_up=requests)
         # the broker path is its one dependency (the consumer's default probe)
         stack.push_async_callback(deliverer.drain, settings.shutdown_grace)

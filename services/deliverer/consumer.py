@@ -22,11 +22,12 @@ import structlog
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp.abc import AbstractResolver
 from opentelemetry.trace import SpanKind
+from prometheus_client import Counter
 from yarl import URL
 
 from services.deliverer import decisions
 from services.deliverer.catchup import Requests
-from services.deliverer.client import WRITTEN
+from services.deliverer.client import WRITTEN, HttpClient
 from services.deliverer.decisions import DeadLetter, Done, ErrorKind, Retry
 from services.deliverer.decisions.catchup import retry_headers
 from services.deliverer.decisions.pacing import Pacer, defer_tier, shard_of
@@ -114,8 +115,10 @@ def _error_kind(exc: BaseException) -> ErrorKind:
     return "connection_error"
 
 
-_Posted = tuple[decisions.Outcome, decisions.Step, AttemptRecord, datetime, "asyncio.Task[None]"]
-"""What a POST gave: its outcome, the next step, its record, when, and its fact's publishing."""
+_Posted = tuple[decisions.Outcome, decisions.Step, AttemptRecord, datetime,
+                "asyncio.Task[None] | None"]
+"""What a POST gave: its outcome, the next step, its record, when, and its fact's publishing
+(``None``: the fact is confirmed already, see :meth:`Deliverer._post_and_audit`)."""
 
 T = TypeVar("T")
 
@@ -187,7 +190,7 @@ class WaitTiers:
 class Deliverer:
     """The job handler. It returns only once every message it published is confirmed."""
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession,
+    def __init__(self, settings: Settings, client: HttpClient,
                  publisher: Publisher, tiers: WaitTiers, facts: FactPublisher,
                  rng: random.Random | None = None,
                  resolver: AbstractResolver | None = None,
@@ -195,7 +198,7 @@ class Deliverer:
                  sign_now: SignNow | None = None,
                  catch_up: Requests | None = None) -> None:
         self._settings = settings
-        self._session = session
+        self._client = client
         self._publisher = publisher
         self._facts = facts
         # the write-ahead facts (delivery.started) wait for no linger: a POST waits for its
@@ -226,6 +229,9 @@ class Deliverer:
         self._catch_up = catch_up
         self._keys = KeyTurns()
         KEYS_HELD.set_function(self._keys.waiting)
+        # the attempt counter's children, looked up once (outcomes x reasons x status classes:
+        # a few dozen at most); ``labels()`` per POST shows in profiles
+        self._attempts: dict[tuple[str, str, str], Counter] = {}
 
     async def post(self, signed: SignedDelivery,
                    written: Callable[[], None] | None = None) -> Response:
@@ -250,7 +256,7 @@ class Deliverer:
                     headers.update(route.headers)
                 if written is not None:
                     options["trace_request_ctx"] = {WRITTEN: written}
-                async with self._session.post(
+                async with self._client.session(traced=written is not None).post(
                     target, data=signed.body.encode(), headers=headers,
                     allow_redirects=False, timeout=self._timeout, **options,
                 ) as resp:
@@ -289,7 +295,11 @@ class Deliverer:
 
     async def _post_and_audit(self, signed: SignedDelivery,
                               held_since: float | None = None) -> _Posted | None:
-        """POST, judge the outcome, and start publishing its fact (until confirmed). ``None``:
+        """POST, judge the outcome, and publish its fact (until confirmed): a delivered
+        POST's fact is confirmed before this returns (nothing else follows it, and the caller
+        runs this in a shielded task of its own: a second task would only wait beside it); a
+        retry's or a dead letter's fact is started in a task, which the caller awaits with
+        what it publishes beside it. ``None``:
         not POSTed, a rate-limited endpoint's turn is too far off (the caller defers it).
         ``held_since``: an ordered delivery reached this deliverer then (monotonic); a retry
         past DIHYA_DELIVERER_FIFO_MAX_HOLD gives up (:func:`decisions.held_step`)."""
@@ -344,14 +354,22 @@ class Deliverer:
                                        self._settings.fifo_max_hold)
         record = decisions.attempt_record(job.attempt, outcome, at=at,
                                          duration_ms=duration * 1000)
-        attempted = decisions.attempted_fact(
-            job, outcome, record, step, response.excerpt, now, post=post,
+        attempted = decisions.outcome_fact(
+            ahead, outcome, record, step, response.excerpt, now,
             request_headers=decisions.shown_request_headers(signed.headers),
             response_headers=response.headers)
-        ATTEMPTS.labels(outcome.outcome, outcome.reason,
-                        decisions.status_class(outcome.status_code)).inc()
+        key = (outcome.outcome, outcome.reason, decisions.status_class(outcome.status_code))
+        counter = self._attempts.get(key)
+        if counter is None:
+            counter = self._attempts[key] = ATTEMPTS.labels(*key)
+        counter.inc()
         ATTEMPT_SECONDS.observe(duration)
-        # batched; published even if this job's ack is lost with its channel
+        # batched; published even if this job's ack is lost with its channel (this task is
+        # shielded from a cancelled handler, and so is the one below)
+        if isinstance(step, Done):  # nothing else to publish: confirmed here, in this task
+            await self._facts.send_until_confirmed(attempted)
+            return outcome, step, record, now, None
+        # a retry or a dead letter is published beside it, a giving up after it
         attempt = self._background(self._facts.send_until_confirmed(attempted))
         return outcome, step, record, now, attempt
 
@@ -465,7 +483,8 @@ class Deliverer:
                 parked = decisions.next_job(job, record)
                 await self._give_up_in_order(parked, step.reason, outcome.error, now, attempt,
                                              behind())
-            await asyncio.shield(attempt)
+            if attempt is not None:
+                await asyncio.shield(attempt)
             return
 
     async def _give_up_in_order(self, parked: DeliveryJob, reason: str, error: str | None,
@@ -569,7 +588,7 @@ class Deliverer:
                                 min(outcome.retry_after_ms, decisions.MAX_RETRY_AFTER_MS) / 1000)
         if isinstance(step, Retry):  # an endpoint's own schedule may name a new tier
             await self._tiers.ensure(step.tier_ms)
-        publishes: list[Awaitable[None]] = [asyncio.shield(attempt)]
+        publishes: list[Awaitable[None]] = [] if attempt is None else [asyncio.shield(attempt)]
         if isinstance(step, Retry):
             following = decisions.next_job(job, record)
             # its endpoint and due time ride along for a catch-up sweep (catchup.py)
@@ -581,7 +600,8 @@ class Deliverer:
         elif isinstance(step, DeadLetter):
             publishes.extend(self._dead_letter(decisions.next_job(job, record), step.reason,
                                                outcome.error, now, attempt))
-        await confirm_all(publishes)  # all settled (the fact above included), then any error
+        if publishes:
+            await confirm_all(publishes)  # all settled (the fact above included), then any error
         _log_attempt(job, outcome, record, step)
         if isinstance(step, Done) and self._catch_up is not None:
             asking = self._catch_up.delivered(job, now)  # back after failing: catch up

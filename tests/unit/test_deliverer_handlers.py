@@ -9,7 +9,7 @@ from email.utils import format_datetime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 
 from services.deliverer.decisions import (
     EXCERPT_CHARS,
@@ -18,6 +18,7 @@ from services.deliverer.decisions import (
     Done,
     Outcome,
     Retry,
+    Step,
     attempt_record,
     attempted_fact,
     classify,
@@ -27,6 +28,7 @@ from services.deliverer.decisions import (
     needs_resign,
     next_job,
     next_step,
+    outcome_fact,
     parse_retry_after,
     parse_signed,
     redact_url,
@@ -36,7 +38,7 @@ from services.deliverer.decisions import (
     started_fact,
 )
 from services.deliverer.settings import Settings
-from shared.contracts import DeliveryJob, Event, SignedDelivery
+from shared.contracts import AuditFact, DeliveryJob, Event, SignedDelivery, encode
 from shared.schedules import parse_schedule
 from shared.topology import DEFAULT_DEFER_DELAYS_MS, TIER_HEADROOM, defer_tiers, tier_ttl
 
@@ -342,3 +344,39 @@ def test_started_fact_carries_the_id_of_its_posts_outcome() -> None:
     assert (ahead.event_id, ahead.endpoint_id, ahead.delivery_id, ahead.attempt) == (
         outcome.event_id, outcome.endpoint_id, outcome.delivery_id, outcome.attempt)
     assert ahead.url == "https://r.example/hook?x=1"  # credentials dropped here too
+
+
+@given(status=st.sampled_from([200, 204, 301, 410, 429, 500, 503]),
+       step=st.sampled_from([(Done(), {"next": "done"}),
+                             (Retry(5000, 4500), {"next": "retry", "retry_in_ms": 4500}),
+                             (DeadLetter("gone"), {"next": "dead_letter",
+                                                   "dead_letter_reason": "gone"})]),
+       tenant=st.none() | st.just("ten_1"), excerpt=st.binary(max_size=300),
+       later=st.integers(min_value=0, max_value=600_000))
+def test_the_outcome_made_from_its_write_ahead_is_the_attempted_fact(
+        status: int, step: tuple[Step, dict[str, JsonValue]], tenant: str | None,
+        excerpt: bytes, later: int) -> None:
+    """The deliverer copies a POST's outcome fact from its write-ahead instead of building
+    it again: the fact every field of which the attempt's fact has (built here field by field),
+    byte for byte; only its time is the end's, and the write-ahead is left as it was."""
+    job = make_job().model_copy(update={"tenant": tenant})
+    start, end = NOW, NOW + timedelta(milliseconds=later)
+    out = classify(status, now=end)
+    record = attempt_record(1, out, at=start, duration_ms=later)
+    request, response = {"webhook-id": "evt_1"}, {"Via": "a"}
+    ahead = started_fact(job, start, post="p1")
+    copied = outcome_fact(ahead, out, record, step[0], excerpt, end, request_headers=request,
+                          response_headers=response)
+    expected = AuditFact(
+        id=fact_id("dlv_1", 1, "delivery.attempted", "p1"), kind="delivery.attempted",
+        occurred_at=end, service="deliverer", event_id="evt_1", event_type="a.b",
+        endpoint_id="ep_1", delivery_id="dlv_1", attempt=1, url="https://r.example/hook?x=1",
+        outcome=out.outcome, status_code=status, duration_ms=float(later), error=out.error,
+        reason=out.reason, tenant=tenant,
+        details={"response_excerpt": excerpt.decode("utf-8", "replace")[:EXCERPT_CHARS],
+                 **step[1], "request_headers": request, "response_headers": response})
+    assert copied == expected and encode(copied) == encode(expected)
+    assert attempted_fact(job, out, record, step[0], excerpt, end, post="p1",
+                          request_headers=request, response_headers=response) == expected
+    assert ahead.kind == "delivery.started" and ahead.occurred_at == start
+    assert ahead.details == {} and ahead.outcome is None

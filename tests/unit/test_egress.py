@@ -6,12 +6,13 @@ import ipaddress
 import socket
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.deliverer.client import make_session
+from services.deliverer.client import make_client
 from services.deliverer.settings import Settings
 from services.deliverer.ssrf import VettingResolver
 from shared.address_registry import ROWS, Row
@@ -254,13 +255,21 @@ async def test_resolver_refuses_names_that_resolve_to_private_addresses() -> Non
 
 
 async def test_session_caps_connections_per_host() -> None:
-    session = make_session(Settings(max_per_host=7, prefetch=50))
+    client = make_client(Settings(max_per_host=7, prefetch=50))
+    pool = client.connector
     try:
-        assert session.connector is not None
-        assert session.connector.limit_per_host == 7
-        assert session.connector.limit == 50
+        assert isinstance(client.connector, aiohttp.TCPConnector)
+        assert client.connector.limit_per_host == 7
+        assert client.connector.limit == 50
+        # one pool (one cap, one vetting resolver) under both sessions; only a paced POST's
+        # session runs the trace hook
+        assert client.paced.connector is client.plain.connector is client.connector
+        assert client.plain.trace_configs == [] and len(client.paced.trace_configs) == 1
+        assert client.session(traced=False) is client.plain
+        assert client.session(traced=True) is client.paced
     finally:
-        await session.close()
+        await client.close()
+    assert client.plain.closed and client.paced.closed and pool is not None and pool.closed
 
 
 def test_the_security_page_lists_every_row() -> None:

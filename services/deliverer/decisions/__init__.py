@@ -332,6 +332,17 @@ def attempted_fact(job: DeliveryJob, outcome: Outcome, record: AttemptRecord, st
     (see :func:`shown_request_headers`, :func:`shown_response_headers`). They travel in
     ``details`` rather than as new contract fields: an older consumer of ``AuditFact``
     (``extra="forbid"``) would refuse a fact with fields it does not know."""
+    return outcome_fact(started_fact(job, now, post=post), outcome, record, step, excerpt, now,
+                        request_headers=request_headers, response_headers=response_headers)
+
+
+def outcome_fact(started: AuditFact, outcome: Outcome, record: AttemptRecord, step: Step,
+                 excerpt: bytes, now: datetime, *,
+                 request_headers: Mapping[str, str] | None = None,
+                 response_headers: Mapping[str, str] | None = None) -> AuditFact:
+    """:func:`attempted_fact` made from the POST's own write-ahead ``started`` (the
+    :func:`started_fact` confirmed before it): the same fact, its id and fields copied rather
+    than derived and checked a second time (the deliverer builds both for every POST)."""
     details: dict[str, JsonValue] = {
         "response_excerpt": excerpt.decode("utf-8", "replace")[:EXCERPT_CHARS],
         **_step_details(step)}
@@ -339,8 +350,8 @@ def attempted_fact(job: DeliveryJob, outcome: Outcome, record: AttemptRecord, st
         details["request_headers"] = dict(request_headers)
     if response_headers is not None:
         details["response_headers"] = dict(response_headers)
-    return started_fact(job, now, post=post).model_copy(update={
-        "kind": "delivery.attempted", "outcome": outcome.outcome,
+    return started.model_copy(update={
+        "kind": "delivery.attempted", "occurred_at": now, "outcome": outcome.outcome,
         "status_code": outcome.status_code, "duration_ms": record.duration_ms,
         "error": outcome.error, "reason": outcome.reason, "details": details})
 
