@@ -41,6 +41,9 @@ class Books:
     unknown: int = 0
     """Of ``audited``: records of a POST whose outcome never came (its deliverer was killed
     after the write-ahead). Each stands for a POST that may or may not have left."""
+    dup_new_id_keyless: int = 0
+    """New ids of keyless HTTP events the client sent again after getting no answer at all:
+    two requests the API cannot tell apart, the client's duplicate (not in ``dup_new_id``)."""
 
     HEADER = (f"{'scenario':<24} {'accepted':>8} {'delivered':>9} {'lost':>4} {'dup=id':>6} "
               f"{'dup≠id':>6} {'parked':>6} {'POSTs':>6} {'audited':>7} {'unknown':>7} "
@@ -84,14 +87,16 @@ def longest_stall(times: Iterable[float], start: float, end: float) -> float:
 
 def keep(scenario: str, accepted: Mapping[str, set[str]], arrivals: list[Arrival], *,
          parked: int, audited: int, http_5xx: int, window: tuple[float, float],
-         unknown: int = 0) -> Books:
+         unknown: int = 0, unanswered_keyless: Iterable[str] = ()) -> Books:
     """The books of one scenario.
 
     ``accepted``: logical event → the ids the client was told were accepted (202 or a
     confirm; more than one means the client was handed a new id for the same event).
     ``window``: the stretch the stall is measured over — from the fault until the last
-    accepted event arrived.
+    accepted event arrived. ``unanswered_keyless``: keyless HTTP events sent again after no
+    answer (their extra ids are counted apart, as the client's duplicates).
     """
+    keyless = set(unanswered_keyless)
     delivered_ids: dict[str, set[str]] = defaultdict(set)
     for a in arrivals:
         delivered_ids[a.logical].add(a.event_id)
@@ -102,7 +107,10 @@ def keep(scenario: str, accepted: Mapping[str, set[str]], arrivals: list[Arrival
         delivered=delivered,
         lost=len(accepted) - delivered,
         dup_same_id=len(arrivals) - len({a.webhook_id for a in arrivals}),
-        dup_new_id=sum(len(ids) - 1 for ids in delivered_ids.values() if ids),
+        dup_new_id=sum(len(ids) - 1 for name, ids in delivered_ids.items()
+                       if ids and name not in keyless),
+        dup_new_id_keyless=sum(len(ids) - 1 for name, ids in delivered_ids.items()
+                               if ids and name in keyless),
         foreign_ids=sum(1 for a in arrivals if a.webhook_id != a.event_id
                         or a.logical not in accepted),
         parked=parked,

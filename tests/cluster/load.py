@@ -39,6 +39,10 @@ class Load:
     accepted: dict[str, set[str]] = field(default_factory=dict)
     http_5xx: int = 0
     transport_errors: int = 0
+    unanswered_keyless: set[str] = field(default_factory=set)
+    """Keyless HTTP events whose request got no answer (a transport error: the replica killed
+    mid-request) and was sent again: the API cannot tell the retry from a new event, so a
+    second id for one of these is the client's duplicate (docs: send an Idempotency-Key)."""
 
     def accept(self, logical: str, event_id: str) -> None:
         self.accepted.setdefault(logical, set()).add(event_id)
@@ -74,6 +78,8 @@ async def http_publish(load: Load, ingest_urls: Sequence[str], token: str, count
                             body["id"] = given  # what the 503 tells a keyless client to do
                 except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
                     load.transport_errors += 1
+                    if "Idempotency-Key" not in headers and "id" not in body:
+                        load.unanswered_keyless.add(logical)
                 await asyncio.sleep(0.5)
 
         async def worker() -> None:

@@ -114,10 +114,12 @@ async def run(rig: Rig, name: str, fault: Fault, n: int = N) -> Books:
     audited, unknown = await _audit_settled(rig, endpoint["id"], len(arrivals.items))
     books = keep(name, load.accepted, list(arrivals.items),
                  parked=await _parked(rig, endpoint["id"]) - parked_before, audited=audited,
-                 http_5xx=load.http_5xx, window=(fault_at, last), unknown=unknown)
+                 http_5xx=load.http_5xx, window=(fault_at, last), unknown=unknown,
+                 unanswered_keyless=load.unanswered_keyless)
     rig.books.append(books)
     print(f"\n[books] {Books.HEADER}\n[books] {books.row()}   (complete={complete}, "
-          f"transport errors={load.transport_errors})")
+          f"transport errors={load.transport_errors}, new ids of keyless events sent again "
+          f"after no answer={books.dup_new_id_keyless})")
     print(f"[books] {name}: deliveries per 5 s from the fault: "
           f"{timeline([a.at for a in arrivals.items], fault_at)}")
     begin, end = longest_gap((a.at for a in arrivals.items), fault_at, last)
@@ -125,7 +127,7 @@ async def run(rig: Rig, name: str, fault: Fault, n: int = N) -> Books:
     print(f"[books] {name}: fault at {utc(fault_at + to_wall)}; longest stall "
           f"{end - begin:.1f} s, from +{begin - fault_at:.1f} s to +{end - fault_at:.1f} s "
           f"({utc(begin + to_wall)} to {utc(end + to_wall)}): compare the service logs")
-    if books.dup_new_id:  # which events, and what their publisher was told: the why
+    if books.dup_new_id or books.dup_new_id_keyless:  # which events, and what they were told
         ids: dict[str, set[str]] = {}
         for a in arrivals.items:
             ids.setdefault(a.logical, set()).add(a.event_id)

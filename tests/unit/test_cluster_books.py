@@ -60,3 +60,19 @@ def test_the_longest_stall_bounds_every_gap(times: list[float]) -> None:
     edges = sorted([0.0, *times, 100.0])
     assert all(b - a <= stall for a, b in itertools.pairwise(edges))
     assert stall <= 100.0 and (times or stall == 100.0)
+
+
+def test_a_keyless_event_sent_again_after_no_answer_is_the_clients_duplicate() -> None:
+    """A keyless HTTP client whose request died with its replica (no answer) and sends it
+    again makes two events the API cannot tell apart: counted apart, not a failure. The same
+    for an event that got an answer, or carried a key, is one."""
+    arrivals = [
+        Arrival(1.0, "evt_k1", "evt_k1", "keyless"),
+        Arrival(2.0, "evt_k2", "evt_k2", "keyless"),  # sent again after no answer
+        Arrival(3.0, "evt_o1", "evt_o1", "other"),
+        Arrival(4.0, "evt_o2", "evt_o2", "other"),    # a new id the platform should have avoided
+    ]
+    books = keep("t", {"keyless": {"evt_k2"}, "other": {"evt_o2"}}, arrivals, parked=0,
+                 audited=4, http_5xx=0, window=(0.0, 4.0), unanswered_keyless={"keyless"})
+    assert (books.dup_new_id, books.dup_new_id_keyless) == (1, 1)
+    assert books.failures(15) == ["dup_new_id=1"]
