@@ -156,9 +156,10 @@ async def test_the_events_due_together_are_asked_about_in_one_query() -> None:
     assert results == [n % 2 == 0 for n in range(300)]
     first_query = lookup.calls[0]
     assert len(first_query) == 300  # one query for the 300 events due at once
-    # then only the missing ones, still together (not a query per event)
+    # then only the missing ones, still together: about one query per poll until the
+    # deadline (~10), a few more where a busy loop splits a round — not one per event (1,500)
     assert all(int(e[4:]) % 2 == 1 for call in lookup.calls[1:] for e in call)
-    assert 2 <= len(lookup.calls) <= 15
+    assert 2 <= len(lookup.calls) <= 40
     await g.stop()
 
 
