@@ -71,11 +71,11 @@ async def test_zero_waiting_means_only_the_limit() -> None:
 
 
 async def test_a_fast_endpoint_may_queue_many_a_slow_one_few() -> None:
-    slots = EndpointSlots(limit=2, waiting=1, max_wait=0.25)
-    for _ in range(3):  # learn: the fast endpoint answers at once
-        async with slots.slot("fast"):
-            pass
-    slots.limiter("slow").record(started=0.0, finished=1.0, failed=False, demand=1)  # 1 s a POST
+    slots = EndpointSlots(limit=2, waiting=1, max_wait=1.0)
+    for _ in range(3):  # learn: the fast endpoint answers in a millisecond (given, not timed:
+        # a busy machine once stretched a timed no-op slot past what 48 waiting may take)
+        slots.limiter("fast").record(started=0.0, finished=0.001, failed=False, demand=1)
+    slots.limiter("slow").record(started=0.0, finished=10.0, failed=False, demand=1)  # 10 s
     release = asyncio.Event()
 
     async def job(endpoint: str) -> None:
@@ -87,7 +87,7 @@ async def test_a_fast_endpoint_may_queue_many_a_slow_one_few() -> None:
     assert not slots.full("fast")  # 48 waiting on a near-zero latency: still short
     held = [asyncio.ensure_future(job("slow")) for _ in range(2)]
     await asyncio.sleep(0)
-    assert slots.full("slow")  # one more would wait ~0.5 s: deferred instead
+    assert slots.full("slow")  # one more would wait ~5 s: deferred instead
     release.set()
     await asyncio.wait_for(asyncio.gather(*fast, *held), 5)
 
