@@ -26,6 +26,7 @@ import aiohttp
 import psutil
 from pydantic import SecretStr
 
+from bench.dihya import metric
 from bench.run import vhost
 from launcher.processes import free_port
 from services.audit.app import start
@@ -69,15 +70,6 @@ async def _publish(url: str, events: int, attempts: int, batch: int, run: str) -
         await connection.close()
 
 
-async def _written(http: aiohttp.ClientSession, base: str) -> float:
-    async with http.get(f"{base}/metrics") as resp:
-        text = await resp.text()
-    for line in text.splitlines():
-        if line.startswith("dihya_audit_records_written_total "):
-            return float(line.split()[-1])
-    return 0.0
-
-
 async def measure(url: str, events: int, attempts: int, batch: int,
                   timeout: float, **audit: Any) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
@@ -97,7 +89,7 @@ async def measure(url: str, events: int, attempts: int, batch: int,
         try:
             async with aiohttp.ClientSession() as http:
                 base = f"http://127.0.0.1:{port}"
-                while await _written(http, base) < total:
+                while await metric(http, [base], "dihya_audit_records_written") < total:
                     peak = max(peak, process.memory_info().rss)
                     if time.monotonic() - started > timeout:
                         raise TimeoutError(f"not all {total} facts stored in {timeout} s")
