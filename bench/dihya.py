@@ -50,14 +50,14 @@ async def in_flight(http: aiohttp.ClientSession, url: str) -> float:
 
 
 async def metric(http: aiohttp.ClientSession, urls: list[str], name: str) -> float:
-    """Sum of an unlabelled Prometheus counter over replicas (``name`` without ``_total``
-    is accepted too)."""
+    """Sum of a Prometheus counter over replicas and over its labels' series (``name``
+    without ``_total`` is accepted too)."""
     total = 0.0
     for url in urls:
         async with http.get(f"{url}/metrics") as resp:
             text = await resp.text()
         for line in text.splitlines():
-            if line.startswith((name + " ", name + "_total ")):
+            if line.startswith((name + " ", name + "_total ", name + "{", name + "_total{")):
                 total += float(line.split()[-1])
     return total
 

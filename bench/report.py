@@ -410,6 +410,8 @@ def backlog_lines(backlog: dict[str, Any] | None) -> list[str]:
     if not backlog:
         return []
     b = backlog
+    short = ("" if b.get("attempts_outlast_pile_up", True)
+             else " (schedule shorter than the pile-up)")
     return [
         f"Backlog {b['backlog']} ({b['published_dps']}/s, schedule {b['retry_schedule_s']} s): "
         f"{b['in_retry_tiers_at_full_backlog']} in retry tiers; broker +"
@@ -421,7 +423,8 @@ def backlog_lines(backlog: dict[str, Any] | None) -> list[str]:
         f"  drain{' (catch-up)' if b.get('catch_up') else ''} "
         f"{b['delivered_after_recovery']}/{b['backlog']} at {b['drain_dps']}/s in "
         f"{b['drain_s']} s ({b.get('drain_dps_from_recovery')}/s from the recovery), "
-        f"duplicates {b['duplicates']}; schedule: {b['schedule']}",
+        f"duplicates {b['duplicates']}, dead-lettered {b.get('dead_lettered')}{short}; "
+        f"schedule: {b['schedule']}",
     ]
 
 

@@ -308,9 +308,13 @@ class Bench:
 
     def __init__(self, opts: Options, sink: SinkClient, procs: ProcSampler,
                  queues: QueueSampler, audit: AuditFollower | None,
-                 deferred: Callable[[], Awaitable[float]] | None = None) -> None:
+                 deferred: Callable[[], Awaitable[float]] | None = None,
+                 dead_lettered: Callable[[], Awaitable[float]] | None = None) -> None:
         self.opts = opts
         self.deferred = deferred
+        self.dead_lettered = dead_lettered
+        """The deliverers' dead letters so far (every reason): a phase waiting for deliveries
+        stops waiting for those."""
         self.sink = sink
         self.procs = procs
         self.queues = queues
@@ -670,7 +674,10 @@ async def run(opts: Options) -> dict[str, Any]:
         async def deferred() -> float:
             return await metric(http, deliverers, "dihya_deliverer_deferred_total")
 
-        bench = Bench(opts, sink, procs, queues, audit, deferred)
+        async def dead_lettered() -> float:
+            return await metric(http, deliverers, "dihya_deliverer_dead_lettered_total")
+
+        bench = Bench(opts, sink, procs, queues, audit, deferred, dead_lettered)
 
         raw = Target("raw", raw_send, 1, "raw", False)
         dihya = Target("dihya-amqp", amqp_send, 1, "main", True)

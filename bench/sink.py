@@ -21,9 +21,9 @@ The controller reads them over HTTP on the main port:
 * ``GET /stats/{phase}`` → counts, latency percentiles per endpoint group, arrival bins;
 * ``POST /control`` ``{"slow_delay": seconds}`` → how long the slow port takes to answer;
   ``{"down": [names]}`` → those endpoints answer 503 (the backlog phase's failing endpoint);
-* ``GET /attempts/{phase}`` → the failed attempts counted, and for every
-  :data:`ATTEMPT_SAMPLE`-th event the times of its failed attempts and of its delivery (to judge
-  the retry schedule).
+* ``GET /attempts/{phase}`` → the failed attempts counted, the events refused at least once,
+  and for every :data:`ATTEMPT_SAMPLE`-th event the times of its failed attempts and of its
+  delivery (to judge the retry schedule).
 
 Endpoint paths are ``/hooks/<name>``; the group of ``fast-3`` is ``fast``. ``hot`` and
 ``real-*`` answer after a delay, as receivers doing work do (:func:`bench.realistic.delay_for`).
@@ -145,6 +145,8 @@ class Sink:
         self.slow_delay = 0.0
         self.down: set[str] = set()
         self.failed: dict[str, int] = defaultdict(int)
+        self.failed_events: dict[str, set[str]] = defaultdict(set)
+        """phase → ids of the events refused at least once."""
         self.attempt_times: dict[str, dict[str, list[float]]] = defaultdict(dict)
         """phase → sampled event id → times of its failed attempts, then of its delivery."""
         self._n = 0
@@ -208,6 +210,7 @@ class Sink:
             phase = str(payload["data"]["bench"]["phase"])
             event_id = str(payload["id"])
             self.failed[phase] += 1
+            self.failed_events[phase].add(event_id)
             if int(event_id.rsplit(".", 1)[-1]) % ATTEMPT_SAMPLE == 0:
                 self.attempt_times[phase].setdefault(event_id, []).append(time.time())
         return 503
@@ -254,6 +257,8 @@ class Sink:
     async def attempts(self, request: web.Request) -> web.Response:
         phase = request.match_info["phase"]
         return web.Response(body=orjson.dumps({"failed": self.failed.get(phase, 0),
+                                               "failed_events": len(
+                                                   self.failed_events.get(phase, ())),
                                                "sampled": self.attempt_times.get(phase, {})}),
                             content_type="application/json")
 

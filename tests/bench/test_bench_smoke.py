@@ -174,8 +174,10 @@ def test_backlog_phase(smoke: dict[str, Any]) -> None:
     backlog = smoke["backlog"]
     n = backlog["backlog"]
     assert backlog["published"] == n and backlog["attempts_outlast_pile_up"]
-    assert backlog["failed_attempts"] >= n  # each failed at least once while down
+    assert backlog["failed_events"] == n  # each failed at least once while down
+    assert backlog["failed_attempts"] >= n
     assert backlog["drained"] and backlog["delivered_after_recovery"] == n
+    assert backlog["dead_lettered"] == 0
     assert backlog["duplicates"] == 0
     assert backlog["others_delivered_during"] >= backlog["others_expected_during"] > 0
     assert backlog["schedule"]["waits"] > 0 and backlog["schedule"]["early"] == 0

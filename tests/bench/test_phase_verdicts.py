@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.backlog import busy_rate, schedule_check
+from bench.backlog import _delivered, busy_rate, schedule_check
 from bench.overload import PROBE_STEP_S, per_second, recovery_s, window_means
 
 
@@ -67,3 +71,38 @@ def test_schedule_check_counts_catch_up_attempts_apart_and_still_judges_the_rest
     assert (caught["caught_up"], caught["early"], caught["respected"]) == (1, 0, True)
     # without the mode, the same attempt is early
     assert schedule_check({"a": [0.0, 5.0, 22.0]}, delays, 0.2)["early"] == 1
+
+
+class _Counts:
+    """The two counters the backlog's drain wait reads: the sink's deliveries, the
+    deliverers' dead letters."""
+
+    def __init__(self, delivered: int, dead: float) -> None:
+        self.delivered, self.dead = delivered, dead
+
+    async def count(self, _phase: str, _group: str) -> int:
+        return self.delivered
+
+    async def dead_lettered(self) -> float:
+        return self.dead
+
+
+def _bench(counts: _Counts) -> Any:
+    return SimpleNamespace(sink=counts, dead_lettered=counts.dead_lettered)
+
+
+def test_the_drain_wait_stops_once_the_missing_deliveries_are_dead_letters() -> None:
+    """A schedule shorter than the pile-up runs the first deliveries out of attempts: the wait
+    for the backlog to drain ends (not delivered) instead of lasting its whole timeout."""
+    counts = _Counts(delivered=19_998, dead=7.0)  # 5 dead letters before the phase
+    done = asyncio.run(asyncio.wait_for(_delivered(_bench(counts), "p", 20_000, 3600.0, 5.0),
+                                        timeout=5.0))
+    assert done is False
+
+
+def test_the_drain_wait_keeps_waiting_for_deliveries_not_dead_lettered() -> None:
+    counts = _Counts(delivered=19_998, dead=6.0)  # one dead letter: one delivery still to come
+    done = asyncio.run(_delivered(_bench(counts), "p", 20_000, 1.5, 5.0))
+    assert done is False  # the timeout, after polling
+    counts.delivered = 20_000
+    assert asyncio.run(_delivered(_bench(counts), "p", 20_000, 1.5, 5.0)) is True
