@@ -2,8 +2,9 @@
 from its outcome (delivered, a retry in a wait tier, a dead letter), with the write-ahead and
 attempt facts audit records. Ordered (FIFO) and rate-limited (paced) endpoints take their turns
 here too. Each attempt's outcome feeds its endpoint's circuit breaker, which lengthens the
-retries of an endpoint known to be down (:mod:`services.deliverer.decisions.breaker`). :mod:`services.deliverer.app` wires these to the broker; the decisions themselves are
-pure, in :mod:`services.deliverer.decisions`."""
+retries of an endpoint known to be down (:mod:`services.deliverer.decisions.breaker`).
+:mod:`services.deliverer.app` wires these to the broker; the decisions themselves are pure, in
+:mod:`services.deliverer.decisions`."""
 
 from __future__ import annotations
 

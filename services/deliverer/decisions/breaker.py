@@ -6,13 +6,14 @@ thousands of events costs two or three attempts each within minutes (the schedul
 tiers are short), each a signing, a POST, a fact, a wait-tier publish and a dead-letter hop:
 the stages run at their limit and every endpoint's deliveries queue behind that work. Once an
 endpoint has failed ``after`` attempts in a row it is *open* (Convoy, Hookdeck and Hystrix
-call it so), and from then on a failed attempt's retry waits at least
-``DIHYA_DELIVERER_BREAKER_WAIT`` — exactly as if the receiver had answered with a
-``Retry-After`` that long (:func:`services.deliverer.decisions.next_step`'s ``floor_ms``): the
-smallest tier of the delivery's schedule at least that long, or its longest tier. Nothing
-else changes: every POST is still one attempt, the delivery limit is the same (a delivery is
-dead-lettered later, never sooner), and first attempts are still POSTed — they are the
-probes, and the endpoint's first delivered attempt *closes* the breaker.
+call it so), and from then on a failed attempt's retry (that ``after``-th one's included)
+waits at least ``DIHYA_DELIVERER_BREAKER_WAIT`` — exactly as if the receiver had answered
+with a ``Retry-After`` that long (``floor_ms`` of
+:func:`services.deliverer.decisions.next_step`): the smallest tier of the delivery's schedule
+at least that long, or its longest tier. Nothing else changes: every POST is still one
+attempt, the delivery limit is the same (a delivery is dead-lettered later, never sooner), and
+first attempts are still POSTed — they are the probes, and the endpoint's first delivered
+attempt *closes* the breaker.
 
 What counts as a failure: every retryable one (:attr:`Outcome.retryable`: 5xx, 429, other
 4xx, 3xx, time-outs, connection and TLS errors), i.e. the outcomes that lead to a retry. A
