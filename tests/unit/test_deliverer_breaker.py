@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from services.deliverer.decisions import (
     MAX_RETRY_AFTER_MS,
     DeadLetter,
     Done,
-    Outcome,
     Retry,
     classify,
     next_step,
@@ -100,9 +100,9 @@ def test_after_zero_never_opens_and_remembers_nothing() -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be >= 0"):
         Breaker(after=-1, wait_ms=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="remembered >= 1"):
         Breaker(after=1, wait_ms=1, remembered=0)
 
 
@@ -169,11 +169,11 @@ def test_settings_defaults_and_bounds() -> None:
         20, 60.0, 60_000)
     assert Settings(breaker_after=0).breaker_after == 0
     assert Settings(breaker_wait=0.25).breaker_wait_ms == 250
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="breaker_after"):
         Settings(breaker_after=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="breaker_wait"):
         Settings(breaker_wait=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="breaker_wait"):
         Settings(breaker_wait=3601)  # longer than a Retry-After is honoured
 
 
