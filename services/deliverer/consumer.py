@@ -31,7 +31,7 @@ from services.deliverer import decisions
 from services.deliverer.catchup import Requests
 from services.deliverer.client import WRITTEN, HttpClient
 from services.deliverer.decisions import DeadLetter, Done, ErrorKind, Retry
-from services.deliverer.decisions.breaker import Breaker, lengthens
+from services.deliverer.decisions.breaker import Breaker, applied_floor
 from services.deliverer.decisions.catchup import retry_headers
 from services.deliverer.decisions.pacing import Pacer, defer_tier, shard_of
 from services.deliverer.metrics import (
@@ -356,10 +356,11 @@ class Deliverer:
                                     error_text=response.error_text,
                                     retry_after=response.retry_after, now=now)
         schedule = decisions.schedule_for(job, self._schedule)
-        floor = self._breaker_floor(job, outcome)
+        floor = applied_floor(self._breaker_floor(job, outcome), outcome, job.attempt,
+                              schedule)
         step = decisions.next_step(outcome, job.attempt, schedule, self._rng,
                                   self._settings.retry_jitter, floor_ms=floor)
-        if floor is not None and lengthens(floor, outcome, job.attempt, schedule):
+        if floor is not None:
             BREAKER_LENGTHENED.inc()
         if held_since is not None:
             step = decisions.held_step(step, time.monotonic() - held_since,

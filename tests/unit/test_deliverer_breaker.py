@@ -22,7 +22,7 @@ from services.deliverer.decisions import (
     classify,
     next_step,
 )
-from services.deliverer.decisions.breaker import Breaker, Transition, lengthens
+from services.deliverer.decisions.breaker import Breaker, Transition, applied_floor, lengthens
 from services.deliverer.decisions.catchup import tiers_to_sweep, wants_catch_up
 from services.deliverer.settings import Settings
 from shared.contracts import AttemptRecord, DeliveryJob, Event
@@ -228,6 +228,44 @@ def test_a_floor_only_lengthens_the_wait_in_a_tier_of_the_schedule(
         assert floored.delay_ms >= min(floor_ms, max(schedule))
     else:
         assert floored.tier_ms == plain.tier_ms
+
+
+@settings(max_examples=500)
+@given(schedule=SCHEDULES, attempt=st.integers(1, 7), seed=st.integers(),
+       jitter=st.floats(0, TIER_HEADROOM), floor_ms=st.integers(1, MAX_RETRY_AFTER_MS),
+       retry_after_s=st.none() | st.integers(0, 2 * 3600))
+def test_the_deliverer_applies_a_floor_only_where_it_lengthens_the_wait(
+        schedule: tuple[int, ...], attempt: int, seed: int, jitter: float, floor_ms: int,
+        retry_after_s: int | None) -> None:
+    """What the deliverer does (``applied_floor``, then ``next_step``): a retry whose wait the
+    floor would not lengthen keeps its schedule's own step, jitter included (a retry already
+    in the longest tier is not pinned to exactly that tier); one it lengthens waits at least
+    the floor, or the longest tier."""
+    if attempt > len(schedule):
+        return
+    outcome = classify(503, retry_after=None if retry_after_s is None else str(retry_after_s),
+                       now=NOW)
+    plain = next_step(outcome, attempt, schedule, random.Random(seed), jitter)
+    floor = applied_floor(floor_ms, outcome, attempt, schedule)
+    used = next_step(outcome, attempt, schedule, random.Random(seed), jitter, floor_ms=floor)
+    assert isinstance(plain, Retry) and isinstance(used, Retry)
+    if floor is None:
+        assert used == plain
+        assert not lengthens(floor_ms, outcome, attempt, schedule)
+    else:
+        assert floor == floor_ms
+        assert used.tier_ms > plain.tier_ms or used.delay_ms >= min(floor_ms, max(schedule))
+        assert used.delay_ms >= min(floor_ms, max(schedule)) > (outcome.retry_after_ms or 0)
+
+
+def test_a_retry_already_in_the_longest_tier_keeps_its_jitter() -> None:
+    """The catch-up e2e's schedule (1s,20s): the 20 s retry of an open endpoint is not pinned
+    to exactly 20 s by a 60 s wait; the 1 s one rides the 20 s tier, in full."""
+    schedule = (1_000, 20_000)
+    assert applied_floor(60_000, DOWN, 2, schedule) is None
+    assert applied_floor(60_000, DOWN, 1, schedule) == 60_000
+    assert next_step(DOWN, 1, schedule, random.Random(1), floor_ms=60_000) == Retry(
+        20_000, 20_000)
 
 
 @settings(max_examples=200)

@@ -136,3 +136,13 @@ def lengthens(floor_ms: int | None, outcome: Outcome, attempt: int,
 
     said = outcome.retry_after_ms or 0
     return asked(max(said, floor_ms)) > asked(said)
+
+
+def applied_floor(floor_ms: int | None, outcome: Outcome, attempt: int,
+                  schedule: Sequence[int]) -> int | None:
+    """The floor to give :func:`~services.deliverer.decisions.next_step`: ``floor_ms`` when it
+    :func:`lengthens` the retry, else ``None`` — the retry then takes its schedule's own step,
+    jitter included. (Passed anyway, a floor above the schedule's longest tier would turn a
+    retry already due in that tier into a wait of exactly the tier, its jitter dropped: the
+    Retry-After rule's cap, with nothing gained.)"""
+    return floor_ms if lengthens(floor_ms, outcome, attempt, schedule) else None
