@@ -1,8 +1,10 @@
 """The deliverer's message handlers: a signed delivery in, one HTTP POST out, and what follows
 from its outcome (delivered, a retry in a wait tier, a dead letter), with the write-ahead and
 attempt facts audit records. Ordered (FIFO) and rate-limited (paced) endpoints take their turns
-here too. :mod:`services.deliverer.app` wires these to the broker; the decisions themselves are
-pure, in :mod:`services.deliverer.decisions`."""
+here too. Each attempt's outcome feeds its endpoint's circuit breaker, which lengthens the
+retries of an endpoint known to be down (:mod:`services.deliverer.decisions.breaker`).
+:mod:`services.deliverer.app` wires these to the broker; the decisions themselves are pure, in
+:mod:`services.deliverer.decisions`."""
 
 from __future__ import annotations
 
@@ -29,11 +31,15 @@ from services.deliverer import decisions
 from services.deliverer.catchup import Requests
 from services.deliverer.client import WRITTEN, HttpClient
 from services.deliverer.decisions import DeadLetter, Done, ErrorKind, Retry
+from services.deliverer.decisions.breaker import Breaker, applied_floor
 from services.deliverer.decisions.catchup import retry_headers
 from services.deliverer.decisions.pacing import Pacer, defer_tier, shard_of
 from services.deliverer.metrics import (
     ATTEMPT_SECONDS,
     ATTEMPTS,
+    BREAKER_LENGTHENED,
+    BREAKER_OPEN,
+    BREAKER_TRANSITIONS,
     DEAD,
     DEFERRED,
     ENDPOINT_CONCURRENCY,
@@ -229,6 +235,9 @@ class Deliverer:
         self._catch_up = catch_up
         self._keys = KeyTurns()
         KEYS_HELD.set_function(self._keys.waiting)
+        # this replica's own: nothing is shared between replicas (decisions.breaker)
+        self._breaker = Breaker(settings.breaker_after, settings.breaker_wait_ms)
+        BREAKER_OPEN.set_function(self._breaker.open_count)
         # the attempt counter's children, looked up once (outcomes x reasons x status classes:
         # a few dozen at most); ``labels()`` per POST shows in profiles
         self._attempts: dict[tuple[str, str, str], Counter] = {}
@@ -347,8 +356,12 @@ class Deliverer:
                                     error_text=response.error_text,
                                     retry_after=response.retry_after, now=now)
         schedule = decisions.schedule_for(job, self._schedule)
+        floor = applied_floor(self._breaker_floor(job, outcome), outcome, job.attempt,
+                              schedule)
         step = decisions.next_step(outcome, job.attempt, schedule, self._rng,
-                                  self._settings.retry_jitter)
+                                  self._settings.retry_jitter, floor_ms=floor)
+        if floor is not None:
+            BREAKER_LENGTHENED.inc()
         if held_since is not None:
             step = decisions.held_step(step, time.monotonic() - held_since,
                                        self._settings.fifo_max_hold)
@@ -372,6 +385,26 @@ class Deliverer:
         # a retry or a dead letter is published beside it, a giving up after it
         attempt = self._background(self._facts.send_until_confirmed(attempted))
         return outcome, step, record, now, attempt
+
+    def _breaker_floor(self, job: DeliveryJob, outcome: decisions.Outcome) -> int | None:
+        """Count the attempt in its endpoint's circuit breaker (logging a transition); the
+        least its retry waits now (``None``: its schedule alone decides).
+
+        Not for ordered (FIFO) endpoints: their failed attempts wait for their retry here,
+        unacked, their key held, and no retry may start later than
+        DIHYA_DELIVERER_FIFO_MAX_HOLD after the delivery arrived (:func:`decisions.held_step`):
+        a longer wait would dead-letter them sooner (``hold_limit``), not spare the pipeline
+        (they wait in no tier and cost no hop while they wait)."""
+        if job.fifo_key is not None or not self._breaker.enabled:
+            return None
+        change = self._breaker.observe(job.endpoint_id, outcome)
+        if change is not None:
+            BREAKER_TRANSITIONS.labels(change.to).inc()
+            # never the URL: it may carry credentials
+            log.info("breaker_opened" if change.to == "open" else "breaker_closed",
+                     endpoint_id=job.endpoint_id, failures=change.failures,
+                     delivery_id=job.delivery_id, attempt=job.attempt)
+        return self._breaker.floor_ms(job.endpoint_id)
 
     def _dead_letter(self, parked: DeliveryJob, reason: str, error: str | None,
                      now: datetime, attempt: Awaitable[None] | None,

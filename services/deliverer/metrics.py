@@ -47,3 +47,16 @@ CATCH_UP_PACED = Counter(
     "dihya_deliverer_catch_up_paced_seconds_total",
     "Seconds catch-up sweeps waited for the signer's and the deliverer's job queues and the "
     "defer tiers to drain below DIHYA_DELIVERER_CATCH_UP_MAX_QUEUED.")
+BREAKER_OPEN = Gauge(
+    "dihya_deliverer_breaker_open_endpoints",
+    "Endpoints whose circuit breaker is open in this deliverer (DIHYA_DELIVERER_BREAKER_AFTER "
+    "failed attempts in a row, none delivered since); each replica counts its own.")
+BREAKER_TRANSITIONS = Counter(
+    "dihya_deliverer_breaker_transitions_total",
+    "Circuit breaker transitions of endpoints, by the state reached: `open` (an endpoint "
+    "failed BREAKER_AFTER attempts in a row) or `closed` (an attempt of an open endpoint was "
+    "delivered).", ["to"])
+BREAKER_LENGTHENED = Counter(
+    "dihya_deliverer_breaker_lengthened_total",
+    "Retries that wait in a longer tier than their schedule (and the receiver's Retry-After) "
+    "gave them, because their endpoint's circuit breaker is open (DIHYA_DELIVERER_BREAKER_WAIT).")

@@ -8,6 +8,7 @@ from cryptography.fernet import MultiFernet
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.deliverer.decisions import MAX_RETRY_AFTER_MS
 from shared import custom_headers, topology
 from shared.egress import EgressSettings
 from shared.schedules import parse_schedule
@@ -141,6 +142,22 @@ class Settings(EgressSettings):
         description="Random share added to or taken off each delay (0.2: a delay of 5 m waits "
         "4 to 6 m), so failures that happened together do not retry together.",
     )
+    breaker_after: int = Field(
+        default=20, ge=0,
+        description="Circuit breaker: failed attempts in a row (retried ones: 5xx, 429, "
+        "time-outs, refused connections…) after which an endpoint counts as down. From then "
+        "on each of its failed attempts is retried after at least BREAKER_WAIT, in the "
+        "smallest tier of its schedule that long (as a receiver's Retry-After), until one of "
+        "its attempts is delivered; first attempts are still sent (they find out it is back). "
+        "Not for ordered (FIFO) endpoints. Each replica counts on its own. 0: no breaker "
+        "(docs/operations.md, \"Circuit breaker\").",
+    )
+    breaker_wait: float = Field(
+        default=60.0, gt=0, le=MAX_RETRY_AFTER_MS / 1000,
+        description="Seconds a retry of an endpoint whose circuit breaker is open waits at "
+        "least (at most 1 h, as a Retry-After); a schedule with no tier that long waits its "
+        "longest. Only waits grow: the attempts a delivery gets stay the schedule's.",
+    )
     resign_after: float = Field(
         default=240.0, ge=0,
         description="A delivery signed longer ago than this many seconds goes back to the "
@@ -240,6 +257,10 @@ class Settings(EgressSettings):
     @property
     def retry_delays_ms(self) -> tuple[int, ...]:
         return parse_schedule(self.retry_schedule)
+
+    @property
+    def breaker_wait_ms(self) -> int:
+        return round(self.breaker_wait * 1000)
 
     @property
     def defer_delay_ms(self) -> int:

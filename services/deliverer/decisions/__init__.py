@@ -31,7 +31,9 @@ A retry waits in the wait queue of its delay tier, whose queue TTL is the tier's
 ``[delay * (1 - jitter), delay * (1 + jitter)]`` (jitter ≤ the headroom), so failures that
 happened together do not retry together. ``Retry-After`` is honoured within
 ``[tier delay, 1 h]``: a longer wait rides the smallest tier of the schedule at least that long
-(capped by its longest tier) with its own expiration, never earlier than asked.
+(capped by its longest tier) with its own expiration, never earlier than asked. The circuit
+breaker's wait (:mod:`~services.deliverer.decisions.breaker`) goes the same way: it is a floor
+under the ``Retry-After`` (``next_step(..., floor_ms=...)``).
 """
 
 from __future__ import annotations
@@ -153,11 +155,15 @@ def status_class(status: int | None) -> str:
 
 
 def next_step(outcome: Outcome, attempt: int, schedule: Sequence[int], rng: random.Random,
-              jitter: float = 0.2) -> Step:
+              jitter: float = 0.2, *, floor_ms: int | None = None) -> Step:
     """What follows attempt number ``attempt`` (1-based) that gave ``outcome``.
 
     ``schedule`` is the one in use for this delivery (:func:`schedule_for`); every tier a
     :class:`Retry` names is one of its delays, so the caller knows which wait queues it needs.
+    ``floor_ms``: the least the retry waits whatever the receiver said (the deliverer's circuit
+    breaker, :mod:`~services.deliverer.decisions.breaker`), taken as a ``Retry-After`` of that
+    length — the larger of the two wins. It changes waits only: which attempt is the last
+    stays the schedule's.
     """
     if outcome.delivered:
         return Done()
@@ -168,6 +174,8 @@ def next_step(outcome: Outcome, attempt: int, schedule: Sequence[int], rng: rand
     tier = schedule[attempt - 1]
     jittered = round(tier * (1 + rng.uniform(-jitter, jitter)))
     asked = outcome.retry_after_ms
+    if floor_ms is not None and (asked is None or floor_ms > asked):
+        asked = floor_ms
     if asked is None or asked <= tier:
         return Retry(tier, min(topology.tier_ttl(tier), max(jittered, asked or 0, 0)))
     wanted = min(asked, MAX_RETRY_AFTER_MS)
