@@ -81,6 +81,20 @@ class Requests:
         return self._send(CatchUpRequest(endpoint_id=job.endpoint_id, requested_at=now,
                                          retry_schedule_ms=job.retry_schedule_ms))
 
+    def breaker_closed(self, job: DeliveryJob, now: datetime
+                       ) -> Coroutine[Any, Any, None] | None:
+        """The publishing of a request when ``job``'s delivery (at ``now``) closed its
+        endpoint's circuit breaker — whatever its attempt number: a new event's first attempt
+        is the breaker's usual probe, and its retries wait in the long tiers the breaker sent
+        them to. Not for a rate-limited or ordered endpoint (:func:`decide.wants_catch_up`);
+        debounced as :meth:`delivered`."""
+        if job.rate_limit is not None or job.fifo_key is not None:
+            return None
+        if not self._debounce.allow(job.endpoint_id, time.monotonic()):
+            return None
+        return self._send(CatchUpRequest(endpoint_id=job.endpoint_id, requested_at=now,
+                                         retry_schedule_ms=job.retry_schedule_ms))
+
     async def _send(self, request: CatchUpRequest) -> None:
         try:
             await self._publisher.send(topology.WORK_EXCHANGE, topology.CATCH_UP_KEY, request)

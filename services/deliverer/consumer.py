@@ -356,7 +356,7 @@ class Deliverer:
                                     error_text=response.error_text,
                                     retry_after=response.retry_after, now=now)
         schedule = decisions.schedule_for(job, self._schedule)
-        floor = applied_floor(self._breaker_floor(job, outcome), outcome, job.attempt,
+        floor = applied_floor(self._breaker_floor(job, outcome, now), outcome, job.attempt,
                               schedule)
         step = decisions.next_step(outcome, job.attempt, schedule, self._rng,
                                   self._settings.retry_jitter, floor_ms=floor)
@@ -386,9 +386,13 @@ class Deliverer:
         attempt = self._background(self._facts.send_until_confirmed(attempted))
         return outcome, step, record, now, attempt
 
-    def _breaker_floor(self, job: DeliveryJob, outcome: decisions.Outcome) -> int | None:
+    def _breaker_floor(self, job: DeliveryJob, outcome: decisions.Outcome,
+                       now: datetime) -> int | None:
         """Count the attempt in its endpoint's circuit breaker (logging a transition); the
-        least its retry waits now (``None``: its schedule alone decides).
+        least its retry waits now (``None``: its schedule alone decides). A delivered attempt
+        that closes the breaker asks for a catch-up when the mode is on: the endpoint is back,
+        and its retries wait in the long tiers the breaker sent them to — a new event's first
+        attempt, the usual probe, would not ask on its own (:meth:`Requests.breaker_closed`).
 
         Not for ordered (FIFO) endpoints: their failed attempts wait for their retry here,
         unacked, their key held, and no retry may start later than
@@ -404,6 +408,10 @@ class Deliverer:
             log.info("breaker_opened" if change.to == "open" else "breaker_closed",
                      endpoint_id=job.endpoint_id, failures=change.failures,
                      delivery_id=job.delivery_id, attempt=job.attempt)
+            if change.to == "closed" and self._catch_up is not None:
+                asking = self._catch_up.breaker_closed(job, now)
+                if asking is not None:
+                    self._background(asking)
         return self._breaker.floor_ms(job.endpoint_id)
 
     def _dead_letter(self, parked: DeliveryJob, reason: str, error: str | None,

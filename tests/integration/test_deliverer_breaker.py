@@ -295,3 +295,38 @@ async def test_a_catch_up_sweep_sends_a_retry_the_breaker_made_wait_early(rig: R
         assert retry.attempt == 2 and early < 15
         assert deaths(swept) == []  # not expired from its tier: swept out of it
         assert swept.headers[topology.ENDPOINT_HEADER] == endpoint
+
+
+async def test_a_first_attempt_that_closes_the_breaker_asks_for_the_catch_up(rig: Rig) -> None:
+    """As above, but what says the endpoint is back is a new event's first attempt, the
+    breaker's usual probe: on its own a first attempt asks for no catch-up (only a retry on its
+    schedule does), but this one closes the breaker, and that asks: the sweep sends the retry
+    waiting in the 30 s tier to the signer now."""
+    endpoint = new_id("ep")
+    async with receiving(1) as receiver, deliverer(
+            rig, retry_schedule="200ms,30s,30s", breaker_after=1, breaker_wait=20,
+            catch_up=True, catch_up_min_tier="1s", catch_up_interval=0):
+        job = make_job(receiver.url("down")).model_copy(update={"endpoint_id": endpoint})
+        started = utcnow()
+        closed_before = transitions("closed")
+        await rig.publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed_for(job))
+        [first] = await attempt_facts(rig, {job.delivery_id}, 1)
+        assert (first.outcome, first.details["retry_in_ms"]) == ("failed", 20_000)
+
+        probe = make_job(receiver.url("down")).model_copy(update={"endpoint_id": endpoint})
+        assert probe.attempt == 1 and not probe.history
+        await rig.publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed_for(probe))
+        [answered] = await attempt_facts(rig, {probe.delivery_id}, 1)
+        assert answered.outcome == "delivered"
+        assert transitions("closed") == closed_before + 1
+
+        def waiting(message: Seen) -> bool:
+            return DeliveryJob.model_validate_json(message.body).delivery_id == job.delivery_id
+        swept = await rig.to_signer.next(waiting, timeout=15)
+        early = (utcnow() - started).total_seconds()
+        retry = DeliveryJob.model_validate_json(swept.body)
+        print(f"\n[breaker closed by a first attempt + catch-up] books: accepted 2, POSTs "
+              f"{len(receiver.hits)}, delivered 1, lost 0; the retry due in 20 s sent to the "
+              f"signer after {early:.1f} s (by the sweep: x-death {deaths(swept)})")
+        assert retry.attempt == 2 and early < 15
+        assert deaths(swept) == []  # not expired from its tier: swept out of it
