@@ -76,20 +76,19 @@ class Requests:
         if not decide.wants_catch_up(job, True, schedule_for(job, self._schedule),
                                      self._jitter, now):
             return None
-        if not self._debounce.allow(job.endpoint_id, time.monotonic()):
-            return None
-        return self._send(CatchUpRequest(endpoint_id=job.endpoint_id, requested_at=now,
-                                         retry_schedule_ms=job.retry_schedule_ms))
+        return self._ask(job, now)
 
     def breaker_closed(self, job: DeliveryJob, now: datetime
                        ) -> Coroutine[Any, Any, None] | None:
-        """The publishing of a request when ``job``'s delivery (at ``now``) closed its
-        endpoint's circuit breaker — whatever its attempt number: a new event's first attempt
-        is the breaker's usual probe, and its retries wait in the long tiers the breaker sent
-        them to. Not for a rate-limited or ordered endpoint (:func:`decide.wants_catch_up`);
-        debounced as :meth:`delivered`."""
+        """As :meth:`delivered`, when ``job``'s delivery closed its endpoint's circuit breaker
+        — whatever its attempt number: a new event's first attempt is the breaker's usual
+        probe, and its retries wait in the long tiers the breaker sent them to. Not for a
+        rate-limited or ordered endpoint (:func:`decide.wants_catch_up`)."""
         if job.rate_limit is not None or job.fifo_key is not None:
             return None
+        return self._ask(job, now)
+
+    def _ask(self, job: DeliveryJob, now: datetime) -> Coroutine[Any, Any, None] | None:
         if not self._debounce.allow(job.endpoint_id, time.monotonic()):
             return None
         return self._send(CatchUpRequest(endpoint_id=job.endpoint_id, requested_at=now,
