@@ -260,48 +260,26 @@ async def test_an_endpoint_down_waits_in_the_long_tier_and_its_first_delivery_cl
     assert healthy_books["posts"] == healthy_books["audit_records"] == len(up)
 
 
-async def test_a_catch_up_sweep_sends_a_retry_the_breaker_made_wait_early(rig: Rig) -> None:
+def _back(url: str, endpoint: str, by: str) -> DeliveryJob:
+    """The delivery that says the endpoint is back: a retry on its schedule (its previous
+    attempt failed 1 s ago, the test playing the signer), or a new event's first attempt."""
+    if by == "first attempt":
+        return make_job(url).model_copy(update={"endpoint_id": endpoint})
+    return make_job(url, attempt=2).model_copy(update={
+        "endpoint_id": endpoint,
+        "history": (AttemptRecord(attempt=1, at=utcnow() - timedelta(seconds=1),
+                                  outcome="failed", status_code=503, duration_ms=1.0),)})
+
+
+@pytest.mark.parametrize("back_by", ["retry on schedule", "first attempt"])
+async def test_a_catch_up_sweep_sends_a_retry_the_breaker_made_wait_early(
+        rig: Rig, back_by: str) -> None:
     """Catch-up on, sweeping tiers of 1 s and longer; the breaker opens at the first failure
-    and its wait (20 s) sends the retry to the 30 s tier. A retry of the same endpoint then
-    delivered on its schedule (the test plays the signer: its previous attempt failed 1 s ago)
-    says the endpoint is back: the sweep sends the waiting retry to the signer now, 20 s
-    early."""
-    endpoint = new_id("ep")
-    async with receiving(1) as receiver, deliverer(
-            rig, retry_schedule="200ms,30s,30s", breaker_after=1, breaker_wait=20,
-            catch_up=True, catch_up_min_tier="1s", catch_up_interval=0):
-        job = make_job(receiver.url("down")).model_copy(update={"endpoint_id": endpoint})
-        started = utcnow()
-        await rig.publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed_for(job))
-        [first] = await attempt_facts(rig, {job.delivery_id}, 1)
-        assert (first.outcome, first.details["retry_in_ms"]) == ("failed", 20_000)
-
-        back = make_job(receiver.url("down"), attempt=2).model_copy(update={
-            "endpoint_id": endpoint,
-            "history": (AttemptRecord(attempt=1, at=utcnow() - timedelta(seconds=1),
-                                      outcome="failed", status_code=503, duration_ms=1.0),)})
-        await rig.publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed_for(back))
-        [answered] = await attempt_facts(rig, {back.delivery_id}, 1)
-        assert answered.outcome == "delivered"
-
-        def waiting(message: Seen) -> bool:
-            return DeliveryJob.model_validate_json(message.body).delivery_id == job.delivery_id
-        swept = await rig.to_signer.next(waiting, timeout=15)
-        early = (utcnow() - started).total_seconds()
-        retry = DeliveryJob.model_validate_json(swept.body)
-        print(f"\n[breaker + catch-up] books: accepted 2, POSTs {len(receiver.hits)}, the "
-              f"retry due in 20 s sent to the signer after {early:.1f} s "
-              f"(x-death {deaths(swept)}, by the sweep: none)")
-        assert retry.attempt == 2 and early < 15
-        assert deaths(swept) == []  # not expired from its tier: swept out of it
-        assert swept.headers[topology.ENDPOINT_HEADER] == endpoint
-
-
-async def test_a_first_attempt_that_closes_the_breaker_asks_for_the_catch_up(rig: Rig) -> None:
-    """As above, but what says the endpoint is back is a new event's first attempt, the
-    breaker's usual probe: on its own a first attempt asks for no catch-up (only a retry on its
-    schedule does), but this one closes the breaker, and that asks: the sweep sends the retry
-    waiting in the 30 s tier to the signer now."""
+    and its wait (20 s) sends the retry to the 30 s tier. A delivery of the same endpoint then
+    says it is back: a retry delivered on its schedule, or a new event's first attempt — the
+    breaker's usual probe, which asks for no catch-up on its own (only a retry on its schedule
+    does) but closes the breaker, and that asks. Either way the sweep sends the waiting retry
+    to the signer now, 20 s early."""
     endpoint = new_id("ep")
     async with receiving(1) as receiver, deliverer(
             rig, retry_schedule="200ms,30s,30s", breaker_after=1, breaker_wait=20,
@@ -313,10 +291,9 @@ async def test_a_first_attempt_that_closes_the_breaker_asks_for_the_catch_up(rig
         [first] = await attempt_facts(rig, {job.delivery_id}, 1)
         assert (first.outcome, first.details["retry_in_ms"]) == ("failed", 20_000)
 
-        probe = make_job(receiver.url("down")).model_copy(update={"endpoint_id": endpoint})
-        assert probe.attempt == 1 and not probe.history
-        await rig.publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed_for(probe))
-        [answered] = await attempt_facts(rig, {probe.delivery_id}, 1)
+        back = _back(receiver.url("down"), endpoint, back_by)
+        await rig.publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed_for(back))
+        [answered] = await attempt_facts(rig, {back.delivery_id}, 1)
         assert answered.outcome == "delivered"
         assert transitions("closed") == closed_before + 1
 
@@ -325,8 +302,9 @@ async def test_a_first_attempt_that_closes_the_breaker_asks_for_the_catch_up(rig
         swept = await rig.to_signer.next(waiting, timeout=15)
         early = (utcnow() - started).total_seconds()
         retry = DeliveryJob.model_validate_json(swept.body)
-        print(f"\n[breaker closed by a first attempt + catch-up] books: accepted 2, POSTs "
+        print(f"\n[breaker + catch-up, back by a {back_by}] books: accepted 2, POSTs "
               f"{len(receiver.hits)}, delivered 1, lost 0; the retry due in 20 s sent to the "
-              f"signer after {early:.1f} s (by the sweep: x-death {deaths(swept)})")
+              f"signer after {early:.1f} s (x-death {deaths(swept)}: by the sweep)")
         assert retry.attempt == 2 and early < 15
         assert deaths(swept) == []  # not expired from its tier: swept out of it
+        assert swept.headers[topology.ENDPOINT_HEADER] == endpoint
