@@ -142,15 +142,34 @@ class ProcSampler:
         return out
 
 
+def listening_pid(port: int) -> int | None:
+    """The process listening on TCP ``port`` on this machine, when it can be told."""
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and \
+                    conn.laddr.port == port and conn.pid:
+                return conn.pid
+    return None
+
+
+def postgres_pids(postmaster: int | None) -> list[int]:
+    """PostgreSQL's server on this machine: the postmaster and its children (a backend per
+    connection, the WAL writer, the checkpointer…), read again at every sample since backends
+    come and go. Empty when the server is not local."""
+    if postmaster is None:
+        return []
+    try:
+        return [postmaster, *(c.pid for c in psutil.Process(postmaster).children())]
+    except psutil.Error:
+        return []
+
+
 def rabbitmq_pids(port: int | None = None) -> list[int]:
     """The local RabbitMQ node's Erlang VM (``beam.smp``), if it runs on this machine: the one
     listening on ``port`` when it can be told (a node of one's own, beside the machine's)."""
-    if port is not None:
-        with contextlib.suppress(psutil.Error):
-            for conn in psutil.net_connections("tcp"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr and \
-                        conn.laddr.port == port and conn.pid:
-                    return [conn.pid]
+    listening = listening_pid(port) if port is not None else None
+    if listening is not None:
+        return [listening]
     found = []
     for proc in psutil.process_iter(["name", "cmdline"]):
         with contextlib.suppress(psutil.Error):

@@ -23,6 +23,11 @@ SLOW_DROP_TARGET_PCT = 10.0
 HOT_TARGET = 0.95
 """The realistic-receivers phase: share of the hot endpoint's offered rate it receives."""
 RSS_TARGET_MIB = 200.0
+DIHYA_GROUPS = (*SERVICES, "rabbitmq", "postgres")
+"""The processes whose CPU is Dihya's cost per delivery: its services, the broker, and
+PostgreSQL's server in a ``--store postgres`` run (no such group with SQLite)."""
+RAW_GROUPS = ("raw-relay", "raw-poster", "rabbitmq")
+"""The raw chain's: its relay, its poster and the broker."""
 GROWTH_SHARE = 0.02
 """A queue "grows without bound" if, once the pipeline has filled (the second half of a paced
 phase), its depth still rises faster than this share of the offered rate."""
@@ -119,8 +124,8 @@ def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float
     raw_half_cpu = _per_delivery(_closest(_phases(results, "raw"), 0.5))
     # CPU per delivery summed over the processes doing the work (the broker included): on a
     # machine shared with other work this ratio moves less than the throughput ratio does.
-    dihya_cost = sum(per_delivery.get(g, 0.0) for g in (*SERVICES, "rabbitmq"))
-    raw_cost = sum(raw_per_delivery.get(g, 0.0) for g in ("raw-relay", "raw-poster", "rabbitmq"))
+    dihya_cost = sum(per_delivery.get(g, 0.0) for g in DIHYA_GROUPS)
+    raw_cost = sum(raw_per_delivery.get(g, 0.0) for g in RAW_GROUPS)
     # Audit lag is judged on the paced phases: after an admission-controlled run the pipeline
     # still holds a whole window of deliveries when load stops (window / rate seconds of work),
     # which says more about the window than about the audit service.
@@ -166,9 +171,9 @@ def summary(results: dict[str, Any], s_raw: float, s_dihya: float, s_http: float
         "cpu_ms_per_delivery_at_half_saturation": half_cpu,
         "raw_cpu_ms_per_delivery_at_half_saturation": raw_half_cpu,
         "cpu_ms_per_delivery_total_at_half_saturation": {
-            "dihya": round(sum(half_cpu.get(g, 0.0) for g in (*SERVICES, "rabbitmq")), 2),
+            "dihya": round(sum(half_cpu.get(g, 0.0) for g in DIHYA_GROUPS), 2),
             "raw": round(sum(raw_half_cpu.get(g, 0.0)
-                             for g in ("raw-relay", "raw-poster", "rabbitmq")), 2)},
+                             for g in RAW_GROUPS), 2)},
         "cpu_cost_ratio": round(raw_cost / dihya_cost, 3) if dihya_cost else None,
         "peak_rss_mib_per_process": rss,
         "audit_lag_s_after_load_stopped_worst_paced": worst_lag,

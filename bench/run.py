@@ -54,7 +54,15 @@ from bench import backlog, overload, profile, raw_chain, realistic
 from bench.dihya import AuditFollower, metric, publisher_token, register
 from bench.dihya import in_flight as dihya_in_flight
 from bench.load import AmqpSender, EventFactory, HttpSender, Send, SendStats, admitted, paced
-from bench.monitor import BrokerWatch, ProcSampler, QueueSampler, loadavg, rabbitmq_pids
+from bench.monitor import (
+    BrokerWatch,
+    ProcSampler,
+    QueueSampler,
+    listening_pid,
+    loadavg,
+    postgres_pids,
+    rabbitmq_pids,
+)
 from bench.report import half_saturation, sustained_phase, sustains
 from launcher.processes import SERVICES, System, free_port
 from shared import topology
@@ -653,12 +661,18 @@ async def run(opts: Options) -> dict[str, Any]:
         tiers = [topology.retry_queue(d) for d in sorted(set(delays_ms))] if opts.backlog \
             else []
         rabbit = rabbitmq_pids(urlsplit(url).port or 5672)
+        # with --store postgres, PostgreSQL's server works for Dihya (and not for the raw
+        # chain): its CPU counts as Dihya's, not as other work
+        postmaster = listening_pid(urlsplit(opts.pg_url).port or 5432) \
+            if opts.store == "postgres" else None
 
         def groups() -> dict[str, list[int]]:
             found = {s: system.pids(s) for s in SERVICES}
             found.update({"rabbitmq": rabbit, "sink": [sink_proc.proc.pid],
                           "raw-relay": [relay.proc.pid], "raw-poster": [poster.proc.pid],
                           "loadgen": [os.getpid()]})
+            if postmaster is not None:
+                found["postgres"] = postgres_pids(postmaster)
             return found
 
         procs = ProcSampler(groups)

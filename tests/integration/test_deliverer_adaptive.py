@@ -19,13 +19,13 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiohttp import web
 
-from services.deliverer.app import start
 from services.deliverer.settings import Settings
 from shared import topology
 from shared.broker import Publisher, declare
 from shared.contracts import AuditFact, DeliveryJob, Event, SignedDelivery, utcnow
 from shared.ids import new_id
 from tests.conftest import free_port
+from tests.integration.test_deliverer_service import deliverer as running_deliverer
 from tests.observe import Observer
 
 pytestmark = pytest.mark.integration
@@ -102,17 +102,10 @@ async def channel(amqp: AbstractRobustConnection) -> AsyncIterator[AbstractChann
     await ch.close()
 
 
-@contextlib.asynccontextmanager
-async def deliverer(amqp_url: str, **overrides: object) -> AsyncIterator[Settings]:
+def deliverer(amqp_url: str, **overrides: object
+              ) -> contextlib.AbstractAsyncContextManager[Settings]:
     """The deliverer with its defaults (adaptive limits included) but a short retry schedule."""
-    settings = Settings.model_validate({
-        "amqp_url": amqp_url, "port": free_port(), "retry_schedule": "200ms,400ms",
-        "allowed_networks": "127.0.0.0/8", "shutdown_grace": 2.0, **overrides})
-    stop = await start(settings, resolver=None)
-    try:
-        yield settings
-    finally:
-        await stop()
+    return running_deliverer(amqp_url, **{"retry_schedule": "200ms,400ms", **overrides})
 
 
 def signed(url: str, endpoint_id: str) -> SignedDelivery:

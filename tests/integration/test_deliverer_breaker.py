@@ -26,13 +26,13 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from services.deliverer.app import start
 from services.deliverer.settings import Settings
 from shared import topology
 from shared.broker import Publisher, connect, declare_topology
 from shared.contracts import AttemptRecord, AuditFact, DeliveryJob, SignedDelivery, utcnow
 from shared.ids import new_id
 from tests.conftest import free_port
+from tests.integration.test_deliverer_service import deliverer as running_deliverer
 from tests.integration.test_deliverer_service import make_job, signed_for
 from tests.observe import Observer, Seen
 
@@ -141,17 +141,12 @@ async def rig(vhost_url: tuple[str, str]) -> AsyncIterator[Rig]:
         await connection.close()
 
 
-@contextlib.asynccontextmanager
-async def deliverer(rig: Rig, **overrides: object) -> AsyncIterator[Settings]:
-    settings = Settings.model_validate({
-        "amqp_url": rig.url, "port": free_port(), "retry_schedule": SCHEDULE,
-        "retry_jitter": 0, "breaker_after": BREAKER_AFTER, "breaker_wait": BREAKER_WAIT,
-        "allowed_networks": "127.0.0.0/8", "shutdown_grace": 2.0, **overrides})
-    stop = await start(settings, resolver=None)
-    try:
-        yield settings
-    finally:
-        await stop()
+def deliverer(rig: Rig, **overrides: object
+              ) -> contextlib.AbstractAsyncContextManager[Settings]:
+    """The deliverer in-process with this module's schedule and breaker (no jitter)."""
+    return running_deliverer(rig.url, **{
+        "retry_schedule": SCHEDULE, "retry_jitter": 0, "breaker_after": BREAKER_AFTER,
+        "breaker_wait": BREAKER_WAIT, **overrides})
 
 
 def deaths(message: Seen) -> list[str]:

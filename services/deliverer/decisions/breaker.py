@@ -33,15 +33,19 @@ Pure: no I/O and no clock (the count is of attempts, not of time).
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from services.deliverer.decisions import MAX_RETRY_AFTER_MS, Outcome
+from services.deliverer.decisions import Outcome, Retry, next_step
 
 REMEMBERED = 10_000
 """Failing endpoints whose count is kept (least recently used forgotten first)."""
+
+_UNUSED = random.Random(0)
+"""``next_step`` asks its generator for a jitter of zero width: no number it gives matters."""
 
 
 @dataclass(frozen=True)
@@ -121,21 +125,16 @@ class Breaker:
 def lengthens(floor_ms: int | None, outcome: Outcome, attempt: int,
               schedule: Sequence[int]) -> bool:
     """Whether a breaker's ``floor_ms`` makes the retry of attempt ``attempt`` (1-based) wait
-    longer than its schedule and the receiver's ``Retry-After`` would have: the wait asked for
-    (before jitter) grows. A wait asked for is the attempt's own delay, or longer when asked,
-    up to one hour and the schedule's longest tier (:func:`~services.deliverer.decisions.
-    next_step`): a floor at or below the ``Retry-After``, or a schedule whose longest tier is
-    already the wait, changes nothing. For ``dihya_deliverer_breaker_lengthened_total``."""
-    if (floor_ms is None or outcome.delivered or not outcome.retryable
-            or not 1 <= attempt <= len(schedule)):
+    longer than its schedule and the receiver's ``Retry-After`` would have: the wait
+    :func:`~services.deliverer.decisions.next_step` asks for without jitter grows. A floor at
+    or below the ``Retry-After``, or a schedule whose longest tier is already the wait, changes
+    nothing. For ``dihya_deliverer_breaker_lengthened_total``."""
+    if floor_ms is None or not 1 <= attempt <= len(schedule):
         return False
-    due, longest = schedule[attempt - 1], max(schedule)
-
-    def asked(wait_ms: int) -> int:
-        return min(max(min(wait_ms, MAX_RETRY_AFTER_MS), due), longest)
-
-    said = outcome.retry_after_ms or 0
-    return asked(max(said, floor_ms)) > asked(said)
+    plain = next_step(outcome, attempt, schedule, _UNUSED, jitter=0.0)
+    floored = next_step(outcome, attempt, schedule, _UNUSED, jitter=0.0, floor_ms=floor_ms)
+    return isinstance(plain, Retry) and isinstance(floored, Retry) \
+        and floored.delay_ms > plain.delay_ms
 
 
 def applied_floor(floor_ms: int | None, outcome: Outcome, attempt: int,
