@@ -50,6 +50,7 @@ class ProcSampler:
         self._procs: dict[int, psutil.Process] = {}
         self._last_cpu: dict[int, float] = {}
         self._gone: dict[str, float] = {}  # CPU of processes that exited, per group
+        self._members: dict[str, set[int]] = {}  # each group's processes at the last sample
         self.samples: list[ProcSample] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -79,6 +80,12 @@ class ProcSampler:
         rss: dict[str, int] = {}
         rss_max: dict[str, int] = {}
         for group, pids in self._groups().items():
+            # a process that left the group (a PostgreSQL backend whose connection closed)
+            # keeps the CPU it had at its last sample: the group's total never goes down
+            for left in self._members.get(group, set()) - set(pids):
+                self._gone[group] = self._gone.get(group, 0.0) + self._last_cpu.pop(left, 0.0)
+                self._procs.pop(left, None)
+            self._members[group] = set(pids)
             total, mem, biggest = self._gone.get(group, 0.0), 0, 0
             for pid in pids:
                 try:

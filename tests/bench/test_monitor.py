@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from bench.monitor import ProcSampler, listening_pid, postgres_pids
-from tests.conftest import _pg_base
+from tests.conftest import _pg_base, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,4 +33,7 @@ async def test_the_postgres_group_is_the_server_and_every_backend_of_the_moment(
         assert second.cpu["postgres"] > first.cpu["postgres"]  # the query's CPU is counted
     finally:
         await connection.close()
+    await wait_for(lambda: backend not in postgres_pids(postmaster), timeout=10)
+    third = sampler.sample()  # the backend has left the group: its CPU stays counted
+    assert third.cpu["postgres"] >= second.cpu["postgres"]
     assert postgres_pids(None) == [] and listening_pid(1) is None
