@@ -31,12 +31,13 @@ from services.deliverer import decisions
 from services.deliverer.catchup import Requests
 from services.deliverer.client import WRITTEN, HttpClient
 from services.deliverer.decisions import DeadLetter, Done, ErrorKind, Retry
-from services.deliverer.decisions.breaker import Breaker, applied_floor
+from services.deliverer.decisions.breaker import Breaker, applied_floor, deferral
 from services.deliverer.decisions.catchup import retry_headers
 from services.deliverer.decisions.pacing import Pacer, defer_tier, shard_of
 from services.deliverer.metrics import (
     ATTEMPT_SECONDS,
     ATTEMPTS,
+    BREAKER_DEFERRED,
     BREAKER_LENGTHENED,
     BREAKER_OPEN,
     BREAKER_TRANSITIONS,
@@ -563,6 +564,12 @@ class Deliverer:
             tier, delay = defer_tier(self._pace.promise(signed.job.endpoint_id, limit),
                                      self._settings.defer_delays_ms)
             PACED.labels("deferred").inc()
+        else:  # an endpoint known to be down: as long as its retries wait (decisions.breaker)
+            own = tier
+            tier, delay = deferral(self._breaker.floor_ms(signed.job.endpoint_id), own,
+                                   self._settings.defer_delays_ms)
+            if delay > own:
+                BREAKER_DEFERRED.inc()
         await self._publisher.send(topology.RETRY_EXCHANGE, topology.defer_queue(tier),
                                    later, expiration=delay / 1000)
         DEFERRED.inc()

@@ -56,6 +56,11 @@ BREAKER_TRANSITIONS = Counter(
     "Circuit breaker transitions of endpoints, by the state reached: `open` (an endpoint "
     "failed BREAKER_AFTER attempts in a row) or `closed` (an attempt of an open endpoint was "
     "delivered).", ["to"])
+BREAKER_DEFERRED = Counter(
+    "dihya_deliverer_breaker_deferred_total",
+    "Jobs deferred for want of a free slot that wait at least DIHYA_DELIVERER_BREAKER_WAIT "
+    "(instead of their own deferral delay, doubling from DEFER_DELAY), because their "
+    "endpoint's circuit breaker is open.")
 BREAKER_LENGTHENED = Counter(
     "dihya_deliverer_breaker_lengthened_total",
     "Retries that wait in a longer tier than their schedule (and the receiver's Retry-After) "

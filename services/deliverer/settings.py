@@ -156,7 +156,9 @@ class Settings(EgressSettings):
         default=60.0, gt=0, le=MAX_RETRY_AFTER_MS / 1000,
         description="Seconds a retry of an endpoint whose circuit breaker is open waits at "
         "least (at most 1 h, as a Retry-After); a schedule with no tier that long waits its "
-        "longest. Only waits grow: the attempts a delivery gets stay the schedule's.",
+        "longest. Only waits grow: the attempts a delivery gets stay the schedule's. Its jobs "
+        "deferred for want of a slot wait as long (the smallest defer tier that long, or the "
+        "longest) instead of doubling from DEFER_DELAY.",
     )
     resign_after: float = Field(
         default=240.0, ge=0,

@@ -61,6 +61,10 @@ def lengthened() -> float:
     return REGISTRY.get_sample_value("dihya_deliverer_breaker_lengthened_total") or 0.0
 
 
+def breaker_deferred() -> float:
+    return REGISTRY.get_sample_value("dihya_deliverer_breaker_deferred_total") or 0.0
+
+
 def open_endpoints() -> float:
     return REGISTRY.get_sample_value("dihya_deliverer_breaker_open_endpoints") or 0.0
 
@@ -303,3 +307,65 @@ async def test_a_catch_up_sweep_sends_a_retry_the_breaker_made_wait_early(
         assert retry.attempt == 2 and early < 15
         assert deaths(swept) == []  # not expired from its tier: swept out of it
         assert swept.headers[topology.ENDPOINT_HEADER] == endpoint
+
+
+@pytest.mark.parametrize("breaker", ["open", "off"])
+async def test_an_open_endpoints_jobs_without_a_slot_wait_the_breakers_wait(
+        rig: Rig, breaker: str) -> None:
+    """One slot per endpoint and no local wait, so a job whose endpoint's one POST is still
+    in hand is deferred at once. The endpoint answers 503 (the breaker, after one failure, is
+    open), its second POST hangs, and a third job comes: deferred to the defer tier that holds
+    the breaker's wait (20 s: the 32 s tier) instead of its own first deferral's (1 s) — the
+    deferrals of a down endpoint's jobs no longer come back every few seconds. With the
+    breaker off, its own 1 s."""
+    endpoint = new_id("ep")
+    release, held = asyncio.Event(), asyncio.Event()
+    posts: list[str] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        posts.append(request.headers["webhook-id"])
+        if len(posts) > 1:  # the second POST hangs until the test ends
+            held.set()
+            await release.wait()
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_route("POST", "/{path}", answer)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    deferrals = Observer()
+    for tier in topology.DEFAULT_DEFER_DELAYS_MS:
+        await deferrals.bind(rig.channel, topology.RETRY_EXCHANGE, topology.defer_queue(tier))
+    before = breaker_deferred()
+    try:
+        async with deliverer(rig, retry_schedule="30s", breaker_after=1 if breaker == "open"
+                             else 0, breaker_wait=20, max_in_flight_per_endpoint=1,
+                             initial_in_flight_per_endpoint=1, max_local_wait=0):
+            first, hung, third = (make_job(f"http://127.0.0.1:{port}/down").model_copy(
+                update={"endpoint_id": endpoint}) for _ in range(3))
+            await rig.publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed_for(first))
+            [failed] = await attempt_facts(rig, {first.delivery_id}, 1)
+            assert failed.outcome == "failed"
+            assert open_endpoints() == (1 if breaker == "open" else 0)
+            await rig.publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed_for(hung))
+            async with asyncio.timeout(10):
+                await held.wait()
+            await rig.publisher.send(topology.WORK_EXCHANGE, topology.DELIVER, signed_for(third))
+            deferred = await deferrals.next(lambda m: SignedDelivery.model_validate_json(
+                m.body).job.delivery_id == third.delivery_id, timeout=10)
+            release.set()
+    finally:
+        release.set()
+        await runner.cleanup()
+    tier = topology.DEFAULT_DEFER_DELAYS_MS[0] if breaker == "off" else min(
+        t for t in topology.DEFAULT_DEFER_DELAYS_MS if t >= 20_000)
+    print(f"\n[breaker {breaker}, deferral] books: accepted 3, POSTs {len(posts)} (1 answered "
+          f"503, 1 held), the third deferred to {deferred.routing_key} (expected "
+          f"{topology.defer_queue(tier)}); breaker-deferred +{breaker_deferred() - before:g}")
+    assert len(posts) == 2  # the third was not POSTed: deferred
+    assert deferred.routing_key == topology.defer_queue(tier)
+    assert SignedDelivery.model_validate_json(deferred.body).job.deferrals == 1
+    assert breaker_deferred() - before == (1 if breaker == "open" else 0)

@@ -22,12 +22,18 @@ from services.deliverer.decisions import (
     classify,
     next_step,
 )
-from services.deliverer.decisions.breaker import Breaker, Transition, applied_floor, lengthens
+from services.deliverer.decisions.breaker import (
+    Breaker,
+    Transition,
+    applied_floor,
+    deferral,
+    lengthens,
+)
 from services.deliverer.decisions.catchup import tiers_to_sweep, wants_catch_up
 from services.deliverer.settings import Settings
 from shared.contracts import AttemptRecord, DeliveryJob, Event
 from shared.schedules import parse_schedule
-from shared.topology import TIER_HEADROOM, tier_ttl
+from shared.topology import DEFAULT_DEFER_DELAYS_MS, TIER_HEADROOM, defer_tiers, tier_ttl
 
 NOW = datetime(2026, 12, 7, 13, 0, tzinfo=UTC)
 DEFAULT = parse_schedule("5s,5m,30m,2h,5h,10h,10h")
@@ -331,3 +337,36 @@ def test_retries_the_breaker_lengthened_are_swept_and_their_delivery_asks_for_a_
         assert step.tier_ms in tiers_to_sweep(schedule, minimum)
         back = _retried(attempt + 1, timedelta(milliseconds=step.delay_ms))
         assert wants_catch_up(back, True, schedule, 0.2, NOW)
+
+
+# -- deferrals of an open endpoint -----------------------------------------------------------
+
+DEFER_TIERS = st.sampled_from([DEFAULT_DEFER_DELAYS_MS, defer_tiers(100, 2_000), (1_000,),
+                               defer_tiers(250, 600_000)])
+
+
+@given(tiers=DEFER_TIERS, deferrals=st.integers(0, 12),
+       floor_ms=st.none() | st.integers(1, 2 * 3600 * 1000))
+def test_an_open_endpoints_deferral_waits_at_least_the_breaker_wait(
+        tiers: tuple[int, ...], deferrals: int, floor_ms: int | None) -> None:
+    """A job put back for want of a slot waits its own deferral (doubling) while its
+    endpoint's breaker is closed; while it is open, at least the breaker's wait, in a defer
+    tier of the topology (no new queue), never past that tier's length."""
+    due = tiers[min(deferrals, len(tiers) - 1)]
+    tier, delay = deferral(floor_ms, due, tiers)
+    assert tier in tiers and 0 < delay <= tier
+    if floor_ms is None or floor_ms <= due:
+        assert (tier, delay) == (due, due)  # the breaker changes nothing
+    elif floor_ms <= max(tiers):
+        assert (tier, delay) == (min(t for t in tiers if t >= floor_ms), floor_ms)
+    else:  # no tier that long: the longest one, in full
+        assert (tier, delay) == (max(tiers), max(tiers))
+    assert delay >= due
+
+
+def test_with_the_defaults_an_open_endpoints_deferral_waits_a_minute_at_once() -> None:
+    """The defaults: deferrals double from 1 s to 60 s; the breaker waits 60 s."""
+    wait = Settings().breaker_wait_ms
+    assert deferral(wait, DEFAULT_DEFER_DELAYS_MS[0], DEFAULT_DEFER_DELAYS_MS) == (60_000,
+                                                                                  60_000)
+    assert deferral(None, 1_000, DEFAULT_DEFER_DELAYS_MS) == (1_000, 1_000)
