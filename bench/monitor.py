@@ -155,7 +155,7 @@ def listening_pid(port: int) -> int | None:
         for conn in psutil.net_connections("tcp"):
             if conn.status == psutil.CONN_LISTEN and conn.laddr and \
                     conn.laddr.port == port and conn.pid:
-                return conn.pid
+                return int(conn.pid)
     return None
 
 
