@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from services.deliverer.decisions import Outcome, Retry, next_step
+from services.deliverer.decisions.pacing import tier_at_least
 
 REMEMBERED = 10_000
 """Failing endpoints whose count is kept (least recently used forgotten first)."""
@@ -163,7 +164,4 @@ def deferral(floor_ms: int | None, due_ms: int, tiers_ms: Sequence[int]) -> tupl
     still probes it with whichever job holds it."""
     if floor_ms is None or floor_ms <= due_ms:
         return due_ms, due_ms
-    longer = sorted(t for t in tiers_ms if t >= floor_ms)
-    if not longer:
-        return max(tiers_ms), max(tiers_ms)
-    return longer[0], floor_ms
+    return tier_at_least(floor_ms, tiers_ms)

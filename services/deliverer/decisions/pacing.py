@@ -73,11 +73,16 @@ def defer_tier(wait_s: float, tiers_ms: Iterable[int]) -> tuple[int, int]:
     """The defer tier (ms) and the message's own delay (ms) for a job to come back in
     ``wait_s``: the smallest tier that long, or the longest (the job then comes back early and
     is promised a turn again)."""
+    return tier_at_least(max(1, math.ceil(wait_s * 1000)), tiers_ms)
+
+
+def tier_at_least(want_ms: int, tiers_ms: Iterable[int]) -> tuple[int, int]:
+    """The smallest tier (ms) of ``tiers_ms`` at least ``want_ms`` long and the message's own
+    delay, ``want_ms``; without one that long, the longest tier, in full."""
     tiers = sorted(tiers_ms)
-    want = max(1, math.ceil(wait_s * 1000))
     for tier in tiers:
-        if tier >= want:
-            return tier, want
+        if tier >= want_ms:
+            return tier, want_ms
     return tiers[-1], tiers[-1]
 
 
